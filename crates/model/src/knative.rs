@@ -1,0 +1,321 @@
+//! Knative Serving `serving.knative.dev/v1` objects (Service, Revision) in the JSON shape that
+//! Cloud Run Admin API v1 and `kubectl`/`gcloud` exchange. Fields Skiff does not use are kept
+//! out; unknown fields in input are ignored, as Kubernetes does.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const SERVING_API_VERSION: &str = "serving.knative.dev/v1";
+pub const ANN_MIN_SCALE: &str = "autoscaling.knative.dev/minScale";
+pub const ANN_MAX_SCALE: &str = "autoscaling.knative.dev/maxScale";
+pub const ANN_CREATOR: &str = "serving.knative.dev/creator";
+pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
+pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";
+pub const LABEL_CONFIGURATION_GENERATION: &str = "serving.knative.dev/configurationGeneration";
+/// IAM member that makes a service public.
+pub const ALL_USERS: &str = "allUsers";
+pub const ROLE_INVOKER: &str = "roles/run.invoker";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    #[serde(default = "serving_api_version")]
+    pub api_version: String,
+    #[serde(default = "service_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ServiceSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ServiceStatus>,
+}
+
+fn serving_api_version() -> String {
+    SERVING_API_VERSION.to_string()
+}
+fn service_kind() -> String {
+    "Service".to_string()
+}
+fn revision_kind() -> String {
+    "Revision".to_string()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub template: RevisionTemplate,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficTarget>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionTemplate {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RevisionSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_concurrency: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub container_port: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_revision: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+impl Condition {
+    pub fn new(type_: &str, status: &str, reason: Option<&str>, message: Option<String>) -> Self {
+        Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.map(String::from),
+            message,
+            last_transition_time: Some(now_rfc3339()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Addressable {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    #[serde(default)]
+    pub observed_generation: u64,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_ready_revision_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_created_revision_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Addressable>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficTarget>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    #[serde(default = "serving_api_version")]
+    pub api_version: String,
+    #[serde(default = "revision_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RevisionSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RevisionStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    #[serde(default)]
+    pub observed_generation: u64,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The image as deployed, pinned to its digest (`NAME@sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_url: Option<String>,
+}
+
+/// The `Ready` condition's status, if any (`"True"`, `"False"`, `"Unknown"`).
+pub fn ready_status(conditions: &[Condition]) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == "Ready")
+}
+
+/// Replaces (or adds) the condition of the same type.
+pub fn set_condition(conditions: &mut Vec<Condition>, c: Condition) {
+    if let Some(old) = conditions.iter_mut().find(|o| o.type_ == c.type_) {
+        if old.status == c.status && old.reason == c.reason && old.message == c.message {
+            return;
+        }
+        *old = c;
+    } else {
+        conditions.push(c);
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Google-style error body: `{"error":{"code":404,"message":"...","status":"NOT_FOUND"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: u16,
+    pub message: String,
+    pub status: String,
+}
+
+/// IAM policy, as Cloud Run's `getIamPolicy`/`setIamPolicy` exchange it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<Binding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Binding {
+    pub role: String,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+impl Policy {
+    /// A service is public when `allUsers` holds `roles/run.invoker`.
+    pub fn is_public(&self) -> bool {
+        self.bindings
+            .iter()
+            .any(|b| b.role == ROLE_INVOKER && b.members.iter().any(|m| m == ALL_USERS))
+    }
+
+    /// Adds or removes `allUsers` as invoker, keeping every other binding.
+    pub fn set_public(&mut self, public: bool) {
+        if public {
+            if self.is_public() {
+                return;
+            }
+            match self.bindings.iter_mut().find(|b| b.role == ROLE_INVOKER) {
+                Some(b) => b.members.push(ALL_USERS.to_string()),
+                None => self.bindings.push(Binding {
+                    role: ROLE_INVOKER.to_string(),
+                    members: vec![ALL_USERS.to_string()],
+                }),
+            }
+        } else {
+            for b in &mut self.bindings {
+                b.members.retain(|m| m != ALL_USERS);
+            }
+            self.bindings.retain(|b| !b.members.is_empty());
+        }
+    }
+}
