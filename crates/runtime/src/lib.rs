@@ -1,1 +1,90 @@
-//! skiff-runtime
+//! The container runtime: turns an unpacked image plus revision settings into an isolated
+//! instance, using youki's `libcontainer` in a single-threaded helper process (the *shim*).
+//!
+//! - [`InstanceConfig`] is everything one instance needs; the server writes it to the
+//!   instance directory and starts `skiff __shim DIR` ([`shim::shim_main`]).
+//! - The shim mounts the overlayfs root, creates the network namespace (loopback only), starts
+//!   the container through libcontainer, then supervises it: it reports `started`/`exited` on
+//!   its control pipe, obeys `term`/`kill` commands, and cleans every mount, cgroup and state
+//!   directory when the container ends or when the server goes away.
+//! - [`supervisor`] is the server's side of that conversation (async, tokio).
+//! - [`netns`] opens TCP connections inside an instance's network namespace.
+//! - [`sweep`] removes what a previous server run left behind.
+
+pub mod netns;
+pub mod shim;
+mod spec;
+pub mod supervisor;
+pub mod sweep;
+mod user;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Name of the per-instance config file inside the instance directory.
+pub const CONFIG_FILE: &str = "instance.json";
+/// cgroup parent under every v1 hierarchy (and the v2 root when that is in use).
+pub const CGROUP_PARENT: &str = "skiff";
+
+/// Everything the shim needs to create one instance. Serialized into `DIR/instance.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceConfig {
+    pub id: String,
+    /// The instance directory: overlay upper/work dirs, rootfs mount point, bundle.
+    pub dir: PathBuf,
+    /// libcontainer's state root (shared by all instances).
+    pub state_root: PathBuf,
+    /// Unpacked image layers, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// argv; the first element is resolved by the container's PATH.
+    pub args: Vec<String>,
+    /// `K=V` environment.
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// The image's `User` (`name`, `uid`, `uid:gid`, `name:group`), resolved in the rootfs.
+    pub user: Option<String>,
+    pub hostname: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pids_limit: i64,
+}
+
+impl InstanceConfig {
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    pub fn cgroup_path(&self) -> String {
+        format!("/{CGROUP_PARENT}/{}", self.id)
+    }
+    pub fn load(dir: &Path) -> Result<Self, RuntimeError> {
+        let path = dir.join(CONFIG_FILE);
+        let data = std::fs::read(&path).map_err(|e| RuntimeError::io(&path, e))?;
+        serde_json::from_slice(&data)
+            .map_err(|e| RuntimeError::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid instance config: {0}")]
+    Config(String),
+    #[error("container failed to start: {0}")]
+    Start(String),
+    #[error("{0}")]
+    Sys(String),
+}
+
+impl RuntimeError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The shim: `skiff __shim DIR`, one single-threaded process per instance.
+//!
+//! libcontainer clones and changes directory process-wide, so it must never run on a tokio
+//! worker thread; each instance gets this small helper instead. The shim
+//! 1. mounts the overlayfs root (image layers read-only, a private writable upper dir),
+//! 2. unshares a network namespace with only loopback up (the container inherits it),
+//! 3. creates and starts the container through libcontainer, reporting `started` on fd 3,
+//! 4. waits on a pidfd for the container and on fd 4 for commands (`term`, `kill`); end of
+//!    file on fd 4 means the server is gone, and the container is killed,
+//! 5. reports `exited`, then deletes the container (cgroups, state), unmounts and removes the
+//!    instance directory.
+//!
+//! The container's stdout and stderr are the shim's own, which the server made pipes.
+
+use crate::{spec, user, InstanceConfig, RuntimeError};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// File descriptor the shim reports events on.
+pub const EVENT_FD: i32 = 3;
+/// File descriptor the shim reads commands from.
+pub const COMMAND_FD: i32 = 4;
+
+/// One line of JSON the shim writes on [`EVENT_FD`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    Started {
+        pid: i32,
+    },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+struct Events(File);
+
+impl Events {
+    fn send(&mut self, e: &Event) {
+        let mut line = serde_json::to_vec(e).unwrap_or_default();
+        line.push(b'\n');
+        // The server may be gone; the shim still has to clean up, so a failed write is ignored.
+        let _ = self.0.write_all(&line);
+    }
+}
+
+/// Entry point of `skiff __shim DIR`. Returns the process exit code.
+pub fn shim_main(dir: &Path) -> i32 {
+    // SAFETY: the server's spawn sets up fds 3 and 4 for this process and nothing else in the
+    // shim owns them.
+    let mut events = Events(unsafe { File::from_raw_fd(EVENT_FD) });
+    // SAFETY: as above.
+    let commands = unsafe { OwnedFd::from_raw_fd(COMMAND_FD) };
+    let cfg = match InstanceConfig::load(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            events.send(&Event::Error {
+                message: e.to_string(),
+            });
+            return 1;
+        }
+    };
+    let mut container = None;
+    let result = run(&cfg, &mut events, commands, &mut container);
+    if let Err(e) = &result {
+        events.send(&Event::Error {
+            message: e.to_string(),
+        });
+    }
+    cleanup(&cfg, container);
+    i32::from(result.is_err())
+}
+
+fn run(
+    cfg: &InstanceConfig,
+    events: &mut Events,
+    commands: OwnedFd,
+    slot: &mut Option<Container>,
+) -> Result<(), RuntimeError> {
+    mount_rootfs(cfg)?;
+    let user = user::resolve(&cfg.rootfs(), cfg.user.as_deref())?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| RuntimeError::Sys(format!("cannot create the network namespace: {e}")))?;
+    loopback_up()?;
+    let bundle = cfg.dir.join("bundle");
+    std::fs::create_dir_all(&bundle).map_err(|e| RuntimeError::io(&bundle, e))?;
+    let config_json = bundle.join("config.json");
+    let spec = serde_json::to_vec(&spec::build(cfg, &user)).expect("spec serializes");
+    std::fs::write(&config_json, spec).map_err(|e| RuntimeError::io(&config_json, e))?;
+    std::fs::create_dir_all(&cfg.state_root).map_err(|e| RuntimeError::io(&cfg.state_root, e))?;
+
+    let container = ContainerBuilder::new(cfg.id.clone(), SyscallType::Linux)
+        .with_executor(DefaultExecutor {})
+        .with_root_path(&cfg.state_root)
+        .and_then(|b| b.validate_id())
+        .map(|b| {
+            b.as_init(&bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+        })
+        .and_then(|r| r)
+        .map_err(|e| RuntimeError::Start(e.to_string()))?;
+    let container = slot.insert(container);
+    container
+        .start()
+        .map_err(|e| RuntimeError::Start(e.to_string()))?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| RuntimeError::Start("the container has no init process".into()))?;
+    events.send(&Event::Started { pid: pid.as_raw() });
+    let status = supervise(pid, commands)?;
+    let (code, signal) = match status {
+        WaitStatus::Exited(_, code) => (Some(code), None),
+        WaitStatus::Signaled(_, sig, _) => (None, Some(sig as i32)),
+        _ => (None, None),
+    };
+    events.send(&Event::Exited { code, signal });
+    Ok(())
+}
+
+fn mount_rootfs(cfg: &InstanceConfig) -> Result<(), RuntimeError> {
+    let upper = cfg.dir.join("upper");
+    let work = cfg.dir.join("work");
+    let rootfs = cfg.rootfs();
+    let empty = cfg.dir.join("empty");
+    for d in [&upper, &work, &rootfs, &empty] {
+        std::fs::create_dir_all(d).map_err(|e| RuntimeError::io(d, e))?;
+    }
+    // overlayfs lists lower dirs top first; an image without layers gets one empty lower dir.
+    let mut lowers: Vec<String> = cfg
+        .layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    if lowers.is_empty() {
+        lowers.push(empty.display().to_string());
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
+        RuntimeError::Sys(format!(
+            "cannot mount the overlay root at {}: {e}",
+            rootfs.display()
+        ))
+    })
+}
+
+fn loopback_up() -> Result<(), RuntimeError> {
+    let err = |what: &str| {
+        RuntimeError::Sys(format!(
+            "cannot bring up loopback: {what}: {}",
+            std::io::Error::last_os_error()
+        ))
+    };
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err("socket"));
+    }
+    // SAFETY: fd is a fresh socket that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: SIOCGIFFLAGS reads into a valid, properly sized ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(err("SIOCGIFFLAGS"));
+    }
+    // SAFETY: the union member written by SIOCGIFFLAGS is ifru_flags.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(err("SIOCSIFFLAGS"));
+    }
+    Ok(())
+}
+
+fn pidfd_open(pid: Pid) -> Result<OwnedFd, RuntimeError> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(RuntimeError::Sys(format!(
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits for the container's init to exit while obeying commands on fd 4.
+fn supervise(pid: Pid, commands: OwnedFd) -> Result<WaitStatus, RuntimeError> {
+    let pidfd = pidfd_open(pid)?;
+    let mut commands = Some(File::from(commands));
+    let mut pending = Vec::new();
+    loop {
+        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(c) = &commands {
+            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(RuntimeError::Sys(format!("poll: {e}"))),
+        }
+        let exited = fds[0].any().unwrap_or(false);
+        let command_ready = fds.get(1).and_then(|f| f.any()).unwrap_or(false);
+        drop(fds);
+        if exited {
+            loop {
+                match waitpid(pid, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(RuntimeError::Sys(format!("waitpid: {e}"))),
+                    Ok(s) => return Ok(s),
+                }
+            }
+        }
+        if command_ready {
+            let mut buf = [0u8; 64];
+            let n = commands
+                .as_mut()
+                .map_or(Ok(0), |c| c.read(&mut buf))
+                .unwrap_or(0);
+            if n == 0 {
+                // The server is gone: nobody supervises this instance any more.
+                commands = None;
+                let _ = kill(pid, Signal::SIGKILL);
+                continue;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=pos).collect();
+                let sig = match line.trim_ascii() {
+                    b"term" => Signal::SIGTERM,
+                    b"kill" => Signal::SIGKILL,
+                    _ => continue,
+                };
+                let _ = kill(pid, sig);
+            }
+        }
+    }
+}
+
+/// Removes everything the instance had, in reverse order of creation. Each step tolerates
+/// the ones before it not having happened.
+pub fn cleanup(cfg: &InstanceConfig, container: Option<Container>) {
+    let container = container.or_else(|| Container::load(cfg.state_root.join(&cfg.id)).ok());
+    if let Some(mut c) = container {
+        if let Err(e) = c.delete(true) {
+            tracing::warn!(id = cfg.id, "deleting container: {e}");
+        }
+    }
+    remove_cgroups(&cfg.id);
+    let rootfs = cfg.rootfs();
+    let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(cfg.state_root.join(&cfg.id));
+    let _ = std::fs::remove_dir_all(&cfg.dir);
+}
+
+/// Removes the instance's cgroup in every hierarchy where it is left (libcontainer removes
+/// them on delete; this covers a container that never got that far).
+fn remove_cgroups(id: &str) {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut dirs: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    dirs.push("/sys/fs/cgroup".into());
+    for d in dirs {
+        let cg = d.join(crate::CGROUP_PARENT).join(id);
+        if cg.exists() {
+            let _ = std::fs::remove_dir(&cg);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The OCI runtime spec (`config.json`) of one instance: the isolation Cloud Run's container
+//! contract promises, written as the runtime-spec JSON that libcontainer loads.
+//!
+//! The network namespace is deliberately absent from `namespaces`: the shim has already
+//! unshared one (loopback only) and the container inherits it, so the server can reach it
+//! through `/proc/PID/ns/net` without a bind mount to clean up.
+
+use crate::user::ResolvedUser;
+use crate::InstanceConfig;
+use serde_json::{json, Value};
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// CPU period for the CFS quota; the quota is `cpu_millis * PERIOD / 1000`.
+const CFS_PERIOD_US: u64 = 100_000;
+
+pub fn build(cfg: &InstanceConfig, user: &ResolvedUser) -> Value {
+    let caps = DEFAULT_CAPS;
+    let tmp_size = cfg.memory_bytes.max(64 << 20);
+    json!({
+        "ociVersion": "1.0.2",
+        "root": { "path": cfg.rootfs(), "readonly": false },
+        "hostname": cfg.hostname,
+        "process": {
+            "terminal": false,
+            "user": {
+                "uid": user.uid,
+                "gid": user.gid,
+                "additionalGids": user.additional_gids,
+            },
+            "args": cfg.args,
+            "env": cfg.env,
+            "cwd": if cfg.cwd.is_empty() { "/" } else { cfg.cwd.as_str() },
+            "noNewPrivileges": true,
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+            },
+        },
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc",
+              "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+              "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs",
+              "options": ["nosuid", "noexec", "nodev", "ro"] },
+            { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "nodev", "mode=1777", format!("size={tmp_size}")] },
+        ],
+        "linux": {
+            "cgroupsPath": cfg.cgroup_path(),
+            "namespaces": [
+                { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
+            ],
+            "resources": {
+                "devices": [ { "allow": false, "access": "rwm" } ],
+                "memory": { "limit": cfg.memory_bytes, "swap": cfg.memory_bytes },
+                "cpu": {
+                    "quota": (cfg.cpu_millis * CFS_PERIOD_US / 1000) as i64,
+                    "period": CFS_PERIOD_US,
+                },
+                "pids": { "limit": cfg.pids_limit },
+            },
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_is_valid_and_isolated() {
+        let cfg = InstanceConfig {
+            id: "i1".into(),
+            dir: "/run/x/i1".into(),
+            state_root: "/run/x/state".into(),
+            layers: vec![],
+            args: vec!["httpd".into()],
+            env: vec!["PORT=8080".into()],
+            cwd: String::new(),
+            user: None,
+            hostname: "localhost".into(),
+            cpu_millis: 500,
+            memory_bytes: 256 << 20,
+            pids_limit: 100,
+        };
+        let user = ResolvedUser {
+            uid: 1,
+            gid: 2,
+            additional_gids: vec![],
+        };
+        let v = build(&cfg, &user);
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(v.clone()).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let ns: Vec<String> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| format!("{:?}", n.typ()))
+            .collect();
+        assert_eq!(ns, ["Pid", "Ipc", "Uts", "Mount"]);
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.memory().unwrap().limit(), Some(256 << 20));
+        assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
+        assert_eq!(res.pids().unwrap().limit(), 100);
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(process.cwd().to_str(), Some("/"));
+        let caps = process.capabilities().as_ref().unwrap();
+        assert_eq!(caps.bounding().as_ref().unwrap().len(), DEFAULT_CAPS.len());
+        assert!(!v.to_string().contains("CAP_SYS_ADMIN"));
+    }
+}

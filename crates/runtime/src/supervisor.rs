@@ -1,0 +1,193 @@
+//! The server's side of a shim: spawn it, learn the container's pid, hand out its stdout and
+//! stderr, watch for its exit and tell it to stop. Dropping an [`Instance`] closes the command
+//! pipe, which makes the shim kill the container: an instance cannot outlive its owner.
+
+use crate::shim::{Event, COMMAND_FD, EVENT_FD};
+use crate::{InstanceConfig, RuntimeError, CONFIG_FILE};
+use nix::fcntl::OFlag;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::process::{ChildStderr, ChildStdout, Command};
+use tokio::sync::{watch, Mutex};
+
+/// How an instance's container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// The shim failed (or vanished) before the container could report an exit.
+    Failed(String),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exited with code {c}"),
+            Exit::Signal(s) => write!(f, "killed by signal {s}"),
+            Exit::Failed(m) => write!(f, "failed: {m}"),
+        }
+    }
+}
+
+/// A running container, owned by the server.
+pub struct Instance {
+    pub id: String,
+    /// The container's init process (pid 1 inside its namespace).
+    pub pid: i32,
+    /// The instance's network namespace, for [`crate::netns::connect`].
+    pub netns: std::fs::File,
+    commands: Mutex<Option<pipe::Sender>>,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+/// What the caller reads the container's output from.
+pub struct Output {
+    pub stdout: ChildStdout,
+    pub stderr: ChildStderr,
+}
+
+fn pipe_pair() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Sys(format!("pipe: {e}")))
+}
+
+/// Writes the instance config, starts `SHIM_EXE __shim DIR` and waits until the container's
+/// process exists (not until the app listens: that is the caller's startup probe).
+pub async fn spawn(
+    shim_exe: &Path,
+    cfg: &InstanceConfig,
+) -> Result<(Instance, Output), RuntimeError> {
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| RuntimeError::io(&cfg.dir, e))?;
+    let config_path = cfg.dir.join(CONFIG_FILE);
+    let data = serde_json::to_vec(cfg).expect("config serializes");
+    std::fs::write(&config_path, data).map_err(|e| RuntimeError::io(&config_path, e))?;
+
+    let (event_r, event_w) = pipe_pair()?;
+    let (cmd_r, cmd_w) = pipe_pair()?;
+    let (event_w_raw, cmd_r_raw) = (event_w.as_raw_fd(), cmd_r.as_raw_fd());
+    let mut cmd = Command::new(shim_exe);
+    cmd.arg("__shim")
+        .arg(&cfg.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    // Its own process group: a Ctrl-C meant for the server must not reach instances directly;
+    // the server stops them in order.
+    cmd.as_std_mut().process_group(0);
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2) are made.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(event_w_raw, EVENT_FD) < 0 || libc::dup2(cmd_r_raw, COMMAND_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        RuntimeError::Start(format!("cannot start the shim {}: {e}", shim_exe.display()))
+    })?;
+    drop((event_w, cmd_r));
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let events = pipe::Receiver::from_owned_fd(event_r)
+        .map_err(|e| RuntimeError::Sys(format!("event pipe: {e}")))?;
+    let commands = pipe::Sender::from_owned_fd(cmd_w)
+        .map_err(|e| RuntimeError::Sys(format!("command pipe: {e}")))?;
+    let mut lines = BufReader::new(events).lines();
+
+    let first = lines.next_line().await.ok().flatten();
+    let pid = match first.as_deref().map(serde_json::from_str::<Event>) {
+        Some(Ok(Event::Started { pid })) => pid,
+        Some(Ok(Event::Error { message })) => {
+            let _ = child.wait().await;
+            return Err(RuntimeError::Start(message));
+        }
+        other => {
+            let _ = child.wait().await;
+            return Err(RuntimeError::Start(format!(
+                "the shim ended without starting the container ({other:?})"
+            )));
+        }
+    };
+    let netns_path = format!("/proc/{pid}/ns/net");
+    let netns = std::fs::File::open(&netns_path)
+        .map_err(|e| RuntimeError::io(Path::new(&netns_path), e))?;
+
+    let (exit_tx, exit_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut exit = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<Event>(&line) {
+                Ok(Event::Exited { code: Some(c), .. }) => exit = Some(Exit::Code(c)),
+                Ok(Event::Exited {
+                    signal: Some(s), ..
+                }) => exit = Some(Exit::Signal(s)),
+                Ok(Event::Error { message }) if exit.is_none() => {
+                    exit = Some(Exit::Failed(message))
+                }
+                _ => {}
+            }
+        }
+        // End of the event pipe: the shim has cleaned up (or died); reap it.
+        let status = child.wait().await;
+        let exit = exit.unwrap_or_else(|| Exit::Failed(format!("the shim ended ({status:?})")));
+        let _ = exit_tx.send(Some(exit));
+    });
+    Ok((
+        Instance {
+            id: cfg.id.clone(),
+            pid,
+            netns,
+            commands: Mutex::new(Some(commands)),
+            exit: exit_rx,
+        },
+        Output { stdout, stderr },
+    ))
+}
+
+impl Instance {
+    async fn command(&self, c: &str) {
+        let mut guard = self.commands.lock().await;
+        if let Some(tx) = guard.as_mut() {
+            if tx.write_all(c.as_bytes()).await.is_err() {
+                *guard = None;
+            }
+        }
+    }
+
+    /// The exit, once the shim has reported it and finished cleaning up.
+    pub fn exit(&self) -> Option<Exit> {
+        self.exit.borrow().clone()
+    }
+
+    /// Resolves when the container has exited and its shim has cleaned up.
+    pub async fn wait(&self) -> Exit {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return Exit::Failed("the supervisor task ended".into());
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL once `grace` has passed; returns when all is cleaned up.
+    pub async fn stop(&self, grace: Duration) -> Exit {
+        if let Some(e) = self.exit() {
+            return e;
+        }
+        self.command("term\n").await;
+        if let Ok(e) = tokio::time::timeout(grace, self.wait()).await {
+            return e;
+        }
+        self.command("kill\n").await;
+        self.wait().await
+    }
+}

@@ -1,0 +1,27 @@
+//! Start-up cleanup: instances a previous server run left behind (after `kill -9`, a crash or
+//! a power cut) are killed and every mount, cgroup and directory of theirs removed. Run before
+//! the async runtime starts: libcontainer's delete must not run on tokio worker threads.
+
+use crate::InstanceConfig;
+use std::path::Path;
+
+/// Cleans every instance directory under `instances_dir`; returns how many were found.
+pub fn sweep(instances_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(instances_dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        n += 1;
+        match InstanceConfig::load(&dir) {
+            Ok(cfg) => crate::shim::cleanup(&cfg, None),
+            Err(_) => {
+                // Never got a config: nothing can be mounted there yet.
+                let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    n
+}
