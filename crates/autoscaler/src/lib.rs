@@ -1,1 +1,89 @@
-//! skiff-autoscaler
+//! The scaling rule, as a pure function of (demand, settings) so it can be tested and
+//! simulated without instances or clocks.
+//!
+//! This is the simple rule of the services core: enough instances that no instance holds more
+//! than `concurrency` requests at once, within `[min, max]`; an instance idle for the
+//! scale-to-zero delay goes away unless `min` holds it.
+
+use std::time::Duration;
+
+/// What the pool looks like when it is asked whether to start an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    /// Requests being served plus requests waiting for an instance.
+    pub requests: u64,
+    /// Instances that are ready or still starting.
+    pub instances: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub concurrency: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+/// How many instances the pool should have for this many concurrent requests.
+pub fn desired_instances(requests: u64, b: Bounds) -> u64 {
+    let c = b.concurrency.max(1);
+    requests.div_ceil(c).clamp(b.min, b.max.max(b.min))
+}
+
+/// How many more instances to start now (0 when the pool is big enough or at max).
+pub fn instances_to_start(d: Demand, b: Bounds) -> u64 {
+    desired_instances(d.requests, b).saturating_sub(d.instances)
+}
+
+/// Whether an idle instance should stop: it has been idle long enough and stopping it keeps
+/// the pool at or above `min`.
+pub fn should_stop_idle(idle_for: Duration, after: Duration, instances: u64, min: u64) -> bool {
+    idle_for >= after && instances > min
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(concurrency: u64, min: u64, max: u64) -> Bounds {
+        Bounds { concurrency, min, max }
+    }
+
+    #[test]
+    fn desired() {
+        let cases = [
+            (0, b(80, 0, 100), 0),
+            (1, b(80, 0, 100), 1),
+            (80, b(80, 0, 100), 1),
+            (81, b(80, 0, 100), 2),
+            (0, b(80, 2, 100), 2),
+            (1000, b(1, 0, 3), 3),
+            (5, b(1, 0, 100), 5),
+        ];
+        for (requests, bounds, want) in cases {
+            assert_eq!(desired_instances(requests, bounds), want, "{requests} {bounds:?}");
+        }
+    }
+
+    #[test]
+    fn to_start() {
+        let cases = [
+            (Demand { requests: 1, instances: 0 }, b(80, 0, 100), 1),
+            (Demand { requests: 1, instances: 1 }, b(80, 0, 100), 0),
+            (Demand { requests: 3, instances: 1 }, b(1, 0, 100), 2),
+            (Demand { requests: 3, instances: 2 }, b(1, 0, 2), 0),
+            (Demand { requests: 0, instances: 0 }, b(1, 1, 2), 1),
+        ];
+        for (d, bounds, want) in cases {
+            assert_eq!(instances_to_start(d, bounds), want, "{d:?} {bounds:?}");
+        }
+    }
+
+    #[test]
+    fn idle() {
+        let s = Duration::from_secs;
+        assert!(should_stop_idle(s(60), s(60), 1, 0));
+        assert!(!should_stop_idle(s(59), s(60), 1, 0));
+        assert!(!should_stop_idle(s(600), s(60), 1, 1));
+        assert!(should_stop_idle(s(600), s(60), 2, 1));
+    }
+}
