@@ -1,1 +1,76 @@
-//! skiff-api
+//! The control API: Cloud Run Admin API v1 (Knative `serving.knative.dev/v1` services and
+//! revisions, IAM policy calls) plus Skiff's own resources under `/skiff/v1` (images,
+//! instances, logs, identity tokens), all behind the admin token.
+//!
+//! Handlers are thin: they parse, call the [`controller::Controller`], and shape responses.
+
+pub mod controller;
+pub mod error;
+mod openapi;
+mod routes;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use controller::Controller;
+use error::ApiError;
+use http::StatusCode;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct ApiState {
+    pub controller: Arc<Controller>,
+    pub admin_token: String,
+    /// Where uploads are spooled before import.
+    pub tmp_dir: PathBuf,
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_admin(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/openapi.json" || path == "/healthz" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if same(t.as_bytes(), st.admin_token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the token is not this server's admin token: use DATA_DIR/admin.token",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <admin token> (the token is in DATA_DIR/admin.token)",
+        )
+        .into_response(),
+    }
+}
+
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    routes::routes()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_comparison() {
+        assert!(super::same(b"abc", b"abc"));
+        assert!(!super::same(b"abc", b"abd"));
+        assert!(!super::same(b"abc", b"ab"));
+    }
+}

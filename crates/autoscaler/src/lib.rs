@@ -45,7 +45,11 @@ mod tests {
     use super::*;
 
     fn b(concurrency: u64, min: u64, max: u64) -> Bounds {
-        Bounds { concurrency, min, max }
+        Bounds {
+            concurrency,
+            min,
+            max,
+        }
     }
 
     #[test]
@@ -60,18 +64,57 @@ mod tests {
             (5, b(1, 0, 100), 5),
         ];
         for (requests, bounds, want) in cases {
-            assert_eq!(desired_instances(requests, bounds), want, "{requests} {bounds:?}");
+            assert_eq!(
+                desired_instances(requests, bounds),
+                want,
+                "{requests} {bounds:?}"
+            );
         }
     }
 
     #[test]
     fn to_start() {
         let cases = [
-            (Demand { requests: 1, instances: 0 }, b(80, 0, 100), 1),
-            (Demand { requests: 1, instances: 1 }, b(80, 0, 100), 0),
-            (Demand { requests: 3, instances: 1 }, b(1, 0, 100), 2),
-            (Demand { requests: 3, instances: 2 }, b(1, 0, 2), 0),
-            (Demand { requests: 0, instances: 0 }, b(1, 1, 2), 1),
+            (
+                Demand {
+                    requests: 1,
+                    instances: 0,
+                },
+                b(80, 0, 100),
+                1,
+            ),
+            (
+                Demand {
+                    requests: 1,
+                    instances: 1,
+                },
+                b(80, 0, 100),
+                0,
+            ),
+            (
+                Demand {
+                    requests: 3,
+                    instances: 1,
+                },
+                b(1, 0, 100),
+                2,
+            ),
+            (
+                Demand {
+                    requests: 3,
+                    instances: 2,
+                },
+                b(1, 0, 2),
+                0,
+            ),
+            (
+                Demand {
+                    requests: 0,
+                    instances: 0,
+                },
+                b(1, 1, 2),
+                1,
+            ),
         ];
         for (d, bounds, want) in cases {
             assert_eq!(instances_to_start(d, bounds), want, "{d:?} {bounds:?}");

@@ -1,1 +1,293 @@
-//! skiff-serving
+//! The serving plane: revision pools of instances, the in-memory route table, and the ingress
+//! reverse proxy that puts requests on instances.
+//!
+//! The control plane (the API crate) tells it what exists — [`Serving::add_revision`],
+//! [`Serving::set_route`], [`Serving::remove_revision`] — and reads back what runs
+//! ([`Serving::instances`]). The request path ([`proxy`]) only reads the route table and the
+//! pools; it never waits on the store or on an API call.
+
+pub mod auth;
+pub mod logs;
+pub mod pool;
+pub mod proxy;
+
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pool::{Ctx, InstanceInfo, Pool, RevKey};
+use rand::Rng;
+use skiff_image::ResolvedImage;
+use skiff_model::RevisionSettings;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+pub use logs::{LogLine, LogSink};
+
+pub struct ServingConfig {
+    pub data_dir: PathBuf,
+    /// The binary that runs `__shim` (the server's own executable).
+    pub shim_exe: PathBuf,
+    pub scale_to_zero_after: Duration,
+    /// Secret for identity tokens.
+    pub token_secret: Vec<u8>,
+}
+
+/// Where a service's traffic goes, as the control plane resolved it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub public: bool,
+    /// `(revision, percent)`; percents add up to 100.
+    pub traffic: Vec<(String, u32)>,
+    /// `(tag, revision)`.
+    pub tags: Vec<(String, String)>,
+}
+
+pub struct Route {
+    pub public: bool,
+    targets: Vec<(Arc<Pool>, u32)>,
+    tags: HashMap<String, Arc<Pool>>,
+}
+
+impl Route {
+    /// A revision by weighted chance.
+    fn pick(&self) -> Option<Arc<Pool>> {
+        let total: u32 = self.targets.iter().map(|(_, p)| *p).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut n = rand::thread_rng().gen_range(0..total);
+        for (pool, p) in &self.targets {
+            if n < *p {
+                return Some(pool.clone());
+            }
+            n -= p;
+        }
+        None
+    }
+}
+
+pub struct Serving {
+    ctx: Arc<Ctx>,
+    routes: RwLock<HashMap<(String, String), Arc<Route>>>,
+    pools: Mutex<HashMap<RevKey, Arc<Pool>>>,
+    keys: auth::TokenKeys,
+    client: Client<proxy::NetnsConnector, Incoming>,
+}
+
+impl Serving {
+    pub fn new(cfg: ServingConfig) -> Arc<Serving> {
+        let run = cfg.data_dir.join("run");
+        let ctx = Arc::new(Ctx {
+            shim_exe: cfg.shim_exe,
+            instances_dir: run.join("i"),
+            state_root: run.join("state"),
+            logs: LogSink::start(cfg.data_dir.join("logs")),
+            scale_to_zero_after: cfg.scale_to_zero_after,
+            netns: RwLock::new(HashMap::new()),
+        });
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(proxy::NetnsConnector { ctx: ctx.clone() });
+        let serving = Arc::new(Serving {
+            ctx,
+            routes: RwLock::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
+            keys: auth::TokenKeys::new(&cfg.token_secret),
+            client,
+        });
+        let weak = Arc::downgrade(&serving);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { break };
+                for p in s.all_pools() {
+                    p.reconcile();
+                }
+            }
+        });
+        serving
+    }
+
+    /// The directory instances live in (for the start-up sweep).
+    pub fn instances_dir(data_dir: &std::path::Path) -> PathBuf {
+        data_dir.join("run").join("i")
+    }
+
+    pub fn logs(&self) -> &Arc<LogSink> {
+        &self.ctx.logs
+    }
+
+    fn all_pools(&self) -> Vec<Arc<Pool>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn route(&self, ns: &str, service: &str) -> Option<Arc<Route>> {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.to_string(), service.to_string()))
+            .cloned()
+    }
+
+    /// Registers a revision (idempotent) and returns its pool; no instance starts yet.
+    pub fn add_revision(
+        &self,
+        key: RevKey,
+        settings: RevisionSettings,
+        image: ResolvedImage,
+    ) -> Arc<Pool> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_insert_with(|| Pool::new(key, settings, image, self.ctx.clone()))
+            .clone()
+    }
+
+    pub fn pool(&self, key: &RevKey) -> Option<Arc<Pool>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Stops a revision's instances and forgets it.
+    pub async fn remove_revision(&self, key: &RevKey) {
+        let pool = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        if let Some(p) = pool {
+            p.close().await;
+        }
+    }
+
+    /// Replaces a service's route. Every revision named must have been added.
+    pub fn set_route(&self, ns: &str, service: &str, spec: &RouteSpec) -> Result<(), String> {
+        let pool_of = |rev: &str| {
+            self.pool(&RevKey {
+                namespace: ns.to_string(),
+                service: service.to_string(),
+                revision: rev.to_string(),
+            })
+            .ok_or_else(|| format!("revision {rev} is not loaded"))
+        };
+        let targets = spec
+            .traffic
+            .iter()
+            .map(|(r, p)| Ok((pool_of(r)?, *p)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let tags = spec
+            .tags
+            .iter()
+            .map(|(t, r)| Ok((t.clone(), pool_of(r)?)))
+            .collect::<Result<HashMap<_, _>, String>>()?;
+        let route = Arc::new(Route {
+            public: spec.public,
+            targets,
+            tags,
+        });
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((ns.to_string(), service.to_string()), route);
+        self.refresh_serving(ns, service);
+        Ok(())
+    }
+
+    pub fn remove_route(&self, ns: &str, service: &str) {
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(ns.to_string(), service.to_string()));
+        self.refresh_serving(ns, service);
+    }
+
+    /// Marks which of a service's pools receive traffic (min-instances applies to those).
+    fn refresh_serving(&self, ns: &str, service: &str) {
+        let route = self.route(ns, service);
+        for p in self.all_pools() {
+            if p.key.namespace == ns && p.key.service == service {
+                let serving = route.as_ref().is_some_and(|r| {
+                    r.targets
+                        .iter()
+                        .any(|(t, pct)| *pct > 0 && Arc::ptr_eq(t, &p))
+                });
+                p.set_serving(serving);
+            }
+        }
+    }
+
+    pub fn instances(&self, ns: &str, service: Option<&str>) -> Vec<InstanceInfo> {
+        let mut out: Vec<InstanceInfo> = self
+            .all_pools()
+            .iter()
+            .filter(|p| p.key.namespace == ns && service.is_none_or(|s| p.key.service == s))
+            .flat_map(|p| p.instances())
+            .collect();
+        out.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        out
+    }
+
+    pub fn mint_token(&self, audience: Option<&str>) -> String {
+        self.keys.mint("admin", audience)
+    }
+
+    /// Stops every instance of every revision.
+    pub async fn shutdown(&self) {
+        let pools: Vec<_> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        futures::future::join_all(pools.iter().map(|p| p.close())).await;
+    }
+}
+
+/// Runs the ingress HTTP/1.1 server until `shutdown` resolves, then lets in-flight requests
+/// finish (up to `drain`).
+pub async fn serve_ingress(
+    serving: Arc<Serving>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let serving = serving.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let serving = serving.clone();
+                    async move { Ok::<_, std::convert::Infallible>(serving.handle(req, peer).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+}

@@ -1,10 +1,49 @@
 //! The one `skiff` binary: `skiff server` runs the platform, every other subcommand is a client
 //! of its API, and the hidden `__shim` subcommand is the per-instance container helper.
 
+mod server;
+
+use clap::{Parser, Subcommand};
+use skiff_cli::{ClientCommand, GlobalArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "A self-hosted Cloud Run: deploy container images as services that scale to zero"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform: control API, ingress, instances.
+    Server(server::ServerArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("__shim") {
-        let dir = args.get(2).expect("usage: skiff __shim DIR");
+        let Some(dir) = args.get(2) else {
+            eprintln!("error: usage: skiff __shim DIR");
+            std::process::exit(2);
+        };
         std::process::exit(skiff_runtime::shim::shim_main(std::path::Path::new(dir)));
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(a) => server::run(&cli.global, a),
+        Command::Client(c) => skiff_cli::run(&cli.global, c),
+    };
+    if let Err(e) = result {
+        let msg = format!("{e:#}").replace('\n', " ");
+        eprintln!("error: {msg}");
+        std::process::exit(1);
     }
 }

@@ -1,0 +1,612 @@
+//! The control plane's logic: what a create, replace or delete of a service means for the
+//! store and the serving plane. Every write goes to the store first (so nothing accepted is
+//! lost), then the serving plane is told, then status is written back.
+//!
+//! A new revision is *warmed* before it takes traffic: one instance is started and must
+//! listen on its port (Cloud Run's deploy check). Only then does the route move, so a deploy
+//! never sends a request to a revision that cannot serve it.
+
+use crate::error::{ApiError, ApiResult};
+use skiff_image::ImageStore;
+use skiff_model::*;
+use skiff_serving::pool::{RevKey, STARTUP_TIMEOUT};
+use skiff_serving::{RouteSpec, Serving};
+use skiff_store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Controller {
+    pub store: Arc<Store>,
+    pub images: Arc<ImageStore>,
+    pub serving: Arc<Serving>,
+    /// Host suffix of URLs: `:PORT` of the ingress.
+    pub ingress_port: u16,
+    /// One lock per service: read-modify-write of a service never interleaves.
+    locks: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn new_uid() -> String {
+    use rand::Rng;
+    let b: [u8; 16] = rand::thread_rng().gen();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn revision_ready(r: &Revision) -> Option<bool> {
+    let c = ready_status(&r.status.as_ref()?.conditions)?;
+    match c.status.as_str() {
+        "True" => Some(true),
+        "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn revision_message(r: &Revision) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| ready_status(&s.conditions))
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+impl Controller {
+    pub fn new(
+        store: Arc<Store>,
+        images: Arc<ImageStore>,
+        serving: Arc<Serving>,
+        ingress_port: u16,
+    ) -> Arc<Self> {
+        Arc::new(Controller {
+            store,
+            images,
+            serving,
+            ingress_port,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn lock(&self, ns: &str, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((ns.to_string(), name.to_string()))
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
+    pub fn url(&self, ns: &str, service: &str, tag: Option<&str>) -> String {
+        format!(
+            "http://{}:{}",
+            service_host(ns, service, tag),
+            self.ingress_port
+        )
+    }
+
+    /// Creates (`existing` = false) or replaces a service. Returns the stored object.
+    pub async fn apply_service(
+        self: &Arc<Self>,
+        ns: &str,
+        mut svc: Service,
+        create: bool,
+    ) -> ApiResult<Service> {
+        validate_namespace(ns)?;
+        if !svc.metadata.namespace.is_empty() && svc.metadata.namespace != ns {
+            return Err(ApiError::invalid(format!(
+                "metadata.namespace {:?} does not match the project {ns:?} in the URL",
+                svc.metadata.namespace
+            )));
+        }
+        let name = svc.metadata.name.clone();
+        validate_service_name(&name)?;
+        if svc.kind != "Service" || svc.api_version != SERVING_API_VERSION {
+            return Err(ApiError::invalid(format!(
+                "expected apiVersion {SERVING_API_VERSION} kind Service, got {} {}",
+                svc.api_version, svc.kind
+            )));
+        }
+        let settings = RevisionSettings::from_template(&svc.spec.template)?;
+        let image = self.images.resolve(&settings.image).map_err(|e| match e {
+            skiff_image::ImageError::NotFound { .. } => ApiError::invalid(format!(
+                "image {} is not in the image store: import it with `skiff images import PATH --name {}`",
+                settings.image, settings.image
+            )),
+            e => e.into(),
+        })?;
+        let _guard = self.lock(ns, &name).await;
+        let old = self.store.get_service(ns, &name)?;
+        match (&old, create) {
+            (Some(_), true) => {
+                return Err(ApiError::conflict(format!(
+                    "service {name} already exists in project {ns}"
+                )))
+            }
+            (None, false) => {
+                return Err(ApiError::not_found(format!(
+                    "service {name} not found in project {ns}"
+                )))
+            }
+            _ => {}
+        }
+        let revisions = self.store.list_revisions(Some(ns), Some(&name))?;
+        let template_changed = old.as_ref().is_none_or(|o| {
+            let mut a = o.spec.template.clone();
+            let mut b = svc.spec.template.clone();
+            a.metadata.name.clear();
+            b.metadata.name.clear();
+            a != b
+                || !svc.spec.template.metadata.name.is_empty()
+                    && svc.spec.template.metadata.name != o.spec.template.metadata.name
+        });
+        let generation = old.as_ref().map_or(1, |o| o.metadata.generation + 1);
+
+        // The new revision's name: given in the template, or SERVICE-NNNNN-xxx.
+        let rev_name = if template_changed {
+            let given = svc.spec.template.metadata.name.clone();
+            let n = if given.is_empty() {
+                revision_name(&name, generation)
+            } else {
+                if !given.starts_with(&format!("{name}-")) {
+                    return Err(ApiError::invalid(format!(
+                        "revision name {given:?} must start with the service name followed by '-' ({name}-...)"
+                    )));
+                }
+                validate_name("revision", &given, 63)?;
+                given
+            };
+            if revisions.iter().any(|r| r.metadata.name == n) {
+                return Err(ApiError::conflict(format!(
+                    "revision {n} already exists: give the template another name or none"
+                )));
+            }
+            Some(n)
+        } else {
+            None
+        };
+        self.validate_traffic(&svc.spec.traffic, &revisions, rev_name.as_deref())?;
+
+        let now = now_rfc3339();
+        svc.metadata.namespace = ns.to_string();
+        svc.metadata.generation = generation;
+        svc.metadata.resource_version = generation.to_string();
+        match &old {
+            Some(o) => {
+                svc.metadata.uid = o.metadata.uid.clone();
+                svc.metadata.creation_timestamp = o.metadata.creation_timestamp.clone();
+            }
+            None => {
+                svc.metadata.uid = new_uid();
+                svc.metadata.creation_timestamp = Some(now.clone());
+            }
+        }
+        let mut status = old
+            .as_ref()
+            .and_then(|o| o.status.clone())
+            .unwrap_or_default();
+        status.url = Some(self.url(ns, &name, None));
+        status.address = Some(Addressable {
+            url: self.url(ns, &name, None),
+        });
+        let Some(rev_name) = rev_name else {
+            // Only traffic or metadata changed: no new revision, the route moves now.
+            svc.status = Some(status);
+            self.store.put_service(&svc)?;
+            drop(_guard);
+            return self.reconcile(ns, &name).await;
+        };
+        status.latest_created_revision_name = Some(rev_name.clone());
+        set_condition(
+            &mut status.conditions,
+            Condition::new(
+                "Ready",
+                "Unknown",
+                Some("Deploying"),
+                Some(format!("Revision {rev_name} is starting")),
+            ),
+        );
+        svc.status = Some(status);
+
+        let mut rev = Revision {
+            api_version: SERVING_API_VERSION.into(),
+            kind: "Revision".into(),
+            metadata: ObjectMeta {
+                name: rev_name.clone(),
+                namespace: ns.to_string(),
+                uid: new_uid(),
+                generation: 1,
+                resource_version: "1".into(),
+                creation_timestamp: Some(now),
+                labels: svc.spec.template.metadata.labels.clone(),
+                annotations: svc.spec.template.metadata.annotations.clone(),
+            },
+            spec: svc.spec.template.spec.clone(),
+            status: Some(RevisionStatus {
+                observed_generation: 1,
+                conditions: vec![Condition::new("Ready", "Unknown", Some("Deploying"), None)],
+                image_digest: Some(format!("{}@{}", image_name(&settings.image), image.digest)),
+                log_url: None,
+            }),
+        };
+        rev.metadata
+            .labels
+            .insert(LABEL_SERVICE.into(), name.clone());
+        rev.metadata
+            .labels
+            .insert(LABEL_CONFIGURATION.into(), name.clone());
+        rev.metadata.labels.insert(
+            LABEL_CONFIGURATION_GENERATION.into(),
+            generation.to_string(),
+        );
+        self.store.put_service_with_revision(&svc, &rev)?;
+        let key = RevKey {
+            namespace: ns.to_string(),
+            service: name.clone(),
+            revision: rev_name,
+        };
+        self.serving.add_revision(key.clone(), settings, image);
+        drop(_guard);
+        self.warm(key);
+        Ok(svc)
+    }
+
+    fn validate_traffic(
+        &self,
+        traffic: &[TrafficTarget],
+        revisions: &[Revision],
+        new_rev: Option<&str>,
+    ) -> ApiResult<()> {
+        if traffic.is_empty() {
+            return Ok(());
+        }
+        let mut total = 0u32;
+        let mut tags = std::collections::HashSet::new();
+        for t in traffic {
+            let latest = t.latest_revision.unwrap_or(false);
+            match (&t.revision_name, latest) {
+                (Some(_), true) => {
+                    return Err(ApiError::invalid(
+                        "a traffic target names a revision and latestRevision: give one",
+                    ))
+                }
+                (None, false) => {
+                    return Err(ApiError::invalid(
+                        "a traffic target needs revisionName or latestRevision: true",
+                    ))
+                }
+                (Some(r), false) => {
+                    if !revisions.iter().any(|x| &x.metadata.name == r)
+                        && Some(r.as_str()) != new_rev
+                    {
+                        return Err(ApiError::invalid(format!(
+                            "traffic names revision {r}, which does not exist"
+                        )));
+                    }
+                }
+                (None, true) => {}
+            }
+            let p = t.percent.unwrap_or(0);
+            if p > 100 {
+                return Err(ApiError::invalid(format!(
+                    "traffic percent {p} is above 100"
+                )));
+            }
+            total += p;
+            if let Some(tag) = &t.tag {
+                validate_tag(tag)?;
+                if !tags.insert(tag.clone()) {
+                    return Err(ApiError::invalid(format!("tag {tag} is given twice")));
+                }
+            }
+        }
+        if total != 100 {
+            return Err(ApiError::invalid(format!(
+                "traffic percents add up to {total}, not 100"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts one instance of a new revision and, once it listens, records the revision as
+    /// ready and moves traffic as the service's spec says.
+    fn warm(self: &Arc<Self>, key: RevKey) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Some(pool) = this.serving.pool(&key) else {
+                return;
+            };
+            let deadline = Instant::now() + STARTUP_TIMEOUT + Duration::from_secs(10);
+            let result = pool.acquire(deadline, STARTUP_TIMEOUT).await.map(drop);
+            let cond = match &result {
+                Ok(()) => Condition::new("Ready", "True", None, None),
+                Err(e) => {
+                    let msg = match e {
+                        skiff_serving::pool::AcquireError::StartFailed(why) => why.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    Condition::new(
+                        "Ready",
+                        "False",
+                        Some("ContainerFailed"),
+                        Some(format!("Revision {} is not ready: {msg}", key.revision)),
+                    )
+                }
+            };
+            if let Err(e) = this.set_revision_condition(&key, cond).await {
+                tracing::error!("recording readiness of {}: {e:?}", key.revision);
+            }
+            if let Err(e) = this.reconcile(&key.namespace, &key.service).await {
+                tracing::error!("routing {}: {e:?}", key.service);
+            }
+        });
+    }
+
+    async fn set_revision_condition(&self, key: &RevKey, cond: Condition) -> ApiResult<()> {
+        let _guard = self.lock(&key.namespace, &key.service).await;
+        if let Some(mut rev) = self.store.get_revision(&key.namespace, &key.revision)? {
+            let status = rev.status.get_or_insert_with(Default::default);
+            set_condition(&mut status.conditions, cond);
+            self.store.put_revision(&rev)?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes a service's route and status from the store and applies the route.
+    pub async fn reconcile(&self, ns: &str, name: &str) -> ApiResult<Service> {
+        let _guard = self.lock(ns, name).await;
+        let mut svc = self.store.get_service(ns, name)?.ok_or_else(|| {
+            ApiError::not_found(format!("service {name} not found in project {ns}"))
+        })?;
+        let revisions = self.store.list_revisions(Some(ns), Some(name))?;
+        let public = self
+            .store
+            .get_policy(ns, name)?
+            .is_some_and(|p| p.is_public());
+        let latest_ready = revisions
+            .iter()
+            .filter(|r| revision_ready(r) == Some(true))
+            .max_by_key(|r| {
+                r.metadata
+                    .labels
+                    .get(LABEL_CONFIGURATION_GENERATION)
+                    .and_then(|g| g.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .map(|r| r.metadata.name.clone());
+        let mut status = svc.status.clone().unwrap_or_default();
+        let latest_created = status.latest_created_revision_name.clone();
+        let created_rev = revisions
+            .iter()
+            .find(|r| Some(&r.metadata.name) == latest_created.as_ref());
+        let created_state = created_rev.and_then(revision_ready);
+
+        // Resolve traffic: an empty spec means 100 % to the latest ready revision.
+        let targets = if svc.spec.traffic.is_empty() {
+            vec![TrafficTarget {
+                latest_revision: Some(true),
+                percent: Some(100),
+                ..Default::default()
+            }]
+        } else {
+            svc.spec.traffic.clone()
+        };
+        let mut resolved = Vec::new();
+        let mut unresolved = false;
+        for t in &targets {
+            let rev = if t.latest_revision == Some(true) {
+                latest_ready.clone()
+            } else {
+                t.revision_name.clone()
+            };
+            match rev {
+                Some(r) => resolved.push(TrafficTarget {
+                    revision_name: Some(r),
+                    latest_revision: t.latest_revision,
+                    percent: t.percent,
+                    tag: t.tag.clone(),
+                    url: t.tag.as_ref().map(|tag| self.url(ns, name, Some(tag))),
+                }),
+                None => unresolved = true,
+            }
+        }
+        let route = RouteSpec {
+            public,
+            traffic: resolved
+                .iter()
+                .filter(|t| t.percent.unwrap_or(0) > 0)
+                .map(|t| {
+                    (
+                        t.revision_name.clone().unwrap_or_default(),
+                        t.percent.unwrap_or(0),
+                    )
+                })
+                .collect(),
+            tags: resolved
+                .iter()
+                .filter_map(|t| Some((t.tag.clone()?, t.revision_name.clone()?)))
+                .collect(),
+        };
+        // Revisions named by the route must be loaded (they are, unless their image vanished).
+        if let Err(why) = self.serving.set_route(ns, name, &route) {
+            unresolved = true;
+            tracing::warn!("route of {ns}/{name}: {why}");
+        }
+        status.traffic = resolved;
+        status.latest_ready_revision_name = latest_ready;
+        status.url = Some(self.url(ns, name, None));
+        status.address = Some(Addressable {
+            url: self.url(ns, name, None),
+        });
+        let (ready, reason, message) = match created_state {
+            Some(true) if !unresolved => ("True", None, None),
+            Some(true) => (
+                "False",
+                Some("TrafficNotRouted"),
+                Some("a traffic target names a revision that cannot serve".to_string()),
+            ),
+            Some(false) => (
+                "False",
+                Some("RevisionFailed"),
+                created_rev.map(revision_message),
+            ),
+            None => ("Unknown", Some("Deploying"), None),
+        };
+        set_condition(
+            &mut status.conditions,
+            Condition::new("Ready", ready, reason, message),
+        );
+        if created_state.is_some() {
+            status.observed_generation = svc.metadata.generation;
+        }
+        svc.status = Some(status);
+        self.store.put_service(&svc)?;
+        Ok(svc)
+    }
+
+    pub async fn delete_service(&self, ns: &str, name: &str) -> ApiResult<Service> {
+        let _guard = self.lock(ns, name).await;
+        let svc = self.store.get_service(ns, name)?.ok_or_else(|| {
+            ApiError::not_found(format!("service {name} not found in project {ns}"))
+        })?;
+        let revisions = self.store.list_revisions(Some(ns), Some(name))?;
+        self.store.delete_service(ns, name)?;
+        self.serving.remove_route(ns, name);
+        self.serving.logs().remove(ns, name);
+        let serving = self.serving.clone();
+        let keys: Vec<RevKey> = revisions
+            .iter()
+            .map(|r| RevKey {
+                namespace: ns.into(),
+                service: name.into(),
+                revision: r.metadata.name.clone(),
+            })
+            .collect();
+        tokio::spawn(async move {
+            for k in keys {
+                serving.remove_revision(&k).await;
+            }
+        });
+        Ok(svc)
+    }
+
+    pub async fn delete_revision(&self, ns: &str, rev_name: &str) -> ApiResult<Revision> {
+        let rev = self.store.get_revision(ns, rev_name)?.ok_or_else(|| {
+            ApiError::not_found(format!("revision {rev_name} not found in project {ns}"))
+        })?;
+        let service = rev
+            .metadata
+            .labels
+            .get(LABEL_SERVICE)
+            .cloned()
+            .unwrap_or_default();
+        let _guard = self.lock(ns, &service).await;
+        if let Some(svc) = self.store.get_service(ns, &service)? {
+            let status = svc.status.unwrap_or_default();
+            let serving = status
+                .traffic
+                .iter()
+                .any(|t| t.revision_name.as_deref() == Some(rev_name));
+            let latest = status.latest_created_revision_name.as_deref() == Some(rev_name);
+            if serving || latest {
+                return Err(ApiError::precondition(format!(
+                    "revision {rev_name} serves traffic or is the latest of service {service}: move traffic away first (services update-traffic)"
+                )));
+            }
+        }
+        self.store.delete_revision(ns, rev_name)?;
+        let key = RevKey {
+            namespace: ns.into(),
+            service,
+            revision: rev_name.into(),
+        };
+        self.serving.remove_revision(&key).await;
+        Ok(rev)
+    }
+
+    pub async fn set_policy(&self, ns: &str, name: &str, policy: Policy) -> ApiResult<Policy> {
+        {
+            let _guard = self.lock(ns, name).await;
+            if self.store.get_service(ns, name)?.is_none() {
+                return Err(ApiError::not_found(format!(
+                    "service {name} not found in project {ns}"
+                )));
+            }
+            let mut p = policy;
+            p.etag = Some(new_uid());
+            p.version = Some(p.version.unwrap_or(1));
+            self.store.put_policy(ns, name, &p)?;
+        }
+        self.reconcile(ns, name).await?;
+        Ok(self.store.get_policy(ns, name)?.unwrap_or_default())
+    }
+
+    /// Loads every stored service into the serving plane after a (re)start. Revisions whose
+    /// deploy was interrupted are warmed again.
+    pub async fn restore(self: &Arc<Self>) -> ApiResult<()> {
+        for svc in self.store.list_services(None)? {
+            let ns = svc.metadata.namespace.clone();
+            let name = svc.metadata.name.clone();
+            for rev in self.store.list_revisions(Some(&ns), Some(&name))? {
+                let key = RevKey {
+                    namespace: ns.clone(),
+                    service: name.clone(),
+                    revision: rev.metadata.name.clone(),
+                };
+                let template = RevisionTemplate {
+                    metadata: rev.metadata.clone(),
+                    spec: rev.spec.clone(),
+                };
+                let loaded = RevisionSettings::from_template(&template)
+                    .map_err(|e| e.0)
+                    .and_then(|s| {
+                        let pinned = rev
+                            .status
+                            .as_ref()
+                            .and_then(|st| st.image_digest.clone())
+                            .unwrap_or(s.image.clone());
+                        let digest = pinned
+                            .rsplit_once('@')
+                            .map_or(pinned.as_str(), |(_, d)| d)
+                            .to_string();
+                        self.images
+                            .resolve(&digest)
+                            .map(|img| (s, img))
+                            .map_err(|e| e.to_string())
+                    });
+                match loaded {
+                    Ok((settings, image)) => {
+                        self.serving.add_revision(key.clone(), settings, image);
+                        if revision_ready(&rev).is_none() {
+                            self.warm(key);
+                        }
+                    }
+                    Err(why) => {
+                        tracing::warn!("revision {} cannot be loaded: {why}", rev.metadata.name);
+                        let cond =
+                            Condition::new("Ready", "False", Some("ImageMissing"), Some(why));
+                        self.set_revision_condition(&key, cond).await?;
+                    }
+                }
+            }
+            self.reconcile(&ns, &name).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `name:tag` → `name` (the part a digest is appended to).
+fn image_name(reference: &str) -> &str {
+    let r = reference.split('@').next().unwrap_or(reference);
+    match r.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => n,
+        _ => r,
+    }
+}

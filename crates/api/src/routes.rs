@@ -1,0 +1,405 @@
+//! HTTP handlers, one small function per operation listed in [`crate::openapi::OPERATIONS`].
+
+use crate::error::{ApiError, ApiResult};
+use crate::ApiState;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use skiff_model::{Policy, Revision, Service, LABEL_SERVICE};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+type St = State<Arc<ApiState>>;
+
+/// Image uploads larger than this are refused.
+const MAX_UPLOAD: u64 = 16 << 30;
+
+pub fn routes() -> Router<Arc<ApiState>> {
+    let knative = "/apis/serving.knative.dev/v1/namespaces/{ns}";
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
+        .route(
+            &format!("{knative}/services"),
+            get(list_services).post(create_service),
+        )
+        .route(
+            &format!("{knative}/services/{{name}}"),
+            get(get_service).put(replace_service).delete(delete_service),
+        )
+        .route(&format!("{knative}/revisions"), get(list_revisions))
+        .route(
+            &format!("{knative}/revisions/{{name}}"),
+            get(get_revision).delete(delete_revision),
+        )
+        .route(
+            "/v1/projects/{project}/locations/{location}/services/{resource}",
+            get(iam_get).post(iam_post),
+        )
+        .route("/skiff/v1/images:import", post(import_image))
+        .route("/skiff/v1/images", get(list_images))
+        .route(
+            "/skiff/v1/images/{*reference}",
+            axum::routing::delete(delete_image),
+        )
+        .route("/skiff/v1/namespaces/{ns}/instances", get(list_instances))
+        .route("/skiff/v1/namespaces/{ns}/logs", get(read_logs))
+        .route("/skiff/v1/identityToken", post(identity_token))
+        .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+}
+
+async fn list_services(State(st): St, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
+    let items = st.controller.store.list_services(Some(&ns))?;
+    Ok(Json(
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "ServiceList", "metadata": {}, "items": items}),
+    ))
+}
+
+async fn create_service(
+    State(st): St,
+    Path(ns): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Service>> {
+    let svc: Service = parse_body(&body)?;
+    Ok(Json(st.controller.apply_service(&ns, svc, true).await?))
+}
+
+async fn replace_service(
+    State(st): St,
+    Path((ns, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Service>> {
+    let svc: Service = parse_body(&body)?;
+    if svc.metadata.name != name {
+        return Err(ApiError::invalid(format!(
+            "metadata.name {:?} does not match {name:?} in the URL",
+            svc.metadata.name
+        )));
+    }
+    Ok(Json(st.controller.apply_service(&ns, svc, false).await?))
+}
+
+async fn get_service(
+    State(st): St,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Service>> {
+    st.controller
+        .store
+        .get_service(&ns, &name)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("service {name} not found in project {ns}")))
+}
+
+async fn delete_service(
+    State(st): St,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let svc = st.controller.delete_service(&ns, &name).await?;
+    Ok(Json(json!({
+        "apiVersion": "v1", "kind": "Status", "status": "Success",
+        "details": {"name": name, "kind": "services", "uid": svc.metadata.uid}
+    })))
+}
+
+#[derive(Deserialize)]
+struct RevisionQuery {
+    #[serde(rename = "labelSelector")]
+    label_selector: Option<String>,
+}
+
+async fn list_revisions(
+    State(st): St,
+    Path(ns): Path<String>,
+    Query(q): Query<RevisionQuery>,
+) -> ApiResult<Json<Value>> {
+    let service = match q.label_selector.as_deref() {
+        None | Some("") => None,
+        Some(sel) => match sel.split_once('=') {
+            Some((k, v)) if k.trim() == LABEL_SERVICE => Some(v.trim().to_string()),
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "unsupported labelSelector {sel:?}: use {LABEL_SERVICE}=NAME"
+                )))
+            }
+        },
+    };
+    let items: Vec<Revision> = st
+        .controller
+        .store
+        .list_revisions(Some(&ns), service.as_deref())?;
+    Ok(Json(
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionList", "metadata": {}, "items": items}),
+    ))
+}
+
+async fn get_revision(
+    State(st): St,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Revision>> {
+    st.controller
+        .store
+        .get_revision(&ns, &name)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("revision {name} not found in project {ns}")))
+}
+
+async fn delete_revision(
+    State(st): St,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let rev = st.controller.delete_revision(&ns, &name).await?;
+    Ok(Json(json!({
+        "apiVersion": "v1", "kind": "Status", "status": "Success",
+        "details": {"name": name, "kind": "revisions", "uid": rev.metadata.uid}
+    })))
+}
+
+fn iam_target(resource: &str) -> ApiResult<(&str, &str)> {
+    resource.split_once(':').ok_or_else(|| {
+        ApiError::not_found("expected SERVICE:getIamPolicy, :setIamPolicy or :testIamPermissions")
+    })
+}
+
+async fn iam_get(
+    State(st): St,
+    Path((project, _loc, resource)): Path<(String, String, String)>,
+) -> ApiResult<Json<Policy>> {
+    let (service, verb) = iam_target(&resource)?;
+    if verb != "getIamPolicy" {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{verb} needs POST"),
+        ));
+    }
+    if st
+        .controller
+        .store
+        .get_service(&project, service)?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "service {service} not found in project {project}"
+        )));
+    }
+    Ok(Json(
+        st.controller
+            .store
+            .get_policy(&project, service)?
+            .unwrap_or_default(),
+    ))
+}
+
+async fn iam_post(
+    State(st): St,
+    Path((project, loc, resource)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let (service, verb) = iam_target(&resource)?;
+    match verb {
+        "getIamPolicy" => {
+            let p = iam_get(State(st), Path((project, loc, resource.clone()))).await?;
+            Ok(Json(serde_json::to_value(p.0).unwrap_or_default()))
+        }
+        "setIamPolicy" => {
+            #[derive(Deserialize)]
+            struct SetReq {
+                policy: Policy,
+            }
+            let req: SetReq = parse_body(&body)?;
+            let p = st
+                .controller
+                .set_policy(&project, service, req.policy)
+                .await?;
+            Ok(Json(serde_json::to_value(p).unwrap_or_default()))
+        }
+        "testIamPermissions" => {
+            // The admin token holds every permission.
+            let v: Value = parse_body(&body)?;
+            Ok(Json(
+                json!({"permissions": v.get("permissions").cloned().unwrap_or(json!([]))}),
+            ))
+        }
+        other => Err(ApiError::not_found(format!("unknown IAM method {other}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct ImportQuery {
+    name: Option<String>,
+}
+
+async fn import_image(
+    State(st): St,
+    Query(q): Query<ImportQuery>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    std::fs::create_dir_all(&st.tmp_dir)
+        .map_err(|e| ApiError::internal(format!("{}: {e}", st.tmp_dir.display())))?;
+    let spool = tempfile::NamedTempFile::new_in(&st.tmp_dir)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut file = tokio::fs::File::from_std(
+        spool
+            .reopen()
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("reading the upload: {e}")))?;
+        total += chunk.len() as u64;
+        if total > MAX_UPLOAD {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the archive is larger than {} GiB", MAX_UPLOAD >> 30),
+            ));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    drop(file);
+    if total == 0 {
+        return Err(ApiError::invalid(
+            "empty upload: send the image archive as the request body",
+        ));
+    }
+    let images = st.controller.images.clone();
+    let imported =
+        tokio::task::spawn_blocking(move || images.import(spool.path(), q.name.as_deref()))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(
+        json!({"reference": imported.reference, "digest": imported.digest}),
+    ))
+}
+
+async fn list_images(State(st): St) -> ApiResult<Json<Value>> {
+    let images = st.controller.images.clone();
+    let list = tokio::task::spawn_blocking(move || images.list())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(json!({"images": list})))
+}
+
+async fn delete_image(State(st): St, Path(reference): Path<String>) -> ApiResult<Json<Value>> {
+    // Deployed revisions pin their image's digest; those blobs stay until the revision goes.
+    let pinned: Vec<String> = st
+        .controller
+        .store
+        .list_revisions(None, None)?
+        .iter()
+        .filter_map(|r| r.status.as_ref()?.image_digest.clone())
+        .filter_map(|d| d.rsplit_once('@').map(|(_, d)| d.to_string()))
+        .collect();
+    let images = st.controller.images.clone();
+    tokio::task::spawn_blocking(move || images.delete(&reference, &pinned))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct ServiceQuery {
+    service: Option<String>,
+}
+
+async fn list_instances(
+    State(st): St,
+    Path(ns): Path<String>,
+    Query(q): Query<ServiceQuery>,
+) -> Json<Value> {
+    Json(json!({"instances": st.controller.serving.instances(&ns, q.service.as_deref())}))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    service: Option<String>,
+    job: Option<String>,
+    limit: Option<usize>,
+    follow: Option<bool>,
+}
+
+async fn read_logs(
+    State(st): St,
+    Path(ns): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    if q.job.is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "this server runs no jobs: read service logs with --service",
+        ));
+    }
+    let service = q
+        .service
+        .ok_or_else(|| ApiError::invalid("pass service=NAME"))?;
+    if st.controller.store.get_service(&ns, &service)?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "service {service} not found in project {ns}"
+        )));
+    }
+    let limit = q.limit.unwrap_or(100);
+    let sink = st.controller.serving.logs().clone();
+    // Subscribe before reading the file, then skip what the file already had.
+    let live = q.follow.unwrap_or(false).then(|| sink.subscribe());
+    let (ns2, svc2) = (ns.clone(), service.clone());
+    let past = tokio::task::spawn_blocking(move || sink.tail(&ns2, &svc2, limit))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let last_seq = past.last().map_or(0, |l| l.seq);
+    let encode = |l: &skiff_serving::LogLine| {
+        let mut v = serde_json::to_vec(l).unwrap_or_default();
+        v.push(b'\n');
+        Ok::<_, std::io::Error>(bytes::Bytes::from(v))
+    };
+    let head = futures::stream::iter(past.iter().map(encode).collect::<Vec<_>>());
+    let body = match live {
+        None => Body::from_stream(head),
+        Some(rx) => {
+            let tail = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| {
+                let out = match r {
+                    Ok(l) if l.namespace == ns && l.service == service && l.seq > last_seq => {
+                        Some(encode(&l))
+                    }
+                    _ => None,
+                };
+                async move { out }
+            });
+            Body::from_stream(head.chain(tail))
+        }
+    };
+    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+#[derive(Deserialize)]
+struct TokenReq {
+    audience: Option<String>,
+}
+
+async fn identity_token(State(st): St, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+    let req: TokenReq = if body.is_empty() {
+        TokenReq { audience: None }
+    } else {
+        parse_body(&body)?
+    };
+    Ok(Json(
+        json!({"token": st.controller.serving.mint_token(req.audience.as_deref())}),
+    ))
+}

@@ -1,0 +1,224 @@
+//! `skiff images ...`: import an OCI layout directory, OCI archive or docker archive into the
+//! server's image store, list and delete images.
+
+use crate::api::{encode, one_line, Api};
+use crate::output::{human_size, or_dash, print_machine, print_table, ListFormat};
+use anyhow::{anyhow, bail, Context, Result};
+use reqwest::blocking::Body;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::Value;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ImagesCommand {
+    /// Import an OCI layout directory, an OCI archive or a docker archive; prints the digest
+    Import {
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Reference to store the image under (default: the archive's own)
+        #[arg(long, value_name = "NAME[:TAG]")]
+        name: Option<String>,
+    },
+    /// List the images in the store
+    List {
+        /// Print the API's answer as JSON or YAML instead of a table
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<ListFormat>,
+    },
+    /// Delete an image reference (NAME[:TAG] or NAME@sha256:HEX)
+    Delete {
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ImageInfo {
+    pub reference: String,
+    pub digest: String,
+    pub size: u64,
+    pub created: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ImageList {
+    images: Vec<ImageInfo>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Imported {
+    reference: String,
+    digest: String,
+}
+
+pub fn run(api: &Api, cmd: ImagesCommand) -> Result<()> {
+    match cmd {
+        ImagesCommand::Import { path, name } => import(api, &path, name.as_deref()),
+        ImagesCommand::List { format } => {
+            let v: Value = api.get("/skiff/v1/images", &[])?;
+            if let Some(f) = format {
+                return print_machine(&v, f == ListFormat::Yaml);
+            }
+            let list: ImageList = serde_json::from_value(v)
+                .map_err(|e| anyhow!("unexpected image list from the Skiff API: {e}"))?;
+            print_table(
+                &["REFERENCE", "DIGEST", "SIZE", "CREATED"],
+                &rows(&list.images),
+            );
+            Ok(())
+        }
+        ImagesCommand::Delete { reference } => {
+            api.delete(&format!("/skiff/v1/images/{}", encode(&reference)))?;
+            eprintln!("Deleted image [{reference}].");
+            Ok(())
+        }
+    }
+}
+
+pub fn rows(images: &[ImageInfo]) -> Vec<Vec<String>> {
+    let mut images: Vec<&ImageInfo> = images.iter().collect();
+    images.sort_by(|a, b| a.reference.cmp(&b.reference));
+    images
+        .into_iter()
+        .map(|i| {
+            vec![
+                i.reference.clone(),
+                i.digest.clone(),
+                human_size(i.size),
+                or_dash(i.created.as_deref()),
+            ]
+        })
+        .collect()
+}
+
+/// Tars an OCI layout directory (entries relative to its root) into an unnamed temp file.
+pub fn tar_dir(dir: &Path) -> Result<File> {
+    if !dir.join("oci-layout").is_file() {
+        bail!(
+            "{} is a directory but not an OCI image layout (no oci-layout file): give an OCI layout directory, an OCI archive or a docker archive",
+            dir.display()
+        );
+    }
+    let mut f = tempfile::tempfile().context("cannot create a temporary file to pack the image")?;
+    {
+        let mut b = tar::Builder::new(&mut f);
+        b.mode(tar::HeaderMode::Deterministic);
+        b.append_dir_all("", dir)
+            .and_then(|_| b.finish())
+            .map_err(|e| anyhow!("cannot pack {}: {e}", dir.display()))?;
+    }
+    f.seek(SeekFrom::Start(0))
+        .context("cannot rewind the packed image")?;
+    Ok(f)
+}
+
+/// The path's metadata, or an error saying what to give instead.
+pub fn check_path(path: &Path) -> Result<std::fs::Metadata> {
+    std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow!(
+                "{} does not exist: give an OCI layout directory, an OCI archive or a docker archive",
+                path.display()
+            )
+        } else {
+            anyhow!("cannot read {}: {e}", path.display())
+        }
+    })
+}
+
+fn import(api: &Api, path: &Path, name: Option<&str>) -> Result<()> {
+    let meta = check_path(path)?;
+    let file = if meta.is_dir() {
+        tar_dir(path)?
+    } else {
+        File::open(path).map_err(|e| anyhow!("cannot open {}: {e}", path.display()))?
+    };
+    let len = file
+        .metadata()
+        .map(|m| m.len())
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    eprintln!("Importing {} ({})...", path.display(), human_size(len));
+    let query: Vec<(&str, &str)> = name.map(|n| vec![("name", n)]).unwrap_or_default();
+    let req = api
+        .request(Method::POST, "/skiff/v1/images:import")
+        .query(&query)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+        .body(Body::sized(file, len));
+    let resp = api.send(req)?;
+    let out: Imported = resp
+        .json()
+        .map_err(|e| anyhow!("unexpected answer to the import: {}", one_line(&e)))?;
+    if out.digest.is_empty() {
+        bail!("the Skiff API answered the import without a digest: is --api-url a Skiff server of the same version?");
+    }
+    eprintln!("Imported image [{}].", out.reference);
+    println!("{}", out.digest);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::table;
+    use std::io::Read;
+
+    #[test]
+    fn table_rows() {
+        let list: ImageList = serde_json::from_value(serde_json::json!({"images": [
+            {"reference": "zz:latest", "digest": "sha256:bb", "size": 2048,
+             "created": "2024-01-01T00:00:00Z"},
+            {"reference": "busybox:latest", "digest": "sha256:aa", "size": 4404019}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            table(
+                &["REFERENCE", "DIGEST", "SIZE", "CREATED"],
+                &rows(&list.images)
+            ),
+            "REFERENCE       DIGEST     SIZE    CREATED\n\
+             busybox:latest  sha256:aa  4.2MiB  -\n\
+             zz:latest       sha256:bb  2.0KiB  2024-01-01T00:00:00Z\n"
+        );
+    }
+
+    #[test]
+    fn packs_layout_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        std::fs::write(root.join("index.json"), "{}").unwrap();
+        std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+        std::fs::write(root.join("blobs/sha256/abc"), "layer").unwrap();
+        let mut f = tar_dir(root).unwrap();
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).unwrap();
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        let mut names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .map(|n| n.trim_end_matches('/').to_string())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                "blobs",
+                "blobs/sha256",
+                "blobs/sha256/abc",
+                "index.json",
+                "oci-layout"
+            ]
+        );
+
+        let empty = tempfile::tempdir().unwrap();
+        let e = tar_dir(empty.path()).unwrap_err().to_string();
+        assert!(e.contains("not an OCI image layout"), "{e}");
+    }
+}

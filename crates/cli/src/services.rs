@@ -1,0 +1,547 @@
+//! `skiff services ...`: list, describe (human, JSON, YAML, or an export that `replace`
+//! accepts), delete, replace from a Knative Service file, and update-traffic.
+
+use crate::api::Api;
+use crate::deploy::{current_revision, deployed_lines, wait_ready};
+use crate::output::{key_values, or_dash, print_machine, print_table, table, ListFormat};
+use crate::traffic::{edit_traffic, parse_names, parse_percents, parse_tag_updates, TrafficEdit};
+use anyhow::{anyhow, bail, Context, Result};
+use reqwest::Method;
+use serde_json::Value;
+use skiff_model::{
+    format_duration, ready_status, validate_namespace, validate_service_name, RevisionSettings,
+    RevisionTemplate, Service, TrafficTarget, SERVING_API_VERSION,
+};
+use std::io::Read;
+use std::path::PathBuf;
+
+/// `--format` for `services describe`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceFormat {
+    Json,
+    Yaml,
+    /// A Knative Service without status or server-set metadata, for `services replace`
+    Export,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ServicesCommand {
+    /// List the project's services
+    List {
+        /// Print the API's answer as JSON or YAML instead of a table
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<ListFormat>,
+    },
+    /// Show one service
+    Describe {
+        #[arg(value_name = "SERVICE")]
+        service: String,
+        /// json, yaml, or export (a Knative Service that `services replace` accepts)
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<ServiceFormat>,
+    },
+    /// Delete a service with its revisions
+    Delete {
+        #[arg(value_name = "SERVICE")]
+        service: String,
+    },
+    /// Create or replace a service from a Knative Service YAML or JSON file (`-` for stdin)
+    Replace {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Move traffic between revisions and manage tags
+    UpdateTraffic(UpdateTrafficArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(group(
+    clap::ArgGroup::new("change")
+        .required(true)
+        .multiple(true)
+        .args(["to_latest", "to_revisions", "to_tags", "update_tags", "remove_tags", "clear_tags"])
+))]
+pub struct UpdateTrafficArgs {
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+    /// Send all traffic to the latest ready revision (and to each later one)
+    #[arg(long, conflicts_with_all = ["to_revisions", "to_tags"])]
+    pub to_latest: bool,
+    /// Percent of traffic per revision; LATEST names the latest ready revision
+    #[arg(long, value_name = "REVISION=PERCENT,...")]
+    pub to_revisions: Option<String>,
+    /// Percent of traffic per tagged revision
+    #[arg(long, value_name = "TAG=PERCENT,...")]
+    pub to_tags: Option<String>,
+    /// Add or move tags
+    #[arg(long, value_name = "TAG=REVISION,...")]
+    pub update_tags: Option<String>,
+    /// Remove tags
+    #[arg(long, value_name = "TAG,...")]
+    pub remove_tags: Option<String>,
+    /// Remove every tag
+    #[arg(long)]
+    pub clear_tags: bool,
+}
+
+impl UpdateTrafficArgs {
+    pub fn edit(&self) -> Result<TrafficEdit> {
+        Ok(TrafficEdit {
+            to_latest: self.to_latest,
+            to_revisions: match &self.to_revisions {
+                Some(s) => parse_percents(s, "--to-revisions")?,
+                None => Vec::new(),
+            },
+            to_tags: match &self.to_tags {
+                Some(s) => parse_percents(s, "--to-tags")?,
+                None => Vec::new(),
+            },
+            update_tags: match &self.update_tags {
+                Some(s) => parse_tag_updates(s)?,
+                None => Vec::new(),
+            },
+            remove_tags: self
+                .remove_tags
+                .as_deref()
+                .map(parse_names)
+                .unwrap_or_default(),
+            clear_tags: self.clear_tags,
+        })
+    }
+}
+
+pub fn run(api: &Api, cmd: ServicesCommand) -> Result<()> {
+    match cmd {
+        ServicesCommand::List { format } => list(api, format),
+        ServicesCommand::Describe { service, format } => describe(api, &service, format),
+        ServicesCommand::Delete { service } => {
+            api.delete(&api.knative("services", Some(&service)))?;
+            eprintln!("Deleted service [{service}].");
+            Ok(())
+        }
+        ServicesCommand::Replace { file } => replace(api, &file),
+        ServicesCommand::UpdateTraffic(args) => update_traffic(api, &args),
+    }
+}
+
+/// The `items` of a Kubernetes-style list answer.
+pub fn items<T: serde::de::DeserializeOwned>(list: &Value) -> Result<Vec<T>> {
+    match list.get("items") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| anyhow!("unexpected list from the Skiff API: {e}")),
+    }
+}
+
+fn ready_text(conditions: &[skiff_model::Condition]) -> String {
+    ready_status(conditions)
+        .map(|c| c.status.clone())
+        .unwrap_or_else(|| "Unknown".to_string())
+}
+
+pub fn service_rows(services: &[Service]) -> Vec<Vec<String>> {
+    services
+        .iter()
+        .map(|s| {
+            let st = s.status.clone().unwrap_or_default();
+            vec![
+                s.metadata.name.clone(),
+                or_dash(st.url.as_deref()),
+                or_dash(current_revision(s).as_deref()),
+                ready_text(&st.conditions),
+            ]
+        })
+        .collect()
+}
+
+fn list(api: &Api, format: Option<ListFormat>) -> Result<()> {
+    let v: Value = api.get(&api.knative("services", None), &[])?;
+    if let Some(f) = format {
+        return print_machine(&v, f == ListFormat::Yaml);
+    }
+    let mut services: Vec<Service> = items(&v)?;
+    services.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    print_table(
+        &["SERVICE", "URL", "LATEST-REVISION", "READY"],
+        &service_rows(&services),
+    );
+    Ok(())
+}
+
+/// A Service as `services replace` takes it: no status, no metadata the server sets.
+pub fn export(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+        if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in [
+                "uid",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "selfLink",
+                "managedFields",
+            ] {
+                m.remove(k);
+            }
+        }
+    }
+    v
+}
+
+fn describe(api: &Api, name: &str, format: Option<ServiceFormat>) -> Result<()> {
+    let v: Value = api.get(&api.knative("services", Some(name)), &[])?;
+    match format {
+        Some(ServiceFormat::Json) => print_machine(&v, false),
+        Some(ServiceFormat::Yaml) => print_machine(&v, true),
+        Some(ServiceFormat::Export) => print_machine(&export(&v), true),
+        None => {
+            let svc: Service = serde_json::from_value(v)
+                .map_err(|e| anyhow!("unexpected service from the Skiff API: {e}"))?;
+            print!("{}", describe_text(&svc));
+            Ok(())
+        }
+    }
+}
+
+/// The settings a revision template runs with, for describe output.
+pub fn settings_pairs(t: &RevisionTemplate) -> Vec<(&'static str, String)> {
+    let c = t.spec.containers.first();
+    let limit = |k: &str| {
+        c.and_then(|c| c.resources.as_ref())
+            .and_then(|r| r.limits.get(k))
+            .cloned()
+    };
+    let mut out = Vec::new();
+    match RevisionSettings::from_template(t) {
+        Ok(s) => {
+            out.push(("Image", s.image.clone()));
+            out.push(("Port", s.port.to_string()));
+            out.push(("Concurrency", s.concurrency.to_string()));
+            out.push(("Min instances", s.min_instances.to_string()));
+            out.push(("Max instances", s.max_instances.to_string()));
+            out.push(("Timeout", format_duration(s.timeout)));
+            out.push(("CPU", limit("cpu").unwrap_or_else(|| "1".into())));
+            out.push(("Memory", limit("memory").unwrap_or_else(|| "512Mi".into())));
+            out.push(("Command", s.command.join(" ")));
+            out.push(("Args", s.args.join(" ")));
+            let env: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push(("Env", env.join(", ")));
+        }
+        Err(e) => {
+            out.push(("Image", c.map(|c| c.image.clone()).unwrap_or_default()));
+            out.push(("Invalid", e.to_string()));
+        }
+    }
+    out
+}
+
+pub fn traffic_table(traffic: &[TrafficTarget]) -> String {
+    let rows: Vec<Vec<String>> = traffic
+        .iter()
+        .map(|t| {
+            let mut rev = t.revision_name.clone().unwrap_or_default();
+            if t.latest_revision == Some(true) {
+                rev = if rev.is_empty() {
+                    "LATEST".into()
+                } else {
+                    format!("{rev} (latest)")
+                };
+            }
+            vec![
+                format!("{}%", t.percent.unwrap_or(0)),
+                rev,
+                t.tag.clone().unwrap_or_default(),
+                t.url.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["PERCENT", "REVISION", "TAG", "URL"], &rows)
+}
+
+pub fn describe_text(svc: &Service) -> String {
+    let st = svc.status.clone().unwrap_or_default();
+    let ready = match ready_status(&st.conditions) {
+        Some(c) if c.status == "False" => format!(
+            "False: {}",
+            c.message
+                .clone()
+                .or_else(|| c.reason.clone())
+                .unwrap_or_default()
+        ),
+        Some(c) => c.status.clone(),
+        None => "Unknown".into(),
+    };
+    let mut pairs: Vec<(&str, String)> = vec![
+        ("Service", svc.metadata.name.clone()),
+        ("Project", svc.metadata.namespace.clone()),
+        ("URL", or_dash(st.url.as_deref())),
+        ("Ready", ready),
+        ("Latest revision", or_dash(current_revision(svc).as_deref())),
+        (
+            "Created",
+            or_dash(svc.metadata.creation_timestamp.as_deref()),
+        ),
+    ];
+    pairs.extend(settings_pairs(&svc.spec.template));
+    let mut out = key_values(&pairs);
+    let traffic = if st.traffic.is_empty() {
+        &svc.spec.traffic
+    } else {
+        &st.traffic
+    };
+    if !traffic.is_empty() {
+        out.push_str("\nTraffic:\n");
+        for l in traffic_table(traffic).lines() {
+            out.push_str("  ");
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Reads and checks a Knative Service file; the namespace defaults to `project`.
+pub fn parse_service_file(text: &str, origin: &str, project: &str) -> Result<Service> {
+    let mut svc: Service = serde_yaml::from_str(text).map_err(|e| {
+        anyhow!(
+            "cannot read {origin} as a Knative Service: {}: give a serving.knative.dev/v1 Service in YAML or JSON",
+            e.to_string().replace('\n', " ")
+        )
+    })?;
+    if svc.kind != "Service" {
+        bail!(
+            "{origin} holds a {}, not a Service: give a serving.knative.dev/v1 Service",
+            svc.kind
+        );
+    }
+    if svc.api_version != SERVING_API_VERSION {
+        bail!(
+            "{origin} has apiVersion {:?}: use apiVersion: {SERVING_API_VERSION}",
+            svc.api_version
+        );
+    }
+    if svc.metadata.name.is_empty() {
+        bail!("{origin} has no metadata.name: name the service");
+    }
+    validate_service_name(&svc.metadata.name).map_err(|e| anyhow!("{e}"))?;
+    if svc.metadata.namespace.is_empty() {
+        svc.metadata.namespace = project.to_string();
+    }
+    validate_namespace(&svc.metadata.namespace).map_err(|e| anyhow!("{e}"))?;
+    RevisionSettings::from_template(&svc.spec.template).map_err(|e| anyhow!("{origin}: {e}"))?;
+    svc.status = None;
+    for t in &mut svc.spec.traffic {
+        t.url = None;
+    }
+    Ok(svc)
+}
+
+fn replace(api: &Api, file: &PathBuf) -> Result<()> {
+    let (text, origin) = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the service from stdin")?;
+        (s, "stdin".to_string())
+    } else {
+        let origin = file.display().to_string();
+        let s = std::fs::read_to_string(file).map_err(|e| {
+            anyhow!("cannot read {origin}: {e}: give the path of a Knative Service YAML file")
+        })?;
+        (s, origin)
+    };
+    let svc = parse_service_file(&text, &origin, &api.project)?;
+    let name = svc.metadata.name.clone();
+    let ns = svc.metadata.namespace.clone();
+    let path = api.knative_in(&ns, "services", Some(&name));
+    let existing: Option<Value> = api.get_opt(&path)?;
+    eprintln!("Applying new configuration to service [{name}] in project [{ns}]...");
+    let written: Service = if existing.is_some() {
+        api.send_json(Method::PUT, &path, &svc)?
+    } else {
+        api.send_json(Method::POST, &api.knative_in(&ns, "services", None), &svc)?
+    };
+    let done = wait_ready(api, &path, &name, written.metadata.generation)?;
+    eprintln!("Done.");
+    for line in deployed_lines(&done, None) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn update_traffic(api: &Api, args: &UpdateTrafficArgs) -> Result<()> {
+    let edit = args.edit()?;
+    let name = &args.service;
+    let path = api.knative("services", Some(name));
+    let mut svc: Service = api.get(&path, &[])?;
+    svc.spec.traffic = edit_traffic(&svc.spec.traffic, &edit)?;
+    svc.status = None;
+    eprintln!("Updating traffic of service [{name}]...");
+    let written: Service = api.send_json(Method::PUT, &path, &svc)?;
+    let done = wait_ready(api, &path, name, written.metadata.generation)?;
+    eprintln!("Done.");
+    let st = done.status.clone().unwrap_or_default();
+    print!("{}", traffic_table(&st.traffic));
+    println!("Service URL: {}", st.url.unwrap_or_default());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn full() -> Value {
+        json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "hello", "namespace": "default", "uid": "u", "generation": 3,
+                "resourceVersion": "12", "creationTimestamp": "2024-01-01T00:00:00Z",
+                "labels": {"team": "a"},
+                "annotations": {"serving.knative.dev/creator": "admin"}
+            },
+            "spec": {
+                "template": {
+                    "metadata": {"annotations": {"autoscaling.knative.dev/maxScale": "3"}},
+                    "spec": {"containers": [{"image": "busybox", "x-unknown": 1}]}
+                },
+                "traffic": [{"latestRevision": true, "percent": 100}]
+            },
+            "status": {"observedGeneration": 3, "url": "http://hello.localhost:8080"}
+        })
+    }
+
+    #[test]
+    fn exports() {
+        let cases: Vec<(&str, Value, Value)> = vec![
+            (
+                "strips status and server metadata, keeps the rest",
+                full(),
+                json!({
+                    "apiVersion": "serving.knative.dev/v1",
+                    "kind": "Service",
+                    "metadata": {
+                        "name": "hello", "namespace": "default",
+                        "labels": {"team": "a"},
+                        "annotations": {"serving.knative.dev/creator": "admin"}
+                    },
+                    "spec": full()["spec"].clone()
+                }),
+            ),
+            (
+                "already clean",
+                json!({"kind": "Service", "metadata": {"name": "a"}}),
+                json!({"kind": "Service", "metadata": {"name": "a"}}),
+            ),
+            ("not an object", json!(null), json!(null)),
+        ];
+        for (what, input, want) in cases {
+            assert_eq!(export(&input), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn export_round_trips_through_replace() {
+        let yaml = serde_yaml::to_string(&export(&full())).unwrap();
+        let svc = parse_service_file(&yaml, "svc.yaml", "other").unwrap();
+        assert_eq!(svc.metadata.name, "hello");
+        assert_eq!(svc.metadata.namespace, "default");
+        assert!(svc.metadata.uid.is_empty() && svc.metadata.generation == 0);
+        assert!(svc.status.is_none());
+        assert_eq!(svc.spec.template.spec.containers[0].image, "busybox");
+    }
+
+    #[test]
+    fn service_files() {
+        let ok = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n      - image: nginx\n";
+        let svc = parse_service_file(ok, "f", "proj").unwrap();
+        assert_eq!(svc.metadata.namespace, "proj");
+        let json_ok = r#"{"apiVersion":"serving.knative.dev/v1","kind":"Service","metadata":{"name":"web","namespace":"ns"},"spec":{"template":{"spec":{"containers":[{"image":"nginx"}]}}}}"#;
+        assert_eq!(
+            parse_service_file(json_ok, "f", "proj")
+                .unwrap()
+                .metadata
+                .namespace,
+            "ns"
+        );
+        let bad: &[(&str, &str)] = &[
+            ("kind: Job\nmetadata: {name: a}", "not a Service"),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: a}",
+                "apiVersion",
+            ),
+            (
+                "kind: Service\nspec: {template: {spec: {containers: [{image: x}]}}}",
+                "no metadata.name",
+            ),
+            (
+                "kind: Service\nmetadata: {name: Bad}\nspec: {template: {spec: {containers: [{image: x}]}}}",
+                "invalid service name",
+            ),
+            ("kind: Service\nmetadata: {name: a}", "no container"),
+            ("[1, 2", "cannot read f"),
+        ];
+        for (text, part) in bad {
+            let e = parse_service_file(text, "f", "p").unwrap_err().to_string();
+            assert!(e.contains(part), "{text}: {e} lacks {part:?}");
+            assert!(!e.contains('\n'), "{text}: one line");
+        }
+    }
+
+    #[test]
+    fn service_table() {
+        let a: Service = serde_json::from_value(full()).unwrap();
+        let b: Service = serde_json::from_value(json!({
+            "metadata": {"name": "b"},
+            "status": {"latestCreatedRevisionName": "b-00001-xyz",
+                       "conditions": [{"type": "Ready", "status": "False"}]}
+        }))
+        .unwrap();
+        let got = table(
+            &["SERVICE", "URL", "LATEST-REVISION", "READY"],
+            &service_rows(&[a, b]),
+        );
+        assert_eq!(
+            got,
+            "SERVICE  URL                          LATEST-REVISION  READY\n\
+             hello    http://hello.localhost:8080  -                Unknown\n\
+             b        -                            b-00001-xyz      False\n"
+        );
+    }
+
+    #[test]
+    fn traffic_tables() {
+        let t: Vec<TrafficTarget> = serde_json::from_value(json!([
+            {"revisionName": "h-00002-b", "latestRevision": true, "percent": 90},
+            {"revisionName": "h-00001-a", "percent": 10, "tag": "old",
+             "url": "http://old---h.localhost:8080"},
+            {"latestRevision": true, "tag": "new"}
+        ]))
+        .unwrap();
+        assert_eq!(
+            traffic_table(&t),
+            "PERCENT  REVISION            TAG  URL\n\
+             90%      h-00002-b (latest)\n\
+             10%      h-00001-a           old  http://old---h.localhost:8080\n\
+             0%       LATEST              new\n"
+        );
+    }
+
+    #[test]
+    fn describes() {
+        let svc: Service = serde_json::from_value(full()).unwrap();
+        let text = describe_text(&svc);
+        for part in [
+            "Service:          hello\n",
+            "URL:              http://hello.localhost:8080\n",
+            "Max instances:    3\n",
+            "Timeout:          300s\n",
+            "Memory:           512Mi\n",
+            "\nTraffic:\n  PERCENT",
+        ] {
+            assert!(text.contains(part), "{text} lacks {part:?}");
+        }
+    }
+}

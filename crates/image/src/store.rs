@@ -1,0 +1,669 @@
+//! `ImageStore`: the content-addressed store on disk. Import stages verified blobs and
+//! unpacked layers under `ROOT/tmp` and `ROOT/layers/.tmp-*`, then renames them into place and
+//! records the reference; delete removes references and garbage-collects what no reference or
+//! pinned digest reaches; resolve turns a reference into layer directories and config.
+//!
+//! Locking: `gc.lock` is held shared by import, list and resolve and exclusively by delete
+//! (so garbage collection never races an import); `refs.lock` serializes read-modify-write of
+//! `refs.json`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+use crate::compression::{self, Compression};
+use crate::digest::{hex_of, is_hex64, sha256_digest, HashingReader, HashingWriter};
+use crate::error::{ImageError, IoContext};
+use crate::import::{self, LayerPlan, ManifestPlan, Plan};
+use crate::oci::{self, Descriptor, ImageConfig, Manifest};
+use crate::reference::{parse_digest, parse_reference};
+use crate::refs;
+use crate::source::Source;
+use crate::unpack;
+use crate::{ImageInfo, ImportedImage, ResolvedImage};
+
+const GC_LOCK: &str = "gc.lock";
+const REFS_LOCK: &str = "refs.lock";
+const LAYER_TMP_PREFIX: &str = ".tmp-";
+/// Largest manifest or config read back from the store.
+const JSON_LIMIT: u64 = 16 << 20;
+
+/// A content-addressed image store rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+/// A blob brought into staging (or found already in the store).
+struct StagedBlob {
+    digest: String,
+    size: u64,
+    compression: Compression,
+    /// Where to read the blob now.
+    path: PathBuf,
+    /// Set when the blob is in staging and must be moved into the store on commit.
+    staged: bool,
+}
+
+impl ImageStore {
+    /// Open (creating as needed) the store at `root`.
+    pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
+        for dir in [
+            root.to_path_buf(),
+            root.join("blobs").join("sha256"),
+            root.join("layers"),
+            root.join("tmp"),
+        ] {
+            fs::create_dir_all(&dir)
+                .ctx(|| format!("cannot create image store directory {}", dir.display()))?;
+        }
+        Ok(ImageStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs").join("sha256").join(hex_of(digest))
+    }
+
+    fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    fn layer_path(&self, diff_id: &str) -> PathBuf {
+        self.layers_dir().join(hex_of(diff_id))
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> ImageError {
+        ImageError::Corrupt {
+            root: self.root.display().to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Import the image at `path` (OCI layout directory, OCI archive or docker archive).
+    /// `name` (`NAME[:TAG]`) overrides the archive's own reference; without it the archive
+    /// must name the image. Nothing is referenced unless every blob and layer verified and
+    /// unpacked safely.
+    pub fn import(&self, path: &Path, name: Option<&str>) -> Result<ImportedImage, ImageError> {
+        let name = match name {
+            Some(n) => {
+                let r = parse_reference(n)?;
+                if r.digest.is_some() {
+                    return Err(ImageError::InvalidReference {
+                        input: n.to_string(),
+                        reason: "an image cannot be imported under a digest; give NAME[:TAG]"
+                            .into(),
+                    });
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        let src = Source::open(path, &self.tmp_dir())?;
+        let plan = import::plan(&src, name.as_ref())?;
+        self.apply(&src, plan)
+    }
+
+    fn apply(&self, src: &Source, plan: Plan) -> Result<ImportedImage, ImageError> {
+        let staging = tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(self.tmp_dir())
+            .ctx(|| {
+                format!(
+                    "cannot create a staging directory in {}",
+                    self.tmp_dir().display()
+                )
+            })?;
+
+        // 1. Copy every layer blob, verifying digest and size.
+        let mut blobs = Vec::with_capacity(plan.layers.len());
+        for (i, layer) in plan.layers.iter().enumerate() {
+            blobs.push(self.stage_layer_blob(
+                src,
+                layer,
+                &staging.path().join(format!("layer-{i}")),
+            )?);
+        }
+
+        // 2. Unpack each layer not yet in the store (once, even if listed twice), always
+        //    verifying the diff_id.
+        let mut unpacked: Vec<(TempDir, PathBuf)> = Vec::new();
+        let mut done: HashSet<String> = HashSet::new();
+        for (layer, blob) in plan.layers.iter().zip(&blobs) {
+            let target = self.layer_path(&layer.diff_id);
+            let actual = if done.contains(&layer.diff_id) || target.is_dir() {
+                unpack::diff_id(&blob.path, &blob.digest)?
+            } else {
+                let tmp = tempfile::Builder::new()
+                    .prefix(LAYER_TMP_PREFIX)
+                    .tempdir_in(self.layers_dir())
+                    .ctx(|| {
+                        format!(
+                            "cannot create a directory in {}",
+                            self.layers_dir().display()
+                        )
+                    })?;
+                let actual = unpack::unpack_layer(&blob.path, &blob.digest, tmp.path())?;
+                unpacked.push((tmp, target));
+                actual
+            };
+            if actual != layer.diff_id {
+                return Err(ImageError::DiffIdMismatch {
+                    layer: blob.digest.clone(),
+                    expected: layer.diff_id.clone(),
+                    actual,
+                });
+            }
+            done.insert(layer.diff_id.clone());
+        }
+
+        // 3. Config and manifest.
+        let config = self.stage_bytes(&plan.config, &staging.path().join("config"))?;
+        if config.digest != plan.config_digest {
+            return Err(ImageError::DigestMismatch {
+                what: "config".into(),
+                digest: plan.config_digest.clone(),
+                actual: config.digest,
+            });
+        }
+        let manifest_bytes = match &plan.manifest {
+            ManifestPlan::Verbatim { bytes, .. } => bytes.clone(),
+            ManifestPlan::Synthesize => synthesize_manifest(&config, &blobs)?,
+        };
+        let manifest = self.stage_bytes(&manifest_bytes, &staging.path().join("manifest"))?;
+        if let ManifestPlan::Verbatim { digest, .. } = &plan.manifest {
+            if *digest != manifest.digest {
+                return Err(ImageError::DigestMismatch {
+                    what: "manifest".into(),
+                    digest: digest.clone(),
+                    actual: manifest.digest,
+                });
+            }
+        }
+
+        // 4. Commit: blobs, then layers, then make it durable, then the reference.
+        for blob in blobs.iter().chain([&config, &manifest]) {
+            if blob.staged {
+                let dest = self.blob_path(&blob.digest);
+                if !dest.exists() {
+                    fs::rename(&blob.path, &dest)
+                        .ctx(|| format!("cannot store blob {}", blob.digest))?;
+                }
+            }
+        }
+        for (tmp, target) in unpacked {
+            match fs::rename(tmp.path(), &target) {
+                Ok(()) => {
+                    let _ = tmp.keep();
+                }
+                // Another import unpacked the same layer meanwhile; ours is dropped.
+                Err(_) if target.is_dir() => {}
+                Err(e) => {
+                    return Err(ImageError::io(
+                        format!("cannot move layer into {}", target.display()),
+                        e,
+                    ))
+                }
+            }
+        }
+        self.sync()?;
+        {
+            let _refs = refs::lock(&self.root, REFS_LOCK, true)?;
+            let mut table = refs::load(&self.root)?;
+            if table.get(&plan.reference) != Some(&manifest.digest) {
+                table.insert(plan.reference.clone(), manifest.digest.clone());
+                refs::save(&self.root, &table)?;
+            }
+        }
+        tracing::info!(reference = %plan.reference, digest = %manifest.digest, "imported image");
+        Ok(ImportedImage {
+            reference: plan.reference,
+            digest: manifest.digest,
+        })
+    }
+
+    /// Flush everything written under the root to disk.
+    fn sync(&self) -> Result<(), ImageError> {
+        let dir = File::open(&self.root).ctx(|| format!("cannot open {}", self.root.display()))?;
+        nix::unistd::syncfs(dir.as_raw_fd())
+            .map_err(|e| ImageError::io(format!("cannot sync {}", self.root.display()), e.into()))
+    }
+
+    /// Copy a layer blob from the source into staging (or just hash it when the store already
+    /// holds the digest it claims), verifying digest and size.
+    fn stage_layer_blob(
+        &self,
+        src: &Source,
+        layer: &LayerPlan,
+        staged_path: &Path,
+    ) -> Result<StagedBlob, ImageError> {
+        let what = format!("layer {}", layer.path);
+        let Some((reader, len)) = src.open_file(&layer.path)? else {
+            return Err(ImageError::MissingBlob {
+                path: src.display.clone(),
+                what: "layer".into(),
+                digest: layer.digest.clone().unwrap_or_else(|| layer.path.clone()),
+            });
+        };
+        let name = || layer.digest.clone().unwrap_or_else(|| layer.path.clone());
+        if let Some(expected) = layer.size {
+            if expected != len {
+                return Err(ImageError::SizeMismatch {
+                    what: "layer".into(),
+                    digest: name(),
+                    expected,
+                    actual: len,
+                });
+            }
+        }
+        let check = |actual: &str| -> Result<(), ImageError> {
+            match &layer.digest {
+                Some(d) if d != actual => Err(ImageError::DigestMismatch {
+                    what: "layer".into(),
+                    digest: d.clone(),
+                    actual: actual.to_string(),
+                }),
+                _ => Ok(()),
+            }
+        };
+        if let Some(d) = &layer.digest {
+            let existing = self.blob_path(d);
+            if existing.is_file() {
+                let (actual, size) = HashingReader::new(reader)
+                    .finish()
+                    .ctx(|| format!("cannot read {what} of {}", src.display))?;
+                check(&actual)?;
+                return Ok(StagedBlob {
+                    digest: actual,
+                    size,
+                    compression: sniff(&existing, d)?,
+                    path: existing,
+                    staged: false,
+                });
+            }
+        }
+        let (actual, size) = write_hashed(reader, staged_path)
+            .ctx(|| format!("cannot copy {what} of {} into the store", src.display))?;
+        check(&actual)?;
+        let compression = sniff(staged_path, &actual)?;
+        let existing = self.blob_path(&actual);
+        if existing.is_file() {
+            let _ = fs::remove_file(staged_path);
+            return Ok(StagedBlob {
+                digest: actual,
+                size,
+                compression,
+                path: existing,
+                staged: false,
+            });
+        }
+        Ok(StagedBlob {
+            digest: actual,
+            size,
+            compression,
+            path: staged_path.to_path_buf(),
+            staged: true,
+        })
+    }
+
+    /// Write bytes to staging and describe them as a blob.
+    fn stage_bytes(&self, bytes: &[u8], staged_path: &Path) -> Result<StagedBlob, ImageError> {
+        let digest = sha256_digest(bytes);
+        let existing = self.blob_path(&digest);
+        if existing.is_file() {
+            return Ok(StagedBlob {
+                digest,
+                size: bytes.len() as u64,
+                compression: Compression::None,
+                path: existing,
+                staged: false,
+            });
+        }
+        fs::write(staged_path, bytes).ctx(|| format!("cannot write {}", staged_path.display()))?;
+        Ok(StagedBlob {
+            digest,
+            size: bytes.len() as u64,
+            compression: Compression::None,
+            path: staged_path.to_path_buf(),
+            staged: true,
+        })
+    }
+
+    /// Every reference with its digest, size and creation time, sorted by reference.
+    pub fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        let table = refs::load(&self.root)?;
+        let mut out = Vec::with_capacity(table.len());
+        for (reference, digest) in table {
+            let (size, created) = match self.describe(&digest) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(%reference, %digest, error = %e, "cannot read image");
+                    (0, None)
+                }
+            };
+            out.push(ImageInfo {
+                reference,
+                digest,
+                size,
+                created,
+            });
+        }
+        Ok(out)
+    }
+
+    fn describe(&self, digest: &str) -> Result<(u64, Option<String>), ImageError> {
+        let (manifest, manifest_len) = self.read_manifest(digest)?;
+        let config = self.read_config(&manifest.config)?;
+        let size = manifest_len
+            + manifest.config.size
+            + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+        Ok((size, config.created))
+    }
+
+    fn read_blob(&self, digest: &str, what: &str) -> Result<Vec<u8>, ImageError> {
+        parse_digest(digest)
+            .map_err(|_| self.corrupt(format!("{what} digest {digest:?} is malformed")))?;
+        let path = self.blob_path(digest);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(self.corrupt(format!("{what} blob {digest} is missing")))
+            }
+            Err(e) => return Err(ImageError::io(format!("cannot open {}", path.display()), e)),
+        };
+        let mut buf = Vec::new();
+        f.take(JSON_LIMIT)
+            .read_to_end(&mut buf)
+            .ctx(|| format!("cannot read {}", path.display()))?;
+        Ok(buf)
+    }
+
+    fn read_manifest(&self, digest: &str) -> Result<(Manifest, u64), ImageError> {
+        let bytes = self.read_blob(digest, "manifest")?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
+                what: format!("stored manifest {digest}"),
+                source,
+            })?;
+        Ok((manifest, bytes.len() as u64))
+    }
+
+    fn read_config(&self, desc: &Descriptor) -> Result<ImageConfig, ImageError> {
+        let bytes = self.read_blob(&desc.digest, "config")?;
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
+            what: format!("stored image config {}", desc.digest),
+            source,
+        })
+    }
+
+    /// The manifest digest a reference (or bare `sha256:` digest) stands for.
+    fn lookup(&self, reference: &str) -> Result<String, ImageError> {
+        let not_found = || ImageError::NotFound {
+            reference: reference.to_string(),
+        };
+        let digest = if reference.starts_with("sha256:") {
+            parse_digest(reference)?
+        } else {
+            let r = parse_reference(reference)?;
+            match r.digest {
+                Some(d) => d,
+                None => refs::load(&self.root)?
+                    .get(&r.normalized())
+                    .cloned()
+                    .ok_or_else(not_found)?,
+            }
+        };
+        if !self.blob_path(&digest).is_file() {
+            return Err(not_found());
+        }
+        Ok(digest)
+    }
+
+    /// Resolve `NAME[:TAG]`, `NAME@sha256:HEX` or a bare `sha256:HEX` manifest digest to
+    /// layer directories and run configuration.
+    pub fn resolve(&self, reference: &str) -> Result<ResolvedImage, ImageError> {
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        let digest = self.lookup(reference)?;
+        let (manifest, _) = self.read_manifest(&digest)?;
+        let config = self.read_config(&manifest.config)?;
+        let diff_ids = config.diff_ids();
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(self.corrupt(format!(
+                "image {digest} has {} layers but {} diff_ids",
+                manifest.layers.len(),
+                diff_ids.len()
+            )));
+        }
+        let mut layers: Vec<PathBuf> = Vec::with_capacity(diff_ids.len());
+        for (i, diff_id) in diff_ids.iter().enumerate() {
+            if !is_hex64(hex_of(diff_id)) {
+                return Err(self.corrupt(format!("image {digest} has a malformed diff_id")));
+            }
+            let dir = self.layer_path(diff_id);
+            if !dir.is_dir() {
+                return Err(
+                    self.corrupt(format!("layer {diff_id} of image {digest} is not unpacked"))
+                );
+            }
+            // Keep only the topmost occurrence of a repeated layer.
+            if !diff_ids[i + 1..].contains(diff_id) {
+                layers.push(dir);
+            }
+        }
+        let c = config.config.unwrap_or_default();
+        Ok(ResolvedImage {
+            digest,
+            layers,
+            exposed_ports: c.tcp_ports(),
+            entrypoint: c.entrypoint.unwrap_or_default(),
+            cmd: c.cmd.unwrap_or_default(),
+            env: c.env.unwrap_or_default(),
+            working_dir: c.working_dir.filter(|w| !w.is_empty()),
+            user: c.user.filter(|u| !u.is_empty()),
+        })
+    }
+
+    /// Remove `reference` (`NAME[:TAG]`, `NAME@sha256:HEX` for every tag of NAME at that
+    /// digest, or a bare `sha256:HEX` for every reference to it), then garbage-collect blobs
+    /// and layers that no remaining reference and no digest in `pinned` reaches.
+    pub fn delete(&self, reference: &str, pinned: &[String]) -> Result<(), ImageError> {
+        for p in pinned {
+            parse_digest(p)?;
+        }
+        let selector = if reference.starts_with("sha256:") {
+            Selector::Digest(parse_digest(reference)?)
+        } else {
+            let r = parse_reference(reference)?;
+            match r.digest {
+                Some(d) => Selector::NameAtDigest(r.name, d),
+                None => Selector::Key(r.normalized()),
+            }
+        };
+        let _gc = refs::lock(&self.root, GC_LOCK, true)?;
+        let _refs = refs::lock(&self.root, REFS_LOCK, true)?;
+        let mut table = refs::load(&self.root)?;
+        let before = table.len();
+        table.retain(|k, d| !selector.matches(k, d));
+        if table.len() == before {
+            return Err(ImageError::NotFound {
+                reference: reference.to_string(),
+            });
+        }
+        refs::save(&self.root, &table)?;
+        tracing::info!(%reference, "deleted image reference");
+        self.collect(&table, pinned)
+    }
+
+    /// Garbage-collect without removing a reference: drop every blob and unpacked layer that
+    /// no reference and no digest in `pinned` reaches (e.g. after a revision that pinned an
+    /// image whose reference was deleted is gone), and leftovers of interrupted imports.
+    pub fn gc(&self, pinned: &[String]) -> Result<(), ImageError> {
+        for p in pinned {
+            parse_digest(p)?;
+        }
+        let _gc = refs::lock(&self.root, GC_LOCK, true)?;
+        let table = refs::load(&self.root)?;
+        self.collect(&table, pinned)
+    }
+
+    /// Remove every blob and layer not reachable from `table` or `pinned`, and leftovers of
+    /// interrupted imports. Callers hold the gc lock exclusively.
+    fn collect(
+        &self,
+        table: &BTreeMap<String, String>,
+        pinned: &[String],
+    ) -> Result<(), ImageError> {
+        let mut keep_blobs: HashSet<String> = HashSet::new();
+        let mut keep_layers: HashSet<String> = HashSet::new();
+        for digest in table.values().chain(pinned) {
+            if !self.blob_path(digest).is_file() {
+                continue;
+            }
+            keep_blobs.insert(hex_of(digest).to_string());
+            let manifest = match self.read_manifest(digest) {
+                Ok((m, _)) => m,
+                Err(e @ ImageError::Io { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "unreadable manifest kept as is");
+                    continue;
+                }
+            };
+            keep_blobs.insert(hex_of(&manifest.config.digest).to_string());
+            keep_blobs.extend(
+                manifest
+                    .layers
+                    .iter()
+                    .map(|l| hex_of(&l.digest).to_string()),
+            );
+            match self.read_config(&manifest.config) {
+                Ok(config) => {
+                    keep_layers.extend(config.diff_ids().iter().map(|d| hex_of(d).to_string()))
+                }
+                Err(e @ ImageError::Io { .. }) => return Err(e),
+                Err(e) => tracing::warn!(%digest, error = %e, "unreadable image config"),
+            }
+        }
+        let blobs_dir = self.root.join("blobs").join("sha256");
+        for (dir, keep) in [(blobs_dir, &keep_blobs), (self.layers_dir(), &keep_layers)] {
+            for entry in fs::read_dir(&dir).ctx(|| format!("cannot list {}", dir.display()))? {
+                let entry = entry.ctx(|| format!("cannot list {}", dir.display()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if keep.contains(&name) {
+                    continue;
+                }
+                remove_any(&entry.path())?;
+                tracing::debug!(path = %entry.path().display(), "garbage collected");
+            }
+        }
+        let tmp = self.tmp_dir();
+        for entry in fs::read_dir(&tmp).ctx(|| format!("cannot list {}", tmp.display()))? {
+            let entry = entry.ctx(|| format!("cannot list {}", tmp.display()))?;
+            remove_any(&entry.path())?;
+        }
+        Ok(())
+    }
+}
+
+/// Which references a delete removes.
+enum Selector {
+    /// Every reference to a digest.
+    Digest(String),
+    /// Every `NAME:TAG` of one name at a digest.
+    NameAtDigest(String, String),
+    /// One `NAME:TAG`.
+    Key(String),
+}
+
+impl Selector {
+    fn matches(&self, key: &str, digest: &str) -> bool {
+        match self {
+            Selector::Digest(d) => digest == d,
+            Selector::NameAtDigest(name, d) => {
+                digest == d
+                    && key
+                        .strip_prefix(name.as_str())
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        .is_some_and(|tag| !tag.contains('/'))
+            }
+            Selector::Key(k) => key == k,
+        }
+    }
+}
+
+/// Remove a file or a whole directory tree (never following symlinks).
+fn remove_any(path: &Path) -> Result<(), ImageError> {
+    let res = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    res.ctx(|| format!("cannot remove {}", path.display()))
+}
+
+/// Copy `reader` into a new file at `path`, returning `(sha256:HEX, length)`.
+fn write_hashed(mut reader: impl Read, path: &Path) -> io::Result<(String, u64)> {
+    let f = File::create(path)?;
+    let mut w = HashingWriter::new(io::BufWriter::new(f));
+    io::copy(&mut reader, &mut w)?;
+    let (digest, len, mut inner) = w.finish();
+    inner.flush()?;
+    Ok((digest, len))
+}
+
+/// The compression of a stored blob, by its magic bytes.
+fn sniff(path: &Path, layer: &str) -> Result<Compression, ImageError> {
+    let mut head = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(8).read_to_end(&mut head))
+        .ctx(|| format!("cannot read {}", path.display()))?;
+    compression::detect(&head).map_err(|reason| ImageError::BadLayer {
+        layer: layer.to_string(),
+        reason,
+    })
+}
+
+/// The OCI manifest for a docker archive image, serialized deterministically.
+fn synthesize_manifest(config: &StagedBlob, layers: &[StagedBlob]) -> Result<Vec<u8>, ImageError> {
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(oci::MT_OCI_MANIFEST.into()),
+        config: Descriptor {
+            media_type: Some(oci::MT_OCI_CONFIG.into()),
+            digest: config.digest.clone(),
+            size: config.size,
+            annotations: None,
+            platform: None,
+        },
+        layers: layers
+            .iter()
+            .map(|l| Descriptor {
+                media_type: Some(l.compression.layer_media_type().into()),
+                digest: l.digest.clone(),
+                size: l.size,
+                annotations: None,
+                platform: None,
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&manifest).map_err(|source| ImageError::Json {
+        what: "synthesized manifest".into(),
+        source,
+    })
+}

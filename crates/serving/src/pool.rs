@@ -1,0 +1,642 @@
+//! One revision's instances: starting them on demand, handing each request an instance with
+//! room for it (a [`Lease`]), and stopping instances that stay idle.
+//!
+//! All pool state sits behind one short-held mutex, never held across an await. Waiting
+//! requests park on a `Notify` that fires whenever capacity may have changed (an instance
+//! became ready or failed, a lease ended).
+
+use crate::logs::LogSink;
+use chrono::{DateTime, Utc};
+use skiff_autoscaler::{instances_to_start, should_stop_idle, Bounds, Demand};
+use skiff_image::ResolvedImage;
+use skiff_model::{RevisionSettings, PIDS_LIMIT};
+use skiff_runtime::supervisor;
+use skiff_runtime::InstanceConfig;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Notify;
+
+/// Give up on an instance whose port does not accept a connection by then (Cloud Run's
+/// default startup probe).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(240);
+/// SIGTERM, then SIGKILL after this long.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of an instance's output kept to explain a failed start.
+const LAST_LINES: usize = 5;
+
+/// What every pool shares: where instances live and how to start them.
+pub struct Ctx {
+    pub shim_exe: PathBuf,
+    pub instances_dir: PathBuf,
+    pub state_root: PathBuf,
+    pub logs: Arc<LogSink>,
+    pub scale_to_zero_after: Duration,
+    /// Instance id → its network namespace, for the proxy's connector.
+    pub netns: RwLock<HashMap<String, Arc<std::fs::File>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RevKey {
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstState {
+    Starting,
+    Ready,
+    Draining,
+}
+
+impl InstState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstState::Starting => "starting",
+            InstState::Ready => "ready",
+            InstState::Draining => "draining",
+        }
+    }
+}
+
+pub struct Inst {
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    state: Mutex<InstState>,
+    in_flight: AtomicU64,
+    last_active: Mutex<Instant>,
+    rt: OnceLock<supervisor::Instance>,
+    last_lines: Mutex<VecDeque<String>>,
+}
+
+impl Inst {
+    pub fn state(&self) -> InstState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn set_state(&self, s: InstState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+    fn idle_for(&self) -> Duration {
+        self.last_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+    fn remember(&self, line: &str) {
+        let mut l = self.last_lines.lock().unwrap_or_else(|e| e.into_inner());
+        if l.len() == LAST_LINES {
+            l.pop_front();
+        }
+        l.push_back(line.to_string());
+    }
+    fn last_output(&self) -> String {
+        let l = self.last_lines.lock().unwrap_or_else(|e| e.into_inner());
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; last output: {}",
+                l.iter().cloned().collect::<Vec<_>>().join(" | ")
+            )
+        }
+    }
+}
+
+#[derive(Default)]
+struct PoolState {
+    instances: Vec<Arc<Inst>>,
+    waiting: u64,
+    /// Counts failed starts, so a waiter can tell a failure that happened while it waited.
+    failures: u64,
+    last_error: Option<String>,
+    consecutive_failures: u32,
+    backoff_until: Option<Instant>,
+    closed: bool,
+}
+
+impl PoolState {
+    fn count(&self, s: InstState) -> u64 {
+        self.instances.iter().filter(|i| i.state() == s).count() as u64
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireError {
+    /// No instance could be started (503).
+    StartFailed(String),
+    /// The request's deadline passed while an instance was starting (504).
+    Timeout,
+    /// Every instance is busy at max-instances and the request waited too long (429).
+    Overloaded,
+    /// The revision is being removed (503).
+    Closed,
+}
+
+pub struct Pool {
+    pub key: RevKey,
+    pub settings: RevisionSettings,
+    pub image: ResolvedImage,
+    ctx: Arc<Ctx>,
+    state: Mutex<PoolState>,
+    changed: Notify,
+    /// Whether a route sends traffic here; only then does min-instances hold instances.
+    serving: AtomicBool,
+}
+
+/// A request's claim on one slot of an instance; dropping it frees the slot.
+pub struct Lease {
+    pool: Arc<Pool>,
+    pub inst: Arc<Inst>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.inst.in_flight.fetch_sub(1, Ordering::SeqCst);
+        *self
+            .inst
+            .last_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.pool.changed.notify_waiters();
+    }
+}
+
+struct Waiting<'a>(&'a Pool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceInfo {
+    pub id: String,
+    pub service: String,
+    pub revision: String,
+    pub state: String,
+    pub started_at: String,
+    pub in_flight: u64,
+}
+
+impl Pool {
+    pub fn new(
+        key: RevKey,
+        settings: RevisionSettings,
+        image: ResolvedImage,
+        ctx: Arc<Ctx>,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            key,
+            settings,
+            image,
+            ctx,
+            state: Mutex::new(PoolState::default()),
+            changed: Notify::new(),
+            serving: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bounds(&self) -> Bounds {
+        let min = if self.serving.load(Ordering::SeqCst) {
+            self.settings.min_instances
+        } else {
+            0
+        };
+        Bounds {
+            concurrency: self.settings.concurrency,
+            min,
+            max: self.settings.max_instances,
+        }
+    }
+
+    pub fn set_serving(self: &Arc<Self>, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+        self.reconcile();
+    }
+
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        self.lock()
+            .instances
+            .iter()
+            .map(|i| InstanceInfo {
+                id: i.id.clone(),
+                service: self.key.service.clone(),
+                revision: self.key.revision.clone(),
+                state: i.state().as_str().to_string(),
+                started_at: i
+                    .started_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                in_flight: i.in_flight(),
+            })
+            .collect()
+    }
+
+    /// Waits for a slot on a ready instance, starting instances as demand requires.
+    /// `deadline` bounds the whole wait; `queue_limit` bounds the wait once the pool is at
+    /// max-instances with every instance busy.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        deadline: Instant,
+        queue_limit: Duration,
+    ) -> Result<Lease, AcquireError> {
+        self.lock().waiting += 1;
+        let _waiting = Waiting(self);
+        let mut seen_failures = None;
+        let mut queued_since: Option<Instant> = None;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let at_max = {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(AcquireError::Closed);
+                }
+                if let Some(inst) = self.pick(&st) {
+                    inst.in_flight.fetch_add(1, Ordering::SeqCst);
+                    return Ok(Lease {
+                        pool: self.clone(),
+                        inst,
+                    });
+                }
+                let seen = *seen_failures.get_or_insert(st.failures);
+                let starting = st.count(InstState::Starting);
+                if st.failures > seen && starting == 0 {
+                    let why = st
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "the instance failed to start".into());
+                    return Err(AcquireError::StartFailed(why));
+                }
+                self.scale_up(&mut st);
+                let starting = st.count(InstState::Starting);
+                if starting == 0 && st.backoff_until.is_some_and(|t| t > Instant::now()) {
+                    if let Some(why) = st.last_error.clone() {
+                        return Err(AcquireError::StartFailed(why));
+                    }
+                }
+                starting == 0 && st.count(InstState::Ready) >= self.settings.max_instances
+            };
+            let until = if at_max {
+                let since = *queued_since.get_or_insert_with(Instant::now);
+                deadline.min(since + queue_limit)
+            } else {
+                queued_since = None;
+                deadline
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(until.into()) => {
+                    return Err(if at_max { AcquireError::Overloaded } else { AcquireError::Timeout });
+                }
+            }
+        }
+    }
+
+    /// The least-loaded ready instance with a free slot.
+    fn pick(&self, st: &PoolState) -> Option<Arc<Inst>> {
+        st.instances
+            .iter()
+            .filter(|i| i.state() == InstState::Ready && i.in_flight() < self.settings.concurrency)
+            .min_by_key(|i| i.in_flight())
+            .cloned()
+    }
+
+    /// Starts as many instances as demand (in-flight plus waiting requests) calls for.
+    fn scale_up(self: &Arc<Self>, st: &mut PoolState) {
+        if st.closed || st.backoff_until.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        let live = st.count(InstState::Ready) + st.count(InstState::Starting);
+        let requests: u64 = st.instances.iter().map(|i| i.in_flight()).sum::<u64>() + st.waiting;
+        let n = instances_to_start(
+            Demand {
+                requests,
+                instances: live,
+            },
+            self.bounds(),
+        );
+        for _ in 0..n {
+            self.start_instance(st);
+        }
+    }
+
+    fn start_instance(self: &Arc<Self>, st: &mut PoolState) {
+        let id = format!("{}-{}", self.key.revision, random_suffix());
+        let inst = Arc::new(Inst {
+            id,
+            started_at: Utc::now(),
+            state: Mutex::new(InstState::Starting),
+            in_flight: AtomicU64::new(0),
+            last_active: Mutex::new(Instant::now()),
+            rt: OnceLock::new(),
+            last_lines: Mutex::new(VecDeque::new()),
+        });
+        st.instances.push(inst.clone());
+        let pool = self.clone();
+        tokio::spawn(async move { pool.run_instance(inst).await });
+    }
+
+    fn instance_config(&self, id: &str) -> InstanceConfig {
+        let s = &self.settings;
+        let img = &self.image;
+        // Cloud Run: --command replaces the entrypoint, --args replaces the image's CMD.
+        let mut args = if s.command.is_empty() {
+            img.entrypoint.clone()
+        } else {
+            s.command.clone()
+        };
+        if s.args.is_empty() && s.command.is_empty() {
+            args.extend(img.cmd.iter().cloned());
+        } else {
+            args.extend(s.args.iter().cloned());
+        }
+        let mut env: Vec<(String, String)> = img
+            .env
+            .iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push((
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ));
+        }
+        let platform = [
+            ("PORT", s.port.to_string()),
+            ("K_SERVICE", self.key.service.clone()),
+            ("K_REVISION", self.key.revision.clone()),
+            ("K_CONFIGURATION", self.key.service.clone()),
+        ];
+        for (k, v) in s
+            .env
+            .iter()
+            .cloned()
+            .chain(platform.map(|(k, v)| (k.to_string(), v)))
+        {
+            env.retain(|(ek, _)| *ek != k);
+            env.push((k, v));
+        }
+        InstanceConfig {
+            id: id.to_string(),
+            dir: self.ctx.instances_dir.join(id),
+            state_root: self.ctx.state_root.clone(),
+            layers: img.layers.clone(),
+            args,
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: s
+                .working_dir
+                .clone()
+                .or_else(|| img.working_dir.clone())
+                .unwrap_or_else(|| "/".into()),
+            user: img.user.clone(),
+            hostname: "localhost".into(),
+            cpu_millis: s.cpu_millis,
+            memory_bytes: s.memory_bytes,
+            pids_limit: PIDS_LIMIT,
+        }
+    }
+
+    async fn run_instance(self: Arc<Self>, inst: Arc<Inst>) {
+        let cfg = self.instance_config(&inst.id);
+        if cfg.args.is_empty() {
+            self.start_failed(
+                &inst,
+                "the image has no entrypoint or command: pass --command".into(),
+            )
+            .await;
+            return;
+        }
+        let (rt, out) = match supervisor::spawn(&self.ctx.shim_exe, &cfg).await {
+            Ok(x) => x,
+            Err(e) => {
+                self.start_failed(&inst, e.to_string()).await;
+                return;
+            }
+        };
+        let netns = Arc::new(match rt.netns.try_clone() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = rt.stop(Duration::ZERO).await;
+                self.start_failed(&inst, format!("network namespace: {e}"))
+                    .await;
+                return;
+            }
+        });
+        let rt = inst.rt.get_or_init(|| rt);
+        self.read_output(&inst, out.stdout, "stdout");
+        self.read_output(&inst, out.stderr, "stderr");
+        self.ctx
+            .netns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(inst.id.clone(), netns.clone());
+
+        // Startup probe: the port accepts a TCP connection.
+        let began = Instant::now();
+        let mut interval = Duration::from_micros(500);
+        let ready = loop {
+            if inst.state() == InstState::Draining {
+                break Err("stopped while starting".to_string());
+            }
+            if let Some(exit) = rt.exit() {
+                break Err(format!(
+                    "the container {exit} before listening on port {}",
+                    self.settings.port
+                ));
+            }
+            if skiff_runtime::netns::connect(netns.clone(), self.settings.port)
+                .await
+                .is_ok()
+            {
+                break Ok(());
+            }
+            if began.elapsed() > STARTUP_TIMEOUT {
+                break Err(format!(
+                    "the container did not listen on port {} within {}s: make the app listen on 0.0.0.0:$PORT",
+                    self.settings.port,
+                    STARTUP_TIMEOUT.as_secs()
+                ));
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(Duration::from_millis(50));
+        };
+        match ready {
+            Ok(()) => {
+                {
+                    let mut st = self.lock();
+                    if inst.state() == InstState::Starting {
+                        inst.set_state(InstState::Ready);
+                    }
+                    st.consecutive_failures = 0;
+                    st.backoff_until = None;
+                }
+                tracing::info!(instance = inst.id, "ready in {:?}", began.elapsed());
+                self.changed.notify_waiters();
+                let exit = rt.wait().await;
+                let crashed = inst.state() != InstState::Draining;
+                self.remove(&inst);
+                if crashed {
+                    self.log(&inst, format!("instance {} {exit}", inst.id));
+                    tracing::warn!(instance = inst.id, "instance {exit}");
+                    self.reconcile();
+                }
+            }
+            Err(why) => {
+                rt.stop(Duration::ZERO).await;
+                let detail = format!("{why}{}", inst.last_output());
+                self.start_failed(&inst, detail).await;
+            }
+        }
+    }
+
+    fn log(&self, inst: &Inst, line: String) {
+        self.ctx.logs.push(
+            &self.key.namespace,
+            &self.key.service,
+            &self.key.revision,
+            &inst.id,
+            "system",
+            line,
+        );
+    }
+
+    fn read_output<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+        self: &Arc<Self>,
+        inst: &Arc<Inst>,
+        r: R,
+        stream: &'static str,
+    ) {
+        let pool = self.clone();
+        let inst = inst.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(r).lines();
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) => {
+                        inst.remember(&line);
+                        pool.ctx.logs.push(
+                            &pool.key.namespace,
+                            &pool.key.service,
+                            &pool.key.revision,
+                            &inst.id,
+                            stream,
+                            line,
+                        );
+                    }
+                    Ok(None) => break,
+                    // Not UTF-8: keep reading; the bytes are lost but the stream goes on.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+
+    async fn start_failed(&self, inst: &Arc<Inst>, why: String) {
+        tracing::warn!(instance = inst.id, "start failed: {why}");
+        self.log(inst, format!("instance {} failed to start: {why}", inst.id));
+        self.remove(inst);
+        {
+            let mut st = self.lock();
+            st.failures += 1;
+            st.consecutive_failures += 1;
+            st.last_error = Some(why);
+            let backoff =
+                Duration::from_millis(100) * 2u32.saturating_pow(st.consecutive_failures.min(9));
+            st.backoff_until = Some(Instant::now() + backoff.min(Duration::from_secs(30)));
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn remove(&self, inst: &Arc<Inst>) {
+        self.ctx
+            .netns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&inst.id);
+        self.lock().instances.retain(|i| !Arc::ptr_eq(i, inst));
+        self.changed.notify_waiters();
+    }
+
+    /// Periodic upkeep: stop instances idle past the scale-to-zero delay (down to min), and
+    /// start instances up to min.
+    pub fn reconcile(self: &Arc<Self>) {
+        let mut to_stop = Vec::new();
+        {
+            let mut st = self.lock();
+            let b = self.bounds();
+            let mut live = st.count(InstState::Ready) + st.count(InstState::Starting);
+            for inst in &st.instances {
+                if inst.state() == InstState::Ready
+                    && inst.in_flight() == 0
+                    && should_stop_idle(inst.idle_for(), self.ctx.scale_to_zero_after, live, b.min)
+                {
+                    inst.set_state(InstState::Draining);
+                    live -= 1;
+                    to_stop.push(inst.clone());
+                }
+            }
+            self.scale_up(&mut st);
+        }
+        for inst in to_stop {
+            self.log(&inst, format!("instance {} stopping: idle", inst.id));
+            tokio::spawn(async move {
+                if let Some(rt) = inst.rt.get() {
+                    rt.stop(STOP_GRACE).await;
+                }
+            });
+        }
+    }
+
+    /// Stops every instance (SIGTERM, SIGKILL after the grace) and refuses new starts.
+    pub async fn close(&self) {
+        let insts = {
+            let mut st = self.lock();
+            st.closed = true;
+            for i in &st.instances {
+                i.set_state(InstState::Draining);
+            }
+            st.instances.clone()
+        };
+        self.changed.notify_waiters();
+        let stops = insts.iter().map(|i| async move {
+            // A starting instance notices Draining and stops itself; wait for its runtime.
+            for _ in 0..200 {
+                if i.rt.get().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if let Some(rt) = i.rt.get() {
+                rt.stop(STOP_GRACE).await;
+            }
+        });
+        futures::future::join_all(stops).await;
+    }
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..5)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
+}

@@ -1,0 +1,288 @@
+//! The ingress request path: Host header → service route → (tag or weighted revision) →
+//! identity check → a lease on an instance → the request streamed to the app over a pooled
+//! keep-alive connection inside the instance's network namespace → the response streamed back.
+//!
+//! Nothing here touches the store or the API: routes are in memory, swapped atomically by the
+//! control plane.
+
+use crate::auth::Verdict;
+use crate::pool::{AcquireError, Lease};
+use crate::Serving;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// How long a request may wait for a free slot once the revision is at max-instances.
+pub const QUEUE_LIMIT: Duration = Duration::from_secs(10);
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub fn platform_response(status: StatusCode, msg: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "{} {}: {msg}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+        .expect("static response is valid")
+}
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for h in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(listed.iter().map(String::as_str))
+    {
+        headers.remove(h);
+    }
+}
+
+impl Serving {
+    /// Serves one ingress request.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().host())
+            .unwrap_or_default()
+            .to_string();
+        let Some((ns, service, tag)) = skiff_model::parse_service_host(&host) else {
+            return platform_response(
+                StatusCode::NOT_FOUND,
+                &format!("no service answers at host {host:?}"),
+            );
+        };
+        let Some(route) = self.route(&ns, &service) else {
+            return platform_response(
+                StatusCode::NOT_FOUND,
+                &format!("service {service} not found in project {ns}"),
+            );
+        };
+        if !route.public {
+            let bare_host = skiff_model::service_host(&ns, &service, tag.as_deref());
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match self.keys.verify(auth, &bare_host) {
+                Verdict::Allowed => {}
+                Verdict::Missing => {
+                    return platform_response(
+                        StatusCode::UNAUTHORIZED,
+                        "this service is private: send Authorization: Bearer $(skiff auth print-identity-token)",
+                    )
+                }
+                Verdict::Denied(why) => return platform_response(StatusCode::FORBIDDEN, &why),
+            }
+        }
+        let pool = match &tag {
+            Some(t) => match route.tags.get(t) {
+                Some(p) => p.clone(),
+                None => {
+                    return platform_response(
+                        StatusCode::NOT_FOUND,
+                        &format!("service {service} has no tag {t}"),
+                    )
+                }
+            },
+            None => match route.pick() {
+                Some(p) => p,
+                None => {
+                    return platform_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("service {service} has no ready revision to serve"),
+                    )
+                }
+            },
+        };
+        let deadline = Instant::now() + pool.settings.timeout;
+        let lease =
+            match pool.acquire(deadline, QUEUE_LIMIT).await {
+                Ok(l) => l,
+                Err(AcquireError::StartFailed(why)) => {
+                    return platform_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("no instance could be started: {why}"),
+                    )
+                }
+                Err(AcquireError::Closed) => {
+                    return platform_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the revision is shutting down",
+                    )
+                }
+                Err(AcquireError::Timeout) => {
+                    return platform_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the request timed out waiting for an instance",
+                    )
+                }
+                Err(AcquireError::Overloaded) => return platform_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "every instance is busy at max-instances; retry later or raise --max-instances",
+                ),
+            };
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = match format!("http://{}:{}{}", lease.inst.id, pool.settings.port, path)
+            .parse()
+        {
+            Ok(u) => u,
+            Err(_) => return platform_response(StatusCode::BAD_REQUEST, "invalid request path"),
+        };
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_11;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let res = match tokio::time::timeout_at(deadline.into(), self.client.request(req)).await {
+            Err(_) => {
+                return platform_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "the request took longer than the {}s timeout",
+                        pool.settings.timeout.as_secs()
+                    ),
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(instance = lease.inst.id, "upstream error: {e:?}");
+                return platform_response(
+                    StatusCode::BAD_GATEWAY,
+                    "the instance closed the connection without a response",
+                );
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = LeaseBody {
+            inner: body,
+            lease: Some(lease),
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// The response body, holding the instance slot until the body ends (or the client goes
+/// away) and cutting it off at the request's deadline.
+struct LeaseBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for LeaseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.lease = None;
+            return Poll::Ready(Some(Err(
+                "the response took longer than the request timeout".into(),
+            )));
+        }
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        if self.inner.is_end_stream() {
+            self.lease = None;
+        }
+        r.map(|o| o.map(|res| res.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Connects the HTTP client to an instance: the URI's host is the instance id, and the TCP
+/// socket is created inside that instance's network namespace.
+#[derive(Clone)]
+pub struct NetnsConnector {
+    pub ctx: Arc<crate::pool::Ctx>,
+}
+
+impl tower_service::Service<Uri> for NetnsConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            let id = uri.host().unwrap_or_default();
+            let port = uri.port_u16().unwrap_or(80);
+            let netns = ctx
+                .netns
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+                .cloned()
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("instance {id} is gone"),
+                    )
+                })?;
+            let stream = skiff_runtime::netns::connect(netns, port).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! `skiff server`: opens the data dir, cleans what a previous run left, restores every stored
+//! service, then serves the control API and the ingress until SIGTERM or SIGINT, when it
+//! drains requests, stops every instance and exits 0.
+
+use anyhow::{bail, Context};
+use skiff_api::controller::Controller;
+use skiff_api::ApiState;
+use skiff_serving::{Serving, ServingConfig};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Where services are served.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    ingress: String,
+    /// Where the control API listens.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    api: String,
+    /// Idle time before an instance that no min-instances holds is stopped.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    scale_to_zero_after: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    skiff_model::parse_duration(s).map_err(|e| e.0)
+}
+
+/// Reads a secret file, or creates it (mode 0600) with 32 random bytes as hex.
+fn secret(path: &Path) -> anyhow::Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let value = hex::encode(rand::random::<[u8; 32]>());
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(value.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(value)
+}
+
+pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("skiff server needs root: it creates namespaces, overlay mounts and cgroups; run it with sudo");
+    }
+    let data_dir = global.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    let ingress_addr: std::net::SocketAddr = args.ingress.parse().with_context(|| {
+        format!(
+            "invalid --ingress {:?}: use HOST:PORT like 127.0.0.1:8080",
+            args.ingress
+        )
+    })?;
+    let api_addr: std::net::SocketAddr = args.api.parse().with_context(|| {
+        format!(
+            "invalid --api {:?}: use HOST:PORT like 127.0.0.1:8081",
+            args.api
+        )
+    })?;
+
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    // Before any thread exists: libcontainer's cleanup must not run on tokio threads.
+    let swept = skiff_runtime::sweep::sweep(&Serving::instances_dir(&data_dir));
+    if swept > 0 {
+        tracing::info!("cleaned {swept} instance(s) left by a previous run");
+    }
+    let admin_token = secret(&data_dir.join("admin.token"))?;
+    let signing_key = secret(&data_dir.join("signing.key"))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(
+        data_dir,
+        args,
+        ingress_addr,
+        api_addr,
+        admin_token,
+        signing_key,
+    ))
+}
+
+async fn serve(
+    data_dir: std::path::PathBuf,
+    args: ServerArgs,
+    ingress_addr: std::net::SocketAddr,
+    api_addr: std::net::SocketAddr,
+    admin_token: String,
+    signing_key: String,
+) -> anyhow::Result<()> {
+    let ingress = tokio::net::TcpListener::bind(ingress_addr)
+        .await
+        .with_context(|| format!("cannot listen on --ingress {ingress_addr}"))?;
+    let api = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("cannot listen on --api {api_addr}"))?;
+    let store = Arc::new(skiff_store::Store::open(&data_dir.join("skiff.db"))?);
+    let images = Arc::new(skiff_image::ImageStore::open(&data_dir.join("images"))?);
+    let serving = Serving::new(ServingConfig {
+        data_dir: data_dir.clone(),
+        shim_exe: std::env::current_exe().context("cannot find the skiff executable")?,
+        scale_to_zero_after: args.scale_to_zero_after,
+        token_secret: signing_key.into_bytes(),
+    });
+    let controller = Controller::new(store, images, serving.clone(), ingress.local_addr()?.port());
+    controller
+        .restore()
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring services: {}", e.message))?;
+    let state = Arc::new(ApiState {
+        controller,
+        admin_token,
+        tmp_dir: data_dir.join("tmp"),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let api_task = tokio::spawn({
+        let app = skiff_api::router(state);
+        let stop = wait_stop(stop_rx.clone());
+        async move { axum::serve(api, app).with_graceful_shutdown(stop).await }
+    });
+    let ingress_task = tokio::spawn(skiff_serving::serve_ingress(
+        serving.clone(),
+        ingress,
+        wait_stop(stop_rx.clone()),
+        Duration::from_secs(30),
+    ));
+    tracing::info!(
+        "serving: ingress http://{ingress_addr}, API http://{api_addr}, data {}",
+        data_dir.display()
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: draining requests, stopping instances");
+    let _ = stop_tx.send(true);
+    let _ = ingress_task.await;
+    // The API may hold a follow-mode log stream open forever: do not wait long for it.
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    serving.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
