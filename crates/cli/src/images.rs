@@ -150,7 +150,9 @@ fn import(api: &Api, path: &Path, name: Option<&str>) -> Result<()> {
         .query(&query)
         .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
         .body(Body::sized(file, len));
-    let resp = api.send(req)?;
+    let resp = api
+        .send(req)
+        .with_context(|| format!("cannot import {}", path.display()))?;
     let out: Imported = resp
         .json()
         .map_err(|e| anyhow!("unexpected answer to the import: {}", one_line(&e)))?;

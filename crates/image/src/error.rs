@@ -115,7 +115,7 @@ pub enum ImageError {
     NotFound { reference: String },
 
     /// The store on disk is inconsistent (a blob or layer it should hold is gone).
-    #[error("image store {root}: {reason}; delete the image and import it again")]
+    #[error("image store {root}: {reason}")]
     Corrupt { root: String, reason: String },
 }
 

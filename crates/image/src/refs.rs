@@ -29,9 +29,13 @@ pub(crate) fn load(root: &Path) -> Result<BTreeMap<String, String>, ImageError> 
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(ImageError::io(format!("cannot read {}", path.display()), e)),
     };
-    let file: RefsFile = serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
-        what: path.display().to_string(),
-        source,
+    let file: RefsFile = serde_json::from_slice(&bytes).map_err(|e| ImageError::Corrupt {
+        root: root.display().to_string(),
+        reason: format!(
+            "{} does not parse ({e}); restore it from a backup or remove it and import \
+                 the images again",
+            path.display()
+        ),
     })?;
     Ok(file.refs)
 }

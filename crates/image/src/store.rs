@@ -87,10 +87,11 @@ impl ImageStore {
         self.root.join("tmp")
     }
 
+    /// The store lost something an image needs; the fix is to import the image again.
     fn corrupt(&self, reason: impl Into<String>) -> ImageError {
         ImageError::Corrupt {
             root: self.root.display().to_string(),
-            reason: reason.into(),
+            reason: format!("{}; delete the image and import it again", reason.into()),
         }
     }
 

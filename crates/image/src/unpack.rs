@@ -5,6 +5,7 @@
 //! symlinks, hard links, devices and fifos are preserved. The uncompressed stream is hashed
 //! so the caller can check the layer's diff_id.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
@@ -13,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use nix::sys::stat::{makedev, mknod, utimensat, Mode, SFlag, UtimensatFlags};
@@ -42,13 +44,20 @@ pub(crate) fn unpack_layer(blob: &Path, layer: &str, dest: &Path) -> Result<Stri
     fs::set_permissions(dest, Permissions::from_mode(0o755))
         .ctx(|| format!("cannot prepare {}", dest.display()))?;
     let mut hashing = HashingReader::new(open_layer(blob, layer)?);
+    let eof_at = Rc::new(Cell::new(None));
     let mut unpacker = Unpacker {
         root: dest,
         layer,
         dirs: HashMap::new(),
+        eof_at: eof_at.clone(),
     };
     {
-        let mut archive = tar::Archive::new(&mut hashing);
+        let mut archive = tar::Archive::new(ZeroFillAtEof {
+            inner: &mut hashing,
+            pos: 0,
+            eof_at,
+            filled: 0,
+        });
         let entries = archive
             .entries()
             .map_err(|e| bad_layer(layer, format!("not a tar stream ({e})")))?;
@@ -63,6 +72,41 @@ pub(crate) fn unpack_layer(blob: &Path, layer: &str, dest: &Path) -> Result<Stri
         .finish()
         .map_err(|e| bad_layer(layer, format!("cannot decompress the layer ({e})")))?;
     Ok(digest)
+}
+
+/// How many zero bytes `ZeroFillAtEof` supplies: enough for the last entry's padding and the
+/// two zero blocks that end an archive.
+const ZERO_FILL: u64 = 2048;
+
+/// Some tools (umoci as packaged in Debian, among others) write layers whose tar stream stops
+/// right after the last file's data, without padding or end-of-archive blocks. This reader
+/// supplies those zeros once the real stream ends and records where it ended, so that an
+/// entry whose *data* the stream cut short is still detected (`Unpacker::regular`).
+struct ZeroFillAtEof<R> {
+    inner: R,
+    pos: u64,
+    eof_at: Rc<Cell<Option<u64>>>,
+    filled: u64,
+}
+
+impl<R: Read> Read for ZeroFillAtEof<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.eof_at.get().is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 {
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            self.eof_at.set(Some(self.pos));
+        }
+        let k = (buf.len() as u64).min(ZERO_FILL - self.filled) as usize;
+        buf[..k].fill(0);
+        self.filled += k as u64;
+        Ok(k)
+    }
 }
 
 fn open_layer<'a>(blob: &Path, layer: &str) -> Result<Box<dyn Read + 'a>, ImageError> {
@@ -115,6 +159,8 @@ struct Unpacker<'a> {
     /// as children are added). Keyed by components relative to the root; the last entry for a
     /// directory wins.
     dirs: HashMap<Vec<OsString>, Meta>,
+    /// Where the real tar stream ended, once it has (see `ZeroFillAtEof`).
+    eof_at: Rc<Cell<Option<u64>>>,
 }
 
 /// Split an archive path into components; refuse absolute paths and any `..`.
@@ -262,7 +308,15 @@ impl Unpacker<'_> {
         let res = match kind {
             tar::EntryType::Directory => self.directory(&comps, &path, meta),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                Self::regular(entry, &path, meta)
+                Self::regular(entry, &path, meta).and_then(|()| {
+                    let end = entry.raw_file_position() + entry.size();
+                    match self.eof_at.get() {
+                        Some(eof) if eof < end => Err(PathFault::Bad(
+                            "the layer's tar stream ends inside this file; it is truncated".into(),
+                        )),
+                        _ => Ok(()),
+                    }
+                })
             }
             tar::EntryType::Symlink => {
                 let target = entry.link_name_bytes().map(|b| b.into_owned());
@@ -294,8 +348,18 @@ impl Unpacker<'_> {
         let h = entry.header();
         let mut meta = Meta {
             mode: h.mode()? & 0o7777,
-            uid: u32::try_from(h.uid()?).unwrap_or(u32::MAX),
-            gid: u32::try_from(h.gid()?).unwrap_or(u32::MAX),
+            // Some writers leave these fields blank; they mean 0 (the image author picks
+            // ownership anyway, so nothing is gained by refusing).
+            uid: h
+                .uid()
+                .ok()
+                .and_then(|u| u32::try_from(u).ok())
+                .unwrap_or(0),
+            gid: h
+                .gid()
+                .ok()
+                .and_then(|g| u32::try_from(g).ok())
+                .unwrap_or(0),
             mtime: h.mtime().unwrap_or(0),
         };
         // PAX records override the fixed-width header fields.
@@ -495,6 +559,44 @@ mod tests {
         assert_eq!(ok("."), "");
         for bad in ["/etc/passwd", "../x", "a/../b", "a/.."] {
             assert!(components(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    fn one_file_tar(data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "f", data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn missing_padding_is_tolerated_but_truncated_data_is_not() {
+        let data = vec![7u8; 1000];
+        let full = one_file_tar(&data);
+        // Header + data, no padding and no end-of-archive blocks.
+        let unpadded = &full[..512 + data.len()];
+        let truncated = &full[..512 + data.len() / 2];
+        let tmp = tempfile::tempdir().unwrap();
+        for (label, bytes, ok) in [
+            ("full", &full[..], true),
+            ("unpadded", unpadded, true),
+            ("truncated", truncated, false),
+        ] {
+            let blob = tmp.path().join(format!("{label}.tar"));
+            fs::write(&blob, bytes).unwrap();
+            let dest = tmp.path().join(label);
+            fs::create_dir(&dest).unwrap();
+            let res = unpack_layer(&blob, "sha256:test", &dest);
+            if ok {
+                assert_eq!(res.unwrap(), crate::digest::sha256_digest(bytes), "{label}");
+                assert_eq!(fs::read(dest.join("f")).unwrap(), data, "{label}");
+            } else {
+                let err = res.unwrap_err().to_string();
+                assert!(err.contains("truncated") && err.contains("\"f\""), "{err}");
+            }
         }
     }
 }

@@ -843,7 +843,8 @@ fn bad_inputs_are_refused_and_change_nothing() {
                 let (dir, written) = layout_with(w, &small_image());
                 let p = blob_file(&dir, &written.config);
                 let mut b = fs::read(&p).unwrap();
-                b[b.len() - 2] = b' ';
+                let n = b.len();
+                b[n - 2] = b' ';
                 fs::write(p, b).unwrap();
                 dir
             },
@@ -856,7 +857,8 @@ fn bad_inputs_are_refused_and_change_nothing() {
                 let (dir, written) = layout_with(w, &small_image());
                 let p = blob_file(&dir, &written.manifest);
                 let mut b = fs::read(&p).unwrap();
-                b[b.len() - 2] = b' ';
+                let n = b.len();
+                b[n - 2] = b' ';
                 fs::write(p, b).unwrap();
                 dir
             },
@@ -957,4 +959,36 @@ fn bad_inputs_are_refused_and_change_nothing() {
         assert_eq!(snapshot(&root), before, "{}: the store changed", case.label);
     }
     assert_busybox_image(&s.resolve("busybox").unwrap(), true);
+}
+
+#[test]
+fn concurrent_imports_share_one_copy_of_each_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let s = store(tmp.path());
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    write_oci_layout(&a, &Image::busybox(Comp::Gzip).named(Some("c:1")));
+    let extra = TarWriter::new().file("srv/b", 0o644, b"b").finish();
+    write_oci_layout(
+        &b,
+        &Image::busybox(Comp::Gzip)
+            .layer(extra.clone(), Comp::Gzip)
+            .named(Some("c:2")),
+    );
+    std::thread::scope(|scope| {
+        for i in 0..4 {
+            let (s, dir) = (&s, if i % 2 == 0 { &a } else { &b });
+            scope.spawn(move || s.import(dir, None).unwrap());
+        }
+    });
+    let mut want = vec![
+        hex_of(&sha(&busybox_layer())).to_string(),
+        hex_of(&sha(&extra)).to_string(),
+    ];
+    want.sort();
+    assert_eq!(names(&root.join("layers")), want);
+    assert_eq!(s.list().unwrap().len(), 2);
+    assert_busybox_image(&s.resolve("c:1").unwrap(), true);
+    assert_eq!(s.resolve("c:2").unwrap().layers.len(), 2);
 }

@@ -1,0 +1,432 @@
+//! End-to-end tests of the services core, driving the real `skiff` binary as a user would:
+//! images made by hand and by skopeo, deploy, the request path, isolation, scale to zero,
+//! `kill -9` and restart, graceful stop. They need root, namespaces, overlayfs and cgroups.
+
+use skiff_testkit::image::{skopeo_docker_archive, skopeo_oci_archive};
+use skiff_testkit::{busybox_image, ImageSpec, TestServer};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// A server with the default test image imported as `web:latest`.
+fn server_with_image(args: &[&str]) -> (TestServer, tempfile::TempDir) {
+    let s = TestServer::start(Path::new(BIN), args);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = busybox_image(&tmp.path().join("web"), "web", &ImageSpec::default());
+    s.ok(&["images", "import", layout.to_str().unwrap()]);
+    (s, tmp)
+}
+
+fn deploy(s: &TestServer, service: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "deploy",
+        service,
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+    ];
+    args.extend_from_slice(extra);
+    s.ok(&args)
+}
+
+fn host(service: &str) -> String {
+    format!("{service}.localhost")
+}
+
+#[test]
+fn images_from_real_tools_deploy_and_answer() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = busybox_image(&tmp.path().join("layout"), "base", &ImageSpec::default());
+    let docker = skopeo_docker_archive(&layout, &tmp.path().join("docker.tar"), "fromdocker");
+    let oci = skopeo_oci_archive(&layout, &tmp.path().join("oci.tar"), "fromoci");
+    let cases = [
+        ("layout", layout.clone(), "base"),
+        ("docker-archive", docker, "fromdocker"),
+        ("oci-archive", oci, "fromoci"),
+    ];
+    for (svc, path, image) in cases {
+        let digest = s.ok(&["images", "import", path.to_str().unwrap()]);
+        assert!(digest.trim().starts_with("sha256:"), "{svc}: {digest}");
+        let out = s.ok(&["deploy", svc, "--image", image, "--allow-unauthenticated"]);
+        let last = out.trim().lines().last().unwrap();
+        assert_eq!(
+            last,
+            format!("Service URL: http://{svc}.localhost:{}", s.ingress),
+            "{svc}"
+        );
+        let (code, body) = s.get(&host(svc), "/", None);
+        assert_eq!((code, body.as_str()), (200, "hello from skiff\n"), "{svc}");
+    }
+    let list = s.ok(&["images", "list", "--format", "json"]);
+    for name in ["base:latest", "fromdocker:latest", "fromoci:latest"] {
+        assert!(list.contains(name), "{name} in {list}");
+    }
+    // Not an image at all: a clear error, nothing imported.
+    let junk = tmp.path().join("junk.tar");
+    std::fs::write(&junk, b"this is not an image").unwrap();
+    let err = s.fails(&["images", "import", junk.to_str().unwrap()]);
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("not an image"),
+        "{err}"
+    );
+    assert!(
+        last.contains("junk.tar"),
+        "the error names the user's file: {err}"
+    );
+}
+
+#[test]
+fn container_contract_env_and_overrides() {
+    let (s, _tmp) = server_with_image(&[]);
+    deploy(
+        &s,
+        "envy",
+        &[
+            "--set-env-vars",
+            "GREETING=hi,IMAGE_VAR=overridden",
+            "--port",
+            "9090",
+        ],
+    );
+    let (code, env) = s.get(&host("envy"), "/cgi-bin/env", None);
+    assert_eq!(code, 200, "{env}");
+    let rev = s.instances("envy")[0]["revision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for want in [
+        "PORT=9090".to_string(),
+        "K_SERVICE=envy".into(),
+        format!("K_REVISION={rev}"),
+        "K_CONFIGURATION=envy".into(),
+        "GREETING=hi".into(),
+        "IMAGE_VAR=overridden".into(),
+    ] {
+        assert!(
+            env.lines().any(|l| l == want),
+            "{want} missing from:\n{env}"
+        );
+    }
+    assert!(
+        rev.starts_with("envy-00001-") && rev.len() == "envy-00001-abc".len(),
+        "{rev}"
+    );
+
+    // --command and --args replace the image's entrypoint and cmd.
+    s.ok(&[
+        "deploy",
+        "envy",
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,echo custom; exec httpd -f -p $PORT -h /www",
+    ]);
+    s.wait_for("the custom command's output", 10, || {
+        s.ok(&["logs", "read", "--service", "envy"])
+            .contains("custom")
+    });
+    let (code, _) = s.get(&host("envy"), "/", None);
+    assert_eq!(code, 200);
+}
+
+/// Runs a shell command inside an instance through the test image's CGI script.
+fn inside(s: &TestServer, service: &str, cmd: &str) -> String {
+    let q: String = cmd
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let (code, body) = s.get(&host(service), &format!("/cgi-bin/sh?{q}"), None);
+    assert_eq!(code, 200, "{cmd}: {body}");
+    body
+}
+
+#[test]
+fn instances_are_isolated_from_the_host() {
+    let (s, _tmp) = server_with_image(&[]);
+    deploy(&s, "iso", &["--memory", "256Mi", "--cpu", "0.5"]);
+    // Hostname: not the host's.
+    let host_name = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let name = inside(&s, "iso", "hostname");
+    assert_ne!(name.trim(), host_name);
+    // Files: the host's data dir and root home are not there.
+    let ls = inside(
+        &s,
+        "iso",
+        &format!("ls {} /root 2>&1; echo done", s.data_dir.display()),
+    );
+    assert!(ls.contains("No such file") && ls.contains("done"), "{ls}");
+    // Processes: only the instance's own (pid 1 is its httpd).
+    let ps = inside(&s, "iso", "ls /proc | grep -c '^[0-9]'");
+    let n: u32 = ps.trim().parse().unwrap();
+    assert!(n < 10, "the instance sees {n} processes");
+    let init = inside(&s, "iso", "cat /proc/1/cmdline");
+    assert!(init.contains("httpd"), "{init}");
+    // Ports: the control API and the ingress on the host's loopback are out of reach.
+    for port in [s.api, s.ingress] {
+        let out = inside(
+            &s,
+            "iso",
+            &format!("wget -T 2 -q -O - http://127.0.0.1:{port}/healthz 2>&1; echo rc=$?"),
+        );
+        assert!(
+            out.contains("rc=1"),
+            "port {port} reachable from inside: {out}"
+        );
+    }
+    // No new privileges, Docker's capability set (no CAP_SYS_ADMIN: mounting fails).
+    let status = inside(&s, "iso", "grep -E 'NoNewPrivs|CapBnd' /proc/self/status");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("CapBnd:\t00000000a80425fb"), "{status}");
+    let mount = inside(&s, "iso", "mount -t tmpfs none /mnt 2>&1; echo rc=$?");
+    assert!(!mount.contains("rc=0"), "{mount}");
+    // Masked /proc paths and a writable layer of its own.
+    let kcore = inside(
+        &s,
+        "iso",
+        "head -c 1 /proc/kcore | wc -c; echo x > /www/new && cat /www/new",
+    );
+    assert!(kcore.contains('x'), "{kcore}");
+    // cgroup limits from --memory and --cpu.
+    let id = s.instances("iso")[0]["id"].as_str().unwrap().to_string();
+    let mem = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/skiff/{id}/memory.limit_in_bytes"
+    ))
+    .unwrap();
+    assert_eq!(mem.trim(), (256u64 << 20).to_string());
+    let quota =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/skiff/{id}/cpu.cfs_quota_us")).unwrap();
+    assert_eq!(quota.trim(), "50000");
+    let pids = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/skiff/{id}/pids.max")).unwrap();
+    assert_eq!(pids.trim(), "1024");
+}
+
+#[test]
+fn private_services_need_an_identity_token() {
+    let (s, _tmp) = server_with_image(&[]);
+    s.ok(&["deploy", "secret", "--image", "web"]);
+    let h = host("secret");
+    assert_eq!(s.get(&h, "/", None).0, 401);
+    assert_eq!(s.get(&h, "/", Some("not-a-token")).0, 403);
+    let admin = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+    assert_eq!(
+        s.get(&h, "/", Some(admin.trim())).0,
+        403,
+        "the admin token is not an identity token"
+    );
+    let token = s.ok(&["auth", "print-identity-token"]);
+    assert_eq!(s.get(&h, "/", Some(token.trim())).0, 200);
+    let aud = format!("http://secret.localhost:{}", s.ingress);
+    let scoped = s.ok(&["auth", "print-identity-token", "--audience", &aud]);
+    assert_eq!(s.get(&h, "/", Some(scoped.trim())).0, 200);
+    let other = s.ok(&[
+        "auth",
+        "print-identity-token",
+        "--audience",
+        "http://other.localhost",
+    ]);
+    assert_eq!(s.get(&h, "/", Some(other.trim())).0, 403);
+    // Made public, it answers anyone; the API itself still needs the admin token.
+    s.ok(&["deploy", "secret", "--allow-unauthenticated"]);
+    assert_eq!(s.get(&h, "/", None).0, 200);
+    let api = skiff_testkit::http_get(
+        s.api,
+        "127.0.0.1",
+        "/apis/serving.knative.dev/v1/namespaces/default/services",
+        None,
+    );
+    assert_eq!(api.0, 401);
+}
+
+#[test]
+fn platform_status_codes() {
+    let (s, _tmp) = server_with_image(&[]);
+    deploy(&s, "codes", &["--timeout", "1s"]);
+    let cases: &[(&str, &str, u16)] = &[
+        ("nothing.localhost", "/", 404),
+        ("codes.localhost", "/", 200),
+        ("codes.localhost", "/missing-file", 404),
+        ("codes.localhost", "/cgi-bin/sleep?3", 504),
+        ("nope---codes.localhost", "/", 404),
+        ("example.com", "/", 404),
+    ];
+    for (h, path, want) in cases {
+        let (code, body) = s.get(h, path, None);
+        assert_eq!(code, *want, "{h}{path}: {body}");
+    }
+    // An app that accepts and closes connections without answering: 502.
+    s.ok(&[
+        "deploy",
+        "rude",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,while true; do nc -l -p $PORT -e true; done",
+    ]);
+    assert_eq!(s.get("rude.localhost", "/", None).0, 502);
+    // An app that exits at once: the deploy fails with its output, and nothing routes there.
+    let err = s.fails(&[
+        "deploy",
+        "broken",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,echo doomed; exit 3",
+    ]);
+    assert!(
+        err.contains("exited with code 3") && err.contains("doomed"),
+        "{err}"
+    );
+    assert_eq!(s.get("broken.localhost", "/", None).0, 503);
+}
+
+#[test]
+fn scales_to_zero_and_back_and_replaces_crashed_instances() {
+    let (s, _tmp) = server_with_image(&["--scale-to-zero-after", "1s"]);
+    deploy(&s, "idle", &[]);
+    s.wait_for("scale to zero", 20, || s.instances("idle").is_empty());
+    let t = Instant::now();
+    let (code, body) = s.get(&host("idle"), "/", None);
+    assert_eq!((code, body.as_str()), (200, "hello from skiff\n"));
+    assert!(t.elapsed() < Duration::from_secs(30));
+    // Kill the instance's container from the host: the next request gets a new instance.
+    let inst = s.instances("idle");
+    assert_eq!(inst.len(), 1);
+    let id = inst[0]["id"].as_str().unwrap().to_string();
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/skiff/{id}/cgroup.procs")).unwrap();
+    for pid in procs.split_whitespace() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    s.wait_for("the crashed instance to go", 10, || {
+        s.instances("idle").iter().all(|i| i["id"] != id.as_str())
+    });
+    assert_eq!(s.get(&host("idle"), "/", None).0, 200);
+    assert!(s
+        .ok(&["logs", "read", "--service", "idle"])
+        .contains("killed by signal 9"));
+}
+
+#[test]
+fn min_instances_stay_and_concurrency_scales_out() {
+    let (s, _tmp) = server_with_image(&["--scale-to-zero-after", "1s"]);
+    deploy(&s, "warm", &["--min-instances", "2"]);
+    s.wait_for("two warm instances", 20, || {
+        s.instances("warm")
+            .iter()
+            .filter(|i| i["state"] == "ready")
+            .count()
+            == 2
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        s.instances("warm").len(),
+        2,
+        "min-instances keeps them past the idle delay"
+    );
+
+    deploy(&s, "busy", &["--concurrency", "1", "--max-instances", "3"]);
+    let port = s.ingress;
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                skiff_testkit::http_get(port, "busy.localhost", "/cgi-bin/sleep?2", None).0
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let live = s.instances("busy");
+    let in_flight: u64 = live.iter().map(|i| i["inFlight"].as_u64().unwrap()).sum();
+    assert_eq!((live.len(), in_flight), (3, 3), "{live:?}");
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+}
+
+#[test]
+fn redeploy_moves_traffic_without_failed_requests() {
+    let (s, tmp) = server_with_image(&[]);
+    deploy(&s, "roll", &[]);
+    let v2 = ImageSpec {
+        files: vec![("www/index.html".into(), "version two\n".into(), 0o644)],
+        ..ImageSpec::default()
+    };
+    let layout = busybox_image(&tmp.path().join("v2"), "web2", &v2);
+    s.ok(&["images", "import", layout.to_str().unwrap()]);
+    let port = s.ingress;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && seen.len() < 20_000 {
+                seen.push(skiff_testkit::http_get(port, "roll.localhost", "/", None));
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    s.ok(&["deploy", "roll", "--image", "web2"]);
+    s.wait_for("the new revision to answer", 10, || {
+        s.get("roll.localhost", "/", None).1 == "version two\n"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = load.join().unwrap();
+    let failed: Vec<_> = seen.iter().filter(|(c, _)| *c != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        seen.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(
+        seen.iter().any(|(_, b)| b == "hello from skiff\n")
+            && seen.iter().any(|(_, b)| b == "version two\n")
+    );
+}
+
+#[test]
+fn kill_9_and_restart_lose_nothing_and_sigterm_leaves_nothing() {
+    let (mut s, _tmp) = server_with_image(&[]);
+    deploy(&s, "durable", &[]);
+    s.ok(&["deploy", "quiet", "--image", "web"]);
+    assert!(!s.instances("durable").is_empty());
+    s.kill9();
+    // Without its server, every instance is killed and cleaned by its shim.
+    s.wait_for("instances of the killed server to go", 15, || {
+        s.leftovers().is_empty()
+    });
+    s.restart();
+    let list = s.ok(&["services", "list"]);
+    assert!(list.contains("durable") && list.contains("quiet"), "{list}");
+    assert_eq!(s.get(&host("durable"), "/", None).0, 200);
+    assert_eq!(
+        s.get(&host("quiet"), "/", None).0,
+        401,
+        "still private after restart"
+    );
+    let images = s.ok(&["images", "list"]);
+    assert!(images.contains("web:latest"), "{images}");
+
+    assert_eq!(s.stop(), Some(0), "SIGTERM exits 0: {}", s.log());
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+}

@@ -1,0 +1,189 @@
+//! Test images: a busybox rootfs (the static binary from Debian's `busybox-static` with applet
+//! links), a web root with CGI scripts, written as an OCI image layout by hand, and converted
+//! to OCI and docker archives with `skopeo` when a test wants what real tools make.
+
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const APPLETS: &[&str] = &[
+    "sh", "env", "hostname", "ls", "cat", "sleep", "wget", "ps", "nc", "httpd", "echo", "id",
+    "kill", "true", "false", "head", "dd", "mount", "grep",
+];
+
+/// What goes into a test image besides busybox.
+pub struct ImageSpec {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    /// `(path in the image, contents, mode)`.
+    pub files: Vec<(String, String, u32)>,
+    pub user: Option<String>,
+}
+
+impl Default for ImageSpec {
+    /// An httpd on $PORT serving /www, with CGI scripts: `/cgi-bin/env` prints the
+    /// environment, `/cgi-bin/sh?CMD` runs a shell command, `/cgi-bin/sleep?N` sleeps.
+    fn default() -> Self {
+        ImageSpec {
+            entrypoint: vec!["/bin/sh".into(), "-c".into()],
+            // A shell as pid 1 with a TERM trap, as a real app would handle SIGTERM.
+            cmd: vec![
+                "echo listening on $PORT; httpd -f -v -p $PORT -h /www & trap 'kill $!; exit 0' TERM; wait"
+                    .into(),
+            ],
+            env: vec!["PATH=/bin".into(), "IMAGE_VAR=from-image".into()],
+            files: vec![
+                ("www/index.html".into(), "hello from skiff\n".into(), 0o644),
+                (
+                    "www/cgi-bin/env".into(),
+                    "#!/bin/sh\necho Content-Type: text/plain\necho\nenv\n".into(),
+                    0o755,
+                ),
+                (
+                    "www/cgi-bin/sh".into(),
+                    "#!/bin/sh\necho Content-Type: text/plain\necho\nCMD=$(httpd -d \"$QUERY_STRING\")\nsh -c \"$CMD\" 2>&1\n".into(),
+                    0o755,
+                ),
+                (
+                    "www/cgi-bin/sleep".into(),
+                    "#!/bin/sh\nsleep \"$QUERY_STRING\"\necho Content-Type: text/plain\necho\necho slept\n".into(),
+                    0o755,
+                ),
+            ],
+            user: None,
+        }
+    }
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Builds the image as an OCI layout at `dir` (tag `latest`, ref name `name:latest`).
+pub fn busybox_image(dir: &Path, name: &str, spec: &ImageSpec) -> PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: apt-get install busybox-static (.ci/run does)"
+    );
+    let mut builder = tar::Builder::new(Vec::new());
+    let dir_entry = |b: &mut tar::Builder<Vec<u8>>, path: &str| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(0);
+        b.append_data(&mut h, path, std::io::empty()).unwrap();
+    };
+    for d in [
+        "bin",
+        "www",
+        "www/cgi-bin",
+        "etc",
+        "tmp",
+        "proc",
+        "sys",
+        "dev",
+    ] {
+        dir_entry(&mut builder, d);
+    }
+    let data = std::fs::read(busybox).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(data.len() as u64);
+    h.set_mtime(0);
+    builder
+        .append_data(&mut h, "bin/busybox", &data[..])
+        .unwrap();
+    for a in APPLETS {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(0);
+        builder
+            .append_link(&mut h, format!("bin/{a}"), "busybox")
+            .unwrap();
+    }
+    let mut files = spec.files.clone();
+    files.push((
+        "etc/passwd".into(),
+        "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n".into(),
+        0o644,
+    ));
+    files.push((
+        "etc/group".into(),
+        "root:x:0:\nnogroup:x:65534:\n".into(),
+        0o644,
+    ));
+    for (path, contents, mode) in &files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_size(contents.len() as u64);
+        h.set_mtime(0);
+        builder
+            .append_data(&mut h, path, contents.as_bytes())
+            .unwrap();
+    }
+    let layer_tar = builder.into_inner().unwrap();
+    let diff_id = sha(&layer_tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer_tar).unwrap();
+    let layer = gz.finish().unwrap();
+
+    let config = serde_json::json!({
+        "created": "2026-01-01T00:00:00Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": spec.entrypoint, "Cmd": spec.cmd, "Env": spec.env,
+            "WorkingDir": "/", "User": spec.user.clone().unwrap_or_default(),
+        },
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{}", sha(&config)), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": format!("sha256:{}", sha(&layer)), "size": layer.len()}],
+    }))
+    .unwrap();
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for b in [&layer, &config, &manifest] {
+        std::fs::write(blobs.join(sha(b)), b).unwrap();
+    }
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": format!("sha256:{}", sha(&manifest)), "size": manifest.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": format!("{name}:latest")}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    dir.to_path_buf()
+}
+
+/// Converts an OCI layout to a docker archive with the real `skopeo`.
+pub fn skopeo_docker_archive(layout: &Path, out: &Path, name: &str) -> PathBuf {
+    crate::run(std::process::Command::new("skopeo").args([
+        "copy".to_string(),
+        format!("oci:{}", layout.display()),
+        format!("docker-archive:{}:{name}:latest", out.display()),
+    ]));
+    out.to_path_buf()
+}
+
+/// Converts an OCI layout to an OCI archive with the real `skopeo`.
+pub fn skopeo_oci_archive(layout: &Path, out: &Path, name: &str) -> PathBuf {
+    crate::run(std::process::Command::new("skopeo").args([
+        "copy".to_string(),
+        format!("oci:{}", layout.display()),
+        format!("oci-archive:{}:{name}:latest", out.display()),
+    ]));
+    out.to_path_buf()
+}

@@ -1,0 +1,23 @@
+//! Test support for Skiff's integration tests and benchmarks: builds real OCI images from
+//! Debian's `busybox-static`, converts them with the real `skopeo`, and runs the real `skiff`
+//! binary as a server in a private data dir, cleaning up after itself even when a test fails.
+
+pub mod image;
+pub mod server;
+
+pub use image::{busybox_image, ImageSpec};
+pub use server::{http_get, TestServer};
+
+/// Runs a command and returns its stdout, panicking with its stderr on failure.
+pub fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (is it installed? .ci/run installs it)")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

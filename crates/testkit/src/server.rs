@@ -1,0 +1,257 @@
+//! `TestServer`: the real `skiff server` in a temporary data dir on free loopback ports, with
+//! helpers to run the real CLI against it and to send ingress requests. Dropping it stops the
+//! server with SIGTERM (SIGKILL if it hangs), so no test leaves instances running.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestServer {
+    pub bin: PathBuf,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub ingress: u16,
+    pub api: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestServer {
+    /// Starts a server with extra `skiff server` flags, e.g. `["--scale-to-zero-after", "2s"]`.
+    pub fn start(bin: &Path, args: &[&str]) -> TestServer {
+        let tmp = tempfile::Builder::new()
+            .prefix("skiff-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mut s = TestServer {
+            bin: bin.to_path_buf(),
+            data_dir: tmp.path().to_path_buf(),
+            _tmp: Some(tmp),
+            ingress: free_port(),
+            api: free_port(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--ingress")
+            .arg(format!("127.0.0.1:{}", self.ingress))
+            .arg("--api")
+            .arg(format!("127.0.0.1:{}", self.api))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start skiff server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.api)).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("skiff server exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "skiff server did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's own log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Runs the CLI against this server.
+    pub fn skiff(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", self.api))
+            .env("SKIFF_DATA_DIR", &self.data_dir)
+            .env_remove("SKIFF_TOKEN")
+            .env_remove("SKIFF_PROJECT")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.skiff(args);
+        assert!(
+            out.status.success(),
+            "skiff {args:?} failed: {}\nstderr: {}\nserver log: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI, asserts failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.skiff(args);
+        assert!(
+            !out.status.success(),
+            "skiff {args:?} should fail but printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// An ingress request: `(status, body)`.
+    pub fn get(&self, host: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        http_get(self.ingress, host, path, token)
+    }
+
+    /// Stops the server with SIGKILL: no cleanup of its own runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits for it; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data dir and ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        self.spawn();
+    }
+
+    /// What of this server is still on the machine: processes that mention the data dir,
+    /// mounts under it, and cgroups of its instances.
+    pub fn leftovers(&self) -> Vec<String> {
+        let dir = self.data_dir.display().to_string();
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains(&dir) && !cmd.contains(" server ") {
+                    found.push(format!(
+                        "process {}: {cmd}",
+                        e.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        for line in std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+        {
+            if line.contains(&dir) {
+                found.push(format!("mount: {line}"));
+            }
+        }
+        let ids: Vec<String> = std::fs::read_dir(self.data_dir.join("run/i"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in ids {
+            found.push(format!("instance dir: {id}"));
+        }
+        found
+    }
+
+    /// Instance ids of a service, from `skiff instances list --format json`.
+    pub fn instances(&self, service: &str) -> Vec<serde_json::Value> {
+        let out = self.ok(&[
+            "instances",
+            "list",
+            "--service",
+            service,
+            "--format",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls `cond` every 50 ms until it holds, or panics after `secs`.
+    pub fn wait_for(&self, what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\nserver log: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(self.data_dir.with_extension("log"));
+    }
+}
+
+/// An HTTP/1.1 request to the ingress on `port` with the given Host header.
+pub fn http_get(port: u16, host: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut req = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("Host", host);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    match req.send() {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.text().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
