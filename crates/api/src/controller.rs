@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+type ServiceLock = Arc<tokio::sync::Mutex<()>>;
+
 pub struct Controller {
     pub store: Arc<Store>,
     pub images: Arc<ImageStore>,
@@ -23,7 +25,7 @@ pub struct Controller {
     /// Host suffix of URLs: `:PORT` of the ingress.
     pub ingress_port: u16,
     /// One lock per service: read-modify-write of a service never interleaves.
-    locks: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<(String, String), ServiceLock>>,
 }
 
 fn new_uid() -> String {

@@ -121,7 +121,8 @@ mod tests {
 
     #[test]
     fn hosts() {
-        let cases: &[(&str, Option<(&str, &str, Option<&str>)>)] = &[
+        type Want<'a> = Option<(&'a str, &'a str, Option<&'a str>)>;
+        let cases: &[(&str, Want)] = &[
             ("hello.localhost", Some(("default", "hello", None))),
             ("hello.localhost:8080", Some(("default", "hello", None))),
             ("HELLO.localhost.", Some(("default", "hello", None))),

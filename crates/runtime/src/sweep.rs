@@ -25,3 +25,16 @@ pub fn sweep(instances_dir: &Path) -> usize {
     }
     n
 }
+
+/// Removes the `skiff` parent cgroup from every hierarchy where it is empty (another server
+/// on the machine may still have instances there; then it stays).
+pub fn remove_cgroup_parents() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut dirs: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    dirs.push("/sys/fs/cgroup".into());
+    for d in dirs {
+        let _ = std::fs::remove_dir(d.join(crate::CGROUP_PARENT));
+    }
+}

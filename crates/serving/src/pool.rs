@@ -475,7 +475,13 @@ impl Pool {
                 ));
             }
             tokio::time::sleep(interval).await;
-            interval = (interval * 2).min(Duration::from_millis(50));
+            // Probe tightly while a fast app is likely to come up, then back off.
+            let cap = if began.elapsed() < Duration::from_secs(2) {
+                2
+            } else {
+                50
+            };
+            interval = (interval * 2).min(Duration::from_millis(cap));
         };
         match ready {
             Ok(()) => {

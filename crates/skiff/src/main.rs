@@ -24,7 +24,7 @@ enum Command {
     /// Run the platform: control API, ingress, instances.
     Server(server::ServerArgs),
     #[command(flatten)]
-    Client(ClientCommand),
+    Client(Box<ClientCommand>),
 }
 
 fn main() {
@@ -39,7 +39,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Server(a) => server::run(&cli.global, a),
-        Command::Client(c) => skiff_cli::run(&cli.global, c),
+        Command::Client(c) => skiff_cli::run(&cli.global, *c),
     };
     if let Err(e) = result {
         let msg = format!("{e:#}").replace('\n', " ");

@@ -165,6 +165,7 @@ async fn serve(
     // The API may hold a follow-mode log stream open forever: do not wait long for it.
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     serving.shutdown().await;
+    skiff_runtime::sweep::remove_cgroup_parents();
     tracing::info!("stopped");
     Ok(())
 }

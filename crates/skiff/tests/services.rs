@@ -430,3 +430,74 @@ fn kill_9_and_restart_lose_nothing_and_sigterm_leaves_nothing() {
     assert_eq!(s.stop(), Some(0), "SIGTERM exits 0: {}", s.log());
     assert_eq!(s.leftovers(), Vec::<String>::new());
 }
+
+#[test]
+fn revisions_describe_and_delete() {
+    let (s, _tmp) = server_with_image(&[]);
+    deploy(&s, "life", &[]);
+    deploy(&s, "life", &["--set-env-vars", "V=2"]);
+    let revs: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "revisions",
+        "list",
+        "--service",
+        "life",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let names: Vec<String> = revs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names[0].starts_with("life-00002-") && names[1].starts_with("life-00001-"),
+        "{names:?}"
+    );
+    // The serving revision cannot be deleted; the old one can.
+    let err = s.fails(&["revisions", "delete", &names[0]]);
+    assert!(err.contains("serves traffic"), "{err}");
+    s.ok(&["revisions", "delete", &names[1]]);
+    // describe shows the Knative object, with the image pinned by digest.
+    let svc: serde_json::Value =
+        serde_json::from_str(&s.ok(&["services", "describe", "life", "--format", "json"])).unwrap();
+    assert_eq!(svc["status"]["latestReadyRevisionName"], names[0].as_str());
+    assert_eq!(svc["status"]["traffic"][0]["percent"], 100);
+    let rev: serde_json::Value =
+        serde_json::from_str(&s.ok(&["revisions", "describe", &names[0], "--format", "json"]))
+            .unwrap();
+    assert!(
+        rev["status"]["imageDigest"]
+            .as_str()
+            .unwrap()
+            .starts_with("web@sha256:"),
+        "{rev}"
+    );
+    // A bad flag changes nothing.
+    let err = s.fails(&["deploy", "life", "--concurrency", "5000"]);
+    assert!(err.contains("concurrency"), "{err}");
+    assert_eq!(
+        s.ok(&["revisions", "list", "--service", "life"])
+            .lines()
+            .count(),
+        2,
+        "header and one revision"
+    );
+    // Deleting the service stops its instances and frees its host name.
+    assert!(!s.instances("life").is_empty());
+    s.ok(&["services", "delete", "life"]);
+    assert_eq!(s.get(&host("life"), "/", None).0, 404);
+    s.wait_for("the deleted service's instances to stop", 15, || {
+        s.instances("life").is_empty()
+    });
+    s.wait_for("no instance dirs", 15, || s.leftovers().is_empty());
+    let err = s.fails(&["services", "describe", "life"]);
+    assert!(err.contains("not found"), "{err}");
+    // The image is no longer pinned by anything and can be deleted.
+    s.ok(&["images", "delete", "web"]);
+    assert!(!s.ok(&["images", "list"]).contains("web:latest"));
+    let err = s.fails(&["deploy", "again", "--image", "web"]);
+    assert!(err.contains("not in the image store"), "{err}");
+}

@@ -1,0 +1,164 @@
+//! Cold-start benchmark: a request to a service at zero instances, until its response, for a
+//! busybox httpd image; beside `runc run` of the same image to its first response, measured
+//! in the same run. Prints median and p99 of each and their ratio.
+//!
+//! `sudo cargo bench -p skiff --bench cold_start [-- ROUNDS]` (needs busybox-static, runc).
+
+use skiff_testkit::{busybox_image, ImageSpec, TestServer};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One HTTP/1.1 request on a fresh connection; true if the answer is `200`.
+fn request(port: u16, host: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")
+}
+
+fn stats(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    let median = v[v.len() / 2];
+    let p99 = v[((v.len() as f64 * 0.99).ceil() as usize).min(v.len()) - 1];
+    (median, p99)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn skiff_cold_starts(layout: &Path, rounds: usize) -> Vec<Duration> {
+    let s = TestServer::start(
+        Path::new(env!("CARGO_BIN_EXE_skiff")),
+        &["--scale-to-zero-after", "1ms"],
+    );
+    s.ok(&["images", "import", layout.to_str().unwrap()]);
+    s.ok(&[
+        "deploy",
+        "bench",
+        "--image",
+        "bench",
+        "--allow-unauthenticated",
+    ]);
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        s.wait_for("zero instances", 30, || s.instances("bench").is_empty());
+        let t = Instant::now();
+        assert!(
+            request(s.ingress, "bench.localhost"),
+            "cold request failed: {}",
+            s.log()
+        );
+        out.push(t.elapsed());
+    }
+    out
+}
+
+fn runc_cold_starts(layout: &Path, rounds: usize) -> Vec<Duration> {
+    let bundle = tempfile::tempdir().unwrap();
+    let rootfs = bundle.path().join("rootfs");
+    // Unpack the image's single layer as runc's rootfs.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let layer =
+        std::fs::File::open(blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
+    tar::Archive::new(flate2::read::GzDecoder::new(layer))
+        .unpack(&rootfs)
+        .unwrap();
+    skiff_testkit::run(Command::new("runc").arg("spec").current_dir(bundle.path()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg_path = bundle.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] =
+        serde_json::json!(["/bin/httpd", "-f", "-p", port.to_string(), "-h", "/www"]);
+    cfg["root"]["readonly"] = false.into();
+    // The host's network namespace, so the benchmark can reach it without any setup.
+    let ns = cfg["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] != "network")
+        .cloned()
+        .collect();
+    cfg["linux"]["namespaces"] = serde_json::Value::Array(ns);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for i in 0..rounds {
+        let id = format!("skiff-bench-{}-{i}", std::process::id());
+        let t = Instant::now();
+        let status = Command::new("runc")
+            .args(["run", "-d", "--bundle"])
+            .arg(bundle.path())
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("runc is missing: apt-get install runc");
+        assert!(status.success(), "runc run failed");
+        while !request(port, "localhost") {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "runc container never answered"
+            );
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        out.push(t.elapsed());
+        skiff_testkit::run(Command::new("runc").args(["delete", "-f", &id]));
+    }
+    out
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(25);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = busybox_image(&tmp.path().join("image"), "bench", &ImageSpec::default());
+    let skiff = skiff_cold_starts(&layout, rounds);
+    let runc = runc_cold_starts(&layout, rounds);
+    let (sm, sp) = stats(skiff);
+    let (rm, rp) = stats(runc);
+    println!("cold start, busybox httpd, {rounds} rounds each");
+    println!(
+        "  skiff (request at zero instances → response): median {}  p99 {}",
+        ms(sm),
+        ms(sp)
+    );
+    println!(
+        "  runc run → first response:                     median {}  p99 {}",
+        ms(rm),
+        ms(rp)
+    );
+    println!(
+        "  ratio skiff/runc: median {:.2}  p99 {:.2}   (target: skiff median ≤ 50 ms)",
+        sm.as_secs_f64() / rm.as_secs_f64(),
+        sp.as_secs_f64() / rp.as_secs_f64()
+    );
+}
