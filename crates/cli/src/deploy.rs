@@ -329,9 +329,10 @@ pub fn pin_traffic(
         .collect()
 }
 
-/// `--tag TAG`: the latest revision answers at the tag's URL. An older target with the same
-/// tag loses it (and is dropped unless it carries traffic).
-pub fn add_tag(traffic: &mut Vec<TrafficTarget>, tag: &str) {
+/// `--tag TAG`: the new revision `rev` answers at the tag's URL, and keeps the tag through
+/// later deploys (as in Cloud Run). An older target with the same tag loses it (and is dropped
+/// unless it carries traffic).
+pub fn add_tag(traffic: &mut Vec<TrafficTarget>, tag: &str, rev: &str) {
     if traffic.is_empty() {
         traffic.push(TrafficTarget {
             latest_revision: Some(true),
@@ -350,7 +351,7 @@ pub fn add_tag(traffic: &mut Vec<TrafficTarget>, tag: &str) {
         traffic.push(t);
     }
     traffic.push(TrafficTarget {
-        latest_revision: Some(true),
+        revision_name: Some(rev.to_string()),
         percent: Some(0),
         tag: Some(tag.to_string()),
         ..Default::default()
@@ -396,7 +397,12 @@ pub fn build_service(
     };
     apply_changes(&mut svc.spec.template, ch);
     if let Some(tag) = &args.tag {
-        add_tag(&mut svc.spec.traffic, tag);
+        // The tag names the new revision, so the revision is named here rather than by the
+        // server.
+        let generation = existing.map_or(1, |o| o.metadata.generation + 1);
+        let rev = skiff_model::revision_name(name, generation);
+        svc.spec.template.metadata.name = rev.clone();
+        add_tag(&mut svc.spec.traffic, tag, &rev);
     }
     for t in &mut svc.spec.traffic {
         t.url = None;
@@ -625,9 +631,10 @@ mod tests {
         match (got, want) {
             (Ok(svc), Ok(f)) => {
                 assert!(svc.status.is_none(), "{what}: status is not sent");
-                assert!(
+                assert_eq!(
                     svc.spec.template.metadata.name.is_empty(),
-                    "{what}: template name is cleared"
+                    a.tag.is_none(),
+                    "{what}: the template is named only for --tag"
                 );
                 f(&svc)
             }
@@ -817,11 +824,13 @@ mod tests {
                 a.tag = Some("blue".into());
             }),
             Ok(|s| {
+                let rev = s.spec.template.metadata.name.as_str();
+                assert!(rev.starts_with("hello-00002-"), "{rev}");
                 assert_eq!(
                     s.spec.traffic,
                     vec![
                         target(Some("hello-00001-abc"), false, Some(100), None),
-                        target(None, true, Some(0), Some("blue")),
+                        target(Some(rev), false, Some(0), Some("blue")),
                     ]
                 )
             }),
@@ -834,11 +843,13 @@ mod tests {
                 a.tag = Some("blue".into());
             }),
             Ok(|s| {
+                let rev = s.spec.template.metadata.name.as_str();
+                assert!(rev.starts_with("hello-00001-"), "{rev}");
                 assert_eq!(
                     s.spec.traffic,
                     vec![
                         target(None, true, Some(100), None),
-                        target(None, true, Some(0), Some("blue")),
+                        target(Some(rev), false, Some(0), Some("blue")),
                     ]
                 )
             }),
@@ -974,7 +985,7 @@ mod tests {
     #[test]
     fn tags() {
         type Case = (&'static str, Vec<TrafficTarget>, Vec<TrafficTarget>);
-        let blue = || target(None, true, Some(0), Some("blue"));
+        let blue = || target(Some("r2"), false, Some(0), Some("blue"));
         let cases: Vec<Case> = vec![
             (
                 "empty gets the default route",
@@ -1008,7 +1019,7 @@ mod tests {
             ),
         ];
         for (what, mut cur, want) in cases {
-            add_tag(&mut cur, "blue");
+            add_tag(&mut cur, "blue", "r2");
             assert_eq!(cur, want, "{what}");
         }
     }

@@ -39,8 +39,9 @@ pub struct Instance {
     pub id: String,
     /// The container's init process (pid 1 inside its namespace).
     pub pid: i32,
-    /// The instance's network namespace, for [`crate::netns::connect`].
-    pub netns: std::fs::File,
+    /// The instance's network namespace, for [`crate::netns::connect`]; `None` when the
+    /// container was already gone by the time it was looked up.
+    pub netns: Option<std::fs::File>,
     commands: Mutex<Option<pipe::Sender>>,
     exit: watch::Receiver<Option<Exit>>,
 }
@@ -114,9 +115,13 @@ pub async fn spawn(
             )));
         }
     };
-    let netns_path = format!("/proc/{pid}/ns/net");
-    let netns = std::fs::File::open(&netns_path)
-        .map_err(|e| RuntimeError::io(Path::new(&netns_path), e))?;
+    // The shim made the namespace and the container shares it; the shim lives until the
+    // container is gone, so its handle is the steadier one. Both may be gone already when the
+    // container exited at once: then there is no namespace to reach, only an exit to report.
+    let netns = [child.id().map(|p| p as i32), Some(pid)]
+        .into_iter()
+        .flatten()
+        .find_map(|p| std::fs::File::open(format!("/proc/{p}/ns/net")).ok());
 
     let (exit_tx, exit_rx) = watch::channel(None);
     tokio::spawn(async move {

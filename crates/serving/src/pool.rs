@@ -430,18 +430,29 @@ impl Pool {
                 return;
             }
         };
-        let netns = Arc::new(match rt.netns.try_clone() {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = rt.stop(Duration::ZERO).await;
-                self.start_failed(&inst, format!("network namespace: {e}"))
-                    .await;
-                return;
-            }
-        });
+        let netns = rt
+            .netns
+            .as_ref()
+            .and_then(|f| f.try_clone().ok())
+            .map(Arc::new);
         let rt = inst.rt.get_or_init(|| rt);
-        self.read_output(&inst, out.stdout, "stdout");
-        self.read_output(&inst, out.stderr, "stderr");
+        let readers = [
+            self.read_output(&inst, out.stdout, "stdout"),
+            self.read_output(&inst, out.stderr, "stderr"),
+        ];
+        let Some(netns) = netns else {
+            let exit = rt.wait().await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(readers))
+                    .await;
+            let why = format!(
+                "the container {exit} before listening on port {}",
+                self.settings.port
+            );
+            self.start_failed(&inst, format!("{why}{}", inst.last_output()))
+                .await;
+            return;
+        };
         self.ctx
             .netns
             .write()
@@ -506,6 +517,12 @@ impl Pool {
             }
             Err(why) => {
                 rt.stop(Duration::ZERO).await;
+                // Let the output readers reach the end, so the message holds the last lines.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    futures::future::join_all(readers),
+                )
+                .await;
                 let detail = format!("{why}{}", inst.last_output());
                 self.start_failed(&inst, detail).await;
             }
@@ -528,7 +545,7 @@ impl Pool {
         inst: &Arc<Inst>,
         r: R,
         stream: &'static str,
-    ) {
+    ) -> tokio::task::JoinHandle<()> {
         let pool = self.clone();
         let inst = inst.clone();
         tokio::spawn(async move {
@@ -552,7 +569,7 @@ impl Pool {
                     Err(_) => break,
                 }
             }
-        });
+        })
     }
 
     async fn start_failed(&self, inst: &Arc<Inst>, why: String) {
