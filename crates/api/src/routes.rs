@@ -57,9 +57,18 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
 }
 
+/// Parses a JSON body; an error names the field at fault (`spec.template.spec.containers[0].image`).
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            ApiError::invalid(format!("invalid request body: {inner}"))
+        } else {
+            ApiError::invalid(format!("invalid value for field {path}: {inner}"))
+        }
+    })
 }
 
 async fn list_services(State(st): St, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
