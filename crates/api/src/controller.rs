@@ -139,6 +139,15 @@ impl Controller {
             }
             _ => {}
         }
+        // Replacing a service with what it already is (say, its own export) changes nothing,
+        // as in Kubernetes: no new generation, no new revision, no route change.
+        if let Some(o) = old.as_ref().filter(|o| {
+            o.spec == svc.spec
+                && o.metadata.labels == svc.metadata.labels
+                && o.metadata.annotations == svc.metadata.annotations
+        }) {
+            return Ok(o.clone());
+        }
         let revisions = self.store.list_revisions(Some(ns), Some(&name))?;
         let template_changed = old.as_ref().is_none_or(|o| {
             let mut a = o.spec.template.clone();
@@ -481,7 +490,9 @@ impl Controller {
         let revisions = self.store.list_revisions(Some(ns), Some(name))?;
         self.store.delete_service(ns, name)?;
         self.serving.remove_route(ns, name);
-        self.serving.logs().remove(ns, name);
+        self.serving
+            .logs()
+            .remove(ns, &skiff_serving::LogResource::Service(name.to_string()));
         let serving = self.serving.clone();
         let keys: Vec<RevKey> = revisions
             .iter()
@@ -512,11 +523,20 @@ impl Controller {
         let _guard = self.lock(ns, &service).await;
         if let Some(svc) = self.store.get_service(ns, &service)? {
             let status = svc.status.unwrap_or_default();
-            let serving = status
+            let targets: Vec<&TrafficTarget> = status
                 .traffic
                 .iter()
-                .any(|t| t.revision_name.as_deref() == Some(rev_name));
+                .filter(|t| t.revision_name.as_deref() == Some(rev_name))
+                .collect();
+            let serving = targets.iter().any(|t| t.percent.unwrap_or(0) > 0);
+            let tags: Vec<&str> = targets.iter().filter_map(|t| t.tag.as_deref()).collect();
             let latest = status.latest_created_revision_name.as_deref() == Some(rev_name);
+            if !serving && !latest && !tags.is_empty() {
+                let tags = tags.join(",");
+                return Err(ApiError::precondition(format!(
+                    "revision {rev_name} of service {service} is tagged {tags} and answers at its tag URL: remove the tag first (services update-traffic {service} --remove-tags {tags})"
+                )));
+            }
             if serving || latest {
                 return Err(ApiError::precondition(format!(
                     "revision {rev_name} serves traffic or is the latest of service {service}: move traffic away first (services update-traffic)"

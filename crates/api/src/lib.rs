@@ -1,11 +1,13 @@
 //! The control API: Cloud Run Admin API v1 (Knative `serving.knative.dev/v1` services and
-//! revisions, IAM policy calls) plus Skiff's own resources under `/skiff/v1` (images,
+//! revisions, IAM policy calls, `run.googleapis.com/v1` jobs, executions and tasks), Cloud
+//! Scheduler jobs, plus Skiff's own resources under `/skiff/v1` (images,
 //! instances, logs, identity tokens), all behind the admin token.
 //!
 //! Handlers are thin: they parse, call the [`controller::Controller`], and shape responses.
 
 pub mod controller;
 pub mod error;
+mod jobs;
 mod openapi;
 mod routes;
 
@@ -20,6 +22,8 @@ use std::sync::Arc;
 
 pub struct ApiState {
     pub controller: Arc<Controller>,
+    pub jobs: Arc<skiff_jobs::Jobs>,
+    pub scheduler: Arc<skiff_jobs::scheduler::Scheduler>,
     pub admin_token: String,
     /// Where uploads are spooled before import.
     pub tmp_dir: PathBuf,

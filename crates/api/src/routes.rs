@@ -12,10 +12,11 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use skiff_model::{Policy, Revision, Service, LABEL_SERVICE};
+use skiff_serving::{LogLine, LogResource};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
-type St = State<Arc<ApiState>>;
+pub(crate) type St = State<Arc<ApiState>>;
 
 /// Image uploads larger than this are refused.
 const MAX_UPLOAD: u64 = 16 << 30;
@@ -54,11 +55,12 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/skiff/v1/namespaces/{ns}/instances", get(list_instances))
         .route("/skiff/v1/namespaces/{ns}/logs", get(read_logs))
         .route("/skiff/v1/identityToken", post(identity_token))
+        .merge(crate::jobs::routes())
         .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
 }
 
 /// Parses a JSON body; an error names the field at fault (`spec.template.spec.containers[0].image`).
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -124,6 +126,20 @@ async fn delete_service(
     })))
 }
 
+/// Reads a `labelSelector` of the one form Cloud Run clients send, `KEY=VALUE` (gcloud puts
+/// spaces around `=`), for the expected key.
+pub(crate) fn selector(sel: Option<&str>, key: &str) -> ApiResult<Option<String>> {
+    match sel.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(sel) => match sel.split_once('=') {
+            Some((k, v)) if k.trim() == key => Ok(Some(v.trim().to_string())),
+            _ => Err(ApiError::invalid(format!(
+                "unsupported labelSelector {sel:?}: use {key}=NAME"
+            ))),
+        },
+    }
+}
+
 #[derive(Deserialize)]
 struct RevisionQuery {
     #[serde(rename = "labelSelector")]
@@ -135,17 +151,7 @@ async fn list_revisions(
     Path(ns): Path<String>,
     Query(q): Query<RevisionQuery>,
 ) -> ApiResult<Json<Value>> {
-    let service = match q.label_selector.as_deref() {
-        None | Some("") => None,
-        Some(sel) => match sel.split_once('=') {
-            Some((k, v)) if k.trim() == LABEL_SERVICE => Some(v.trim().to_string()),
-            _ => {
-                return Err(ApiError::invalid(format!(
-                    "unsupported labelSelector {sel:?}: use {LABEL_SERVICE}=NAME"
-                )))
-            }
-        },
-    };
+    let service = selector(q.label_selector.as_deref(), LABEL_SERVICE)?;
     let items: Vec<Revision> = st
         .controller
         .store
@@ -341,6 +347,7 @@ async fn list_instances(
 struct LogQuery {
     service: Option<String>,
     job: Option<String>,
+    execution: Option<String>,
     limit: Option<usize>,
     follow: Option<bool>,
 }
@@ -350,30 +357,45 @@ async fn read_logs(
     Path(ns): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Response> {
-    if q.job.is_some() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "this server runs no jobs: read service logs with --service",
-        ));
-    }
-    let service = q
-        .service
-        .ok_or_else(|| ApiError::invalid("pass service=NAME"))?;
-    if st.controller.store.get_service(&ns, &service)?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "service {service} not found in project {ns}"
-        )));
-    }
+    let resource = match (q.service, q.job) {
+        (Some(s), None) => {
+            if st.controller.store.get_service(&ns, &s)?.is_none() {
+                return Err(ApiError::not_found(format!(
+                    "service {s} not found in project {ns}"
+                )));
+            }
+            LogResource::Service(s)
+        }
+        (None, Some(j)) => {
+            if st
+                .controller
+                .store
+                .get_object::<Value>(skiff_store::kind::JOB, &ns, &j)?
+                .is_none()
+            {
+                return Err(ApiError::not_found(format!(
+                    "job {j} not found in project {ns}"
+                )));
+            }
+            LogResource::Job(j)
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "pass exactly one of service=NAME or job=NAME",
+            ))
+        }
+    };
+    let execution = q.execution;
     let limit = q.limit.unwrap_or(100);
     let sink = st.controller.serving.logs().clone();
     // Subscribe before reading the file, then skip what the file already had.
     let live = q.follow.unwrap_or(false).then(|| sink.subscribe());
-    let (ns2, svc2) = (ns.clone(), service.clone());
-    let past = tokio::task::spawn_blocking(move || sink.tail(&ns2, &svc2, limit))
+    let (ns2, res2, exec2) = (ns.clone(), resource.clone(), execution.clone());
+    let past = tokio::task::spawn_blocking(move || sink.tail(&ns2, &res2, exec2.as_deref(), limit))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let last_seq = past.last().map_or(0, |l| l.seq);
-    let encode = |l: &skiff_serving::LogLine| {
+    let encode = |l: &LogLine| {
         let mut v = serde_json::to_vec(l).unwrap_or_default();
         v.push(b'\n');
         Ok::<_, std::io::Error>(bytes::Bytes::from(v))
@@ -384,7 +406,9 @@ async fn read_logs(
         Some(rx) => {
             let tail = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| {
                 let out = match r {
-                    Ok(l) if l.namespace == ns && l.service == service && l.seq > last_seq => {
+                    Ok(l)
+                        if l.seq > last_seq && l.matches(&ns, &resource, execution.as_deref()) =>
+                    {
                         Some(encode(&l))
                     }
                     _ => None,

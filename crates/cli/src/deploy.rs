@@ -127,7 +127,7 @@ pub fn split_list(s: &str) -> Vec<String> {
 }
 
 /// Parses `K=V,...` (with the alternate-delimiter syntax of [`split_list`]).
-fn parse_env(s: &str) -> Result<Vec<(String, String)>> {
+pub fn parse_env(s: &str) -> Result<Vec<(String, String)>> {
     let mut out: Vec<(String, String)> = Vec::new();
     for item in split_list(s) {
         let (k, v) = item

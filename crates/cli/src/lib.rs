@@ -11,9 +11,11 @@ mod auth;
 mod deploy;
 mod images;
 mod instances;
+mod jobs;
 mod logs;
 mod output;
 mod revisions;
+mod scheduler;
 mod services;
 mod traffic;
 
@@ -116,6 +118,16 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Run-to-completion jobs: create, execute, and follow their executions
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
+    /// Run jobs or call URLs on a cron schedule
+    Scheduler {
+        #[command(subcommand)]
+        command: scheduler::SchedulerCommand,
+    },
 }
 
 /// Runs one client command against the API `global` names.
@@ -130,6 +142,8 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Images { command } => images::run(&api, command),
         ClientCommand::Logs { command } => logs::run(&api, command),
         ClientCommand::Auth { command } => auth::run(&api, command),
+        ClientCommand::Jobs { command } => jobs::run(&api, command),
+        ClientCommand::Scheduler { command } => scheduler::run(&api, command),
     }
 }
 

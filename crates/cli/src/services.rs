@@ -9,11 +9,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use reqwest::Method;
 use serde_json::Value;
 use skiff_model::{
-    format_duration, ready_status, validate_namespace, validate_service_name, RevisionSettings,
-    RevisionTemplate, Service, TrafficTarget, SERVING_API_VERSION,
+    format_duration, parse_duration, ready_status, validate_name, validate_namespace,
+    validate_service_name, validate_tag, Container, Resources, RevisionSettings, RevisionTemplate,
+    Service, TrafficTarget, ANN_MAX_SCALE, ANN_MIN_SCALE, SERVING_API_VERSION,
 };
 use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// `--format` for `services describe`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -301,9 +303,18 @@ pub fn describe_text(svc: &Service) -> String {
     out
 }
 
-/// Reads and checks a Knative Service file; the namespace defaults to `project`.
+/// Template annotations Skiff acts on. Every other annotation is kept and reported.
+const ACTED_ON: &[&str] = &[ANN_MIN_SCALE, ANN_MAX_SCALE];
+/// Knative's autoscaler target (requests per instance) and window: checked and kept, not
+/// acted on yet.
+const ANN_TARGET: &str = "autoscaling.knative.dev/target";
+const ANN_WINDOW: &str = "autoscaling.knative.dev/window";
+
+/// Reads and checks a Knative Service file; the namespace defaults to `project`. Every error
+/// names the field at fault, as a path like `spec.template.spec.containerConcurrency`.
 pub fn parse_service_file(text: &str, origin: &str, project: &str) -> Result<Service> {
     let mut svc: Service = serde_yaml::from_str(text).map_err(|e| {
+        // serde_yaml puts the path of the field at fault first: `spec.template...: invalid type`.
         anyhow!(
             "cannot read {origin} as a Knative Service: {}: give a serving.knative.dev/v1 Service in YAML or JSON",
             e.to_string().replace('\n', " ")
@@ -324,17 +335,180 @@ pub fn parse_service_file(text: &str, origin: &str, project: &str) -> Result<Ser
     if svc.metadata.name.is_empty() {
         bail!("{origin} has no metadata.name: name the service");
     }
-    validate_service_name(&svc.metadata.name).map_err(|e| anyhow!("{e}"))?;
+    validate_service_name(&svc.metadata.name)
+        .map_err(|e| anyhow!("{origin}: metadata.name: {e}"))?;
     if svc.metadata.namespace.is_empty() {
         svc.metadata.namespace = project.to_string();
     }
-    validate_namespace(&svc.metadata.namespace).map_err(|e| anyhow!("{e}"))?;
-    RevisionSettings::from_template(&svc.spec.template).map_err(|e| anyhow!("{origin}: {e}"))?;
+    validate_namespace(&svc.metadata.namespace)
+        .map_err(|e| anyhow!("{origin}: metadata.namespace: {e}"))?;
+    check_template(&svc.metadata.name, &svc.spec.template).map_err(|e| anyhow!("{origin}: {e}"))?;
+    check_traffic(&svc.spec.traffic).map_err(|e| anyhow!("{origin}: {e}"))?;
     svc.status = None;
     for t in &mut svc.spec.traffic {
         t.url = None;
     }
     Ok(svc)
+}
+
+/// Checks a revision template the way the server will, one field at a time, so that the error
+/// names the field. Each field is checked alone in an otherwise default template, by the same
+/// rules (`RevisionSettings::from_template`) the server applies.
+fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
+    const SPEC: &str = "spec.template.spec";
+    let rev = &t.metadata.name;
+    if !rev.is_empty() {
+        if !rev.starts_with(&format!("{service}-")) {
+            bail!("spec.template.metadata.name {rev:?} must start with the service name and '-' ({service}-...)");
+        }
+        validate_name("revision", rev, 63)
+            .map_err(|e| anyhow!("spec.template.metadata.name: {e}"))?;
+    }
+    let c = match t.spec.containers.as_slice() {
+        [] => bail!("{SPEC}.containers is empty: give one container with an image"),
+        [c] => c,
+        _ => bail!(
+            "{SPEC}.containers has {} containers: Skiff runs one container per instance",
+            t.spec.containers.len()
+        ),
+    };
+    const C: &str = "spec.template.spec.containers[0]";
+    if c.image.trim().is_empty() {
+        bail!("{C}.image is empty: give the image as NAME[:TAG]");
+    }
+    let alone = |field: &str, edit: &dyn Fn(&mut RevisionTemplate)| -> Result<()> {
+        let mut one = RevisionTemplate::default();
+        one.spec.containers.push(Container {
+            image: c.image.clone(),
+            ..Default::default()
+        });
+        edit(&mut one);
+        RevisionSettings::from_template(&one)
+            .map(drop)
+            .map_err(|e| anyhow!("{field}: {e}"))
+    };
+    alone(&format!("{SPEC}.containerConcurrency"), &|o| {
+        o.spec.container_concurrency = t.spec.container_concurrency
+    })?;
+    alone(&format!("{SPEC}.timeoutSeconds"), &|o| {
+        o.spec.timeout_seconds = t.spec.timeout_seconds
+    })?;
+    if c.ports.len() > 1 {
+        bail!("{C}.ports has {} ports: give exactly one", c.ports.len());
+    }
+    for (i, p) in c.ports.iter().enumerate() {
+        alone(&format!("{C}.ports[{i}].containerPort"), &|o| {
+            o.spec.containers[0].ports = vec![p.clone()]
+        })?;
+    }
+    let limits = c
+        .resources
+        .as_ref()
+        .map(|r| r.limits.clone())
+        .unwrap_or_default();
+    for (key, value) in &limits {
+        alone(&format!("{C}.resources.limits.{key}"), &|o| {
+            o.spec.containers[0].resources = Some(Resources {
+                limits: [(key.clone(), value.clone())].into(),
+            })
+        })?;
+    }
+    for (i, e) in c.env.iter().enumerate() {
+        alone(&format!("{C}.env[{i}]"), &|o| {
+            o.spec.containers[0].env = vec![e.clone()]
+        })?;
+    }
+    let ann = &t.metadata.annotations;
+    for key in ACTED_ON {
+        if let Some(v) = ann.get(*key) {
+            alone(
+                &format!("spec.template.metadata.annotations[{key:?}]"),
+                &|o| {
+                    o.metadata.annotations.insert(key.to_string(), v.clone());
+                },
+            )?;
+        }
+    }
+    alone("spec.template.metadata.annotations", &|o| {
+        for key in ACTED_ON {
+            if let Some(v) = ann.get(*key) {
+                o.metadata.annotations.insert(key.to_string(), v.clone());
+            }
+        }
+    })?;
+    if let Some(v) = ann.get(ANN_TARGET) {
+        if !v
+            .trim()
+            .parse::<f64>()
+            .is_ok_and(|n| n.is_finite() && n > 0.0)
+        {
+            bail!("spec.template.metadata.annotations[{ANN_TARGET:?}]: {v:?} is not a positive number: give the requests per instance the autoscaler aims at, like '80'");
+        }
+    }
+    if let Some(v) = ann.get(ANN_WINDOW) {
+        let ok = parse_duration(v)
+            .is_ok_and(|d| (Duration::from_secs(6)..=Duration::from_secs(3600)).contains(&d));
+        if !ok {
+            bail!("spec.template.metadata.annotations[{ANN_WINDOW:?}]: {v:?} is not a duration from 6s to 1h: give one like '60s'");
+        }
+    }
+    // Whatever depends on several fields at once.
+    RevisionSettings::from_template(t).map_err(|e| anyhow!("spec.template: {e}"))?;
+    Ok(())
+}
+
+/// Checks `spec.traffic` as the server will (except that named revisions exist).
+fn check_traffic(traffic: &[TrafficTarget]) -> Result<()> {
+    if traffic.is_empty() {
+        return Ok(());
+    }
+    let mut total = 0u64;
+    let mut tags = std::collections::BTreeSet::new();
+    for (i, t) in traffic.iter().enumerate() {
+        let at = format!("spec.traffic[{i}]");
+        match (&t.revision_name, t.latest_revision.unwrap_or(false)) {
+            (Some(r), true) => {
+                bail!("{at}: names revision {r} and sets latestRevision: true: give one of them")
+            }
+            (None, false) => bail!("{at}: give revisionName, or latestRevision: true"),
+            (Some(r), false) if r.is_empty() => {
+                bail!("{at}.revisionName is empty: name a revision")
+            }
+            _ => {}
+        }
+        let p = t.percent.unwrap_or(0);
+        if p > 100 {
+            bail!("{at}.percent is {p}: give a whole number from 0 to 100");
+        }
+        total += u64::from(p);
+        if let Some(tag) = &t.tag {
+            validate_tag(tag).map_err(|e| anyhow!("{at}.tag: {e}"))?;
+            if !tags.insert(tag.clone()) {
+                bail!("{at}.tag: tag {tag} is given twice: give each tag once");
+            }
+        }
+    }
+    if total != 100 {
+        bail!("spec.traffic: the percents add up to {total}: they must add up to 100");
+    }
+    Ok(())
+}
+
+/// Annotations of a Service that Skiff keeps but does not act on: every service annotation, and
+/// every template annotation but minScale and maxScale. Sorted, each once.
+pub fn idle_annotations(svc: &Service) -> Vec<String> {
+    let mut keys: std::collections::BTreeSet<String> =
+        svc.metadata.annotations.keys().cloned().collect();
+    keys.extend(
+        svc.spec
+            .template
+            .metadata
+            .annotations
+            .keys()
+            .filter(|k| !ACTED_ON.contains(&k.as_str()))
+            .cloned(),
+    );
+    keys.into_iter().collect()
 }
 
 fn replace(api: &Api, file: &PathBuf) -> Result<()> {
@@ -352,6 +526,9 @@ fn replace(api: &Api, file: &PathBuf) -> Result<()> {
         (s, origin)
     };
     let svc = parse_service_file(&text, &origin, &api.project)?;
+    for key in idle_annotations(&svc) {
+        eprintln!("warning: annotation {key} is kept but Skiff does not act on it");
+    }
     let name = svc.metadata.name.clone();
     let ns = svc.metadata.namespace.clone();
     let path = api.knative_in(&ns, "services", Some(&name));
@@ -480,7 +657,10 @@ mod tests {
                 "kind: Service\nmetadata: {name: Bad}\nspec: {template: {spec: {containers: [{image: x}]}}}",
                 "invalid service name",
             ),
-            ("kind: Service\nmetadata: {name: a}", "no container"),
+            (
+                "kind: Service\nmetadata: {name: a}",
+                "spec.template.spec.containers is empty",
+            ),
             ("[1, 2", "cannot read f"),
         ];
         for (text, part) in bad {
@@ -488,6 +668,99 @@ mod tests {
             assert!(e.contains(part), "{text}: {e} lacks {part:?}");
             assert!(!e.contains('\n'), "{text}: one line");
         }
+    }
+
+    /// A valid service file with one line replaced (`from` must occur once).
+    fn variant(from: &str, to: &str) -> String {
+        let base = "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: web
+  annotations:
+    run.googleapis.com/ingress: all
+spec:
+  template:
+    metadata:
+      name: web-v1
+      annotations:
+        autoscaling.knative.dev/maxScale: '3'
+        autoscaling.knative.dev/target: '50'
+        run.googleapis.com/cpu-throttling: 'false'
+    spec:
+      containerConcurrency: 10
+      timeoutSeconds: 60
+      containers:
+      - image: nginx
+        env:
+        - name: A
+          value: b
+        ports:
+        - containerPort: 8080
+        resources:
+          limits:
+            cpu: '1'
+            memory: 256Mi
+  traffic:
+  - revisionName: web-v1
+    percent: 100
+    tag: blue
+";
+        if from.is_empty() {
+            return base.to_string();
+        }
+        assert_eq!(base.matches(from).count(), 1, "{from}");
+        base.replace(from, to)
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(parse_service_file(&variant("", ""), "f", "p").is_ok());
+        let cases: &[(&str, &str, &str)] = &[
+            ("containerConcurrency: 10", "containerConcurrency: abc", "spec.template.spec.containerConcurrency: invalid type"),
+            ("containerConcurrency: 10", "containerConcurrency: 5000", "spec.template.spec.containerConcurrency: invalid concurrency 5000"),
+            ("containerPort: 8080", "containerPort: -1", "spec.template.spec.containers[0].ports[0].containerPort: invalid type: integer `-1`"),
+            ("containerPort: 8080", "containerPort: 0", "spec.template.spec.containers[0].ports[0].containerPort: invalid port 0"),
+            ("timeoutSeconds: 60", "timeoutSeconds: 7200", "spec.template.spec.timeoutSeconds: invalid timeout"),
+            ("memory: 256Mi", "memory: lots", "spec.template.spec.containers[0].resources.limits.memory"),
+            ("cpu: '1'", "cpu: many", "spec.template.spec.containers[0].resources.limits.cpu"),
+            ("name: A", "name: PORT", "spec.template.spec.containers[0].env[0]: env var PORT is reserved"),
+            ("maxScale: '3'", "maxScale: 'x'", "spec.template.metadata.annotations[\"autoscaling.knative.dev/maxScale\"]"),
+            ("maxScale: '3'", "maxScale: '3'\n        autoscaling.knative.dev/minScale: '5'", "spec.template.metadata.annotations: min-instances 5 is above"),
+            ("target: '50'", "target: 'fast'", "spec.template.metadata.annotations[\"autoscaling.knative.dev/target\"]"),
+            ("target: '50'", "window: '2s'", "spec.template.metadata.annotations[\"autoscaling.knative.dev/window\"]"),
+            ("name: web-v1", "name: other-v1", "spec.template.metadata.name \"other-v1\" must start with"),
+            ("- image: nginx", "- image: ''", "spec.template.spec.containers[0].image is empty"),
+            ("percent: 100", "percent: 90", "spec.traffic: the percents add up to 90"),
+            ("percent: 100", "percent: 150", "spec.traffic[0].percent is 150"),
+            ("percent: 100", "percent: -5", "spec.traffic[0].percent: invalid type: integer `-5`"),
+            ("tag: blue", "tag: Blue", "spec.traffic[0].tag"),
+            ("revisionName: web-v1", "latestRevision: maybe", "spec.traffic[0].latestRevision: invalid type"),
+        ];
+        for (from, to, want) in cases {
+            let text = variant(from, to);
+            let e = parse_service_file(&text, "f.yaml", "p")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{to}: {e} lacks {want:?}");
+            assert!(
+                e.starts_with("f.yaml") || e.starts_with("cannot read f.yaml"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{to}: one line: {e}");
+        }
+    }
+
+    #[test]
+    fn idle_annotations_are_reported() {
+        let svc = parse_service_file(&variant("", ""), "f", "p").unwrap();
+        assert_eq!(
+            idle_annotations(&svc),
+            vec![
+                "autoscaling.knative.dev/target",
+                "run.googleapis.com/cpu-throttling",
+                "run.googleapis.com/ingress"
+            ]
+        );
     }
 
     #[test]

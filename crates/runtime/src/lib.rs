@@ -11,6 +11,7 @@
 //! - [`netns`] opens TCP connections inside an instance's network namespace.
 //! - [`sweep`] removes what a previous server run left behind.
 
+pub mod logs;
 pub mod netns;
 pub mod shim;
 mod spec;
@@ -86,5 +87,103 @@ impl RuntimeError {
             path: path.display().to_string(),
             source,
         }
+    }
+}
+
+/// The process to run, as Docker and Cloud Run build it: `command` replaces the image's
+/// entrypoint (and then its CMD too), `args` replaces the image's CMD.
+pub fn process_args(
+    entrypoint: &[String],
+    cmd: &[String],
+    command: &[String],
+    args: &[String],
+) -> Vec<String> {
+    let mut argv = if command.is_empty() {
+        entrypoint.to_vec()
+    } else {
+        command.to_vec()
+    };
+    if args.is_empty() && command.is_empty() {
+        argv.extend(cmd.iter().cloned());
+    } else {
+        argv.extend(args.iter().cloned());
+    }
+    argv
+}
+
+/// The environment: the image's `K=V` list, then the user's, then the platform's, each later
+/// one overriding an earlier one of the same name; `PATH` defaults to the usual one.
+pub fn merge_env(
+    image: &[String],
+    user: &[(String, String)],
+    platform: &[(&str, String)],
+) -> Vec<String> {
+    let mut env: Vec<(String, String)> = image
+        .iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push((
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ));
+    }
+    let later = user
+        .iter()
+        .cloned()
+        .chain(platform.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    for (k, v) in later {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn argv() {
+        let cases = [
+            (
+                (v(&["/ep"]), v(&["cmd"]), v(&[]), v(&[])),
+                v(&["/ep", "cmd"]),
+            ),
+            (
+                (v(&["/ep"]), v(&["cmd"]), v(&[]), v(&["a"])),
+                v(&["/ep", "a"]),
+            ),
+            ((v(&["/ep"]), v(&["cmd"]), v(&["/c"]), v(&[])), v(&["/c"])),
+            (
+                (v(&["/ep"]), v(&["cmd"]), v(&["/c"]), v(&["a"])),
+                v(&["/c", "a"]),
+            ),
+            (
+                (v(&[]), v(&["/cmd", "x"]), v(&[]), v(&[])),
+                v(&["/cmd", "x"]),
+            ),
+        ];
+        for ((ep, cmd, command, args), want) in cases {
+            assert_eq!(process_args(&ep, &cmd, &command, &args), want);
+        }
+    }
+
+    #[test]
+    fn env() {
+        let got = merge_env(
+            &v(&["PATH=/bin", "A=image", "B=image"]),
+            &[("B".into(), "user".into())],
+            &[("A", "platform".into())],
+        );
+        assert_eq!(got, v(&["PATH=/bin", "B=user", "A=platform"]));
+        assert!(merge_env(&[], &[], &[])[0].starts_with("PATH=/usr/local/sbin"));
     }
 }

@@ -7,7 +7,6 @@
 //! pools; it never waits on the store or on an API call.
 
 pub mod auth;
-pub mod logs;
 pub mod pool;
 pub mod proxy;
 
@@ -23,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-pub use logs::{LogLine, LogSink};
+pub use skiff_runtime::logs::{self, LogLine, LogResource, LogSink, LogSource};
 
 pub struct ServingConfig {
     pub data_dir: PathBuf,

@@ -5,11 +5,11 @@
 //! requests park on a `Notify` that fires whenever capacity may have changed (an instance
 //! became ready or failed, a lease ended).
 
-use crate::logs::LogSink;
 use chrono::{DateTime, Utc};
 use skiff_autoscaler::{instances_to_start, should_stop_idle, Bounds, Demand};
 use skiff_image::ResolvedImage;
 use skiff_model::{RevisionSettings, PIDS_LIMIT};
+use skiff_runtime::logs::{LogSink, LogSource};
 use skiff_runtime::supervisor;
 use skiff_runtime::InstanceConfig;
 use std::collections::{HashMap, VecDeque};
@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Notify;
 
 /// Give up on an instance whose port does not accept a connection by then (Cloud Run's
@@ -353,53 +352,21 @@ impl Pool {
     fn instance_config(&self, id: &str) -> InstanceConfig {
         let s = &self.settings;
         let img = &self.image;
-        // Cloud Run: --command replaces the entrypoint, --args replaces the image's CMD.
-        let mut args = if s.command.is_empty() {
-            img.entrypoint.clone()
-        } else {
-            s.command.clone()
-        };
-        if s.args.is_empty() && s.command.is_empty() {
-            args.extend(img.cmd.iter().cloned());
-        } else {
-            args.extend(s.args.iter().cloned());
-        }
-        let mut env: Vec<(String, String)> = img
-            .env
-            .iter()
-            .filter_map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-            })
-            .collect();
-        if !env.iter().any(|(k, _)| k == "PATH") {
-            env.push((
-                "PATH".into(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            ));
-        }
+        let args = skiff_runtime::process_args(&img.entrypoint, &img.cmd, &s.command, &s.args);
         let platform = [
             ("PORT", s.port.to_string()),
             ("K_SERVICE", self.key.service.clone()),
             ("K_REVISION", self.key.revision.clone()),
             ("K_CONFIGURATION", self.key.service.clone()),
         ];
-        for (k, v) in s
-            .env
-            .iter()
-            .cloned()
-            .chain(platform.map(|(k, v)| (k.to_string(), v)))
-        {
-            env.retain(|(ek, _)| *ek != k);
-            env.push((k, v));
-        }
+        let env = skiff_runtime::merge_env(&img.env, &s.env, &platform);
         InstanceConfig {
             id: id.to_string(),
             dir: self.ctx.instances_dir.join(id),
             state_root: self.ctx.state_root.clone(),
             layers: img.layers.clone(),
             args,
-            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            env,
             cwd: s
                 .working_dir
                 .clone()
@@ -529,15 +496,18 @@ impl Pool {
         }
     }
 
+    fn source(&self, inst: &Inst) -> LogSource {
+        LogSource {
+            namespace: self.key.namespace.clone(),
+            service: self.key.service.clone(),
+            revision: self.key.revision.clone(),
+            instance: inst.id.clone(),
+            ..Default::default()
+        }
+    }
+
     fn log(&self, inst: &Inst, line: String) {
-        self.ctx.logs.push(
-            &self.key.namespace,
-            &self.key.service,
-            &self.key.revision,
-            &inst.id,
-            "system",
-            line,
-        );
+        self.ctx.logs.push(&self.source(inst), "system", line);
     }
 
     fn read_output<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
@@ -546,30 +516,14 @@ impl Pool {
         r: R,
         stream: &'static str,
     ) -> tokio::task::JoinHandle<()> {
-        let pool = self.clone();
-        let inst = inst.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(r).lines();
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(line)) => {
-                        inst.remember(&line);
-                        pool.ctx.logs.push(
-                            &pool.key.namespace,
-                            &pool.key.service,
-                            &pool.key.revision,
-                            &inst.id,
-                            stream,
-                            line,
-                        );
-                    }
-                    Ok(None) => break,
-                    // Not UTF-8: keep reading; the bytes are lost but the stream goes on.
-                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
-                    Err(_) => break,
-                }
-            }
-        })
+        let keep = inst.clone();
+        skiff_runtime::logs::capture(
+            self.ctx.logs.clone(),
+            self.source(inst),
+            stream,
+            r,
+            move |l| keep.remember(l),
+        )
     }
 
     async fn start_failed(&self, inst: &Arc<Inst>, why: String) {

@@ -123,12 +123,37 @@ async fn serve(
         scale_to_zero_after: args.scale_to_zero_after,
         token_secret: signing_key.into_bytes(),
     });
-    let controller = Controller::new(store, images, serving.clone(), ingress.local_addr()?.port());
+    let ingress_port = ingress.local_addr()?.port();
+    let jobs = skiff_jobs::Jobs::new(
+        skiff_jobs::JobsConfig {
+            shim_exe: std::env::current_exe().context("cannot find the skiff executable")?,
+            instances_dir: Serving::instances_dir(&data_dir),
+            state_root: data_dir.join("run").join("state"),
+            logs: serving.logs().clone(),
+        },
+        store.clone(),
+        images.clone(),
+    );
+    let minter = {
+        let serving = serving.clone();
+        Arc::new(move |aud: &str| serving.mint_token(Some(aud)))
+            as skiff_jobs::scheduler::TokenMinter
+    };
+    let scheduler =
+        skiff_jobs::scheduler::Scheduler::new(store.clone(), jobs.clone(), ingress_port, minter);
+    let controller = Controller::new(store, images, serving.clone(), ingress_port);
     controller
         .restore()
         .await
         .map_err(|e| anyhow::anyhow!("restoring services: {}", e.message))?;
+    let resumed = jobs.resume().context("resuming job executions")?;
+    if resumed > 0 {
+        tracing::info!("resumed {resumed} job execution(s)");
+    }
+    scheduler.start();
     let state = Arc::new(ApiState {
+        jobs: jobs.clone(),
+        scheduler,
         controller,
         admin_token,
         tmp_dir: data_dir.join("tmp"),
@@ -164,7 +189,7 @@ async fn serve(
     let _ = ingress_task.await;
     // The API may hold a follow-mode log stream open forever: do not wait long for it.
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
-    serving.shutdown().await;
+    tokio::join!(serving.shutdown(), jobs.shutdown());
     skiff_runtime::sweep::remove_cgroup_parents();
     tracing::info!("stopped");
     Ok(())

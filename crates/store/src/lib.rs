@@ -28,7 +28,8 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Migrations, applied in order; index + 1 is the schema version each one produces.
-const MIGRATIONS: &[&str] = &["CREATE TABLE services (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE services (
         namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,
         PRIMARY KEY (namespace, name));
      CREATE TABLE revisions (
@@ -37,7 +38,32 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE services (
      CREATE INDEX revisions_by_service ON revisions (namespace, service);
      CREATE TABLE policies (
         namespace TEXT NOT NULL, service TEXT NOT NULL, body TEXT NOT NULL,
-        PRIMARY KEY (namespace, service));"];
+        PRIMARY KEY (namespace, service));",
+    // Jobs, executions, tasks and scheduler jobs: one table of objects by kind, each with the
+    // parent it belongs to (a task's execution, an execution's job).
+    "CREATE TABLE objects (
+        kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+        parent TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
+        PRIMARY KEY (kind, namespace, name));
+     CREATE INDEX objects_by_parent ON objects (kind, namespace, parent, seq);",
+];
+
+/// Kinds of rows in the `objects` table.
+pub mod kind {
+    pub const JOB: &str = "job";
+    pub const EXECUTION: &str = "execution";
+    pub const TASK: &str = "task";
+    pub const SCHEDULER_JOB: &str = "scheduler-job";
+}
+
+/// One object to write with [`Store::put_objects`].
+pub struct ObjectRow<'a, T> {
+    pub kind: &'static str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub parent: &'a str,
+    pub body: &'a T,
+}
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -218,6 +244,101 @@ impl Store {
     }
 }
 
+impl Store {
+    pub fn get_object<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<T>> {
+        let body: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT body FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                params![kind, ns, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        body.map(decode).transpose()
+    }
+
+    /// Objects of a kind in a namespace (all when `None`), optionally of one parent, oldest
+    /// first.
+    pub fn list_objects<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        ns: Option<&str>,
+        parent: Option<&str>,
+    ) -> Result<Vec<T>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT body FROM objects WHERE kind = ?1 AND (?2 IS NULL OR namespace = ?2)
+             AND (?3 IS NULL OR parent = ?3) ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![kind, ns, parent], |r| r.get::<_, String>(0))?;
+        rows.map(|r| decode(r?)).collect()
+    }
+
+    /// Writes objects in one transaction (an execution with all its tasks, say). A new object
+    /// gets the next sequence number; a rewritten one keeps its own.
+    pub fn put_objects<T: Serialize>(&self, rows: &[ObjectRow<'_, T>]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for r in rows {
+            tx.execute(
+                "INSERT INTO objects (kind, namespace, name, parent, seq, body)
+                 VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(seq), 0) + 1 FROM objects), ?5)
+                 ON CONFLICT (kind, namespace, name) DO UPDATE SET body = excluded.body",
+                params![r.kind, r.namespace, r.name, r.parent, encode(r.body)?],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn put_object<T: Serialize>(
+        &self,
+        kind: &'static str,
+        ns: &str,
+        name: &str,
+        parent: &str,
+        body: &T,
+    ) -> Result<()> {
+        self.put_objects(&[ObjectRow {
+            kind,
+            namespace: ns,
+            name,
+            parent,
+            body,
+        }])
+    }
+
+    /// Deletes one object and, for each kind in `children`, the objects whose parent it is;
+    /// false if there was no such object.
+    pub fn delete_object(
+        &self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        children: &[&str],
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+            params![kind, ns, name],
+        )?;
+        for child in children {
+            tx.execute(
+                "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND parent = ?3",
+                params![child, ns, name],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+}
+
 fn insert_revision(conn: &Connection, rev: &Revision) -> Result<()> {
     let service = rev
         .metadata
@@ -297,6 +418,54 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(s.get_policy("default", "a").unwrap().is_none());
+    }
+
+    #[test]
+    fn objects_by_kind_and_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let rows = [("e1", "j1"), ("e2", "j1"), ("e3", "j2")];
+        for (name, parent) in rows {
+            s.put_object(kind::EXECUTION, "default", name, parent, &name.to_string())
+                .unwrap();
+        }
+        s.put_object(kind::TASK, "default", "e1-0", "e1", &"t".to_string())
+            .unwrap();
+        s.put_object(
+            kind::EXECUTION,
+            "default",
+            "e1",
+            "j1",
+            &"e1 again".to_string(),
+        )
+        .unwrap();
+        let of_j1: Vec<String> = s
+            .list_objects(kind::EXECUTION, Some("default"), Some("j1"))
+            .unwrap();
+        assert_eq!(of_j1, ["e1 again", "e2"], "rewrites keep their place");
+        assert_eq!(
+            s.list_objects::<String>(kind::EXECUTION, None, None)
+                .unwrap()
+                .len(),
+            3
+        );
+        assert!(s
+            .delete_object(kind::EXECUTION, "default", "e1", &[kind::TASK])
+            .unwrap());
+        assert!(s
+            .list_objects::<String>(kind::TASK, None, Some("e1"))
+            .unwrap()
+            .is_empty());
+        assert!(s
+            .get_object::<String>(kind::EXECUTION, "default", "e1")
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            s.get_object::<String>(kind::EXECUTION, "default", "e3")
+                .unwrap()
+                .unwrap(),
+            "e3"
+        );
     }
 
     #[test]

@@ -1,0 +1,433 @@
+//! Cloud Run Jobs (`/apis/run.googleapis.com/v1/namespaces/{ns}/jobs|executions|tasks`) and
+//! Cloud Scheduler (`/v1/projects/{p}/locations/{l}/jobs`) handlers.
+
+use crate::error::{ApiError, ApiResult};
+use crate::routes::{parse_body, selector, St};
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use skiff_jobs::{JobError, Overrides};
+use skiff_model::*;
+use skiff_store::kind;
+use std::sync::Arc;
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::Invalid(m) => ApiError::invalid(m),
+            JobError::NotFound(m) => ApiError::not_found(m),
+            JobError::Conflict(m) => ApiError::precondition(m),
+            JobError::Store(e) => e.into(),
+            JobError::Image(e) => e.into(),
+        }
+    }
+}
+
+pub fn routes() -> Router<Arc<crate::ApiState>> {
+    let run = "/apis/run.googleapis.com/v1/namespaces/{ns}";
+    Router::new()
+        .route(&format!("{run}/jobs"), get(list_jobs).post(create_job))
+        .route(
+            &format!("{run}/jobs/{{name}}"),
+            get(get_job)
+                .put(replace_job)
+                .delete(delete_job)
+                .post(job_verb),
+        )
+        .route(&format!("{run}/executions"), get(list_executions))
+        .route(
+            &format!("{run}/executions/{{name}}"),
+            get(get_execution)
+                .delete(delete_execution)
+                .post(execution_verb),
+        )
+        .route(&format!("{run}/tasks"), get(list_tasks))
+        .route(&format!("{run}/tasks/{{name}}"), get(get_task))
+        .route(
+            "/v1/projects/{project}/locations/{location}/jobs",
+            get(list_schedules).post(create_schedule),
+        )
+        .route(
+            "/v1/projects/{project}/locations/{location}/jobs/{name}",
+            get(get_schedule)
+                .patch(update_schedule)
+                .delete(delete_schedule)
+                .post(schedule_verb),
+        )
+}
+
+fn not_found(what: &str, name: &str, ns: &str) -> ApiError {
+    ApiError::not_found(format!("{what} {name} not found in project {ns}"))
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Json<Value> {
+    Json(
+        json!({"apiVersion": RUN_API_VERSION, "kind": format!("{kind}List"), "metadata": {}, "items": items}),
+    )
+}
+
+fn load_job(st: &crate::ApiState, ns: &str, name: &str) -> ApiResult<Job> {
+    st.controller
+        .store
+        .get_object(kind::JOB, ns, name)?
+        .ok_or_else(|| not_found("job", name, ns))
+}
+
+async fn list_jobs(State(st): St, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(list(
+        "Job",
+        st.controller
+            .store
+            .list_objects(kind::JOB, Some(&ns), None)?,
+    ))
+}
+
+async fn get_job(State(st): St, Path((ns, name)): Path<(String, String)>) -> ApiResult<Json<Job>> {
+    Ok(Json(load_job(&st, &ns, &name)?))
+}
+
+/// Validates and stores a job (create when `old` is `None`, else replace).
+fn store_job(st: &crate::ApiState, ns: &str, mut job: Job, old: Option<Job>) -> ApiResult<Job> {
+    if !job.metadata.namespace.is_empty() && job.metadata.namespace != ns {
+        return Err(ApiError::invalid(format!(
+            "metadata.namespace {:?} does not match the project {ns:?} in the URL",
+            job.metadata.namespace
+        )));
+    }
+    st.jobs.validate(&job)?;
+    job.api_version = RUN_API_VERSION.into();
+    job.kind = "Job".into();
+    job.metadata.namespace = ns.to_string();
+    let now = now_rfc3339();
+    let mut status = match &old {
+        Some(o) => {
+            job.metadata.uid = o.metadata.uid.clone();
+            job.metadata.creation_timestamp = o.metadata.creation_timestamp.clone();
+            job.metadata.generation = o.metadata.generation + 1;
+            o.status.clone().unwrap_or_default()
+        }
+        None => {
+            job.metadata.uid = hex_id();
+            job.metadata.creation_timestamp = Some(now);
+            job.metadata.generation = 1;
+            JobStatus::default()
+        }
+    };
+    job.metadata.resource_version = job.metadata.generation.to_string();
+    status.observed_generation = job.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        Condition::new("Ready", "True", None, None),
+    );
+    job.status = Some(status);
+    st.controller
+        .store
+        .put_object(kind::JOB, ns, &job.metadata.name, "", &job)?;
+    Ok(job)
+}
+
+fn hex_id() -> String {
+    let b: [u8; 16] = rand::random();
+    hex::encode(b)
+}
+
+async fn create_job(
+    State(st): St,
+    Path(ns): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Job>> {
+    let job: Job = parse_body(&body)?;
+    if st
+        .controller
+        .store
+        .get_object::<Job>(kind::JOB, &ns, &job.metadata.name)?
+        .is_some()
+    {
+        return Err(ApiError::conflict(format!(
+            "job {} already exists in project {ns}",
+            job.metadata.name
+        )));
+    }
+    Ok(Json(store_job(&st, &ns, job, None)?))
+}
+
+async fn replace_job(
+    State(st): St,
+    Path((ns, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Job>> {
+    let job: Job = parse_body(&body)?;
+    if job.metadata.name != name {
+        return Err(ApiError::invalid(format!(
+            "metadata.name {:?} does not match {name:?} in the URL",
+            job.metadata.name
+        )));
+    }
+    let old = load_job(&st, &ns, &name)?;
+    Ok(Json(store_job(&st, &ns, job, Some(old))?))
+}
+
+async fn delete_job(
+    State(st): St,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let job = load_job(&st, &ns, &name)?;
+    let execs: Vec<Execution> =
+        st.controller
+            .store
+            .list_objects(kind::EXECUTION, Some(&ns), Some(&name))?;
+    for e in &execs {
+        let _ = st.jobs.cancel(&ns, &e.metadata.name);
+        st.controller
+            .store
+            .delete_object(kind::EXECUTION, &ns, &e.metadata.name, &[kind::TASK])?;
+    }
+    st.controller
+        .store
+        .delete_object(kind::JOB, &ns, &name, &[])?;
+    st.jobs
+        .logs()
+        .remove(&ns, &skiff_runtime::logs::LogResource::Job(name.clone()));
+    Ok(Json(
+        json!({"apiVersion": "v1", "kind": "Status", "status": "Success",
+        "details": {"name": name, "kind": "jobs", "uid": job.metadata.uid}}),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RunRequest {
+    #[serde(default)]
+    overrides: Option<RunOverrides>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RunOverrides {
+    #[serde(default)]
+    container_overrides: Vec<ContainerOverride>,
+    #[serde(default)]
+    task_count: Option<u64>,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+    /// Cloud Run v2 spells the timeout as a duration string ("600s").
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ContainerOverride {
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<EnvVar>,
+    #[serde(default)]
+    clear_args: bool,
+}
+
+async fn job_verb(
+    State(st): St,
+    Path((ns, target)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Execution>> {
+    let Some(name) = target.strip_suffix(":run") else {
+        return Err(ApiError::not_found(format!(
+            "unknown job method in {target:?}: use JOB:run"
+        )));
+    };
+    let job = load_job(&st, &ns, name)?;
+    let req: RunRequest = if body.is_empty() {
+        RunRequest::default()
+    } else {
+        parse_body(&body)?
+    };
+    let mut o = Overrides::default();
+    if let Some(ov) = req.overrides {
+        o.task_count = ov.task_count;
+        o.timeout_seconds = match (ov.timeout_seconds, ov.timeout) {
+            (Some(s), _) => Some(s),
+            (None, Some(t)) => Some(parse_duration(&t)?.as_secs()),
+            (None, None) => None,
+        };
+        if let Some(c) = ov.container_overrides.into_iter().next() {
+            if c.clear_args || !c.args.is_empty() {
+                o.args = Some(c.args);
+            }
+            o.env = c.env.into_iter().map(|e| (e.name, e.value)).collect();
+        }
+    }
+    Ok(Json(st.jobs.execute(&ns, &job, &o)?))
+}
+
+#[derive(Deserialize)]
+struct SelectorQuery {
+    #[serde(rename = "labelSelector")]
+    label_selector: Option<String>,
+}
+
+async fn list_executions(
+    State(st): St,
+    Path(ns): Path<String>,
+    Query(q): Query<SelectorQuery>,
+) -> ApiResult<Json<Value>> {
+    let job = selector(q.label_selector.as_deref(), LABEL_JOB)?;
+    let mut items: Vec<Value> =
+        st.controller
+            .store
+            .list_objects(kind::EXECUTION, Some(&ns), job.as_deref())?;
+    items.reverse();
+    Ok(list("Execution", items))
+}
+
+async fn get_execution(
+    State(st): St,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Execution>> {
+    st.controller
+        .store
+        .get_object(kind::EXECUTION, &ns, &name)?
+        .map(Json)
+        .ok_or_else(|| not_found("execution", &name, &ns))
+}
+
+async fn delete_execution(
+    State(st): St,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    if st.jobs.is_running(&ns, &name) {
+        return Err(ApiError::precondition(format!(
+            "execution {name} is running: cancel it first"
+        )));
+    }
+    if !st
+        .controller
+        .store
+        .delete_object(kind::EXECUTION, &ns, &name, &[kind::TASK])?
+    {
+        return Err(not_found("execution", &name, &ns));
+    }
+    Ok(Json(
+        json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "details": {"name": name, "kind": "executions"}}),
+    ))
+}
+
+async fn execution_verb(
+    State(st): St,
+    Path((ns, target)): Path<(String, String)>,
+) -> ApiResult<Json<Execution>> {
+    let Some(name) = target.strip_suffix(":cancel") else {
+        return Err(ApiError::not_found(format!(
+            "unknown execution method in {target:?}: use EXECUTION:cancel"
+        )));
+    };
+    st.jobs.cancel(&ns, name)?;
+    // Wait (bounded) for the tasks to stop, so the answer shows the cancelled execution.
+    for _ in 0..300 {
+        if !st.jobs.is_running(&ns, name) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    get_execution(State(st), Path((ns, name.to_string()))).await
+}
+
+async fn list_tasks(
+    State(st): St,
+    Path(ns): Path<String>,
+    Query(q): Query<SelectorQuery>,
+) -> ApiResult<Json<Value>> {
+    let exec = selector(q.label_selector.as_deref(), LABEL_EXECUTION)?;
+    Ok(list(
+        "Task",
+        st.controller
+            .store
+            .list_objects(kind::TASK, Some(&ns), exec.as_deref())?,
+    ))
+}
+
+async fn get_task(
+    State(st): St,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Task>> {
+    st.controller
+        .store
+        .get_object(kind::TASK, &ns, &name)?
+        .map(Json)
+        .ok_or_else(|| not_found("task", &name, &ns))
+}
+
+async fn list_schedules(
+    State(st): St,
+    Path((p, _l)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"jobs": st.scheduler.list(&p)?})))
+}
+
+async fn create_schedule(
+    State(st): St,
+    Path((p, l)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<SchedulerJob>> {
+    let j: SchedulerJob = parse_body(&body)?;
+    Ok(Json(st.scheduler.put(&p, &l, j, false).await?))
+}
+
+async fn get_schedule(
+    State(st): St,
+    Path((p, _l, name)): Path<(String, String, String)>,
+) -> ApiResult<Json<SchedulerJob>> {
+    Ok(Json(st.scheduler.get(&p, &name)?))
+}
+
+async fn update_schedule(
+    State(st): St,
+    Path((p, l, name)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<SchedulerJob>> {
+    let mut j: SchedulerJob = parse_body(&body)?;
+    j.name = name;
+    Ok(Json(st.scheduler.put(&p, &l, j, true).await?))
+}
+
+async fn delete_schedule(
+    State(st): St,
+    Path((p, _l, name)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    st.scheduler.delete(&p, &name).await?;
+    Ok(Json(json!({})))
+}
+
+async fn schedule_verb(
+    State(st): St,
+    Path((p, _l, target)): Path<(String, String, String)>,
+) -> ApiResult<Json<SchedulerJob>> {
+    let (name, verb) = target.split_once(':').ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "use JOB:pause, JOB:resume or JOB:run",
+        )
+    })?;
+    let j = match verb {
+        "pause" => {
+            st.scheduler
+                .set_state(&p, name, skiff_jobs::scheduler::PAUSED)
+                .await?
+        }
+        "resume" => {
+            st.scheduler
+                .set_state(&p, name, skiff_jobs::scheduler::ENABLED)
+                .await?
+        }
+        "run" => st.scheduler.run_now(&p, name).await?,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown scheduler method {other}: use pause, resume or run"
+            )))
+        }
+    };
+    Ok(Json(j))
+}

@@ -1,0 +1,791 @@
+//! Executions and their tasks: creating them, driving them to completion, cancelling them,
+//! and resuming them after a restart.
+
+use crate::JobError;
+use skiff_image::{ImageStore, ResolvedImage};
+use skiff_model::*;
+use skiff_runtime::logs::{LogSink, LogSource};
+use skiff_runtime::supervisor::{self, Exit};
+use skiff_runtime::InstanceConfig;
+use skiff_store::{kind, ObjectRow, Store};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+
+/// How long a stopped task gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Executions kept per job; older ones are deleted when a new one starts.
+const KEEP_EXECUTIONS: usize = 1000;
+
+pub struct JobsConfig {
+    pub shim_exe: PathBuf,
+    pub instances_dir: PathBuf,
+    pub state_root: PathBuf,
+    pub logs: Arc<LogSink>,
+}
+
+/// Per-execution changes `jobs execute` may make (Cloud Run's `overrides`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub args: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    pub task_count: Option<u64>,
+    pub timeout_seconds: Option<u64>,
+}
+
+pub struct Jobs {
+    cfg: JobsConfig,
+    store: Arc<Store>,
+    images: Arc<ImageStore>,
+    /// Running executions: `(namespace, execution)` → cancel signal.
+    running: Mutex<HashMap<(String, String), watch::Sender<bool>>>,
+    /// Set when the server stops: tasks are stopped but stay "running" in the store, to be
+    /// resumed on the next start.
+    shutdown: watch::Sender<bool>,
+}
+
+fn random_suffix(n: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// `NAME@sha256:...` → `sha256:...`; a plain reference stays as it is.
+fn pinned_digest(image: &str) -> &str {
+    image.rsplit_once('@').map_or(image, |(_, d)| d)
+}
+
+/// An execution's spec with the overrides applied.
+fn apply_overrides(mut spec: ExecutionSpec, o: &Overrides) -> ExecutionSpec {
+    if let Some(n) = o.task_count {
+        spec.task_count = Some(n);
+    }
+    let task = &mut spec.template.spec;
+    if let Some(t) = o.timeout_seconds {
+        task.timeout_seconds = Some(t);
+    }
+    if let Some(c) = task.containers.first_mut() {
+        if let Some(args) = &o.args {
+            c.args = args.clone();
+        }
+        for (k, v) in &o.env {
+            c.env.retain(|e| &e.name != k);
+            c.env.push(EnvVar {
+                name: k.clone(),
+                value: v.clone(),
+            });
+        }
+    }
+    spec
+}
+
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<String>,
+) -> Condition {
+    Condition::new(type_, status, reason, message)
+}
+
+/// Shared, persisted state of one running execution.
+struct Run {
+    ns: String,
+    execution: Mutex<Execution>,
+    tasks: Vec<Mutex<Task>>,
+    settings: TaskSettings,
+    image: ResolvedImage,
+}
+
+impl Jobs {
+    pub fn new(cfg: JobsConfig, store: Arc<Store>, images: Arc<ImageStore>) -> Arc<Jobs> {
+        Arc::new(Jobs {
+            cfg,
+            store,
+            images,
+            running: Mutex::new(HashMap::new()),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    pub fn logs(&self) -> &Arc<LogSink> {
+        &self.cfg.logs
+    }
+
+    /// Checks a job's template and that its image exists; returns the settings.
+    pub fn validate(&self, job: &Job) -> Result<TaskSettings, JobError> {
+        validate_name("job", &job.metadata.name, 63)?;
+        let settings = TaskSettings::from_spec(&job.spec.template.spec)?;
+        self.images.resolve(&settings.image).map_err(|e| match e {
+            skiff_image::ImageError::NotFound { .. } => JobError::Invalid(format!(
+                "image {} is not in the image store: import it with `skiff images import PATH --name {}`",
+                settings.image, settings.image
+            )),
+            e => e.into(),
+        })?;
+        Ok(settings)
+    }
+
+    /// Starts an execution of `job` now; returns it as stored.
+    pub fn execute(
+        self: &Arc<Self>,
+        ns: &str,
+        job: &Job,
+        o: &Overrides,
+    ) -> Result<Execution, JobError> {
+        let spec = apply_overrides(job.spec.template.spec.clone(), o);
+        let settings = TaskSettings::from_spec(&spec)?;
+        let image = self.images.resolve(&settings.image)?;
+        let job_name = job.metadata.name.clone();
+        let name = format!("{job_name}-{}", random_suffix(5));
+        let now = now_rfc3339();
+        let mut labels = job.spec.template.metadata.labels.clone();
+        labels.insert(LABEL_JOB.into(), job_name.clone());
+        let execution = Execution {
+            api_version: RUN_API_VERSION.into(),
+            kind: "Execution".into(),
+            metadata: ObjectMeta {
+                name: name.clone(),
+                namespace: ns.to_string(),
+                uid: random_suffix(16),
+                generation: 1,
+                creation_timestamp: Some(now.clone()),
+                labels: labels.clone(),
+                annotations: [("skiff.dev/image-digest".to_string(), image.digest.clone())].into(),
+                ..Default::default()
+            },
+            spec: spec.clone(),
+            status: Some(ExecutionStatus {
+                observed_generation: 1,
+                conditions: vec![
+                    condition("Completed", "Unknown", None, None),
+                    condition("Started", "Unknown", None, None),
+                ],
+                log_uri: Some(format!(
+                    "skiff logs read --job {job_name} --execution {name}"
+                )),
+                ..Default::default()
+            }),
+        };
+        let tasks: Vec<Task> = (0..settings.task_count)
+            .map(|i| {
+                let mut l = labels.clone();
+                l.insert(LABEL_EXECUTION.into(), name.clone());
+                Task {
+                    api_version: RUN_API_VERSION.into(),
+                    kind: "Task".into(),
+                    metadata: ObjectMeta {
+                        name: format!("{name}-task{i}"),
+                        namespace: ns.to_string(),
+                        labels: l,
+                        creation_timestamp: Some(now.clone()),
+                        ..Default::default()
+                    },
+                    spec: spec.template.spec.clone(),
+                    status: TaskStatus {
+                        index: i,
+                        conditions: vec![condition("Completed", "Unknown", Some("Pending"), None)],
+                        ..Default::default()
+                    },
+                }
+            })
+            .collect();
+        let exec_value = serde_json::to_value(&execution).expect("serializes");
+        let mut rows = vec![ObjectRow {
+            kind: kind::EXECUTION,
+            namespace: ns,
+            name: &name,
+            parent: &job_name,
+            body: &exec_value,
+        }];
+        let task_values: Vec<serde_json::Value> = tasks
+            .iter()
+            .map(|t| serde_json::to_value(t).expect("serializes"))
+            .collect();
+        for (t, v) in tasks.iter().zip(&task_values) {
+            rows.push(ObjectRow {
+                kind: kind::TASK,
+                namespace: ns,
+                name: &t.metadata.name,
+                parent: &name,
+                body: v,
+            });
+        }
+        self.store.put_objects(&rows)?;
+        let mut job = job.clone();
+        let status = job.status.get_or_insert_with(Default::default);
+        status.execution_count += 1;
+        status.latest_created_execution = Some(ExecutionReference {
+            name: name.clone(),
+            creation_timestamp: Some(now),
+            completion_timestamp: None,
+        });
+        self.store.put_object(kind::JOB, ns, &job_name, "", &job)?;
+        self.prune(ns, &job_name)?;
+        let run = Arc::new(Run {
+            ns: ns.to_string(),
+            execution: Mutex::new(execution.clone()),
+            tasks: tasks.into_iter().map(Mutex::new).collect(),
+            settings,
+            image,
+        });
+        self.spawn_drive(run);
+        Ok(execution)
+    }
+
+    /// Deletes the oldest finished executions beyond the last [`KEEP_EXECUTIONS`] of a job.
+    fn prune(&self, ns: &str, job: &str) -> Result<(), JobError> {
+        let all: Vec<Execution> = self
+            .store
+            .list_objects(kind::EXECUTION, Some(ns), Some(job))?;
+        let excess = all.len().saturating_sub(KEEP_EXECUTIONS);
+        for e in all.iter().take(excess) {
+            if !self.is_running(ns, &e.metadata.name) {
+                self.store
+                    .delete_object(kind::EXECUTION, ns, &e.metadata.name, &[kind::TASK])?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&self, ns: &str, execution: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(ns.to_string(), execution.to_string()))
+    }
+
+    /// Cancels a running execution: its running tasks are stopped, pending ones never start.
+    pub fn cancel(&self, ns: &str, execution: &str) -> Result<(), JobError> {
+        let tx = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.to_string(), execution.to_string()))
+            .cloned();
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(true);
+                Ok(())
+            }
+            None => Err(JobError::Conflict(format!(
+                "execution {execution} is not running"
+            ))),
+        }
+    }
+
+    /// Stops every running task without recording an outcome: the executions resume when the
+    /// server starts again.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        for _ in 0..((STOP_GRACE.as_millis() / 50) + 40) {
+            if self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Carries on every execution that had not completed when the server last stopped. Tasks
+    /// that were running are run again as a new attempt.
+    pub fn resume(self: &Arc<Self>) -> Result<usize, JobError> {
+        let mut n = 0;
+        for e in self
+            .store
+            .list_objects::<Execution>(kind::EXECUTION, None, None)?
+        {
+            let done = e
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Completed"))
+                .is_some_and(|c| c.status != "Unknown");
+            if done {
+                continue;
+            }
+            let ns = e.metadata.namespace.clone();
+            let settings = TaskSettings::from_spec(&e.spec)?;
+            let digest = e
+                .metadata
+                .annotations
+                .get("skiff.dev/image-digest")
+                .cloned()
+                .unwrap_or_default();
+            let image = self.images.resolve(pinned_digest(&digest))?;
+            let mut tasks: Vec<Task> =
+                self.store
+                    .list_objects(kind::TASK, Some(&ns), Some(&e.metadata.name))?;
+            tasks.sort_by_key(|t| t.status.index);
+            for t in &mut tasks {
+                if t.status.state == TaskState::Running {
+                    t.status.state = TaskState::Pending;
+                }
+            }
+            tracing::info!(execution = e.metadata.name, "resuming execution");
+            let run = Arc::new(Run {
+                ns,
+                execution: Mutex::new(e),
+                tasks: tasks.into_iter().map(Mutex::new).collect(),
+                settings,
+                image,
+            });
+            self.spawn_drive(run);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn spawn_drive(self: &Arc<Self>, run: Arc<Run>) {
+        let name = run
+            .execution
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .metadata
+            .name
+            .clone();
+        let (tx, rx) = watch::channel(false);
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((run.ns.clone(), name.clone()), tx);
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.drive(run.clone(), rx).await;
+            this.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(run.ns.clone(), name));
+        });
+    }
+
+    fn save_execution(&self, run: &Run) {
+        let (e, job) = {
+            let mut e = run.execution.lock().unwrap_or_else(|e| e.into_inner());
+            let st = e.status.get_or_insert_with(Default::default);
+            let states: Vec<(TaskState, u64)> = run
+                .tasks
+                .iter()
+                .map(|t| {
+                    let t = t.lock().unwrap_or_else(|e| e.into_inner());
+                    (t.status.state, t.status.retried)
+                })
+                .collect();
+            let count = |s: TaskState| states.iter().filter(|(x, _)| *x == s).count() as u64;
+            st.running_count = count(TaskState::Running);
+            st.succeeded_count = count(TaskState::Succeeded);
+            st.failed_count = count(TaskState::Failed);
+            st.cancelled_count = count(TaskState::Cancelled);
+            st.retried_count = states.iter().map(|(_, r)| r).sum();
+            let job = e
+                .metadata
+                .labels
+                .get(LABEL_JOB)
+                .cloned()
+                .unwrap_or_default();
+            (e.clone(), job)
+        };
+        if let Err(err) =
+            self.store
+                .put_object(kind::EXECUTION, &run.ns, &e.metadata.name, &job, &e)
+        {
+            tracing::error!("saving execution {}: {err}", e.metadata.name);
+        }
+    }
+
+    fn save_task(&self, run: &Run, index: usize) {
+        let t = run.tasks[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let exec = t
+            .metadata
+            .labels
+            .get(LABEL_EXECUTION)
+            .cloned()
+            .unwrap_or_default();
+        if let Err(err) = self
+            .store
+            .put_object(kind::TASK, &run.ns, &t.metadata.name, &exec, &t)
+        {
+            tracing::error!("saving task {}: {err}", t.metadata.name);
+        }
+    }
+
+    async fn drive(self: &Arc<Self>, run: Arc<Run>, cancel: watch::Receiver<bool>) {
+        {
+            let mut e = run.execution.lock().unwrap_or_else(|e| e.into_inner());
+            let st = e.status.get_or_insert_with(Default::default);
+            st.start_time.get_or_insert_with(now_rfc3339);
+            set_condition(&mut st.conditions, condition("Started", "True", None, None));
+        }
+        self.save_execution(&run);
+        let sem = Arc::new(Semaphore::new(run.settings.parallelism as usize));
+        let mut handles = Vec::new();
+        for i in 0..run.tasks.len() {
+            if run.tasks[i]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .status
+                .state
+                .is_final()
+            {
+                continue;
+            }
+            // Permits are taken here, in index order, so tasks start in order.
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                break;
+            };
+            let this = self.clone();
+            let run = run.clone();
+            let cancel = cancel.clone();
+            handles.push(tokio::spawn(async move {
+                this.run_task(&run, i, cancel).await;
+                drop(permit);
+            }));
+        }
+        futures::future::join_all(handles).await;
+        if *self.shutdown.borrow() {
+            return;
+        }
+        let (job, name, completion) = {
+            let mut e = run.execution.lock().unwrap_or_else(|e| e.into_inner());
+            let states: Vec<TaskState> = run
+                .tasks
+                .iter()
+                .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).status.state)
+                .collect();
+            let failed = states.iter().filter(|s| **s == TaskState::Failed).count();
+            let cancelled = states
+                .iter()
+                .filter(|s| **s == TaskState::Cancelled)
+                .count();
+            let now = now_rfc3339();
+            let st = e.status.get_or_insert_with(Default::default);
+            st.completion_time = Some(now.clone());
+            let c = if cancelled > 0 {
+                condition(
+                    "Completed",
+                    "False",
+                    Some("Cancelled"),
+                    Some(format!(
+                        "The execution was cancelled; {cancelled} task(s) did not finish"
+                    )),
+                )
+            } else if failed > 0 {
+                condition("Completed", "False", Some("TasksFailed"), Some(format!(
+                    "Task(s) failed: {failed} of {} did not succeed after {} retries; see `skiff jobs executions describe {}`",
+                    states.len(), run.settings.max_retries, e.metadata.name
+                )))
+            } else {
+                condition(
+                    "Completed",
+                    "True",
+                    None,
+                    Some(format!("{} task(s) succeeded", states.len())),
+                )
+            };
+            let st = e.status.get_or_insert_with(Default::default);
+            set_condition(&mut st.conditions, c);
+            (
+                e.metadata
+                    .labels
+                    .get(LABEL_JOB)
+                    .cloned()
+                    .unwrap_or_default(),
+                e.metadata.name.clone(),
+                now,
+            )
+        };
+        self.save_execution(&run);
+        // Record the completion on the job when this is still its latest execution.
+        if let Ok(Some(mut j)) = self.store.get_object::<Job>(kind::JOB, &run.ns, &job) {
+            if let Some(latest) = j
+                .status
+                .as_mut()
+                .and_then(|s| s.latest_created_execution.as_mut())
+            {
+                if latest.name == name {
+                    latest.completion_timestamp = Some(completion);
+                    let _ = self.store.put_object(kind::JOB, &run.ns, &job, "", &j);
+                }
+            }
+        }
+    }
+
+    fn instance_config(
+        &self,
+        run: &Run,
+        index: u64,
+        attempt: u64,
+        exec: &str,
+        job: &str,
+    ) -> InstanceConfig {
+        let s = &run.settings;
+        let id = format!("{exec}-{index}-{attempt}");
+        let platform = [
+            ("CLOUD_RUN_JOB", job.to_string()),
+            ("CLOUD_RUN_EXECUTION", exec.to_string()),
+            ("CLOUD_RUN_TASK_INDEX", index.to_string()),
+            ("CLOUD_RUN_TASK_COUNT", s.task_count.to_string()),
+            ("CLOUD_RUN_TASK_ATTEMPT", attempt.to_string()),
+        ];
+        InstanceConfig {
+            dir: self.cfg.instances_dir.join(&id),
+            id,
+            state_root: self.cfg.state_root.clone(),
+            layers: run.image.layers.clone(),
+            args: skiff_runtime::process_args(
+                &run.image.entrypoint,
+                &run.image.cmd,
+                &s.command,
+                &s.args,
+            ),
+            env: skiff_runtime::merge_env(&run.image.env, &s.env, &platform),
+            cwd: s
+                .working_dir
+                .clone()
+                .or_else(|| run.image.working_dir.clone())
+                .unwrap_or_else(|| "/".into()),
+            user: run.image.user.clone(),
+            hostname: "localhost".into(),
+            cpu_millis: s.cpu_millis,
+            memory_bytes: s.memory_bytes,
+            pids_limit: PIDS_LIMIT,
+        }
+    }
+
+    /// Runs one task to its end: attempts until success, `maxRetries` failures, cancel or
+    /// server shutdown.
+    async fn run_task(&self, run: &Run, i: usize, mut cancel: watch::Receiver<bool>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let (exec, job) = {
+            let e = run.execution.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                e.metadata.name.clone(),
+                e.metadata
+                    .labels
+                    .get(LABEL_JOB)
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        };
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if *cancel.borrow() {
+                self.finish_task(
+                    run,
+                    i,
+                    TaskState::Cancelled,
+                    None,
+                    "cancelled before it ran".into(),
+                );
+                return;
+            }
+            let (attempt, task_name) = {
+                let mut t = run.tasks[i].lock().unwrap_or_else(|e| e.into_inner());
+                let attempt = t.status.attempts;
+                t.status.attempts += 1;
+                t.status.state = TaskState::Running;
+                t.status.start_time.get_or_insert_with(now_rfc3339);
+                set_condition(
+                    &mut t.status.conditions,
+                    condition(
+                        "Completed",
+                        "Unknown",
+                        Some("Running"),
+                        Some(format!("attempt {attempt}")),
+                    ),
+                );
+                (attempt, t.metadata.name.clone())
+            };
+            self.save_task(run, i);
+            self.save_execution(run);
+            let cfg = self.instance_config(run, i as u64, attempt, &exec, &job);
+            let source = LogSource {
+                namespace: run.ns.clone(),
+                job: job.clone(),
+                execution: exec.clone(),
+                task: task_name.clone(),
+                attempt: Some(attempt),
+                ..Default::default()
+            };
+            let (exit, timed_out, cancelled) =
+                match supervisor::spawn(&self.cfg.shim_exe, &cfg).await {
+                    Err(e) => (Exit::Failed(e.to_string()), false, false),
+                    Ok((rt, out)) => {
+                        let readers = [
+                            skiff_runtime::logs::capture(
+                                self.cfg.logs.clone(),
+                                source.clone(),
+                                "stdout",
+                                out.stdout,
+                                |_| {},
+                            ),
+                            skiff_runtime::logs::capture(
+                                self.cfg.logs.clone(),
+                                source.clone(),
+                                "stderr",
+                                out.stderr,
+                                |_| {},
+                            ),
+                        ];
+                        let mut timed_out = false;
+                        let mut cancelled = false;
+                        let exit = tokio::select! {
+                            e = rt.wait() => e,
+                            _ = tokio::time::sleep(run.settings.timeout) => {
+                                timed_out = true;
+                                rt.stop(STOP_GRACE).await
+                            }
+                            _ = async { drop(cancel.wait_for(|c| *c).await) } => {
+                                cancelled = true;
+                                rt.stop(STOP_GRACE).await
+                            }
+                            _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
+                                rt.stop(STOP_GRACE).await;
+                                return;
+                            }
+                        };
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            futures::future::join_all(readers),
+                        )
+                        .await;
+                        (exit, timed_out, cancelled)
+                    }
+                };
+            let code = match &exit {
+                Exit::Code(c) => Some(*c),
+                _ => None,
+            };
+            let message = if timed_out {
+                format!(
+                    "attempt {attempt} timed out after {}s",
+                    run.settings.timeout.as_secs()
+                )
+            } else {
+                format!("attempt {attempt} {exit}")
+            };
+            self.cfg
+                .logs
+                .push(&source, "system", format!("task {task_name} {message}"));
+            {
+                let mut t = run.tasks[i].lock().unwrap_or_else(|e| e.into_inner());
+                t.status.exit_codes.push(code);
+                t.status.last_attempt_result = Some(AttemptResult {
+                    exit_code: code,
+                    status: ResultStatus {
+                        code: i32::from(code != Some(0)),
+                        message: message.clone(),
+                    },
+                });
+            }
+            if cancelled {
+                self.finish_task(run, i, TaskState::Cancelled, code, message);
+                return;
+            }
+            if code == Some(0) && !timed_out {
+                self.finish_task(run, i, TaskState::Succeeded, code, message);
+                return;
+            }
+            let give_up = {
+                let mut t = run.tasks[i].lock().unwrap_or_else(|e| e.into_inner());
+                t.status.failures += 1;
+                let give_up = t.status.failures > run.settings.max_retries;
+                if !give_up {
+                    t.status.retried += 1;
+                }
+                give_up
+            };
+            if give_up {
+                self.finish_task(run, i, TaskState::Failed, code, message);
+                return;
+            }
+        }
+    }
+
+    fn finish_task(
+        &self,
+        run: &Run,
+        i: usize,
+        state: TaskState,
+        code: Option<i32>,
+        message: String,
+    ) {
+        {
+            let mut t = run.tasks[i].lock().unwrap_or_else(|e| e.into_inner());
+            t.status.state = state;
+            t.status.completion_time = Some(now_rfc3339());
+            let (status, reason) = match state {
+                TaskState::Succeeded => ("True", "Succeeded"),
+                TaskState::Cancelled => ("False", "Cancelled"),
+                _ => ("False", "Failed"),
+            };
+            let msg = match code {
+                Some(c) if state != TaskState::Succeeded => format!("{message} (exit code {c})"),
+                _ => message,
+            };
+            set_condition(
+                &mut t.status.conditions,
+                condition("Completed", status, Some(reason), Some(msg)),
+            );
+        }
+        self.save_task(run, i);
+        self.save_execution(run);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_apply() {
+        let mut spec = ExecutionSpec::default();
+        spec.template.spec.containers.push(Container {
+            image: "img".into(),
+            args: vec!["a".into()],
+            env: vec![EnvVar {
+                name: "K".into(),
+                value: "old".into(),
+            }],
+            ..Default::default()
+        });
+        let o = Overrides {
+            args: Some(vec!["b".into()]),
+            env: vec![("K".into(), "new".into()), ("N".into(), "1".into())],
+            task_count: Some(7),
+            timeout_seconds: Some(30),
+        };
+        let s = apply_overrides(spec, &o);
+        assert_eq!(s.task_count, Some(7));
+        assert_eq!(s.template.spec.timeout_seconds, Some(30));
+        let c = &s.template.spec.containers[0];
+        assert_eq!(c.args, vec!["b".to_string()]);
+        let env: Vec<_> = c
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(env, [("K", "new"), ("N", "1")]);
+        let plain = apply_overrides(s.clone(), &Overrides::default());
+        assert_eq!(plain, s);
+    }
+
+    #[test]
+    fn digests() {
+        assert_eq!(pinned_digest("web@sha256:ab"), "sha256:ab");
+        assert_eq!(pinned_digest("sha256:ab"), "sha256:ab");
+    }
+}
