@@ -35,10 +35,10 @@ pub struct JobArgs {
     #[arg(long, value_name = "K=V,...")]
     pub set_env_vars: Option<String>,
     /// Entrypoint override, comma separated
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub command: Option<String>,
     /// Arguments, comma separated
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub args: Option<String>,
     /// CPU per task (1, 0.5, 500m)
     #[arg(long)]
@@ -82,7 +82,7 @@ pub enum JobsCommand {
         #[arg(long)]
         tasks: Option<u64>,
         /// Arguments for this execution, comma separated
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         args: Option<String>,
         /// Extra environment for this execution: K=V,...
         #[arg(long, value_name = "K=V,...")]

@@ -31,6 +31,9 @@ pub struct ReadArgs {
     /// Keep printing new lines as they come
     #[arg(long, short = 'f')]
     pub follow: bool,
+    /// `json`: print each record as the API sends it, one JSON object per line
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<crate::output::ListFormat>,
 }
 
 /// The query string for a read.
@@ -88,6 +91,12 @@ pub fn format_record(raw: &str) -> Result<String> {
 
 pub fn run(api: &Api, cmd: LogsCommand) -> Result<()> {
     let LogsCommand::Read(args) = cmd;
+    // Only JSON is offered for records: YAML of a stream would not be one document.
+    let args_json = match args.format {
+        None => false,
+        Some(crate::output::ListFormat::Json) => true,
+        Some(crate::output::ListFormat::Yaml) => bail!("logs read prints --format json only"),
+    };
     let req = api
         .request(Method::GET, &api.skiff_ns("logs"))
         .query(&query(&args));
@@ -111,7 +120,12 @@ pub fn run(api: &Api, cmd: LogsCommand) -> Result<()> {
         if raw.trim().is_empty() {
             continue;
         }
-        let text = format_record(raw)?;
+        let text = if args_json {
+            format_record(raw)?;
+            raw.to_string()
+        } else {
+            format_record(raw)?
+        };
         let mut out = stdout.lock();
         if let Err(e) = writeln!(out, "{text}").and_then(|_| out.flush()) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -160,6 +174,7 @@ mod tests {
                 execution: exec.map(String::from),
                 limit,
                 follow,
+                format: None,
             }
         };
         let cases: Vec<(ReadArgs, Vec<(&str, &str)>)> = vec![
