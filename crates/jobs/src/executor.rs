@@ -367,7 +367,9 @@ impl Jobs {
         });
     }
 
-    fn save_execution(&self, run: &Run) {
+    /// Writes the execution (with its task counts recomputed) and, when given, one task, in
+    /// one transaction.
+    fn save(&self, run: &Run, task: Option<usize>) {
         let (e, job) = {
             let mut e = run.execution.lock().unwrap_or_else(|e| e.into_inner());
             let st = e.status.get_or_insert_with(Default::default);
@@ -393,30 +395,34 @@ impl Jobs {
                 .unwrap_or_default();
             (e.clone(), job)
         };
-        if let Err(err) =
-            self.store
-                .put_object(kind::EXECUTION, &run.ns, &e.metadata.name, &job, &e)
-        {
-            tracing::error!("saving execution {}: {err}", e.metadata.name);
+        let t = task.map(|i| {
+            run.tasks[i]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        });
+        let ev = serde_json::to_value(&e).expect("serializes");
+        let tv = t
+            .as_ref()
+            .map(|t| serde_json::to_value(t).expect("serializes"));
+        let mut rows = vec![ObjectRow {
+            kind: kind::EXECUTION,
+            namespace: &run.ns,
+            name: &e.metadata.name,
+            parent: &job,
+            body: &ev,
+        }];
+        if let (Some(t), Some(tv)) = (&t, &tv) {
+            rows.push(ObjectRow {
+                kind: kind::TASK,
+                namespace: &run.ns,
+                name: &t.metadata.name,
+                parent: &e.metadata.name,
+                body: tv,
+            });
         }
-    }
-
-    fn save_task(&self, run: &Run, index: usize) {
-        let t = run.tasks[index]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let exec = t
-            .metadata
-            .labels
-            .get(LABEL_EXECUTION)
-            .cloned()
-            .unwrap_or_default();
-        if let Err(err) = self
-            .store
-            .put_object(kind::TASK, &run.ns, &t.metadata.name, &exec, &t)
-        {
-            tracing::error!("saving task {}: {err}", t.metadata.name);
+        if let Err(err) = self.store.put_objects(&rows) {
+            tracing::error!("saving execution {}: {err}", e.metadata.name);
         }
     }
 
@@ -427,7 +433,7 @@ impl Jobs {
             st.start_time.get_or_insert_with(now_rfc3339);
             set_condition(&mut st.conditions, condition("Started", "True", None, None));
         }
-        self.save_execution(&run);
+        self.save(&run, None);
         let sem = Arc::new(Semaphore::new(run.settings.parallelism as usize));
         let mut handles = Vec::new();
         for i in 0..run.tasks.len() {
@@ -505,7 +511,7 @@ impl Jobs {
                 now,
             )
         };
-        self.save_execution(&run);
+        self.save(&run, None);
         // Record the completion on the job when this is still its latest execution.
         if let Ok(Some(mut j)) = self.store.get_object::<Job>(kind::JOB, &run.ns, &job) {
             if let Some(latest) = j
@@ -609,8 +615,7 @@ impl Jobs {
                 );
                 (attempt, t.metadata.name.clone())
             };
-            self.save_task(run, i);
-            self.save_execution(run);
+            self.save(run, Some(i));
             let cfg = self.instance_config(run, i as u64, attempt, &exec, &job);
             let source = LogSource {
                 namespace: run.ns.clone(),
@@ -741,8 +746,7 @@ impl Jobs {
                 condition("Completed", status, Some(reason), Some(msg)),
             );
         }
-        self.save_task(run, i);
-        self.save_execution(run);
+        self.save(run, Some(i));
     }
 }
 

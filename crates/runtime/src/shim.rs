@@ -131,6 +131,16 @@ fn run(
         WaitStatus::Signaled(_, sig, _) => (None, Some(sig as i32)),
         _ => (None, None),
     };
+    // The container is gone: let go of its output pipes, so the server's readers end now
+    // rather than after the cleanup below.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto the process's own stdout/stderr; nothing else uses them now.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
     events.send(&Event::Exited { code, signal });
     Ok(())
 }

@@ -44,6 +44,8 @@ pub struct Instance {
     pub netns: Option<std::fs::File>,
     commands: Mutex<Option<pipe::Sender>>,
     exit: watch::Receiver<Option<Exit>>,
+    /// Turns true when the shim has cleaned up and exited.
+    gone: watch::Receiver<bool>,
 }
 
 /// What the caller reads the container's output from.
@@ -124,24 +126,32 @@ pub async fn spawn(
         .find_map(|p| std::fs::File::open(format!("/proc/{p}/ns/net")).ok());
 
     let (exit_tx, exit_rx) = watch::channel(None);
+    let (gone_tx, gone_rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut exit = None;
         while let Ok(Some(line)) = lines.next_line().await {
-            match serde_json::from_str::<Event>(&line) {
-                Ok(Event::Exited { code: Some(c), .. }) => exit = Some(Exit::Code(c)),
+            let reported = match serde_json::from_str::<Event>(&line) {
+                Ok(Event::Exited { code: Some(c), .. }) => Some(Exit::Code(c)),
                 Ok(Event::Exited {
                     signal: Some(s), ..
-                }) => exit = Some(Exit::Signal(s)),
-                Ok(Event::Error { message }) if exit.is_none() => {
-                    exit = Some(Exit::Failed(message))
+                }) => Some(Exit::Signal(s)),
+                Ok(Event::Error { message }) => Some(Exit::Failed(message)),
+                _ => None,
+            };
+            if exit.is_none() {
+                if let Some(e) = reported {
+                    // The container is gone; the shim now cleans up, which nobody need wait for.
+                    exit = Some(e.clone());
+                    let _ = exit_tx.send(Some(e));
                 }
-                _ => {}
             }
         }
         // End of the event pipe: the shim has cleaned up (or died); reap it.
         let status = child.wait().await;
-        let exit = exit.unwrap_or_else(|| Exit::Failed(format!("the shim ended ({status:?})")));
-        let _ = exit_tx.send(Some(exit));
+        if exit.is_none() {
+            let _ = exit_tx.send(Some(Exit::Failed(format!("the shim ended ({status:?})"))));
+        }
+        let _ = gone_tx.send(true);
     });
     Ok((
         Instance {
@@ -150,6 +160,7 @@ pub async fn spawn(
             netns,
             commands: Mutex::new(Some(commands)),
             exit: exit_rx,
+            gone: gone_rx,
         },
         Output { stdout, stderr },
     ))
@@ -165,12 +176,18 @@ impl Instance {
         }
     }
 
-    /// The exit, once the shim has reported it and finished cleaning up.
+    /// The exit, once the shim has reported it.
     pub fn exit(&self) -> Option<Exit> {
         self.exit.borrow().clone()
     }
 
-    /// Resolves when the container has exited and its shim has cleaned up.
+    /// Resolves when the shim has removed every mount, cgroup and directory of the instance.
+    pub async fn cleaned(&self) {
+        let mut rx = self.gone.clone();
+        let _ = rx.wait_for(|g| *g).await;
+    }
+
+    /// Resolves when the container has exited (its shim may still be cleaning up).
     pub async fn wait(&self) -> Exit {
         let mut rx = self.exit.clone();
         loop {
@@ -185,14 +202,20 @@ impl Instance {
 
     /// SIGTERM, then SIGKILL once `grace` has passed; returns when all is cleaned up.
     pub async fn stop(&self, grace: Duration) -> Exit {
-        if let Some(e) = self.exit() {
-            return e;
-        }
-        self.command("term\n").await;
-        if let Ok(e) = tokio::time::timeout(grace, self.wait()).await {
-            return e;
-        }
-        self.command("kill\n").await;
-        self.wait().await
+        let exit = match self.exit() {
+            Some(e) => e,
+            None => {
+                self.command("term\n").await;
+                match tokio::time::timeout(grace, self.wait()).await {
+                    Ok(e) => e,
+                    Err(_) => {
+                        self.command("kill\n").await;
+                        self.wait().await
+                    }
+                }
+            }
+        };
+        self.cleaned().await;
+        exit
     }
 }
