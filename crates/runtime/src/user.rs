@@ -14,9 +14,11 @@ pub struct ResolvedUser {
 fn read_db(rootfs: &Path, file: &str) -> Vec<Vec<String>> {
     // Paths inside the rootfs are read through the mounted overlay; a symlinked /etc/passwd is
     // followed inside the host view, so refuse anything that is not a regular file.
-    let path = rootfs.join("etc").join(file);
+    let etc = rootfs.join("etc");
+    let path = etc.join(file);
+    let real_dir = std::fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir());
     match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.is_file() => {}
+        Ok(m) if real_dir && m.is_file() => {}
         _ => return Vec::new(),
     }
     std::fs::read_to_string(&path)
