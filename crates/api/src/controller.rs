@@ -280,25 +280,25 @@ impl Controller {
         }
         let mut total = 0u32;
         let mut tags = std::collections::HashSet::new();
-        for t in traffic {
+        for (i, t) in traffic.iter().enumerate() {
             let latest = t.latest_revision.unwrap_or(false);
             match (&t.revision_name, latest) {
                 (Some(_), true) => {
-                    return Err(ApiError::invalid(
-                        "a traffic target names a revision and latestRevision: give one",
-                    ))
+                    return Err(ApiError::invalid(format!(
+                        "spec.traffic[{i}] names a revision and latestRevision: give one"
+                    )))
                 }
                 (None, false) => {
-                    return Err(ApiError::invalid(
-                        "a traffic target needs revisionName or latestRevision: true",
-                    ))
+                    return Err(ApiError::invalid(format!(
+                        "spec.traffic[{i}] needs revisionName or latestRevision: true"
+                    )))
                 }
                 (Some(r), false) => {
                     if !revisions.iter().any(|x| &x.metadata.name == r)
                         && Some(r.as_str()) != new_rev
                     {
                         return Err(ApiError::invalid(format!(
-                            "traffic names revision {r}, which does not exist"
+                            "spec.traffic[{i}].revisionName: revision {r} does not exist"
                         )));
                     }
                 }
@@ -307,20 +307,23 @@ impl Controller {
             let p = t.percent.unwrap_or(0);
             if p > 100 {
                 return Err(ApiError::invalid(format!(
-                    "traffic percent {p} is above 100"
+                    "spec.traffic[{i}].percent: {p} is above 100"
                 )));
             }
             total += p;
             if let Some(tag) = &t.tag {
-                validate_tag(tag)?;
+                validate_tag(tag)
+                    .map_err(|e| ApiError::invalid(format!("spec.traffic[{i}].tag: {e}")))?;
                 if !tags.insert(tag.clone()) {
-                    return Err(ApiError::invalid(format!("tag {tag} is given twice")));
+                    return Err(ApiError::invalid(format!(
+                        "spec.traffic[{i}].tag: tag {tag} is given twice"
+                    )));
                 }
             }
         }
         if total != 100 {
             return Err(ApiError::invalid(format!(
-                "traffic percents add up to {total}, not 100"
+                "spec.traffic: percents add up to {total}, not 100"
             )));
         }
         Ok(())

@@ -66,47 +66,10 @@ fn skiff_cold_starts(layout: &Path, rounds: usize) -> Vec<Duration> {
 
 fn runc_cold_starts(layout: &Path, rounds: usize) -> Vec<Duration> {
     let bundle = tempfile::tempdir().unwrap();
-    let rootfs = bundle.path().join("rootfs");
-    // Unpack the image's single layer as runc's rootfs.
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let blob = |d: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
-    };
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
-    let layer =
-        std::fs::File::open(blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
-    tar::Archive::new(flate2::read::GzDecoder::new(layer))
-        .unpack(&rootfs)
-        .unwrap();
-    skiff_testkit::run(Command::new("runc").arg("spec").current_dir(bundle.path()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg_path = bundle.path().join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    cfg["process"]["terminal"] = false.into();
-    cfg["process"]["args"] =
-        serde_json::json!(["/bin/httpd", "-f", "-p", port.to_string(), "-h", "/www"]);
-    cfg["root"]["readonly"] = false.into();
-    // The host's network namespace, so the benchmark can reach it without any setup.
-    let ns = cfg["linux"]["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["type"] != "network")
-        .cloned()
-        .collect();
-    cfg["linux"]["namespaces"] = serde_json::Value::Array(ns);
-    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let args = ["/bin/httpd", "-f", "-p", &port.to_string(), "-h", "/www"].map(String::from);
+    // The host's network namespace, so the benchmark reaches it without any setup.
+    skiff_testkit::runc::bundle(layout, bundle.path(), &args, false, true);
     let mut out = Vec::new();
     for i in 0..rounds {
         let id = format!("skiff-bench-{}-{i}", std::process::id());

@@ -35,32 +35,8 @@ fn skiff_rate(layout: &Path, tasks: u64, parallelism: u64) -> f64 {
 
 fn runc_rate(layout: &Path, tasks: u64, parallelism: u64) -> f64 {
     let bundle = tempfile::tempdir().unwrap();
-    let rootfs = bundle.path().join("rootfs");
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let blob = |d: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
-    };
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
-    let layer =
-        std::fs::File::open(blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
-    tar::Archive::new(flate2::read::GzDecoder::new(layer))
-        .unpack(&rootfs)
-        .unwrap();
-    skiff_testkit::run(Command::new("runc").arg("spec").current_dir(bundle.path()));
-    let cfg_path = bundle.path().join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    cfg["process"]["terminal"] = false.into();
-    cfg["process"]["args"] = serde_json::json!(["/bin/true"]);
-    // One rootfs shared by every container, as Skiff shares read-only layers.
-    cfg["root"]["readonly"] = true.into();
-    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    // One read-only rootfs shared by every container, as Skiff shares image layers.
+    skiff_testkit::runc::bundle(layout, bundle.path(), &["/bin/true".to_string()], true, false);
     let prefix = format!("skiff-tp-{}", std::process::id());
     let t = Instant::now();
     let mut xargs = Command::new("xargs")

@@ -17,12 +17,14 @@ pub struct TestServer {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free loopback ports (both are held until both are chosen).
+fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 impl TestServer {
@@ -32,12 +34,13 @@ impl TestServer {
             .prefix("skiff-test-")
             .tempdir_in("/tmp")
             .unwrap();
+        let (ingress, api) = free_ports();
         let mut s = TestServer {
             bin: bin.to_path_buf(),
             data_dir: tmp.path().to_path_buf(),
             _tmp: Some(tmp),
-            ingress: free_port(),
-            api: free_port(),
+            ingress,
+            api,
             args: args.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
@@ -128,6 +131,32 @@ impl TestServer {
     /// An ingress request: `(status, body)`.
     pub fn get(&self, host: &str, path: &str, token: Option<&str>) -> (u16, String) {
         http_get(self.ingress, host, path, token)
+    }
+
+    /// A control API call with the admin token, bypassing the CLI: `(status, body)`.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let token = std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap();
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .no_proxy()
+            .build()
+            .unwrap();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = client
+            .request(method, format!("http://127.0.0.1:{}{path}", self.api))
+            .bearer_auth(token.trim());
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        match req.send() {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.text().unwrap_or_default())
+            }
+            Err(e) => (0, e.to_string()),
+        }
     }
 
     /// Stops the server with SIGKILL: no cleanup of its own runs.
