@@ -2,7 +2,8 @@
 //!
 //! libcontainer clones and changes directory process-wide, so it must never run on a tokio
 //! worker thread; each instance gets this small helper instead. The shim
-//! 1. mounts the overlayfs root (image layers read-only, a private writable upper dir),
+//! 1. mounts the overlayfs root (image layers read-only, a private writable upper dir) in a
+//!    mount namespace of its own, so the host never sees that mount,
 //! 2. unshares a network namespace with only loopback up (the container inherits it),
 //! 3. creates and starts the container through libcontainer, reporting `started` on fd 3,
 //! 4. waits on a pidfd for the container and on fd 4 for commands (`term`, `kill`); end of
@@ -93,6 +94,7 @@ fn run(
     commands: OwnedFd,
     slot: &mut Option<Container>,
 ) -> Result<(), RuntimeError> {
+    private_mount_namespace()?;
     mount_rootfs(cfg)?;
     let user = user::resolve(&cfg.rootfs(), cfg.user.as_deref())?;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
@@ -143,6 +145,23 @@ fn run(
     }
     events.send(&Event::Exited { code, signal });
     Ok(())
+}
+
+/// Gives the shim a mount namespace of its own, private all the way down, before it mounts
+/// anything. The overlay root then never appears in the host's mount table (which every new
+/// container's mount namespace copies, so it stays small however many instances run), and it
+/// goes away with the shim even if the shim is killed.
+fn private_mount_namespace() -> Result<(), RuntimeError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| RuntimeError::Sys(format!("cannot create the shim's mount namespace: {e}")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| RuntimeError::Sys(format!("cannot make the shim's mounts private: {e}")))
 }
 
 fn mount_rootfs(cfg: &InstanceConfig) -> Result<(), RuntimeError> {

@@ -66,7 +66,11 @@ fn skiff_cold_starts(layout: &Path, rounds: usize) -> Vec<Duration> {
 
 fn runc_cold_starts(layout: &Path, rounds: usize) -> Vec<Duration> {
     let bundle = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let args = ["/bin/httpd", "-f", "-p", &port.to_string(), "-h", "/www"].map(String::from);
     // The host's network namespace, so the benchmark reaches it without any setup.
     skiff_testkit::runc::bundle(layout, bundle.path(), &args, false, true);

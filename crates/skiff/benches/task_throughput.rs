@@ -36,7 +36,13 @@ fn skiff_rate(layout: &Path, tasks: u64, parallelism: u64) -> f64 {
 fn runc_rate(layout: &Path, tasks: u64, parallelism: u64) -> f64 {
     let bundle = tempfile::tempdir().unwrap();
     // One read-only rootfs shared by every container, as Skiff shares image layers.
-    skiff_testkit::runc::bundle(layout, bundle.path(), &["/bin/true".to_string()], true, false);
+    skiff_testkit::runc::bundle(
+        layout,
+        bundle.path(),
+        &["/bin/true".to_string()],
+        true,
+        false,
+    );
     let prefix = format!("skiff-tp-{}", std::process::id());
     let t = Instant::now();
     let mut xargs = Command::new("xargs")

@@ -4,8 +4,8 @@
 //! drives steady parallel load at its ingress, and reads block YAML without Skiff's own parser.
 
 pub mod image;
-pub mod runc;
 pub mod load;
+pub mod runc;
 pub mod server;
 pub mod yaml;
 

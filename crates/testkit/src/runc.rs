@@ -9,11 +9,18 @@ use std::process::Command;
 /// concurrent containers; `host_network` drops the network namespace so a benchmark can reach
 /// the container on the host's loopback.
 pub fn bundle(layout: &Path, dir: &Path, args: &[String], readonly: bool, host_network: bool) {
-    let read_json = |p: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
-    let blob = |d: &str| layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let read_json = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
     let index = read_json(&layout.join("index.json"));
     let manifest = read_json(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    let layer = std::fs::File::open(blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
+    let layer =
+        std::fs::File::open(blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
     tar::Archive::new(flate2::read::GzDecoder::new(layer))
         .unpack(dir.join("rootfs"))
         .unwrap();
