@@ -111,7 +111,6 @@ impl Inst {
 #[derive(Default)]
 struct PoolState {
     instances: Vec<Arc<Inst>>,
-    waiting: u64,
     /// Counts failed starts, so a waiter can tell a failure that happened while it waited.
     failures: u64,
     last_error: Option<String>,
@@ -147,6 +146,8 @@ pub struct Pool {
     changed: Notify,
     /// Whether a route sends traffic here; only then does min-instances hold instances.
     serving: AtomicBool,
+    /// Requests waiting for a slot (they count as demand).
+    waiting: AtomicU64,
 }
 
 /// A request's claim on one slot of an instance; dropping it frees the slot.
@@ -163,7 +164,10 @@ impl Drop for Lease {
             .last_active
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        self.pool.changed.notify_waiters();
+        // Only requests waiting for a slot care; the common case skips the notify's lock.
+        if self.pool.waiting.load(Ordering::SeqCst) > 0 {
+            self.pool.changed.notify_waiters();
+        }
     }
 }
 
@@ -171,7 +175,7 @@ struct Waiting<'a>(&'a Pool);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.lock().waiting -= 1;
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -201,6 +205,7 @@ impl Pool {
             state: Mutex::new(PoolState::default()),
             changed: Notify::new(),
             serving: AtomicBool::new(false),
+            waiting: AtomicU64::new(0),
         })
     }
 
@@ -251,7 +256,21 @@ impl Pool {
         deadline: Instant,
         queue_limit: Duration,
     ) -> Result<Lease, AcquireError> {
-        self.lock().waiting += 1;
+        // Fast path: a free slot right now, without registering as a waiter.
+        {
+            let st = self.lock();
+            if st.closed {
+                return Err(AcquireError::Closed);
+            }
+            if let Some(inst) = self.pick(&st) {
+                inst.in_flight.fetch_add(1, Ordering::SeqCst);
+                return Ok(Lease {
+                    pool: self.clone(),
+                    inst,
+                });
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(self);
         let mut seen_failures = None;
         let mut queued_since: Option<Instant> = None;
@@ -320,7 +339,8 @@ impl Pool {
             return;
         }
         let live = st.count(InstState::Ready) + st.count(InstState::Starting);
-        let requests: u64 = st.instances.iter().map(|i| i.in_flight()).sum::<u64>() + st.waiting;
+        let requests: u64 = st.instances.iter().map(|i| i.in_flight()).sum::<u64>()
+            + self.waiting.load(Ordering::SeqCst);
         let n = instances_to_start(
             Demand {
                 requests,

@@ -87,7 +87,15 @@ impl Serving {
                 &format!("no service answers at host {host:?}"),
             );
         };
-        let Some(route) = self.route(&ns, &service) else {
+        let key = (ns, service);
+        let route = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let (ns, service) = key;
+        let Some(route) = route else {
             return platform_response(
                 StatusCode::NOT_FOUND,
                 &format!("service {service} not found in project {ns}"),
