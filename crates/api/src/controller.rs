@@ -109,21 +109,32 @@ impl Controller {
             )));
         }
         let name = svc.metadata.name.clone();
-        validate_service_name(&name)?;
+        validate_service_name(&name).map_err(at("metadata.name"))?;
         if svc.kind != "Service" || svc.api_version != SERVING_API_VERSION {
             return Err(ApiError::invalid(format!(
-                "expected apiVersion {SERVING_API_VERSION} kind Service, got {} {}",
+                "apiVersion, kind: expected {SERVING_API_VERSION} Service, got {} {}",
                 svc.api_version, svc.kind
             )));
         }
-        let settings = RevisionSettings::from_template(&svc.spec.template)?;
+        let settings = template_settings(&svc.spec.template)?;
         let image = self.images.resolve(&settings.image).map_err(|e| match e {
             skiff_image::ImageError::NotFound { .. } => ApiError::invalid(format!(
-                "image {} is not in the image store: import it with `skiff images import PATH --name {}`",
+                "spec.template.spec.containers[0].image: image {} is not in the image store: import it with `skiff images import PATH --name {}`",
                 settings.image, settings.image
             )),
             e => e.into(),
         })?;
+        svc.metadata
+            .labels
+            .insert(LABEL_LOCATION.into(), REGION.into());
+        // Cloud Run's default, which clients that send no traffic (gcloud) rely on.
+        if svc.spec.traffic.is_empty() {
+            svc.spec.traffic = vec![TrafficTarget {
+                latest_revision: Some(true),
+                percent: Some(100),
+                ..Default::default()
+            }];
+        }
         let _guard = self.lock(ns, &name).await;
         let old = self.store.get_service(ns, &name)?;
         match (&old, create) {
@@ -168,10 +179,10 @@ impl Controller {
             } else {
                 if !given.starts_with(&format!("{name}-")) {
                     return Err(ApiError::invalid(format!(
-                        "revision name {given:?} must start with the service name followed by '-' ({name}-...)"
+                        "spec.template.metadata.name: revision name {given:?} must start with the service name followed by '-' ({name}-...)"
                     )));
                 }
-                validate_name("revision", &given, 63)?;
+                validate_name("revision", &given, 63).map_err(at("spec.template.metadata.name"))?;
                 given
             };
             if revisions.iter().any(|r| r.metadata.name == n) {
@@ -215,15 +226,13 @@ impl Controller {
             return self.reconcile(ns, &name).await;
         };
         status.latest_created_revision_name = Some(rev_name.clone());
-        set_condition(
-            &mut status.conditions,
-            Condition::new(
-                "Ready",
-                "Unknown",
-                Some("Deploying"),
-                Some(format!("Revision {rev_name} is starting")),
-            ),
-        );
+        let starting = format!("Revision {rev_name} is starting");
+        for c in [READY, CONFIGURATIONS_READY, ROUTES_READY] {
+            set_condition(
+                &mut status.conditions,
+                Condition::new(c, "Unknown", Some("Deploying"), Some(starting.clone())),
+            );
+        }
         svc.status = Some(status);
 
         let mut rev = Revision {
@@ -250,6 +259,9 @@ impl Controller {
         rev.metadata
             .labels
             .insert(LABEL_SERVICE.into(), name.clone());
+        rev.metadata
+            .labels
+            .insert(LABEL_LOCATION.into(), REGION.into());
         rev.metadata
             .labels
             .insert(LABEL_CONFIGURATION.into(), name.clone());
@@ -455,28 +467,77 @@ impl Controller {
         }
         status.traffic = resolved;
         status.latest_ready_revision_name = latest_ready;
+        // Services stored before Skiff labelled its region get the label here (on start-up).
+        svc.metadata
+            .labels
+            .insert(LABEL_LOCATION.into(), REGION.into());
         status.url = Some(self.url(ns, name, None));
         status.address = Some(Addressable {
             url: self.url(ns, name, None),
         });
-        let (ready, reason, message) = match created_state {
-            Some(true) if !unresolved => ("True", None, None),
-            Some(true) => (
-                "False",
-                Some("TrafficNotRouted"),
-                Some("a traffic target names a revision that cannot serve".to_string()),
-            ),
-            Some(false) => (
+        // ConfigurationsReady: the latest created revision; RoutesReady: every traffic target
+        // is served; Ready: both (as Knative reports them, and gcloud shows them as stages).
+        let configuration = match created_state {
+            Some(true) => Condition::new(CONFIGURATIONS_READY, "True", None, None),
+            Some(false) => Condition::new(
+                CONFIGURATIONS_READY,
                 "False",
                 Some("RevisionFailed"),
                 created_rev.map(revision_message),
             ),
-            None => ("Unknown", Some("Deploying"), None),
+            None => Condition::new(
+                CONFIGURATIONS_READY,
+                "Unknown",
+                Some("Deploying"),
+                latest_created
+                    .as_ref()
+                    .map(|r| format!("Revision {r} is starting")),
+            ),
         };
-        set_condition(
-            &mut status.conditions,
-            Condition::new("Ready", ready, reason, message),
-        );
+        let routes = if !unresolved {
+            Condition::new(ROUTES_READY, "True", None, None)
+        } else if created_state.is_none() {
+            Condition::new(
+                ROUTES_READY,
+                "Unknown",
+                Some("Deploying"),
+                Some("waiting for a revision to be ready".to_string()),
+            )
+        } else {
+            Condition::new(
+                ROUTES_READY,
+                "False",
+                Some("TrafficNotRouted"),
+                Some(
+                    "a traffic target names a revision that cannot serve, or no revision is ready"
+                        .to_string(),
+                ),
+            )
+        };
+        let ready = match (configuration.status.as_str(), routes.status.as_str()) {
+            ("True", "True") => Condition::new(READY, "True", None, None),
+            ("False", _) => Condition::new(
+                READY,
+                "False",
+                configuration.reason.as_deref(),
+                configuration.message.clone(),
+            ),
+            (_, "False") => Condition::new(
+                READY,
+                "False",
+                routes.reason.as_deref(),
+                routes.message.clone(),
+            ),
+            _ => Condition::new(
+                READY,
+                "Unknown",
+                Some("Deploying"),
+                configuration.message.clone(),
+            ),
+        };
+        for c in [ready, configuration, routes] {
+            set_condition(&mut status.conditions, c);
+        }
         if created_state.is_some() {
             status.observed_generation = svc.metadata.generation;
         }
@@ -625,6 +686,41 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+const READY: &str = "Ready";
+const CONFIGURATIONS_READY: &str = "ConfigurationsReady";
+const ROUTES_READY: &str = "RoutesReady";
+
+/// Prefixes an input error with the field at fault (`metadata.name: invalid service name ...`).
+fn at(field: &'static str) -> impl Fn(InvalidInput) -> ApiError {
+    move |e| ApiError::invalid(format!("{field}: {}", e.0))
+}
+
+/// Reads a service's revision template; an error names the field at fault.
+fn template_settings(t: &RevisionTemplate) -> ApiResult<RevisionSettings> {
+    match t.spec.containers.as_slice() {
+        [] => {
+            return Err(ApiError::invalid(
+                "spec.template.spec.containers: the revision template has no container: give one with an image",
+            ))
+        }
+        [c, ..] if c.image.trim().is_empty() => {
+            return Err(ApiError::invalid(
+                "spec.template.spec.containers[0].image: the container has no image: give an image imported with `skiff images import`",
+            ))
+        }
+        _ => {}
+    }
+    RevisionSettings::from_template(t).map_err(|e| {
+        let c = &t.spec.containers;
+        let field = if c.len() > 1 {
+            "spec.template.spec.containers"
+        } else {
+            "spec.template"
+        };
+        ApiError::invalid(format!("{field}: {}", e.0))
+    })
 }
 
 /// `name:tag` → `name` (the part a digest is appended to).

@@ -2,7 +2,7 @@
 //! Cloud Scheduler (`/v1/projects/{p}/locations/{l}/jobs`) handlers.
 
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{parse_body, selector, St};
+use crate::routes::{parse_body, parse_object, selector, St};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -97,10 +97,18 @@ fn store_job(st: &crate::ApiState, ns: &str, mut job: Job, old: Option<Job>) -> 
             job.metadata.namespace
         )));
     }
-    st.jobs.validate(&job)?;
+    check_job(&job)?;
+    st.jobs.validate(&job).map_err(|e| match e {
+        // What is left to fail after `check_job` is the image lookup.
+        JobError::Invalid(m) => ApiError::invalid(format!("{JOB_IMAGE}: {m}")),
+        e => e.into(),
+    })?;
     job.api_version = RUN_API_VERSION.into();
     job.kind = "Job".into();
     job.metadata.namespace = ns.to_string();
+    job.metadata
+        .labels
+        .insert(LABEL_LOCATION.into(), REGION.into());
     let now = now_rfc3339();
     let mut status = match &old {
         Some(o) => {
@@ -129,6 +137,31 @@ fn store_job(st: &crate::ApiState, ns: &str, mut job: Job, old: Option<Job>) -> 
     Ok(job)
 }
 
+const JOB_CONTAINERS: &str = "spec.template.spec.template.spec.containers";
+const JOB_IMAGE: &str = "spec.template.spec.template.spec.containers[0].image";
+
+/// Checks a job's name and template; an error names the field at fault.
+fn check_job(job: &Job) -> ApiResult<()> {
+    validate_name("job", &job.metadata.name, 63)
+        .map_err(|e| ApiError::invalid(format!("metadata.name: {}", e.0)))?;
+    match job.spec.template.spec.template.spec.containers.as_slice() {
+        [] => {
+            return Err(ApiError::invalid(format!(
+                "{JOB_CONTAINERS}: the job has no container: give one with an image"
+            )))
+        }
+        [c, ..] if c.image.trim().is_empty() => {
+            return Err(ApiError::invalid(format!(
+                "{JOB_IMAGE}: the job's container has no image: give an image imported with `skiff images import`"
+            )))
+        }
+        _ => {}
+    }
+    TaskSettings::from_spec(&job.spec.template.spec)
+        .map_err(|e| ApiError::invalid(format!("spec.template.spec: {}", e.0)))?;
+    Ok(())
+}
+
 fn hex_id() -> String {
     let b: [u8; 16] = rand::random();
     hex::encode(b)
@@ -139,7 +172,7 @@ async fn create_job(
     Path(ns): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Job>> {
-    let job: Job = parse_body(&body)?;
+    let job: Job = parse_object(&body)?;
     if st
         .controller
         .store
@@ -159,7 +192,7 @@ async fn replace_job(
     Path((ns, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Job>> {
-    let job: Job = parse_body(&body)?;
+    let job: Job = parse_object(&body)?;
     if job.metadata.name != name {
         return Err(ApiError::invalid(format!(
             "metadata.name {:?} does not match {name:?} in the URL",

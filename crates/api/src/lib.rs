@@ -35,6 +35,20 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn require_admin(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    // gcloud uses the API as its HTTP proxy (see `skiff gcloud configure`): requests for
+    // Skiff come in absolute form and are routed by path; a tunnel elsewhere is refused.
+    if req.method() == http::Method::CONNECT {
+        let target = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("the Skiff API is gcloud's proxy for Skiff's own APIs only: it opens no tunnel to {target}"),
+        )
+        .into_response();
+    }
     let path = req.uri().path();
     if path == "/openapi.json" || path == "/healthz" {
         return next.run(req).await;

@@ -47,6 +47,16 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "get",
+        "/v1/projects/{project}",
+        "Get a project (Resource Manager v1: its id and a stable number)",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/locations/{location}/services",
+        "List a project's services (location `-`: every region, as gcloud asks without one)",
+    ),
+    (
+        "get",
         "/v1/projects/{project}/locations/{location}/services/{service}:getIamPolicy",
         "Get a service's IAM policy",
     ),

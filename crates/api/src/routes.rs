@@ -11,7 +11,7 @@ use futures::StreamExt;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use skiff_model::{Policy, Revision, Service, LABEL_SERVICE};
+use skiff_model::{Condition, Policy, Revision, Service, TrafficTarget, LABEL_SERVICE};
 use skiff_serving::{LogLine, LogResource};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -42,6 +42,11 @@ pub fn routes() -> Router<Arc<ApiState>> {
             &format!("{knative}/revisions/{{name}}"),
             get(get_revision).delete(delete_revision),
         )
+        .route("/v1/projects/{project}", get(get_project))
+        .route(
+            "/v1/projects/{project}/locations/{location}/services",
+            get(list_project_services),
+        )
         .route(
             "/v1/projects/{project}/locations/{location}/services/{resource}",
             get(iam_get).post(iam_post),
@@ -62,15 +67,34 @@ pub fn routes() -> Router<Arc<ApiState>> {
 /// Parses a JSON body; an error names the field at fault (`spec.template.spec.containers[0].image`).
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path.is_empty() || path == "." {
-            ApiError::invalid(format!("invalid request body: {inner}"))
-        } else {
-            ApiError::invalid(format!("invalid value for field {path}: {inner}"))
+    serde_path_to_error::deserialize(de).map_err(field_error)
+}
+
+/// Parses a Kubernetes-style object (Service, Job). Its `status` is the server's to write: a
+/// client may send one back (gcloud's updates carry the status they read), and it is ignored
+/// rather than read, so that a status the server never wrote cannot fail a request.
+pub(crate) fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?;
+    match v.as_object_mut() {
+        Some(o) => drop(o.remove("status")),
+        None => {
+            return Err(ApiError::invalid(
+                "invalid request body: expected a JSON object",
+            ))
         }
-    })
+    }
+    serde_path_to_error::deserialize(v).map_err(field_error)
+}
+
+fn field_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if path.is_empty() || path == "." {
+        ApiError::invalid(format!("invalid request body: {inner}"))
+    } else {
+        ApiError::invalid(format!("invalid value for field {path}: {inner}"))
+    }
 }
 
 async fn list_services(State(st): St, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
@@ -80,12 +104,42 @@ async fn list_services(State(st): St, Path(ns): Path<String>) -> ApiResult<Json<
     ))
 }
 
+/// `GET /v1/projects/{p}/locations/{l}/services`: what gcloud lists without a region
+/// (location `-`, every region). Skiff has one region, so every location lists the project.
+async fn list_project_services(
+    st: St,
+    Path((project, _location)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    list_services(st, Path(project)).await
+}
+
+/// Resource Manager's `GET /v1/projects/{p}`: gcloud asks it for the project's number before
+/// it replaces a service or job from a file that names its namespace. Skiff's projects are
+/// its namespaces, made on first use; each gets a stable number derived from its name.
+async fn get_project(Path(project): Path<String>) -> ApiResult<Json<Value>> {
+    skiff_model::validate_namespace(&project)?;
+    Ok(Json(json!({
+        "projectId": project,
+        "name": project,
+        "projectNumber": project_number(&project).to_string(),
+        "lifecycleState": "ACTIVE",
+    })))
+}
+
+/// A stable 12-digit number for a project name (FNV-1a), as Google's project numbers look.
+fn project_number(project: &str) -> u64 {
+    let h = project.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    100_000_000_000 + h % 900_000_000_000
+}
+
 async fn create_service(
     State(st): St,
     Path(ns): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Service>> {
-    let svc: Service = parse_body(&body)?;
+    let svc: Service = parse_object(&body)?;
     Ok(Json(st.controller.apply_service(&ns, svc, true).await?))
 }
 
@@ -94,7 +148,7 @@ async fn replace_service(
     Path((ns, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Service>> {
-    let svc: Service = parse_body(&body)?;
+    let svc: Service = parse_object(&body)?;
     if svc.metadata.name != name {
         return Err(ApiError::invalid(format!(
             "metadata.name {:?} does not match {name:?} in the URL",
@@ -152,10 +206,11 @@ async fn list_revisions(
     Query(q): Query<RevisionQuery>,
 ) -> ApiResult<Json<Value>> {
     let service = selector(q.label_selector.as_deref(), LABEL_SERVICE)?;
-    let items: Vec<Revision> = st
+    let mut items: Vec<Revision> = st
         .controller
         .store
         .list_revisions(Some(&ns), service.as_deref())?;
+    mark_active(&st, &ns, &mut items)?;
     Ok(Json(
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionList", "metadata": {}, "items": items}),
     ))
@@ -165,11 +220,60 @@ async fn get_revision(
     State(st): St,
     Path((ns, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Revision>> {
-    st.controller
+    let rev = st
+        .controller
         .store
         .get_revision(&ns, &name)?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("revision {name} not found in project {ns}")))
+        .ok_or_else(|| ApiError::not_found(format!("revision {name} not found in project {ns}")))?;
+    let mut one = [rev];
+    mark_active(&st, &ns, &mut one)?;
+    let [rev] = one;
+    Ok(Json(rev))
+}
+
+/// Sets each revision's `Active` condition (gcloud's ACTIVE column): whether its service
+/// routes traffic to it now. Computed when read, from the service's status, so that a
+/// traffic change does not rewrite every revision.
+fn mark_active(st: &ApiState, ns: &str, revisions: &mut [Revision]) -> ApiResult<()> {
+    let mut traffic: std::collections::HashMap<String, Vec<TrafficTarget>> = Default::default();
+    for r in revisions {
+        let service = r
+            .metadata
+            .labels
+            .get(LABEL_SERVICE)
+            .cloned()
+            .unwrap_or_default();
+        if !traffic.contains_key(&service) {
+            let t = st
+                .controller
+                .store
+                .get_service(ns, &service)?
+                .and_then(|s| s.status)
+                .map(|s| s.traffic)
+                .unwrap_or_default();
+            traffic.insert(service.clone(), t);
+        }
+        let serving = traffic[&service].iter().any(|t| {
+            t.revision_name.as_deref() == Some(r.metadata.name.as_str())
+                && t.percent.unwrap_or(0) > 0
+        });
+        let mut c = if serving {
+            Condition::new("Active", "True", None, None)
+        } else {
+            Condition::new(
+                "Active",
+                "False",
+                Some("NoTraffic"),
+                Some("The revision is not receiving traffic".to_string()),
+            )
+        };
+        c.last_transition_time = None;
+        c.severity = Some("Info".to_string());
+        let status = r.status.get_or_insert_with(Default::default);
+        status.conditions.retain(|c| c.type_ != "Active");
+        status.conditions.push(c);
+    }
+    Ok(())
 }
 
 async fn delete_revision(

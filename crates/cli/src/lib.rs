@@ -2,6 +2,8 @@
 //! here; each one is a thin client of the control API (Cloud Run Admin API v1 for services,
 //! revisions and IAM, `/skiff/v1/...` for images, instances, logs and identity tokens).
 //!
+//! `skiff gcloud configure` sets up the Google Cloud CLI to drive the same API.
+//!
 //! The binary flattens [`GlobalArgs`] and [`ClientCommand`] into its own parser and calls
 //! [`run`]; an `Err` is printed as one line `error: ...`, so every message here is one line
 //! that says what was wrong and what to do.
@@ -9,6 +11,7 @@
 mod api;
 mod auth;
 mod deploy;
+mod gcloud;
 mod images;
 mod instances;
 mod jobs;
@@ -128,6 +131,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: scheduler::SchedulerCommand,
     },
+    /// Set up the Google Cloud CLI (gcloud run ...) to drive this server
+    Gcloud {
+        #[command(subcommand)]
+        command: gcloud::GcloudCommand,
+    },
 }
 
 /// Runs one client command against the API `global` names.
@@ -144,6 +152,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Auth { command } => auth::run(&api, command),
         ClientCommand::Jobs { command } => jobs::run(&api, command),
         ClientCommand::Scheduler { command } => scheduler::run(&api, command),
+        ClientCommand::Gcloud { command } => gcloud::run(&api, global, command),
     }
 }
 
@@ -243,6 +252,8 @@ mod tests {
             "skiff logs read --service hello --limit 10 --follow",
             "skiff logs read --job j --execution j-abc",
             "skiff auth print-identity-token --audience http://hello.localhost",
+            "skiff gcloud configure",
+            "skiff gcloud configure --configuration dev --activate --project demo",
         ];
         for line in ok {
             let args = line.split(' ');

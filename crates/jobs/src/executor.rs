@@ -146,6 +146,7 @@ impl Jobs {
         let now = now_rfc3339();
         let mut labels = job.spec.template.metadata.labels.clone();
         labels.insert(LABEL_JOB.into(), job_name.clone());
+        labels.insert(LABEL_LOCATION.into(), REGION.into());
         let execution = Execution {
             api_version: RUN_API_VERSION.into(),
             kind: "Execution".into(),
@@ -164,6 +165,7 @@ impl Jobs {
                 observed_generation: 1,
                 conditions: vec![
                     condition("Completed", "Unknown", None, None),
+                    condition("ResourcesAvailable", "Unknown", None, None),
                     condition("Started", "Unknown", None, None),
                 ],
                 log_uri: Some(format!(
@@ -176,6 +178,10 @@ impl Jobs {
             .map(|i| {
                 let mut l = labels.clone();
                 l.insert(LABEL_EXECUTION.into(), name.clone());
+                l.insert(
+                    LABEL_RUNNING_STATE.into(),
+                    TaskState::Pending.as_str().into(),
+                );
                 Task {
                     api_version: RUN_API_VERSION.into(),
                     kind: "Task".into(),
@@ -396,10 +402,13 @@ impl Jobs {
             (e.clone(), job)
         };
         let t = task.map(|i| {
-            run.tasks[i]
+            let mut t = run.tasks[i]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .clone()
+                .clone();
+            let state = t.status.state.as_str().to_string();
+            t.metadata.labels.insert(LABEL_RUNNING_STATE.into(), state);
+            t
         });
         let ev = serde_json::to_value(&e).expect("serializes");
         let tv = t
@@ -431,6 +440,11 @@ impl Jobs {
             let mut e = run.execution.lock().unwrap_or_else(|e| e.into_inner());
             let st = e.status.get_or_insert_with(Default::default);
             st.start_time.get_or_insert_with(now_rfc3339);
+            // The image is resolved and pinned: what Cloud Run calls resources available.
+            set_condition(
+                &mut st.conditions,
+                condition("ResourcesAvailable", "True", None, None),
+            );
             set_condition(&mut st.conditions, condition("Started", "True", None, None));
         }
         self.save(&run, None);
@@ -470,6 +484,19 @@ impl Jobs {
                 .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).status.state)
                 .collect();
             let failed = states.iter().filter(|s| **s == TaskState::Failed).count();
+            // What the first failed task's last attempt did, for the execution's message.
+            let first_failure = run.tasks.iter().find_map(|t| {
+                let t = t.lock().unwrap_or_else(|e| e.into_inner());
+                (t.status.state == TaskState::Failed).then(|| {
+                    let why = t
+                        .status
+                        .last_attempt_result
+                        .as_ref()
+                        .map(|r| r.status.message.clone())
+                        .unwrap_or_default();
+                    format!("task {}: {why}", t.metadata.name)
+                })
+            });
             let cancelled = states
                 .iter()
                 .filter(|s| **s == TaskState::Cancelled)
@@ -488,8 +515,8 @@ impl Jobs {
                 )
             } else if failed > 0 {
                 condition("Completed", "False", Some("TasksFailed"), Some(format!(
-                    "Task(s) failed: {failed} of {} did not succeed after {} retries; see `skiff jobs executions describe {}`",
-                    states.len(), run.settings.max_retries, e.metadata.name
+                    "Task(s) failed: {failed} of {} did not succeed after {} retries ({}); see `skiff jobs executions describe {}`",
+                    states.len(), run.settings.max_retries, first_failure.unwrap_or_default(), e.metadata.name
                 )))
             } else {
                 condition(

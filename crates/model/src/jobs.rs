@@ -8,6 +8,8 @@ use std::time::Duration;
 pub const RUN_API_VERSION: &str = "run.googleapis.com/v1";
 pub const LABEL_JOB: &str = "run.googleapis.com/job";
 pub const LABEL_EXECUTION: &str = "run.googleapis.com/execution";
+/// A task's state as a label, as Cloud Run shows it (`Pending`, `Running`, `Succeeded`, ...).
+pub const LABEL_RUNNING_STATE: &str = "run.googleapis.com/runningState";
 pub const MAX_TASKS: u64 = 10_000;
 pub const MAX_RETRIES: u64 = 10;
 pub const DEFAULT_RETRIES: u64 = 3;
@@ -168,6 +170,16 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "Pending",
+            TaskState::Running => "Running",
+            TaskState::Succeeded => "Succeeded",
+            TaskState::Failed => "Failed",
+            TaskState::Cancelled => "Cancelled",
+        }
+    }
+
     pub fn is_final(self) -> bool {
         matches!(
             self,

@@ -12,6 +12,11 @@ pub const ANN_CREATOR: &str = "serving.knative.dev/creator";
 pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
 pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";
 pub const LABEL_CONFIGURATION_GENERATION: &str = "serving.knative.dev/configurationGeneration";
+/// The region label Cloud Run puts on every object (gcloud reads it to name the region).
+pub const LABEL_LOCATION: &str = "cloud.googleapis.com/location";
+/// Skiff's one region: every object carries it as [`LABEL_LOCATION`], whatever region a
+/// client named in its request (Skiff serves them all from the one server).
+pub const REGION: &str = "us-central1";
 /// IAM member that makes a service public.
 pub const ALL_USERS: &str = "allUsers";
 pub const ROLE_INVOKER: &str = "roles/run.invoker";
@@ -168,6 +173,10 @@ pub struct Condition {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+    /// `Info` or `Warning` for a condition that does not decide `Ready` (Knative's severity);
+    /// absent for one that does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
 }
 
 impl Condition {
@@ -178,6 +187,7 @@ impl Condition {
             reason: reason.map(String::from),
             message,
             last_transition_time: Some(now_rfc3339()),
+            severity: None,
         }
     }
 }

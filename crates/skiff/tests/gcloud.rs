@@ -1,0 +1,836 @@
+//! End-to-end tests with the real Google Cloud CLI: `skiff gcloud configure` writes a gcloud
+//! configuration for a test server, then `gcloud run ...` deploys, updates, lists, moves
+//! traffic, replaces and deletes services, and creates, executes and deletes jobs, while the
+//! `skiff` CLI sees and changes the same objects. gcloud reaches the server only through its
+//! API used as gcloud's HTTP proxy (no DNS, no internet).
+//!
+//! gcloud must be installed (CI has `/usr/bin/gcloud`); without it these tests fail, saying so.
+
+use serde_json::Value;
+use skiff_testkit::{busybox_image, ImageSpec, TestServer};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff");
+const PROJECT: &str = "demo";
+/// The longest one gcloud command may take (a deploy waits for a container to listen).
+const GCLOUD_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` to completion, killing it past `limit`.
+fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// gcloud's human output as plain words: no ANSI colour or bold codes, and every run of
+/// white space (gcloud wraps long lines) one space.
+fn plain(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            // CSI: parameters up to a final letter.
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A test server with the test image imported as `web`, and gcloud configured for it by
+/// `skiff gcloud configure` in a private gcloud configuration directory.
+struct Env {
+    s: TestServer,
+    gcloud_dir: tempfile::TempDir,
+    _tmp: tempfile::TempDir,
+}
+
+fn gcloud_installed() {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("gcloud").is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "the Google Cloud CLI (gcloud) is not installed: these tests drive the real gcloud; install google-cloud-cli (CI has /usr/bin/gcloud)"
+    );
+}
+
+impl Env {
+    fn new() -> Env {
+        gcloud_installed();
+        let s = TestServer::start(Path::new(BIN), &[]);
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = busybox_image(&tmp.path().join("web"), "web", &ImageSpec::default());
+        s.ok(&["images", "import", layout.to_str().unwrap()]);
+        let gcloud_dir = tempfile::tempdir().unwrap();
+        let env = Env {
+            s,
+            gcloud_dir,
+            _tmp: tmp,
+        };
+        let out = env.configure(&["--project", PROJECT]);
+        assert!(
+            out.contains("gcloud configuration [skiff]")
+                && out.contains("gcloud --configuration skiff run services list"),
+            "{out}"
+        );
+        env
+    }
+
+    /// `skiff gcloud configure ARGS` with this test's gcloud directory; returns stdout.
+    fn configure(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["gcloud", "configure"])
+            .args(args)
+            .env("CLOUDSDK_CONFIG", self.gcloud_dir.path())
+            .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", self.s.api))
+            .env("SKIFF_DATA_DIR", &self.s.data_dir)
+            .env_remove("SKIFF_TOKEN")
+            .env_remove("SKIFF_PROJECT");
+        let out = run_bounded(cmd, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "skiff gcloud configure {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `skiff ARGS --project demo`, asserting success; returns stdout.
+    fn skiff(&self, args: &[&str]) -> String {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--project", PROJECT]);
+        self.s.ok(&a)
+    }
+
+    fn skiff_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--format", "json"]);
+        serde_json::from_str(&self.skiff(&a)).unwrap()
+    }
+
+    /// The gcloud command, in configuration `skiff`, talking to nothing but the test server.
+    fn command(&self, args: &[&str]) -> Command {
+        self.command_in("skiff", args)
+    }
+
+    fn command_in(&self, configuration: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("gcloud");
+        cmd.args(["--configuration", configuration, "--quiet"])
+            .args(args);
+        // Nothing from the caller's environment may point gcloud elsewhere.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            let proxy = matches!(
+                k.to_ascii_lowercase().as_str(),
+                "http_proxy" | "https_proxy" | "no_proxy" | "all_proxy"
+            );
+            let kept = matches!(
+                k.as_str(),
+                "CLOUDSDK_PYTHON" | "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE"
+            );
+            if proxy || (k.starts_with("CLOUDSDK_") && !kept) {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.env("CLOUDSDK_CONFIG", self.gcloud_dir.path())
+            .env("CLOUDSDK_CORE_DISABLE_USAGE_REPORTING", "true")
+            .env("CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK", "true")
+            .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1");
+        cmd
+    }
+
+    fn gcloud(&self, args: &[&str]) -> Output {
+        run_bounded(self.command(args), GCLOUD_LIMIT)
+    }
+
+    /// Runs gcloud, asserts success; returns stdout and stderr (gcloud reports on stderr)
+    /// as [`plain`] text.
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.gcloud(args);
+        let (stdout, stderr) = (plain(&out.stdout), plain(&out.stderr));
+        assert!(
+            out.status.success(),
+            "gcloud {args:?} failed: {}\nstdout: {stdout}\nstderr: {stderr}\nserver log: {}",
+            out.status,
+            self.s.log()
+        );
+        (stdout, stderr)
+    }
+
+    /// Runs gcloud, asserts failure; returns stderr as [`plain`] text.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.gcloud(args);
+        assert!(
+            !out.status.success(),
+            "gcloud {args:?} should fail but printed {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        plain(&out.stderr)
+    }
+
+    /// `gcloud ARGS --format json`, parsed.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--format", "json"]);
+        let out = self.gcloud(&a);
+        assert!(
+            out.status.success(),
+            "gcloud {a:?} failed: {}\nserver log: {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.s.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "gcloud {a:?}: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    fn host(&self, service: &str) -> String {
+        format!("{service}.{PROJECT}.localhost")
+    }
+
+    fn url(&self, service: &str) -> String {
+        format!("http://{}:{}", self.host(service), self.s.ingress)
+    }
+}
+
+/// Sorted names of a list: gcloud's (an array) or the API's (`items`).
+fn names(list: &Value) -> Vec<String> {
+    let items = if list.is_array() {
+        list
+    } else {
+        &list["items"]
+    };
+    let mut v: Vec<String> = items
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|o| {
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `(revision, percent)` of a service's served traffic, from gcloud's describe.
+fn traffic(svc: &Value) -> Vec<(String, u64)> {
+    let mut t: Vec<(String, u64)> = svc["status"]["traffic"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            (
+                t["revisionName"].as_str().unwrap_or_default().to_string(),
+                t["percent"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+fn gcloud_drives_services() {
+    let e = Env::new();
+    let s = &e.s;
+    let svc_host = e.host("hello");
+
+    // A new service without an auth flag: private, as on Cloud Run.
+    let (_, err) = e.ok(&["run", "deploy", "hello", "--image", "web"]);
+    assert!(
+        err.contains(&format!("Service URL: {}", e.url("hello"))),
+        "{err}"
+    );
+    assert_eq!(
+        s.get(&svc_host, "/", None).0,
+        401,
+        "private without a token"
+    );
+    let token = s.ok(&["auth", "print-identity-token"]);
+    let (code, body) = s.get(&svc_host, "/", Some(token.trim()));
+    assert_eq!((code, body.as_str()), (200, "hello from skiff\n"));
+
+    // Updated with --allow-unauthenticated: a new revision, public.
+    e.ok(&[
+        "run",
+        "deploy",
+        "hello",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        "--set-env-vars",
+        "GREETING=hi",
+    ]);
+    let (code, env) = s.get(&svc_host, "/cgi-bin/env", None);
+    assert_eq!(code, 200, "{env}");
+    assert!(env.contains("GREETING=hi"), "{env}");
+    let revs = names(&e.json(&["run", "revisions", "list", "--service", "hello"]));
+    assert_eq!(revs.len(), 2, "{revs:?}");
+    let (r1, r2) = (revs[0].clone(), revs[1].clone());
+    assert!(
+        r1.starts_with("hello-00001-") && r2.starts_with("hello-00002-"),
+        "{revs:?}"
+    );
+    // skiff sees what gcloud made.
+    let skiff_revs = names(&e.skiff_json(&["revisions", "list", "--service", "hello"]));
+    assert_eq!(skiff_revs, revs);
+
+    // A new service made public at once; every request gcloud makes goes to Skiff.
+    let (_, log) = e.ok(&[
+        "run",
+        "deploy",
+        "open",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        "--log-http",
+    ]);
+    let words: Vec<&str> = log.split(' ').collect();
+    let uris: Vec<&str> = words
+        .windows(2)
+        .filter(|w| w[0] == "uri:")
+        .map(|w| w[1])
+        .collect();
+    assert!(uris.len() >= 4, "{log}");
+    for u in &uris {
+        assert!(
+            u.starts_with(&format!("http://us-central1-run.skiff:{}/", s.api))
+                || u.starts_with(&format!("http://run.skiff:{}/", s.api)),
+            "gcloud asked {u}"
+        );
+    }
+    assert!(uris.iter().any(|u| u.contains(":setIamPolicy")), "{uris:?}");
+    assert_eq!(s.get(&e.host("open"), "/", None).0, 200);
+
+    // list: regional, and without a region (all locations); describe.
+    let listed = names(&e.json(&["run", "services", "list"]));
+    assert_eq!(listed, vec!["hello", "open"]);
+    let mut all = e.command(&["run", "services", "list", "--format", "json"]);
+    all.env("CLOUDSDK_RUN_REGION", "");
+    let out = run_bounded(all, GCLOUD_LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(names(&all), vec!["hello", "open"]);
+    let d = e.json(&["run", "services", "describe", "hello"]);
+    assert_eq!(d["status"]["url"], e.url("hello"));
+    assert_eq!(
+        d["metadata"]["labels"]["cloud.googleapis.com/location"],
+        "us-central1"
+    );
+    let ready: Vec<(String, String)> = d["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for t in ["Ready", "ConfigurationsReady", "RoutesReady"] {
+        assert!(
+            ready.contains(&(t.to_string(), "True".to_string())),
+            "{t} in {ready:?}"
+        );
+    }
+    assert_eq!(
+        d["status"]["observedGeneration"], d["metadata"]["generation"],
+        "{d}"
+    );
+
+    // Traffic: split between the two revisions, then back to the latest.
+    e.ok(&[
+        "run",
+        "services",
+        "update-traffic",
+        "hello",
+        "--to-revisions",
+        &format!("{r1}=50,{r2}=50"),
+    ]);
+    let d = e.json(&["run", "services", "describe", "hello"]);
+    assert_eq!(traffic(&d), vec![(r1.clone(), 50), (r2.clone(), 50)]);
+    let sk = e.skiff_json(&["services", "describe", "hello"]);
+    assert_eq!(traffic(&sk), traffic(&d), "skiff sees the same split");
+    e.ok(&["run", "services", "update-traffic", "hello", "--to-latest"]);
+    let d = e.json(&["run", "services", "describe", "hello"]);
+    assert_eq!(traffic(&d), vec![(r2.clone(), 100)]);
+    assert_eq!(d["spec"]["traffic"][0]["latestRevision"], true);
+
+    // skiff changes what gcloud made, gcloud sees it.
+    e.skiff(&[
+        "deploy",
+        "hello",
+        "--image",
+        "web",
+        "--update-env-vars",
+        "FROM=skiff",
+    ]);
+    let revs = names(&e.json(&["run", "revisions", "list", "--service", "hello"]));
+    assert_eq!(revs.len(), 3, "{revs:?}");
+    let d = e.json(&["run", "services", "describe", "hello"]);
+    assert_eq!(d["status"]["latestReadyRevisionName"], revs[2].as_str());
+    let (_, env) = s.get(&svc_host, "/cgi-bin/env", None);
+    assert!(
+        env.contains("FROM=skiff") && env.contains("GREETING=hi"),
+        "{env}"
+    );
+
+    // And the reverse: skiff makes a service, gcloud describes it and moves its traffic.
+    e.skiff(&[
+        "deploy",
+        "mine",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+    ]);
+    e.skiff(&["deploy", "mine", "--image", "web", "--set-env-vars", "V=2"]);
+    let mine = names(&e.json(&["run", "revisions", "list", "--service", "mine"]));
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    e.ok(&[
+        "run",
+        "services",
+        "update-traffic",
+        "mine",
+        "--to-revisions",
+        &format!("{}=100", mine[0]),
+    ]);
+    let sk = e.skiff_json(&["services", "describe", "mine"]);
+    assert_eq!(traffic(&sk), vec![(mine[0].clone(), 100)]);
+    let (_, env) = s.get(&e.host("mine"), "/cgi-bin/env", None);
+    assert!(!env.contains("V=2"), "the first revision serves: {env}");
+
+    // services replace FILE: create from a file, then update from gcloud's own export (which
+    // names the namespace, so gcloud looks the project up first).
+    let file = e.gcloud_dir.path().join("svc.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: replaced\nspec:\n  template:\n    spec:\n      containers:\n      - image: web\n        env:\n        - name: VERSION\n          value: \"1\"\n",
+    )
+    .unwrap();
+    e.ok(&["run", "services", "replace", file.to_str().unwrap()]);
+    let out = e.gcloud(&[
+        "run", "services", "describe", "replaced", "--format", "export",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let export = String::from_utf8(out.stdout).unwrap();
+    assert!(export.contains("namespace: demo"), "{export}");
+    assert!(export.contains("value: '1'"), "{export}");
+    std::fs::write(&file, export.replace("value: '1'", "value: '2'")).unwrap();
+    e.ok(&["run", "services", "replace", file.to_str().unwrap()]);
+    let rep = names(&e.json(&["run", "revisions", "list", "--service", "replaced"]));
+    assert_eq!(rep.len(), 2, "{rep:?}");
+    // gcloud sent no auth flag: private; ask with an identity token.
+    let (code, env) = s.get(&e.host("replaced"), "/cgi-bin/env", Some(token.trim()));
+    assert_eq!(code, 200, "{env}");
+    assert!(env.contains("VERSION=2"), "{env}");
+
+    // A revision whose container exits: gcloud fails with Skiff's message, traffic stays.
+    let err = e.fails(&[
+        "run",
+        "deploy",
+        "hello",
+        "--image",
+        "web",
+        "--command",
+        "/bin/sh",
+        "--args=-c,echo skiff-boom; exit 3",
+    ]);
+    assert!(
+        err.contains("exited with code 3") && err.contains("skiff-boom"),
+        "{err}"
+    );
+    let d = e.json(&["run", "services", "describe", "hello"]);
+    assert_eq!(d["status"]["latestReadyRevisionName"], revs[2].as_str());
+    assert_eq!(
+        s.get(&svc_host, "/", None).0,
+        200,
+        "the old revision serves"
+    );
+    // A new service whose only revision fails.
+    let err = e.fails(&[
+        "run",
+        "deploy",
+        "broken",
+        "--image",
+        "web",
+        "--command",
+        "/bin/false",
+    ]);
+    assert!(err.contains("exited with code 1"), "{err}");
+
+    // delete: gone for gcloud and skiff.
+    e.ok(&["run", "services", "delete", "hello"]);
+    e.ok(&["run", "services", "delete", "broken"]);
+    let err = e.fails(&["run", "services", "describe", "hello"]);
+    assert!(err.contains("Cannot find service [hello]"), "{err}");
+    let left = names(&e.skiff_json(&["services", "list"]));
+    assert_eq!(left, vec!["mine", "open", "replaced"]);
+    assert_eq!(s.get(&svc_host, "/", None).0, 404);
+    // skiff deletes what gcloud made.
+    e.skiff(&["services", "delete", "open"]);
+    assert_eq!(
+        names(&e.json(&["run", "services", "list"])),
+        vec!["mine", "replaced"]
+    );
+}
+
+#[test]
+fn gcloud_drives_jobs() {
+    let e = Env::new();
+    e.ok(&[
+        "run",
+        "jobs",
+        "create",
+        "count",
+        "--image",
+        "web",
+        "--tasks",
+        "3",
+        "--max-retries",
+        "0",
+        "--command",
+        "/bin/sh",
+        "--args=-c,echo task $CLOUD_RUN_TASK_INDEX of $CLOUD_RUN_TASK_COUNT $WHO",
+    ]);
+    let (_, err) = e.ok(&["run", "jobs", "execute", "count", "--wait"]);
+    assert!(err.contains("has successfully completed"), "{err}");
+    // Overrides: args, env and task count for one execution.
+    e.ok(&[
+        "run",
+        "jobs",
+        "execute",
+        "count",
+        "--wait",
+        "--tasks",
+        "2",
+        "--update-env-vars",
+        "WHO=override",
+        "--task-timeout",
+        "60s",
+        "--args=-c,echo over $CLOUD_RUN_TASK_INDEX of $CLOUD_RUN_TASK_COUNT $WHO",
+    ]);
+    let execs = e.json(&["run", "jobs", "executions", "list", "--job", "count"]);
+    let execs = execs.as_array().unwrap().clone();
+    assert_eq!(execs.len(), 2, "{execs:?}");
+    let by_tasks = |n: u64| {
+        execs
+            .iter()
+            .find(|x| x["spec"]["taskCount"].as_u64() == Some(n))
+            .unwrap_or_else(|| panic!("an execution of {n} tasks in {execs:?}"))
+            .clone()
+    };
+    let (first, second) = (by_tasks(3), by_tasks(2));
+    assert_eq!(first["status"]["succeededCount"], 3);
+    assert_eq!(second["status"]["succeededCount"], 2);
+    let first_name = first["metadata"]["name"].as_str().unwrap().to_string();
+    let second_name = second["metadata"]["name"].as_str().unwrap().to_string();
+    let logs = e.skiff(&["logs", "read", "--job", "count", "--limit", "100"]);
+    assert!(logs.contains("task 2 of 3"), "{logs}");
+    assert!(logs.contains("over 1 of 2 override"), "{logs}");
+
+    // Tasks of one execution.
+    let tasks = e.json(&[
+        "run",
+        "jobs",
+        "executions",
+        "tasks",
+        "list",
+        "--execution",
+        &first_name,
+    ]);
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), 3, "{tasks:?}");
+    for t in tasks {
+        assert_eq!(
+            t["metadata"]["labels"]["run.googleapis.com/runningState"], "Succeeded",
+            "{t}"
+        );
+    }
+
+    // skiff sees the executions gcloud made, and gcloud runs a job skiff made.
+    let sk = e.skiff_json(&["jobs", "executions", "list", "--job", "count"]);
+    let mut want = vec![first_name.clone(), second_name.clone()];
+    want.sort();
+    assert_eq!(names(&sk), want);
+    e.skiff(&[
+        "jobs",
+        "create",
+        "mine",
+        "--image",
+        "web",
+        "--command",
+        "/bin/true",
+    ]);
+    e.ok(&["run", "jobs", "execute", "mine", "--wait"]);
+    let sk = e.skiff_json(&["jobs", "describe", "mine"]);
+    assert_eq!(sk["status"]["executionCount"], 1, "{sk}");
+
+    // A failing execution: gcloud fails; the execution says why in Skiff's words.
+    e.ok(&[
+        "run",
+        "jobs",
+        "create",
+        "fails",
+        "--image",
+        "web",
+        "--max-retries",
+        "0",
+        "--command",
+        "/bin/sh",
+        "--args=-c,exit 7",
+    ]);
+    let err = e.fails(&["run", "jobs", "execute", "fails", "--wait"]);
+    assert!(err.contains("The execution failed"), "{err}");
+    let failed = names(&e.json(&["run", "jobs", "executions", "list", "--job", "fails"]));
+    assert_eq!(failed.len(), 1);
+    let (out, _) = e.ok(&["run", "jobs", "executions", "describe", &failed[0]]);
+    assert!(
+        out.contains("exited with code 7") && out.contains("Task(s) failed"),
+        "{out}"
+    );
+    let tasks = e.json(&[
+        "run",
+        "jobs",
+        "executions",
+        "tasks",
+        "list",
+        "--execution",
+        &failed[0],
+    ]);
+    assert_eq!(
+        tasks[0]["metadata"]["labels"]["run.googleapis.com/runningState"],
+        "Failed"
+    );
+
+    // Delete an execution, then the job.
+    e.ok(&["run", "jobs", "executions", "delete", &first_name]);
+    let left = names(&e.json(&["run", "jobs", "executions", "list", "--job", "count"]));
+    assert_eq!(left, vec![second_name.clone()]);
+    e.ok(&["run", "jobs", "delete", "count"]);
+    let jobs = names(&e.skiff_json(&["jobs", "list"]));
+    assert_eq!(jobs, vec!["fails", "mine"]);
+    let err = e.fails(&["run", "jobs", "describe", "count"]);
+    assert!(err.to_lowercase().contains("count"), "{err}");
+    // skiff deletes a job gcloud made.
+    e.skiff(&["jobs", "delete", "fails"]);
+    assert_eq!(names(&e.json(&["run", "jobs", "list"])), vec!["mine"]);
+}
+
+/// A raw HTTP/1.1 request to the API in absolute form (`GET http://host/path`), as a client
+/// using the API as its proxy sends it: `(status, body)`.
+fn absolute_form(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        c,
+        "GET http://us-central1-run.skiff:{port}{path} HTTP/1.1\r\nHost: us-central1-run.skiff:{port}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+#[test]
+fn bad_requests_name_the_field_and_change_nothing() {
+    let e = Env::new();
+    let s = &e.s;
+    // The API answers requests in absolute form, with the admin token only.
+    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+    let path = format!("/apis/serving.knative.dev/v1/namespaces/{PROJECT}/services");
+    let (code, body) = absolute_form(s.api, &path, Some(token.trim()));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(absolute_form(s.api, &path, None).0, 401);
+    assert_eq!(absolute_form(s.api, &path, Some("wrong")).0, 401);
+    // A tunnel anywhere else is refused: gcloud reaches nothing but Skiff.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.api)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        c,
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 403");
+
+    e.ok(&["run", "deploy", "keep", "--image", "web"]);
+    let before = e.json(&["run", "services", "describe", "keep"]);
+    let services = |e: &Env| names(&e.json(&["run", "services", "list"]));
+
+    // Through gcloud: an image Skiff does not have, a file with a bad name, with no image.
+    let err = e.fails(&["run", "deploy", "keep", "--image", "nothere:v1"]);
+    assert!(
+        err.contains("INVALID_ARGUMENT")
+            && err.contains("spec.template.spec.containers[0].image")
+            && err.contains("nothere:v1"),
+        "{err}"
+    );
+    let file = e.gcloud_dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: Bad_Name\nspec:\n  template:\n    spec:\n      containers:\n      - image: web\n",
+    )
+    .unwrap();
+    let err = e.fails(&["run", "services", "replace", file.to_str().unwrap()]);
+    assert!(
+        err.contains("INVALID_ARGUMENT")
+            && err.contains("metadata.name")
+            && err.contains("Bad_Name"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: keep\nspec:\n  template:\n    spec:\n      containers:\n      - env:\n        - name: A\n          value: b\n",
+    )
+    .unwrap();
+    let err = e.fails(&["run", "services", "replace", file.to_str().unwrap()]);
+    assert!(
+        err.contains("spec.template.spec.containers[0].image") && err.contains("no image"),
+        "{err}"
+    );
+    let err = e.fails(&["run", "jobs", "create", "j", "--image", "nothere"]);
+    assert!(
+        err.contains("spec.template.spec.template.spec.containers[0].image"),
+        "{err}"
+    );
+
+    // Straight to the API (gcloud checks types itself): a field of the wrong type.
+    let svc = |concurrency: &str, name: &str| {
+        format!(
+            r#"{{"apiVersion":"serving.knative.dev/v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{{"template":{{"spec":{{"containerConcurrency":{concurrency},"containers":[{{"image":"web"}}]}}}}}}}}"#
+        )
+    };
+    let (code, body) = s.api("POST", &path, Some(&svc("\"lots\"", "typed")));
+    assert_eq!(code, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{body}");
+    assert_eq!(v["error"]["code"], 400, "{body}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("spec.template.spec.containerConcurrency"),
+        "{msg}"
+    );
+    let (code, body) = s.api(
+        "PUT",
+        &format!("{path}/keep"),
+        Some(&svc("\"lots\"", "keep")),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("spec.template.spec.containerConcurrency"),
+        "{body}"
+    );
+    let (code, body) = s.api("POST", &path, Some(&svc("5", "Bad_Name")));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("metadata.name"), "{body}");
+    let jobs = format!("/apis/run.googleapis.com/v1/namespaces/{PROJECT}/jobs");
+    let (code, body) = s.api(
+        "POST",
+        &jobs,
+        Some(r#"{"apiVersion":"run.googleapis.com/v1","kind":"Job","metadata":{"name":"typed"},"spec":{"template":{"spec":{"taskCount":"many","template":{"spec":{"containers":[{"image":"web"}]}}}}}}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("spec.template.spec.taskCount"), "{body}");
+    let (code, body) = s.api(
+        "POST",
+        &jobs,
+        Some(r#"{"apiVersion":"run.googleapis.com/v1","kind":"Job","metadata":{"name":"Bad_J"},"spec":{"template":{"spec":{"template":{"spec":{"containers":[{"image":"web"}]}}}}}}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("metadata.name") && body.contains("Bad_J"),
+        "{body}"
+    );
+
+    // Nothing changed.
+    assert_eq!(services(&e), vec!["keep"]);
+    let after = e.json(&["run", "services", "describe", "keep"]);
+    assert_eq!(
+        after["metadata"]["generation"],
+        before["metadata"]["generation"]
+    );
+    assert_eq!(after["spec"], before["spec"]);
+    assert!(names(&e.json(&["run", "jobs", "list"])).is_empty());
+    // A 404 is "does not exist" for gcloud.
+    let err = e.fails(&["run", "services", "describe", "nothere"]);
+    assert!(err.contains("Cannot find service [nothere]"), "{err}");
+
+    // configure again: another configuration, with --token copied 0600 into gcloud's dir.
+    let out = e.configure(&[
+        "--project",
+        PROJECT,
+        "--configuration",
+        "second",
+        "--token",
+        token.trim(),
+    ]);
+    assert!(out.contains("configuration [second]"), "{out}");
+    let copy = e.gcloud_dir.path().join("skiff/second.token");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&copy).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let cmd = e.command_in("second", &["run", "services", "list", "--format", "json"]);
+    let out = run_bounded(cmd, GCLOUD_LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(names(&listed), vec!["keep"]);
+}
