@@ -1,9 +1,22 @@
-//! The scaling rule, as a pure function of (demand, settings) so it can be tested and
+//! Autoscaling as pure functions of (metrics, settings, time), so it can be tested and
 //! simulated without instances or clocks.
 //!
-//! This is the simple rule of the services core: enough instances that no instance holds more
-//! than `concurrency` requests at once, within `[min, max]`; an instance idle for the
-//! scale-to-zero delay goes away unless `min` holds it.
+//! - The simple rule of the services core ([`instances_to_start`], [`should_stop_idle`]):
+//!   enough instances that no instance holds more than `concurrency` requests at once, within
+//!   `[min, max]`; an instance idle for the scale-to-zero delay goes away unless `min` holds it.
+//! - [`Kpa`]: Knative's Pod Autoscaler per revision (stable and panic windows over per-second
+//!   concurrency samples, target utilization, bounded scale rates), with [`KpaSettings`] read
+//!   from `autoscaling.knative.dev/*` annotations over server-wide [`Defaults`].
+//! - [`sim`]: replays synthetic traffic for many services through the real autoscaler in
+//!   virtual time and reports instance-seconds against an ideal and requests that waited.
+
+mod kpa;
+mod settings;
+pub mod sim;
+mod window;
+
+pub use kpa::{Decision, Kpa};
+pub use settings::*;
 
 use std::time::Duration;
 
