@@ -1,9 +1,9 @@
 //! Autoscaling as pure functions of (metrics, settings, time), so it can be tested and
 //! simulated without instances or clocks.
 //!
-//! - The simple rule of the services core ([`instances_to_start`], [`should_stop_idle`]):
-//!   enough instances that no instance holds more than `concurrency` requests at once, within
-//!   `[min, max]`; an instance idle for the scale-to-zero delay goes away unless `min` holds it.
+//! - The immediate rule ([`instances_to_start`]): enough instances that no request waits for
+//!   a slot beyond `concurrency` per instance, within `[min, max]`; the serving plane applies
+//!   it the moment requests wait, as a floor under the KPA's slower averages.
 //! - [`Kpa`]: Knative's Pod Autoscaler per revision (stable and panic windows over per-second
 //!   concurrency samples, target utilization, bounded scale rates), with [`KpaSettings`] read
 //!   from `autoscaling.knative.dev/*` annotations over server-wide [`Defaults`].
@@ -17,8 +17,6 @@ mod window;
 
 pub use kpa::{Decision, Kpa};
 pub use settings::*;
-
-use std::time::Duration;
 
 /// What the pool looks like when it is asked whether to start an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +43,6 @@ pub fn desired_instances(requests: u64, b: Bounds) -> u64 {
 /// How many more instances to start now (0 when the pool is big enough or at max).
 pub fn instances_to_start(d: Demand, b: Bounds) -> u64 {
     desired_instances(d.requests, b).saturating_sub(d.instances)
-}
-
-/// Whether an idle instance should stop: it has been idle long enough and stopping it keeps
-/// the pool at or above `min`.
-pub fn should_stop_idle(idle_for: Duration, after: Duration, instances: u64, min: u64) -> bool {
-    idle_for >= after && instances > min
 }
 
 #[cfg(test)]
@@ -132,14 +124,5 @@ mod tests {
         for (d, bounds, want) in cases {
             assert_eq!(instances_to_start(d, bounds), want, "{d:?} {bounds:?}");
         }
-    }
-
-    #[test]
-    fn idle() {
-        let s = Duration::from_secs;
-        assert!(should_stop_idle(s(60), s(60), 1, 0));
-        assert!(!should_stop_idle(s(59), s(60), 1, 0));
-        assert!(!should_stop_idle(s(600), s(60), 1, 1));
-        assert!(should_stop_idle(s(600), s(60), 2, 1));
     }
 }

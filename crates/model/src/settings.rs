@@ -33,7 +33,12 @@ pub struct RevisionSettings {
     pub command: Vec<String>,
     pub args: Vec<String>,
     pub working_dir: Option<String>,
+    /// The template's `autoscaling.knative.dev/*` annotations, for the autoscaler.
+    pub autoscaling: std::collections::BTreeMap<String, String>,
 }
+
+/// Prefix of the Knative autoscaling annotations.
+pub const AUTOSCALING_PREFIX: &str = "autoscaling.knative.dev/";
 
 fn scale_annotation(t: &RevisionTemplate, key: &str) -> Result<Option<u64>, InvalidInput> {
     match t.metadata.annotations.get(key) {
@@ -148,6 +153,13 @@ impl RevisionSettings {
             command: c.command.clone(),
             args: c.args.clone(),
             working_dir: c.working_dir.clone(),
+            autoscaling: t
+                .metadata
+                .annotations
+                .iter()
+                .filter(|(k, _)| k.starts_with(AUTOSCALING_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 }

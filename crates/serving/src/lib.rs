@@ -99,12 +99,18 @@ impl Serving {
         });
         let weak = Arc::downgrade(&serving);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // Ten load samples a second; the autoscaler ticks on every tenth.
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut n: u64 = 0;
             loop {
                 tick.tick().await;
                 let Some(s) = weak.upgrade() else { break };
+                n += 1;
                 for p in s.all_pools() {
-                    p.reconcile();
+                    p.sample();
+                    if n.is_multiple_of(10) {
+                        p.reconcile();
+                    }
                 }
             }
         });

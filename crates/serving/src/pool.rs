@@ -6,7 +6,7 @@
 //! became ready or failed, a lease ended).
 
 use chrono::{DateTime, Utc};
-use skiff_autoscaler::{instances_to_start, should_stop_idle, Bounds, Demand};
+use skiff_autoscaler::{instances_to_start, Bounds, Defaults, Demand, Kpa, KpaSettings};
 use skiff_image::ResolvedImage;
 use skiff_model::{RevisionSettings, PIDS_LIMIT};
 use skiff_runtime::logs::{LogSink, LogSource};
@@ -148,6 +148,15 @@ pub struct Pool {
     serving: AtomicBool,
     /// Requests waiting for a slot (they count as demand).
     waiting: AtomicU64,
+    /// Knative's autoscaler for this revision, fed the load every second.
+    kpa: Mutex<Kpa>,
+    /// Start of this pool's clock (the autoscaler works in time since then).
+    epoch: Instant,
+    /// Load samples (in-flight plus waiting) since the last autoscaler tick: (sum, count).
+    load: Mutex<(f64, u32)>,
+    /// Leases handed out since the last sample: a request shorter than the sampling period
+    /// still counts as activity.
+    granted: AtomicU64,
 }
 
 /// A request's claim on one slot of an instance; dropping it frees the slot.
@@ -197,6 +206,7 @@ impl Pool {
         image: ResolvedImage,
         ctx: Arc<Ctx>,
     ) -> Arc<Pool> {
+        let kpa = kpa_settings(&settings, &ctx, false);
         Arc::new(Pool {
             key,
             settings,
@@ -206,6 +216,10 @@ impl Pool {
             changed: Notify::new(),
             serving: AtomicBool::new(false),
             waiting: AtomicU64::new(0),
+            kpa: Mutex::new(Kpa::new(kpa)),
+            epoch: Instant::now(),
+            load: Mutex::new((0.0, 0)),
+            granted: AtomicU64::new(0),
         })
     }
 
@@ -228,7 +242,26 @@ impl Pool {
 
     pub fn set_serving(self: &Arc<Self>, serving: bool) {
         self.serving.store(serving, Ordering::SeqCst);
+        let k = kpa_settings(&self.settings, &self.ctx, serving);
+        self.kpa
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_settings(k);
         self.reconcile();
+    }
+
+    fn current_load(&self, st: &PoolState) -> u64 {
+        st.instances.iter().map(|i| i.in_flight()).sum::<u64>()
+            + self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Takes one load sample (the serving plane calls this ten times a second).
+    pub fn sample(&self) {
+        let active = u64::from(self.granted.swap(0, Ordering::SeqCst) > 0);
+        let load = self.current_load(&self.lock()).max(active) as f64;
+        let mut acc = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        acc.0 += load;
+        acc.1 += 1;
     }
 
     pub fn instances(&self) -> Vec<InstanceInfo> {
@@ -264,6 +297,7 @@ impl Pool {
             }
             if let Some(inst) = self.pick(&st) {
                 inst.in_flight.fetch_add(1, Ordering::SeqCst);
+                self.granted.fetch_add(1, Ordering::Relaxed);
                 return Ok(Lease {
                     pool: self.clone(),
                     inst,
@@ -285,6 +319,7 @@ impl Pool {
                 }
                 if let Some(inst) = self.pick(&st) {
                     inst.in_flight.fetch_add(1, Ordering::SeqCst);
+                    self.granted.fetch_add(1, Ordering::Relaxed);
                     return Ok(Lease {
                         pool: self.clone(),
                         inst,
@@ -572,28 +607,54 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// Periodic upkeep: stop instances idle past the scale-to-zero delay (down to min), and
-    /// start instances up to min.
+    /// The autoscaler's tick, once a second: feeds it the average load since the last tick,
+    /// starts instances up to its desire, and stops idle instances above it (longest idle
+    /// first; an instance with a request in flight is never stopped).
     pub fn reconcile(self: &Arc<Self>) {
         let mut to_stop = Vec::new();
         {
             let mut st = self.lock();
-            let b = self.bounds();
-            let mut live = st.count(InstState::Ready) + st.count(InstState::Starting);
-            for inst in &st.instances {
-                if inst.state() == InstState::Ready
-                    && inst.in_flight() == 0
-                    && should_stop_idle(inst.idle_for(), self.ctx.scale_to_zero_after, live, b.min)
-                {
+            let (sum, n) =
+                std::mem::take(&mut *self.load.lock().unwrap_or_else(|e| e.into_inner()));
+            let avg = if n == 0 {
+                self.current_load(&st) as f64
+            } else {
+                sum / f64::from(n)
+            };
+            let ready = st.count(InstState::Ready);
+            let starting = st.count(InstState::Starting);
+            let desired = {
+                let mut kpa = self.kpa.lock().unwrap_or_else(|e| e.into_inner());
+                let now = self.epoch.elapsed();
+                kpa.record(now, avg);
+                kpa.desired(now, ready).desired
+            };
+            let live = ready + starting;
+            if live > desired {
+                let mut idle: Vec<Arc<Inst>> = st
+                    .instances
+                    .iter()
+                    .filter(|i| i.state() == InstState::Ready && i.in_flight() == 0)
+                    .cloned()
+                    .collect();
+                idle.sort_by_key(|i| std::cmp::Reverse(i.idle_for()));
+                for inst in idle.into_iter().take((live - desired) as usize) {
                     inst.set_state(InstState::Draining);
-                    live -= 1;
-                    to_stop.push(inst.clone());
+                    to_stop.push(inst);
+                }
+            } else if desired > live
+                && !st.closed
+                && st.backoff_until.is_none_or(|t| t <= Instant::now())
+            {
+                for _ in live..desired {
+                    self.start_instance(&mut st);
                 }
             }
+            // Requests waiting right now are served without waiting for the averages.
             self.scale_up(&mut st);
         }
         for inst in to_stop {
-            self.log(&inst, format!("instance {} stopping: idle", inst.id));
+            self.log(&inst, format!("instance {} stopping: scaled down", inst.id));
             tokio::spawn(async move {
                 if let Some(rt) = inst.rt.get() {
                     rt.stop(STOP_GRACE).await;
@@ -636,4 +697,20 @@ fn random_suffix() -> String {
     (0..5)
         .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
         .collect()
+}
+
+/// The autoscaler settings of a revision: its annotations over the server's defaults (the
+/// scale-to-zero grace is `--scale-to-zero-after`); min-instances holds only while the
+/// revision receives traffic. The annotations were validated when the revision was created.
+fn kpa_settings(s: &RevisionSettings, ctx: &Ctx, serving: bool) -> KpaSettings {
+    let d = Defaults {
+        scale_to_zero_grace: ctx.scale_to_zero_after,
+        max_scale: s.max_instances,
+        ..Defaults::default()
+    };
+    let mut k = KpaSettings::from_annotations(s.concurrency, &s.autoscaling, &d)
+        .unwrap_or_else(|_| KpaSettings::from_defaults(s.concurrency, &d));
+    k.min = if serving { s.min_instances } else { 0 };
+    k.max = s.max_instances;
+    k
 }
