@@ -121,6 +121,21 @@ pub fn or_dash(s: Option<&str>) -> String {
     }
 }
 
+/// A `Ready` condition as describe shows it: `True`, `Unknown`, or `False: why`.
+pub fn ready_text(conditions: &[skiff_model::Condition]) -> String {
+    match skiff_model::ready_status(conditions) {
+        Some(c) if c.status == "False" => format!(
+            "False: {}",
+            c.message
+                .clone()
+                .or_else(|| c.reason.clone())
+                .unwrap_or_default()
+        ),
+        Some(c) => c.status.clone(),
+        None => "Unknown".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

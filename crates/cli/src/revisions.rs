@@ -5,7 +5,7 @@ use crate::output::{key_values, or_dash, print_machine, print_table, DescribeFor
 use crate::services::{items, settings_pairs};
 use anyhow::{anyhow, Result};
 use serde_json::Value;
-use skiff_model::{ready_status, Revision, RevisionTemplate, Service, LABEL_SERVICE};
+use skiff_model::{Revision, RevisionTemplate, Service, LABEL_SERVICE};
 use std::collections::BTreeSet;
 
 #[derive(clap::Subcommand, Debug)]
@@ -118,17 +118,7 @@ fn list(api: &Api, service: Option<&str>, format: Option<ListFormat>) -> Result<
 
 pub fn describe_text(rev: &Revision) -> String {
     let st = rev.status.clone().unwrap_or_default();
-    let ready = match ready_status(&st.conditions) {
-        Some(c) if c.status == "False" => format!(
-            "False: {}",
-            c.message
-                .clone()
-                .or_else(|| c.reason.clone())
-                .unwrap_or_default()
-        ),
-        Some(c) => c.status.clone(),
-        None => "Unknown".into(),
-    };
+    let ready = crate::output::ready_text(&st.conditions);
     let mut pairs: Vec<(&str, String)> = vec![
         ("Revision", rev.metadata.name.clone()),
         (

@@ -263,17 +263,7 @@ pub fn traffic_table(traffic: &[TrafficTarget]) -> String {
 
 pub fn describe_text(svc: &Service) -> String {
     let st = svc.status.clone().unwrap_or_default();
-    let ready = match ready_status(&st.conditions) {
-        Some(c) if c.status == "False" => format!(
-            "False: {}",
-            c.message
-                .clone()
-                .or_else(|| c.reason.clone())
-                .unwrap_or_default()
-        ),
-        Some(c) => c.status.clone(),
-        None => "Unknown".into(),
-    };
+    let ready = crate::output::ready_text(&st.conditions);
     let mut pairs: Vec<(&str, String)> = vec![
         ("Service", svc.metadata.name.clone()),
         ("Project", svc.metadata.namespace.clone()),

@@ -295,13 +295,8 @@ impl Pool {
             if st.closed {
                 return Err(AcquireError::Closed);
             }
-            if let Some(inst) = self.pick(&st) {
-                inst.in_flight.fetch_add(1, Ordering::SeqCst);
-                self.granted.fetch_add(1, Ordering::Relaxed);
-                return Ok(Lease {
-                    pool: self.clone(),
-                    inst,
-                });
+            if let Some(lease) = self.try_lease(&st) {
+                return Ok(lease);
             }
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -317,13 +312,8 @@ impl Pool {
                 if st.closed {
                     return Err(AcquireError::Closed);
                 }
-                if let Some(inst) = self.pick(&st) {
-                    inst.in_flight.fetch_add(1, Ordering::SeqCst);
-                    self.granted.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Lease {
-                        pool: self.clone(),
-                        inst,
-                    });
+                if let Some(lease) = self.try_lease(&st) {
+                    return Ok(lease);
                 }
                 let seen = *seen_failures.get_or_insert(st.failures);
                 let starting = st.count(InstState::Starting);
@@ -357,6 +347,17 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// A lease on the least-loaded ready instance with a free slot, if there is one.
+    fn try_lease(self: &Arc<Self>, st: &PoolState) -> Option<Lease> {
+        let inst = self.pick(st)?;
+        inst.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.granted.fetch_add(1, Ordering::Relaxed);
+        Some(Lease {
+            pool: self.clone(),
+            inst,
+        })
     }
 
     /// The least-loaded ready instance with a free slot.
