@@ -612,16 +612,14 @@ impl Pool {
     /// starts instances up to its desire, and stops idle instances above it (longest idle
     /// first; an instance with a request in flight is never stopped).
     pub fn reconcile(self: &Arc<Self>) {
+        // A lease handed out since the last sample (a deploy's warm-up, say) is activity too.
+        self.sample();
         let mut to_stop = Vec::new();
         {
             let mut st = self.lock();
             let (sum, n) =
                 std::mem::take(&mut *self.load.lock().unwrap_or_else(|e| e.into_inner()));
-            let avg = if n == 0 {
-                self.current_load(&st) as f64
-            } else {
-                sum / f64::from(n)
-            };
+            let avg = sum / f64::from(n.max(1));
             let ready = st.count(InstState::Ready);
             let starting = st.count(InstState::Starting);
             let desired = {
