@@ -48,6 +48,15 @@ fn tasks_of(s: &TestServer, exec: &str) -> Vec<serde_json::Value> {
     t
 }
 
+/// Waits until one of the execution's tasks runs.
+fn wait_running(s: &TestServer, exec: &str) {
+    s.wait_for("a task to run", 20, || {
+        tasks_of(s, exec)
+            .iter()
+            .any(|t| t["status"]["state"] == "Running")
+    });
+}
+
 fn log_lines(s: &TestServer, job: &str) -> Vec<serde_json::Value> {
     let out = s.ok(&[
         "logs", "read", "--job", job, "--limit", "1000", "--format", "json",
@@ -229,11 +238,7 @@ fn failures_timeouts_overrides_and_cancel() {
         &["--tasks", "3", "--parallelism", "1"],
     );
     let exec = s.ok(&["jobs", "execute", "long"]).trim().to_string();
-    s.wait_for("the first task to run", 20, || {
-        tasks_of(&s, &exec)
-            .iter()
-            .any(|t| t["status"]["state"] == "Running")
-    });
+    wait_running(&s, &exec);
     s.ok(&["jobs", "executions", "cancel", &exec]);
     let e = json(
         &s,
@@ -255,11 +260,7 @@ fn an_execution_survives_kill_9_of_the_server() {
         &["--tasks", "3", "--parallelism", "1"],
     );
     let exec = s.ok(&["jobs", "execute", "durable"]).trim().to_string();
-    s.wait_for("a task to run", 20, || {
-        tasks_of(&s, &exec)
-            .iter()
-            .any(|t| t["status"]["state"] == "Running")
-    });
+    wait_running(&s, &exec);
     s.kill9();
     s.wait_for("the killed server's tasks to go", 20, || {
         s.leftovers().is_empty()
