@@ -16,9 +16,8 @@ pub fn sweep(instances_dir: &Path) -> usize {
         n += 1;
         match InstanceConfig::load(&dir) {
             Ok(cfg) => crate::shim::cleanup(&cfg, None),
+            // Never got a config: nothing was started there.
             Err(_) => {
-                // Never got a config: nothing can be mounted there yet.
-                let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }

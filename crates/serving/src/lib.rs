@@ -107,9 +107,11 @@ impl Serving {
                 let Some(s) = weak.upgrade() else { break };
                 n += 1;
                 for p in s.all_pools() {
-                    p.sample();
+                    // The tick samples once itself.
                     if n.is_multiple_of(10) {
                         p.reconcile();
+                    } else {
+                        p.sample();
                     }
                 }
             }

@@ -48,6 +48,26 @@ fn tasks_of(s: &TestServer, exec: &str) -> Vec<serde_json::Value> {
     t
 }
 
+/// The name of the newest execution of `job`.
+fn latest_execution(s: &TestServer, job: &str) -> String {
+    let v = json(
+        s,
+        &[
+            "jobs",
+            "executions",
+            "list",
+            "--job",
+            job,
+            "--format",
+            "json",
+        ],
+    );
+    v["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Waits until one of the execution's tasks runs.
 fn wait_running(s: &TestServer, exec: &str) {
     s.wait_for("a task to run", 20, || {
@@ -156,21 +176,7 @@ fn failures_timeouts_overrides_and_cancel() {
         err.contains("failed") && err.contains("after 2 retries"),
         "{err}"
     );
-    let exec = json(
-        &s,
-        &[
-            "jobs",
-            "executions",
-            "list",
-            "--job",
-            "doomed",
-            "--format",
-            "json",
-        ],
-    )["items"][0]["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let exec = latest_execution(&s, "doomed");
     let t = &tasks_of(&s, &exec)[0];
     assert_eq!(t["status"]["attempts"], 3);
     assert_eq!(t["status"]["exitCodes"], serde_json::json!([3, 3, 3]));
@@ -184,21 +190,7 @@ fn failures_timeouts_overrides_and_cancel() {
     );
     let err = s.fails(&["jobs", "execute", "slow", "--wait"]);
     assert!(err.contains("failed"), "{err}");
-    let exec = json(
-        &s,
-        &[
-            "jobs",
-            "executions",
-            "list",
-            "--job",
-            "slow",
-            "--format",
-            "json",
-        ],
-    )["items"][0]["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let exec = latest_execution(&s, "slow");
     let t = &tasks_of(&s, &exec)[0];
     let msg = t["status"]["lastAttemptResult"]["status"]["message"]
         .as_str()
