@@ -9,7 +9,8 @@ use reqwest::Method;
 use skiff_model::{
     parse_cpu, parse_duration, parse_env_list, parse_size, ready_status, validate_service_name,
     validate_tag, Container, ContainerPort, EnvVar, Policy, Resources, RevisionSettings,
-    RevisionTemplate, Service, TrafficTarget, ANN_MAX_SCALE, ANN_MIN_SCALE, SERVING_API_VERSION,
+    RevisionTemplate, Service, TrafficTarget, ANN_CPU_THROTTLING, ANN_MAX_SCALE, ANN_MIN_SCALE,
+    SERVING_API_VERSION,
 };
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,14 @@ pub struct DeployArgs {
     /// Arguments to the entrypoint, as a comma list (empty: the image's own)
     #[arg(long, value_name = "ARG,...", allow_hyphen_values = true)]
     pub args: Option<String>,
+
+    /// CPU only while a request is in flight, billed per request (the default)
+    #[arg(long, overrides_with = "no_cpu_throttling")]
+    pub cpu_throttling: bool,
+
+    /// CPU for the instance's whole life, billed per instance
+    #[arg(long, overrides_with = "cpu_throttling")]
+    pub no_cpu_throttling: bool,
 
     /// Give the new revision no traffic until traffic is moved to it
     #[arg(long)]
@@ -159,6 +168,7 @@ pub struct Changes {
     pub env_remove: Vec<String>,
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
+    pub cpu_throttling: Option<bool>,
 }
 
 impl DeployArgs {
@@ -217,6 +227,11 @@ impl DeployArgs {
             env_remove,
             command: self.command.as_deref().map(split_list),
             args: self.args.as_deref().map(split_list),
+            cpu_throttling: match (self.cpu_throttling, self.no_cpu_throttling) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
         })
     }
 }
@@ -241,6 +256,11 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) {
                     .insert(key.to_string(), n.to_string());
             }
         }
+    }
+    if let Some(on) = ch.cpu_throttling {
+        t.metadata
+            .annotations
+            .insert(ANN_CPU_THROTTLING.to_string(), on.to_string());
     }
     if let Some(n) = ch.concurrency {
         t.spec.container_concurrency = Some(n);
@@ -698,9 +718,11 @@ mod tests {
                 a.set_env_vars = Some("X=1,Y=a=b".into());
                 a.command = Some("/bin/sh".into());
                 a.args = Some("-c,echo hi".into());
+                a.no_cpu_throttling = true;
             }),
             Ok(|s| {
                 let t = &s.spec.template;
+                assert_eq!(t.metadata.annotations[ANN_CPU_THROTTLING], "false");
                 assert_eq!(t.metadata.annotations[ANN_MIN_SCALE], "1");
                 assert_eq!(t.metadata.annotations[ANN_MAX_SCALE], "3");
                 assert_eq!(t.spec.container_concurrency, Some(5));

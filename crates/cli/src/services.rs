@@ -11,7 +11,7 @@ use serde_json::Value;
 use skiff_model::{
     format_duration, parse_duration, ready_status, validate_name, validate_namespace,
     validate_service_name, validate_tag, Container, Resources, RevisionSettings, RevisionTemplate,
-    Service, TrafficTarget, ANN_MAX_SCALE, ANN_MIN_SCALE, SERVING_API_VERSION,
+    Service, TrafficTarget, ANN_CPU_THROTTLING, ANN_MAX_SCALE, ANN_MIN_SCALE, SERVING_API_VERSION,
 };
 use std::io::Read;
 use std::path::PathBuf;
@@ -293,10 +293,10 @@ pub fn describe_text(svc: &Service) -> String {
     out
 }
 
-/// Template annotations Skiff acts on. Every other annotation is kept and reported.
-const ACTED_ON: &[&str] = &[ANN_MIN_SCALE, ANN_MAX_SCALE];
-/// Knative's autoscaler target (requests per instance) and window: checked and kept, not
-/// acted on yet.
+/// Template annotations Skiff acts on, besides the autoscaler's (`autoscaling.knative.dev/*`).
+/// Every other annotation is kept and reported.
+const ACTED_ON: &[&str] = &[ANN_MIN_SCALE, ANN_MAX_SCALE, ANN_CPU_THROTTLING];
+/// Knative's autoscaler target (requests per instance) and window, checked here by name.
 const ANN_TARGET: &str = "autoscaling.knative.dev/target";
 const ANN_WINDOW: &str = "autoscaling.knative.dev/window";
 
@@ -485,7 +485,8 @@ fn check_traffic(traffic: &[TrafficTarget]) -> Result<()> {
 }
 
 /// Annotations of a Service that Skiff keeps but does not act on: every service annotation, and
-/// every template annotation but minScale and maxScale. Sorted, each once.
+/// every template annotation but the scale bounds, the autoscaler's and CPU throttling. Sorted,
+/// each once.
 pub fn idle_annotations(svc: &Service) -> Vec<String> {
     let mut keys: std::collections::BTreeSet<String> =
         svc.metadata.annotations.keys().cloned().collect();
@@ -495,7 +496,9 @@ pub fn idle_annotations(svc: &Service) -> Vec<String> {
             .metadata
             .annotations
             .keys()
-            .filter(|k| !ACTED_ON.contains(&k.as_str()))
+            .filter(|k| {
+                !ACTED_ON.contains(&k.as_str()) && !k.starts_with(skiff_model::AUTOSCALING_PREFIX)
+            })
             .cloned(),
     );
     keys.into_iter().collect()
@@ -745,11 +748,7 @@ spec:
         let svc = parse_service_file(&variant("", ""), "f", "p").unwrap();
         assert_eq!(
             idle_annotations(&svc),
-            vec![
-                "autoscaling.knative.dev/target",
-                "run.googleapis.com/cpu-throttling",
-                "run.googleapis.com/ingress"
-            ]
+            vec!["run.googleapis.com/ingress"]
         );
     }
 

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 pub const SERVING_API_VERSION: &str = "serving.knative.dev/v1";
 pub const ANN_MIN_SCALE: &str = "autoscaling.knative.dev/minScale";
 pub const ANN_MAX_SCALE: &str = "autoscaling.knative.dev/maxScale";
+/// `"false"`: the instance keeps its CPU between requests and is billed instance-based.
+pub const ANN_CPU_THROTTLING: &str = "run.googleapis.com/cpu-throttling";
 pub const ANN_CREATOR: &str = "serving.knative.dev/creator";
 pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
 pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";

@@ -1,7 +1,10 @@
 //! `RevisionSettings`: what the serving plane needs to run a revision, derived from (and
 //! validated against) a Knative revision template the way Cloud Run reads it.
 
-use crate::{parse_cpu, parse_size, InvalidInput, RevisionTemplate, ANN_MAX_SCALE, ANN_MIN_SCALE};
+use crate::{
+    parse_cpu, parse_size, InvalidInput, RevisionTemplate, ANN_CPU_THROTTLING, ANN_MAX_SCALE,
+    ANN_MIN_SCALE,
+};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -35,6 +38,14 @@ pub struct RevisionSettings {
     pub working_dir: Option<String>,
     /// The template's `autoscaling.knative.dev/*` annotations, for the autoscaler.
     pub autoscaling: std::collections::BTreeMap<String, String>,
+    /// CPU only during requests, billed request-based (Cloud Run's default); `false` with
+    /// `run.googleapis.com/cpu-throttling: "false"`: CPU always, billed instance-based.
+    #[serde(default = "yes")]
+    pub cpu_throttling: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Prefix of the Knative autoscaling annotations.
@@ -140,7 +151,20 @@ impl RevisionSettings {
             crate::parse_env_list(&format!("{}=x", e.name))?;
             env.push((e.name.clone(), e.value.clone()));
         }
+        let cpu_throttling = match t.metadata.annotations.get(ANN_CPU_THROTTLING) {
+            None => true,
+            Some(v) => match v.trim() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(InvalidInput::new(format!(
+                        "invalid annotation {ANN_CPU_THROTTLING}: {v:?}: use \"true\" or \"false\""
+                    )))
+                }
+            },
+        };
         Ok(RevisionSettings {
+            cpu_throttling,
             image: c.image.clone(),
             port,
             concurrency,
@@ -187,6 +211,22 @@ mod tests {
         assert_eq!((s.min_instances, s.max_instances), (0, 100));
         assert_eq!(s.timeout, Duration::from_secs(300));
         assert_eq!((s.cpu_millis, s.memory_bytes), (1000, 512 << 20));
+        assert!(s.cpu_throttling);
+    }
+
+    #[test]
+    fn cpu_throttling_annotation() {
+        let with = |v: &str| {
+            RevisionSettings::from_template(&template(|t| {
+                t.metadata
+                    .annotations
+                    .insert(ANN_CPU_THROTTLING.into(), v.into());
+            }))
+        };
+        assert!(!with("false").unwrap().cpu_throttling);
+        assert!(with("true").unwrap().cpu_throttling);
+        let e = with("no").unwrap_err().to_string();
+        assert!(e.contains(ANN_CPU_THROTTLING), "{e}");
     }
 
     #[test]

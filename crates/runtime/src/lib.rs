@@ -11,6 +11,7 @@
 //! - [`netns`] opens TCP connections inside an instance's network namespace.
 //! - [`sweep`] removes what a previous server run left behind.
 
+pub mod cgroup;
 pub mod logs;
 pub mod netns;
 pub mod shim;

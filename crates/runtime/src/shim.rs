@@ -44,6 +44,9 @@ pub enum Event {
     Exited {
         code: Option<i32>,
         signal: Option<i32>,
+        /// The cgroup's final reading, taken before the cgroup is removed.
+        #[serde(default)]
+        usage: Option<crate::cgroup::CgroupStats>,
     },
     Error {
         message: String,
@@ -143,7 +146,12 @@ fn run(
             libc::dup2(null.as_raw_fd(), 2);
         }
     }
-    events.send(&Event::Exited { code, signal });
+    let usage = crate::cgroup::stats(&cfg.id);
+    events.send(&Event::Exited {
+        code,
+        signal,
+        usage,
+    });
     Ok(())
 }
 

@@ -49,8 +49,7 @@ const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// CPU period for the CFS quota; the quota is `cpu_millis * PERIOD / 1000`.
-const CFS_PERIOD_US: u64 = 100_000;
+use crate::cgroup::CFS_PERIOD_US;
 
 pub fn build(cfg: &InstanceConfig, user: &ResolvedUser) -> Value {
     let caps = DEFAULT_CAPS;

@@ -44,6 +44,8 @@ pub struct Instance {
     pub netns: Option<std::fs::File>,
     commands: Mutex<Option<pipe::Sender>>,
     exit: watch::Receiver<Option<Exit>>,
+    /// The cgroup's final reading, reported with the exit.
+    usage: std::sync::Arc<std::sync::OnceLock<crate::cgroup::CgroupStats>>,
     /// Turns true when the shim has cleaned up and exited.
     gone: watch::Receiver<bool>,
 }
@@ -127,10 +129,16 @@ pub async fn spawn(
 
     let (exit_tx, exit_rx) = watch::channel(None);
     let (gone_tx, gone_rx) = watch::channel(false);
+    let usage = std::sync::Arc::new(std::sync::OnceLock::new());
+    let final_usage = usage.clone();
     tokio::spawn(async move {
         let mut exit = None;
         while let Ok(Some(line)) = lines.next_line().await {
-            let reported = match serde_json::from_str::<Event>(&line) {
+            let event = serde_json::from_str::<Event>(&line);
+            if let Ok(Event::Exited { usage: Some(u), .. }) = &event {
+                let _ = final_usage.set(*u);
+            }
+            let reported = match event {
                 Ok(Event::Exited { code: Some(c), .. }) => Some(Exit::Code(c)),
                 Ok(Event::Exited {
                     signal: Some(s), ..
@@ -160,6 +168,7 @@ pub async fn spawn(
             netns,
             commands: Mutex::new(Some(commands)),
             exit: exit_rx,
+            usage,
             gone: gone_rx,
         },
         Output { stdout, stderr },
@@ -179,6 +188,11 @@ impl Instance {
     /// The exit, once the shim has reported it.
     pub fn exit(&self) -> Option<Exit> {
         self.exit.borrow().clone()
+    }
+
+    /// What the container used (CPU time, peak memory), once it has exited.
+    pub fn final_usage(&self) -> Option<crate::cgroup::CgroupStats> {
+        self.usage.get().copied()
     }
 
     /// Resolves when the shim has removed every mount, cgroup and directory of the instance.

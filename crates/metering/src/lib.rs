@@ -1,0 +1,33 @@
+//! Pay per use: the billing rule, the live meters the serving plane and the jobs executor keep
+//! per instance, and the price table. Pure: no clock and no I/O; callers pass times in
+//! milliseconds since the Unix epoch.
+//!
+//! - [`meter::Meter`] is the rule, as a state machine fed an instance's lifecycle (start,
+//!   ready, busy or idle, stopping, exit). [`meter::bill`] replays a whole schedule through it.
+//! - [`registry::Registry`] holds the meters of live instances and hands out, at each
+//!   checkpoint, what accrued since the last one, per instance and minute.
+//! - [`price::Prices`] turns usage into cost, with Cloud Run's list prices and free tier as
+//!   the default.
+
+pub mod meter;
+pub mod price;
+pub mod registry;
+
+pub use meter::{bill, Bill, Billing, Lifecycle, Meter};
+pub use price::{Cost, Prices, Usage};
+pub use registry::{Checkpoint, InstanceInfo, InstanceUsage, Kind, LiveInstance, Registry};
+
+/// Billable intervals are rounded up to a multiple of this.
+pub const ROUND_MS: i64 = 100;
+/// Usage is recorded per instance and per minute.
+pub const BUCKET_MS: i64 = 60_000;
+
+/// `ms` rounded up to a multiple of [`ROUND_MS`].
+pub fn round_up(ms: i64) -> i64 {
+    (ms.max(0) + ROUND_MS - 1) / ROUND_MS * ROUND_MS
+}
+
+/// The start of the minute `t` falls in.
+pub fn bucket_of(t: i64) -> i64 {
+    t.div_euclid(BUCKET_MS) * BUCKET_MS
+}
