@@ -746,10 +746,7 @@ spec:
     #[test]
     fn idle_annotations_are_reported() {
         let svc = parse_service_file(&variant("", ""), "f", "p").unwrap();
-        assert_eq!(
-            idle_annotations(&svc),
-            vec!["run.googleapis.com/ingress"]
-        );
+        assert_eq!(idle_annotations(&svc), vec!["run.googleapis.com/ingress"]);
     }
 
     #[test]

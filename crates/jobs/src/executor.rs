@@ -24,6 +24,8 @@ pub struct JobsConfig {
     pub instances_dir: PathBuf,
     pub state_root: PathBuf,
     pub logs: Arc<LogSink>,
+    /// Every task attempt is metered here (instance-based).
+    pub meters: Arc<skiff_metering::Registry>,
 }
 
 /// Per-execution changes `jobs execute` may make (Cloud Run's `overrides`).
@@ -652,9 +654,26 @@ impl Jobs {
                 attempt: Some(attempt),
                 ..Default::default()
             };
+            let meter = self.cfg.meters.start(
+                skiff_metering::InstanceInfo {
+                    id: cfg.id.clone(),
+                    namespace: run.ns.clone(),
+                    kind: skiff_metering::Kind::Job,
+                    owner: job.clone(),
+                    revision: exec.clone(),
+                    task: Some(format!("{i}/{attempt}")),
+                    mode: skiff_metering::Billing::Instance,
+                    cpu_millis: cfg.cpu_millis,
+                    memory_bytes: cfg.memory_bytes,
+                },
+                skiff_metering::now_ms(),
+            );
             let (exit, timed_out, cancelled) =
                 match supervisor::spawn(&self.cfg.shim_exe, &cfg).await {
-                    Err(e) => (Exit::Failed(e.to_string()), false, false),
+                    Err(e) => {
+                        meter.end(skiff_metering::now_ms(), None);
+                        (Exit::Failed(e.to_string()), false, false)
+                    }
                     Ok((rt, out)) => {
                         let readers = [
                             skiff_runtime::logs::capture(
@@ -685,10 +704,13 @@ impl Jobs {
                                 rt.stop(STOP_GRACE).await
                             }
                             _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
+                                meter.with_meter(|m| m.stopping(skiff_metering::now_ms()));
                                 rt.stop(STOP_GRACE).await;
+                                meter.end(skiff_metering::now_ms(), rt.final_usage());
                                 return;
                             }
                         };
+                        meter.end(skiff_metering::now_ms(), rt.final_usage());
                         let _ = tokio::time::timeout(
                             Duration::from_secs(2),
                             futures::future::join_all(readers),
