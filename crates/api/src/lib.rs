@@ -10,6 +10,7 @@ pub mod error;
 mod jobs;
 mod openapi;
 mod routes;
+pub mod usage;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -27,6 +28,8 @@ pub struct ApiState {
     pub admin_token: String,
     /// Where uploads are spooled before import.
     pub tmp_dir: PathBuf,
+    pub metrics: Arc<skiff_metering::Metrics>,
+    pub prices: skiff_metering::Prices,
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.

@@ -114,6 +114,16 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "/skiff/v1/identityToken",
         "Mint an identity token for private services",
     ),
+    (
+        "get",
+        "/skiff/v1/namespaces/{namespace}/usage",
+        "Usage and cost per service revision and job execution (?service=S or ?job=J, &since=T&until=T, RFC 3339)",
+    ),
+    (
+        "get",
+        "/metrics",
+        "Prometheus metrics (text exposition format)",
+    ),
 ];
 
 pub fn document() -> Value {

@@ -1,6 +1,6 @@
 //! `skiff-cli`: the client half of the `skiff` binary. Every subcommand but `skiff server` lives
 //! here; each one is a thin client of the control API (Cloud Run Admin API v1 for services,
-//! revisions and IAM, `/skiff/v1/...` for images, instances, logs and identity tokens).
+//! revisions and IAM, `/skiff/v1/...` for images, instances, logs, usage and identity tokens).
 //!
 //! `skiff gcloud configure` sets up the Google Cloud CLI to drive the same API.
 //!
@@ -10,6 +10,7 @@
 
 mod api;
 mod auth;
+mod billing;
 mod deploy;
 mod gcloud;
 mod images;
@@ -131,6 +132,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: scheduler::SchedulerCommand,
     },
+    /// Usage and cost reports
+    Billing {
+        #[command(subcommand)]
+        command: billing::BillingCommand,
+    },
     /// Set up the Google Cloud CLI (gcloud run ...) to drive this server
     Gcloud {
         #[command(subcommand)]
@@ -152,6 +158,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Auth { command } => auth::run(&api, command),
         ClientCommand::Jobs { command } => jobs::run(&api, command),
         ClientCommand::Scheduler { command } => scheduler::run(&api, command),
+        ClientCommand::Billing { command } => billing::run(&api, command),
         ClientCommand::Gcloud { command } => gcloud::run(&api, global, command),
     }
 }

@@ -14,10 +14,13 @@ pub mod meter;
 pub mod metrics;
 pub mod price;
 pub mod registry;
+pub mod report;
 
 pub use meter::{bill, Bill, Billing, Lifecycle, Meter};
+pub use metrics::Metrics;
 pub use price::{Cost, Prices, Usage};
 pub use registry::{Checkpoint, InstanceInfo, InstanceUsage, Kind, LiveInstance, Registry};
+pub use report::{Line, Report, UsageRow};
 
 /// Billable intervals are rounded up to a multiple of this.
 pub const ROUND_MS: i64 = 100;

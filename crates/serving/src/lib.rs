@@ -31,6 +31,8 @@ pub struct ServingConfig {
     pub scale_to_zero_after: Duration,
     /// Secret for identity tokens.
     pub token_secret: Vec<u8>,
+    pub meters: Arc<skiff_metering::Registry>,
+    pub metrics: Arc<skiff_metering::Metrics>,
 }
 
 /// Where a service's traffic goes, as the control plane resolved it.
@@ -85,6 +87,8 @@ impl Serving {
             logs: LogSink::start(cfg.data_dir.join("logs")),
             scale_to_zero_after: cfg.scale_to_zero_after,
             netns: RwLock::new(HashMap::new()),
+            meters: cfg.meters,
+            metrics: cfg.metrics,
         });
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -177,7 +181,38 @@ impl Serving {
             .remove(key);
         if let Some(p) = pool {
             p.close().await;
+            self.ctx
+                .metrics
+                .forget_revision(&key.namespace, &key.service, &key.revision);
         }
+    }
+
+    /// Updates the instance-count and queue-depth gauges from the pools as they are now.
+    pub fn refresh_metrics(&self) {
+        const STATES: [&str; 4] = ["starting", "active", "idle", "draining"];
+        let pools = self.all_pools();
+        let counts: Vec<_> = pools.iter().map(|p| (p, p.counts())).collect();
+        let mut instances = Vec::new();
+        let mut pending = Vec::new();
+        for (p, (n, waiting)) in &counts {
+            let k = &p.key;
+            for (state, count) in STATES.iter().zip(n) {
+                instances.push(skiff_metering::metrics::InstanceCount {
+                    namespace: &k.namespace,
+                    service: &k.service,
+                    revision: &k.revision,
+                    state,
+                    count: *count,
+                });
+            }
+            pending.push((
+                k.namespace.as_str(),
+                k.service.as_str(),
+                k.revision.as_str(),
+                *waiting,
+            ));
+        }
+        self.ctx.metrics.set_instances(&instances, &pending);
     }
 
     /// Replaces a service's route. Every revision named must have been added.

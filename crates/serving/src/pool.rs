@@ -8,7 +8,10 @@
 use chrono::{DateTime, Utc};
 use skiff_autoscaler::{instances_to_start, Bounds, Defaults, Demand, Kpa, KpaSettings};
 use skiff_image::ResolvedImage;
+use skiff_metering::metrics::RevisionMetrics;
+use skiff_metering::{now_ms, Billing, LiveInstance, Meter};
 use skiff_model::{RevisionSettings, PIDS_LIMIT};
+use skiff_runtime::cgroup::CpuQuota;
 use skiff_runtime::logs::{LogSink, LogSource};
 use skiff_runtime::supervisor;
 use skiff_runtime::InstanceConfig;
@@ -36,6 +39,9 @@ pub struct Ctx {
     pub scale_to_zero_after: Duration,
     /// Instance id → its network namespace, for the proxy's connector.
     pub netns: RwLock<HashMap<String, Arc<std::fs::File>>>,
+    /// Every instance's billing meter.
+    pub meters: Arc<skiff_metering::Registry>,
+    pub metrics: Arc<skiff_metering::Metrics>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,11 +71,17 @@ impl InstState {
 pub struct Inst {
     pub id: String,
     pub started_at: DateTime<Utc>,
+    created: Instant,
     state: Mutex<InstState>,
     in_flight: AtomicU64,
     last_active: Mutex<Instant>,
     rt: OnceLock<supervisor::Instance>,
     last_lines: Mutex<VecDeque<String>>,
+    meter: Arc<LiveInstance>,
+    /// The CPU quota, for request-based instances (throttled while idle).
+    quota: OnceLock<CpuQuota>,
+    /// Whether the quota is at its throttled value now (changed under the meter's lock).
+    throttled: AtomicBool,
 }
 
 impl Inst {
@@ -88,6 +100,36 @@ impl Inst {
             .unwrap_or_else(|e| e.into_inner())
             .elapsed()
     }
+    /// Applies a lifecycle event to the meter, and throttles or restores the CPU to match: a
+    /// request-based instance gets its CPU only while it is billable.
+    fn meter_event(&self, f: impl FnOnce(&mut Meter, i64)) {
+        self.meter.with_meter(|m| {
+            f(m, now_ms());
+            if let Some(q) = self.quota.get() {
+                let t = m.throttled();
+                if self.throttled.swap(t, Ordering::Relaxed) != t {
+                    if let Err(e) = q.set_throttled(t) {
+                        tracing::debug!(instance = self.id, "cpu quota: {e}");
+                    }
+                }
+            }
+        });
+    }
+
+    /// The number of requests in flight went from 0 to 1 or back.
+    fn busy_changed(&self) {
+        // Read under the meter's lock: whichever change comes last sets the final state.
+        self.meter_event(|m, t| {
+            m.set_busy(t, self.in_flight() > 0);
+        });
+    }
+
+    /// The container is gone: the meter stops, with the cgroup's final reading.
+    fn ended(&self) {
+        let usage = self.rt.get().and_then(|r| r.final_usage());
+        self.meter.end(now_ms(), usage);
+    }
+
     fn remember(&self, line: &str) {
         let mut l = self.last_lines.lock().unwrap_or_else(|e| e.into_inner());
         if l.len() == LAST_LINES {
@@ -157,6 +199,7 @@ pub struct Pool {
     /// Leases handed out since the last sample: a request shorter than the sampling period
     /// still counts as activity.
     granted: AtomicU64,
+    pub metrics: RevisionMetrics,
 }
 
 /// A request's claim on one slot of an instance; dropping it frees the slot.
@@ -165,9 +208,17 @@ pub struct Lease {
     pub inst: Arc<Inst>,
 }
 
+impl Lease {
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.inst.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.inst.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inst.busy_changed();
+        }
         *self
             .inst
             .last_active
@@ -207,7 +258,11 @@ impl Pool {
         ctx: Arc<Ctx>,
     ) -> Arc<Pool> {
         let kpa = kpa_settings(&settings, &ctx, false);
+        let metrics = ctx
+            .metrics
+            .revision(&key.namespace, &key.service, &key.revision);
         Arc::new(Pool {
+            metrics,
             key,
             settings,
             image,
@@ -262,6 +317,22 @@ impl Pool {
         let mut acc = self.load.lock().unwrap_or_else(|e| e.into_inner());
         acc.0 += load;
         acc.1 += 1;
+    }
+
+    /// Instances by state (`starting`, `active`, `idle`, `draining`) and requests waiting, for
+    /// the metrics.
+    pub fn counts(&self) -> ([i64; 4], i64) {
+        let mut n = [0i64; 4];
+        for i in &self.lock().instances {
+            let k = match i.state() {
+                InstState::Starting => 0,
+                InstState::Ready if i.in_flight() > 0 => 1,
+                InstState::Ready => 2,
+                InstState::Draining => 3,
+            };
+            n[k] += 1;
+        }
+        (n, self.waiting.load(Ordering::Relaxed) as i64)
     }
 
     pub fn instances(&self) -> Vec<InstanceInfo> {
@@ -352,7 +423,11 @@ impl Pool {
     /// A lease on the least-loaded ready instance with a free slot, if there is one.
     fn try_lease(self: &Arc<Self>, st: &PoolState) -> Option<Lease> {
         let inst = self.pick(st)?;
-        inst.in_flight.fetch_add(1, Ordering::SeqCst);
+        let before = inst.in_flight.fetch_add(1, Ordering::SeqCst);
+        inst.meter.request();
+        if before == 0 {
+            inst.busy_changed();
+        }
         self.granted.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             pool: self.clone(),
@@ -391,8 +466,30 @@ impl Pool {
 
     fn start_instance(self: &Arc<Self>, st: &mut PoolState) {
         let id = format!("{}-{}", self.key.revision, random_suffix());
+        let meter = self.ctx.meters.start(
+            skiff_metering::InstanceInfo {
+                id: id.clone(),
+                namespace: self.key.namespace.clone(),
+                kind: skiff_metering::Kind::Service,
+                owner: self.key.service.clone(),
+                revision: self.key.revision.clone(),
+                task: None,
+                mode: if self.settings.cpu_throttling {
+                    Billing::Request
+                } else {
+                    Billing::Instance
+                },
+                cpu_millis: self.settings.cpu_millis,
+                memory_bytes: self.settings.memory_bytes,
+            },
+            now_ms(),
+        );
         let inst = Arc::new(Inst {
             id,
+            created: Instant::now(),
+            meter,
+            quota: OnceLock::new(),
+            throttled: AtomicBool::new(false),
             started_at: Utc::now(),
             state: Mutex::new(InstState::Starting),
             in_flight: AtomicU64::new(0),
@@ -459,6 +556,14 @@ impl Pool {
             .and_then(|f| f.try_clone().ok())
             .map(Arc::new);
         let rt = inst.rt.get_or_init(|| rt);
+        if self.settings.cpu_throttling {
+            match CpuQuota::open(&inst.id, self.settings.cpu_millis) {
+                Ok(q) => {
+                    let _ = inst.quota.set(q);
+                }
+                Err(e) => tracing::debug!(instance = inst.id, "cpu quota: {e}"),
+            }
+        }
         let readers = [
             self.read_output(&inst, out.stdout, "stdout"),
             self.read_output(&inst, out.stderr, "stderr"),
@@ -527,9 +632,14 @@ impl Pool {
                     st.consecutive_failures = 0;
                     st.backoff_until = None;
                 }
+                inst.meter_event(|m, t| {
+                    m.ready(t);
+                });
+                self.metrics.started(inst.created.elapsed());
                 tracing::info!(instance = inst.id, "ready in {:?}", began.elapsed());
                 self.changed.notify_waiters();
                 let exit = rt.wait().await;
+                inst.ended();
                 let crashed = inst.state() != InstState::Draining;
                 self.remove(&inst);
                 if crashed {
@@ -583,6 +693,7 @@ impl Pool {
     }
 
     async fn start_failed(&self, inst: &Arc<Inst>, why: String) {
+        inst.ended();
         tracing::warn!(instance = inst.id, "start failed: {why}");
         self.log(inst, format!("instance {} failed to start: {why}", inst.id));
         self.remove(inst);
@@ -639,6 +750,9 @@ impl Pool {
                 idle.sort_by_key(|i| std::cmp::Reverse(i.idle_for()));
                 for inst in idle.into_iter().take((live - desired) as usize) {
                     inst.set_state(InstState::Draining);
+                    inst.meter_event(|m, t| {
+                        m.stopping(t);
+                    });
                     to_stop.push(inst);
                 }
             } else if desired > live
@@ -669,6 +783,9 @@ impl Pool {
             st.closed = true;
             for i in &st.instances {
                 i.set_state(InstState::Draining);
+                i.meter_event(|m, t| {
+                    m.stopping(t);
+                });
             }
             st.instances.clone()
         };

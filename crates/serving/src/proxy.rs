@@ -74,6 +74,7 @@ impl Serving {
         mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
+        let began = Instant::now();
         let host = req
             .headers()
             .get(header::HOST)
@@ -138,40 +139,45 @@ impl Serving {
                 }
             },
         };
-        let deadline = Instant::now() + pool.settings.timeout;
+        let deadline = began + pool.settings.timeout;
+        // The platform's own answer to a request that reached the revision, counted in its
+        // metrics.
+        let answer = |status: StatusCode, msg: &str| {
+            pool.metrics.request(status.as_u16(), began.elapsed());
+            platform_response(status, msg)
+        };
         let lease =
             match pool.acquire(deadline, QUEUE_LIMIT).await {
                 Ok(l) => l,
                 Err(AcquireError::StartFailed(why)) => {
-                    return platform_response(
+                    return answer(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!("no instance could be started: {why}"),
                     )
                 }
                 Err(AcquireError::Closed) => {
-                    return platform_response(
+                    return answer(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "the revision is shutting down",
                     )
                 }
                 Err(AcquireError::Timeout) => {
-                    return platform_response(
+                    return answer(
                         StatusCode::GATEWAY_TIMEOUT,
                         "the request timed out waiting for an instance",
                     )
                 }
-                Err(AcquireError::Overloaded) => return platform_response(
+                Err(AcquireError::Overloaded) => return answer(
                     StatusCode::TOO_MANY_REQUESTS,
                     "every instance is busy at max-instances; retry later or raise --max-instances",
                 ),
             };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = match format!("http://{}:{}{}", lease.inst.id, pool.settings.port, path)
-            .parse()
-        {
-            Ok(u) => u,
-            Err(_) => return platform_response(StatusCode::BAD_REQUEST, "invalid request path"),
-        };
+        let uri: Uri =
+            match format!("http://{}:{}{}", lease.inst.id, pool.settings.port, path).parse() {
+                Ok(u) => u,
+                Err(_) => return answer(StatusCode::BAD_REQUEST, "invalid request path"),
+            };
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
@@ -186,7 +192,7 @@ impl Serving {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         let res = match tokio::time::timeout_at(deadline.into(), self.client.request(req)).await {
             Err(_) => {
-                return platform_response(
+                return answer(
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!(
                         "the request took longer than the {}s timeout",
@@ -196,7 +202,7 @@ impl Serving {
             }
             Ok(Err(e)) => {
                 tracing::debug!(instance = lease.inst.id, "upstream error: {e:?}");
-                return platform_response(
+                return answer(
                     StatusCode::BAD_GATEWAY,
                     "the instance closed the connection without a response",
                 );
@@ -209,17 +215,39 @@ impl Serving {
             inner: body,
             lease: Some(lease),
             deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            status: parts.status.as_u16(),
+            began,
         };
         Response::from_parts(parts, body.boxed())
     }
 }
 
 /// The response body, holding the instance slot until the body ends (or the client goes
-/// away) and cutting it off at the request's deadline.
+/// away) and cutting it off at the request's deadline. The request is counted in the
+/// revision's metrics when the slot is let go.
 struct LeaseBody {
     inner: Incoming,
     lease: Option<Lease>,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    status: u16,
+    began: Instant,
+}
+
+impl LeaseBody {
+    fn finish(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease
+                .pool()
+                .metrics
+                .request(self.status, self.began.elapsed());
+        }
+    }
+}
+
+impl Drop for LeaseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 impl Body for LeaseBody {
@@ -231,18 +259,18 @@ impl Body for LeaseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.deadline.as_mut().poll(cx).is_ready() {
-            self.lease = None;
+            self.finish();
             return Poll::Ready(Some(Err(
                 "the response took longer than the request timeout".into(),
             )));
         }
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.lease = None,
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
             _ => {}
         }
         if self.inner.is_end_stream() {
-            self.lease = None;
+            self.finish();
         }
         r.map(|o| o.map(|res| res.map_err(BoxError::from)))
     }

@@ -23,6 +23,25 @@ pub struct ServerArgs {
     /// Idle time before an instance that no min-instances holds is stopped.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     scale_to_zero_after: Duration,
+    /// Price table (YAML or JSON) for usage reports [default: Cloud Run's tier-1 list prices
+    /// and free tier].
+    #[arg(long, value_name = "FILE")]
+    prices: Option<std::path::PathBuf>,
+}
+
+/// Reads `--prices FILE`; an error names the file and the field.
+fn load_prices(path: Option<&Path>) -> anyhow::Result<skiff_metering::Prices> {
+    let Some(path) = path else {
+        return Ok(skiff_metering::Prices::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --prices {}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid --prices {}: {e}: see `skiff server --help` for the fields",
+            path.display()
+        )
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -85,6 +104,7 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
     if swept > 0 {
         tracing::info!("cleaned {swept} instance(s) left by a previous run");
     }
+    let prices = load_prices(args.prices.as_deref())?;
     let admin_token = secret(&data_dir.join("admin.token"))?;
     let signing_key = secret(&data_dir.join("signing.key"))?;
 
@@ -98,6 +118,7 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
         api_addr,
         admin_token,
         signing_key,
+        prices,
     ))
 }
 
@@ -108,6 +129,7 @@ async fn serve(
     api_addr: std::net::SocketAddr,
     admin_token: String,
     signing_key: String,
+    prices: skiff_metering::Prices,
 ) -> anyhow::Result<()> {
     let ingress = tokio::net::TcpListener::bind(ingress_addr)
         .await
@@ -117,7 +139,16 @@ async fn serve(
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;
     let store = Arc::new(skiff_store::Store::open(&data_dir.join("skiff.db"))?);
     let images = Arc::new(skiff_image::ImageStore::open(&data_dir.join("images"))?);
+    // Instances a killed server left metering end at their last checkpoint.
+    let closed = store.close_open_usage()?;
+    if closed > 0 {
+        tracing::info!("closed the usage of {closed} instance(s) at their last checkpoint");
+    }
+    let meters = Arc::new(skiff_metering::Registry::new());
+    let metrics = Arc::new(skiff_metering::Metrics::new());
     let serving = Serving::new(ServingConfig {
+        meters: meters.clone(),
+        metrics: metrics.clone(),
         data_dir: data_dir.clone(),
         shim_exe: std::env::current_exe().context("cannot find the skiff executable")?,
         scale_to_zero_after: args.scale_to_zero_after,
@@ -130,6 +161,7 @@ async fn serve(
             instances_dir: Serving::instances_dir(&data_dir),
             state_root: data_dir.join("run").join("state"),
             logs: serving.logs().clone(),
+            meters: meters.clone(),
         },
         store.clone(),
         images.clone(),
@@ -141,7 +173,9 @@ async fn serve(
     };
     let scheduler =
         skiff_jobs::scheduler::Scheduler::new(store.clone(), jobs.clone(), ingress_port, minter);
-    let controller = Controller::new(store, images, serving.clone(), ingress_port);
+    let checkpoints =
+        skiff_api::usage::start_checkpoints(meters.clone(), store.clone(), metrics.clone());
+    let controller = Controller::new(store.clone(), images, serving.clone(), ingress_port);
     controller
         .restore()
         .await
@@ -157,6 +191,8 @@ async fn serve(
         controller,
         admin_token,
         tmp_dir: data_dir.join("tmp"),
+        metrics: metrics.clone(),
+        prices,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -190,6 +226,9 @@ async fn serve(
     // The API may hold a follow-mode log stream open forever: do not wait long for it.
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     tokio::join!(serving.shutdown(), jobs.shutdown());
+    // Every instance has ended: the last checkpoint closes their usage.
+    checkpoints.abort();
+    skiff_api::usage::checkpoint(&meters, &store, &metrics).await;
     skiff_runtime::sweep::remove_cgroup_parents();
     tracing::info!("stopped");
     Ok(())

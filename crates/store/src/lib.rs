@@ -1,6 +1,7 @@
-//! The durable store: one SQLite database (WAL mode, `synchronous=FULL`) under the data dir
-//! holding every object a user created — services, revisions, IAM policies — as the JSON the
-//! API serves. Schema changes are numbered migrations recorded in `PRAGMA user_version`.
+//! The durable store: one SQLite database (WAL mode, `synchronous=NORMAL`) under the data dir
+//! holding every object a user created — services, revisions, IAM policies, jobs — as the JSON
+//! the API serves, and the metered usage (`usage.rs`). Schema changes are numbered migrations
+//! recorded in `PRAGMA user_version`.
 //!
 //! Only the control plane uses the store. The request path keeps its own in-memory view and
 //! never waits on a write here.
@@ -10,6 +11,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use skiff_model::{Policy, Revision, Service, LABEL_SERVICE};
 use std::path::Path;
 use std::sync::Mutex;
+
+mod usage;
+pub use usage::UsageFilter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +50,19 @@ const MIGRATIONS: &[&str] = &[
         parent TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
         PRIMARY KEY (kind, namespace, name));
      CREATE INDEX objects_by_parent ON objects (kind, namespace, parent, seq);",
+    // Metered usage (see `usage.rs`).
+    "CREATE TABLE usage_instances (
+        id TEXT PRIMARY KEY, namespace TEXT NOT NULL, kind TEXT NOT NULL, owner TEXT NOT NULL,
+        revision TEXT NOT NULL, task TEXT, mode TEXT NOT NULL, cpu_millis INTEGER NOT NULL,
+        memory_bytes INTEGER NOT NULL, started_ms INTEGER NOT NULL, ended_ms INTEGER,
+        checkpoint_ms INTEGER NOT NULL, rounding_minute INTEGER,
+        rounding_ms INTEGER NOT NULL DEFAULT 0, memory_peak_bytes INTEGER NOT NULL DEFAULT 0);
+     CREATE INDEX usage_instances_by_owner ON usage_instances (namespace, kind, owner);
+     CREATE TABLE usage_minutes (
+        instance TEXT NOT NULL, minute INTEGER NOT NULL, billable_ms INTEGER NOT NULL,
+        requests INTEGER NOT NULL, cpu_ns INTEGER NOT NULL,
+        PRIMARY KEY (instance, minute));
+     CREATE INDEX usage_minutes_by_minute ON usage_minutes (minute);",
 ];
 
 /// Kinds of rows in the `objects` table.
