@@ -54,7 +54,8 @@ pub struct Line {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
-    /// RFC 3339; the report covers the minutes starting in `[since, until)`.
+    /// RFC 3339; the report covers every minute (usage is recorded per minute) that overlaps
+    /// `[since, until)`.
     pub since: String,
     pub until: String,
     pub currency: String,

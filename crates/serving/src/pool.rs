@@ -212,6 +212,11 @@ impl Lease {
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
     }
+
+    /// Counts the lease as a request in the instance's usage (a deploy's warm-up is not one).
+    pub fn count_request(&self) {
+        self.inst.meter.request();
+    }
 }
 
 impl Drop for Lease {
@@ -424,7 +429,6 @@ impl Pool {
     fn try_lease(self: &Arc<Self>, st: &PoolState) -> Option<Lease> {
         let inst = self.pick(st)?;
         let before = inst.in_flight.fetch_add(1, Ordering::SeqCst);
-        inst.meter.request();
         if before == 0 {
             inst.busy_changed();
         }

@@ -172,6 +172,7 @@ impl Serving {
                     "every instance is busy at max-instances; retry later or raise --max-instances",
                 ),
             };
+        lease.count_request();
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri: Uri =
             match format!("http://{}:{}{}", lease.inst.id, pool.settings.port, path).parse() {

@@ -7,7 +7,8 @@ use rusqlite::params;
 use skiff_metering::registry::{Checkpoint, Kind};
 use skiff_metering::{Billing, UsageRow};
 
-/// Which usage a report covers: `[since, until)` in ms since the epoch, by minute start.
+/// Which usage a report covers: every minute that overlaps `[since, until)` (ms since the
+/// epoch); usage is recorded per minute.
 #[derive(Debug, Clone, Default)]
 pub struct UsageFilter {
     pub namespace: Option<String>,
@@ -104,7 +105,7 @@ impl Store {
                    SELECT id, rounding_minute, rounding_ms, 0, 0
                    FROM usage_instances WHERE rounding_ms > 0) AS m
              JOIN usage_instances AS i ON i.id = m.id
-             WHERE m.minute >= ?1 AND m.minute < ?2
+             WHERE m.minute > ?1 - ?6 AND m.minute < ?2
                AND (?3 IS NULL OR i.namespace = ?3)
                AND (?4 IS NULL OR i.kind = ?4)
                AND (?5 IS NULL OR i.owner = ?5)
@@ -118,7 +119,8 @@ impl Store {
                 f.until_ms,
                 f.namespace,
                 f.kind.map(Kind::as_str),
-                f.owner
+                f.owner,
+                skiff_metering::BUCKET_MS
             ],
             |r| {
                 Ok(UsageRow {
@@ -210,7 +212,7 @@ mod tests {
         // The same report, every time; a period is cut by minute.
         assert_eq!(s.usage(&all).unwrap(), rows);
         let later = UsageFilter {
-            since_ms: 60_000,
+            since_ms: 60_500,
             ..all.clone()
         };
         assert_eq!(s.usage(&later).unwrap()[0].billable_ms, 60);
