@@ -299,8 +299,9 @@ impl Serving {
     }
 }
 
-/// Runs the ingress HTTP/1.1 server until `shutdown` resolves, then lets in-flight requests
-/// finish (up to `drain`).
+/// Runs the ingress server (HTTP/1.1 with keep-alive, and HTTP/2 over cleartext with prior
+/// knowledge, told apart by the connection's first bytes) until `shutdown` resolves, then lets
+/// in-flight requests finish (up to `drain`).
 pub async fn serve_ingress(
     serving: Arc<Serving>,
     listener: tokio::net::TcpListener,
@@ -308,6 +309,9 @@ pub async fn serve_ingress(
     drain: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
+    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -319,12 +323,11 @@ pub async fn serve_ingress(
                     let serving = serving.clone();
                     async move { Ok::<_, std::convert::Infallible>(serving.handle(req, peer).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let _ = watcher.watch(conn).await;
                 });
             }
             _ = &mut shutdown => break,

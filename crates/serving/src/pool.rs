@@ -1,9 +1,9 @@
 //! One revision's instances: starting them on demand, handing each request an instance with
 //! room for it (a [`Lease`]), and stopping instances that stay idle.
 //!
-//! All pool state sits behind one short-held mutex, never held across an await. Waiting
-//! requests park on a `Notify` that fires whenever capacity may have changed (an instance
-//! became ready or failed, a lease ended).
+//! All pool state sits behind one short-held mutex, never held across an await. Requests that
+//! find no free slot wait in a bounded FIFO queue; a slot that frees up (a lease ends, an
+//! instance becomes ready) goes straight to the request at its head.
 
 use chrono::{DateTime, Utc};
 use skiff_autoscaler::{instances_to_start, Bounds, Defaults, Demand, Kpa, KpaSettings};
@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 
 /// Give up on an instance whose port does not accept a connection by then (Cloud Run's
 /// default startup probe).
@@ -29,6 +29,11 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(240);
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Lines of an instance's output kept to explain a failed start.
 const LAST_LINES: usize = 5;
+/// A queued request looks at the pool at least this often (to notice max-instances, a passed
+/// deadline, or a slot it was not handed).
+const QUEUE_CHECK: Duration = Duration::from_millis(500);
+/// Most requests one revision's queue holds; more get 429 at once.
+const QUEUE_MAX: u64 = 10_000;
 
 /// What every pool shares: where instances live and how to start them.
 pub struct Ctx {
@@ -150,11 +155,38 @@ impl Inst {
     }
 }
 
+/// A request's place in the queue: leaving `acquire` without an answer (a timeout, or the
+/// request went away) takes it out.
+struct Queued<'a> {
+    pool: &'a Arc<Pool>,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut st = self.pool.lock();
+            st.queue.retain(|w| w.id != self.id);
+            self.pool
+                .waiting
+                .store(st.queue.len() as u64, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A request waiting for a slot; the slot (or why there is none) is sent to it.
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Result<Lease, AcquireError>>,
+}
+
 #[derive(Default)]
 struct PoolState {
     instances: Vec<Arc<Inst>>,
-    /// Counts failed starts, so a waiter can tell a failure that happened while it waited.
-    failures: u64,
+    /// Requests waiting for a slot, oldest first.
+    queue: VecDeque<Waiter>,
+    next_waiter: u64,
     last_error: Option<String>,
     consecutive_failures: u32,
     backoff_until: Option<Instant>,
@@ -185,10 +217,9 @@ pub struct Pool {
     pub image: ResolvedImage,
     ctx: Arc<Ctx>,
     state: Mutex<PoolState>,
-    changed: Notify,
     /// Whether a route sends traffic here; only then does min-instances hold instances.
     serving: AtomicBool,
-    /// Requests waiting for a slot (they count as demand).
+    /// Requests in the queue (they count as demand); written under the state lock.
     waiting: AtomicU64,
     /// Knative's autoscaler for this revision, fed the load every second.
     kpa: Mutex<Kpa>,
@@ -202,10 +233,14 @@ pub struct Pool {
     pub metrics: RevisionMetrics,
 }
 
-/// A request's claim on one slot of an instance; dropping it frees the slot.
+/// A request's claim on one slot of an instance; dropping it frees the slot, which goes to
+/// the request at the head of the queue if there is one.
 pub struct Lease {
     pool: Arc<Pool>,
     pub inst: Arc<Inst>,
+    /// Set on a lease that could not be handed to a waiter: it is dropped under the pool's
+    /// lock and must not dispatch again.
+    quiet: bool,
 }
 
 impl Lease {
@@ -221,26 +256,22 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.inst.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.inst.busy_changed();
-        }
         *self
             .inst
             .last_active
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        // Only requests waiting for a slot care; the common case skips the notify's lock.
-        if self.pool.waiting.load(Ordering::SeqCst) > 0 {
-            self.pool.changed.notify_waiters();
+        // Free the slot, then look at the queue (a waiter stores `waiting` before it looks at
+        // the slots again: one of the two sees the other).
+        self.inst.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !self.quiet && self.pool.waiting.load(Ordering::SeqCst) > 0 {
+            let mut st = self.pool.lock();
+            self.pool.dispatch(&mut st);
         }
-    }
-}
-
-struct Waiting<'a>(&'a Pool);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        // After the hand-off, so that a slot passed on keeps the instance busy throughout.
+        if self.inst.in_flight() == 0 {
+            self.inst.busy_changed();
+        }
     }
 }
 
@@ -273,7 +304,6 @@ impl Pool {
             image,
             ctx,
             state: Mutex::new(PoolState::default()),
-            changed: Notify::new(),
             serving: AtomicBool::new(false),
             waiting: AtomicU64::new(0),
             kpa: Mutex::new(Kpa::new(kpa)),
@@ -357,6 +387,31 @@ impl Pool {
             .collect()
     }
 
+    /// Most requests the queue holds: ten times what max-instances can serve at once, at most
+    /// [`QUEUE_MAX`].
+    fn queue_capacity(&self) -> u64 {
+        (self.settings.max_instances * self.settings.concurrency)
+            .saturating_mul(10)
+            .clamp(100, QUEUE_MAX)
+    }
+
+    /// Why a request cannot wait for an instance right now: none is starting and starts are
+    /// backing off after a failure.
+    fn start_blocked(&self, st: &PoolState) -> Option<AcquireError> {
+        let backing_off = st.backoff_until.is_some_and(|t| t > Instant::now());
+        if backing_off && st.count(InstState::Starting) == 0 && self.pick(st).is_none() {
+            return st.last_error.clone().map(AcquireError::StartFailed);
+        }
+        None
+    }
+
+    /// Every instance is busy at max-instances and none is starting.
+    fn at_max(&self, st: &PoolState) -> bool {
+        st.count(InstState::Starting) == 0
+            && st.count(InstState::Ready) >= self.settings.max_instances
+            && self.pick(st).is_none()
+    }
+
     /// Waits for a slot on a ready instance, starting instances as demand requires.
     /// `deadline` bounds the whole wait; `queue_limit` bounds the wait once the pool is at
     /// max-instances with every instance busy.
@@ -365,64 +420,104 @@ impl Pool {
         deadline: Instant,
         queue_limit: Duration,
     ) -> Result<Lease, AcquireError> {
-        // Fast path: a free slot right now, without registering as a waiter.
-        {
-            let st = self.lock();
+        let (id, mut rx) = {
+            let mut st = self.lock();
             if st.closed {
                 return Err(AcquireError::Closed);
             }
-            if let Some(lease) = self.try_lease(&st) {
-                return Ok(lease);
-            }
-        }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(self);
-        let mut seen_failures = None;
-        let mut queued_since: Option<Instant> = None;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let at_max = {
-                let mut st = self.lock();
-                if st.closed {
-                    return Err(AcquireError::Closed);
-                }
+            // A free slot goes to the queue first; with none queued, take it now.
+            if st.queue.is_empty() {
                 if let Some(lease) = self.try_lease(&st) {
                     return Ok(lease);
                 }
-                let seen = *seen_failures.get_or_insert(st.failures);
-                let starting = st.count(InstState::Starting);
-                if st.failures > seen && starting == 0 {
-                    let why = st
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "the instance failed to start".into());
-                    return Err(AcquireError::StartFailed(why));
-                }
-                self.scale_up(&mut st);
-                let starting = st.count(InstState::Starting);
-                if starting == 0 && st.backoff_until.is_some_and(|t| t > Instant::now()) {
-                    if let Some(why) = st.last_error.clone() {
-                        return Err(AcquireError::StartFailed(why));
-                    }
-                }
-                starting == 0 && st.count(InstState::Ready) >= self.settings.max_instances
-            };
-            let until = if at_max {
-                let since = *queued_since.get_or_insert_with(Instant::now);
-                deadline.min(since + queue_limit)
-            } else {
-                queued_since = None;
-                deadline
-            };
+            }
+            if let Some(e) = self.start_blocked(&st) {
+                return Err(e);
+            }
+            if st.queue.len() as u64 >= self.queue_capacity() {
+                return Err(AcquireError::Overloaded);
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = st.next_waiter;
+            st.next_waiter += 1;
+            st.queue.push_back(Waiter { id, tx });
+            self.waiting.store(st.queue.len() as u64, Ordering::SeqCst);
+            self.scale_up(&mut st);
+            // A slot freed since the look above was handed to nobody: take it now.
+            self.dispatch(&mut st);
+            (id, rx)
+        };
+        // A request that goes away while queued (the client hung up) leaves the queue.
+        let mut queued = Queued {
+            pool: self,
+            id,
+            done: false,
+        };
+        let mut at_max_since: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let mut until = deadline.min(now + QUEUE_CHECK);
+            if let Some(since) = at_max_since {
+                until = until.min(since + queue_limit);
+            }
             tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(until.into()) => {
-                    return Err(if at_max { AcquireError::Overloaded } else { AcquireError::Timeout });
+                r = &mut rx => {
+                    queued.done = true;
+                    return r.unwrap_or(Err(AcquireError::Closed));
                 }
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+            let mut st = self.lock();
+            self.scale_up(&mut st);
+            self.dispatch(&mut st);
+            if !st.queue.iter().any(|w| w.id == id) {
+                // Served (or failed) while this waiter slept: the answer is in the channel.
+                drop(st);
+                queued.done = true;
+                return rx.try_recv().unwrap_or(Err(AcquireError::Closed));
+            }
+            let now = Instant::now();
+            let give_up = if now >= deadline {
+                Some(AcquireError::Timeout)
+            } else if self.at_max(&st) {
+                let since = *at_max_since.get_or_insert(now);
+                (now >= since + queue_limit).then_some(AcquireError::Overloaded)
+            } else {
+                at_max_since = None;
+                self.start_blocked(&st)
+            };
+            if let Some(e) = give_up {
+                drop(st);
+                return Err(e);
             }
         }
+    }
+
+    /// Hands free slots to the queue, oldest request first.
+    fn dispatch(self: &Arc<Self>, st: &mut PoolState) {
+        while !st.queue.is_empty() {
+            if st.queue.front().is_some_and(|w| w.tx.is_closed()) {
+                st.queue.pop_front();
+                continue;
+            }
+            let Some(lease) = self.try_lease(st) else {
+                break;
+            };
+            let w = st.queue.pop_front().expect("not empty");
+            if let Err(Ok(mut lease)) = w.tx.send(Ok(lease)) {
+                // The request went away in the meantime: the slot stays free for the next.
+                lease.quiet = true;
+            }
+        }
+        self.waiting.store(st.queue.len() as u64, Ordering::SeqCst);
+    }
+
+    /// Answers every queued request with `e`.
+    fn fail_queue(&self, st: &mut PoolState, e: &AcquireError) {
+        for w in st.queue.drain(..) {
+            let _ = w.tx.send(Err(e.clone()));
+        }
+        self.waiting.store(0, Ordering::SeqCst);
     }
 
     /// A lease on the least-loaded ready instance with a free slot, if there is one.
@@ -436,6 +531,7 @@ impl Pool {
         Some(Lease {
             pool: self.clone(),
             inst,
+            quiet: false,
         })
     }
 
@@ -635,13 +731,13 @@ impl Pool {
                     }
                     st.consecutive_failures = 0;
                     st.backoff_until = None;
+                    self.dispatch(&mut st);
                 }
                 inst.meter_event(|m, t| {
                     m.ready(t);
                 });
                 self.metrics.started(inst.created.elapsed());
                 tracing::info!(instance = inst.id, "ready in {:?}", began.elapsed());
-                self.changed.notify_waiters();
                 let exit = rt.wait().await;
                 inst.ended();
                 let crashed = inst.state() != InstState::Draining;
@@ -703,14 +799,18 @@ impl Pool {
         self.remove(inst);
         {
             let mut st = self.lock();
-            st.failures += 1;
             st.consecutive_failures += 1;
             st.last_error = Some(why);
             let backoff =
                 Duration::from_millis(100) * 2u32.saturating_pow(st.consecutive_failures.min(9));
             st.backoff_until = Some(Instant::now() + backoff.min(Duration::from_secs(30)));
+            // With nothing starting and nothing that will free a slot, no queued request can
+            // be served: tell them why.
+            if st.count(InstState::Starting) == 0 && st.count(InstState::Ready) == 0 {
+                let e = AcquireError::StartFailed(st.last_error.clone().unwrap_or_default());
+                self.fail_queue(&mut st, &e);
+            }
         }
-        self.changed.notify_waiters();
     }
 
     fn remove(&self, inst: &Arc<Inst>) {
@@ -720,7 +820,6 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&inst.id);
         self.lock().instances.retain(|i| !Arc::ptr_eq(i, inst));
-        self.changed.notify_waiters();
     }
 
     /// The autoscaler's tick, once a second: feeds it the average load since the last tick,
@@ -769,6 +868,7 @@ impl Pool {
             }
             // Requests waiting right now are served without waiting for the averages.
             self.scale_up(&mut st);
+            self.dispatch(&mut st);
         }
         for inst in to_stop {
             self.log(&inst, format!("instance {} stopping: scaled down", inst.id));
@@ -791,9 +891,9 @@ impl Pool {
                     m.stopping(t);
                 });
             }
+            self.fail_queue(&mut st, &AcquireError::Closed);
             st.instances.clone()
         };
-        self.changed.notify_waiters();
         let stops = insts.iter().map(|i| async move {
             // A starting instance notices Draining and stops itself; wait for its runtime.
             for _ in 0..200 {

@@ -202,9 +202,21 @@ fn instances_are_isolated_from_the_host() {
     ))
     .unwrap();
     assert_eq!(mem.trim(), (256u64 << 20).to_string());
-    let quota =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/skiff/{id}/cpu.cfs_quota_us")).unwrap();
-    assert_eq!(quota.trim(), "50000");
+    let quota = || {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/skiff/{id}/cpu.cfs_quota_us"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    // Idle, a request-based instance is throttled; during a request it has its 0.5 CPU.
+    assert_eq!(quota(), "1000");
+    let port = s.ingress;
+    let slow = std::thread::spawn(move || {
+        skiff_testkit::http_get(port, "iso.localhost", "/cgi-bin/sleep?1", None).0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(quota(), "50000");
+    assert_eq!(slow.join().unwrap(), 200);
     let pids = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/skiff/{id}/pids.max")).unwrap();
     assert_eq!(pids.trim(), "1024");
 }
@@ -500,4 +512,32 @@ fn revisions_describe_and_delete() {
     assert!(!s.ok(&["images", "list"]).contains("web:latest"));
     let err = s.fails(&["deploy", "again", "--image", "web"]);
     assert!(err.contains("not in the image store"), "{err}");
+}
+
+#[test]
+fn the_ingress_speaks_http1_and_h2c() {
+    let (s, _tmp) = server_with_image(&[]);
+    deploy(&s, "both", &[]);
+    let url = format!("http://127.0.0.1:{}/", s.ingress);
+    for h2 in [false, true] {
+        let mut b = reqwest::blocking::Client::builder().no_proxy();
+        if h2 {
+            b = b.http2_prior_knowledge();
+        }
+        let client = b.build().unwrap();
+        for _ in 0..3 {
+            let r = client
+                .get(&url)
+                .header("Host", host("both"))
+                .send()
+                .unwrap();
+            let want = if h2 {
+                reqwest::Version::HTTP_2
+            } else {
+                reqwest::Version::HTTP_11
+            };
+            assert_eq!((r.status().as_u16(), r.version()), (200, want));
+            assert_eq!(r.text().unwrap(), "hello from skiff\n");
+        }
+    }
 }
