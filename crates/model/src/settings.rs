@@ -153,7 +153,8 @@ impl RevisionSettings {
         }
         let cpu_throttling = match t.metadata.annotations.get(ANN_CPU_THROTTLING) {
             None => true,
-            Some(v) => match v.trim() {
+            // gcloud writes Python's `True`/`False`.
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
                 "true" => true,
                 "false" => false,
                 _ => {
@@ -224,6 +225,7 @@ mod tests {
             }))
         };
         assert!(!with("false").unwrap().cpu_throttling);
+        assert!(!with("False").unwrap().cpu_throttling);
         assert!(with("true").unwrap().cpu_throttling);
         let e = with("no").unwrap_err().to_string();
         assert!(e.contains(ANN_CPU_THROTTLING), "{e}");

@@ -307,10 +307,21 @@ fn gcloud_drives_services() {
         "--allow-unauthenticated",
         "--set-env-vars",
         "GREETING=hi",
+        "--no-cpu-throttling",
     ]);
     let (code, env) = s.get(&svc_host, "/cgi-bin/env", None);
     assert_eq!(code, 200, "{env}");
     assert!(env.contains("GREETING=hi"), "{env}");
+    // --no-cpu-throttling: the new revision is billed for its instances' whole life.
+    std::thread::sleep(Duration::from_millis(1500));
+    let usage = e.skiff_json(&["billing", "report", "--service", "hello"]);
+    let modes: Vec<&str> = usage["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["billing"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, vec!["request", "instance"], "{usage}");
     let revs = names(&e.json(&["run", "revisions", "list", "--service", "hello"]));
     assert_eq!(revs.len(), 2, "{revs:?}");
     let (r1, r2) = (revs[0].clone(), revs[1].clone());
