@@ -319,9 +319,10 @@ pub async fn serve_ingress(
                 let Ok((stream, peer)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let serving = serving.clone();
+                let peer = Arc::new(proxy::Peer::new(peer));
                 let svc = hyper::service::service_fn(move |req| {
-                    let serving = serving.clone();
-                    async move { Ok::<_, std::convert::Infallible>(serving.handle(req, peer).await) }
+                    let (serving, peer) = (serving.clone(), peer.clone());
+                    async move { Ok::<_, std::convert::Infallible>(serving.handle(req, &peer).await) }
                 });
                 let builder = builder.clone();
                 let watcher = graceful.watcher();

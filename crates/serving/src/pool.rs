@@ -75,6 +75,8 @@ impl InstState {
 
 pub struct Inst {
     pub id: String,
+    /// `ID:PORT`, the authority of requests sent to it (see `proxy::NetnsConnector`).
+    pub authority: http::uri::Authority,
     pub started_at: DateTime<Utc>,
     created: Instant,
     state: Mutex<InstState>,
@@ -584,7 +586,11 @@ impl Pool {
             },
             now_ms(),
         );
+        let authority = format!("{id}:{}", self.settings.port)
+            .parse()
+            .expect("an instance id and a port make an authority");
         let inst = Arc::new(Inst {
+            authority,
             id,
             created: Instant::now(),
             meter,

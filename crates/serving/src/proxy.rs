@@ -26,17 +26,40 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// How long a request may wait for a free slot once the revision is at max-instances.
 pub const QUEUE_LIMIT: Duration = Duration::from_secs(10);
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Hop-by-hop headers (RFC 9110 §7.6.1, and the non-standard ones proxies still see).
+static HOP_BY_HOP: std::sync::LazyLock<[http::HeaderName; 9]> = std::sync::LazyLock::new(|| {
+    [
+        header::CONNECTION,
+        http::HeaderName::from_static("keep-alive"),
+        http::HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ]
+});
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
+/// The client end of an ingress connection, worked out once per connection.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Its IP as an `X-Forwarded-For` value.
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            ip: HeaderValue::from_str(&addr.ip().to_string())
+                .expect("an IP address is a valid header value"),
+        }
+    }
+}
 
 pub fn platform_response(status: StatusCode, msg: &str) -> Response<ProxyBody> {
     let body = format!(
@@ -52,18 +75,22 @@ pub fn platform_response(status: StatusCode, msg: &str) -> Response<ProxyBody> {
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    // Most messages carry none: one pass over the names, comparing without parsing.
+    let hop = &*HOP_BY_HOP;
+    if !headers.keys().any(|k| hop.contains(k)) {
+        return;
+    }
     let listed: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .collect();
-    for h in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(listed.iter().map(String::as_str))
-    {
+    for h in hop {
         headers.remove(h);
+    }
+    for h in &listed {
+        headers.remove(h.as_str());
     }
 }
 
@@ -72,7 +99,7 @@ impl Serving {
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Response<ProxyBody> {
         let began = Instant::now();
         let host = req
@@ -173,24 +200,32 @@ impl Serving {
                 ),
             };
         lease.count_request();
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri =
-            match format!("http://{}:{}{}", lease.inst.id, pool.settings.port, path).parse() {
-                Ok(u) => u,
-                Err(_) => return answer(StatusCode::BAD_REQUEST, "invalid request path"),
-            };
+        // The client's connector reads the instance from the authority (`ID:PORT`).
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(lease.inst.authority.clone());
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        let uri = match Uri::from_parts(parts) {
+            Ok(u) => u,
+            Err(_) => return answer(StatusCode::BAD_REQUEST, "invalid request path"),
+        };
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", peer.ip()),
-            None => peer.ip().to_string(),
+        let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok(),
+            None => Some(peer.ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
+        if let Some(v) = xff {
+            headers.insert(X_FORWARDED_FOR, v);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         let res = match tokio::time::timeout_at(deadline.into(), self.client.request(req)).await {
             Err(_) => {
                 return answer(
