@@ -541,3 +541,54 @@ fn the_ingress_speaks_http1_and_h2c() {
         }
     }
 }
+
+#[test]
+fn queued_requests_are_served_in_order_and_the_queue_is_bounded() {
+    let (s, _tmp) = server_with_image(&[]);
+    deploy(&s, "fifo", &["--concurrency", "1", "--max-instances", "1"]);
+    let port = s.ingress;
+    let get = move |path: &'static str| {
+        std::thread::spawn(move || {
+            let code = skiff_testkit::http_get(port, "fifo.localhost", path, None).0;
+            (code, Instant::now())
+        })
+    };
+    // One request holds the only slot; three more queue behind it, a little apart.
+    let holder = get("/cgi-bin/sleep?1");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        queued.push(get("/cgi-bin/sleep?0.1"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(holder.join().unwrap().0, 200);
+    let done: Vec<_> = queued.into_iter().map(|h| h.join().unwrap()).collect();
+    for (code, _) in &done {
+        assert_eq!(*code, 200);
+    }
+    assert!(
+        done[0].1 < done[1].1 && done[1].1 < done[2].1,
+        "served out of arrival order"
+    );
+
+    // The queue holds 100 requests here (ten times max-instances × concurrency, at least
+    // 100): with one slot taken and 100 waiting, one more is refused at once.
+    let holder = get("/cgi-bin/sleep?3");
+    std::thread::sleep(Duration::from_millis(300));
+    let waiting: Vec<_> = (0..100).map(|_| get("/")).collect();
+    s.wait_for("100 queued requests", 10, || {
+        let (_, text) = s.api("GET", "/metrics", None);
+        text.lines().any(|l| {
+            l.starts_with("skiff_pending_requests{") && l.contains("fifo") && l.ends_with(" 100")
+        })
+    });
+    let (code, body) = s.get("fifo.localhost", "/", None);
+    assert_eq!(code, 429, "{body}");
+    let refused_at = Instant::now();
+    let (code, held_until) = holder.join().unwrap();
+    assert_eq!(code, 200);
+    assert!(refused_at < held_until, "the overflow waited for a slot");
+    for h in waiting {
+        assert_eq!(h.join().unwrap().0, 200);
+    }
+}
