@@ -127,10 +127,11 @@ pub fn build(rows: &[UsageRow], prices: &Prices, since: String, until: String) -
             Billing::Instance => instance_based.add(&l.usage),
         }
     }
-    let free_tier: f64 = months
+    // A fold from +0.0: an empty `sum()` of floats is -0.0, which would print as "-0".
+    let free_tier = months
         .values()
         .map(|(req, inst)| prices.free_tier_credit(req, inst).total)
-        .sum();
+        .fold(0.0, |a, b| a + b);
     Report {
         since,
         until,
@@ -187,5 +188,7 @@ mod tests {
         // All of it is within the free tier.
         assert!((r.free_tier - r.cost).abs() < 1e-12);
         assert_eq!(r.total, 0.0);
+        let empty = build(&[], &Prices::default(), "a".into(), "b".into());
+        assert!(empty.free_tier.is_sign_positive() && empty.cost.is_sign_positive());
     }
 }

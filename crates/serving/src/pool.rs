@@ -911,6 +911,9 @@ impl Pool {
             if let Some(rt) = i.rt.get() {
                 rt.stop(STOP_GRACE).await;
             }
+            // Its own task records this too; whichever comes first, the server's last usage
+            // checkpoint sees the instance ended.
+            i.ended();
         });
         futures::future::join_all(stops).await;
     }

@@ -38,7 +38,7 @@ fn load_prices(path: Option<&Path>) -> anyhow::Result<skiff_metering::Prices> {
         .with_context(|| format!("cannot read --prices {}", path.display()))?;
     serde_yaml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "invalid --prices {}: {e}: see `skiff server --help` for the fields",
+            "invalid --prices {}: {e}: give the shape of `prices` in `skiff billing report --format json`",
             path.display()
         )
     })

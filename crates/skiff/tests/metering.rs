@@ -170,8 +170,41 @@ fn an_idle_request_based_instance_gets_almost_no_cpu() {
 }
 
 #[test]
-fn job_tasks_are_billed_per_attempt() {
-    let (s, _tmp) = server_with_image(&[]);
+fn job_tasks_are_billed_per_attempt_at_the_configured_prices() {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.yaml");
+    std::fs::write(
+        &prices,
+        "requestBased: {vcpuSecond: 0.001, gibSecond: 0.0001, millionRequests: 1}\n\
+         instanceBased: {vcpuSecond: 0.002, gibSecond: 0.0002, millionRequests: 0}\n\
+         freeTier: {vcpuSeconds: 0, gibSeconds: 0, requests: 0}\n",
+    )
+    .unwrap();
+    // A price file with a mistake stops the server before it starts, naming the field.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "requestBased: {vcpuSecond: cheap}\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "server",
+            "--ingress",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--prices",
+        ])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--prices") && err.contains("vcpuSecond"),
+        "{err}"
+    );
+
+    let (s, _tmp) = server_with_image(&["--prices", prices.to_str().unwrap()]);
     // Task 1 fails its first attempt.
     let script = "sleep 0.2; [ $CLOUD_RUN_TASK_INDEX = 1 ] && [ $CLOUD_RUN_TASK_ATTEMPT = 0 ] && exit 1; exit 0";
     s.ok(&[
@@ -208,6 +241,9 @@ fn job_tasks_are_billed_per_attempt() {
     assert!((l.usage.vcpu_seconds - 2.0 * ms as f64 / 1000.0).abs() < 1e-6);
     assert!((l.usage.gib_seconds - ms as f64 / 1000.0).abs() < 1e-6);
     assert!(r.instance_based.billable_seconds > 0.0 && r.request_based.billable_seconds == 0.0);
+    let want = l.usage.vcpu_seconds * 0.002 + l.usage.gib_seconds * 0.0002;
+    assert!((l.cost.total - want).abs() < 1e-12, "{l:?}");
+    assert_eq!((r.free_tier, r.total), (0.0, r.cost));
 }
 
 #[test]
