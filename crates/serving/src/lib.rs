@@ -9,9 +9,8 @@
 pub mod auth;
 pub mod pool;
 pub mod proxy;
+pub mod upstream;
 
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pool::{Ctx, InstanceInfo, Pool, RevKey};
 use rand::Rng;
@@ -74,7 +73,6 @@ pub struct Serving {
     routes: RwLock<HashMap<(String, String), Arc<Route>>>,
     pools: Mutex<HashMap<RevKey, Arc<Pool>>>,
     keys: auth::TokenKeys,
-    client: Client<proxy::NetnsConnector, Incoming>,
 }
 
 impl Serving {
@@ -90,16 +88,11 @@ impl Serving {
             meters: cfg.meters,
             metrics: cfg.metrics,
         });
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(proxy::NetnsConnector { ctx: ctx.clone() });
         let serving = Arc::new(Serving {
             ctx,
             routes: RwLock::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
             keys: auth::TokenKeys::new(&cfg.token_secret),
-            client,
         });
         let weak = Arc::downgrade(&serving);
         tokio::spawn(async move {

@@ -75,8 +75,8 @@ impl InstState {
 
 pub struct Inst {
     pub id: String,
-    /// `ID:PORT`, the authority of requests sent to it (see `proxy::NetnsConnector`).
-    pub authority: http::uri::Authority,
+    /// Its idle keep-alive connections from the ingress.
+    pub upstream: crate::upstream::Upstream,
     pub started_at: DateTime<Utc>,
     created: Instant,
     state: Mutex<InstState>,
@@ -586,11 +586,8 @@ impl Pool {
             },
             now_ms(),
         );
-        let authority = format!("{id}:{}", self.settings.port)
-            .parse()
-            .expect("an instance id and a port make an authority");
         let inst = Arc::new(Inst {
-            authority,
+            upstream: Default::default(),
             id,
             created: Instant::now(),
             meter,

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -200,21 +199,22 @@ impl Serving {
                 ),
             };
         lease.count_request();
-        // The client's connector reads the instance from the authority (`ID:PORT`).
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(lease.inst.authority.clone());
-        parts.path_and_query = Some(
-            req.uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        let uri = match Uri::from_parts(parts) {
-            Ok(u) => u,
-            Err(_) => return answer(StatusCode::BAD_REQUEST, "invalid request path"),
-        };
-        *req.uri_mut() = uri;
+        // Origin-form to the app; an HTTP/2 request's authority becomes its Host.
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(v) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
@@ -226,7 +226,25 @@ impl Serving {
             headers.insert(X_FORWARDED_FOR, v);
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        let res = match tokio::time::timeout_at(deadline.into(), self.client.request(req)).await {
+        let port = pool.settings.port;
+        let inst = lease.inst.clone();
+        let connect = || {
+            let netns = self
+                .ctx
+                .netns
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&inst.id)
+                .cloned();
+            async move {
+                let netns = netns.ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "the instance is gone")
+                })?;
+                skiff_runtime::netns::connect(netns, port).await
+            }
+        };
+        let sent = inst.upstream.send(req, connect);
+        let (res, conn) = match tokio::time::timeout_at(deadline.into(), sent).await {
             Err(_) => {
                 return answer(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -249,6 +267,7 @@ impl Serving {
         strip_hop_by_hop(&mut parts.headers);
         let body = LeaseBody {
             inner: body,
+            conn: Some(conn),
             lease: Some(lease),
             deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
             status: parts.status.as_u16(),
@@ -263,6 +282,9 @@ impl Serving {
 /// revision's metrics when the slot is let go.
 struct LeaseBody {
     inner: Incoming,
+    /// The connection the body arrives on: this body drives it, and hands it back to the
+    /// instance's idle connections when the body is complete.
+    conn: Option<crate::upstream::Conn>,
     lease: Option<Lease>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     status: u16,
@@ -270,8 +292,15 @@ struct LeaseBody {
 }
 
 impl LeaseBody {
-    fn finish(&mut self) {
+    /// The exchange is over (`complete`: the whole body came): the connection goes back to
+    /// the instance if it can serve again, then the slot is freed and the request counted.
+    fn finish(&mut self, cx: Option<&mut Context<'_>>, complete: bool) {
         if let Some(lease) = self.lease.take() {
+            if let Some(c) = self.conn.take() {
+                if complete {
+                    lease.inst.upstream.release(c, cx);
+                }
+            }
             lease
                 .pool()
                 .metrics
@@ -282,7 +311,8 @@ impl LeaseBody {
 
 impl Drop for LeaseBody {
     fn drop(&mut self) {
-        self.finish();
+        let complete = self.inner.is_end_stream();
+        self.finish(None, complete);
     }
 }
 
@@ -295,18 +325,22 @@ impl Body for LeaseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.deadline.as_mut().poll(cx).is_ready() {
-            self.finish();
+            self.finish(None, false);
             return Poll::Ready(Some(Err(
                 "the response took longer than the request timeout".into(),
             )));
         }
+        if let Some(c) = self.conn.as_mut() {
+            c.drive(cx);
+        }
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Ready(None) => self.finish(Some(cx), true),
+            Poll::Ready(Some(Err(_))) => self.finish(None, false),
             _ => {}
         }
         if self.inner.is_end_stream() {
-            self.finish();
+            self.finish(Some(cx), true);
         }
         r.map(|o| o.map(|res| res.map_err(BoxError::from)))
     }
@@ -317,44 +351,5 @@ impl Body for LeaseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// Connects the HTTP client to an instance: the URI's host is the instance id, and the TCP
-/// socket is created inside that instance's network namespace.
-#[derive(Clone)]
-pub struct NetnsConnector {
-    pub ctx: Arc<crate::pool::Ctx>,
-}
-
-impl tower_service::Service<Uri> for NetnsConnector {
-    type Response = TokioIo<tokio::net::TcpStream>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let ctx = self.ctx.clone();
-        Box::pin(async move {
-            let id = uri.host().unwrap_or_default();
-            let port = uri.port_u16().unwrap_or(80);
-            let netns = ctx
-                .netns
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(id)
-                .cloned()
-                .ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("instance {id} is gone"),
-                    )
-                })?;
-            let stream = skiff_runtime::netns::connect(netns, port).await?;
-            Ok(TokioIo::new(stream))
-        })
     }
 }
