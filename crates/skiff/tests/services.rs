@@ -515,6 +515,44 @@ fn revisions_describe_and_delete() {
 }
 
 #[test]
+fn request_and_response_bodies_stream_through_on_reused_connections() {
+    let (s, _tmp) = server_with_image(&[]);
+    deploy(&s, "bodies", &[]);
+    // The CGI script runs `sh -c CMD` with the request body on its stdin.
+    let url = format!("http://127.0.0.1:{}/cgi-bin/sh?wc%20-c", s.ingress);
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let body = vec![b'x'; 3 << 20];
+    for _ in 0..3 {
+        let r = client
+            .post(&url)
+            .header("Host", host("bodies"))
+            .body(body.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().unwrap().trim(), (3 << 20).to_string());
+    }
+    // A large response, then more requests on the same client connection.
+    let big = client
+        .get(format!(
+            "http://127.0.0.1:{}/cgi-bin/sh?head%20-c%205000000%20%2Fdev%2Fzero",
+            s.ingress
+        ))
+        .header("Host", host("bodies"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(big.len(), 5_000_000);
+    for _ in 0..3 {
+        assert_eq!(s.get(&host("bodies"), "/", None).0, 200);
+    }
+}
+
+#[test]
 fn the_ingress_speaks_http1_and_h2c() {
     let (s, _tmp) = server_with_image(&[]);
     deploy(&s, "both", &[]);
