@@ -76,7 +76,7 @@ impl InstState {
 pub struct Inst {
     pub id: String,
     /// Its idle keep-alive connections from the ingress.
-    pub upstream: crate::upstream::Upstream,
+    pub upstream: Arc<crate::upstream::Upstream>,
     pub started_at: DateTime<Utc>,
     created: Instant,
     state: Mutex<InstState>,

@@ -244,7 +244,7 @@ impl Serving {
             }
         };
         let sent = inst.upstream.send(req, connect);
-        let (res, conn) = match tokio::time::timeout_at(deadline.into(), sent).await {
+        let res = match tokio::time::timeout_at(deadline.into(), sent).await {
             Err(_) => {
                 return answer(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -267,7 +267,6 @@ impl Serving {
         strip_hop_by_hop(&mut parts.headers);
         let body = LeaseBody {
             inner: body,
-            conn: Some(conn),
             lease: Some(lease),
             deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
             status: parts.status.as_u16(),
@@ -281,10 +280,7 @@ impl Serving {
 /// away) and cutting it off at the request's deadline. The request is counted in the
 /// revision's metrics when the slot is let go.
 struct LeaseBody {
-    inner: Incoming,
-    /// The connection the body arrives on: this body drives it, and hands it back to the
-    /// instance's idle connections when the body is complete.
-    conn: Option<crate::upstream::Conn>,
+    inner: crate::upstream::UpstreamBody,
     lease: Option<Lease>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     status: u16,
@@ -292,15 +288,10 @@ struct LeaseBody {
 }
 
 impl LeaseBody {
-    /// The exchange is over (`complete`: the whole body came): the connection goes back to
-    /// the instance if it can serve again, then the slot is freed and the request counted.
-    fn finish(&mut self, cx: Option<&mut Context<'_>>, complete: bool) {
+    /// The exchange is over: the slot is freed and the request counted. (The body has
+    /// already handed its connection back when it completed.)
+    fn finish(&mut self) {
         if let Some(lease) = self.lease.take() {
-            if let Some(c) = self.conn.take() {
-                if complete {
-                    lease.inst.upstream.release(c, cx);
-                }
-            }
             lease
                 .pool()
                 .metrics
@@ -311,8 +302,7 @@ impl LeaseBody {
 
 impl Drop for LeaseBody {
     fn drop(&mut self) {
-        let complete = self.inner.is_end_stream();
-        self.finish(None, complete);
+        self.finish();
     }
 }
 
@@ -325,22 +315,18 @@ impl Body for LeaseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.deadline.as_mut().poll(cx).is_ready() {
-            self.finish(None, false);
+            self.finish();
             return Poll::Ready(Some(Err(
                 "the response took longer than the request timeout".into(),
             )));
         }
-        if let Some(c) = self.conn.as_mut() {
-            c.drive(cx);
-        }
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
-            Poll::Ready(None) => self.finish(Some(cx), true),
-            Poll::Ready(Some(Err(_))) => self.finish(None, false),
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
             _ => {}
         }
         if self.inner.is_end_stream() {
-            self.finish(Some(cx), true);
+            self.finish();
         }
         r.map(|o| o.map(|res| res.map_err(BoxError::from)))
     }

@@ -4,13 +4,14 @@
 //! request to the connection's task, the response back); here the request's task writes the
 //! request, reads the response head, and — from the response body — reads the rest.
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 type Driver = http1::Connection<TokioIo<tokio::net::TcpStream>, Incoming>;
@@ -74,15 +75,19 @@ impl Upstream {
         }
     }
 
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Sends `req` over an idle connection, or a new one that `connect` opens. A request
     /// that an idle connection turned down unsent (the app closed it meanwhile) is sent again
-    /// over a new connection. Returns the response head and the connection, which the
-    /// response body must go on driving.
+    /// over a new connection. The response's body drives the connection from then on, and
+    /// hands it back here when it is complete.
     pub async fn send<F, Fut>(
-        &self,
+        self: &Arc<Self>,
         mut req: Request<Incoming>,
         connect: F,
-    ) -> Result<(Response<Incoming>, Conn), crate::proxy::BoxError>
+    ) -> Result<Response<UpstreamBody>, crate::proxy::BoxError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = std::io::Result<tokio::net::TcpStream>>,
@@ -102,7 +107,14 @@ impl Upstream {
             })
             .await;
             match r {
-                Ok(res) => return Ok((res, conn)),
+                Ok(res) => {
+                    let upstream = self.clone();
+                    return Ok(res.map(|inner| UpstreamBody {
+                        inner,
+                        conn: Some(conn),
+                        upstream,
+                    }));
+                }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => {
                         req = unsent;
@@ -129,4 +141,142 @@ where
         tx,
         driver: Some(Box::pin(driver)),
     })
+}
+
+/// A response body from an instance. Polling it drives its connection; once it is complete
+/// the connection goes back to the instance's idle ones (dropped unfinished, it is closed).
+pub struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<Conn>,
+    upstream: Arc<Upstream>,
+}
+
+impl UpstreamBody {
+    /// Hands the connection back if the body is complete, else closes it.
+    fn done(&mut self, cx: Option<&mut Context<'_>>) {
+        if let Some(c) = self.conn.take() {
+            if self.inner.is_end_stream() {
+                self.upstream.release(c, cx);
+            }
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.done(None);
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(c) = self.conn.as_mut() {
+            c.drive(cx);
+        }
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.done(Some(cx)),
+            Poll::Ready(Some(Err(_))) => self.conn = None,
+            _ if self.inner.is_end_stream() => self.done(Some(cx)),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Serves `handler`'s answers on loopback, HTTP/1.1 with keep-alive; counts connections.
+    async fn backend(accepted: Arc<AtomicUsize>) -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let n = req.into_body().collect().await?.to_bytes().len();
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(format!(
+                            "got {n}"
+                        )))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A front server that sends every request on through one `Upstream`.
+    async fn front(upstream: Arc<Upstream>, to: std::net::SocketAddr) -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let upstream = upstream.clone();
+                        async move {
+                            let connect =
+                                move || async move { tokio::net::TcpStream::connect(to).await };
+                            upstream
+                                .send(req, connect)
+                                .await
+                                .map_err(|e| std::io::Error::other(e.to_string()))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_bodies_stream_both_ways() {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let to = backend(accepted.clone()).await;
+        let upstream = Arc::new(Upstream::default());
+        let addr = front(upstream.clone(), to).await;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        for i in 0..20usize {
+            let body = vec![b'x'; i * 10_000];
+            let req = Request::post(format!("http://{addr}/"))
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let res = client.request(req).await.unwrap();
+            let text = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(text, format!("got {}", i * 10_000));
+        }
+        // One connection served every request, one after the other.
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(upstream.idle_count(), 1);
+    }
 }
