@@ -75,6 +75,7 @@ impl Upstream {
         }
     }
 
+    /// How many idle connections are kept now.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
