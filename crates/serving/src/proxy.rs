@@ -268,7 +268,8 @@ impl Serving {
         let body = LeaseBody {
             inner: body,
             lease: Some(lease),
-            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            deadline,
+            timer: None,
             status: parts.status.as_u16(),
             began,
         };
@@ -282,7 +283,10 @@ impl Serving {
 struct LeaseBody {
     inner: crate::upstream::UpstreamBody,
     lease: Option<Lease>,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Instant,
+    /// Armed the first time the body has to wait: most bodies are complete at once and never
+    /// need a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     status: u16,
     began: Instant,
 }
@@ -314,16 +318,28 @@ impl Body for LeaseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            self.finish();
-            return Poll::Ready(Some(Err(
-                "the response took longer than the request timeout".into(),
-            )));
+        let cut = |this: &mut Self| {
+            this.finish();
+            Poll::Ready(Some(Err(BoxError::from(
+                "the response took longer than the request timeout",
+            ))))
+        };
+        if Instant::now() >= self.deadline {
+            return cut(&mut self);
         }
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
-            _ => {}
+            Poll::Pending => {
+                let deadline = self.deadline;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return cut(&mut self);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => {}
         }
         if self.inner.is_end_stream() {
             self.finish();

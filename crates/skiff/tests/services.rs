@@ -553,6 +553,36 @@ fn request_and_response_bodies_stream_through_on_reused_connections() {
 }
 
 #[test]
+fn a_response_body_is_cut_off_at_the_request_timeout() {
+    let (s, _tmp) = server_with_image(&[]);
+    deploy(&s, "slowbody", &["--timeout", "2s"]);
+    // The head and a first line come at once; the rest would come after the timeout.
+    let url = format!(
+        "http://127.0.0.1:{}/cgi-bin/sh?echo%20start%3B%20sleep%205%3B%20echo%20end",
+        s.ingress
+    );
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = client
+        .get(&url)
+        .header("Host", host("slowbody"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    match r.text() {
+        Ok(body) => assert!(
+            !body.contains("end"),
+            "the body went past the timeout: {body}"
+        ),
+        Err(e) => assert!(e.is_body() || e.is_decode(), "{e}"),
+    }
+    // The service still answers.
+    assert_eq!(s.get(&host("slowbody"), "/", None).0, 200);
+}
+
+#[test]
 fn the_ingress_speaks_http1_and_h2c() {
     let (s, _tmp) = server_with_image(&[]);
     deploy(&s, "both", &[]);
