@@ -170,7 +170,7 @@ pub fn set_ini(text: &str, props: &[(&str, &str, String)]) -> String {
 }
 
 /// Writes `contents` to `path` with mode 0600, replacing it atomically.
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(

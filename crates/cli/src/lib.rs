@@ -27,6 +27,7 @@ use std::path::PathBuf;
 
 pub use auth::AuthCommand;
 pub use deploy::DeployArgs;
+pub use gcloud::write_private;
 pub use images::ImagesCommand;
 pub use instances::InstancesCommand;
 pub use logs::LogsCommand;

@@ -316,6 +316,7 @@ mod tests {
                 }],
                 rounding: None,
                 memory_peak_bytes: 1 << 20,
+                changed: true,
             }],
         });
         let text = m.render();

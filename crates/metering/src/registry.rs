@@ -77,6 +77,9 @@ pub struct LiveInstance {
 struct Taken {
     ended: Option<(i64, Option<CgroupStats>)>,
     stats: CgroupStats,
+    /// The open interval's rounding and the peak memory last reported (`None`: never
+    /// reported); a checkpoint with nothing new for the instance leaves it out.
+    reported: Option<(Option<(i64, i64)>, u64)>,
 }
 
 impl LiveInstance {
@@ -123,6 +126,9 @@ pub struct InstanceUsage {
     pub rounding: Option<(i64, i64)>,
     /// Peak memory so far.
     pub memory_peak_bytes: u64,
+    /// Whether anything in it is new since the instance's last report (an idle instance's
+    /// unchanged row need not be written again).
+    pub changed: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,7 +224,11 @@ impl Registry {
                 m.requests += requests;
                 m.cpu_ns += cpu_delta;
             }
+            let state = (accrued.rounding, st.stats.memory_peak_bytes);
+            let changed = ended.is_some() || !minutes.is_empty() || st.reported != Some(state);
+            st.reported = Some(state);
             out.instances.push(InstanceUsage {
+                changed,
                 info: inst.info.clone(),
                 started_ms: inst.started_ms,
                 ended_ms: ended.map(|e| e.0),
@@ -279,6 +289,11 @@ mod tests {
         // 1 000..1 050 (→100) and 1 100..1 200 so far.
         assert_eq!((m.billable_ms, m.requests, m.cpu_ns), (100 + 100, 1, 7_000));
         assert_eq!(u.rounding, Some((0, 0)));
+        // Idle, with nothing new: marked unchanged in the next checkpoint.
+        i.with_meter(|m| m.set_busy(1_200, false));
+        assert!(r.checkpoint(1_200, stats).instances[0].changed);
+        assert!(!r.checkpoint(1_210, stats).instances[0].changed);
+        i.with_meter(|m| m.set_busy(1_200, true));
         i.with_meter(|m| m.set_busy(1_250, false));
         i.end(
             1_300,

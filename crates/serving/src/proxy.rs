@@ -227,7 +227,7 @@ impl Serving {
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         let port = pool.settings.port;
-        let inst = lease.inst.clone();
+        let inst = &lease.inst;
         let connect = || {
             let netns = self
                 .ctx

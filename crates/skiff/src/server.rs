@@ -6,8 +6,6 @@ use anyhow::{bail, Context};
 use skiff_api::controller::Controller;
 use skiff_api::ApiState;
 use skiff_serving::{Serving, ServingConfig};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,17 +55,7 @@ fn secret(path: &Path) -> anyhow::Result<String> {
         }
     }
     let value = hex::encode(rand::random::<[u8; 32]>());
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(value.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    skiff_cli::write_private(path, value.as_bytes())?;
     Ok(value)
 }
 

@@ -4,30 +4,18 @@
 //! They need root, namespaces, overlayfs and cgroups.
 
 use skiff_metering::{Billing, Report};
-use skiff_testkit::{busybox_image, ImageSpec, TestServer};
+use skiff_testkit::TestServer;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_skiff");
 
 fn server_with_image(args: &[&str]) -> (TestServer, tempfile::TempDir) {
-    let s = TestServer::start(Path::new(BIN), args);
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = busybox_image(&tmp.path().join("web"), "web", &ImageSpec::default());
-    s.ok(&["images", "import", layout.to_str().unwrap()]);
-    (s, tmp)
+    TestServer::with_web_image(Path::new(BIN), args)
 }
 
 fn deploy(s: &TestServer, service: &str, extra: &[&str]) {
-    let mut args = vec![
-        "deploy",
-        service,
-        "--image",
-        "web",
-        "--allow-unauthenticated",
-    ];
-    args.extend_from_slice(extra);
-    s.ok(&args);
+    s.deploy_web(service, extra);
 }
 
 fn report(s: &TestServer, args: &[&str]) -> Report {

@@ -11,23 +11,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_skiff");
 
 /// A server with the default test image imported as `web:latest`.
 fn server_with_image(args: &[&str]) -> (TestServer, tempfile::TempDir) {
-    let s = TestServer::start(Path::new(BIN), args);
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = busybox_image(&tmp.path().join("web"), "web", &ImageSpec::default());
-    s.ok(&["images", "import", layout.to_str().unwrap()]);
-    (s, tmp)
+    TestServer::with_web_image(Path::new(BIN), args)
 }
 
 fn deploy(s: &TestServer, service: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "deploy",
-        service,
-        "--image",
-        "web",
-        "--allow-unauthenticated",
-    ];
-    args.extend_from_slice(extra);
-    s.ok(&args)
+    s.deploy_web(service, extra)
 }
 
 fn host(service: &str) -> String {

@@ -22,7 +22,7 @@ pub struct UsageFilter {
 impl Store {
     /// Adds what a checkpoint accrued, in one transaction.
     pub fn record_usage(&self, cp: &Checkpoint) -> Result<()> {
-        if cp.instances.is_empty() {
+        if !cp.instances.iter().any(|u| u.changed) {
             return Ok(());
         }
         let mut conn = self.conn();
@@ -47,7 +47,7 @@ impl Store {
                     requests = requests + excluded.requests,
                     cpu_ns = cpu_ns + excluded.cpu_ns",
             )?;
-            for u in &cp.instances {
+            for u in cp.instances.iter().filter(|u| u.changed) {
                 let i = &u.info;
                 let (rounding_minute, rounding_ms) = u.rounding.unzip();
                 inst.execute(params![
@@ -175,6 +175,7 @@ mod tests {
                 .collect(),
             rounding: None,
             memory_peak_bytes: 5 << 20,
+            changed: true,
         }
     }
 

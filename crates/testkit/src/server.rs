@@ -83,6 +83,31 @@ impl TestServer {
         }
     }
 
+    /// Starts a server with the default test image (busybox httpd with its CGI scripts,
+    /// [`crate::ImageSpec::default`]) imported as `web:latest`. The directory returned holds
+    /// the image's layout; keep it as long as the test runs.
+    pub fn with_web_image(bin: &Path, args: &[&str]) -> (TestServer, tempfile::TempDir) {
+        let s = TestServer::start(bin, args);
+        let tmp = tempfile::tempdir().unwrap();
+        let layout =
+            crate::busybox_image(&tmp.path().join("web"), "web", &crate::ImageSpec::default());
+        s.ok(&["images", "import", layout.to_str().unwrap()]);
+        (s, tmp)
+    }
+
+    /// Deploys a public service from the image `web` with `extra` flags; returns the output.
+    pub fn deploy_web(&self, service: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "deploy",
+            service,
+            "--image",
+            "web",
+            "--allow-unauthenticated",
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+
     /// The server's own log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
