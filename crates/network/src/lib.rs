@@ -1,0 +1,633 @@
+//! Instance networking: every instance and job task gets a network namespace of its own with
+//! an interface on a host bridge, an address from the instance subnet, a default route through
+//! the bridge's address (the *gateway*), NAT to the host's uplink, the platform's DNS resolver
+//! and the metadata server, and nothing else of the host.
+//!
+//! - [`Network`] owns the bridge (`skiff<id>`), the nftables tables (`skiff_<id>`, see
+//!   [`firewall`]) and the address allocator, where `<id>` comes from the data dir, so two
+//!   servers with different data dirs never touch each other's links or rules.
+//! - [`Sandbox`]es (a network namespace with loopback up, `eth0` with its address and route)
+//!   are made ahead of demand, off the request path, and handed out by [`Network::acquire`];
+//!   the [`Lease`] that comes back holds the namespace until the instance ends, then deletes
+//!   its interface and returns the address.
+//! - [`dns`] answers the instances' DNS queries; [`metadata`] is the metadata server.
+//!
+//! The design follows Docker's bridge network (a veth pair into a bridge, masquerade to the
+//! uplink), with Cloud Run's contract on top: `metadata.google.internal` and
+//! `169.254.169.254` (Cloud Run's container runtime contract, "Metadata server").
+
+pub mod dns;
+pub mod firewall;
+pub mod metadata;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use nix::sched::{setns, unshare, CloneFlags};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// Errors of instance networking.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A netlink request failed (`what` says which).
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A system call failed (`what` says which).
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `nft` refused the rules, or is missing.
+    #[error("firewall: {0}")]
+    Firewall(String),
+    /// The configuration cannot work on this host (a subnet that collides, say).
+    #[error("{0}")]
+    Config(String),
+    /// Every address of the subnet is in use.
+    #[error("no free address left in the instance subnet {0}: give a larger --network-subnet")]
+    Exhausted(Ipv4Net),
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+    let what = what.into();
+    move |source| NetworkError::Netlink { what, source }
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetworkError {
+    let what = what.into();
+    move |source| NetworkError::Sys { what, source }
+}
+
+/// What the server asks of instance networking.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// The instance subnet: the gateway takes its first address, instances the others.
+    pub subnet: Ipv4Net,
+    /// Extra destinations instances may not reach (beyond the host itself, other instances,
+    /// loopback, link-local and multicast, which are always denied).
+    pub deny: Vec<Ipv4Net>,
+    /// TCP ports on the gateway address that instances may open besides DNS and metadata:
+    /// the ingress, so that a service calls another by its URL.
+    pub host_ports: Vec<u16>,
+    /// How many sandboxes to keep made ahead of demand.
+    pub prepared: usize,
+}
+
+/// The default instance subnet, `10.213.0.0/16`.
+pub fn default_subnet() -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(10, 213, 0, 0), 16).expect("valid prefix")
+}
+
+/// Who an instance address belongs to: what the metadata server tells the instance about
+/// itself, and whose identity its tokens carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The project (Skiff namespace).
+    pub project: String,
+    /// The project's number (`/computeMetadata/v1/project/numeric-project-id`).
+    pub project_number: u64,
+    /// The instance's unique id (`/computeMetadata/v1/instance/id`).
+    pub instance_id: String,
+    /// The service account email the instance runs as.
+    pub service_account: String,
+}
+
+/// A network namespace made ahead of demand: loopback up, `eth0` with `ip` and a default
+/// route through the gateway, the host end `host_if` on the bridge.
+pub struct Sandbox {
+    netns: OwnedFd,
+    ip: Ipv4Addr,
+    host_if: String,
+}
+
+struct State {
+    /// Offsets into the subnet never handed out yet start at `next`.
+    next: u32,
+    /// Offsets handed back, reused oldest first.
+    released: VecDeque<u32>,
+    ready: VecDeque<Sandbox>,
+    owners: HashMap<Ipv4Addr, Owner>,
+    /// Sandboxes being made right now (counted towards `prepared`).
+    making: usize,
+}
+
+/// The server's instance network: the bridge, its rules and the sandboxes.
+pub struct Network {
+    bridge: String,
+    table: String,
+    veth_prefix: String,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    bridge_index: u32,
+    prepared: usize,
+    handle: Handle,
+    state: Mutex<State>,
+    seq: AtomicU32,
+    /// `Some(old value)` when the server turned IPv4 forwarding on.
+    forwarding_was: Option<String>,
+}
+
+/// The short id that names this server's bridge, veths and tables: 8 hex digits of the
+/// SHA-256 of the data dir's canonical path.
+pub fn server_id(data_dir: &Path) -> String {
+    use sha2::Digest;
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..4])
+}
+
+fn names(data_dir: &Path) -> (String, String, String) {
+    let id = server_id(data_dir);
+    (
+        format!("skiff{id}"),
+        format!("skiff_{id}"),
+        format!("sk{}", &id[..6]),
+    )
+}
+
+const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl Network {
+    /// Sets the network up: removes whatever a previous run with the same data dir left
+    /// (bridge, veths, tables), checks that the subnet collides with no route of the host,
+    /// creates the bridge with the gateway address, turns IPv4 forwarding on, applies the
+    /// rules and starts making sandboxes.
+    ///
+    /// Errors: a subnet too small (fewer than 2 instance addresses) or overlapping one of the
+    /// host's routes ([`NetworkError::Config`]), netlink or `nft` failures.
+    pub async fn start(data_dir: &Path, cfg: NetworkConfig) -> Result<Arc<Network>, NetworkError> {
+        if cfg.subnet.prefix_len() > 29 {
+            return Err(NetworkError::Config(format!(
+                "--network-subnet {} is too small: give a /29 or larger",
+                cfg.subnet
+            )));
+        }
+        let (bridge, table, veth_prefix) = names(data_dir);
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+        tokio::spawn(conn);
+        sweep_links(&handle, &bridge, &veth_prefix).await?;
+        firewall::apply(&firewall::Rules::delete_batch(&table))?;
+        check_routes(&handle, cfg.subnet).await?;
+
+        let gateway = cfg.subnet.hosts().next().expect("a /29 has hosts");
+        handle
+            .link()
+            .add(rtnetlink::LinkBridge::new(&bridge).up().build())
+            .execute()
+            .await
+            .map_err(netlink(format!("creating the bridge {bridge}")))?;
+        let bridge_index = link_index(&handle, &bridge).await?;
+        handle
+            .address()
+            .add(bridge_index, gateway.into(), cfg.subnet.prefix_len())
+            .execute()
+            .await
+            .map_err(netlink(format!("adding {gateway} to {bridge}")))?;
+
+        let forwarding_was = match std::fs::read_to_string(FORWARDING) {
+            Ok(v) if v.trim() != "1" => {
+                std::fs::write(FORWARDING, "1").map_err(sys("turning IPv4 forwarding on"))?;
+                Some(v.trim().to_string())
+            }
+            _ => None,
+        };
+        let rules = firewall::Rules {
+            table: &table,
+            bridge: &bridge,
+            veth_prefix: &veth_prefix,
+            subnet: cfg.subnet,
+            gateway,
+            host_ports: cfg.host_ports.clone(),
+            deny: &cfg.deny,
+        }
+        .batch();
+        let network = Arc::new(Network {
+            bridge: bridge.clone(),
+            table: table.clone(),
+            veth_prefix: veth_prefix.clone(),
+            subnet: cfg.subnet,
+            gateway,
+            bridge_index,
+            prepared: cfg.prepared,
+            handle,
+            state: Mutex::new(State {
+                next: 2,
+                released: VecDeque::new(),
+                ready: VecDeque::new(),
+                owners: HashMap::new(),
+                making: 0,
+            }),
+            seq: AtomicU32::new(0),
+            forwarding_was,
+        });
+        if let Err(e) = firewall::apply(&rules) {
+            network.stop().await;
+            return Err(e);
+        }
+        network.refill();
+        Ok(network)
+    }
+
+    /// The bridge's address, where instances find DNS, the metadata server and the ingress.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
+    }
+
+    /// The instance subnet.
+    pub fn subnet(&self) -> Ipv4Net {
+        self.subnet
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands out a sandbox for an instance that `owner` describes: one made ahead when there
+    /// is one, else a new one now. Its address answers to `owner` at the metadata server
+    /// until the lease is dropped.
+    pub async fn acquire(self: &Arc<Self>, owner: Owner) -> Result<Lease, NetworkError> {
+        let ready = self.lock().ready.pop_front();
+        let sandbox = match ready {
+            Some(s) => s,
+            None => self.make().await?,
+        };
+        self.refill();
+        self.lock().owners.insert(sandbox.ip, owner);
+        Ok(Lease {
+            network: Arc::downgrade(self),
+            sandbox: Some(sandbox),
+        })
+    }
+
+    /// Who the instance at `ip` is, for the metadata server.
+    pub fn owner_of(&self, ip: Ipv4Addr) -> Option<Owner> {
+        self.lock().owners.get(&ip).cloned()
+    }
+
+    /// Starts making sandboxes in the background until `prepared` are ready.
+    fn refill(self: &Arc<Self>) {
+        let missing = {
+            let mut st = self.lock();
+            let have = st.ready.len() + st.making;
+            let n = self.prepared.saturating_sub(have);
+            st.making += n;
+            n
+        };
+        for _ in 0..missing {
+            let this = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let Some(net) = this.upgrade() else { return };
+                let made = net.make().await;
+                let mut st = net.lock();
+                st.making -= 1;
+                match made {
+                    Ok(s) => st.ready.push_back(s),
+                    Err(e) => tracing::warn!("preparing a network sandbox: {e}"),
+                }
+            });
+        }
+    }
+
+    fn allocate(&self) -> Result<u32, NetworkError> {
+        let mut st = self.lock();
+        if let Some(off) = st.released.pop_front() {
+            return Ok(off);
+        }
+        // The last address is the broadcast address.
+        let size = 1u32 << (32 - self.subnet.prefix_len());
+        if st.next >= size - 1 {
+            return Err(NetworkError::Exhausted(self.subnet));
+        }
+        st.next += 1;
+        Ok(st.next - 1)
+    }
+
+    fn release(&self, offset: u32) {
+        self.lock().released.push_back(offset);
+    }
+
+    fn offset(&self, ip: Ipv4Addr) -> u32 {
+        u32::from(ip) - u32::from(self.subnet.network())
+    }
+
+    /// Makes one sandbox: a new network namespace (with a netlink connection of its own
+    /// inside), a veth pair whose peer is created straight inside it as `eth0`, then loopback
+    /// up, the address and the default route, configured from inside.
+    async fn make(&self) -> Result<Sandbox, NetworkError> {
+        let offset = self.allocate()?;
+        let ip = Ipv4Addr::from(u32::from(self.subnet.network()) + offset);
+        let host_if = format!(
+            "{}{:07x}",
+            self.veth_prefix,
+            self.seq.fetch_add(1, Ordering::Relaxed) & 0x0fff_ffff
+        );
+        let result = self.configure(ip, &host_if).await;
+        if result.is_err() {
+            let _ = self.delete_link(&host_if).await;
+            self.release(offset);
+        }
+        result
+    }
+
+    async fn configure(&self, ip: Ipv4Addr, host_if: &str) -> Result<Sandbox, NetworkError> {
+        let (netns, inner) = tokio::task::spawn_blocking(new_netns)
+            .await
+            .map_err(|e| NetworkError::Sys {
+                what: "making a network namespace".into(),
+                source: std::io::Error::other(e),
+            })??;
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name("eth0".to_string())
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host_if.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .controller(self.bridge_index)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(netlink(format!("creating the veth pair {host_if}")))?;
+        let lo = link_index(&inner, "lo").await?;
+        inner
+            .link()
+            .set(LinkUnspec::new_with_index(lo).up().build())
+            .execute()
+            .await
+            .map_err(netlink("bringing up loopback"))?;
+        let eth0 = link_index(&inner, "eth0").await?;
+        inner
+            .address()
+            .add(eth0, ip.into(), self.subnet.prefix_len())
+            .execute()
+            .await
+            .map_err(netlink(format!("adding {ip} to eth0")))?;
+        inner
+            .link()
+            .set(LinkUnspec::new_with_index(eth0).up().build())
+            .execute()
+            .await
+            .map_err(netlink("bringing up eth0"))?;
+        inner
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(self.gateway)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink("adding the default route"))?;
+        Ok(Sandbox {
+            netns,
+            ip,
+            host_if: host_if.to_string(),
+        })
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<(), NetworkError> {
+        let Ok(index) = link_index(&self.handle, name).await else {
+            return Ok(());
+        };
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(netlink(format!("deleting {name}")))
+    }
+
+    /// Removes the bridge (and with it every veth still on it), the rules, and the sandboxes
+    /// made ahead; turns IPv4 forwarding back off if this server turned it on and no other
+    /// server's bridge is left.
+    pub async fn stop(&self) {
+        let ready: Vec<Sandbox> = self.lock().ready.drain(..).collect();
+        for s in ready {
+            let _ = self.delete_link(&s.host_if).await;
+        }
+        if let Err(e) = self.delete_link(&self.bridge).await {
+            tracing::warn!("{e}");
+        }
+        if let Err(e) = firewall::apply(&firewall::Rules::delete_batch(&self.table)) {
+            tracing::warn!("{e}");
+        }
+        if let Some(old) = &self.forwarding_was {
+            let others = self.handle.link().get().execute();
+            let names: Vec<String> = others
+                .try_filter_map(|m| async move {
+                    Ok(m.attributes.into_iter().find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n),
+                        _ => None,
+                    }))
+                })
+                .try_collect()
+                .await
+                .unwrap_or_default();
+            let other_bridge = names
+                .iter()
+                .any(|n| n.starts_with("skiff") && *n != self.bridge);
+            if !other_bridge {
+                let _ = std::fs::write(FORWARDING, old);
+            }
+        }
+    }
+}
+
+/// A sandbox in use by one instance. Dropping it deletes the interface (the namespace goes
+/// when its last process does) and returns the address.
+pub struct Lease {
+    network: Weak<Network>,
+    sandbox: Option<Sandbox>,
+}
+
+impl Lease {
+    fn sandbox(&self) -> &Sandbox {
+        self.sandbox.as_ref().expect("present until drop")
+    }
+
+    /// The network namespace, to hand to the instance's shim.
+    pub fn netns(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sandbox().netns.as_fd()
+    }
+
+    /// The instance's address.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.sandbox().ip
+    }
+
+    /// The host end of the instance's veth pair.
+    pub fn host_interface(&self) -> &str {
+        &self.sandbox().host_if
+    }
+
+    /// `/etc/resolv.conf` for the instance: the gateway's resolver only.
+    pub fn resolv_conf(&self) -> String {
+        let gw = self.network.upgrade().map(|n| n.gateway);
+        match gw {
+            Some(gw) => format!("nameserver {gw}\noptions ndots:0\n"),
+            None => String::new(),
+        }
+    }
+
+    /// Bytes the instance has sent and received so far over its interface: the host end's
+    /// receive and transmit counters, `(sent, received)`.
+    pub fn counters(&self) -> (u64, u64) {
+        interface_counters(&self.sandbox().host_if)
+    }
+}
+
+/// `(sent by the instance, received by the instance)` from the host end's sysfs counters;
+/// zeros once the interface is gone.
+pub fn interface_counters(host_if: &str) -> (u64, u64) {
+    let read = |what: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{host_if}/statistics/{what}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (read("rx_bytes"), read("tx_bytes"))
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(sandbox) = self.sandbox.take() else {
+            return;
+        };
+        let Some(net) = self.network.upgrade() else {
+            return;
+        };
+        net.lock().owners.remove(&sandbox.ip);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            // The interface goes first, so the address is free of it before anyone reuses it.
+            if let Err(e) = net.delete_link(&sandbox.host_if).await {
+                tracing::warn!("{e}");
+            }
+            let offset = net.offset(sandbox.ip);
+            drop(sandbox);
+            net.release(offset);
+        });
+    }
+}
+
+/// `/etc/hosts` for an instance, as Docker writes it: localhost, and the instance's own name
+/// at its address (at loopback when it has no interface).
+pub fn hosts_file(hostname: &str, ip: Option<Ipv4Addr>) -> String {
+    let me = ip.map_or_else(|| "127.0.1.1".to_string(), |ip| ip.to_string());
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{me}\t{hostname}\n"
+    )
+}
+
+/// Runs on a blocking-pool thread: enters a new network namespace, takes a handle on it and a
+/// netlink connection inside it, and returns to the host's namespace before anything else
+/// runs on the thread.
+fn new_netns() -> Result<(OwnedFd, Handle), NetworkError> {
+    let host = std::fs::File::open("/proc/thread-self/ns/net").map_err(sys("opening the host namespace"))?;
+    unshare(CloneFlags::CLONE_NEWNET)
+        .map_err(|e| NetworkError::Sys { what: "unshare(CLONE_NEWNET)".into(), source: e.into() })?;
+    let inside = (|| {
+        let ns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(sys("opening the new namespace"))?
+            .into();
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(sys("netlink socket in the new namespace"))?;
+        tokio::spawn(conn);
+        Ok((ns, handle))
+    })();
+    if let Err(e) = setns(host.as_fd(), CloneFlags::CLONE_NEWNET) {
+        // The thread would go on serving the runtime from inside an instance's namespace.
+        eprintln!("fatal: cannot return to the host network namespace: {e}");
+        std::process::abort();
+    }
+    inside
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(m)) => Ok(m.header.index),
+        Ok(None) => Err(NetworkError::Config(format!("no interface named {name}"))),
+        Err(e) => Err(NetworkError::Netlink {
+            what: format!("looking up {name}"),
+            source: e,
+        }),
+    }
+}
+
+/// Deletes the bridge and any veth a previous run with the same data dir left.
+async fn sweep_links(handle: &Handle, bridge: &str, veth_prefix: &str) -> Result<(), NetworkError> {
+    let links: Vec<_> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("listing links"))?;
+    for m in links {
+        let name = m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        let Some(name) = name else { continue };
+        if name == bridge || name.starts_with(veth_prefix) {
+            handle
+                .link()
+                .del(m.header.index)
+                .execute()
+                .await
+                .map_err(netlink(format!("removing the leftover {name}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a subnet that overlaps any of the host's IPv4 routes (but the default route).
+async fn check_routes(handle: &Handle, subnet: Ipv4Net) -> Result<(), NetworkError> {
+    let routes: Vec<_> = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("listing routes"))?;
+    for r in routes {
+        let len = r.header.destination_prefix_length;
+        if len == 0 {
+            continue;
+        }
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        });
+        let Some(dst) = dst else { continue };
+        let Ok(net) = Ipv4Net::new(dst, len) else { continue };
+        // Local and broadcast routes of the host's own addresses are in other tables; the main
+        // table is what matters, but a host address inside the subnet collides as well.
+        if net.contains(&subnet.network()) || subnet.contains(&net.network()) {
+            return Err(NetworkError::Config(format!(
+                "the instance subnet {subnet} overlaps the host's route to {net}: choose another with --network-subnet"
+            )));
+        }
+    }
+    Ok(())
+}

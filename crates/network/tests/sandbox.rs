@@ -1,0 +1,66 @@
+//! Real sandboxes on a real bridge (needs root): an instance namespace reaches a listener on
+//! the gateway's allowed port, not one on another port, and everything is gone after stop.
+
+use skiff_network::{Network, NetworkConfig, Owner};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
+
+/// Connects from inside the namespace `ns` to `addr` on a fresh thread; true if it connected.
+fn connect_from(ns: std::os::fd::BorrowedFd<'_>, addr: SocketAddr) -> bool {
+    let ns = ns.try_clone_to_owned().unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok()
+    })
+    .join()
+    .unwrap()
+}
+
+fn owner() -> Owner {
+    Owner {
+        project: "default".into(),
+        project_number: 1,
+        instance_id: "i".into(),
+        service_account: "sa@x".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_reach_only_allowed_gateway_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let subnet = format!("10.231.{}.0/24", std::process::id() % 200 + 20).parse().unwrap();
+    let allowed = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let denied = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let allowed_port = allowed.local_addr().unwrap().port();
+    let net = Network::start(
+        dir.path(),
+        NetworkConfig {
+            subnet,
+            deny: vec![],
+            host_ports: vec![allowed_port],
+            prepared: 2,
+        },
+    )
+    .await
+    .expect("network starts");
+    let gw = net.gateway();
+    let a = net.acquire(owner()).await.expect("sandbox");
+    let b = net.acquire(owner()).await.expect("sandbox");
+    assert_ne!(a.ip(), b.ip());
+    assert_eq!(net.owner_of(a.ip()), Some(owner()));
+    let ok = connect_from(a.netns(), SocketAddr::from((gw, allowed_port)));
+    let blocked = connect_from(
+        a.netns(),
+        SocketAddr::from((gw, denied.local_addr().unwrap().port())),
+    );
+    // Another instance: nothing listens there, but the attempt must not even reach it.
+    let host_if = a.host_interface().to_string();
+    drop(a);
+    drop(b);
+    net.stop().await;
+    assert!(ok, "the allowed gateway port is reachable");
+    assert!(!blocked, "another host port is not");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{host_if}")).exists());
+    let _ = Ipv4Addr::LOCALHOST;
+}
