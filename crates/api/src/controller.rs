@@ -392,10 +392,9 @@ impl Controller {
             ApiError::not_found(format!("service {name} not found in project {ns}"))
         })?;
         let revisions = self.store.list_revisions(Some(ns), Some(name))?;
-        let public = self
-            .store
-            .get_policy(ns, name)?
-            .is_some_and(|p| p.is_public());
+        let policy = self.store.get_policy(ns, name)?;
+        let public = policy.as_ref().is_some_and(|p| p.is_public());
+        let invokers = policy.map(|p| p.invokers()).unwrap_or_default();
         let latest_ready = revisions
             .iter()
             .filter(|r| revision_ready(r) == Some(true))
@@ -445,6 +444,7 @@ impl Controller {
         }
         let route = RouteSpec {
             public,
+            invokers,
             traffic: resolved
                 .iter()
                 .filter(|t| t.percent.unwrap_or(0) > 0)

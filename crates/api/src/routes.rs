@@ -127,13 +127,7 @@ async fn get_project(Path(project): Path<String>) -> ApiResult<Json<Value>> {
     })))
 }
 
-/// A stable 12-digit number for a project name (FNV-1a), as Google's project numbers look.
-fn project_number(project: &str) -> u64 {
-    let h = project.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    100_000_000_000 + h % 900_000_000_000
-}
+use skiff_model::project_number;
 
 async fn create_service(
     State(st): St,

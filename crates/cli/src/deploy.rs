@@ -88,6 +88,16 @@ pub struct DeployArgs {
     #[arg(long, overrides_with = "cpu_throttling")]
     pub no_cpu_throttling: bool,
 
+    /// The service account the instances run as (their identity at the metadata server and
+    /// in IAM bindings) [default: the project's Compute Engine default service account]
+    #[arg(long, value_name = "EMAIL")]
+    pub service_account: Option<String>,
+
+    /// Outbound traffic: `all` (internet, other services, DNS, metadata server) or `none`
+    /// (loopback only)
+    #[arg(long, value_name = "all|none", value_parser = ["all", "none"])]
+    pub egress: Option<String>,
+
     /// Give the new revision no traffic until traffic is moved to it
     #[arg(long)]
     pub no_traffic: bool,
@@ -169,6 +179,8 @@ pub struct Changes {
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
     pub cpu_throttling: Option<bool>,
+    pub service_account: Option<String>,
+    pub egress: Option<String>,
 }
 
 impl DeployArgs {
@@ -194,6 +206,10 @@ impl DeployArgs {
             if i.trim().is_empty() {
                 bail!("--image is empty: pass --image NAME[:TAG]");
             }
+        }
+        if let Some(sa) = &self.service_account {
+            skiff_model::validate_service_account(sa.trim())
+                .map_err(|e| anyhow!("--service-account: {e}"))?;
         }
         let env_set = match (&self.set_env_vars, self.clear_env_vars) {
             (Some(s), _) => Some(parse_env(s)?),
@@ -232,6 +248,8 @@ impl DeployArgs {
                 (_, true) => Some(false),
                 _ => None,
             },
+            service_account: self.service_account.as_ref().map(|s| s.trim().to_string()),
+            egress: self.egress.clone(),
         })
     }
 }
@@ -261,6 +279,18 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) {
         t.metadata
             .annotations
             .insert(ANN_CPU_THROTTLING.to_string(), on.to_string());
+    }
+    if let Some(e) = &ch.egress {
+        if e == "all" {
+            t.metadata.annotations.remove(skiff_model::ANN_EGRESS);
+        } else {
+            t.metadata
+                .annotations
+                .insert(skiff_model::ANN_EGRESS.to_string(), e.clone());
+        }
+    }
+    if let Some(sa) = &ch.service_account {
+        t.spec.service_account_name = Some(sa.clone());
     }
     if let Some(n) = ch.concurrency {
         t.spec.container_concurrency = Some(n);

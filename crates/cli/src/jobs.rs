@@ -46,6 +46,10 @@ pub struct JobArgs {
     /// Memory per task (512Mi, 1Gi)
     #[arg(long)]
     pub memory: Option<String>,
+    /// The service account the tasks run as [default: the project's Compute Engine default
+    /// service account]
+    #[arg(long, value_name = "EMAIL")]
+    pub service_account: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -156,6 +160,11 @@ pub fn apply(job: &mut Job, a: &JobArgs) -> Result<()> {
     }
     if let Some(t) = &a.task_timeout {
         task.timeout_seconds = Some(timeout_secs(t)?);
+    }
+    if let Some(sa) = &a.service_account {
+        let sa = sa.trim();
+        skiff_model::validate_service_account(sa).map_err(|e| anyhow!("--service-account: {e}"))?;
+        task.service_account_name = Some(sa.to_string());
     }
     if task.containers.is_empty() {
         task.containers.push(Container::default());

@@ -295,7 +295,12 @@ pub fn describe_text(svc: &Service) -> String {
 
 /// Template annotations Skiff acts on, besides the autoscaler's (`autoscaling.knative.dev/*`).
 /// Every other annotation is kept and reported.
-const ACTED_ON: &[&str] = &[ANN_MIN_SCALE, ANN_MAX_SCALE, ANN_CPU_THROTTLING];
+const ACTED_ON: &[&str] = &[
+    ANN_MIN_SCALE,
+    ANN_MAX_SCALE,
+    ANN_CPU_THROTTLING,
+    skiff_model::ANN_EGRESS,
+];
 /// Knative's autoscaler target (requests per instance) and window, checked here by name.
 const ANN_TARGET: &str = "autoscaling.knative.dev/target";
 const ANN_WINDOW: &str = "autoscaling.knative.dev/window";

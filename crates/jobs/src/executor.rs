@@ -26,6 +26,8 @@ pub struct JobsConfig {
     pub logs: Arc<LogSink>,
     /// Every task attempt is metered here (instance-based).
     pub meters: Arc<skiff_metering::Registry>,
+    /// Instance networking; `None`: tasks get loopback only.
+    pub network: Option<Arc<skiff_network::Network>>,
 }
 
 /// Per-execution changes `jobs execute` may make (Cloud Run's `overrides`).
@@ -595,6 +597,9 @@ impl Jobs {
             cpu_millis: s.cpu_millis,
             memory_bytes: s.memory_bytes,
             pids_limit: PIDS_LIMIT,
+            joins_netns: false,
+            hosts: String::new(),
+            resolv_conf: String::new(),
         }
     }
 
@@ -645,7 +650,7 @@ impl Jobs {
                 (attempt, t.metadata.name.clone())
             };
             self.save(run, Some(i));
-            let cfg = self.instance_config(run, i as u64, attempt, &exec, &job);
+            let mut cfg = self.instance_config(run, i as u64, attempt, &exec, &job);
             let source = LogSource {
                 namespace: run.ns.clone(),
                 job: job.clone(),
@@ -668,8 +673,34 @@ impl Jobs {
                 },
                 skiff_metering::now_ms(),
             );
+            // Held until the attempt has ended: dropping it removes the task's interface.
+            let lease = match &self.cfg.network {
+                None => Ok(None),
+                Some(net) => net
+                    .acquire(skiff_network::Owner {
+                        project: run.ns.clone(),
+                        project_number: skiff_model::project_number(&run.ns),
+                        instance_id: cfg.id.clone(),
+                        service_account: run.settings.service_account.clone().unwrap_or_else(
+                            || skiff_model::default_service_account(&run.ns),
+                        ),
+                    })
+                    .await
+                    .map(Some)
+                    .map_err(|e| format!("no network for the task: {e}")),
+            };
+            let spawned = match &lease {
+                Err(e) => Err(skiff_runtime::RuntimeError::Start(e.clone())),
+                Ok(lease) => {
+                    (cfg.hosts, cfg.resolv_conf) =
+                        skiff_network::etc_files(lease.as_ref(), &cfg.hostname);
+                    cfg.joins_netns = lease.is_some();
+                    let netns = lease.as_ref().map(|l| l.netns());
+                    supervisor::spawn(&self.cfg.shim_exe, &cfg, netns).await
+                }
+            };
             let (exit, timed_out, cancelled) =
-                match supervisor::spawn(&self.cfg.shim_exe, &cfg).await {
+                match spawned {
                     Err(e) => {
                         meter.end(skiff_metering::now_ms(), None);
                         (Exit::Failed(e.to_string()), false, false)

@@ -78,6 +78,9 @@ pub struct TaskSpec {
     pub max_retries: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// The identity the tasks run as (Cloud Run's `serviceAccountName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -250,6 +253,8 @@ pub struct TaskSettings {
     pub command: Vec<String>,
     pub args: Vec<String>,
     pub working_dir: Option<String>,
+    /// `serviceAccountName` (`None`: the project's default service account).
+    pub service_account: Option<String>,
 }
 
 impl TaskSettings {
@@ -303,6 +308,7 @@ impl TaskSettings {
                     ports: vec![],
                     ..c.clone()
                 }],
+                service_account_name: task.service_account_name.clone(),
                 ..Default::default()
             },
         };
@@ -319,6 +325,7 @@ impl TaskSettings {
             command: r.command,
             args: r.args,
             working_dir: r.working_dir,
+            service_account: r.service_account,
         })
     }
 }

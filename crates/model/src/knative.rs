@@ -10,6 +10,10 @@ pub const ANN_MIN_SCALE: &str = "autoscaling.knative.dev/minScale";
 pub const ANN_MAX_SCALE: &str = "autoscaling.knative.dev/maxScale";
 /// `"false"`: the instance keeps its CPU between requests and is billed instance-based.
 pub const ANN_CPU_THROTTLING: &str = "run.googleapis.com/cpu-throttling";
+/// Outbound traffic of the revision's instances: `all` (the default: internet, other
+/// services, DNS, the metadata server) or `none` (loopback only). Skiff's own annotation,
+/// named the way Cloud Run names its `run.googleapis.com/vpc-access-egress`.
+pub const ANN_EGRESS: &str = "skiff.dev/egress";
 pub const ANN_CREATOR: &str = "serving.knative.dev/creator";
 pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
 pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";
@@ -22,6 +26,24 @@ pub const REGION: &str = "us-central1";
 /// IAM member that makes a service public.
 pub const ALL_USERS: &str = "allUsers";
 pub const ROLE_INVOKER: &str = "roles/run.invoker";
+
+/// A stable 12-digit number for a project name (FNV-1a), as Google's project numbers look;
+/// what Resource Manager and the metadata server report as the project's number.
+pub fn project_number(project: &str) -> u64 {
+    let h = project.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    100_000_000_000 + h % 900_000_000_000
+}
+
+/// The service account a revision or job runs as when it names none: Cloud Run's default, the
+/// project's Compute Engine default service account, `NUMBER-compute@developer.gserviceaccount.com`.
+pub fn default_service_account(project: &str) -> String {
+    format!(
+        "{}-compute@developer.gserviceaccount.com",
+        project_number(project)
+    )
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -308,6 +330,15 @@ impl Policy {
         self.bindings
             .iter()
             .any(|b| b.role == ROLE_INVOKER && b.members.iter().any(|m| m == ALL_USERS))
+    }
+
+    /// Every member that holds `roles/run.invoker`.
+    pub fn invokers(&self) -> Vec<String> {
+        self.bindings
+            .iter()
+            .filter(|b| b.role == ROLE_INVOKER)
+            .flat_map(|b| b.members.iter().cloned())
+            .collect()
     }
 
     /// Adds or removes `allUsers` as invoker, keeping every other binding.

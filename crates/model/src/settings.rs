@@ -42,6 +42,45 @@ pub struct RevisionSettings {
     /// `run.googleapis.com/cpu-throttling: "false"`: CPU always, billed instance-based.
     #[serde(default = "yes")]
     pub cpu_throttling: bool,
+    /// `spec.serviceAccountName`: the identity the instances run as (`None`: the project's
+    /// default service account).
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Whether the instances have a network beyond loopback ([`crate::ANN_EGRESS`]).
+    #[serde(default = "yes")]
+    pub egress: bool,
+}
+
+/// Reads [`crate::ANN_EGRESS`] from annotations: `all` (or absent) is `true`, `none` `false`.
+pub fn egress_annotation(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<bool, InvalidInput> {
+    match annotations.get(crate::ANN_EGRESS).map(|v| v.trim()) {
+        None | Some("all") => Ok(true),
+        Some("none") => Ok(false),
+        Some(v) => Err(InvalidInput::new(format!(
+            "invalid annotation {}: {v:?}: use \"all\" or \"none\"",
+            crate::ANN_EGRESS
+        ))),
+    }
+}
+
+/// Checks `serviceAccountName`: an email address, as Cloud Run takes it.
+pub fn validate_service_account(sa: &str) -> Result<(), InvalidInput> {
+    let ok = sa.split_once('@').is_some_and(|(user, domain)| {
+        !user.is_empty()
+            && domain.contains('.')
+            && sa
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "@.-_".contains(c))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidInput::new(format!(
+            "invalid service account {sa:?}: give an email like NAME@PROJECT.iam.gserviceaccount.com"
+        )))
+    }
 }
 
 fn yes() -> bool {
@@ -164,7 +203,12 @@ impl RevisionSettings {
                 }
             },
         };
+        if let Some(sa) = &spec.service_account_name {
+            validate_service_account(sa)?;
+        }
         Ok(RevisionSettings {
+            service_account: spec.service_account_name.clone(),
+            egress: egress_annotation(&t.metadata.annotations)?,
             cpu_throttling,
             image: c.image.clone(),
             port,

@@ -529,6 +529,15 @@ impl Drop for Lease {
     }
 }
 
+/// The container's `/etc/hosts` and `/etc/resolv.conf`: its own name at its address and the
+/// platform's resolver when it has a sandbox; localhost only and no resolver when it has none.
+pub fn etc_files(lease: Option<&Lease>, hostname: &str) -> (String, String) {
+    (
+        hosts_file(hostname, lease.map(Lease::ip)),
+        lease.map(Lease::resolv_conf).unwrap_or_default(),
+    )
+}
+
 /// `/etc/hosts` for an instance, as Docker writes it: localhost, and the instance's own name
 /// at its address (at loopback when it has no interface).
 pub fn hosts_file(hostname: &str, ip: Option<Ipv4Addr>) -> String {

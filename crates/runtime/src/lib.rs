@@ -3,7 +3,8 @@
 //!
 //! - [`InstanceConfig`] is everything one instance needs; the server writes it to the
 //!   instance directory and starts `skiff __shim DIR` ([`shim::shim_main`]).
-//! - The shim mounts the overlayfs root, creates the network namespace (loopback only), starts
+//! - The shim mounts the overlayfs root, joins the network namespace the server made for the
+//!   instance (or creates one with loopback only), starts
 //!   the container through libcontainer, then supervises it: it reports `started`/`exited` on
 //!   its control pipe, obeys `term`/`kill` commands, and cleans every mount, cgroup and state
 //!   directory when the container ends or when the server goes away.
@@ -49,11 +50,29 @@ pub struct InstanceConfig {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub pids_limit: i64,
+    /// The container's network: `true` when the server hands the shim a network namespace
+    /// made ahead (on [`NETNS_FD`]); `false` for a fresh namespace with loopback only.
+    #[serde(default)]
+    pub joins_netns: bool,
+    /// The container's `/etc/hosts` (bind-mounted from the instance dir; the image's layers
+    /// stay untouched).
+    #[serde(default)]
+    pub hosts: String,
+    /// The container's `/etc/resolv.conf`, likewise.
+    #[serde(default)]
+    pub resolv_conf: String,
 }
+
+/// File descriptor on which the shim receives the network namespace to join.
+pub const NETNS_FD: i32 = 5;
 
 impl InstanceConfig {
     pub fn rootfs(&self) -> PathBuf {
         self.dir.join("rootfs")
+    }
+    /// The instance dir's copy of a file bind-mounted over the container's `/etc/NAME`.
+    pub fn etc_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("etc-{name}"))
     }
     pub fn cgroup_path(&self) -> String {
         format!("/{CGROUP_PARENT}/{}", self.id)

@@ -4,7 +4,9 @@
 //! worker thread; each instance gets this small helper instead. The shim
 //! 1. mounts the overlayfs root (image layers read-only, a private writable upper dir) in a
 //!    mount namespace of its own, so the host never sees that mount,
-//! 2. unshares a network namespace with only loopback up (the container inherits it),
+//! 2. joins the network namespace the server made for the instance, or unshares one with only
+//!    loopback up (the container inherits it), and writes `/etc/hosts` and `/etc/resolv.conf`
+//!    for it into the instance dir (bind-mounted, so the image's layers stay untouched),
 //! 3. creates and starts the container through libcontainer, reporting `started` on fd 3,
 //! 4. waits on a pidfd for the container and on fd 4 for commands (`term`, `kill`); end of
 //!    file on fd 4 means the server is gone, and the container is killed,
@@ -100,9 +102,11 @@ fn run(
     private_mount_namespace()?;
     mount_rootfs(cfg)?;
     let user = user::resolve(&cfg.rootfs(), cfg.user.as_deref())?;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| RuntimeError::Sys(format!("cannot create the network namespace: {e}")))?;
-    loopback_up()?;
+    join_network(cfg)?;
+    for (name, text) in [("hosts", &cfg.hosts), ("resolv.conf", &cfg.resolv_conf)] {
+        let path = cfg.etc_file(name);
+        std::fs::write(&path, text).map_err(|e| RuntimeError::io(&path, e))?;
+    }
     let bundle = cfg.dir.join("bundle");
     std::fs::create_dir_all(&bundle).map_err(|e| RuntimeError::io(&bundle, e))?;
     let config_json = bundle.join("config.json");
@@ -209,6 +213,21 @@ fn mount_rootfs(cfg: &InstanceConfig) -> Result<(), RuntimeError> {
             rootfs.display()
         ))
     })
+}
+
+/// Joins the network namespace the server made for the instance (fd [`crate::NETNS_FD`]), or
+/// makes one with only loopback up when the instance has no network.
+fn join_network(cfg: &InstanceConfig) -> Result<(), RuntimeError> {
+    if cfg.joins_netns {
+        // SAFETY: the server's spawn dup2-ed the namespace onto this fd for this process.
+        let ns = unsafe { OwnedFd::from_raw_fd(crate::NETNS_FD) };
+        return nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+            RuntimeError::Sys(format!("cannot join the instance's network namespace: {e}"))
+        });
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| RuntimeError::Sys(format!("cannot create the network namespace: {e}")))?;
+    loopback_up()
 }
 
 fn loopback_up() -> Result<(), RuntimeError> {

@@ -88,6 +88,11 @@ pub fn build(cfg: &InstanceConfig, user: &ResolvedUser) -> Value {
               "options": ["nosuid", "noexec", "nodev", "ro"] },
             { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
               "options": ["nosuid", "nodev", "mode=1777", format!("size={tmp_size}")] },
+            { "destination": "/etc/hosts", "type": "bind", "source": cfg.etc_file("hosts"),
+              "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec"] },
+            { "destination": "/etc/resolv.conf", "type": "bind",
+              "source": cfg.etc_file("resolv.conf"),
+              "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec"] },
         ],
         "linux": {
             "cgroupsPath": cfg.cgroup_path(),
@@ -128,6 +133,9 @@ mod tests {
             cpu_millis: 500,
             memory_bytes: 256 << 20,
             pids_limit: 100,
+            joins_netns: false,
+            hosts: String::new(),
+            resolv_conf: String::new(),
         };
         let user = ResolvedUser {
             uid: 1,

@@ -62,10 +62,20 @@ fn pipe_pair() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
 
 /// Writes the instance config, starts `SHIM_EXE __shim DIR` and waits until the container's
 /// process exists (not until the app listens: that is the caller's startup probe).
+///
+/// `netns`, when given, is the network namespace the container joins (`cfg.joins_netns` must
+/// say so); the shim gets it on [`crate::NETNS_FD`].
 pub async fn spawn(
     shim_exe: &Path,
     cfg: &InstanceConfig,
+    netns: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<(Instance, Output), RuntimeError> {
+    if cfg.joins_netns != netns.is_some() {
+        return Err(RuntimeError::Config(
+            "joins_netns and the namespace given disagree".into(),
+        ));
+    }
+    let netns_raw = netns.map(|fd| fd.as_raw_fd());
     std::fs::create_dir_all(&cfg.dir).map_err(|e| RuntimeError::io(&cfg.dir, e))?;
     let config_path = cfg.dir.join(CONFIG_FILE);
     let data = serde_json::to_vec(cfg).expect("config serializes");
@@ -84,11 +94,20 @@ pub async fn spawn(
     // Its own process group: a Ctrl-C meant for the server must not reach instances directly;
     // the server stops them in order.
     cmd.as_std_mut().process_group(0);
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2) are made.
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2) are made.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(event_w_raw, EVENT_FD) < 0 || libc::dup2(cmd_r_raw, COMMAND_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+            // Every source first moves above the targets, so that no dup2 below overwrites a
+            // source that happens to sit on a target number.
+            let high = |fd: i32| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+            let sources = [Some(event_w_raw), Some(cmd_r_raw), netns_raw];
+            let targets = [EVENT_FD, COMMAND_FD, crate::NETNS_FD];
+            for (src, dst) in sources.into_iter().zip(targets) {
+                let Some(src) = src else { continue };
+                let moved = high(src);
+                if moved < 0 || libc::dup2(moved, dst) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -6,6 +6,9 @@ use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, 
 use serde::{Deserialize, Serialize};
 
 const ISSUER: &str = "skiff";
+/// The subject of the admin's tokens (`skiff auth print-identity-token`): the project's
+/// owner, who may invoke every service.
+pub const ADMIN_SUBJECT: &str = "admin";
 /// Identity tokens live an hour, as Google's do.
 const LIFETIME_SECS: i64 = 3600;
 
@@ -54,8 +57,11 @@ impl TokenKeys {
             .expect("HS256 signing cannot fail")
     }
 
-    /// Checks an `Authorization` header value for a service answering at `host` (no port).
-    pub fn verify(&self, authorization: Option<&str>, host: &str) -> Verdict {
+    /// Checks an `Authorization` header value for a service answering at `host` (no port)
+    /// whose `roles/run.invoker` members are `invokers`: the token must be signed by this
+    /// server, unexpired, for this service's URL if it names an audience, and its subject the
+    /// admin or a member that may invoke.
+    pub fn verify(&self, authorization: Option<&str>, host: &str, invokers: &[String]) -> Verdict {
         let Some(value) = authorization else {
             return Verdict::Missing;
         };
@@ -71,9 +77,27 @@ impl TokenKeys {
             Err(e) => return Verdict::Denied(format!("invalid identity token: {e}")),
         };
         match claims.aud.as_deref() {
-            None => Verdict::Allowed,
-            Some(aud) if audience_host(aud) == host => Verdict::Allowed,
-            Some(aud) => Verdict::Denied(format!("the token's audience {aud} is not this service")),
+            None => {}
+            Some(aud) if audience_host(aud) == host => {}
+            Some(aud) => {
+                return Verdict::Denied(format!("the token's audience {aud} is not this service"))
+            }
+        }
+        if claims.sub == ADMIN_SUBJECT {
+            return Verdict::Allowed;
+        }
+        // Other subjects are service accounts: IAM decides, as Cloud Run's invoker check does.
+        let member = format!("serviceAccount:{}", claims.sub);
+        let user = format!("user:{}", claims.sub);
+        if invokers
+            .iter()
+            .any(|m| *m == member || *m == user || m == "allAuthenticatedUsers")
+        {
+            Verdict::Allowed
+        } else {
+            Verdict::Denied(format!(
+                "{member} does not have roles/run.invoker on this service: grant it with `skiff services add-iam-policy-binding SERVICE --member {member} --role roles/run.invoker`"
+            ))
         }
     }
 }
@@ -109,10 +133,22 @@ mod tests {
             (Some("Basic abc"), "hello.localhost", false),
         ];
         for (header, host, allowed) in cases {
-            let v = keys.verify(*header, host);
+            let v = keys.verify(*header, host, &[]);
             assert_eq!(v == Verdict::Allowed, *allowed, "{header:?} {host}: {v:?}");
         }
-        assert_eq!(keys.verify(None, "hello.localhost"), Verdict::Missing);
+        assert_eq!(keys.verify(None, "hello.localhost", &[]), Verdict::Missing);
+        let sa = format!("Bearer {}", keys.mint("a@p.iam.gserviceaccount.com", None));
+        let member = vec!["serviceAccount:a@p.iam.gserviceaccount.com".to_string()];
+        let other = vec!["serviceAccount:b@p.iam.gserviceaccount.com".to_string()];
+        assert_eq!(keys.verify(Some(&sa), "h.localhost", &member), Verdict::Allowed);
+        assert!(matches!(
+            keys.verify(Some(&sa), "h.localhost", &other),
+            Verdict::Denied(_)
+        ));
+        assert!(matches!(
+            keys.verify(Some(&sa), "h.localhost", &[]),
+            Verdict::Denied(_)
+        ));
     }
 
     #[test]

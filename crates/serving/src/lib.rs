@@ -32,12 +32,17 @@ pub struct ServingConfig {
     pub token_secret: Vec<u8>,
     pub meters: Arc<skiff_metering::Registry>,
     pub metrics: Arc<skiff_metering::Metrics>,
+    /// Instance networking; `None`: instances get loopback only.
+    pub network: Option<Arc<skiff_network::Network>>,
 }
 
 /// Where a service's traffic goes, as the control plane resolved it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteSpec {
     pub public: bool,
+    /// Members that hold `roles/run.invoker` on the service (`serviceAccount:EMAIL`,
+    /// `user:EMAIL`, `allAuthenticatedUsers`, ...), for identity tokens other than the admin's.
+    pub invokers: Vec<String>,
     /// `(revision, percent)`; percents add up to 100.
     pub traffic: Vec<(String, u32)>,
     /// `(tag, revision)`.
@@ -46,6 +51,7 @@ pub struct RouteSpec {
 
 pub struct Route {
     pub public: bool,
+    pub invokers: Vec<String>,
     targets: Vec<(Arc<Pool>, u32)>,
     tags: HashMap<String, Arc<Pool>>,
 }
@@ -87,6 +93,7 @@ impl Serving {
             netns: RwLock::new(HashMap::new()),
             meters: cfg.meters,
             metrics: cfg.metrics,
+            network: cfg.network,
         });
         let serving = Arc::new(Serving {
             ctx,
@@ -230,6 +237,7 @@ impl Serving {
             .collect::<Result<HashMap<_, _>, String>>()?;
         let route = Arc::new(Route {
             public: spec.public,
+            invokers: spec.invokers.clone(),
             targets,
             tags,
         });
@@ -276,7 +284,13 @@ impl Serving {
     }
 
     pub fn mint_token(&self, audience: Option<&str>) -> String {
-        self.keys.mint("admin", audience)
+        self.keys.mint(auth::ADMIN_SUBJECT, audience)
+    }
+
+    /// Mints a token for `subject` (a service account's email): an identity token when
+    /// `audience` is given, else one that stands for an access token.
+    pub fn mint_token_for(&self, subject: &str, audience: Option<&str>) -> String {
+        self.keys.mint(subject, audience)
     }
 
     /// Stops every instance of every revision.

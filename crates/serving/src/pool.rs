@@ -47,6 +47,8 @@ pub struct Ctx {
     /// Every instance's billing meter.
     pub meters: Arc<skiff_metering::Registry>,
     pub metrics: Arc<skiff_metering::Metrics>,
+    /// Instance networking; `None` when the server runs instances with loopback only.
+    pub network: Option<Arc<skiff_network::Network>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -633,11 +635,14 @@ impl Pool {
             cpu_millis: s.cpu_millis,
             memory_bytes: s.memory_bytes,
             pids_limit: PIDS_LIMIT,
+            joins_netns: false,
+            hosts: String::new(),
+            resolv_conf: String::new(),
         }
     }
 
     async fn run_instance(self: Arc<Self>, inst: Arc<Inst>) {
-        let cfg = self.instance_config(&inst.id);
+        let mut cfg = self.instance_config(&inst.id);
         if cfg.args.is_empty() {
             self.start_failed(
                 &inst,
@@ -646,7 +651,32 @@ impl Pool {
             .await;
             return;
         }
-        let (rt, out) = match supervisor::spawn(&self.ctx.shim_exe, &cfg).await {
+        // Held until the instance has ended: dropping it removes the instance's interface.
+        let lease = match self.ctx.network.as_ref().filter(|_| self.settings.egress) {
+            None => None,
+            Some(net) => {
+                let owner = skiff_network::Owner {
+                    project: self.key.namespace.clone(),
+                    project_number: skiff_model::project_number(&self.key.namespace),
+                    instance_id: inst.id.clone(),
+                    service_account: self.settings.service_account.clone().unwrap_or_else(
+                        || skiff_model::default_service_account(&self.key.namespace),
+                    ),
+                };
+                match net.acquire(owner).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        self.start_failed(&inst, format!("no network for the instance: {e}"))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        };
+        (cfg.hosts, cfg.resolv_conf) = skiff_network::etc_files(lease.as_ref(), &cfg.hostname);
+        cfg.joins_netns = lease.is_some();
+        let netns = lease.as_ref().map(|l| l.netns());
+        let (rt, out) = match supervisor::spawn(&self.ctx.shim_exe, &cfg, netns).await {
             Ok(x) => x,
             Err(e) => {
                 self.start_failed(&inst, e.to_string()).await;

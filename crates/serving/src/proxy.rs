@@ -134,7 +134,7 @@ impl Serving {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            match self.keys.verify(auth, &bare_host) {
+            match self.keys.verify(auth, &bare_host, &route.invokers) {
                 Verdict::Allowed => {}
                 Verdict::Missing => {
                     return platform_response(

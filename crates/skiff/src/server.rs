@@ -25,6 +25,20 @@ pub struct ServerArgs {
     /// and free tier].
     #[arg(long, value_name = "FILE")]
     prices: Option<std::path::PathBuf>,
+    /// The instance subnet: the bridge takes its first address, every instance and job task
+    /// one of the others. It must not overlap any of the host's routes.
+    #[arg(long, value_name = "CIDR", default_value_t = skiff_network::default_subnet())]
+    network_subnet: ipnet::Ipv4Net,
+    /// Destinations instances may not reach, besides the host, other instances, loopback,
+    /// link-local and multicast addresses, which they never reach.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    network_deny: Vec<ipnet::Ipv4Net>,
+    /// Instances and job tasks get loopback only: no outbound traffic, DNS or metadata server.
+    #[arg(long)]
+    no_instance_network: bool,
+    /// Network sandboxes kept made ahead of demand, so that a cold start does not wait for one.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    network_prepared: usize,
 }
 
 /// Reads `--prices FILE`; an error names the file and the field.
@@ -134,7 +148,27 @@ async fn serve(
     }
     let meters = Arc::new(skiff_metering::Registry::new());
     let metrics = Arc::new(skiff_metering::Metrics::new());
+    let ingress_port = ingress.local_addr()?.port();
+    let network = if args.no_instance_network {
+        None
+    } else {
+        let network = skiff_network::Network::start(
+            &data_dir,
+            skiff_network::NetworkConfig {
+                subnet: args.network_subnet,
+                deny: args.network_deny.clone(),
+                host_ports: vec![ingress_port],
+                prepared: args.network_prepared,
+            },
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot set up instance networking: {e} (or run with --no-instance-network)")
+        })?;
+        Some(network)
+    };
     let serving = Serving::new(ServingConfig {
+        network: network.clone(),
         meters: meters.clone(),
         metrics: metrics.clone(),
         data_dir: data_dir.clone(),
@@ -142,7 +176,16 @@ async fn serve(
         scale_to_zero_after: args.scale_to_zero_after,
         token_secret: signing_key.into_bytes(),
     });
-    let ingress_port = ingress.local_addr()?.port();
+    let platform = match &network {
+        Some(net) => match services_for_instances(net, &serving, ingress_port).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                net.stop().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let jobs = skiff_jobs::Jobs::new(
         skiff_jobs::JobsConfig {
             shim_exe: std::env::current_exe().context("cannot find the skiff executable")?,
@@ -150,6 +193,7 @@ async fn serve(
             state_root: data_dir.join("run").join("state"),
             logs: serving.logs().clone(),
             meters: meters.clone(),
+            network: network.clone(),
         },
         store.clone(),
         images.clone(),
@@ -218,6 +262,90 @@ async fn serve(
     checkpoints.abort();
     skiff_api::usage::checkpoint(&meters, &store, &metrics).await;
     skiff_runtime::sweep::remove_cgroup_parents();
+    if let Some(p) = platform {
+        p.stop().await;
+    }
+    if let Some(net) = network {
+        net.stop().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What instances find on the gateway address: the ingress (so that a service calls another by
+/// its URL), the DNS resolver and the metadata server.
+struct InstanceServices {
+    dns: skiff_network::dns::DnsServer,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl InstanceServices {
+    async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.dns.shutdown().await;
+    }
+}
+
+async fn services_for_instances(
+    net: &Arc<skiff_network::Network>,
+    serving: &Arc<Serving>,
+    ingress_port: u16,
+) -> anyhow::Result<InstanceServices> {
+    use skiff_network::dns::LocalAnswer;
+    let gw = net.gateway();
+    let ingress = tokio::net::TcpListener::bind((gw, ingress_port))
+        .await
+        .with_context(|| format!("cannot listen for instances on {gw}:{ingress_port}"))?;
+    let metadata = tokio::net::TcpListener::bind((gw, 80))
+        .await
+        .with_context(|| format!("cannot listen for the metadata server on {gw}:80"))?;
+    let answer: skiff_network::dns::Answerer = Arc::new(move |name: &str| {
+        if name == "localhost" {
+            LocalAnswer::A(std::net::Ipv4Addr::LOCALHOST)
+        } else if name.ends_with(".localhost") {
+            // Service hosts: the ingress as instances see it.
+            LocalAnswer::A(gw)
+        } else if name == "metadata.google.internal" {
+            LocalAnswer::A(skiff_network::firewall::METADATA_ADDR)
+        } else {
+            LocalAnswer::Forward
+        }
+    });
+    let dns = skiff_network::dns::DnsServer::start((gw, 53).into(), answer, None)
+        .await
+        .context("cannot start the instances' DNS resolver")?;
+    let issuer: skiff_network::metadata::TokenIssuer = {
+        let serving = serving.clone();
+        Arc::new(move |owner: &skiff_network::Owner, aud: Option<&str>| {
+            serving.mint_token_for(&owner.service_account, aud)
+        })
+    };
+    // Stopped by abort once every instance is gone.
+    let ingress_task = tokio::spawn(skiff_serving::serve_ingress(
+        serving.clone(),
+        ingress,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let metadata_task = tokio::spawn({
+        let net = net.clone();
+        async move {
+            if let Err(e) = skiff_network::metadata::serve(
+                metadata,
+                net,
+                issuer,
+                skiff_model::REGION.to_string(),
+            )
+            .await
+            {
+                tracing::warn!("metadata server: {e}");
+            }
+        }
+    });
+    Ok(InstanceServices {
+        dns,
+        tasks: vec![ingress_task, metadata_task],
+    })
 }

@@ -15,6 +15,34 @@ pub struct TestServer {
     pub api: u16,
     args: Vec<String>,
     child: Option<Child>,
+    /// The instance subnet this server was given (`None` with `--no-instance-network`).
+    pub subnet: Option<String>,
+}
+
+/// A /24 instance subnet for one test server, chosen from its data dir so that servers
+/// running at once (several tests, several test binaries) do not collide; none of the
+/// machine's routes may overlap it.
+fn test_subnet(data_dir: &Path, attempt: u32) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("{}#{attempt}", data_dir.display()));
+    let n = u16::from_be_bytes([d[0], d[1]]) % (56 * 256);
+    format!("10.{}.{}.0/24", 200 + n / 256, n % 256)
+}
+
+/// The host's IPv4 routes' destinations (`/proc/net/route`), to avoid.
+fn route_destinations() -> Vec<(u32, u32)> {
+    std::fs::read_to_string("/proc/net/route")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dst = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            Some((u32::from_be(dst), u32::from_be(mask)))
+        })
+        .filter(|(_, mask)| *mask != 0)
+        .collect()
 }
 
 /// Two distinct free loopback ports (both are held until both are chosen).
@@ -35,7 +63,24 @@ impl TestServer {
             .tempdir_in("/tmp")
             .unwrap();
         let (ingress, api) = free_ports();
+        let own_network = args
+            .iter()
+            .any(|a| *a == "--no-instance-network" || *a == "--network-subnet");
+        let subnet = (!own_network).then(|| {
+            let routes = route_destinations();
+            (0..64)
+                .map(|i| test_subnet(tmp.path(), i))
+                .find(|s| {
+                    let base: std::net::Ipv4Addr = s.trim_end_matches("/24").parse().unwrap();
+                    let base = u32::from(base);
+                    !routes
+                        .iter()
+                        .any(|(dst, mask)| base & mask == *dst || dst & 0xffff_ff00 == base)
+                })
+                .expect("a free /24 for the test server's instances")
+        });
         let mut s = TestServer {
+            subnet,
             bin: bin.to_path_buf(),
             data_dir: tmp.path().to_path_buf(),
             _tmp: Some(tmp),
@@ -63,6 +108,11 @@ impl TestServer {
             .arg("--api")
             .arg(format!("127.0.0.1:{}", self.api))
             .args(&self.args)
+            .args(
+                self.subnet
+                    .iter()
+                    .flat_map(|s| ["--network-subnet".to_string(), s.clone()]),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -251,7 +301,48 @@ impl TestServer {
         for id in ids {
             found.push(format!("instance dir: {id}"));
         }
+        let (bridge, table, veth) = self.network_names();
+        for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == bridge || name.starts_with(&veth) {
+                found.push(format!("link: {name}"));
+            }
+        }
+        let tables = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for line in tables.lines() {
+            if line.split_whitespace().last() == Some(table.as_str()) {
+                found.push(format!("nftables: {line}"));
+            }
+        }
         found
+    }
+
+    /// The names of this server's bridge, nftables tables and veth prefix.
+    fn network_names(&self) -> (String, String, String) {
+        let id = skiff_network::server_id(&self.data_dir);
+        (
+            format!("skiff{id}"),
+            format!("skiff_{id}"),
+            format!("sk{}", &id[..6]),
+        )
+    }
+
+    /// Removes what a killed server left of its network (a stopped one removes it itself).
+    fn sweep_network(&self) {
+        let (bridge, table, _) = self.network_names();
+        if Path::new("/sys/class/net").join(&bridge).exists() {
+            let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+        }
+        for family in ["inet", "bridge"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &table])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 
     /// Instance ids of a service, from `skiff instances list --format json`.
@@ -285,6 +376,7 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
+        self.sweep_network();
         let _ = std::fs::remove_file(self.data_dir.with_extension("log"));
     }
 }
