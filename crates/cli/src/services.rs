@@ -1,7 +1,7 @@
 //! `skiff services ...`: list, describe (human, JSON, YAML, or an export that `replace`
 //! accepts), delete, replace from a Knative Service file, and update-traffic.
 
-use crate::api::Api;
+use crate::api::{encode, Api};
 use crate::deploy::{current_revision, deployed_lines, wait_ready};
 use crate::output::{key_values, or_dash, print_machine, print_table, table, ListFormat};
 use crate::traffic::{edit_traffic, parse_names, parse_percents, parse_tag_updates, TrafficEdit};
@@ -10,8 +10,9 @@ use reqwest::Method;
 use serde_json::Value;
 use skiff_model::{
     format_duration, parse_duration, ready_status, validate_name, validate_namespace,
-    validate_service_name, validate_tag, Container, Resources, RevisionSettings, RevisionTemplate,
-    Service, TrafficTarget, ANN_CPU_THROTTLING, ANN_MAX_SCALE, ANN_MIN_SCALE, SERVING_API_VERSION,
+    validate_service_name, validate_tag, Container, Policy, Resources, RevisionSettings,
+    RevisionTemplate, Service, TrafficTarget, ANN_CPU_THROTTLING, ANN_MAX_SCALE, ANN_MIN_SCALE,
+    SERVING_API_VERSION,
 };
 use std::io::Read;
 use std::path::PathBuf;
@@ -54,6 +55,118 @@ pub enum ServicesCommand {
     },
     /// Move traffic between revisions and manage tags
     UpdateTraffic(UpdateTrafficArgs),
+    /// Grant a role on the service to a member (e.g. `--member
+    /// serviceAccount:caller@demo.iam.gserviceaccount.com --role roles/run.invoker`)
+    AddIamPolicyBinding(IamBindingArgs),
+    /// Take a role on the service back from a member
+    RemoveIamPolicyBinding(IamBindingArgs),
+    /// Show the service's IAM policy
+    GetIamPolicy {
+        #[arg(value_name = "SERVICE")]
+        service: String,
+        /// json or yaml (the default)
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<ListFormat>,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct IamBindingArgs {
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+    /// `allUsers`, `allAuthenticatedUsers`, or `user:`, `serviceAccount:`, `group:`,
+    /// `domain:` followed by an email or domain
+    #[arg(long, value_name = "MEMBER")]
+    pub member: String,
+    /// The role, e.g. roles/run.invoker
+    #[arg(long, value_name = "ROLE")]
+    pub role: String,
+}
+
+/// Checks an IAM member the way IAM spells them.
+fn validate_member(m: &str) -> Result<()> {
+    if m == "allUsers" || m == "allAuthenticatedUsers" {
+        return Ok(());
+    }
+    match m.split_once(':') {
+        Some(("user" | "serviceAccount" | "group", email)) if email.contains('@') => Ok(()),
+        Some(("domain", d)) if d.contains('.') => Ok(()),
+        _ => bail!(
+            "invalid --member {m:?}: use allUsers, allAuthenticatedUsers, or user:EMAIL, serviceAccount:EMAIL, group:EMAIL, domain:DOMAIN"
+        ),
+    }
+}
+
+fn iam_base(api: &Api, service: &str) -> String {
+    format!(
+        "/v1/projects/{}/locations/local/services/{}",
+        encode(&api.project),
+        encode(service)
+    )
+}
+
+fn change_binding(api: &Api, a: &IamBindingArgs, add: bool) -> Result<()> {
+    validate_member(&a.member)?;
+    if !a.role.starts_with("roles/") {
+        bail!(
+            "invalid --role {:?}: give a role like roles/run.invoker",
+            a.role
+        );
+    }
+    let base = iam_base(api, &a.service);
+    let mut policy: Policy = api.get(&format!("{base}:getIamPolicy"), &[])?;
+    let pos = policy.bindings.iter().position(|b| b.role == a.role);
+    match (pos, add) {
+        (Some(i), true) => {
+            let b = &mut policy.bindings[i];
+            if !b.members.contains(&a.member) {
+                b.members.push(a.member.clone());
+            }
+        }
+        (None, true) => policy.bindings.push(skiff_model::Binding {
+            role: a.role.clone(),
+            members: vec![a.member.clone()],
+        }),
+        (Some(i), false) => {
+            let b = &mut policy.bindings[i];
+            let before = b.members.len();
+            b.members.retain(|m| *m != a.member);
+            if b.members.len() == before {
+                bail!(
+                    "{} does not hold {} on service {}",
+                    a.member,
+                    a.role,
+                    a.service
+                );
+            }
+            if b.members.is_empty() {
+                policy.bindings.remove(i);
+            }
+        }
+        (None, false) => bail!(
+            "{} does not hold {} on service {}",
+            a.member,
+            a.role,
+            a.service
+        ),
+    }
+    let updated: Policy = api.send_json(
+        Method::POST,
+        &format!("{base}:setIamPolicy"),
+        &serde_json::json!({ "policy": policy }),
+    )?;
+    eprintln!("Updated IAM policy for service [{}].", a.service);
+    print!("{}", serde_yaml::to_string(&updated)?);
+    Ok(())
+}
+
+fn get_iam_policy(api: &Api, service: &str, format: Option<ListFormat>) -> Result<()> {
+    let policy: Policy = api.get(&format!("{}:getIamPolicy", iam_base(api, service)), &[])?;
+    match format {
+        Some(ListFormat::Json) => println!("{}", serde_json::to_string_pretty(&policy)?),
+        _ => print!("{}", serde_yaml::to_string(&policy)?),
+    }
+    Ok(())
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -123,6 +236,9 @@ pub fn run(api: &Api, cmd: ServicesCommand) -> Result<()> {
         }
         ServicesCommand::Replace { file } => replace(api, &file),
         ServicesCommand::UpdateTraffic(args) => update_traffic(api, &args),
+        ServicesCommand::AddIamPolicyBinding(a) => change_binding(api, &a, true),
+        ServicesCommand::RemoveIamPolicyBinding(a) => change_binding(api, &a, false),
+        ServicesCommand::GetIamPolicy { service, format } => get_iam_policy(api, &service, format),
     }
 }
 

@@ -681,9 +681,11 @@ impl Jobs {
                         project: run.ns.clone(),
                         project_number: skiff_model::project_number(&run.ns),
                         instance_id: cfg.id.clone(),
-                        service_account: run.settings.service_account.clone().unwrap_or_else(
-                            || skiff_model::default_service_account(&run.ns),
-                        ),
+                        service_account: run
+                            .settings
+                            .service_account
+                            .clone()
+                            .unwrap_or_else(|| skiff_model::default_service_account(&run.ns)),
                     })
                     .await
                     .map(Some)
@@ -699,57 +701,56 @@ impl Jobs {
                     supervisor::spawn(&self.cfg.shim_exe, &cfg, netns).await
                 }
             };
-            let (exit, timed_out, cancelled) =
-                match spawned {
-                    Err(e) => {
-                        meter.end(skiff_metering::now_ms(), None);
-                        (Exit::Failed(e.to_string()), false, false)
-                    }
-                    Ok((rt, out)) => {
-                        let readers = [
-                            skiff_runtime::logs::capture(
-                                self.cfg.logs.clone(),
-                                source.clone(),
-                                "stdout",
-                                out.stdout,
-                                |_| {},
-                            ),
-                            skiff_runtime::logs::capture(
-                                self.cfg.logs.clone(),
-                                source.clone(),
-                                "stderr",
-                                out.stderr,
-                                |_| {},
-                            ),
-                        ];
-                        let mut timed_out = false;
-                        let mut cancelled = false;
-                        let exit = tokio::select! {
-                            e = rt.wait() => e,
-                            _ = tokio::time::sleep(run.settings.timeout) => {
-                                timed_out = true;
-                                rt.stop(STOP_GRACE).await
-                            }
-                            _ = async { drop(cancel.wait_for(|c| *c).await) } => {
-                                cancelled = true;
-                                rt.stop(STOP_GRACE).await
-                            }
-                            _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
-                                meter.with_meter(|m| m.stopping(skiff_metering::now_ms()));
-                                rt.stop(STOP_GRACE).await;
-                                meter.end(skiff_metering::now_ms(), rt.final_usage());
-                                return;
-                            }
-                        };
-                        meter.end(skiff_metering::now_ms(), rt.final_usage());
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(2),
-                            futures::future::join_all(readers),
-                        )
-                        .await;
-                        (exit, timed_out, cancelled)
-                    }
-                };
+            let (exit, timed_out, cancelled) = match spawned {
+                Err(e) => {
+                    meter.end(skiff_metering::now_ms(), None);
+                    (Exit::Failed(e.to_string()), false, false)
+                }
+                Ok((rt, out)) => {
+                    let readers = [
+                        skiff_runtime::logs::capture(
+                            self.cfg.logs.clone(),
+                            source.clone(),
+                            "stdout",
+                            out.stdout,
+                            |_| {},
+                        ),
+                        skiff_runtime::logs::capture(
+                            self.cfg.logs.clone(),
+                            source.clone(),
+                            "stderr",
+                            out.stderr,
+                            |_| {},
+                        ),
+                    ];
+                    let mut timed_out = false;
+                    let mut cancelled = false;
+                    let exit = tokio::select! {
+                        e = rt.wait() => e,
+                        _ = tokio::time::sleep(run.settings.timeout) => {
+                            timed_out = true;
+                            rt.stop(STOP_GRACE).await
+                        }
+                        _ = async { drop(cancel.wait_for(|c| *c).await) } => {
+                            cancelled = true;
+                            rt.stop(STOP_GRACE).await
+                        }
+                        _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
+                            meter.with_meter(|m| m.stopping(skiff_metering::now_ms()));
+                            rt.stop(STOP_GRACE).await;
+                            meter.end(skiff_metering::now_ms(), rt.final_usage());
+                            return;
+                        }
+                    };
+                    meter.end(skiff_metering::now_ms(), rt.final_usage());
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        futures::future::join_all(readers),
+                    )
+                    .await;
+                    (exit, timed_out, cancelled)
+                }
+            };
             let code = match &exit {
                 Exit::Code(c) => Some(*c),
                 _ => None,

@@ -23,19 +23,19 @@ use std::{
 };
 
 use hickory_resolver::{
-    TokioResolver,
     config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig},
-    net::{DnsError as NetDnsError, NetError, runtime::TokioRuntimeProvider},
+    net::{runtime::TokioRuntimeProvider, DnsError as NetDnsError, NetError},
+    TokioResolver,
 };
 use hickory_server::{
-    Server,
     net::runtime::Time,
     proto::{
         op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
-        rr::{DNSClass, Name, RData, Record, RecordType, rdata::A},
+        rr::{rdata::A, DNSClass, Name, RData, Record, RecordType},
     },
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
     zone_handler::MessageResponseBuilder,
+    Server,
 };
 use tokio::net::{TcpListener, UdpSocket};
 

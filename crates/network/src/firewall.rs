@@ -206,8 +206,10 @@ impl Rules<'_> {
 
 /// Applies a batch; the error carries `nft`'s own message.
 pub(crate) fn apply(batch: &Value) -> Result<(), NetworkError> {
-    let ruleset: nftables::schema::Nftables = serde_json::from_value(batch.clone())
-        .map_err(|e| NetworkError::Firewall(format!("ruleset does not fit nftables' schema: {e}")))?;
+    let ruleset: nftables::schema::Nftables =
+        serde_json::from_value(batch.clone()).map_err(|e| {
+            NetworkError::Firewall(format!("ruleset does not fit nftables' schema: {e}"))
+        })?;
     nftables::helper::apply_ruleset(&ruleset).map_err(|e| {
         NetworkError::Firewall(match e {
             nftables::helper::NftablesError::NftExecution { inner, .. }
@@ -245,7 +247,10 @@ mod tests {
         }
         let parsed: nftables::schema::Nftables =
             serde_json::from_value(batch.clone()).expect("schema");
-        assert_eq!(parsed.objects.len(), batch["nftables"].as_array().unwrap().len());
+        assert_eq!(
+            parsed.objects.len(),
+            batch["nftables"].as_array().unwrap().len()
+        );
         let text = batch.to_string();
         assert!(text.contains("192.168.0.0"));
         assert!(text.contains("masquerade"));

@@ -138,6 +138,8 @@ pub struct Network {
     seq: AtomicU32,
     /// `Some(old value)` when the server turned IPv4 forwarding on.
     forwarding_was: Option<String>,
+    /// Where that value is kept until it is restored.
+    forwarding_saved: std::path::PathBuf,
 }
 
 /// The short id that names this server's bridge, veths and tables: 8 hex digits of the
@@ -197,13 +199,20 @@ impl Network {
             .await
             .map_err(netlink(format!("adding {gateway} to {bridge}")))?;
 
-        let forwarding_was = match std::fs::read_to_string(FORWARDING) {
-            Ok(v) if v.trim() != "1" => {
-                std::fs::write(FORWARDING, "1").map_err(sys("turning IPv4 forwarding on"))?;
-                Some(v.trim().to_string())
-            }
-            _ => None,
+        // The value before this server turned forwarding on is kept in the data dir, so that
+        // it is restored even after a run that was killed before it could restore it.
+        let saved = data_dir.join("ip_forward.before");
+        let forwarding_was = match std::fs::read_to_string(&saved) {
+            Ok(v) => Some(v.trim().to_string()),
+            Err(_) => match std::fs::read_to_string(FORWARDING) {
+                Ok(v) if v.trim() != "1" => {
+                    std::fs::write(&saved, v.trim()).map_err(sys("saving ip_forward"))?;
+                    Some(v.trim().to_string())
+                }
+                _ => None,
+            },
         };
+        std::fs::write(FORWARDING, "1").map_err(sys("turning IPv4 forwarding on"))?;
         let rules = firewall::Rules {
             table: &table,
             bridge: &bridge,
@@ -232,6 +241,7 @@ impl Network {
             }),
             seq: AtomicU32::new(0),
             forwarding_was,
+            forwarding_saved: saved,
         });
         if let Err(e) = firewall::apply(&rules) {
             network.stop().await;
@@ -343,12 +353,13 @@ impl Network {
     }
 
     async fn configure(&self, ip: Ipv4Addr, host_if: &str) -> Result<Sandbox, NetworkError> {
-        let (netns, inner) = tokio::task::spawn_blocking(new_netns)
-            .await
-            .map_err(|e| NetworkError::Sys {
-                what: "making a network namespace".into(),
-                source: std::io::Error::other(e),
-            })??;
+        let (netns, inner) =
+            tokio::task::spawn_blocking(new_netns)
+                .await
+                .map_err(|e| NetworkError::Sys {
+                    what: "making a network namespace".into(),
+                    source: std::io::Error::other(e),
+                })??;
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name("eth0".to_string())
             .setns_by_fd(netns.as_raw_fd())
@@ -446,6 +457,7 @@ impl Network {
             if !other_bridge {
                 let _ = std::fs::write(FORWARDING, old);
             }
+            let _ = std::fs::remove_file(&self.forwarding_saved);
         }
     }
 }
@@ -542,18 +554,19 @@ pub fn etc_files(lease: Option<&Lease>, hostname: &str) -> (String, String) {
 /// at its address (at loopback when it has no interface).
 pub fn hosts_file(hostname: &str, ip: Option<Ipv4Addr>) -> String {
     let me = ip.map_or_else(|| "127.0.1.1".to_string(), |ip| ip.to_string());
-    format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{me}\t{hostname}\n"
-    )
+    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{me}\t{hostname}\n")
 }
 
 /// Runs on a blocking-pool thread: enters a new network namespace, takes a handle on it and a
 /// netlink connection inside it, and returns to the host's namespace before anything else
 /// runs on the thread.
 fn new_netns() -> Result<(OwnedFd, Handle), NetworkError> {
-    let host = std::fs::File::open("/proc/thread-self/ns/net").map_err(sys("opening the host namespace"))?;
-    unshare(CloneFlags::CLONE_NEWNET)
-        .map_err(|e| NetworkError::Sys { what: "unshare(CLONE_NEWNET)".into(), source: e.into() })?;
+    let host = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(sys("opening the host namespace"))?;
+    unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Sys {
+        what: "unshare(CLONE_NEWNET)".into(),
+        source: e.into(),
+    })?;
     let inside = (|| {
         let ns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
             .map_err(sys("opening the new namespace"))?
@@ -629,7 +642,9 @@ async fn check_routes(handle: &Handle, subnet: Ipv4Net) -> Result<(), NetworkErr
             _ => None,
         });
         let Some(dst) = dst else { continue };
-        let Ok(net) = Ipv4Net::new(dst, len) else { continue };
+        let Ok(net) = Ipv4Net::new(dst, len) else {
+            continue;
+        };
         // Local and broadcast routes of the host's own addresses are in other tables; the main
         // table is what matters, but a host address inside the subnet collides as well.
         if net.contains(&subnet.network()) || subnet.contains(&net.network()) {

@@ -28,7 +28,9 @@ fn owner() -> Owner {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_reach_only_allowed_gateway_ports() {
     let dir = tempfile::tempdir().unwrap();
-    let subnet = format!("10.231.{}.0/24", std::process::id() % 200 + 20).parse().unwrap();
+    let subnet = format!("10.231.{}.0/24", std::process::id() % 200 + 20)
+        .parse()
+        .unwrap();
     let allowed = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let denied = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let allowed_port = allowed.local_addr().unwrap().port();

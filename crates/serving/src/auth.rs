@@ -140,7 +140,10 @@ mod tests {
         let sa = format!("Bearer {}", keys.mint("a@p.iam.gserviceaccount.com", None));
         let member = vec!["serviceAccount:a@p.iam.gserviceaccount.com".to_string()];
         let other = vec!["serviceAccount:b@p.iam.gserviceaccount.com".to_string()];
-        assert_eq!(keys.verify(Some(&sa), "h.localhost", &member), Verdict::Allowed);
+        assert_eq!(
+            keys.verify(Some(&sa), "h.localhost", &member),
+            Verdict::Allowed
+        );
         assert!(matches!(
             keys.verify(Some(&sa), "h.localhost", &other),
             Verdict::Denied(_)

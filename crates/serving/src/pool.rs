@@ -659,9 +659,9 @@ impl Pool {
                     project: self.key.namespace.clone(),
                     project_number: skiff_model::project_number(&self.key.namespace),
                     instance_id: inst.id.clone(),
-                    service_account: self.settings.service_account.clone().unwrap_or_else(
-                        || skiff_model::default_service_account(&self.key.namespace),
-                    ),
+                    service_account: self.settings.service_account.clone().unwrap_or_else(|| {
+                        skiff_model::default_service_account(&self.key.namespace)
+                    }),
                 };
                 match net.acquire(owner).await {
                     Ok(l) => Some(l),

@@ -163,7 +163,9 @@ async fn serve(
         )
         .await
         .map_err(|e| {
-            anyhow::anyhow!("cannot set up instance networking: {e} (or run with --no-instance-network)")
+            anyhow::anyhow!(
+                "cannot set up instance networking: {e} (or run with --no-instance-network)"
+            )
         })?;
         Some(network)
     };

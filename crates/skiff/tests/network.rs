@@ -1,0 +1,459 @@
+//! Instance networking on real namespaces, veths, a bridge and nftables: outbound traffic to a
+//! test host in a network namespace the test makes, what stays out of reach, DNS and calls
+//! between services through the ingress, the metadata server, service accounts and identity
+//! tokens, `--egress none`, and job tasks.
+
+use skiff_testkit::TestServer;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn bin() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_skiff"))
+}
+
+const GREETING: &str = "hello from the test host";
+
+/// A host outside Skiff: a network namespace the test makes, joined to the host by a veth
+/// pair on a /30, with an HTTP server that answers [`GREETING`]. Everything goes on drop.
+struct TestHost {
+    ns: String,
+    host_if: String,
+    addr: Ipv4Addr,
+    stop: Arc<AtomicBool>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestHost {
+    fn start() -> TestHost {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let id = (std::process::id() * 7 + n) % 16000;
+        let (third, fourth) = (id / 63 % 256, (id % 63) * 4);
+        let ns = format!("skiff-test-{}-{n}", std::process::id());
+        let host_if = format!("skth{id}");
+        let peer = format!("sktp{id}");
+        let host_addr = format!("10.199.{third}.{}", fourth + 1);
+        let addr: Ipv4Addr = format!("10.199.{third}.{}", fourth + 2).parse().unwrap();
+        let mut host = TestHost {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            addr,
+            stop: Arc::new(AtomicBool::new(false)),
+            server: None,
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &ns]);
+        ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/30"),
+            "dev",
+            &peer,
+        ]);
+        ip(&["-n", &ns, "link", "set", &peer, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "route", "add", "default", "via", &host_addr]);
+        let nsfile = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        let stop = host.stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        host.server = Some(std::thread::spawn(move || {
+            nix::sched::setns(nsfile.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = TcpListener::bind((addr, 8000)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            // Bounded: the test host answers for at most five minutes.
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut buf = [0u8; 1024];
+                        let _ = c.read(&mut buf);
+                        let _ = write!(
+                            c,
+                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{GREETING}",
+                            GREETING.len()
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }));
+        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        host
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Runs a shell command inside an instance through the test image's CGI script.
+fn inside(s: &TestServer, service: &str, cmd: &str) -> String {
+    let q: String = cmd
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let (code, body) = s.get(
+        &format!("{service}.localhost"),
+        &format!("/cgi-bin/sh?{q}"),
+        None,
+    );
+    assert_eq!(code, 200, "{cmd}: {body}");
+    body
+}
+
+/// An HTTP/1.0 GET from inside an instance to `addr:port` with busybox's `nc` (the image's
+/// busybox is static glibc, whose `wget` cannot look up the `http` service without NSS
+/// modules); `extra` are more header lines. `nc` stops reading when its input ends, so the
+/// input lasts a second beyond the request. The raw response is followed by `rc=N`, `nc`'s
+/// exit status (1 when the connection is refused or times out after 3 s).
+fn http_from(
+    s: &TestServer,
+    service: &str,
+    addr: &str,
+    port: u16,
+    host: &str,
+    path: &str,
+    extra: &[&str],
+) -> String {
+    let headers: String = extra.iter().map(|h| format!("{h}\\r\\n")).collect();
+    inside(
+        s,
+        service,
+        &format!(
+            "{{ printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n{headers}\\r\\n'; sleep 1; }} | nc -w 3 {addr} {port} 2>&1; echo rc=$?"
+        ),
+    )
+}
+
+/// Whether `out` (from [`http_from`]) is a response with this status.
+fn status_is(out: &str, code: u16) -> bool {
+    out.lines().next().is_some_and(|l| {
+        l.starts_with("HTTP/") && l.split_whitespace().nth(1) == Some(&code.to_string())
+    })
+}
+
+/// Whether the connection could not be made (refused, dropped, timed out).
+fn unreachable(out: &str) -> bool {
+    !out.starts_with("HTTP/") && out.trim_end().ends_with("rc=1")
+}
+
+/// Resolves `name` inside an instance with busybox's own resolver (from its /etc/resolv.conf).
+fn resolve(s: &TestServer, service: &str, name: &str) -> String {
+    let out = inside(s, service, &format!("nslookup {name} 2>&1"));
+    out.lines()
+        .skip_while(|l| !l.starts_with("Name:"))
+        .find_map(|l| l.strip_prefix("Address:"))
+        .map(|a| a.split_whitespace().next().unwrap_or_default().to_string())
+        .unwrap_or_else(|| panic!("{name} does not resolve inside {service}: {out}"))
+}
+
+fn deploy(s: &TestServer, service: &str, extra: &[&str]) {
+    let mut args = vec![
+        "deploy",
+        service,
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+    ];
+    args.extend_from_slice(extra);
+    s.ok(&args);
+}
+
+/// The instance's own address, from the `/etc/hosts` Skiff wrote for it.
+fn instance_ip(s: &TestServer, service: &str) -> String {
+    let hosts = inside(s, service, "cat /etc/hosts");
+    hosts
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn gateway(s: &TestServer) -> String {
+    let subnet = s.subnet.as_deref().expect("the test server has a subnet");
+    subnet.replace(".0/24", ".1")
+}
+
+const FLAVOR: &str = "Metadata-Flavor: Google";
+
+#[test]
+fn instances_reach_the_outside_and_other_services_but_not_the_host() {
+    let (s, _tmp) = TestServer::with_web_image(bin(), &[]);
+    let host = TestHost::start();
+    deploy(&s, "net", &[]);
+    deploy(&s, "peer", &[]);
+    let test_host = host.addr.to_string();
+
+    // Outbound: the test host answers, by address.
+    let out = http_from(&s, "net", &test_host, 8000, "test", "/", &[]);
+    assert!(status_is(&out, 200) && out.contains(GREETING), "{out}");
+
+    // The files Docker and Cloud Run write: the platform's resolver, the instance's name.
+    let gw = gateway(&s);
+    let resolv = inside(&s, "net", "cat /etc/resolv.conf");
+    assert!(resolv.contains(&format!("nameserver {gw}")), "{resolv}");
+    let me = instance_ip(&s, "net");
+    assert!(me.starts_with(&gw[..gw.len() - 1]), "{me} in {gw}");
+
+    // Another service by the URL deploy prints: its name resolves to the ingress as instances
+    // see it, which routes by Host as for any client.
+    assert_eq!(resolve(&s, "net", "peer.localhost"), gw);
+    let out = http_from(&s, "net", &gw, s.ingress, "peer.localhost", "/", &[]);
+    assert!(
+        status_is(&out, 200) && out.contains("hello from skiff"),
+        "{out}"
+    );
+    let out = http_from(&s, "net", &gw, s.ingress, "nobody.localhost", "/", &[]);
+    assert!(status_is(&out, 404), "{out}");
+
+    // Nothing else of the host: a port listening on every host address is out of reach, on
+    // the gateway and on the host's address towards the test host; so is the control API.
+    let open = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = open.local_addr().unwrap().port();
+    let o = host.addr.octets();
+    let host_side = format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3] - 1);
+    for (addr, port) in [
+        (gw.as_str(), port),
+        (host_side.as_str(), port),
+        (gw.as_str(), s.api),
+        ("127.0.0.1", s.api),
+    ] {
+        let out = http_from(&s, "net", addr, port, "x", "/", &[]);
+        assert!(
+            unreachable(&out),
+            "{addr}:{port} reachable from inside: {out}"
+        );
+    }
+    // The same port answers from the host itself (the check above can fail).
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+
+    // Another instance directly: out of reach, though it answers at its own address.
+    let peer_ip = instance_ip(&s, "peer");
+    let own = http_from(&s, "peer", &peer_ip, 8080, "x", "/", &[]);
+    assert!(status_is(&own, 200), "{own}");
+    let out = http_from(&s, "net", &peer_ip, 8080, "x", "/", &[]);
+    assert!(unreachable(&out), "another instance reachable: {out}");
+
+    // The metadata server, by name and by address, only with Metadata-Flavor: Google.
+    let md = resolve(&s, "net", "metadata.google.internal");
+    assert_eq!(md, "169.254.169.254");
+    let get = |path: &str, extra: &[&str]| {
+        http_from(&s, "net", &md, 80, "metadata.google.internal", path, extra)
+    };
+    let out = get("/computeMetadata/v1/project/project-id", &[FLAVOR]);
+    assert!(
+        status_is(&out, 200) && out.contains("\r\n\r\ndefault"),
+        "{out}"
+    );
+    assert!(
+        out.to_ascii_lowercase().contains("metadata-flavor: google"),
+        "{out}"
+    );
+    let out = get(
+        "/computeMetadata/v1/instance/service-accounts/default/email",
+        &[FLAVOR],
+    );
+    assert!(
+        out.contains(&skiff_model::default_service_account("default")),
+        "{out}"
+    );
+    let number = skiff_model::project_number("default");
+    let out = get("/computeMetadata/v1/instance/region", &[FLAVOR]);
+    assert!(
+        out.contains(&format!("projects/{number}/regions/us-central1")),
+        "{out}"
+    );
+    let out = get("/computeMetadata/v1/project/?recursive=true", &[FLAVOR]);
+    assert!(
+        out.contains(&format!("\"numericProjectId\":\"{number}\"")),
+        "{out}"
+    );
+    let out = get("/computeMetadata/v1/project/project-id", &[]);
+    assert!(status_is(&out, 403), "{out}");
+    let out = get(
+        "/computeMetadata/v1/project/project-id",
+        &[FLAVOR, "X-Forwarded-For: 1.2.3.4"],
+    );
+    assert!(status_is(&out, 403), "{out}");
+}
+
+#[test]
+fn identity_tokens_from_the_metadata_server_call_private_services_by_iam() {
+    let (s, _tmp) = TestServer::with_web_image(bin(), &[]);
+    let caller = "caller@default.iam.gserviceaccount.com";
+    let stranger = "stranger@default.iam.gserviceaccount.com";
+    deploy(&s, "caller", &["--service-account", caller]);
+    deploy(&s, "stranger", &["--service-account", stranger]);
+    s.ok(&["deploy", "private", "--image", "web"]);
+    s.ok(&[
+        "services",
+        "add-iam-policy-binding",
+        "private",
+        "--member",
+        &format!("serviceAccount:{caller}"),
+        "--role",
+        "roles/run.invoker",
+    ]);
+    let policy = s.ok(&["services", "get-iam-policy", "private"]);
+    assert!(policy.contains(caller), "{policy}");
+
+    let gw = gateway(&s);
+    let audience = format!("http://private.localhost:{}/", s.ingress);
+    let call = |service: &str| {
+        let token = http_from(
+            &s,
+            service,
+            "169.254.169.254",
+            80,
+            "metadata.google.internal",
+            &format!(
+                "/computeMetadata/v1/instance/service-accounts/default/identity?audience={audience}"
+            ),
+            &[FLAVOR],
+        );
+        assert!(status_is(&token, 200), "{token}");
+        let jwt = token
+            .split("\r\n\r\n")
+            .nth(1)
+            .and_then(|b| b.split("rc=").next())
+            .unwrap()
+            .trim()
+            .to_string();
+        let auth = format!("Authorization: Bearer {jwt}");
+        http_from(
+            &s,
+            service,
+            &gw,
+            s.ingress,
+            "private.localhost",
+            "/",
+            &[&auth],
+        )
+    };
+    let out = call("caller");
+    assert!(
+        status_is(&out, 200) && out.contains("hello from skiff"),
+        "{out}"
+    );
+    let out = call("stranger");
+    assert!(status_is(&out, 403), "{out}");
+
+    // Taking the binding back shuts the caller out too.
+    s.ok(&[
+        "services",
+        "remove-iam-policy-binding",
+        "private",
+        "--member",
+        &format!("serviceAccount:{caller}"),
+        "--role",
+        "roles/run.invoker",
+    ]);
+    let out = call("caller");
+    assert!(status_is(&out, 403), "{out}");
+    // The service account is the revision's, and export carries it.
+    let export = s.ok(&["services", "describe", "caller", "--format", "export"]);
+    assert!(
+        export.contains(&format!("serviceAccountName: {caller}")),
+        "{export}"
+    );
+    let bad = s.fails(&[
+        "deploy",
+        "x",
+        "--image",
+        "web",
+        "--service-account",
+        "nobody",
+    ]);
+    assert!(bad.contains("service account"), "{bad}");
+}
+
+#[test]
+fn egress_none_reaches_nothing() {
+    let (s, _tmp) = TestServer::with_web_image(bin(), &[]);
+    let host = TestHost::start();
+    let test_host = host.addr.to_string();
+    deploy(&s, "open", &[]);
+    deploy(&s, "sealed", &["--egress", "none"]);
+    let out = http_from(&s, "sealed", &test_host, 8000, "test", "/", &[]);
+    assert!(unreachable(&out), "{out}");
+    let gw = gateway(&s);
+    let out = http_from(&s, "sealed", &gw, s.ingress, "open.localhost", "/", &[]);
+    assert!(unreachable(&out), "{out}");
+    let links = inside(&s, "sealed", "ls /sys/class/net");
+    assert_eq!(
+        links.split_whitespace().collect::<Vec<_>>(),
+        ["lo"],
+        "{links}"
+    );
+    let export = s.ok(&["services", "describe", "sealed", "--format", "export"]);
+    assert!(export.contains("skiff.dev/egress: none"), "{export}");
+    // Back to all: the next revision reaches out again.
+    deploy(&s, "sealed", &["--egress", "all"]);
+    let out = http_from(&s, "sealed", &test_host, 8000, "test", "/", &[]);
+    assert!(status_is(&out, 200), "{out}");
+}
+
+#[test]
+fn job_tasks_reach_the_test_host() {
+    let (s, _tmp) = TestServer::with_web_image(bin(), &[]);
+    let host = TestHost::start();
+    s.ok(&[
+        "jobs",
+        "create",
+        "fetcher",
+        "--image",
+        "web",
+        "--tasks",
+        "2",
+        "--max-retries",
+        "0",
+        "--command",
+        "/bin/sh",
+        "--args",
+        &format!(
+            "-c,{{ printf 'GET / HTTP/1.0\\r\\n\\r\\n'; sleep 1; }} | nc -w 3 {} 8000 | grep -q '{GREETING}'",
+            host.addr
+        ),
+    ]);
+    s.ok(&["jobs", "execute", "fetcher", "--wait"]);
+}
