@@ -77,6 +77,7 @@ pub fn rows(r: &Report) -> Vec<Vec<String>> {
                 format!("{:.1}", l.usage.billable_seconds),
                 format!("{:.2}", l.usage.vcpu_seconds),
                 format!("{:.2}", l.usage.gib_seconds),
+                mib(l.egress_bytes),
                 money(l.cost.total),
                 format!("{:.2}", l.used_cpu_seconds),
                 mib(l.peak_memory_bytes),
@@ -129,6 +130,7 @@ pub fn run(api: &Api, cmd: BillingCommand) -> Result<()> {
                 "BILLABLE-S",
                 "VCPU-S",
                 "GIB-S",
+                "EGRESS",
                 "COST",
                 "CPU-USED-S",
                 "PEAK-MEM",
@@ -186,6 +188,9 @@ mod tests {
             requests: 10,
             cpu_ns: 120_000_000,
             memory_peak_bytes: 3 << 20,
+            sent_bytes: 4 << 20,
+            received_bytes: 1 << 20,
+            egress_bytes: 2 << 20,
         }];
         let r = skiff_metering::report::build(
             &rows_in,
@@ -205,7 +210,8 @@ mod tests {
                 "3.4",
                 "3.40",
                 "1.70",
-                "$0.000090",
+                "2.0Mi",
+                "$0.000324",
                 "0.12",
                 "3.0Mi"
             ]]

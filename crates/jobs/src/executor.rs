@@ -694,6 +694,9 @@ impl Jobs {
             let spawned = match &lease {
                 Err(e) => Err(skiff_runtime::RuntimeError::Start(e.clone())),
                 Ok(lease) => {
+                    if let Some(l) = lease {
+                        meter.set_net_reader(l.net_reader());
+                    }
                     (cfg.hosts, cfg.resolv_conf) =
                         skiff_network::etc_files(lease.as_ref(), &cfg.hostname);
                     cfg.joins_netns = lease.is_some();

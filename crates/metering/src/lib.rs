@@ -19,7 +19,9 @@ pub mod report;
 pub use meter::{bill, Bill, Billing, Lifecycle, Meter};
 pub use metrics::Metrics;
 pub use price::{Cost, Prices, Usage};
-pub use registry::{Checkpoint, InstanceInfo, InstanceUsage, Kind, LiveInstance, Registry};
+pub use registry::{
+    Checkpoint, InstanceInfo, InstanceUsage, Kind, LiveInstance, NetReader, NetStats, Registry,
+};
 pub use report::{Line, Report, UsageRow};
 
 /// Billable intervals are rounded up to a multiple of this.

@@ -49,6 +49,8 @@ pub struct Metrics {
     cpu_allocation: CounterVec,
     cpu_usage: CounterVec,
     memory_peak: GaugeVec,
+    sent_bytes: CounterVec,
+    received_bytes: CounterVec,
 }
 
 /// One revision's request metrics, resolved once.
@@ -159,6 +161,16 @@ impl Metrics {
                 "Billable CPU: billable time times the CPU limit, in vCPU-seconds.",
                 USAGE,
             ),
+            sent_bytes: counter(
+                "run_container_network_sent_bytes_count",
+                "Bytes the instances sent over their network interfaces.",
+                USAGE,
+            ),
+            received_bytes: counter(
+                "run_container_network_received_bytes_count",
+                "Bytes the instances received over their network interfaces.",
+                USAGE,
+            ),
             cpu_usage: counter(
                 "skiff_container_cpu_usage_seconds",
                 "CPU time the instances' cgroups consumed, in seconds.",
@@ -239,6 +251,16 @@ impl Metrics {
                     .with_label_values(&l)
                     .inc_by(secs * i.cpu_millis as f64 / 1000.0);
             }
+            let sent: u64 = u.minutes.iter().map(|m| m.sent_bytes).sum();
+            let received: u64 = u.minutes.iter().map(|m| m.received_bytes).sum();
+            if sent > 0 {
+                self.sent_bytes.with_label_values(&l).inc_by(sent as f64);
+            }
+            if received > 0 {
+                self.received_bytes
+                    .with_label_values(&l)
+                    .inc_by(received as f64);
+            }
             if cpu_ns > 0 {
                 self.cpu_usage
                     .with_label_values(&l)
@@ -313,6 +335,9 @@ mod tests {
                     billable_ms: 1500,
                     requests: 0,
                     cpu_ns: 250_000_000,
+                    sent_bytes: 4096,
+                    received_bytes: 1024,
+                    egress_bytes: 0,
                 }],
                 rounding: None,
                 memory_peak_bytes: 1 << 20,
@@ -350,6 +375,20 @@ mod tests {
         assert_eq!(
             value("run_container_cpu_allocation_time", ("job_name", "nightly")),
             3.0
+        );
+        assert_eq!(
+            value(
+                "run_container_network_sent_bytes_count",
+                ("job_name", "nightly")
+            ),
+            4096.0
+        );
+        assert_eq!(
+            value(
+                "run_container_network_received_bytes_count",
+                ("job_name", "nightly")
+            ),
+            1024.0
         );
         assert_eq!(
             value("skiff_container_cpu_usage_seconds", ("job_name", "nightly")),

@@ -22,6 +22,29 @@ pub struct FreeTier {
     pub vcpu_seconds: f64,
     pub gib_seconds: f64,
     pub requests: f64,
+    /// GiB of outbound internet data transfer.
+    #[serde(default = "default_free_egress")]
+    pub egress_gib: f64,
+}
+
+fn default_free_egress() -> f64 {
+    1.0
+}
+
+/// Networking prices.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkRates {
+    /// Dollars per GiB of outbound internet data transfer.
+    pub egress_gib: f64,
+}
+
+impl Default for NetworkRates {
+    /// Cloud Run's outbound internet data transfer from North America (Premium Tier, first
+    /// tier): $0.12 per GiB.
+    fn default() -> Self {
+        NetworkRates { egress_gib: 0.12 }
+    }
 }
 
 /// The price table (`skiff server --prices FILE`, YAML or JSON in this shape).
@@ -33,6 +56,8 @@ pub struct Prices {
     pub request_based: Rates,
     pub instance_based: Rates,
     pub free_tier: FreeTier,
+    #[serde(default)]
+    pub networking: NetworkRates,
 }
 
 /// The currency prices are in (only its code is shown).
@@ -63,7 +88,9 @@ impl Default for Prices {
                 vcpu_seconds: 180_000.0,
                 gib_seconds: 360_000.0,
                 requests: 2_000_000.0,
+                egress_gib: 1.0,
             },
+            networking: NetworkRates::default(),
         }
     }
 }
@@ -105,6 +132,9 @@ pub struct Cost {
     pub cpu: f64,
     pub memory: f64,
     pub requests: f64,
+    /// Outbound internet data transfer.
+    #[serde(default)]
+    pub networking: f64,
     pub total: f64,
 }
 
@@ -129,8 +159,20 @@ impl Prices {
             cpu,
             memory,
             requests,
+            networking: 0.0,
             total: cpu + memory + requests,
         }
+    }
+
+    /// List-price cost of `bytes` of outbound internet data transfer.
+    pub fn egress_cost(&self, bytes: u64) -> f64 {
+        bytes as f64 / (1u64 << 30) as f64 * self.networking.egress_gib
+    }
+
+    /// The free tier's worth for one month's `bytes` of outbound internet data transfer.
+    pub fn free_egress_credit(&self, bytes: u64) -> f64 {
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        gib.min(self.free_tier.egress_gib).max(0.0) * self.networking.egress_gib
     }
 
     /// The free tier's worth for one month's usage, by mode: each free allowance is used up by

@@ -64,6 +64,23 @@ pub struct CgroupStats {
     pub memory_peak_bytes: u64,
 }
 
+/// What an instance's network interface carried so far, in bytes (totals since it started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetStats {
+    /// Sent by the instance, to anywhere (Cloud Run's `container/network/sent_bytes_count`).
+    pub sent_bytes: u64,
+    /// Received by the instance (`container/network/received_bytes_count`).
+    pub received_bytes: u64,
+    /// Of `sent_bytes`, what left for the internet (not the platform's own services on the
+    /// gateway: other services, DNS, metadata): the part Cloud Run bills as outbound data
+    /// transfer.
+    pub egress_bytes: u64,
+}
+
+/// Reads an instance's [`NetStats`] (cheap: counters the kernel keeps).
+pub type NetReader = Box<dyn Fn() -> NetStats + Send + Sync>;
+
 /// One instance's meter while it lives.
 pub struct LiveInstance {
     pub info: InstanceInfo,
@@ -71,6 +88,7 @@ pub struct LiveInstance {
     meter: Mutex<Meter>,
     requests: AtomicU64,
     state: Mutex<Taken>,
+    net: std::sync::OnceLock<NetReader>,
 }
 
 #[derive(Default)]
@@ -80,6 +98,10 @@ struct Taken {
     /// The open interval's rounding and the peak memory last reported (`None`: never
     /// reported); a checkpoint with nothing new for the instance leaves it out.
     reported: Option<(Option<(i64, i64)>, u64)>,
+    /// Network totals already counted.
+    net: NetStats,
+    /// The network's last reading, taken when the instance ended.
+    net_final: Option<NetStats>,
 }
 
 impl LiveInstance {
@@ -93,12 +115,21 @@ impl LiveInstance {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The container is gone at `t`; `stats` is its cgroup's final reading, when known.
+    /// Sets how the instance's network counters are read (at most once; an instance without
+    /// a network interface has none).
+    pub fn set_net_reader(&self, reader: NetReader) {
+        let _ = self.net.set(reader);
+    }
+
+    /// The container is gone at `t`; `stats` is its cgroup's final reading, when known. The
+    /// network counters are read a last time now, while the interface still exists.
     pub fn end(&self, t: i64, stats: Option<CgroupStats>) {
         self.with_meter(|m| m.exited(t));
+        let net = self.net.get().map(|r| r());
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.ended.is_none() {
             s.ended = Some((t, stats));
+            s.net_final = net;
         }
     }
 }
@@ -111,6 +142,10 @@ pub struct MinuteUsage {
     pub billable_ms: i64,
     pub requests: u64,
     pub cpu_ns: u64,
+    /// Bytes the instance sent, received, and sent to the internet ([`NetStats`]).
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub egress_bytes: u64,
 }
 
 /// One instance's part of a checkpoint.
@@ -155,6 +190,7 @@ impl Registry {
             info,
             requests: AtomicU64::new(0),
             state: Mutex::new(Taken::default()),
+            net: std::sync::OnceLock::new(),
         });
         self.live
             .lock()
@@ -183,10 +219,17 @@ impl Registry {
         };
         let mut gone = Vec::new();
         for inst in insts {
-            let ended = inst.state.lock().unwrap_or_else(|e| e.into_inner()).ended;
+            let (ended, net_final) = {
+                let st = inst.state.lock().unwrap_or_else(|e| e.into_inner());
+                (st.ended, st.net_final)
+            };
             let now_stats = match ended {
                 Some((_, s)) => s,
                 None => stats(&inst.info.id),
+            };
+            let now_net = match ended {
+                Some(_) => net_final,
+                None => inst.net.get().map(|r| r()),
             };
             let accrued = inst.with_meter(|m| m.take(t));
             let requests = inst.requests.swap(0, Ordering::Relaxed);
@@ -216,13 +259,32 @@ impl Registry {
                 }
                 None => 0,
             };
-            if requests > 0 || cpu_delta > 0 {
+            let net_delta = match now_net {
+                Some(n) => {
+                    let d = NetStats {
+                        sent_bytes: n.sent_bytes.saturating_sub(st.net.sent_bytes),
+                        received_bytes: n.received_bytes.saturating_sub(st.net.received_bytes),
+                        egress_bytes: n.egress_bytes.saturating_sub(st.net.egress_bytes),
+                    };
+                    st.net = NetStats {
+                        sent_bytes: st.net.sent_bytes.max(n.sent_bytes),
+                        received_bytes: st.net.received_bytes.max(n.received_bytes),
+                        egress_bytes: st.net.egress_bytes.max(n.egress_bytes),
+                    };
+                    d
+                }
+                None => NetStats::default(),
+            };
+            if requests > 0 || cpu_delta > 0 || net_delta != NetStats::default() {
                 let m = minutes.entry(here).or_insert(MinuteUsage {
                     minute: here,
                     ..MinuteUsage::default()
                 });
                 m.requests += requests;
                 m.cpu_ns += cpu_delta;
+                m.sent_bytes += net_delta.sent_bytes;
+                m.received_bytes += net_delta.received_bytes;
+                m.egress_bytes += net_delta.egress_bytes;
             }
             let state = (accrued.rounding, st.stats.memory_peak_bytes);
             let changed = ended.is_some() || !minutes.is_empty() || st.reported != Some(state);

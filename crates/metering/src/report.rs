@@ -24,6 +24,13 @@ pub struct UsageRow {
     pub requests: u64,
     pub cpu_ns: u64,
     pub memory_peak_bytes: u64,
+    /// Bytes the instances sent, received, and sent to the internet.
+    #[serde(default)]
+    pub sent_bytes: u64,
+    #[serde(default)]
+    pub received_bytes: u64,
+    #[serde(default)]
+    pub egress_bytes: u64,
 }
 
 /// One line of a report: a service revision or a job execution.
@@ -49,6 +56,13 @@ pub struct Line {
     pub used_cpu_seconds: f64,
     /// The largest peak memory of one instance, according to its cgroup.
     pub peak_memory_bytes: u64,
+    /// Bytes the instances sent and received over their interfaces.
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    /// Of `sent_bytes`, what went to the internet: billed as outbound data transfer
+    /// (traffic to other services and the metadata server is free, as within a Cloud Run
+    /// region).
+    pub egress_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,8 +90,10 @@ pub struct Report {
 pub fn build(rows: &[UsageRow], prices: &Prices, since: String, until: String) -> Report {
     let mut lines: Vec<Line> = Vec::new();
     let mut months: BTreeMap<&str, (Usage, Usage)> = BTreeMap::new();
+    let mut egress_by_month: BTreeMap<&str, u64> = BTreeMap::new();
     for r in rows {
         let u = Usage::of(r.billable_ms, r.requests, r.cpu_millis, r.memory_bytes);
+        *egress_by_month.entry(r.month.as_str()).or_default() += r.egress_bytes;
         let m = months.entry(r.month.as_str()).or_default();
         match r.mode {
             Billing::Request => m.0.add(&u),
@@ -108,6 +124,9 @@ pub fn build(rows: &[UsageRow], prices: &Prices, since: String, until: String) -
                     cost: Cost::default(),
                     used_cpu_seconds: 0.0,
                     peak_memory_bytes: 0,
+                    sent_bytes: 0,
+                    received_bytes: 0,
+                    egress_bytes: 0,
                 });
                 lines.last_mut().expect("just pushed")
             }
@@ -116,11 +135,16 @@ pub fn build(rows: &[UsageRow], prices: &Prices, since: String, until: String) -
         line.usage.add(&u);
         line.used_cpu_seconds += r.cpu_ns as f64 / 1e9;
         line.peak_memory_bytes = line.peak_memory_bytes.max(r.memory_peak_bytes);
+        line.sent_bytes += r.sent_bytes;
+        line.received_bytes += r.received_bytes;
+        line.egress_bytes += r.egress_bytes;
     }
     let (mut request_based, mut instance_based) = (Usage::default(), Usage::default());
     let mut cost = 0.0;
     for l in &mut lines {
         l.cost = prices.cost(l.billing, &l.usage);
+        l.cost.networking = prices.egress_cost(l.egress_bytes);
+        l.cost.total += l.cost.networking;
         cost += l.cost.total;
         match l.billing {
             Billing::Request => request_based.add(&l.usage),
@@ -131,6 +155,11 @@ pub fn build(rows: &[UsageRow], prices: &Prices, since: String, until: String) -
     let free_tier = months
         .values()
         .map(|(req, inst)| prices.free_tier_credit(req, inst).total)
+        .chain(
+            egress_by_month
+                .values()
+                .map(|b| prices.free_egress_credit(*b)),
+        )
         .fold(0.0, |a, b| a + b);
     Report {
         since,
@@ -165,6 +194,9 @@ mod tests {
             requests,
             cpu_ns: 500_000_000,
             memory_peak_bytes: 3 << 20,
+            sent_bytes: 0,
+            received_bytes: 0,
+            egress_bytes: 0,
         }
     }
 
@@ -188,6 +220,14 @@ mod tests {
         // All of it is within the free tier.
         assert!((r.free_tier - r.cost).abs() < 1e-12);
         assert_eq!(r.total, 0.0);
+        // Outbound internet traffic: 3 GiB in one month, 1 GiB of it free.
+        let mut net = row("hello-3", Billing::Request, "2026-11", 0, 0);
+        net.egress_bytes = 3 << 30;
+        net.sent_bytes = 4 << 30;
+        let r = build(&[net], &Prices::default(), "a".into(), "b".into());
+        assert!((r.lines[0].cost.networking - 3.0 * 0.12).abs() < 1e-9);
+        assert!((r.free_tier - 0.12).abs() < 1e-9, "{}", r.free_tier);
+        assert!((r.total - 2.0 * 0.12).abs() < 1e-9);
         let empty = build(&[], &Prices::default(), "a".into(), "b".into());
         assert!(empty.free_tier.is_sign_positive() && empty.cost.is_sign_positive());
     }

@@ -140,6 +140,9 @@ pub struct Network {
     forwarding_was: Option<String>,
     /// Where that value is kept until it is restored.
     forwarding_saved: std::path::PathBuf,
+    /// The egress counters as last read, and when: one `nft` call serves every instance's
+    /// reading within [`EGRESS_READ_EVERY`].
+    egress: Mutex<Option<(std::time::Instant, HashMap<Ipv4Addr, u64>)>>,
 }
 
 /// The short id that names this server's bridge, veths and tables: 8 hex digits of the
@@ -161,6 +164,9 @@ fn names(data_dir: &Path) -> (String, String, String) {
 }
 
 const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// How long one reading of the egress counters serves.
+const EGRESS_READ_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Network {
     /// Sets the network up: removes whatever a previous run with the same data dir left
@@ -242,6 +248,7 @@ impl Network {
             seq: AtomicU32::new(0),
             forwarding_was,
             forwarding_saved: saved,
+            egress: Mutex::new(None),
         });
         if let Err(e) = firewall::apply(&rules) {
             network.stop().await;
@@ -285,6 +292,24 @@ impl Network {
     /// Who the instance at `ip` is, for the metadata server.
     pub fn owner_of(&self, ip: Ipv4Addr) -> Option<Owner> {
         self.lock().owners.get(&ip).cloned()
+    }
+
+    /// Bytes the address `ip` has sent to the internet since it was handed out.
+    fn egress_bytes(&self, ip: Ipv4Addr) -> u64 {
+        let mut cache = self.egress.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < EGRESS_READ_EVERY);
+        if !fresh {
+            match firewall::egress_counters(&self.table) {
+                Ok(c) => *cache = Some((std::time::Instant::now(), c)),
+                Err(e) => tracing::debug!("reading egress counters: {e}"),
+            }
+        }
+        cache
+            .as_ref()
+            .and_then(|(_, c)| c.get(&ip).copied())
+            .unwrap_or(0)
     }
 
     /// Starts making sandboxes in the background until `prepared` are ready.
@@ -498,10 +523,27 @@ impl Lease {
         }
     }
 
-    /// Bytes the instance has sent and received so far over its interface: the host end's
-    /// receive and transmit counters, `(sent, received)`.
-    pub fn counters(&self) -> (u64, u64) {
-        interface_counters(&self.sandbox().host_if)
+    /// A reader of the instance's network usage for its meter: what its interface sent and
+    /// received (the host end's counters, read from sysfs) and what it sent to the internet
+    /// (the firewall's counter for its address). Zeros once the lease is gone.
+    pub fn net_reader(&self) -> skiff_metering::NetReader {
+        let host_if = self.sandbox().host_if.clone();
+        let ip = self.sandbox().ip;
+        let network = self.network.clone();
+        Box::new(move || {
+            let Some(net) = network.upgrade() else {
+                return skiff_metering::NetStats::default();
+            };
+            if net.owner_of(ip).is_none() {
+                return skiff_metering::NetStats::default();
+            }
+            let (sent_bytes, received_bytes) = interface_counters(&host_if);
+            skiff_metering::NetStats {
+                sent_bytes,
+                received_bytes,
+                egress_bytes: net.egress_bytes(ip),
+            }
+        })
     }
 }
 
@@ -534,6 +576,8 @@ impl Drop for Lease {
             if let Err(e) = net.delete_link(&sandbox.host_if).await {
                 tracing::warn!("{e}");
             }
+            // The counter may not exist (the instance never sent anything out).
+            let _ = firewall::forget_egress(&net.table, sandbox.ip);
             let offset = net.offset(sandbox.ip);
             drop(sandbox);
             net.release(offset);

@@ -673,6 +673,9 @@ impl Pool {
                 }
             }
         };
+        if let Some(l) = &lease {
+            inst.meter.set_net_reader(l.net_reader());
+        }
         (cfg.hosts, cfg.resolv_conf) = skiff_network::etc_files(lease.as_ref(), &cfg.hostname);
         cfg.joins_netns = lease.is_some();
         let netns = lease.as_ref().map(|l| l.netns());

@@ -88,9 +88,11 @@ impl TestHost {
                 match l.accept() {
                     Ok((mut c, _)) => {
                         c.set_nonblocking(false).unwrap();
-                        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                        let mut buf = [0u8; 1024];
-                        let _ = c.read(&mut buf);
+                        c.set_read_timeout(Some(Duration::from_millis(500)))
+                            .unwrap();
+                        // Reads what the client sends until it pauses (it may upload a body).
+                        let mut buf = [0u8; 65536];
+                        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
                         let _ = write!(
                             c,
                             "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{GREETING}",
@@ -456,4 +458,77 @@ fn job_tasks_reach_the_test_host() {
         ),
     ]);
     s.ok(&["jobs", "execute", "fetcher", "--wait"]);
+}
+
+/// The report's line for a service, once a checkpoint has recorded `field` at `at_least`.
+fn usage_line(s: &TestServer, service: &str, field: &str, at_least: u64) -> serde_json::Value {
+    let mut line = serde_json::Value::Null;
+    s.wait_for("the network usage to be recorded", 20, || {
+        let out = s.ok(&[
+            "billing",
+            "report",
+            "--service",
+            service,
+            "--format",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        line = v["lines"][0].clone();
+        line[field].as_u64().unwrap_or(0) >= at_least
+    });
+    line
+}
+
+#[test]
+fn network_usage_is_metered_and_only_internet_egress_is_billed() {
+    let (s, _tmp) = TestServer::with_web_image(bin(), &[]);
+    let host = TestHost::start();
+    deploy(&s, "net", &[]);
+    deploy(&s, "peer", &[]);
+    const MIB: u64 = 1 << 20;
+    // 1 MiB to the test host: the internet, as far as billing goes.
+    let out = inside(
+        &s,
+        "net",
+        &format!(
+            "{{ dd if=/dev/zero bs=1024 count=1024 2>/dev/null; sleep 1; }} | nc -w 3 {} 8000; echo rc=$?",
+            host.addr
+        ),
+    );
+    assert!(out.contains(GREETING), "{out}");
+    // 2 MiB to another service, through the ingress on the gateway: free.
+    let gw = gateway(&s);
+    let out = inside(
+        &s,
+        "net",
+        &format!(
+            "{{ printf 'POST /cgi-bin/sh?cat%%20%%3E/dev/null HTTP/1.0\\r\\nHost: peer.localhost\\r\\nContent-Length: {}\\r\\n\\r\\n'; dd if=/dev/zero bs=1024 count=2048 2>/dev/null; sleep 1; }} | nc -w 3 {gw} {}; echo rc=$?",
+            2 * MIB,
+            s.ingress
+        ),
+    );
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    let line = usage_line(&s, "net", "sentBytes", 3 * MIB);
+    let egress = line["egressBytes"].as_u64().unwrap();
+    assert!(
+        (MIB..MIB + MIB / 4).contains(&egress),
+        "egress {egress} bytes for 1 MiB sent out: {line}"
+    );
+    let networking = line["cost"]["networking"].as_f64().unwrap();
+    let want = egress as f64 / (1u64 << 30) as f64 * 0.12;
+    assert!((networking - want).abs() < 1e-9, "{line}");
+    // The replies came back in: received, never billed.
+    assert!(line["receivedBytes"].as_u64().unwrap() > 0, "{line}");
+    // And /metrics has Cloud Run's names for them.
+    let (code, text) = s.api("GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let sent = text
+        .lines()
+        .find(|l| {
+            l.starts_with("run_container_network_sent_bytes_count")
+                && l.contains("service_name=\"net\"")
+        })
+        .unwrap_or_else(|| panic!("no sent bytes for net in {text}"));
+    let v: f64 = sent.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(v >= (3 * MIB) as f64, "{sent}");
 }

@@ -63,6 +63,10 @@ const MIGRATIONS: &[&str] = &[
         requests INTEGER NOT NULL, cpu_ns INTEGER NOT NULL,
         PRIMARY KEY (instance, minute));
      CREATE INDEX usage_minutes_by_minute ON usage_minutes (minute);",
+    // 4: bytes each instance sent, received and sent to the internet, per minute.
+    "ALTER TABLE usage_minutes ADD COLUMN sent_bytes INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE usage_minutes ADD COLUMN received_bytes INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE usage_minutes ADD COLUMN egress_bytes INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Kinds of rows in the `objects` table.

@@ -1,6 +1,6 @@
 //! Metered usage: one row per instance (who it bills to, its size, its life, the rounding its
 //! open interval would add) and one row per instance and minute (billable ms, requests, CPU
-//! time), written one checkpoint per transaction.
+//! time, bytes sent, received and sent to the internet), written one checkpoint per transaction.
 
 use crate::{Result, Store};
 use rusqlite::params;
@@ -40,12 +40,16 @@ impl Store {
                     memory_peak_bytes = MAX(memory_peak_bytes, excluded.memory_peak_bytes)",
             )?;
             let mut minute = tx.prepare_cached(
-                "INSERT INTO usage_minutes (instance, minute, billable_ms, requests, cpu_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO usage_minutes (instance, minute, billable_ms, requests, cpu_ns,
+                    sent_bytes, received_bytes, egress_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (instance, minute) DO UPDATE SET
                     billable_ms = billable_ms + excluded.billable_ms,
                     requests = requests + excluded.requests,
-                    cpu_ns = cpu_ns + excluded.cpu_ns",
+                    cpu_ns = cpu_ns + excluded.cpu_ns,
+                    sent_bytes = sent_bytes + excluded.sent_bytes,
+                    received_bytes = received_bytes + excluded.received_bytes,
+                    egress_bytes = egress_bytes + excluded.egress_bytes",
             )?;
             for u in cp.instances.iter().filter(|u| u.changed) {
                 let i = &u.info;
@@ -73,7 +77,10 @@ impl Store {
                         m.minute,
                         m.billable_ms,
                         m.requests as i64,
-                        m.cpu_ns as i64
+                        m.cpu_ns as i64,
+                        m.sent_bytes as i64,
+                        m.received_bytes as i64,
+                        m.egress_bytes as i64,
                     ])?;
                 }
             }
@@ -98,11 +105,13 @@ impl Store {
             "SELECT i.namespace, i.kind, i.owner, i.revision, i.mode, i.cpu_millis,
                 i.memory_bytes, strftime('%Y-%m', m.minute / 1000, 'unixepoch') AS month,
                 COUNT(DISTINCT i.id), SUM(m.billable_ms), SUM(m.requests), SUM(m.cpu_ns),
-                MAX(i.memory_peak_bytes)
-             FROM (SELECT instance AS id, minute, billable_ms, requests, cpu_ns
+                MAX(i.memory_peak_bytes), SUM(m.sent_bytes), SUM(m.received_bytes),
+                SUM(m.egress_bytes)
+             FROM (SELECT instance AS id, minute, billable_ms, requests, cpu_ns, sent_bytes,
+                      received_bytes, egress_bytes
                    FROM usage_minutes
                    UNION ALL
-                   SELECT id, rounding_minute, rounding_ms, 0, 0
+                   SELECT id, rounding_minute, rounding_ms, 0, 0, 0, 0, 0
                    FROM usage_instances WHERE rounding_ms > 0) AS m
              JOIN usage_instances AS i ON i.id = m.id
              WHERE m.minute > ?1 - ?6 AND m.minute < ?2
@@ -137,6 +146,9 @@ impl Store {
                     requests: r.get::<_, i64>(10)? as u64,
                     cpu_ns: r.get::<_, i64>(11)? as u64,
                     memory_peak_bytes: r.get::<_, i64>(12)? as u64,
+                    sent_bytes: r.get::<_, i64>(13)? as u64,
+                    received_bytes: r.get::<_, i64>(14)? as u64,
+                    egress_bytes: r.get::<_, i64>(15)? as u64,
                 })
             },
         )?;
@@ -171,6 +183,9 @@ mod tests {
                     billable_ms,
                     requests,
                     cpu_ns: 1_000,
+                    sent_bytes: 10,
+                    received_bytes: 20,
+                    egress_bytes: 5,
                 })
                 .collect(),
             rounding: None,
@@ -209,6 +224,10 @@ mod tests {
         let r = &rows[0];
         // The second checkpoint had no open interval: no rounding left.
         assert_eq!((r.billable_ms, r.requests, r.cpu_ns), (660, 3, 3_000));
+        assert_eq!(
+            (r.sent_bytes, r.received_bytes, r.egress_bytes),
+            (30, 60, 15)
+        );
         assert_eq!((r.instances, r.month.as_str()), (1, "1970-01"));
         // The same report, every time; a period is cut by minute.
         assert_eq!(s.usage(&all).unwrap(), rows);
