@@ -2,7 +2,7 @@
 //! Cloud Scheduler (`/v1/projects/{p}/locations/{l}/jobs`) handlers.
 
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{parse_body, parse_object, selector, St};
+use crate::routes::{json_matches, label_selector, parse_body, parse_object, SelectorQuery, St};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -76,13 +76,18 @@ fn load_job(st: &crate::ApiState, ns: &str, name: &str) -> ApiResult<Job> {
         .ok_or_else(|| not_found("job", name, ns))
 }
 
-async fn list_jobs(State(st): St, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(list(
-        "Job",
-        st.controller
-            .store
-            .list_objects(kind::JOB, Some(&ns), None)?,
-    ))
+async fn list_jobs(
+    State(st): St,
+    Path(ns): Path<String>,
+    Query(q): Query<SelectorQuery>,
+) -> ApiResult<Json<Value>> {
+    let sel = label_selector(q.label_selector.as_deref())?;
+    let mut items: Vec<Value> = st
+        .controller
+        .store
+        .list_objects(kind::JOB, Some(&ns), None)?;
+    items.retain(|v| json_matches(&sel, v));
+    Ok(list("Job", items))
 }
 
 async fn get_job(State(st): St, Path((ns, name)): Path<(String, String)>) -> ApiResult<Json<Job>> {
@@ -296,22 +301,17 @@ async fn job_verb(
     Ok(Json(st.jobs.execute(&ns, &job, &o)?))
 }
 
-#[derive(Deserialize)]
-struct SelectorQuery {
-    #[serde(rename = "labelSelector")]
-    label_selector: Option<String>,
-}
-
 async fn list_executions(
     State(st): St,
     Path(ns): Path<String>,
     Query(q): Query<SelectorQuery>,
 ) -> ApiResult<Json<Value>> {
-    let job = selector(q.label_selector.as_deref(), LABEL_JOB)?;
+    let sel = label_selector(q.label_selector.as_deref())?;
     let mut items: Vec<Value> =
         st.controller
             .store
-            .list_objects(kind::EXECUTION, Some(&ns), job.as_deref())?;
+            .list_objects(kind::EXECUTION, Some(&ns), sel.equality(LABEL_JOB))?;
+    items.retain(|v| json_matches(&sel, v));
     items.reverse();
     Ok(list("Execution", items))
 }
@@ -373,13 +373,13 @@ async fn list_tasks(
     Path(ns): Path<String>,
     Query(q): Query<SelectorQuery>,
 ) -> ApiResult<Json<Value>> {
-    let exec = selector(q.label_selector.as_deref(), LABEL_EXECUTION)?;
-    Ok(list(
-        "Task",
+    let sel = label_selector(q.label_selector.as_deref())?;
+    let mut items: Vec<Value> =
         st.controller
             .store
-            .list_objects(kind::TASK, Some(&ns), exec.as_deref())?,
-    ))
+            .list_objects(kind::TASK, Some(&ns), sel.equality(LABEL_EXECUTION))?;
+    items.retain(|v| json_matches(&sel, v));
+    Ok(list("Task", items))
 }
 
 async fn get_task(

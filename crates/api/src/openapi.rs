@@ -8,7 +8,7 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     (
         "get",
         "/apis/serving.knative.dev/v1/namespaces/{namespace}/services",
-        "List services",
+        "List services (labelSelector: any Kubernetes label selector)",
     ),
     (
         "post",
@@ -33,7 +33,7 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     (
         "get",
         "/apis/serving.knative.dev/v1/namespaces/{namespace}/revisions",
-        "List revisions (labelSelector serving.knative.dev/service=NAME)",
+        "List revisions (labelSelector: any Kubernetes label selector)",
     ),
     (
         "get",
@@ -70,17 +70,17 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "/v1/projects/{project}/locations/{location}/services/{service}:testIamPermissions",
         "Test IAM permissions",
     ),
-    ("get", "/apis/run.googleapis.com/v1/namespaces/{namespace}/jobs", "List jobs"),
+    ("get", "/apis/run.googleapis.com/v1/namespaces/{namespace}/jobs", "List jobs (labelSelector: any Kubernetes label selector)"),
     ("post", "/apis/run.googleapis.com/v1/namespaces/{namespace}/jobs", "Create a job"),
     ("get", "/apis/run.googleapis.com/v1/namespaces/{namespace}/jobs/{name}", "Get a job"),
     ("put", "/apis/run.googleapis.com/v1/namespaces/{namespace}/jobs/{name}", "Replace a job"),
     ("delete", "/apis/run.googleapis.com/v1/namespaces/{namespace}/jobs/{name}", "Delete a job with its executions"),
     ("post", "/apis/run.googleapis.com/v1/namespaces/{namespace}/jobs/{name}:run", "Start an execution (body: overrides)"),
-    ("get", "/apis/run.googleapis.com/v1/namespaces/{namespace}/executions", "List executions (labelSelector run.googleapis.com/job=NAME)"),
+    ("get", "/apis/run.googleapis.com/v1/namespaces/{namespace}/executions", "List executions (labelSelector: any Kubernetes label selector)"),
     ("get", "/apis/run.googleapis.com/v1/namespaces/{namespace}/executions/{name}", "Get an execution"),
     ("delete", "/apis/run.googleapis.com/v1/namespaces/{namespace}/executions/{name}", "Delete a finished execution"),
     ("post", "/apis/run.googleapis.com/v1/namespaces/{namespace}/executions/{name}:cancel", "Cancel an execution"),
-    ("get", "/apis/run.googleapis.com/v1/namespaces/{namespace}/tasks", "List tasks (labelSelector run.googleapis.com/execution=NAME)"),
+    ("get", "/apis/run.googleapis.com/v1/namespaces/{namespace}/tasks", "List tasks (labelSelector: any Kubernetes label selector)"),
     ("get", "/apis/run.googleapis.com/v1/namespaces/{namespace}/tasks/{name}", "Get a task"),
     ("get", "/v1/projects/{project}/locations/{location}/jobs", "List scheduler jobs"),
     ("post", "/v1/projects/{project}/locations/{location}/jobs", "Create a scheduler job"),

@@ -258,6 +258,18 @@ fn names(list: &Value) -> Vec<String> {
     v
 }
 
+/// Percent-encodes a query parameter's value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `(revision, percent)` of a service's served traffic, from gcloud's describe.
 fn traffic(svc: &Value) -> Vec<(String, u64)> {
     let mut t: Vec<(String, u64)> = svc["status"]["traffic"]
@@ -483,6 +495,80 @@ fn gcloud_drives_services() {
     assert_eq!(code, 200, "{env}");
     assert!(env.contains("VERSION=2"), "{env}");
 
+    // services update with any flag: gcloud finds the revision it made by a label selector
+    // with spaces around `=` (`client.knative.dev/nonce = ...`).
+    e.ok(&[
+        "run",
+        "services",
+        "update",
+        "hello",
+        "--update-env-vars",
+        "A=1",
+    ]);
+    let (_, env) = s.get(&svc_host, "/cgi-bin/env", None);
+    assert!(env.contains("A=1") && env.contains("FROM=skiff"), "{env}");
+    e.ok(&["run", "services", "update", "hello", "--memory", "1Gi"]);
+    let d = e.json(&["run", "services", "describe", "hello"]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"], "1Gi",
+        "{d}"
+    );
+    let revs = names(&e.json(&["run", "revisions", "list", "--service", "hello"]));
+    assert_eq!(
+        d["status"]["latestReadyRevisionName"],
+        revs[revs.len() - 1].as_str()
+    );
+
+    // Label selectors of every form, on the API's list calls.
+    let knative = format!("/apis/serving.knative.dev/v1/namespaces/{PROJECT}");
+    let listed = |what: &str, sel: &str| {
+        let (code, body) = s.api(
+            "GET",
+            &format!("{knative}/{what}?labelSelector={}", encode(sel)),
+            None,
+        );
+        assert_eq!(code, 200, "{sel}: {body}");
+        names(&serde_json::from_str(&body).unwrap())
+    };
+    let svc = "serving.knative.dev/service";
+    let hello_revs = listed("revisions", &format!("{svc} == hello"));
+    assert_eq!(hello_revs, revs);
+    let both = listed("revisions", &format!("{svc} in (hello, mine)"));
+    assert_eq!(both.len(), revs.len() + mine.len(), "{both:?}");
+    let others = listed("revisions", &format!("{svc} notin (hello,mine), {svc}"));
+    assert!(
+        !others.is_empty()
+            && others
+                .iter()
+                .all(|r| r.starts_with("replaced-") || r.starts_with("open-")),
+        "{others:?}"
+    );
+    assert_eq!(
+        listed("revisions", &format!("{svc}!=hello,{svc}!=mine")),
+        others
+    );
+    assert!(listed("revisions", &format!("!{svc}")).is_empty());
+    assert_eq!(
+        listed("services", "cloud.googleapis.com/location=us-central1"),
+        vec!["hello", "mine", "open", "replaced"]
+    );
+    assert!(listed("services", "cloud.googleapis.com/location = elsewhere").is_empty());
+    let (code, body) = s.api(
+        "GET",
+        &format!("{knative}/revisions?labelSelector={}", encode("a in (b")),
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{body}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid labelSelector \"a in (b\""),
+        "{body}"
+    );
+
     // A revision whose container exits: gcloud fails with Skiff's message, traffic stays.
     let err = e.fails(&[
         "run",
@@ -499,7 +585,7 @@ fn gcloud_drives_services() {
         "{err}"
     );
     let d = e.json(&["run", "services", "describe", "hello"]);
-    assert_eq!(d["status"]["latestReadyRevisionName"], revs[2].as_str());
+    assert_eq!(d["status"]["latestReadyRevisionName"], revs[4].as_str());
     assert_eq!(
         s.get(&svc_host, "/", None).0,
         200,
