@@ -8,6 +8,7 @@
 pub mod controller;
 pub mod error;
 mod jobs;
+mod logging;
 mod openapi;
 mod routes;
 pub mod usage;

@@ -52,6 +52,16 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "get",
+        "/v1/projects/{project}/locations",
+        "List regions (Cloud Run v1 ListLocations: Skiff's one region)",
+    ),
+    (
+        "post",
+        "/v2/entries:list",
+        "List log entries (Cloud Logging v2: resourceNames, filter, orderBy, pageSize, pageToken)",
+    ),
+    (
+        "get",
         "/v1/projects/{project}/locations/{location}/services",
         "List a project's services (location `-`: every region, as gcloud asks without one)",
     ),

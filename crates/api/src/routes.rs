@@ -45,6 +45,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
             get(get_revision).delete(delete_revision),
         )
         .route("/v1/projects/{project}", get(get_project))
+        .route("/v1/projects/{project}/locations", get(list_locations))
         .route(
             "/v1/projects/{project}/locations/{location}/services",
             get(list_project_services),
@@ -64,6 +65,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/skiff/v1/identityToken", post(identity_token))
         .merge(crate::jobs::routes())
         .merge(crate::usage::routes())
+        .merge(crate::logging::routes())
         .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
 }
 
@@ -134,6 +136,18 @@ async fn get_project(Path(project): Path<String>) -> ApiResult<Json<Value>> {
         "projectNumber": project_number(&project).to_string(),
         "lifecycleState": "ACTIVE",
     })))
+}
+
+/// `GET /v1/projects/{p}/locations` (`gcloud run regions list`): Skiff's one region, as
+/// Cloud Run's `ListLocations` answers (`name`, `locationId`, `displayName`, `labels`).
+async fn list_locations(Path(project): Path<String>) -> ApiResult<Json<Value>> {
+    skiff_model::validate_namespace(&project)?;
+    Ok(Json(json!({"locations": [{
+        "name": format!("projects/{project}/locations/{}", skiff_model::REGION),
+        "locationId": skiff_model::REGION,
+        "displayName": "Skiff (this machine)",
+        "labels": {"cloud.googleapis.com/region": skiff_model::REGION},
+    }]})))
 }
 
 /// A stable 12-digit number for a project name (FNV-1a), as Google's project numbers look.

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod pool;
 pub mod proxy;
+mod reqlog;
 pub mod upstream;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,6 +33,8 @@ pub struct ServingConfig {
     pub token_secret: Vec<u8>,
     pub meters: Arc<skiff_metering::Registry>,
     pub metrics: Arc<skiff_metering::Metrics>,
+    /// Where instances' output and request entries go.
+    pub logs: Arc<LogSink>,
 }
 
 /// Where a service's traffic goes, as the control plane resolved it.
@@ -82,7 +85,7 @@ impl Serving {
             shim_exe: cfg.shim_exe,
             instances_dir: run.join("i"),
             state_root: run.join("state"),
-            logs: LogSink::start(cfg.data_dir.join("logs")),
+            logs: cfg.logs,
             scale_to_zero_after: cfg.scale_to_zero_after,
             netns: RwLock::new(HashMap::new()),
             meters: cfg.meters,

@@ -25,6 +25,24 @@ pub struct ServerArgs {
     /// and free tier].
     #[arg(long, value_name = "FILE")]
     prices: Option<std::path::PathBuf>,
+    /// How long log entries are kept (Cloud Logging's default bucket keeps 30 days).
+    #[arg(long, default_value = "30d", value_parser = parse_days)]
+    log_retention: Duration,
+    /// How many bytes of log entries one service or job keeps; past it, its oldest go.
+    #[arg(long, default_value = "1Gi", value_parser = parse_size)]
+    log_size_cap: u64,
+}
+
+/// A duration, also in days (`30d`).
+fn parse_days(s: &str) -> Result<Duration, String> {
+    match s.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) if days > 0 => Ok(Duration::from_secs(days * 24 * 3600)),
+        _ => parse_duration(s),
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    skiff_model::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// Reads `--prices FILE`; an error names the file and the field.
@@ -134,7 +152,15 @@ async fn serve(
     }
     let meters = Arc::new(skiff_metering::Registry::new());
     let metrics = Arc::new(skiff_metering::Metrics::new());
+    let logs = skiff_runtime::logs::LogSink::open(
+        &data_dir.join("logs"),
+        skiff_runtime::logs::Limits {
+            retention: args.log_retention,
+            max_bytes_per_resource: args.log_size_cap,
+        },
+    )?;
     let serving = Serving::new(ServingConfig {
+        logs,
         meters: meters.clone(),
         metrics: metrics.clone(),
         data_dir: data_dir.clone(),

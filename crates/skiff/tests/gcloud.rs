@@ -931,3 +931,152 @@ fn bad_requests_name_the_field_and_change_nothing() {
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(names(&listed), vec!["keep"]);
 }
+
+/// The text after gcloud's `YYYY-MM-DD HH:MM:SS ` on each line of `logs read`.
+fn log_texts(out: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.splitn(3, ' ').nth(2).unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn gcloud_reads_logs() {
+    let e = Env::new();
+    let s = &e.s;
+    // An app that writes a structured line, then 30 lines, then serves.
+    let script = "printf '{\"severity\":\"ERROR\"\\054\"message\":\"structured boom\"}\\n'; i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo app line $i; done; exec httpd -f -p $PORT -h /www";
+    e.ok(&[
+        "run",
+        "deploy",
+        "logged",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        &format!("--args={script}"),
+    ]);
+    let host = e.host("logged");
+    assert_eq!(s.get(&host, "/", None).0, 200);
+    assert_eq!(s.get(&host, "/nothere", None).0, 404);
+    // Request entries are written off the request path: wait for both.
+    let skiff_lines = |limit: &str| {
+        e.skiff(&["logs", "read", "--service", "logged", "--limit", limit])
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    s.wait_for("both request entries", 60, || {
+        skiff_lines("100")
+            .iter()
+            .any(|l| l.contains("requests GET 404 "))
+    });
+    let mine = skiff_lines("20");
+    assert!(
+        mine.iter()
+            .any(|l| l.ends_with(&format!("requests GET 200 http://{host}/"))),
+        "{mine:#?}"
+    );
+
+    // gcloud run services logs read: the newest 20 entries, shown oldest first, the same
+    // ones skiff shows (gcloud prints app output and requests, not the platform's own).
+    let out = e.gcloud(&["run", "services", "logs", "read", "logged", "--limit", "20"]);
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    let shown = log_texts(&out.stdout);
+    let expected: Vec<String> = mine
+        .iter()
+        .filter(|l| !l.contains(" system "))
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(shown, expected, "gcloud: {shown:#?}\nskiff: {mine:#?}");
+    assert!(shown.contains(&"app line 30".to_string()), "{shown:#?}");
+    assert!(
+        shown
+            .iter()
+            .any(|l| l.starts_with("GET 404 http://") && l.ends_with("/nothere")),
+        "{shown:#?}"
+    );
+    // --log-filter narrows.
+    let out = e.gcloud(&[
+        "run",
+        "services",
+        "logs",
+        "read",
+        "logged",
+        "--log-filter",
+        "textPayload:\"app line 1\"",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let mut want: Vec<String> = vec!["app line 1".into()];
+    want.extend((10..=19).map(|i| format!("app line {i}")));
+    assert_eq!(log_texts(&out.stdout), want);
+
+    // gcloud logging read: entries as Cloud Run's, severity lifted from a structured line.
+    let errors = e.json(&[
+        "logging",
+        "read",
+        "resource.type=cloud_run_revision AND resource.labels.service_name=logged AND severity>=ERROR",
+        "--limit",
+        "10",
+    ]);
+    let errors = errors.as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0]["severity"], "ERROR");
+    assert_eq!(errors[0]["jsonPayload"]["message"], "structured boom");
+    assert_eq!(
+        errors[0]["logName"],
+        format!("projects/{PROJECT}/logs/run.googleapis.com%2Fstdout")
+    );
+    assert_eq!(errors[0]["resource"]["labels"]["service_name"], "logged");
+    let reqs = e.json(&[
+        "logging",
+        "read",
+        "logName:requests AND httpRequest.status>=400",
+        "--limit",
+        "10",
+    ]);
+    let reqs = reqs.as_array().unwrap();
+    assert_eq!(reqs.len(), 1, "{reqs:#?}");
+    let h = &reqs[0]["httpRequest"];
+    assert_eq!(h["requestMethod"], "GET");
+    assert_eq!(h["status"], 404);
+    assert_eq!(reqs[0]["severity"], "WARNING");
+    assert!(h["latency"].as_str().unwrap().ends_with('s'), "{h}");
+    assert_eq!(h["remoteIp"], "127.0.0.1");
+    assert!(h["responseSize"].as_str().is_some(), "{h}");
+    // A bad filter is the server's INVALID_ARGUMENT, naming it.
+    let err = e.fails(&["logging", "read", "severity>=", "--limit", "1"]);
+    assert!(err.contains("invalid filter"), "{err}");
+
+    // gcloud run jobs logs read: every task's lines.
+    e.ok(&[
+        "run",
+        "jobs",
+        "create",
+        "chatty",
+        "--image",
+        "web",
+        "--tasks",
+        "2",
+        "--args=echo task $CLOUD_RUN_TASK_INDEX says hi",
+    ]);
+    e.ok(&["run", "jobs", "execute", "chatty", "--wait"]);
+    let out = e.gcloud(&["run", "jobs", "logs", "read", "chatty"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut texts = log_texts(&out.stdout);
+    texts.sort();
+    assert_eq!(texts, vec!["task 0 says hi", "task 1 says hi"]);
+    let one = e.json(&[
+        "logging",
+        "read",
+        "resource.labels.job_name=chatty AND labels.\"run.googleapis.com/task_index\"=1 AND logName:stdout",
+    ]);
+    let one = one.as_array().unwrap();
+    assert_eq!(one.len(), 1, "{one:#?}");
+    assert_eq!(one[0]["textPayload"], "task 1 says hi");
+    assert_eq!(one[0]["resource"]["type"], "cloud_run_job");
+    assert!(one[0]["labels"]["run.googleapis.com/execution_name"]
+        .as_str()
+        .unwrap()
+        .starts_with("chatty-"));
+}
