@@ -6,6 +6,7 @@
 //! Handlers are thin: they parse, call the [`controller::Controller`], and shape responses.
 
 pub mod controller;
+mod derived;
 pub mod error;
 mod jobs;
 mod logging;

@@ -37,6 +37,26 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "get",
+        "/apis/serving.knative.dev/v1/namespaces/{namespace}/configurations",
+        "List configurations, one per service (labelSelector: any Kubernetes label selector)",
+    ),
+    (
+        "get",
+        "/apis/serving.knative.dev/v1/namespaces/{namespace}/configurations/{name}",
+        "Get a service's configuration",
+    ),
+    (
+        "get",
+        "/apis/serving.knative.dev/v1/namespaces/{namespace}/routes",
+        "List routes, one per service (labelSelector: any Kubernetes label selector)",
+    ),
+    (
+        "get",
+        "/apis/serving.knative.dev/v1/namespaces/{namespace}/routes/{name}",
+        "Get a service's route",
+    ),
+    (
+        "get",
         "/apis/serving.knative.dev/v1/namespaces/{namespace}/revisions/{name}",
         "Get a revision",
     ),
@@ -94,10 +114,10 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ("get", "/apis/run.googleapis.com/v1/namespaces/{namespace}/tasks/{name}", "Get a task"),
     ("get", "/v1/projects/{project}/locations/{location}/jobs", "List scheduler jobs"),
     ("post", "/v1/projects/{project}/locations/{location}/jobs", "Create a scheduler job"),
-    ("get", "/v1/projects/{project}/locations/{location}/jobs/{name}", "Get a scheduler job"),
+    ("get", "/v1/projects/{project}/locations/{location}/jobs/{name}", "Get a scheduler job (or a Cloud Run job's IAM policy: {name} JOB:getIamPolicy)"),
     ("patch", "/v1/projects/{project}/locations/{location}/jobs/{name}", "Update a scheduler job"),
     ("delete", "/v1/projects/{project}/locations/{location}/jobs/{name}", "Delete a scheduler job"),
-    ("post", "/v1/projects/{project}/locations/{location}/jobs/{name}:run", "Run a scheduler job now (also :pause, :resume)"),
+    ("post", "/v1/projects/{project}/locations/{location}/jobs/{name}:run", "Run a scheduler job now (also :pause, :resume; and a Cloud Run job's :getIamPolicy, :setIamPolicy, :testIamPermissions)"),
     (
         "post",
         "/skiff/v1/images:import",

@@ -66,6 +66,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .merge(crate::jobs::routes())
         .merge(crate::usage::routes())
         .merge(crate::logging::routes())
+        .merge(crate::derived::routes())
         .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
 }
 

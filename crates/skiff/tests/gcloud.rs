@@ -1080,3 +1080,234 @@ fn gcloud_reads_logs() {
         .unwrap()
         .starts_with("chatty-"));
 }
+
+/// What one `gcloud run` command should do against Skiff.
+enum Expect {
+    /// Exit 0.
+    Works,
+    /// Fail, with stderr that contains this (the reason it cannot apply to one machine).
+    Refused(&'static str),
+}
+
+/// Walks the `gcloud run` command groups of gcloud 528 (services, revisions, jobs, executions,
+/// tasks, regions) against a real server, each command as a user types it, and fails on any
+/// that breaks. Prints one line per command (`works: gcloud run ...`); README's list is that
+/// output.
+#[test]
+fn gcloud_run_commands_walk() {
+    let e = Env::new();
+    let dir = e.gcloud_dir.path();
+    e.ok(&["run", "deploy", "walk", "--image", "web"]);
+    e.ok(&[
+        "run",
+        "jobs",
+        "create",
+        "walkjob",
+        "--image",
+        "web",
+        "--args=echo walking",
+    ]);
+    e.ok(&["run", "jobs", "execute", "walkjob", "--wait"]);
+    let exec =
+        names(&e.json(&["run", "jobs", "executions", "list", "--job", "walkjob"]))[0].clone();
+    let task = names(&e.json(&[
+        "run",
+        "jobs",
+        "executions",
+        "tasks",
+        "list",
+        "--execution",
+        &exec,
+    ]))[0]
+        .clone();
+    let export = |what: &str, name: &str, file: &str| {
+        let out = e.gcloud(&["run", what, "describe", name, "--format", "export"]);
+        assert!(out.status.success(), "{out:?}");
+        let path = dir.join(file);
+        std::fs::write(&path, out.stdout).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let svc_file = export("services", "walk", "walk.yaml");
+    let job_file = export("jobs", "walkjob", "walkjob.yaml");
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"bindings":[{"role":"roles/run.invoker","members":["allUsers"]}]}"#,
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap().to_string();
+
+    let mut cmds: Vec<(Vec<String>, Expect)> = Vec::new();
+    let mut add = |args: &[&str], x: Expect| {
+        cmds.push((args.iter().map(|s| s.to_string()).collect(), x));
+    };
+    use Expect::*;
+    add(&["regions", "list"], Works);
+    add(&["services", "list"], Works);
+    add(&["services", "describe", "walk"], Works);
+    add(
+        &["services", "update", "walk", "--update-env-vars", "W=1"],
+        Works,
+    );
+    add(&["services", "update", "walk", "--memory", "1Gi"], Works);
+    add(
+        &["services", "update-traffic", "walk", "--to-latest"],
+        Works,
+    );
+    add(&["services", "replace", &svc_file], Works);
+    add(&["services", "logs", "read", "walk", "--limit", "5"], Works);
+    add(&["services", "get-iam-policy", "walk"], Works);
+    add(
+        &[
+            "services",
+            "add-iam-policy-binding",
+            "walk",
+            "--member",
+            "allUsers",
+            "--role",
+            "roles/run.invoker",
+        ],
+        Works,
+    );
+    add(
+        &[
+            "services",
+            "remove-iam-policy-binding",
+            "walk",
+            "--member",
+            "allUsers",
+            "--role",
+            "roles/run.invoker",
+        ],
+        Works,
+    );
+    add(&["services", "set-iam-policy", "walk", &policy], Works);
+    add(&["revisions", "list"], Works);
+    add(&["revisions", "list", "--service", "walk"], Works);
+    add(&["jobs", "list"], Works);
+    add(&["jobs", "describe", "walkjob"], Works);
+    add(
+        &["jobs", "update", "walkjob", "--update-env-vars", "W=1"],
+        Works,
+    );
+    add(&["jobs", "replace", &job_file], Works);
+    add(&["jobs", "execute", "walkjob", "--wait"], Works);
+    add(&["jobs", "logs", "read", "walkjob"], Works);
+    add(&["jobs", "executions", "list"], Works);
+    add(&["jobs", "executions", "list", "--job", "walkjob"], Works);
+    add(&["jobs", "executions", "describe", &exec], Works);
+    add(
+        &["jobs", "executions", "tasks", "list", "--execution", &exec],
+        Works,
+    );
+    add(&["jobs", "executions", "tasks", "describe", &task], Works);
+    add(&["jobs", "deploy", "walkjob", "--image", "web"], Works);
+    add(&["jobs", "get-iam-policy", "walkjob"], Works);
+    add(
+        &[
+            "jobs",
+            "add-iam-policy-binding",
+            "walkjob",
+            "--member",
+            "user:ann@example.com",
+            "--role",
+            "roles/run.invoker",
+        ],
+        Works,
+    );
+    add(
+        &[
+            "jobs",
+            "remove-iam-policy-binding",
+            "walkjob",
+            "--member",
+            "user:ann@example.com",
+            "--role",
+            "roles/run.invoker",
+        ],
+        Works,
+    );
+    add(&["jobs", "set-iam-policy", "walkjob", &policy], Works);
+    add(
+        &["jobs", "executions", "cancel", &exec],
+        Refused("is not running"),
+    );
+    add(
+        &["beta", "run", "jobs", "executions", "logs", "read", &exec],
+        Works,
+    );
+    add(
+        &["beta", "run", "revisions", "logs", "read", "walk-00001"],
+        Works,
+    );
+    add(&["configurations", "list"], Works);
+    add(&["configurations", "describe", "walk"], Works);
+    add(&["routes", "list"], Works);
+    add(&["routes", "describe", "walk"], Works);
+    add(&["services", "proxy", "walk"], Refused("proxy"));
+    add(&["jobs", "executions", "delete", &exec], Works);
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for (args, want) in &cmds {
+        let mut a = if args[0] == "beta" {
+            vec![]
+        } else {
+            vec!["run"]
+        };
+        a.extend(args.iter().map(String::as_str));
+        let out = e.gcloud(&a);
+        let err = plain(&out.stderr);
+        let ok = match want {
+            Works => out.status.success(),
+            Refused(why) => !out.status.success() && err.contains(why),
+        };
+        let shown = format!("gcloud {}", a.join(" ")).replace(dir.to_str().unwrap(), "DIR");
+        report.push(format!(
+            "{}: {shown}",
+            match (ok, want) {
+                (true, Works) => "works",
+                (true, Refused(_)) => "refused with its reason",
+                (false, _) => "BROKEN",
+            }
+        ));
+        if !ok {
+            failures.push(format!("{shown}: {err}"));
+        }
+    }
+    // Revisions: describe one, delete one that no longer serves.
+    let revs = names(&e.json(&["run", "revisions", "list", "--service", "walk"]));
+    for (args, ok_needed) in [
+        (
+            vec![
+                "run",
+                "revisions",
+                "describe",
+                revs[revs.len() - 1].as_str(),
+            ],
+            true,
+        ),
+        (vec!["run", "revisions", "delete", revs[0].as_str()], true),
+        (vec!["run", "services", "delete", "walk"], true),
+        (vec!["run", "jobs", "delete", "walkjob"], true),
+    ] {
+        let out = e.gcloud(&args);
+        let shown = format!("gcloud {}", args.join(" "));
+        report.push(format!(
+            "{}: {shown}",
+            if out.status.success() {
+                "works"
+            } else {
+                "BROKEN"
+            }
+        ));
+        if out.status.success() != ok_needed {
+            failures.push(format!("{shown}: {}", plain(&out.stderr)));
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "broken gcloud commands:\n{}",
+        failures.join("\n")
+    );
+}
