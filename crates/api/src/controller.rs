@@ -28,7 +28,7 @@ pub struct Controller {
     locks: Mutex<HashMap<(String, String), ServiceLock>>,
 }
 
-fn new_uid() -> String {
+pub(crate) fn new_uid() -> String {
     use rand::Rng;
     let b: [u8; 16] = rand::thread_rng().gen();
     let h = hex::encode(b);

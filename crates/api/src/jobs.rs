@@ -2,7 +2,7 @@
 //! Cloud Scheduler (`/v1/projects/{p}/locations/{l}/jobs`) handlers.
 
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{parse_body, parse_object, selector, St};
+use crate::routes::{json_matches, label_selector, parse_body, parse_object, SelectorQuery, St};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -76,13 +76,18 @@ fn load_job(st: &crate::ApiState, ns: &str, name: &str) -> ApiResult<Job> {
         .ok_or_else(|| not_found("job", name, ns))
 }
 
-async fn list_jobs(State(st): St, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(list(
-        "Job",
-        st.controller
-            .store
-            .list_objects(kind::JOB, Some(&ns), None)?,
-    ))
+async fn list_jobs(
+    State(st): St,
+    Path(ns): Path<String>,
+    Query(q): Query<SelectorQuery>,
+) -> ApiResult<Json<Value>> {
+    let sel = label_selector(q.label_selector.as_deref())?;
+    let mut items: Vec<Value> = st
+        .controller
+        .store
+        .list_objects(kind::JOB, Some(&ns), None)?;
+    items.retain(|v| json_matches(&sel, v));
+    Ok(list("Job", items))
 }
 
 async fn get_job(State(st): St, Path((ns, name)): Path<(String, String)>) -> ApiResult<Json<Job>> {
@@ -221,6 +226,9 @@ async fn delete_job(
     st.controller
         .store
         .delete_object(kind::JOB, &ns, &name, &[])?;
+    st.controller
+        .store
+        .delete_policy(&ns, &job_policy_key(&name))?;
     st.jobs
         .logs()
         .remove(&ns, &skiff_runtime::logs::LogResource::Job(name.clone()));
@@ -296,22 +304,17 @@ async fn job_verb(
     Ok(Json(st.jobs.execute(&ns, &job, &o)?))
 }
 
-#[derive(Deserialize)]
-struct SelectorQuery {
-    #[serde(rename = "labelSelector")]
-    label_selector: Option<String>,
-}
-
 async fn list_executions(
     State(st): St,
     Path(ns): Path<String>,
     Query(q): Query<SelectorQuery>,
 ) -> ApiResult<Json<Value>> {
-    let job = selector(q.label_selector.as_deref(), LABEL_JOB)?;
+    let sel = label_selector(q.label_selector.as_deref())?;
     let mut items: Vec<Value> =
         st.controller
             .store
-            .list_objects(kind::EXECUTION, Some(&ns), job.as_deref())?;
+            .list_objects(kind::EXECUTION, Some(&ns), sel.equality(LABEL_JOB))?;
+    items.retain(|v| json_matches(&sel, v));
     items.reverse();
     Ok(list("Execution", items))
 }
@@ -373,13 +376,13 @@ async fn list_tasks(
     Path(ns): Path<String>,
     Query(q): Query<SelectorQuery>,
 ) -> ApiResult<Json<Value>> {
-    let exec = selector(q.label_selector.as_deref(), LABEL_EXECUTION)?;
-    Ok(list(
-        "Task",
+    let sel = label_selector(q.label_selector.as_deref())?;
+    let mut items: Vec<Value> =
         st.controller
             .store
-            .list_objects(kind::TASK, Some(&ns), exec.as_deref())?,
-    ))
+            .list_objects(kind::TASK, Some(&ns), sel.equality(LABEL_EXECUTION))?;
+    items.retain(|v| json_matches(&sel, v));
+    Ok(list("Task", items))
 }
 
 async fn get_task(
@@ -412,8 +415,65 @@ async fn create_schedule(
 async fn get_schedule(
     State(st): St,
     Path((p, _l, name)): Path<(String, String, String)>,
-) -> ApiResult<Json<SchedulerJob>> {
-    Ok(Json(st.scheduler.get(&p, &name)?))
+) -> ApiResult<Json<Value>> {
+    if let Some((job, verb)) = name.split_once(':') {
+        return job_iam(&st, &p, job, verb, &[]);
+    }
+    Ok(Json(
+        serde_json::to_value(st.scheduler.get(&p, &name)?).unwrap_or_default(),
+    ))
+}
+
+/// Where a Cloud Run job's IAM policy is stored, beside services' policies: `job:NAME` (no
+/// service name has a `:`).
+fn job_policy_key(job: &str) -> String {
+    format!("job:{job}")
+}
+
+/// Cloud Run's IAM calls on a job (`JOB:getIamPolicy`, `:setIamPolicy`,
+/// `:testIamPermissions`), whose path Cloud Scheduler's jobs share. The policy is kept and
+/// returned as Cloud Run does; running a job needs the admin token either way.
+fn job_iam(
+    st: &crate::ApiState,
+    ns: &str,
+    job: &str,
+    verb: &str,
+    body: &[u8],
+) -> ApiResult<Json<Value>> {
+    load_job(st, ns, job)?;
+    let key = job_policy_key(job);
+    match verb {
+        "getIamPolicy" => Ok(Json(
+            serde_json::to_value(
+                st.controller
+                    .store
+                    .get_policy(ns, &key)?
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_default(),
+        )),
+        "setIamPolicy" => {
+            #[derive(Deserialize)]
+            struct SetReq {
+                policy: Policy,
+            }
+            let mut p = parse_body::<SetReq>(body)?.policy;
+            p.etag = Some(crate::controller::new_uid());
+            p.version = Some(p.version.unwrap_or(1));
+            st.controller.store.put_policy(ns, &key, &p)?;
+            Ok(Json(serde_json::to_value(p).unwrap_or_default()))
+        }
+        "testIamPermissions" => {
+            // The admin token holds every permission.
+            let v: Value = parse_body(body)?;
+            Ok(Json(
+                json!({"permissions": v.get("permissions").cloned().unwrap_or(json!([]))}),
+            ))
+        }
+        other => Err(ApiError::not_found(format!(
+            "unknown job method {other}: use getIamPolicy, setIamPolicy or testIamPermissions"
+        ))),
+    }
 }
 
 async fn update_schedule(
@@ -437,13 +497,17 @@ async fn delete_schedule(
 async fn schedule_verb(
     State(st): St,
     Path((p, _l, target)): Path<(String, String, String)>,
-) -> ApiResult<Json<SchedulerJob>> {
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
     let (name, verb) = target.split_once(':').ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "use JOB:pause, JOB:resume or JOB:run",
         )
     })?;
+    if matches!(verb, "getIamPolicy" | "setIamPolicy" | "testIamPermissions") {
+        return job_iam(&st, &p, name, verb, &body);
+    }
     let j = match verb {
         "pause" => {
             st.scheduler
@@ -462,5 +526,5 @@ async fn schedule_verb(
             )))
         }
     };
-    Ok(Json(j))
+    Ok(Json(serde_json::to_value(j).unwrap_or_default()))
 }

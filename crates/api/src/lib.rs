@@ -6,8 +6,10 @@
 //! Handlers are thin: they parse, call the [`controller::Controller`], and shape responses.
 
 pub mod controller;
+mod derived;
 pub mod error;
 mod jobs;
+mod logging;
 mod openapi;
 mod routes;
 pub mod usage;

@@ -11,7 +11,9 @@ use futures::StreamExt;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use skiff_model::{Condition, Policy, Revision, Service, TrafficTarget, LABEL_SERVICE};
+use skiff_model::{
+    Condition, LabelSelector, Policy, Revision, Service, TrafficTarget, LABEL_SERVICE,
+};
 use skiff_serving::{LogLine, LogResource};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -43,6 +45,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
             get(get_revision).delete(delete_revision),
         )
         .route("/v1/projects/{project}", get(get_project))
+        .route("/v1/projects/{project}/locations", get(list_locations))
         .route(
             "/v1/projects/{project}/locations/{location}/services",
             get(list_project_services),
@@ -62,6 +65,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/skiff/v1/identityToken", post(identity_token))
         .merge(crate::jobs::routes())
         .merge(crate::usage::routes())
+        .merge(crate::logging::routes())
+        .merge(crate::derived::routes())
         .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
 }
 
@@ -98,8 +103,14 @@ fn field_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ApiErr
     }
 }
 
-async fn list_services(State(st): St, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
-    let items = st.controller.store.list_services(Some(&ns))?;
+async fn list_services(
+    State(st): St,
+    Path(ns): Path<String>,
+    Query(q): Query<SelectorQuery>,
+) -> ApiResult<Json<Value>> {
+    let sel = label_selector(q.label_selector.as_deref())?;
+    let mut items = st.controller.store.list_services(Some(&ns))?;
+    items.retain(|s| sel.matches_map(&s.metadata.labels));
     Ok(Json(
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "ServiceList", "metadata": {}, "items": items}),
     ))
@@ -110,8 +121,9 @@ async fn list_services(State(st): St, Path(ns): Path<String>) -> ApiResult<Json<
 async fn list_project_services(
     st: St,
     Path((project, _location)): Path<(String, String)>,
+    q: Query<SelectorQuery>,
 ) -> ApiResult<Json<Value>> {
-    list_services(st, Path(project)).await
+    list_services(st, Path(project), q).await
 }
 
 /// Resource Manager's `GET /v1/projects/{p}`: gcloud asks it for the project's number before
@@ -128,6 +140,19 @@ async fn get_project(Path(project): Path<String>) -> ApiResult<Json<Value>> {
 }
 
 use skiff_model::project_number;
+
+/// `GET /v1/projects/{p}/locations` (`gcloud run regions list`): Skiff's one region, as
+/// Cloud Run's `ListLocations` answers (`name`, `locationId`, `displayName`, `labels`).
+async fn list_locations(Path(project): Path<String>) -> ApiResult<Json<Value>> {
+    skiff_model::validate_namespace(&project)?;
+    Ok(Json(json!({"locations": [{
+        "name": format!("projects/{project}/locations/{}", skiff_model::REGION),
+        "locationId": skiff_model::REGION,
+        "displayName": "Skiff (this machine)",
+        "labels": {"cloud.googleapis.com/region": skiff_model::REGION},
+    }]})))
+}
+
 
 async fn create_service(
     State(st): St,
@@ -175,36 +200,36 @@ async fn delete_service(
     })))
 }
 
-/// Reads a `labelSelector` of the one form Cloud Run clients send, `KEY=VALUE` (gcloud puts
-/// spaces around `=`), for the expected key.
-pub(crate) fn selector(sel: Option<&str>, key: &str) -> ApiResult<Option<String>> {
-    match sel.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(sel) => match sel.split_once('=') {
-            Some((k, v)) if k.trim() == key => Ok(Some(v.trim().to_string())),
-            _ => Err(ApiError::invalid(format!(
-                "unsupported labelSelector {sel:?}: use {key}=NAME"
-            ))),
-        },
-    }
+/// Parses a list call's `labelSelector` (Kubernetes' syntax, see [`LabelSelector::parse`]);
+/// absent is the empty selector, a bad one INVALID_ARGUMENT naming it.
+pub(crate) fn label_selector(sel: Option<&str>) -> ApiResult<LabelSelector> {
+    LabelSelector::parse(sel.unwrap_or("")).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
+/// Whether a stored object (JSON) has `metadata.labels` that `sel` matches.
+pub(crate) fn json_matches(sel: &LabelSelector, v: &Value) -> bool {
+    let labels = &v["metadata"]["labels"];
+    sel.matches(|k| labels.get(k).and_then(Value::as_str))
+}
+
+/// The `labelSelector` query parameter of every list call.
 #[derive(Deserialize)]
-struct RevisionQuery {
+pub(crate) struct SelectorQuery {
     #[serde(rename = "labelSelector")]
-    label_selector: Option<String>,
+    pub(crate) label_selector: Option<String>,
 }
 
 async fn list_revisions(
     State(st): St,
     Path(ns): Path<String>,
-    Query(q): Query<RevisionQuery>,
+    Query(q): Query<SelectorQuery>,
 ) -> ApiResult<Json<Value>> {
-    let service = selector(q.label_selector.as_deref(), LABEL_SERVICE)?;
+    let sel = label_selector(q.label_selector.as_deref())?;
     let mut items: Vec<Revision> = st
         .controller
         .store
-        .list_revisions(Some(&ns), service.as_deref())?;
+        .list_revisions(Some(&ns), sel.equality(LABEL_SERVICE))?;
+    items.retain(|r| sel.matches_map(&r.metadata.labels));
     mark_active(&st, &ns, &mut items)?;
     Ok(Json(
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "RevisionList", "metadata": {}, "items": items}),

@@ -6,7 +6,7 @@
 //! gcloud's HTTP proxy as well as its Cloud Run endpoint: every request then arrives at the API
 //! in absolute form (`GET http://us-central1-run.skiff:PORT/apis/...`), which the API routes by
 //! path, whatever the host. Resource Manager (the project lookup `gcloud run ... replace`
-//! makes) points at Skiff the same way, and the API refuses `CONNECT`, so gcloud talks to
+//! makes) and Cloud Logging (log reads) point at Skiff the same way, and the API refuses `CONNECT`, so gcloud talks to
 //! nothing but Skiff. Nothing on the machine (DNS, hosts file) changes. The properties file
 //! is written directly (gcloud reads `CONFIG_DIR/configurations/config_NAME`), so gcloud need
 //! not be installed yet.
@@ -24,6 +24,9 @@ use std::path::{Path, PathBuf};
 pub const ENDPOINT_HOST: &str = "run.skiff";
 /// Host name gcloud is given for Resource Manager (project lookups), answered by Skiff too.
 pub const RESOURCE_MANAGER_HOST: &str = "cloudresourcemanager.skiff";
+/// Host name gcloud is given for Cloud Logging (`gcloud run services logs read`, `gcloud
+/// logging read`), answered by Skiff too.
+pub const LOGGING_HOST: &str = "logging.skiff";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum GcloudCommand {
@@ -108,6 +111,12 @@ pub fn properties(
             "api_endpoint_overrides",
             "cloudresourcemanager",
             format!("http://{RESOURCE_MANAGER_HOST}:{port}/"),
+        ),
+        // `run services logs read`, `run jobs logs read` and `logging read` list entries.
+        (
+            "api_endpoint_overrides",
+            "logging",
+            format!("http://{LOGGING_HOST}:{port}/"),
         ),
         ("proxy", "type", "http".into()),
         ("proxy", "address", host.to_string()),
@@ -345,6 +354,10 @@ mod tests {
         assert_eq!(
             get("api_endpoint_overrides", "cloudresourcemanager").as_deref(),
             Some("http://cloudresourcemanager.skiff:8081/")
+        );
+        assert_eq!(
+            get("api_endpoint_overrides", "logging").as_deref(),
+            Some("http://logging.skiff:8081/")
         );
         assert_eq!(get("proxy", "address").as_deref(), Some("127.0.0.1"));
         assert_eq!(get("proxy", "port").as_deref(), Some("8081"));

@@ -8,12 +8,14 @@
 pub mod jobs;
 pub mod knative;
 pub mod names;
+pub mod selector;
 pub mod settings;
 pub mod units;
 
 pub use jobs::*;
 pub use knative::*;
 pub use names::*;
+pub use selector::{LabelSelector, SelectorError};
 pub use settings::*;
 pub use units::*;
 

@@ -1,113 +1,153 @@
 //! Container logs: every line an instance or task writes to stdout or stderr, with its time,
-//! source and stream, appended to one JSON-lines file per service
-//! (`DATA/logs/NS/SERVICE.jsonl`) or job (`DATA/logs/NS/jobs/JOB.jsonl`) and broadcast to
-//! followers (`skiff logs read --follow`).
+//! source and stream, and one entry per request, written to the log store
+//! (`DATA/logs/logs.db`, see [`skiff_logging::store`]) by one writer thread in batches and
+//! broadcast to followers (`skiff logs read --follow`). At most [`QUEUE`] lines wait for the
+//! writer: past that, capture stops reading the container's pipe until the writer catches up
+//! (the container's writes block, as on a full pipe), and request entries are dropped and
+//! counted, so that memory stays bounded when an app writes faster than the disk.
 
-use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+pub use skiff_logging::{HttpRequest, Limits, LogLine, LogResource, LogSource, LogStore, Scan};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
-/// Where a log line comes from: a service's instance or a job's task attempt.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogSource {
-    pub namespace: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub service: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub revision: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub instance: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub job: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub execution: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub task: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<u64>,
-}
+/// Lines that may wait for the writer.
+pub const QUEUE: usize = 65_536;
 
-/// The resource whose logs are read: a service or a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogResource {
-    Service(String),
-    Job(String),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LogLine {
-    pub seq: u64,
-    pub time: String,
-    #[serde(flatten)]
-    pub source: LogSource,
-    pub stream: String,
-    pub line: String,
-}
-
-impl LogLine {
-    /// Whether the line belongs to `resource` in `ns` (and to `execution`, when given).
-    pub fn matches(&self, ns: &str, resource: &LogResource, execution: Option<&str>) -> bool {
-        let s = &self.source;
-        s.namespace == ns
-            && match resource {
-                LogResource::Service(name) => s.job.is_empty() && &s.service == name,
-                LogResource::Job(name) => &s.job == name,
-            }
-            && execution.is_none_or(|e| s.execution == e)
-    }
-}
+/// How often lines past the retention are deleted.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct LogSink {
-    dir: PathBuf,
-    seq: AtomicU64,
-    tx: mpsc::UnboundedSender<LogLine>,
+    store: Arc<LogStore>,
+    last: AtomicU64,
+    tx: mpsc::Sender<LogLine>,
     live: broadcast::Sender<LogLine>,
+    dropped: AtomicU64,
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl LogSink {
-    /// Starts the writer task; lines are appended in the order they were accepted.
-    pub fn start(dir: PathBuf) -> std::sync::Arc<LogSink> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<LogLine>();
+    /// Opens the log store under `dir` (`logs.db`) with `limits` and starts its writer (a
+    /// blocking thread) and its retention sweep (every minute). Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// The store cannot be opened.
+    pub fn open(dir: &Path, limits: Limits) -> Result<Arc<LogSink>, skiff_logging::StoreError> {
+        let store = Arc::new(LogStore::open(&dir.join("logs.db"), limits)?);
+        let (tx, mut rx) = mpsc::channel::<LogLine>(QUEUE);
         let (live, _) = broadcast::channel(4096);
-        let seq = AtomicU64::new(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64),
-        );
-        let sink = std::sync::Arc::new(LogSink {
-            dir: dir.clone(),
-            seq,
+        let sink = Arc::new(LogSink {
+            last: AtomicU64::new(store.last_seq()?),
+            store: store.clone(),
             tx,
             live,
+            dropped: AtomicU64::new(0),
         });
+        let writer = store.clone();
         tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(4096);
             while let Some(first) = rx.blocking_recv() {
-                let mut batch = vec![first];
-                while let Ok(l) = rx.try_recv() {
-                    batch.push(l);
-                }
-                for l in batch {
-                    if let Err(e) = append(&dir, &l) {
-                        tracing::warn!("writing logs of {}: {e}", l.source.namespace);
+                batch.push(first);
+                while batch.len() < 4096 {
+                    match rx.try_recv() {
+                        Ok(l) => batch.push(l),
+                        Err(_) => break,
                     }
+                }
+                if let Err(e) = writer.append(&batch) {
+                    tracing::warn!("writing {} log lines: {e}", batch.len());
+                }
+                batch.clear();
+            }
+        });
+        let weak = Arc::downgrade(&sink);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EXPIRE_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { break };
+                let store = s.store.clone();
+                drop(s);
+                match tokio::task::spawn_blocking(move || store.expire(now_micros())).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!("{n} log lines past the retention deleted")
+                    }
+                    Ok(Err(e)) => tracing::warn!("log retention: {e}"),
+                    _ => {}
                 }
             }
         });
-        sink
+        Ok(sink)
     }
 
-    pub fn push(&self, source: &LogSource, stream: &str, line: String) {
-        let l = LogLine {
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    /// The store lines are written to (for reads).
+    pub fn store(&self) -> &Arc<LogStore> {
+        &self.store
+    }
+
+    /// Request entries dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A new line with the next `seq`: now in microseconds, or one past the last if that is
+    /// not earlier.
+    fn line(
+        &self,
+        source: &LogSource,
+        stream: &str,
+        line: String,
+        http_request: Option<HttpRequest>,
+    ) -> LogLine {
+        let now = now_micros();
+        let prev = self
+            .last
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(p.max(now.saturating_sub(1)) + 1)
+            })
+            .unwrap_or(now);
+        let seq = prev.max(now.saturating_sub(1)) + 1;
+        LogLine {
+            seq,
+            time: skiff_logging::record::rfc3339_micros(seq),
             source: source.clone(),
             stream: stream.to_string(),
             line,
-        };
+            http_request,
+        }
+    }
+
+    /// Adds a line without waiting: dropped (and counted) if the writer is [`QUEUE`] lines
+    /// behind.
+    pub fn push(&self, source: &LogSource, stream: &str, line: String) {
+        self.offer(self.line(source, stream, line, None));
+    }
+
+    /// Adds one request's entry (stream `requests`) without waiting, as [`LogSink::push`].
+    pub fn push_request(&self, source: &LogSource, req: HttpRequest) {
+        let text = format!("{} {} {}", req.request_method, req.status, req.request_url);
+        self.offer(self.line(source, "requests", text, Some(req)));
+    }
+
+    fn offer(&self, l: LogLine) {
         let _ = self.live.send(l.clone());
-        let _ = self.tx.send(l);
+        if self.tx.try_send(l).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a line, waiting while the writer is [`QUEUE`] lines behind.
+    pub async fn send(&self, source: &LogSource, stream: &str, line: String) {
+        let l = self.line(source, stream, line, None);
+        let _ = self.live.send(l.clone());
+        let _ = self.tx.send(l).await;
     }
 
     /// The last `limit` lines of a service or job (of one execution, when given), oldest first.
@@ -118,63 +158,24 @@ impl LogSink {
         execution: Option<&str>,
         limit: usize,
     ) -> Vec<LogLine> {
-        let Ok(f) = std::fs::File::open(file_of(&self.dir, ns, resource)) else {
-            return Vec::new();
-        };
-        let mut ring = std::collections::VecDeque::with_capacity(limit.min(10_000));
-        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-            if let Ok(l) = serde_json::from_str::<LogLine>(&line) {
-                if !l.matches(ns, resource, execution) {
-                    continue;
-                }
-                if ring.len() == limit {
-                    ring.pop_front();
-                }
-                if limit > 0 {
-                    ring.push_back(l);
-                }
-            }
-        }
-        ring.into()
+        self.store
+            .tail(ns, resource, execution, limit)
+            .unwrap_or_else(|e| {
+                tracing::warn!("reading logs: {e}");
+                Vec::new()
+            })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<LogLine> {
         self.live.subscribe()
     }
 
-    /// Removes a deleted service's or job's log file.
+    /// Removes a deleted service's or job's lines.
     pub fn remove(&self, ns: &str, resource: &LogResource) {
-        let _ = std::fs::remove_file(file_of(&self.dir, ns, resource));
+        if let Err(e) = self.store.remove(ns, resource) {
+            tracing::warn!("removing logs of {}: {e}", resource.name());
+        }
     }
-}
-
-fn file_of(dir: &Path, ns: &str, resource: &LogResource) -> PathBuf {
-    match resource {
-        LogResource::Service(s) => dir.join(ns).join(format!("{s}.jsonl")),
-        LogResource::Job(j) => dir.join(ns).join("jobs").join(format!("{j}.jsonl")),
-    }
-}
-
-fn resource_of(l: &LogLine) -> LogResource {
-    if l.source.job.is_empty() {
-        LogResource::Service(l.source.service.clone())
-    } else {
-        LogResource::Job(l.source.job.clone())
-    }
-}
-
-fn append(dir: &Path, l: &LogLine) -> std::io::Result<()> {
-    let path = file_of(dir, &l.source.namespace, &resource_of(l));
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    let mut data = serde_json::to_vec(l).map_err(std::io::Error::other)?;
-    data.push(b'\n');
-    f.write_all(&data)
 }
 
 /// Reads a container's output stream line by line into `sink` as coming from `source`;
@@ -198,7 +199,7 @@ where
             match lines.next_line().await {
                 Ok(Some(line)) => {
                     each(&line);
-                    sink.push(&source, stream, line);
+                    sink.send(&source, stream, line).await;
                 }
                 Ok(None) => break,
                 // Not UTF-8: that line is lost, the stream goes on.

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod pool;
 pub mod proxy;
+mod reqlog;
 pub mod upstream;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -34,6 +35,8 @@ pub struct ServingConfig {
     pub metrics: Arc<skiff_metering::Metrics>,
     /// Instance networking; `None`: instances get loopback only.
     pub network: Option<Arc<skiff_network::Network>>,
+    /// Where instances' output and request entries go.
+    pub logs: Arc<LogSink>,
 }
 
 /// Where a service's traffic goes, as the control plane resolved it.
@@ -88,7 +91,7 @@ impl Serving {
             shim_exe: cfg.shim_exe,
             instances_dir: run.join("i"),
             state_root: run.join("state"),
-            logs: LogSink::start(cfg.data_dir.join("logs")),
+            logs: cfg.logs,
             scale_to_zero_after: cfg.scale_to_zero_after,
             netns: RwLock::new(HashMap::new()),
             meters: cfg.meters,

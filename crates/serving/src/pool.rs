@@ -808,6 +808,23 @@ impl Pool {
         }
     }
 
+    /// Writes one request's entry (stream `requests`) without waiting, from `instance`, or
+    /// from none when the platform answered itself.
+    pub(crate) fn log_request(
+        &self,
+        instance: Option<&str>,
+        req: skiff_runtime::logs::HttpRequest,
+    ) {
+        let source = LogSource {
+            namespace: self.key.namespace.clone(),
+            service: self.key.service.clone(),
+            revision: self.key.revision.clone(),
+            instance: instance.unwrap_or_default().to_string(),
+            ..Default::default()
+        };
+        self.ctx.logs.push_request(&source, req);
+    }
+
     fn log(&self, inst: &Inst, line: String) {
         self.ctx.logs.push(&self.source(inst), "system", line);
     }

@@ -7,6 +7,7 @@
 
 use crate::auth::Verdict;
 use crate::pool::{AcquireError, Lease};
+use crate::reqlog::RequestLog;
 use crate::Serving;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
@@ -166,11 +167,16 @@ impl Serving {
             },
         };
         let deadline = began + pool.settings.timeout;
+        let log = RequestLog::new(&req, &host, peer.addr.ip());
         // The platform's own answer to a request that reached the revision, counted in its
-        // metrics.
+        // metrics and logged.
         let answer = |status: StatusCode, msg: &str| {
             pool.metrics.request(status.as_u16(), began.elapsed());
-            platform_response(status, msg)
+            let res = platform_response(status, msg);
+            let size = res.body().size_hint().exact().unwrap_or(0);
+            log.clone()
+                .finish(&pool, None, status.as_u16(), began.elapsed(), size);
+            res
         };
         let lease =
             match pool.acquire(deadline, QUEUE_LIMIT).await {
@@ -272,6 +278,8 @@ impl Serving {
             timer: None,
             status: parts.status.as_u16(),
             began,
+            log: Some(log),
+            sent: 0,
         };
         Response::from_parts(parts, body.boxed())
     }
@@ -289,6 +297,10 @@ struct LeaseBody {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     status: u16,
     began: Instant,
+    /// The request's log entry, written when the slot is let go.
+    log: Option<RequestLog>,
+    /// Response body bytes passed on so far.
+    sent: u64,
 }
 
 impl LeaseBody {
@@ -296,10 +308,17 @@ impl LeaseBody {
     /// already handed its connection back when it completed.)
     fn finish(&mut self) {
         if let Some(lease) = self.lease.take() {
-            lease
-                .pool()
-                .metrics
-                .request(self.status, self.began.elapsed());
+            let latency = self.began.elapsed();
+            lease.pool().metrics.request(self.status, latency);
+            if let Some(log) = self.log.take() {
+                log.finish(
+                    lease.pool(),
+                    Some(&lease.inst.id),
+                    self.status,
+                    latency,
+                    self.sent,
+                );
+            }
         }
     }
 }
@@ -339,7 +358,11 @@ impl Body for LeaseBody {
                     return cut(&mut self);
                 }
             }
-            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.sent += d.len() as u64;
+                }
+            }
         }
         if self.inner.is_end_stream() {
             self.finish();

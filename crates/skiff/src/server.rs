@@ -39,6 +39,24 @@ pub struct ServerArgs {
     /// Network sandboxes kept made ahead of demand, so that a cold start does not wait for one.
     #[arg(long, value_name = "N", default_value_t = 4)]
     network_prepared: usize,
+    /// How long log entries are kept (Cloud Logging's default bucket keeps 30 days).
+    #[arg(long, default_value = "30d", value_parser = parse_days)]
+    log_retention: Duration,
+    /// How many bytes of log entries one service or job keeps; past it, its oldest go.
+    #[arg(long, default_value = "1Gi", value_parser = parse_size)]
+    log_size_cap: u64,
+}
+
+/// A duration, also in days (`30d`).
+fn parse_days(s: &str) -> Result<Duration, String> {
+    match s.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) if days > 0 => Ok(Duration::from_secs(days * 24 * 3600)),
+        _ => parse_duration(s),
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    skiff_model::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// Reads `--prices FILE`; an error names the file and the field.
@@ -169,8 +187,16 @@ async fn serve(
         })?;
         Some(network)
     };
+    let logs = skiff_runtime::logs::LogSink::open(
+        &data_dir.join("logs"),
+        skiff_runtime::logs::Limits {
+            retention: args.log_retention,
+            max_bytes_per_resource: args.log_size_cap,
+        },
+    )?;
     let serving = Serving::new(ServingConfig {
         network: network.clone(),
+        logs,
         meters: meters.clone(),
         metrics: metrics.clone(),
         data_dir: data_dir.clone(),

@@ -258,6 +258,18 @@ fn names(list: &Value) -> Vec<String> {
     v
 }
 
+/// Percent-encodes a query parameter's value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `(revision, percent)` of a service's served traffic, from gcloud's describe.
 fn traffic(svc: &Value) -> Vec<(String, u64)> {
     let mut t: Vec<(String, u64)> = svc["status"]["traffic"]
@@ -483,6 +495,80 @@ fn gcloud_drives_services() {
     assert_eq!(code, 200, "{env}");
     assert!(env.contains("VERSION=2"), "{env}");
 
+    // services update with any flag: gcloud finds the revision it made by a label selector
+    // with spaces around `=` (`client.knative.dev/nonce = ...`).
+    e.ok(&[
+        "run",
+        "services",
+        "update",
+        "hello",
+        "--update-env-vars",
+        "A=1",
+    ]);
+    let (_, env) = s.get(&svc_host, "/cgi-bin/env", None);
+    assert!(env.contains("A=1") && env.contains("FROM=skiff"), "{env}");
+    e.ok(&["run", "services", "update", "hello", "--memory", "1Gi"]);
+    let d = e.json(&["run", "services", "describe", "hello"]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"], "1Gi",
+        "{d}"
+    );
+    let revs = names(&e.json(&["run", "revisions", "list", "--service", "hello"]));
+    assert_eq!(
+        d["status"]["latestReadyRevisionName"],
+        revs[revs.len() - 1].as_str()
+    );
+
+    // Label selectors of every form, on the API's list calls.
+    let knative = format!("/apis/serving.knative.dev/v1/namespaces/{PROJECT}");
+    let listed = |what: &str, sel: &str| {
+        let (code, body) = s.api(
+            "GET",
+            &format!("{knative}/{what}?labelSelector={}", encode(sel)),
+            None,
+        );
+        assert_eq!(code, 200, "{sel}: {body}");
+        names(&serde_json::from_str(&body).unwrap())
+    };
+    let svc = "serving.knative.dev/service";
+    let hello_revs = listed("revisions", &format!("{svc} == hello"));
+    assert_eq!(hello_revs, revs);
+    let both = listed("revisions", &format!("{svc} in (hello, mine)"));
+    assert_eq!(both.len(), revs.len() + mine.len(), "{both:?}");
+    let others = listed("revisions", &format!("{svc} notin (hello,mine), {svc}"));
+    assert!(
+        !others.is_empty()
+            && others
+                .iter()
+                .all(|r| r.starts_with("replaced-") || r.starts_with("open-")),
+        "{others:?}"
+    );
+    assert_eq!(
+        listed("revisions", &format!("{svc}!=hello,{svc}!=mine")),
+        others
+    );
+    assert!(listed("revisions", &format!("!{svc}")).is_empty());
+    assert_eq!(
+        listed("services", "cloud.googleapis.com/location=us-central1"),
+        vec!["hello", "mine", "open", "replaced"]
+    );
+    assert!(listed("services", "cloud.googleapis.com/location = elsewhere").is_empty());
+    let (code, body) = s.api(
+        "GET",
+        &format!("{knative}/revisions?labelSelector={}", encode("a in (b")),
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{body}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid labelSelector \"a in (b\""),
+        "{body}"
+    );
+
     // A revision whose container exits: gcloud fails with Skiff's message, traffic stays.
     let err = e.fails(&[
         "run",
@@ -499,7 +585,7 @@ fn gcloud_drives_services() {
         "{err}"
     );
     let d = e.json(&["run", "services", "describe", "hello"]);
-    assert_eq!(d["status"]["latestReadyRevisionName"], revs[2].as_str());
+    assert_eq!(d["status"]["latestReadyRevisionName"], revs[4].as_str());
     assert_eq!(
         s.get(&svc_host, "/", None).0,
         200,
@@ -844,4 +930,384 @@ fn bad_requests_name_the_field_and_change_nothing() {
     assert!(out.status.success(), "{out:?}");
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(names(&listed), vec!["keep"]);
+}
+
+/// The text after gcloud's `YYYY-MM-DD HH:MM:SS ` on each line of `logs read`.
+fn log_texts(out: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.splitn(3, ' ').nth(2).unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn gcloud_reads_logs() {
+    let e = Env::new();
+    let s = &e.s;
+    // An app that writes a structured line, then 30 lines, then serves.
+    let script = "printf '{\"severity\":\"ERROR\"\\054\"message\":\"structured boom\"}\\n'; i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo app line $i; done; exec httpd -f -p $PORT -h /www";
+    e.ok(&[
+        "run",
+        "deploy",
+        "logged",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        &format!("--args={script}"),
+    ]);
+    let host = e.host("logged");
+    assert_eq!(s.get(&host, "/", None).0, 200);
+    assert_eq!(s.get(&host, "/nothere", None).0, 404);
+    // Request entries are written off the request path: wait for both.
+    let skiff_lines = |limit: &str| {
+        e.skiff(&["logs", "read", "--service", "logged", "--limit", limit])
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    s.wait_for("both request entries", 60, || {
+        skiff_lines("100")
+            .iter()
+            .any(|l| l.contains("requests GET 404 "))
+    });
+    let mine = skiff_lines("20");
+    assert!(
+        mine.iter()
+            .any(|l| l.ends_with(&format!("requests GET 200 http://{host}/"))),
+        "{mine:#?}"
+    );
+
+    // gcloud run services logs read: the newest 20 entries, shown oldest first, the same
+    // ones skiff shows (gcloud prints app output and requests, not the platform's own).
+    let out = e.gcloud(&["run", "services", "logs", "read", "logged", "--limit", "20"]);
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    let shown = log_texts(&out.stdout);
+    let expected: Vec<String> = mine
+        .iter()
+        .filter(|l| !l.contains(" system "))
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(shown, expected, "gcloud: {shown:#?}\nskiff: {mine:#?}");
+    assert!(shown.contains(&"app line 30".to_string()), "{shown:#?}");
+    assert!(
+        shown
+            .iter()
+            .any(|l| l.starts_with("GET 404 http://") && l.ends_with("/nothere")),
+        "{shown:#?}"
+    );
+    // --log-filter narrows.
+    let out = e.gcloud(&[
+        "run",
+        "services",
+        "logs",
+        "read",
+        "logged",
+        "--log-filter",
+        "textPayload:\"app line 1\"",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let mut want: Vec<String> = vec!["app line 1".into()];
+    want.extend((10..=19).map(|i| format!("app line {i}")));
+    assert_eq!(log_texts(&out.stdout), want);
+
+    // gcloud logging read: entries as Cloud Run's, severity lifted from a structured line.
+    let errors = e.json(&[
+        "logging",
+        "read",
+        "resource.type=cloud_run_revision AND resource.labels.service_name=logged AND severity>=ERROR",
+        "--limit",
+        "10",
+    ]);
+    let errors = errors.as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0]["severity"], "ERROR");
+    assert_eq!(errors[0]["jsonPayload"]["message"], "structured boom");
+    assert_eq!(
+        errors[0]["logName"],
+        format!("projects/{PROJECT}/logs/run.googleapis.com%2Fstdout")
+    );
+    assert_eq!(errors[0]["resource"]["labels"]["service_name"], "logged");
+    let reqs = e.json(&[
+        "logging",
+        "read",
+        "logName:requests AND httpRequest.status>=400",
+        "--limit",
+        "10",
+    ]);
+    let reqs = reqs.as_array().unwrap();
+    assert_eq!(reqs.len(), 1, "{reqs:#?}");
+    let h = &reqs[0]["httpRequest"];
+    assert_eq!(h["requestMethod"], "GET");
+    assert_eq!(h["status"], 404);
+    assert_eq!(reqs[0]["severity"], "WARNING");
+    assert!(h["latency"].as_str().unwrap().ends_with('s'), "{h}");
+    assert_eq!(h["remoteIp"], "127.0.0.1");
+    assert!(h["responseSize"].as_str().is_some(), "{h}");
+    // A bad filter is the server's INVALID_ARGUMENT, naming it.
+    let err = e.fails(&["logging", "read", "severity>=", "--limit", "1"]);
+    assert!(err.contains("invalid filter"), "{err}");
+
+    // gcloud run jobs logs read: every task's lines.
+    e.ok(&[
+        "run",
+        "jobs",
+        "create",
+        "chatty",
+        "--image",
+        "web",
+        "--tasks",
+        "2",
+        "--args=echo task $CLOUD_RUN_TASK_INDEX says hi",
+    ]);
+    e.ok(&["run", "jobs", "execute", "chatty", "--wait"]);
+    let out = e.gcloud(&["run", "jobs", "logs", "read", "chatty"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut texts = log_texts(&out.stdout);
+    texts.sort();
+    assert_eq!(texts, vec!["task 0 says hi", "task 1 says hi"]);
+    let one = e.json(&[
+        "logging",
+        "read",
+        "resource.labels.job_name=chatty AND labels.\"run.googleapis.com/task_index\"=1 AND logName:stdout",
+    ]);
+    let one = one.as_array().unwrap();
+    assert_eq!(one.len(), 1, "{one:#?}");
+    assert_eq!(one[0]["textPayload"], "task 1 says hi");
+    assert_eq!(one[0]["resource"]["type"], "cloud_run_job");
+    assert!(one[0]["labels"]["run.googleapis.com/execution_name"]
+        .as_str()
+        .unwrap()
+        .starts_with("chatty-"));
+}
+
+/// What one `gcloud run` command should do against Skiff.
+enum Expect {
+    /// Exit 0.
+    Works,
+    /// Fail, with stderr that contains this (the reason it cannot apply to one machine).
+    Refused(&'static str),
+}
+
+/// Walks the `gcloud run` command groups of gcloud 528 (services, revisions, jobs, executions,
+/// tasks, regions) against a real server, each command as a user types it, and fails on any
+/// that breaks. Prints one line per command (`works: gcloud run ...`); README's list is that
+/// output.
+#[test]
+fn gcloud_run_commands_walk() {
+    let e = Env::new();
+    let dir = e.gcloud_dir.path();
+    e.ok(&["run", "deploy", "walk", "--image", "web"]);
+    e.ok(&[
+        "run",
+        "jobs",
+        "create",
+        "walkjob",
+        "--image",
+        "web",
+        "--args=echo walking",
+    ]);
+    e.ok(&["run", "jobs", "execute", "walkjob", "--wait"]);
+    let exec =
+        names(&e.json(&["run", "jobs", "executions", "list", "--job", "walkjob"]))[0].clone();
+    let task = names(&e.json(&[
+        "run",
+        "jobs",
+        "executions",
+        "tasks",
+        "list",
+        "--execution",
+        &exec,
+    ]))[0]
+        .clone();
+    let export = |what: &str, name: &str, file: &str| {
+        let out = e.gcloud(&["run", what, "describe", name, "--format", "export"]);
+        assert!(out.status.success(), "{out:?}");
+        let path = dir.join(file);
+        std::fs::write(&path, out.stdout).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let svc_file = export("services", "walk", "walk.yaml");
+    let job_file = export("jobs", "walkjob", "walkjob.yaml");
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"bindings":[{"role":"roles/run.invoker","members":["allUsers"]}]}"#,
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap().to_string();
+
+    let mut cmds: Vec<(Vec<String>, Expect)> = Vec::new();
+    let mut add = |args: &[&str], x: Expect| {
+        cmds.push((args.iter().map(|s| s.to_string()).collect(), x));
+    };
+    use Expect::*;
+    add(&["regions", "list"], Works);
+    add(&["services", "list"], Works);
+    add(&["services", "describe", "walk"], Works);
+    add(
+        &["services", "update", "walk", "--update-env-vars", "W=1"],
+        Works,
+    );
+    add(&["services", "update", "walk", "--memory", "1Gi"], Works);
+    add(
+        &["services", "update-traffic", "walk", "--to-latest"],
+        Works,
+    );
+    add(&["services", "replace", &svc_file], Works);
+    add(&["services", "logs", "read", "walk", "--limit", "5"], Works);
+    add(&["services", "get-iam-policy", "walk"], Works);
+    add(
+        &[
+            "services",
+            "add-iam-policy-binding",
+            "walk",
+            "--member",
+            "allUsers",
+            "--role",
+            "roles/run.invoker",
+        ],
+        Works,
+    );
+    add(
+        &[
+            "services",
+            "remove-iam-policy-binding",
+            "walk",
+            "--member",
+            "allUsers",
+            "--role",
+            "roles/run.invoker",
+        ],
+        Works,
+    );
+    add(&["services", "set-iam-policy", "walk", &policy], Works);
+    add(&["revisions", "list"], Works);
+    add(&["revisions", "list", "--service", "walk"], Works);
+    add(&["jobs", "list"], Works);
+    add(&["jobs", "describe", "walkjob"], Works);
+    add(
+        &["jobs", "update", "walkjob", "--update-env-vars", "W=1"],
+        Works,
+    );
+    add(&["jobs", "replace", &job_file], Works);
+    add(&["jobs", "execute", "walkjob", "--wait"], Works);
+    add(&["jobs", "logs", "read", "walkjob"], Works);
+    add(&["jobs", "executions", "list"], Works);
+    add(&["jobs", "executions", "list", "--job", "walkjob"], Works);
+    add(&["jobs", "executions", "describe", &exec], Works);
+    add(
+        &["jobs", "executions", "tasks", "list", "--execution", &exec],
+        Works,
+    );
+    add(&["jobs", "executions", "tasks", "describe", &task], Works);
+    add(&["jobs", "deploy", "walkjob", "--image", "web"], Works);
+    add(&["jobs", "get-iam-policy", "walkjob"], Works);
+    add(
+        &[
+            "jobs",
+            "add-iam-policy-binding",
+            "walkjob",
+            "--member",
+            "user:ann@example.com",
+            "--role",
+            "roles/run.invoker",
+        ],
+        Works,
+    );
+    add(
+        &[
+            "jobs",
+            "remove-iam-policy-binding",
+            "walkjob",
+            "--member",
+            "user:ann@example.com",
+            "--role",
+            "roles/run.invoker",
+        ],
+        Works,
+    );
+    add(&["jobs", "set-iam-policy", "walkjob", &policy], Works);
+    add(
+        &["jobs", "executions", "cancel", &exec],
+        Refused("is not running"),
+    );
+    add(
+        &["beta", "run", "jobs", "executions", "logs", "read", &exec],
+        Works,
+    );
+    add(
+        &["beta", "run", "revisions", "logs", "read", "walk-00001"],
+        Works,
+    );
+    add(&["configurations", "list"], Works);
+    add(&["configurations", "describe", "walk"], Works);
+    add(&["routes", "list"], Works);
+    add(&["routes", "describe", "walk"], Works);
+    add(&["services", "proxy", "walk"], Refused("proxy"));
+    add(&["jobs", "executions", "delete", &exec], Works);
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for (args, want) in &cmds {
+        let mut a = if args[0] == "beta" {
+            vec![]
+        } else {
+            vec!["run"]
+        };
+        a.extend(args.iter().map(String::as_str));
+        let out = e.gcloud(&a);
+        let err = plain(&out.stderr);
+        let ok = match want {
+            Works => out.status.success(),
+            Refused(why) => !out.status.success() && err.contains(why),
+        };
+        let shown = format!("gcloud {}", a.join(" ")).replace(dir.to_str().unwrap(), "DIR");
+        report.push(format!(
+            "{}: {shown}",
+            match (ok, want) {
+                (true, Works) => "works",
+                (true, Refused(_)) => "refused with its reason",
+                (false, _) => "BROKEN",
+            }
+        ));
+        if !ok {
+            failures.push(format!("{shown}: {err}"));
+        }
+    }
+    // Revisions: describe one, delete one that no longer serves.
+    let revs = names(&e.json(&["run", "revisions", "list", "--service", "walk"]));
+    for (args, ok_needed) in [
+        (
+            vec![
+                "run",
+                "revisions",
+                "describe",
+                revs[revs.len() - 1].as_str(),
+            ],
+            true,
+        ),
+        (vec!["run", "revisions", "delete", revs[0].as_str()], true),
+        (vec!["run", "services", "delete", "walk"], true),
+        (vec!["run", "jobs", "delete", "walkjob"], true),
+    ] {
+        let out = e.gcloud(&args);
+        let shown = format!("gcloud {}", args.join(" "));
+        report.push(format!(
+            "{}: {shown}",
+            if out.status.success() {
+                "works"
+            } else {
+                "BROKEN"
+            }
+        ));
+        if out.status.success() != ok_needed {
+            failures.push(format!("{shown}: {}", plain(&out.stderr)));
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "broken gcloud commands:\n{}",
+        failures.join("\n")
+    );
 }

@@ -255,6 +255,15 @@ impl Store {
         body.map(decode).transpose()
     }
 
+    /// Deletes a policy; false if there was none.
+    pub fn delete_policy(&self, ns: &str, service: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "DELETE FROM policies WHERE namespace = ?1 AND service = ?2",
+            params![ns, service],
+        )?;
+        Ok(n > 0)
+    }
+
     pub fn put_policy(&self, ns: &str, service: &str, policy: &Policy) -> Result<()> {
         self.conn().execute(
             "INSERT INTO policies (namespace, service, body) VALUES (?1, ?2, ?3)
