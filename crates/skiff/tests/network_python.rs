@@ -146,6 +146,21 @@ fn google_auth_fetches_identity_tokens_and_the_project_from_the_metadata_server(
         body.starts_with("403\n"),
         "stranger's call of {target}: {body}"
     );
+    // The same token source after the binding is taken back: the caller is shut out too.
+    s.ok(&[
+        "services",
+        "remove-iam-policy-binding",
+        "private",
+        "--member",
+        &format!("serviceAccount:{caller}"),
+        "--role",
+        "roles/run.invoker",
+    ]);
+    let body = call("caller");
+    assert!(
+        body.starts_with("403\n"),
+        "caller's call without the binding: {body}"
+    );
 
     let (code, body) = s.get("caller.localhost", "/project", None);
     assert_eq!(code, 200, "/project: {body}\nserver log: {}", s.log());

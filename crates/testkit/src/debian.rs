@@ -134,8 +134,8 @@ pub fn debian_rootfs(packages: &[&str], pip_packages: &[&str]) -> Layer {
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         panic!(
             "building a Debian {release} image with {packages:?} and PyPI packages \
-             {pip_packages:?} failed ({}): is {MIRROR} (and PyPI) reachable?\n\
-             mmdebstrap {args:?}\n...\n{}",
+             {pip_packages:?} failed ({}); {MIRROR} and PyPI must be reachable. \
+             The end of the log of mmdebstrap {args:?}:\n...\n{}",
             status.map_or("timed out".to_string(), |s| s.to_string()),
             tail.join("\n")
         );
