@@ -127,34 +127,128 @@ pub fn busybox_image(dir: &Path, name: &str, spec: &ImageSpec) -> PathBuf {
             .unwrap();
     }
     let layer_tar = builder.into_inner().unwrap();
-    let diff_id = sha(&layer_tar);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&layer_tar).unwrap();
-    let layer = gz.finish().unwrap();
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let layer = Layer::from_tar(&layer_tar, &blobs);
+    let config = serde_json::json!({
+        "Entrypoint": spec.entrypoint, "Cmd": spec.cmd, "Env": spec.env,
+        "WorkingDir": "/", "User": spec.user.clone().unwrap_or_default(),
+    });
+    write_layout(dir, name, &[layer], config)
+}
 
+/// A gzip-compressed layer blob ready for an image layout.
+pub struct Layer {
+    /// The compressed blob's file.
+    pub blob: PathBuf,
+    /// sha256 hex of the compressed blob (its digest in the manifest).
+    pub digest: String,
+    /// sha256 hex of the uncompressed tar (its diff_id in the image config).
+    pub diff_id: String,
+    /// The compressed blob's size in bytes.
+    pub size: u64,
+}
+
+impl Layer {
+    /// Compresses a layer tar held in memory into `blobs/<digest>`.
+    pub fn from_tar(tar: &[u8], blobs: &Path) -> Layer {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(tar).unwrap();
+        let data = gz.finish().unwrap();
+        let digest = sha(&data);
+        let blob = blobs.join(&digest);
+        std::fs::write(&blob, &data).unwrap();
+        Layer {
+            blob,
+            digest,
+            diff_id: sha(tar),
+            size: data.len() as u64,
+        }
+    }
+
+    /// Compresses the layer tar at `tar` into the file `out`, streaming (for large layers).
+    pub fn from_tar_file(tar: &Path, out: &Path) -> std::io::Result<Layer> {
+        let mut input = std::fs::File::open(tar)?;
+        let compressed = HashingWriter(std::fs::File::create(out)?, Sha256::new(), 0);
+        let mut plain = HashingWriter(
+            flate2::write::GzEncoder::new(compressed, flate2::Compression::fast()),
+            Sha256::new(),
+            0,
+        );
+        std::io::copy(&mut input, &mut plain)?;
+        let diff_id = hex::encode(plain.1.finalize());
+        let compressed = plain.0.finish()?;
+        compressed.0.sync_all()?;
+        Ok(Layer {
+            blob: out.to_path_buf(),
+            digest: hex::encode(compressed.1.finalize()),
+            diff_id,
+            size: compressed.2,
+        })
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter<W>(W, Sha256, u64);
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1.update(&buf[..n]);
+        self.2 += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Writes an OCI image layout at `dir` (tag `latest`, ref name `name:latest`) from layers,
+/// bottom first, and the image config's `config` section (`Entrypoint`, `Cmd`, `Env`...).
+/// Layer blobs outside `dir/blobs/sha256` are hard-linked (copied across file systems).
+pub fn write_layout(
+    dir: &Path,
+    name: &str,
+    layers: &[Layer],
+    config: serde_json::Value,
+) -> PathBuf {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for l in layers {
+        let target = blobs.join(&l.digest);
+        if l.blob != target && !target.exists() && std::fs::hard_link(&l.blob, &target).is_err() {
+            std::fs::copy(&l.blob, &target).unwrap();
+        }
+    }
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| format!("sha256:{}", l.diff_id))
+        .collect();
     let config = serde_json::json!({
         "created": "2026-01-01T00:00:00Z",
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            "Entrypoint": spec.entrypoint, "Cmd": spec.cmd, "Env": spec.env,
-            "WorkingDir": "/", "User": spec.user.clone().unwrap_or_default(),
-        },
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let config = serde_json::to_vec(&config).unwrap();
+    let layer_descs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                               "digest": format!("sha256:{}", l.digest), "size": l.size})
+        })
+        .collect();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": format!("sha256:{}", sha(&config)), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": format!("sha256:{}", sha(&layer)), "size": layer.len()}],
+        "layers": layer_descs,
     }))
     .unwrap();
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    for b in [&layer, &config, &manifest] {
+    for b in [&config, &manifest] {
         std::fs::write(blobs.join(sha(b)), b).unwrap();
     }
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();

@@ -1,14 +1,17 @@
 //! Test support for Skiff's integration tests and benchmarks: builds real OCI images from
-//! Debian's `busybox-static`, converts them with the real `skopeo`, runs the real `skiff`
-//! binary as a server in a private data dir (cleaning up after itself even when a test fails),
+//! Debian's `busybox-static` and from Debian root file systems made by `mmdebstrap` (with
+//! PyPI packages), converts them with the real `skopeo`, runs the real `skiff` binary as a
+//! server in a private data dir (cleaning up after itself even when a test fails),
 //! drives steady parallel load at its ingress, and reads block YAML without Skiff's own parser.
 
+pub mod debian;
 pub mod image;
 pub mod load;
 pub mod runc;
 pub mod server;
 pub mod yaml;
 
+pub use debian::debian_image;
 pub use image::{busybox_image, ImageSpec};
 pub use load::{burst, Load, Report};
 pub use server::{http_get, TestServer};
