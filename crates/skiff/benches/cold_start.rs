@@ -1,6 +1,7 @@
 //! Cold-start benchmark: a request to a service at zero instances, until its response, for a
-//! busybox httpd image; beside `runc run` of the same image to its first response, measured
-//! in the same run. Prints median and p99 of each and their ratio.
+//! busybox httpd image, with instance networking (the default) and without it
+//! (`--no-instance-network`); beside `runc run` of the same image to its first response,
+//! measured in the same run. Prints median and p99 of each and the ratio of the first to runc.
 //!
 //! `sudo cargo bench -p skiff --bench cold_start [-- ROUNDS]` (needs busybox-static, runc).
 
@@ -37,11 +38,12 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn skiff_cold_starts(layout: &Path, rounds: usize) -> Vec<Duration> {
-    let s = TestServer::start(
-        Path::new(env!("CARGO_BIN_EXE_skiff")),
-        &["--scale-to-zero-after", "1ms"],
-    );
+/// Cold starts through a server started with `extra` flags (instance networking is on unless
+/// they turn it off).
+fn skiff_cold_starts(layout: &Path, rounds: usize, extra: &[&str]) -> Vec<Duration> {
+    let mut args = vec!["--scale-to-zero-after", "1ms"];
+    args.extend_from_slice(extra);
+    let s = TestServer::start(Path::new(env!("CARGO_BIN_EXE_skiff")), &args);
     s.ok(&["images", "import", layout.to_str().unwrap()]);
     s.ok(&[
         "deploy",
@@ -108,15 +110,22 @@ fn main() {
         .unwrap_or(25);
     let tmp = tempfile::tempdir().unwrap();
     let layout = busybox_image(&tmp.path().join("image"), "bench", &ImageSpec::default());
-    let skiff = skiff_cold_starts(&layout, rounds);
+    let skiff = skiff_cold_starts(&layout, rounds, &[]);
+    let bare = skiff_cold_starts(&layout, rounds, &["--no-instance-network"]);
     let runc = runc_cold_starts(&layout, rounds);
     let (sm, sp) = stats(skiff);
+    let (bm, bp) = stats(bare);
     let (rm, rp) = stats(runc);
     println!("cold start, busybox httpd, {rounds} rounds each");
     println!(
         "  skiff (request at zero instances → response): median {}  p99 {}",
         ms(sm),
         ms(sp)
+    );
+    println!(
+        "  skiff without instance network (loopback):     median {}  p99 {}",
+        ms(bm),
+        ms(bp)
     );
     println!(
         "  runc run → first response:                     median {}  p99 {}",
