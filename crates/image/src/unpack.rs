@@ -1,6 +1,7 @@
-//! Safe layer unpacking. Every tar entry's path (and hard-link target) is validated by hand
-//! before anything is written: no `..`, no absolute paths, no walking through a symlink the
-//! layer already holds. OCI whiteouts become overlayfs whiteouts (`.wh.NAME` -> character
+//! Safe layer unpacking. Every tar entry's path (and hard-link target) is cleaned and
+//! validated by hand before anything is written: absolute and `./` names apply under the
+//! layer's root (containerd's rule), a `..` that climbs above the root and any walk through a
+//! symlink the layer already holds are refused. OCI whiteouts become overlayfs whiteouts (`.wh.NAME` -> character
 //! device 0:0, `.wh..wh..opq` -> `trusted.overlay.opaque=y`). Modes, owners, mtimes,
 //! symlinks, hard links, devices and fifos are preserved. The uncompressed stream is hashed
 //! so the caller can check the layer's diff_id.
@@ -163,16 +164,21 @@ struct Unpacker<'a> {
     eof_at: Rc<Cell<Option<u64>>>,
 }
 
-/// Split an archive path into components; refuse absolute paths and any `..`.
+/// Split an archive path into components, cleaned the way containerd and Docker apply layer
+/// entries: a leading `/` and any `./` mean the layer's root, `.` and empty components are
+/// dropped and `..` takes back the component before it (`/a/./b/../c` is `a/c`). Only a `..`
+/// that would climb above the root is refused. Lexical cleaning is safe here because the
+/// cleaned path is what gets applied, and `Unpacker::walk` refuses to go through symlinks.
 fn components(raw: &[u8]) -> Result<Vec<OsString>, String> {
-    if raw.first() == Some(&b'/') {
-        return Err("path is absolute and would escape the layer".into());
-    }
     let mut out = Vec::new();
     for c in raw.split(|b| *b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err("path escapes the layer (it contains '..')".into()),
+            b".." => {
+                if out.pop().is_none() {
+                    return Err("path escapes the layer (its '..' climbs above the root)".into());
+                }
+            }
             c => out.push(OsStr::from_bytes(c).to_os_string()),
         }
     }
@@ -552,12 +558,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn components_refuse_escapes() {
+    fn components_are_cleaned_and_refuse_escapes() {
         let ok = |s: &str| show(&components(s.as_bytes()).unwrap());
         assert_eq!(ok("./a/b/"), "a/b");
         assert_eq!(ok("a//./b"), "a/b");
         assert_eq!(ok("."), "");
-        for bad in ["/etc/passwd", "../x", "a/../b", "a/.."] {
+        assert_eq!(ok("/"), "");
+        assert_eq!(ok("./"), "");
+        assert_eq!(ok("/etc/passwd"), "etc/passwd");
+        assert_eq!(ok("/a/./b/../c"), "a/c");
+        assert_eq!(ok("a/../b"), "b");
+        assert_eq!(ok("a/.."), "");
+        assert_eq!(ok("//a///b/./"), "a/b");
+        for bad in ["../x", "/../x", "a/../../b", "./..", "a/b/../../.."] {
             assert!(components(bad.as_bytes()).is_err(), "{bad}");
         }
     }
