@@ -150,9 +150,33 @@ fn import(api: &Api, path: &Path, name: Option<&str>) -> Result<()> {
         .query(&query)
         .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
         .body(Body::sized(file, len));
-    let resp = api
-        .send(req)
-        .with_context(|| format!("cannot import {}", path.display()))?;
+    let resp = match api.send_raw(req) {
+        Ok(resp) if resp.status().is_success() => resp,
+        Ok(resp) => {
+            return Err(api.error_from(resp))
+                .with_context(|| format!("cannot import {}", path.display()))
+        }
+        Err(upload) => {
+            // A server that refuses the upload before reading it (a wrong token, a bad
+            // `--name`) answers and closes the connection while the body is still being sent,
+            // and the HTTP client reports only the broken upload. Ask again without a body to
+            // learn why; "empty upload" means the refusal was about the body after all.
+            let why = match api.send_raw(
+                api.request(Method::POST, "/skiff/v1/images:import")
+                    .query(&query)
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+                    .body(Vec::new()),
+            ) {
+                Ok(r) if r.status().is_client_error() => {
+                    let e = api.error_from(r);
+                    (!e.to_string().starts_with("empty upload")).then_some(e)
+                }
+                _ => None,
+            };
+            return Err(why.unwrap_or(upload))
+                .with_context(|| format!("cannot import {}", path.display()));
+        }
+    };
     let out: Imported = resp
         .json()
         .map_err(|e| anyhow!("unexpected answer to the import: {}", one_line(&e)))?;
