@@ -9,6 +9,7 @@ pub mod controller;
 pub mod error;
 mod jobs;
 mod openapi;
+mod registries;
 mod routes;
 pub mod usage;
 

@@ -62,6 +62,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/skiff/v1/identityToken", post(identity_token))
         .merge(crate::jobs::routes())
         .merge(crate::usage::routes())
+        .merge(crate::registries::routes())
         .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
 }
 

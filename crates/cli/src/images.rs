@@ -1,5 +1,5 @@
 //! `skiff images ...`: import an OCI layout directory, OCI archive or docker archive into the
-//! server's image store, list and delete images.
+//! server's image store, pull one from a registry, list and delete images.
 
 use crate::api::{encode, one_line, Api};
 use crate::output::{human_size, or_dash, print_machine, print_table, ListFormat};
@@ -21,6 +21,11 @@ pub enum ImagesCommand {
         /// Reference to store the image under (default: the archive's own)
         #[arg(long, value_name = "NAME[:TAG]")]
         name: Option<String>,
+    },
+    /// Pull an image from a registry into the store; prints the digest
+    Pull {
+        #[arg(value_name = "HOST[:PORT]/REPO[:TAG|@DIGEST]")]
+        reference: String,
     },
     /// List the images in the store
     List {
@@ -60,6 +65,11 @@ struct Imported {
 pub fn run(api: &Api, cmd: ImagesCommand) -> Result<()> {
     match cmd {
         ImagesCommand::Import { path, name } => import(api, &path, name.as_deref()),
+        ImagesCommand::Pull { reference } => {
+            let digest = pull(api, &reference)?;
+            println!("{digest}");
+            Ok(())
+        }
         ImagesCommand::List { format } => {
             let v: Value = api.get("/skiff/v1/images", &[])?;
             if let Some(f) = format {
@@ -95,6 +105,42 @@ pub fn rows(images: &[ImageInfo]) -> Vec<Vec<String>> {
             ]
         })
         .collect()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Pulled {
+    reference: String,
+    digest: String,
+    blobs: usize,
+    downloaded: usize,
+    downloaded_bytes: u64,
+}
+
+/// Has the server pull `reference` from its registry, telling the user what happens; returns
+/// the manifest digest.
+pub fn pull(api: &Api, reference: &str) -> Result<String> {
+    eprintln!("Pulling {reference}...");
+    let out: Pulled = api.send_json(
+        Method::POST,
+        "/skiff/v1/images:pull",
+        &serde_json::json!({ "reference": reference }),
+    )?;
+    if out.digest.is_empty() {
+        bail!("the Skiff API answered the pull without a digest: is --api-url a Skiff server of the same version?");
+    }
+    if out.blobs == 0 {
+        eprintln!("Pulled image [{}]: already in the store.", out.reference);
+    } else {
+        eprintln!(
+            "Pulled image [{}]: {} of {} blobs downloaded ({}), the rest already in the store.",
+            out.reference,
+            out.downloaded,
+            out.blobs,
+            human_size(out.downloaded_bytes)
+        );
+    }
+    Ok(out.digest)
 }
 
 /// Tars an OCI layout directory (entries relative to its root) into an unnamed temp file.

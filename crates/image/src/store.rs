@@ -117,10 +117,66 @@ impl ImageStore {
         let _gc = refs::lock(&self.root, GC_LOCK, false)?;
         let src = Source::open(path, &self.tmp_dir())?;
         let plan = import::plan(&src, name.as_ref())?;
-        self.apply(&src, plan)
+        self.apply(&src, plan, None)
     }
 
-    fn apply(&self, src: &Source, plan: Plan) -> Result<ImportedImage, ImageError> {
+    /// Import the OCI image layout at `layout` (what a registry pull staged) under
+    /// `reference`, which may pin a digest (`NAME@sha256:HEX`, stored under that very key);
+    /// the layout's manifest must then have that digest. Otherwise as [`ImageStore::import`].
+    pub fn import_pulled(
+        &self,
+        layout: &Path,
+        reference: &str,
+    ) -> Result<ImportedImage, ImageError> {
+        let r = parse_reference(reference)?;
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        let src = Source::open(layout, &self.tmp_dir())?;
+        let plan = import::plan(&src, Some(&r))?;
+        self.apply(&src, plan, r.digest.as_deref())
+    }
+
+    /// Record `reference` (`NAME:TAG` or `NAME@sha256:HEX`) for the image with manifest
+    /// `digest`, which must already be in the store and resolve (a pull of an image the store
+    /// has under another name, or again after its tag moved back). Errors: `NotFound` when the
+    /// store lacks the image, `InvalidReference`.
+    pub fn tag(&self, reference: &str, digest: &str) -> Result<ImportedImage, ImageError> {
+        let key = parse_reference(reference)?.normalized();
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        self.lookup(digest)?;
+        let _refs = refs::lock(&self.root, REFS_LOCK, true)?;
+        let mut table = refs::load(&self.root)?;
+        if table.get(&key).map(String::as_str) != Some(digest) {
+            table.insert(key.clone(), digest.to_string());
+            refs::save(&self.root, &table)?;
+        }
+        Ok(ImportedImage {
+            reference: key,
+            digest: digest.to_string(),
+        })
+    }
+
+    /// The stored blob with `digest` (`sha256:HEX`), when the store holds it: a pull links it
+    /// instead of downloading it again.
+    pub fn stored_blob(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:")?;
+        if !is_hex64(hex) {
+            return None;
+        }
+        let p = self.blob_path(digest);
+        p.is_file().then_some(p)
+    }
+
+    /// Where a pull stages its download (inside the store, so that blobs can be linked).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.tmp_dir()
+    }
+
+    fn apply(
+        &self,
+        src: &Source,
+        plan: Plan,
+        want_digest: Option<&str>,
+    ) -> Result<ImportedImage, ImageError> {
         let staging = tempfile::Builder::new()
             .prefix("import-")
             .tempdir_in(self.tmp_dir())
@@ -192,6 +248,16 @@ impl ImageStore {
                 return Err(ImageError::DigestMismatch {
                     what: "manifest".into(),
                     digest: digest.clone(),
+                    actual: manifest.digest,
+                });
+            }
+        }
+
+        if let Some(want) = want_digest {
+            if want != manifest.digest {
+                return Err(ImageError::DigestMismatch {
+                    what: "manifest".into(),
+                    digest: want.to_string(),
                     actual: manifest.digest,
                 });
             }

@@ -1,0 +1,240 @@
+//! Images from registries, end to end with the real `skiff` binary and Debian's
+//! `docker-registry` (the reference registry) on loopback, images pushed with `skopeo`:
+//! deploy by name, a tag moved after deploy, restarts that never pull again, a password-
+//! protected registry with `skiff registries login`, jobs, and errors that say what to do.
+
+use skiff_testkit::{busybox_image, ImageSpec, TestRegistry, TestServer};
+use std::path::Path;
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// The default test image, its index page saying `greeting`.
+fn image_saying(dir: &Path, greeting: &str) -> std::path::PathBuf {
+    let mut spec = ImageSpec::default();
+    spec.files[0].1 = format!("{greeting}\n");
+    busybox_image(dir, "web", &spec)
+}
+
+fn revision_digest(s: &TestServer, service: &str) -> String {
+    let (code, body) = s.api(
+        "GET",
+        &format!("/apis/serving.knative.dev/v1/namespaces/default/services/{service}"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let svc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rev = svc["status"]["latestReadyRevisionName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, body) = s.api(
+        "GET",
+        &format!("/apis/serving.knative.dev/v1/namespaces/default/revisions/{rev}"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let rev: serde_json::Value = serde_json::from_str(&body).unwrap();
+    rev["status"]["imageDigest"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn deploy_by_name_pins_the_digest_a_moved_tag_and_restarts_do_not_change_it() {
+    let mut registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = registry.push(&image_saying(&tmp.path().join("a"), "first"), "team/app:v1");
+    let mut s = TestServer::start(Path::new(BIN), &[]);
+
+    let out = s.skiff(&[
+        "deploy",
+        "app",
+        "--image",
+        &first,
+        "--allow-unauthenticated",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    assert!(err.contains(&format!("Pulling {first}...")), "{err}");
+    assert!(err.contains("blobs downloaded"), "{err}");
+    assert_eq!(s.get("app.localhost", "/", None), (200, "first\n".into()));
+    let pinned = revision_digest(&s, "app");
+    assert!(
+        pinned.starts_with(&format!("{}/team/app@sha256:", registry.host)),
+        "{pinned}"
+    );
+
+    // The image is listed like an imported one, under the name it was pulled by.
+    let list = s.ok(&["images", "list"]);
+    assert!(list.contains(&first), "{list}");
+
+    // The tag moves in the registry; the deployed revision stays on its digest, also
+    // across a restart with the registry gone (nothing is pulled again).
+    let second = registry.push(
+        &image_saying(&tmp.path().join("b"), "second"),
+        "team/app:v1",
+    );
+    assert_eq!(second, first);
+    registry.stop();
+    s.stop();
+    s.restart();
+    s.wait_for("the service after restart", 60, || {
+        s.get("app.localhost", "/", None) == (200, "first\n".into())
+    });
+    assert_eq!(revision_digest(&s, "app"), pinned);
+
+    // A new deploy by the same name resolves the tag again: with the registry down, it says
+    // so and changes nothing.
+    let err = s.fails(&["deploy", "app", "--image", &first]);
+    assert!(
+        err.contains(&format!("cannot reach the registry {}", registry.host)),
+        "{err}"
+    );
+    assert_eq!(revision_digest(&s, "app"), pinned);
+}
+
+#[test]
+fn a_new_deploy_follows_the_moved_tag_and_pulls_only_new_blobs() {
+    let registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let r = registry.push(&image_saying(&tmp.path().join("a"), "one"), "app:latest");
+    let s = TestServer::start(Path::new(BIN), &[]);
+    s.ok(&["deploy", "svc", "--image", &r, "--allow-unauthenticated"]);
+    let before = revision_digest(&s, "svc");
+    registry.push(&image_saying(&tmp.path().join("b"), "two"), "app:latest");
+    let out = s.skiff(&["deploy", "svc", "--image", &r]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("2 of 2 blobs downloaded"), "{err}");
+    assert_eq!(s.get("svc.localhost", "/", None), (200, "two\n".into()));
+    assert_ne!(revision_digest(&s, "svc"), before);
+
+    // By digest: the first image again, pinned.
+    let digest = before.rsplit_once('@').unwrap().1;
+    let by_digest = format!("{}/app@{digest}", registry.host);
+    let out = s.ok(&["images", "pull", &by_digest]);
+    assert_eq!(out.trim(), digest);
+    s.ok(&["deploy", "svc", "--image", &by_digest]);
+    assert_eq!(s.get("svc.localhost", "/", None), (200, "one\n".into()));
+
+    // The same image as a Docker v2 schema 2 manifest in another repository: a new manifest,
+    // but its config and layer are in the store already and are not downloaded again.
+    let v2s2 = format!("{}/docker/app:v2s2", registry.host);
+    skiff_testkit::run(std::process::Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &format!("docker://{r}"),
+        &format!("docker://{v2s2}"),
+    ]));
+    let out = s.skiff(&["images", "pull", &v2s2]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("0 of 2 blobs downloaded"), "{err}");
+    s.ok(&["deploy", "v2", "--image", &v2s2, "--allow-unauthenticated"]);
+    assert_eq!(s.get("v2.localhost", "/", None), (200, "two\n".into()));
+
+    // Unknown tag and unknown repository: clear errors, nothing deployed.
+    let err = s.fails(&[
+        "deploy",
+        "svc",
+        "--image",
+        &format!("{}/app:nope", registry.host),
+    ]);
+    assert!(
+        err.contains("the registry has no image") && err.contains("app:nope"),
+        "{err}"
+    );
+    let err = s.fails(&["images", "pull", &format!("{}/nothing/here", registry.host)]);
+    assert!(err.contains("the registry has no image"), "{err}");
+    assert_eq!(s.get("svc.localhost", "/", None), (200, "one\n".into()));
+}
+
+#[test]
+fn password_protected_registry_with_registries_login() {
+    let registry = TestRegistry::with_password("alice", "s3cret");
+    let tmp = tempfile::tempdir().unwrap();
+    let r = registry.push(&image_saying(&tmp.path().join("a"), "private"), "app:v1");
+    let s = TestServer::start(Path::new(BIN), &[]);
+
+    let err = s.fails(&["deploy", "svc", "--image", &r]);
+    assert!(
+        err.contains("refused access")
+            && err.contains(&format!("skiff registries login {}", registry.host)),
+        "{err}"
+    );
+
+    // A wrong password is refused at login and not kept.
+    let err = s.fails(&[
+        "registries",
+        "login",
+        &registry.host,
+        "-u",
+        "alice",
+        "-p",
+        "wrong",
+    ]);
+    assert!(
+        err.contains("refused access") && err.contains("wrong"),
+        "{err}"
+    );
+    let list = s.ok(&["registries", "list", "--format", "json"]);
+    assert!(!list.contains(&registry.host), "{list}");
+
+    let out = std::process::Command::new(BIN)
+        .args([
+            "registries",
+            "login",
+            &registry.host,
+            "-u",
+            "alice",
+            "--password-stdin",
+        ])
+        .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", s.api))
+        .env("SKIFF_DATA_DIR", &s.data_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"s3cret\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = s.ok(&["registries", "list"]);
+    assert!(
+        list.contains(&registry.host) && list.contains("alice"),
+        "{list}"
+    );
+    assert!(!list.contains("s3cret"), "{list}");
+    let (_, raw) = s.api("GET", "/skiff/v1/registries", None);
+    assert!(!raw.contains("s3cret"), "{raw}");
+
+    s.ok(&["deploy", "svc", "--image", &r, "--allow-unauthenticated"]);
+    assert_eq!(s.get("svc.localhost", "/", None), (200, "private\n".into()));
+
+    // A job from the same registry runs what was pulled.
+    let job_image = registry.push(&image_saying(&tmp.path().join("j"), "job"), "job:v1");
+    s.ok(&[
+        "jobs",
+        "create",
+        "j",
+        "--image",
+        &job_image,
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,cat /www/index.html",
+    ]);
+    s.ok(&["jobs", "execute", "j", "--wait"]);
+
+    s.ok(&["registries", "logout", &registry.host]);
+    let err = s.fails(&["images", "pull", &r]);
+    assert!(err.contains("refused access"), "{err}");
+}
