@@ -166,6 +166,13 @@ impl ImageStore {
         p.is_file().then_some(p)
     }
 
+    /// The manifest digest `reference` (`NAME[:TAG]`, `NAME@sha256:HEX` or a bare digest)
+    /// stands for, when the store has that image. Errors: `NotFound`, `InvalidReference`.
+    pub fn digest_of(&self, reference: &str) -> Result<String, ImageError> {
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        self.lookup(reference)
+    }
+
     /// Where a pull stages its download (inside the store, so that blobs can be linked).
     pub fn staging_dir(&self) -> PathBuf {
         self.tmp_dir()

@@ -4,6 +4,8 @@
 //!   resolved to this host's platform, OCI and Docker v2 schema 2 manifests), download only the
 //!   blobs the image store lacks, several at once, each verified against its digest, and import
 //!   the result into the store (which verifies again and unpacks each layer once).
+//! - [`serve`]: Skiff as a registry itself (the distribution spec's `/v2/` API) storing
+//!   pushed images into the same store.
 //! - [`login`]: check credentials as `docker login` does before Skiff keeps them.
 //! - [`settings`]: per-registry settings Skiff keeps in `DATA/registries.json` (credentials
 //!   from `skiff registries login`, plain HTTP, a CA file) and the credential files other
@@ -12,6 +14,7 @@
 mod error;
 pub mod login;
 pub mod pull;
+pub mod serve;
 pub mod settings;
 
 pub use error::RegistryError;

@@ -238,3 +238,228 @@ fn password_protected_registry_with_registries_login() {
     let err = s.fails(&["images", "pull", &r]);
     assert!(err.contains("refused access"), "{err}");
 }
+
+fn admin_token(s: &TestServer) -> String {
+    std::fs::read_to_string(s.data_dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Runs skopeo, returning (success, stderr).
+fn skopeo(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("skopeo")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn push_into_skiffs_own_registry_then_deploy() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = image_saying(&tmp.path().join("a"), "pushed");
+    let host = format!("127.0.0.1:{}", s.api);
+    let token = admin_token(&s);
+    let creds = format!("anyone:{token}");
+    let src = format!("oci:{}", layout.display());
+    let dest = format!("docker://{host}/team/app:v1");
+
+    // Without credentials: 401 with a challenge, and nothing stored.
+    let http = reqwest::blocking::Client::new();
+    let r = http.get(format!("http://{host}/v2/")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"].to_str().unwrap(),
+        "Basic realm=\"skiff\""
+    );
+    let (ok, err) = skopeo(&["copy", "--dest-tls-verify=false", &src, &dest]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("401") || err.contains("authentication required"),
+        "{err}"
+    );
+    let wrong = skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "anyone:wrong",
+        &src,
+        &dest,
+    ]);
+    assert!(!wrong.0, "{}", wrong.1);
+    assert!(!s.ok(&["images", "list"]).contains("team/app"));
+
+    // skopeo's push: a session upload per blob (POST, PATCH, PUT), then the manifest.
+    let (ok, err) = skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &src,
+        &dest,
+    ]);
+    assert!(ok, "{err}\n{}", s.log());
+    let list = s.ok(&["images", "list"]);
+    assert!(list.contains("team/app:v1"), "{list}");
+    s.ok(&[
+        "deploy",
+        "app",
+        "--image",
+        "team/app:v1",
+        "--allow-unauthenticated",
+    ]);
+    assert_eq!(s.get("app.localhost", "/", None), (200, "pushed\n".into()));
+
+    // Read back: tags, the manifest by tag, a copy out with skopeo.
+    let (ok, err) = skopeo(&[
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "x",
+        "-p",
+        &token,
+        &host,
+    ]);
+    assert!(ok, "{err}");
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "list-tags",
+            "--tls-verify=false",
+            "--creds",
+            &creds,
+            &format!("docker://{host}/team/app"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tags: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
+    let (ok, err) = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &dest,
+        &format!("oci:{}:out", tmp.path().join("out").display()),
+    ]);
+    assert!(ok, "{err}");
+
+    // Skiff's own puller against Skiff's registry: basic auth with the token.
+    s.ok(&["registries", "login", &host, "-u", "x", "-p", &token]);
+    let digest = s.ok(&["images", "pull", &format!("{host}/team/app:v1")]);
+    let (_, body) = s.api("GET", "/skiff/v1/images", None);
+    assert!(body.contains(digest.trim()), "{body}");
+
+    // Monolithic upload, a cross-repository mount, a chunked upload with a bad range, a
+    // wrong digest, a manifest that names a missing blob, and deletes.
+    let auth = |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("u", Some(&token));
+    let data = b"just some bytes".to_vec();
+    let d = format!("sha256:{}", sha256_hex(&data));
+    let r = auth(http.post(format!("http://{host}/v2/other/blobs/uploads/?digest={d}")))
+        .body(data.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+    let r = auth(http.get(format!("http://{host}/v2/other/blobs/{d}")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.bytes().unwrap().to_vec()),
+        (200, data.clone())
+    );
+    let r = auth(http.post(format!(
+        "http://{host}/v2/third/blobs/uploads/?mount={d}&from=other"
+    )))
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = auth(http.post(format!("http://{host}/v2/third/blobs/uploads/")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = auth(http.patch(format!("http://{host}{loc}")))
+        .header("Content-Range", "0-3")
+        .body(b"abcd".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], "0-3");
+    let r = auth(http.patch(format!("http://{host}{loc}")))
+        .header("Content-Range", "2-5")
+        .body(b"cdef".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = auth(http.patch(format!("http://{host}{loc}")))
+        .header("Content-Range", "4-5")
+        .body(b"ef".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let whole = format!("sha256:{}", sha256_hex(b"abcdef"));
+    let r = auth(http.put(format!(
+        "http://{host}{loc}?digest=sha256:{}",
+        "0".repeat(64)
+    )))
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("DIGEST_INVALID"));
+    let r = auth(http.post(format!("http://{host}/v2/third/blobs/uploads/")))
+        .send()
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = auth(http.put(format!("http://{host}{loc}?digest={whole}")))
+        .body(b"abcdef".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let missing = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{}", "1".repeat(64)), "size": 2},
+        "layers": []
+    });
+    let r = auth(http.put(format!("http://{host}/v2/third/manifests/x")))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(missing.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("MANIFEST_BLOB_UNKNOWN"));
+    let r = auth(http.get(format!("http://{host}/v2/team/app/manifests/nope")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = auth(http.get(format!(
+        "http://{host}/v2/team/app/referrers/{}",
+        digest.trim()
+    )))
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = auth(http.delete(format!("http://{host}/v2/team/app/manifests/v1")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let list = s.ok(&["images", "list"]);
+    assert!(!list.lines().any(|l| l.starts_with("team/app:v1 ")), "{list}");
+    // The deployed revision pinned its digest: it still answers.
+    assert_eq!(s.get("app.localhost", "/", None), (200, "pushed\n".into()));
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
