@@ -32,6 +32,20 @@ pub struct Controller {
     locks: Mutex<HashMap<(String, String), ServiceLock>>,
 }
 
+/// Run [`Controller::prune_images`] every `every`, first after one period.
+pub fn start_pruning(controller: Arc<Controller>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = controller.prune_images().await {
+                tracing::warn!("periodic image prune failed: {}", e.message);
+            }
+        }
+    });
+}
+
 fn new_uid() -> String {
     use rand::Rng;
     let b: [u8; 16] = rand::thread_rng().gen();
@@ -106,6 +120,61 @@ impl Controller {
             }
             Err(e) => Err(ApiError::invalid(format!("{field}: {e}"))),
         }
+    }
+
+    /// Digests that deployed revisions and job executions pin: garbage collection keeps them
+    /// even when no image reference is left.
+    pub fn pinned_digests(&self) -> ApiResult<Vec<String>> {
+        let mut pinned: Vec<String> = self
+            .store
+            .list_revisions(None, None)?
+            .iter()
+            .filter_map(|r| r.status.as_ref()?.image_digest.clone())
+            .filter_map(|d| d.rsplit_once('@').map(|(_, d)| d.to_string()))
+            .collect();
+        let executions: Vec<skiff_model::Execution> =
+            self.store
+                .list_objects(skiff_store::kind::EXECUTION, None, None)?;
+        pinned.extend(executions.iter().filter_map(|e| {
+            let d = e.metadata.annotations.get("skiff.dev/image-digest")?;
+            Some(
+                d.rsplit_once('@')
+                    .map_or(d.as_str(), |(_, d)| d)
+                    .to_string(),
+            )
+        }));
+        pinned.retain(|d| d.starts_with("sha256:"));
+        pinned.sort();
+        pinned.dedup();
+        Ok(pinned)
+    }
+
+    /// `skiff images prune`: delete blobs and unpacked layers that no image reference,
+    /// revision or job execution reaches, and pushes abandoned for an hour. Imports, pulls
+    /// and pushes in progress hold the store's lock, so the collection waits for them.
+    pub async fn prune_images(&self) -> ApiResult<serde_json::Value> {
+        let pinned = self.pinned_digests()?;
+        let images = self.images.clone();
+        let (report, uploads) = tokio::task::spawn_blocking(move || {
+            let uploads =
+                skiff_registry::serve::sweep_uploads(images.root(), Duration::from_secs(3600));
+            (images.gc(&pinned), uploads)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        let report = report?;
+        let uploads = uploads.map_err(|e| ApiError::internal(format!("sweeping uploads: {e}")))?;
+        tracing::info!(
+            blobs = report.blobs,
+            layers = report.layers,
+            bytes = report.bytes,
+            uploads,
+            "pruned images"
+        );
+        Ok(serde_json::json!({
+            "blobs": report.blobs, "layers": report.layers, "bytes": report.bytes,
+            "uploads": uploads,
+        }))
     }
 
     async fn lock(&self, ns: &str, name: &str) -> tokio::sync::OwnedMutexGuard<()> {

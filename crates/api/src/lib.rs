@@ -87,16 +87,9 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .with_state(state.clone());
     // The OCI distribution API (`/v2/`) does its own auth (the admin token as a basic-auth
     // password), as registry clients expect.
-    let store = state.controller.store.clone();
-    let pinned: skiff_registry::serve::PinnedFn = Arc::new(move || {
-        store
-            .list_revisions(None, None)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|r| r.status.as_ref()?.image_digest.clone())
-            .filter_map(|d| d.rsplit_once('@').map(|(_, d)| d.to_string()))
-            .collect()
-    });
+    let controller = state.controller.clone();
+    let pinned: skiff_registry::serve::PinnedFn =
+        Arc::new(move || controller.pinned_digests().unwrap_or_default());
     match skiff_registry::serve::RegistryServer::new(
         state.controller.images.clone(),
         state.admin_token.clone(),

@@ -99,6 +99,11 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "/skiff/v1/images:pull",
         "Pull an image from a registry into the store (body: {\"reference\": \"HOST[:PORT]/REPO[:TAG|@DIGEST]\"})",
     ),
+    (
+        "post",
+        "/skiff/v1/images:prune",
+        "Delete blobs and layers no image, revision or execution uses, and abandoned pushes",
+    ),
     ("get", "/skiff/v1/registries", "List registry settings (without passwords)"),
     (
         "put",

@@ -1,5 +1,5 @@
 //! Registry operations: `POST /skiff/v1/images:pull` (pull an image into the store without
-//! deploying it) and the per-registry settings `skiff registries login|list|logout` manage
+//! deploying it), `POST /skiff/v1/images:prune` (garbage-collect the store) and the per-registry settings `skiff registries login|list|logout` manage
 //! (`/skiff/v1/registries[/{host}]`). Passwords are written, never read back.
 
 use crate::error::{ApiError, ApiResult};
@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
         .route("/skiff/v1/images:pull", post(pull_image))
+        .route("/skiff/v1/images:prune", post(prune_images))
         .route("/skiff/v1/registries", get(list_registries))
         .route("/skiff/v1/registries/{host}", put(login).delete(logout))
 }
@@ -39,6 +40,10 @@ async fn pull_image(State(st): St, body: axum::body::Bytes) -> ApiResult<Json<Va
         .await?
         .expect("a registry reference is pulled");
     Ok(Json(serde_json::to_value(pulled).expect("serializes")))
+}
+
+async fn prune_images(State(st): St) -> ApiResult<Json<Value>> {
+    Ok(Json(st.controller.prune_images().await?))
 }
 
 async fn list_registries(State(st): St) -> ApiResult<Json<Value>> {

@@ -27,6 +27,8 @@ pub enum ImagesCommand {
         #[arg(value_name = "HOST[:PORT]/REPO[:TAG|@DIGEST]")]
         reference: String,
     },
+    /// Delete blobs and unpacked layers that no image, revision or job execution uses
+    Prune,
     /// List the images in the store
     List {
         /// Print the API's answer as JSON or YAML instead of a table
@@ -65,6 +67,22 @@ struct Imported {
 pub fn run(api: &Api, cmd: ImagesCommand) -> Result<()> {
     match cmd {
         ImagesCommand::Import { path, name } => import(api, &path, name.as_deref()),
+        ImagesCommand::Prune => {
+            let v: Value = api.send_json(
+                Method::POST,
+                "/skiff/v1/images:prune",
+                &serde_json::json!({}),
+            )?;
+            let n = |k: &str| v[k].as_u64().unwrap_or(0);
+            eprintln!(
+                "Deleted {} blobs ({}) and {} unpacked layers, and {} abandoned uploads.",
+                n("blobs"),
+                human_size(n("bytes")),
+                n("layers"),
+                n("uploads")
+            );
+            Ok(())
+        }
         ImagesCommand::Pull { reference } => {
             let digest = pull(api, &reference)?;
             println!("{digest}");

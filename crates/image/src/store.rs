@@ -32,6 +32,32 @@ const LAYER_TMP_PREFIX: &str = ".tmp-";
 /// Largest manifest or config read back from the store.
 const JSON_LIMIT: u64 = 16 << 20;
 
+/// A staging directory that holds off garbage collection while it lives (see
+/// [`ImageStore::staging`]).
+pub struct Staging {
+    dir: TempDir,
+    _lock: refs::Lock,
+}
+
+impl Staging {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneReport {
+    /// Blobs (manifests, configs, compressed layers) deleted.
+    pub blobs: usize,
+    /// Unpacked layer directories deleted.
+    pub layers: usize,
+    /// Bytes of deleted blobs (unpacked layers not counted).
+    pub bytes: u64,
+}
+
 /// A content-addressed image store rooted at a directory.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
@@ -173,9 +199,22 @@ impl ImageStore {
         self.lookup(reference)
     }
 
-    /// Where a pull stages its download (inside the store, so that blobs can be linked).
-    pub fn staging_dir(&self) -> PathBuf {
-        self.tmp_dir()
+    /// A fresh directory under the store's `tmp/` for a pull to stage its download in (inside
+    /// the store, so that blobs can be hard-linked). While the returned guard lives, garbage
+    /// collection (delete, prune) waits, so it never sweeps a download in progress; dropping
+    /// the guard removes the directory.
+    pub fn staging(&self, prefix: &str) -> Result<Staging, ImageError> {
+        let lock = refs::lock(&self.root, GC_LOCK, false)?;
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.tmp_dir())
+            .ctx(|| {
+                format!(
+                    "cannot create a staging directory in {}",
+                    self.tmp_dir().display()
+                )
+            })?;
+        Ok(Staging { dir, _lock: lock })
     }
 
     fn apply(
@@ -581,13 +620,13 @@ impl ImageStore {
         }
         refs::save(&self.root, &table)?;
         tracing::info!(%reference, "deleted image reference");
-        self.collect(&table, pinned)
+        self.collect(&table, pinned).map(|_| ())
     }
 
     /// Garbage-collect without removing a reference: drop every blob and unpacked layer that
     /// no reference and no digest in `pinned` reaches (e.g. after a revision that pinned an
     /// image whose reference was deleted is gone), and leftovers of interrupted imports.
-    pub fn gc(&self, pinned: &[String]) -> Result<(), ImageError> {
+    pub fn gc(&self, pinned: &[String]) -> Result<PruneReport, ImageError> {
         for p in pinned {
             parse_digest(p)?;
         }
@@ -602,7 +641,8 @@ impl ImageStore {
         &self,
         table: &BTreeMap<String, String>,
         pinned: &[String],
-    ) -> Result<(), ImageError> {
+    ) -> Result<PruneReport, ImageError> {
+        let mut report = PruneReport::default();
         let mut keep_blobs: HashSet<String> = HashSet::new();
         let mut keep_layers: HashSet<String> = HashSet::new();
         for digest in table.values().chain(pinned) {
@@ -634,12 +674,21 @@ impl ImageStore {
             }
         }
         let blobs_dir = self.root.join("blobs").join("sha256");
-        for (dir, keep) in [(blobs_dir, &keep_blobs), (self.layers_dir(), &keep_layers)] {
+        for (is_blob, dir, keep) in [
+            (true, blobs_dir, &keep_blobs),
+            (false, self.layers_dir(), &keep_layers),
+        ] {
             for entry in fs::read_dir(&dir).ctx(|| format!("cannot list {}", dir.display()))? {
                 let entry = entry.ctx(|| format!("cannot list {}", dir.display()))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if keep.contains(&name) {
                     continue;
+                }
+                if is_blob {
+                    report.blobs += 1;
+                    report.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                } else if !name.starts_with(LAYER_TMP_PREFIX) {
+                    report.layers += 1;
                 }
                 remove_any(&entry.path())?;
                 tracing::debug!(path = %entry.path().display(), "garbage collected");
@@ -650,7 +699,7 @@ impl ImageStore {
             let entry = entry.ctx(|| format!("cannot list {}", tmp.display()))?;
             remove_any(&entry.path())?;
         }
-        Ok(())
+        Ok(report)
     }
 }
 
@@ -670,10 +719,14 @@ impl Selector {
             Selector::Digest(d) => digest == d,
             Selector::NameAtDigest(name, d) => {
                 digest == d
-                    && key
+                    && (key
                         .strip_prefix(name.as_str())
-                        .and_then(|rest| rest.strip_prefix(':'))
-                        .is_some_and(|tag| !tag.contains('/'))
+                        .and_then(|r| r.strip_prefix('@'))
+                        == Some(d.as_str())
+                        || key
+                            .strip_prefix(name.as_str())
+                            .and_then(|rest| rest.strip_prefix(':'))
+                            .is_some_and(|tag| !tag.contains('/')))
             }
             Selector::Key(k) => key == k,
         }

@@ -224,10 +224,8 @@ impl Puller {
                 reason: format!("its manifest does not parse ({e})"),
             })?;
 
-        let staging = tempfile::Builder::new()
-            .prefix("pull-")
-            .tempdir_in(self.store.staging_dir())
-            .map_err(|e| RegistryError::io("cannot create a staging directory for the pull", e))?;
+        // Garbage collection waits while this download is staged.
+        let staging = self.store.staging("pull-")?;
         let layout = staging.path();
         write_layout(layout, &bytes, &digest, &kind)?;
 

@@ -76,6 +76,45 @@ impl RegistryServer {
     }
 }
 
+/// Remove what abandoned pushes left under `STORE/uploads/`: upload sessions, finished blobs
+/// no manifest claimed and staging directories, each only once untouched for `idle` (so an
+/// upload in progress is never removed). Returns how many entries went.
+pub fn sweep_uploads(store_root: &Path, idle: std::time::Duration) -> std::io::Result<usize> {
+    let uploads = store_root.join("uploads");
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for dir in [
+        uploads.join("sessions"),
+        uploads.join("blobs"),
+        uploads.clone(),
+    ] {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if dir == uploads && !name.to_string_lossy().starts_with("push-") {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            let age = now.duration_since(meta.modified()?).unwrap_or_default();
+            if age < idle {
+                continue;
+            }
+            if meta.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// The `/v2/` routes, to be merged into a listener's router outside its own auth.
 pub fn router(server: Arc<RegistryServer>) -> Router {
     Router::new()

@@ -25,6 +25,9 @@ pub struct ServerArgs {
     /// and free tier].
     #[arg(long, value_name = "FILE")]
     prices: Option<std::path::PathBuf>,
+    /// Run `skiff images prune` this often (e.g. 24h) [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    prune_images_every: Option<Duration>,
 }
 
 /// Reads `--prices FILE`; an error names the file and the field.
@@ -173,6 +176,9 @@ async fn serve(
         tracing::info!("resumed {resumed} job execution(s)");
     }
     scheduler.start();
+    if let Some(every) = args.prune_images_every {
+        skiff_api::controller::start_pruning(controller.clone(), every);
+    }
     let state = Arc::new(ApiState {
         jobs: jobs.clone(),
         scheduler,

@@ -454,7 +454,10 @@ fn push_into_skiffs_own_registry_then_deploy() {
         .unwrap();
     assert_eq!(r.status(), 202);
     let list = s.ok(&["images", "list"]);
-    assert!(!list.lines().any(|l| l.starts_with("team/app:v1 ")), "{list}");
+    assert!(
+        !list.lines().any(|l| l.starts_with("team/app:v1 ")),
+        "{list}"
+    );
     // The deployed revision pinned its digest: it still answers.
     assert_eq!(s.get("app.localhost", "/", None), (200, "pushed\n".into()));
 }
@@ -462,4 +465,99 @@ fn push_into_skiffs_own_registry_then_deploy() {
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Starts an upload session in Skiff's registry; returns its file under the data dir.
+fn upload_session(s: &TestServer, repo: &str) -> std::path::PathBuf {
+    let token = admin_token(s);
+    let r = reqwest::blocking::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/v2/{repo}/blobs/uploads/",
+            s.api
+        ))
+        .basic_auth("u", Some(&token))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.headers()["docker-upload-uuid"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let path = s.data_dir.join("images/uploads/sessions").join(id);
+    assert!(path.is_file(), "{}", path.display());
+    path
+}
+
+fn age_by_two_hours(path: &Path) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+        .unwrap();
+}
+
+fn blob_count(s: &TestServer) -> usize {
+    std::fs::read_dir(s.data_dir.join("images/blobs/sha256"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn prune_deletes_only_what_nothing_uses() {
+    let (s, _web) = TestServer::with_web_image(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let other = image_saying(&tmp.path().join("o"), "other");
+    s.ok(&[
+        "images",
+        "import",
+        other.to_str().unwrap(),
+        "--name",
+        "other:1",
+    ]);
+    let web_blobs = 3;
+    assert_eq!(blob_count(&s), 2 * web_blobs);
+    s.ok(&[
+        "deploy",
+        "svc",
+        "--image",
+        "other:1",
+        "--allow-unauthenticated",
+    ]);
+    // The reference goes, the revision keeps the image.
+    s.ok(&["images", "delete", "other:1"]);
+    let err = s.ok(&["images", "prune"]);
+    assert_eq!(blob_count(&s), 2 * web_blobs, "{err}");
+    assert_eq!(s.get("svc.localhost", "/", None), (200, "other\n".into()));
+
+    // Once the service is gone nothing uses it; an old abandoned upload goes too, an upload
+    // in progress stays.
+    s.ok(&["services", "delete", "svc"]);
+    let fresh = upload_session(&s, "team/x");
+    let old = upload_session(&s, "team/y");
+    age_by_two_hours(&old);
+    let out = s.skiff(&["images", "prune"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Deleted 3 blobs")
+            && err.contains("1 unpacked layers")
+            && err.contains("1 abandoned uploads"),
+        "{err}"
+    );
+    assert_eq!(blob_count(&s), web_blobs);
+    assert!(fresh.is_file() && !old.exists());
+    // What is still referenced works.
+    s.deploy_web("web", &[]);
+    assert_eq!(
+        s.get("web.localhost", "/", None),
+        (200, "hello from skiff\n".into())
+    );
+    let err = s.fails(&["deploy", "again", "--image", "other:1"]);
+    assert!(err.contains("not in the image store"), "{err}");
+}
+
+#[test]
+fn the_server_prunes_periodically() {
+    let s = TestServer::start(Path::new(BIN), &["--prune-images-every", "1s"]);
+    let old = upload_session(&s, "team/z");
+    age_by_two_hours(&old);
+    s.wait_for("the periodic prune", 120, || !old.exists());
 }
