@@ -9,6 +9,7 @@
 use crate::error::{ApiError, ApiResult};
 use skiff_image::ImageStore;
 use skiff_model::*;
+use skiff_registry::{is_registry_reference, Pulled, Puller, Registries, RegistryError};
 use skiff_serving::pool::{RevKey, STARTUP_TIMEOUT};
 use skiff_serving::{RouteSpec, Serving};
 use skiff_store::Store;
@@ -21,11 +22,28 @@ type ServiceLock = Arc<tokio::sync::Mutex<()>>;
 pub struct Controller {
     pub store: Arc<Store>,
     pub images: Arc<ImageStore>,
+    /// Pulls images named `HOST[:PORT]/REPO[:TAG|@DIGEST]` into `images` on deploy, with the
+    /// registry settings in `DATA/registries.json` (beside the image store).
+    pub puller: Puller,
     pub serving: Arc<Serving>,
     /// Host suffix of URLs: `:PORT` of the ingress.
     pub ingress_port: u16,
     /// One lock per service: read-modify-write of a service never interleaves.
     locks: Mutex<HashMap<(String, String), ServiceLock>>,
+}
+
+/// Run [`Controller::prune_images`] every `every`, first after one period.
+pub fn start_pruning(controller: Arc<Controller>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = controller.prune_images().await {
+                tracing::warn!("periodic image prune failed: {}", e.message);
+            }
+        }
+    });
 }
 
 pub(crate) fn new_uid() -> String {
@@ -66,13 +84,97 @@ impl Controller {
         serving: Arc<Serving>,
         ingress_port: u16,
     ) -> Arc<Self> {
+        let registries = images
+            .root()
+            .parent()
+            .unwrap_or(images.root())
+            .join("registries.json");
+        let puller = Puller::new(images.clone(), Arc::new(Registries::open(&registries)));
         Arc::new(Controller {
             store,
             images,
+            puller,
             serving,
             ingress_port,
             locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Pull `image` when it names a registry (`HOST[:PORT]/REPO...`), so that the store holds
+    /// what the registry has under that reference now; `None` for local names. Errors name
+    /// `field` (where the image was given) and say what to do.
+    pub async fn pull_if_remote(&self, image: &str, field: &str) -> ApiResult<Option<Pulled>> {
+        if !is_registry_reference(image) {
+            return Ok(None);
+        }
+        match self.puller.pull(image).await {
+            Ok(p) => {
+                tracing::info!(
+                    reference = %p.reference, digest = %p.digest, downloaded = p.downloaded,
+                    bytes = p.downloaded_bytes, "pulled image"
+                );
+                Ok(Some(p))
+            }
+            Err(e @ RegistryError::Io { .. }) => {
+                Err(ApiError::internal(format!("{field}: pulling {image}: {e}")))
+            }
+            Err(e) => Err(ApiError::invalid(format!("{field}: {e}"))),
+        }
+    }
+
+    /// Digests that deployed revisions and job executions pin: garbage collection keeps them
+    /// even when no image reference is left.
+    pub fn pinned_digests(&self) -> ApiResult<Vec<String>> {
+        let mut pinned: Vec<String> = self
+            .store
+            .list_revisions(None, None)?
+            .iter()
+            .filter_map(|r| r.status.as_ref()?.image_digest.clone())
+            .filter_map(|d| d.rsplit_once('@').map(|(_, d)| d.to_string()))
+            .collect();
+        let executions: Vec<skiff_model::Execution> =
+            self.store
+                .list_objects(skiff_store::kind::EXECUTION, None, None)?;
+        pinned.extend(executions.iter().filter_map(|e| {
+            let d = e.metadata.annotations.get("skiff.dev/image-digest")?;
+            Some(
+                d.rsplit_once('@')
+                    .map_or(d.as_str(), |(_, d)| d)
+                    .to_string(),
+            )
+        }));
+        pinned.retain(|d| d.starts_with("sha256:"));
+        pinned.sort();
+        pinned.dedup();
+        Ok(pinned)
+    }
+
+    /// `skiff images prune`: delete blobs and unpacked layers that no image reference,
+    /// revision or job execution reaches, and pushes abandoned for an hour. Imports, pulls
+    /// and pushes in progress hold the store's lock, so the collection waits for them.
+    pub async fn prune_images(&self) -> ApiResult<serde_json::Value> {
+        let pinned = self.pinned_digests()?;
+        let images = self.images.clone();
+        let (report, uploads) = tokio::task::spawn_blocking(move || {
+            let uploads =
+                skiff_registry::serve::sweep_uploads(images.root(), Duration::from_secs(3600));
+            (images.gc(&pinned), uploads)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        let report = report?;
+        let uploads = uploads.map_err(|e| ApiError::internal(format!("sweeping uploads: {e}")))?;
+        tracing::info!(
+            blobs = report.blobs,
+            layers = report.layers,
+            bytes = report.bytes,
+            uploads,
+            "pruned images"
+        );
+        Ok(serde_json::json!({
+            "blobs": report.blobs, "layers": report.layers, "bytes": report.bytes,
+            "uploads": uploads,
+        }))
     }
 
     async fn lock(&self, ns: &str, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
@@ -117,7 +219,12 @@ impl Controller {
             )));
         }
         let settings = template_settings(&svc.spec.template)?;
-        let image = self.images.resolve(&settings.image).map_err(|e| match e {
+        let pulled = self
+            .pull_if_remote(&settings.image, "spec.template.spec.containers[0].image")
+            .await?;
+        let was_pulled = pulled.is_some();
+        let wanted = pulled.map_or(settings.image.clone(), |p| p.digest);
+        let image = self.images.resolve(&wanted).map_err(|e| match e {
             skiff_image::ImageError::NotFound { .. } => ApiError::invalid(format!(
                 "spec.template.spec.containers[0].image: image {} is not in the image store: import it with `skiff images import PATH --name {}`",
                 settings.image, settings.image
@@ -150,25 +257,36 @@ impl Controller {
             }
             _ => {}
         }
+        let revisions = self.store.list_revisions(Some(ns), Some(&name))?;
+        // A registry tag that now names another image than the latest revision runs is a new
+        // revision, as `gcloud run deploy --image` of a moved tag is on Cloud Run.
+        let tag_moved = was_pulled
+            && old
+                .as_ref()
+                .and_then(|o| o.status.as_ref()?.latest_created_revision_name.clone())
+                .and_then(|latest| revisions.iter().find(|r| r.metadata.name == latest))
+                .and_then(|r| r.status.as_ref()?.image_digest.clone())
+                .is_some_and(|d| d.rsplit_once('@').map(|(_, d)| d) != Some(image.digest.as_str()));
         // Replacing a service with what it already is (say, its own export) changes nothing,
         // as in Kubernetes: no new generation, no new revision, no route change.
         if let Some(o) = old.as_ref().filter(|o| {
-            o.spec == svc.spec
+            !tag_moved
+                && o.spec == svc.spec
                 && o.metadata.labels == svc.metadata.labels
                 && o.metadata.annotations == svc.metadata.annotations
         }) {
             return Ok(o.clone());
         }
-        let revisions = self.store.list_revisions(Some(ns), Some(&name))?;
-        let template_changed = old.as_ref().is_none_or(|o| {
-            let mut a = o.spec.template.clone();
-            let mut b = svc.spec.template.clone();
-            a.metadata.name.clear();
-            b.metadata.name.clear();
-            a != b
-                || !svc.spec.template.metadata.name.is_empty()
-                    && svc.spec.template.metadata.name != o.spec.template.metadata.name
-        });
+        let template_changed = tag_moved
+            || old.as_ref().is_none_or(|o| {
+                let mut a = o.spec.template.clone();
+                let mut b = svc.spec.template.clone();
+                a.metadata.name.clear();
+                b.metadata.name.clear();
+                a != b
+                    || !svc.spec.template.metadata.name.is_empty()
+                        && svc.spec.template.metadata.name != o.spec.template.metadata.name
+            });
         let generation = old.as_ref().map_or(1, |o| o.metadata.generation + 1);
 
         // The new revision's name: given in the template, or SERVICE-NNNNN-xxx.

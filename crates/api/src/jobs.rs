@@ -167,6 +167,15 @@ fn check_job(job: &Job) -> ApiResult<()> {
     Ok(())
 }
 
+/// Pull the job's image when it names a registry, so that the store holds it (executions run
+/// what was pulled when the job was created or replaced, never pulling again).
+async fn pull_job_image(st: &crate::ApiState, job: &Job) -> ApiResult<()> {
+    check_job(job)?;
+    let image = &job.spec.template.spec.template.spec.containers[0].image;
+    st.controller.pull_if_remote(image, JOB_IMAGE).await?;
+    Ok(())
+}
+
 fn hex_id() -> String {
     let b: [u8; 16] = rand::random();
     hex::encode(b)
@@ -189,6 +198,7 @@ async fn create_job(
             job.metadata.name
         )));
     }
+    pull_job_image(&st, &job).await?;
     Ok(Json(store_job(&st, &ns, job, None)?))
 }
 
@@ -205,6 +215,7 @@ async fn replace_job(
         )));
     }
     let old = load_job(&st, &ns, &name)?;
+    pull_job_image(&st, &job).await?;
     Ok(Json(store_job(&st, &ns, job, Some(old))?))
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 mod jobs;
 mod logging;
 mod openapi;
+mod registries;
 mod routes;
 pub mod usage;
 
@@ -80,12 +81,28 @@ async fn require_admin(State(st): State<Arc<ApiState>>, req: Request, next: Next
 }
 
 pub fn router(state: Arc<ApiState>) -> axum::Router {
-    routes::routes()
+    let api = routes::routes()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_admin,
         ))
-        .with_state(state)
+        .with_state(state.clone());
+    // The OCI distribution API (`/v2/`) does its own auth (the admin token as a basic-auth
+    // password), as registry clients expect.
+    let controller = state.controller.clone();
+    let pinned: skiff_registry::serve::PinnedFn =
+        Arc::new(move || controller.pinned_digests().unwrap_or_default());
+    match skiff_registry::serve::RegistryServer::new(
+        state.controller.images.clone(),
+        state.admin_token.clone(),
+        pinned,
+    ) {
+        Ok(registry) => api.merge(skiff_registry::serve::router(registry)),
+        Err(e) => {
+            tracing::error!("the registry API is off: cannot create its upload directory ({e})");
+            api
+        }
+    }
 }
 
 #[cfg(test)]

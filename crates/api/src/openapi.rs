@@ -125,6 +125,23 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     ("get", "/skiff/v1/images", "List images"),
     (
+        "post",
+        "/skiff/v1/images:pull",
+        "Pull an image from a registry into the store (body: {\"reference\": \"HOST[:PORT]/REPO[:TAG|@DIGEST]\"})",
+    ),
+    (
+        "post",
+        "/skiff/v1/images:prune",
+        "Delete blobs and layers no image, revision or execution uses, and abandoned pushes",
+    ),
+    ("get", "/skiff/v1/registries", "List registry settings (without passwords)"),
+    (
+        "put",
+        "/skiff/v1/registries/{host}",
+        "Log in to a registry: check and store its settings (body: username, password, insecure, caFile)",
+    ),
+    ("delete", "/skiff/v1/registries/{host}", "Forget a registry's settings"),
+    (
         "delete",
         "/skiff/v1/images/{reference}",
         "Delete an image reference",

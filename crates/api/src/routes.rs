@@ -67,6 +67,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .merge(crate::usage::routes())
         .merge(crate::logging::routes())
         .merge(crate::derived::routes())
+        .merge(crate::registries::routes())
         .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
 }
 

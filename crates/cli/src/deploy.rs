@@ -12,6 +12,7 @@ use skiff_model::{
     RevisionTemplate, Service, TrafficTarget, ANN_CPU_THROTTLING, ANN_MAX_SCALE, ANN_MIN_SCALE,
     SERVING_API_VERSION,
 };
+use skiff_registry::is_registry_reference;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -477,6 +478,10 @@ pub fn run(api: &Api, args: DeployArgs) -> Result<()> {
     let existing: Option<Service> = api.get_opt(&path)?;
     let svc = build_service(existing.as_ref(), &api.project, &args, &ch)?;
 
+    if let Some(image) = ch.image.as_deref().filter(|i| is_registry_reference(i)) {
+        // Pulled first so that the user sees it; the deploy then finds it in the store.
+        crate::images::pull(api, image)?;
+    }
     eprintln!("Deploying service [{name}] in project [{}]...", api.project);
     let written: Service = if existing.is_some() {
         api.send_json(Method::PUT, &path, &svc)?

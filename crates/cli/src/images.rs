@@ -1,5 +1,5 @@
 //! `skiff images ...`: import an OCI layout directory, OCI archive or docker archive into the
-//! server's image store, list and delete images.
+//! server's image store, pull one from a registry, list and delete images.
 
 use crate::api::{encode, one_line, Api};
 use crate::output::{human_size, or_dash, print_machine, print_table, ListFormat};
@@ -22,6 +22,13 @@ pub enum ImagesCommand {
         #[arg(long, value_name = "NAME[:TAG]")]
         name: Option<String>,
     },
+    /// Pull an image from a registry into the store; prints the digest
+    Pull {
+        #[arg(value_name = "HOST[:PORT]/REPO[:TAG|@DIGEST]")]
+        reference: String,
+    },
+    /// Delete blobs and unpacked layers that no image, revision or job execution uses
+    Prune,
     /// List the images in the store
     List {
         /// Print the API's answer as JSON or YAML instead of a table
@@ -60,6 +67,27 @@ struct Imported {
 pub fn run(api: &Api, cmd: ImagesCommand) -> Result<()> {
     match cmd {
         ImagesCommand::Import { path, name } => import(api, &path, name.as_deref()),
+        ImagesCommand::Prune => {
+            let v: Value = api.send_json(
+                Method::POST,
+                "/skiff/v1/images:prune",
+                &serde_json::json!({}),
+            )?;
+            let n = |k: &str| v[k].as_u64().unwrap_or(0);
+            eprintln!(
+                "Deleted {} blobs ({}) and {} unpacked layers, and {} abandoned uploads.",
+                n("blobs"),
+                human_size(n("bytes")),
+                n("layers"),
+                n("uploads")
+            );
+            Ok(())
+        }
+        ImagesCommand::Pull { reference } => {
+            let digest = pull(api, &reference)?;
+            println!("{digest}");
+            Ok(())
+        }
         ImagesCommand::List { format } => {
             let v: Value = api.get("/skiff/v1/images", &[])?;
             if let Some(f) = format {
@@ -95,6 +123,42 @@ pub fn rows(images: &[ImageInfo]) -> Vec<Vec<String>> {
             ]
         })
         .collect()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Pulled {
+    reference: String,
+    digest: String,
+    blobs: usize,
+    downloaded: usize,
+    downloaded_bytes: u64,
+}
+
+/// Has the server pull `reference` from its registry, telling the user what happens; returns
+/// the manifest digest.
+pub fn pull(api: &Api, reference: &str) -> Result<String> {
+    eprintln!("Pulling {reference}...");
+    let out: Pulled = api.send_json(
+        Method::POST,
+        "/skiff/v1/images:pull",
+        &serde_json::json!({ "reference": reference }),
+    )?;
+    if out.digest.is_empty() {
+        bail!("the Skiff API answered the pull without a digest: is --api-url a Skiff server of the same version?");
+    }
+    if out.blobs == 0 {
+        eprintln!("Pulled image [{}]: already in the store.", out.reference);
+    } else {
+        eprintln!(
+            "Pulled image [{}]: {} of {} blobs downloaded ({}), the rest already in the store.",
+            out.reference,
+            out.downloaded,
+            out.blobs,
+            human_size(out.downloaded_bytes)
+        );
+    }
+    Ok(out.digest)
 }
 
 /// Tars an OCI layout directory (entries relative to its root) into an unnamed temp file.
@@ -150,9 +214,33 @@ fn import(api: &Api, path: &Path, name: Option<&str>) -> Result<()> {
         .query(&query)
         .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
         .body(Body::sized(file, len));
-    let resp = api
-        .send(req)
-        .with_context(|| format!("cannot import {}", path.display()))?;
+    let resp = match api.send_raw(req) {
+        Ok(resp) if resp.status().is_success() => resp,
+        Ok(resp) => {
+            return Err(api.error_from(resp))
+                .with_context(|| format!("cannot import {}", path.display()))
+        }
+        Err(upload) => {
+            // A server that refuses the upload before reading it (a wrong token, a bad
+            // `--name`) answers and closes the connection while the body is still being sent,
+            // and the HTTP client reports only the broken upload. Ask again without a body to
+            // learn why; "empty upload" means the refusal was about the body after all.
+            let why = match api.send_raw(
+                api.request(Method::POST, "/skiff/v1/images:import")
+                    .query(&query)
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+                    .body(Vec::new()),
+            ) {
+                Ok(r) if r.status().is_client_error() => {
+                    let e = api.error_from(r);
+                    (!e.to_string().starts_with("empty upload")).then_some(e)
+                }
+                _ => None,
+            };
+            return Err(why.unwrap_or(upload))
+                .with_context(|| format!("cannot import {}", path.display()));
+        }
+    };
     let out: Imported = resp
         .json()
         .map_err(|e| anyhow!("unexpected answer to the import: {}", one_line(&e)))?;

@@ -18,6 +18,7 @@ mod instances;
 mod jobs;
 mod logs;
 mod output;
+mod registries;
 mod revisions;
 mod scheduler;
 mod services;
@@ -108,10 +109,15 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: InstancesCommand,
     },
-    /// Import, list and delete container images
+    /// Import, pull, list and delete container images
     Images {
         #[command(subcommand)]
         command: ImagesCommand,
+    },
+    /// Credentials and settings for the registries images are pulled from
+    Registries {
+        #[command(subcommand)]
+        command: registries::RegistriesCommand,
     },
     /// Read the logs of services' containers
     Logs {
@@ -155,6 +161,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Revisions { command } => revisions::run(&api, command),
         ClientCommand::Instances { command } => instances::run(&api, command),
         ClientCommand::Images { command } => images::run(&api, command),
+        ClientCommand::Registries { command } => registries::run(&api, command),
         ClientCommand::Logs { command } => logs::run(&api, command),
         ClientCommand::Auth { command } => auth::run(&api, command),
         ClientCommand::Jobs { command } => jobs::run(&api, command),

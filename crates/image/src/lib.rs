@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ImageError;
 pub use reference::{parse_digest, parse_reference, Reference, DEFAULT_TAG};
-pub use store::ImageStore;
+pub use store::{ImageStore, PruneReport, Staging};
 
 /// The result of an import.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,6 +32,32 @@ const LAYER_TMP_PREFIX: &str = ".tmp-";
 /// Largest manifest or config read back from the store.
 const JSON_LIMIT: u64 = 16 << 20;
 
+/// A staging directory that holds off garbage collection while it lives (see
+/// [`ImageStore::staging`]).
+pub struct Staging {
+    dir: TempDir,
+    _lock: refs::Lock,
+}
+
+impl Staging {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneReport {
+    /// Blobs (manifests, configs, compressed layers) deleted.
+    pub blobs: usize,
+    /// Unpacked layer directories deleted.
+    pub layers: usize,
+    /// Bytes of deleted blobs (unpacked layers not counted).
+    pub bytes: u64,
+}
+
 /// A content-addressed image store rooted at a directory.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
@@ -117,10 +143,86 @@ impl ImageStore {
         let _gc = refs::lock(&self.root, GC_LOCK, false)?;
         let src = Source::open(path, &self.tmp_dir())?;
         let plan = import::plan(&src, name.as_ref())?;
-        self.apply(&src, plan)
+        self.apply(&src, plan, None)
     }
 
-    fn apply(&self, src: &Source, plan: Plan) -> Result<ImportedImage, ImageError> {
+    /// Import the OCI image layout at `layout` (what a registry pull staged) under
+    /// `reference`, which may pin a digest (`NAME@sha256:HEX`, stored under that very key);
+    /// the layout's manifest must then have that digest. Otherwise as [`ImageStore::import`].
+    pub fn import_pulled(
+        &self,
+        layout: &Path,
+        reference: &str,
+    ) -> Result<ImportedImage, ImageError> {
+        let r = parse_reference(reference)?;
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        let src = Source::open(layout, &self.tmp_dir())?;
+        let plan = import::plan(&src, Some(&r))?;
+        self.apply(&src, plan, r.digest.as_deref())
+    }
+
+    /// Record `reference` (`NAME:TAG` or `NAME@sha256:HEX`) for the image with manifest
+    /// `digest`, which must already be in the store and resolve (a pull of an image the store
+    /// has under another name, or again after its tag moved back). Errors: `NotFound` when the
+    /// store lacks the image, `InvalidReference`.
+    pub fn tag(&self, reference: &str, digest: &str) -> Result<ImportedImage, ImageError> {
+        let key = parse_reference(reference)?.normalized();
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        self.lookup(digest)?;
+        let _refs = refs::lock(&self.root, REFS_LOCK, true)?;
+        let mut table = refs::load(&self.root)?;
+        if table.get(&key).map(String::as_str) != Some(digest) {
+            table.insert(key.clone(), digest.to_string());
+            refs::save(&self.root, &table)?;
+        }
+        Ok(ImportedImage {
+            reference: key,
+            digest: digest.to_string(),
+        })
+    }
+
+    /// The stored blob with `digest` (`sha256:HEX`), when the store holds it: a pull links it
+    /// instead of downloading it again.
+    pub fn stored_blob(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:")?;
+        if !is_hex64(hex) {
+            return None;
+        }
+        let p = self.blob_path(digest);
+        p.is_file().then_some(p)
+    }
+
+    /// The manifest digest `reference` (`NAME[:TAG]`, `NAME@sha256:HEX` or a bare digest)
+    /// stands for, when the store has that image. Errors: `NotFound`, `InvalidReference`.
+    pub fn digest_of(&self, reference: &str) -> Result<String, ImageError> {
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        self.lookup(reference)
+    }
+
+    /// A fresh directory under the store's `tmp/` for a pull to stage its download in (inside
+    /// the store, so that blobs can be hard-linked). While the returned guard lives, garbage
+    /// collection (delete, prune) waits, so it never sweeps a download in progress; dropping
+    /// the guard removes the directory.
+    pub fn staging(&self, prefix: &str) -> Result<Staging, ImageError> {
+        let lock = refs::lock(&self.root, GC_LOCK, false)?;
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.tmp_dir())
+            .ctx(|| {
+                format!(
+                    "cannot create a staging directory in {}",
+                    self.tmp_dir().display()
+                )
+            })?;
+        Ok(Staging { dir, _lock: lock })
+    }
+
+    fn apply(
+        &self,
+        src: &Source,
+        plan: Plan,
+        want_digest: Option<&str>,
+    ) -> Result<ImportedImage, ImageError> {
         let staging = tempfile::Builder::new()
             .prefix("import-")
             .tempdir_in(self.tmp_dir())
@@ -192,6 +294,16 @@ impl ImageStore {
                 return Err(ImageError::DigestMismatch {
                     what: "manifest".into(),
                     digest: digest.clone(),
+                    actual: manifest.digest,
+                });
+            }
+        }
+
+        if let Some(want) = want_digest {
+            if want != manifest.digest {
+                return Err(ImageError::DigestMismatch {
+                    what: "manifest".into(),
+                    digest: want.to_string(),
                     actual: manifest.digest,
                 });
             }
@@ -508,13 +620,13 @@ impl ImageStore {
         }
         refs::save(&self.root, &table)?;
         tracing::info!(%reference, "deleted image reference");
-        self.collect(&table, pinned)
+        self.collect(&table, pinned).map(|_| ())
     }
 
     /// Garbage-collect without removing a reference: drop every blob and unpacked layer that
     /// no reference and no digest in `pinned` reaches (e.g. after a revision that pinned an
     /// image whose reference was deleted is gone), and leftovers of interrupted imports.
-    pub fn gc(&self, pinned: &[String]) -> Result<(), ImageError> {
+    pub fn gc(&self, pinned: &[String]) -> Result<PruneReport, ImageError> {
         for p in pinned {
             parse_digest(p)?;
         }
@@ -529,7 +641,8 @@ impl ImageStore {
         &self,
         table: &BTreeMap<String, String>,
         pinned: &[String],
-    ) -> Result<(), ImageError> {
+    ) -> Result<PruneReport, ImageError> {
+        let mut report = PruneReport::default();
         let mut keep_blobs: HashSet<String> = HashSet::new();
         let mut keep_layers: HashSet<String> = HashSet::new();
         for digest in table.values().chain(pinned) {
@@ -561,12 +674,21 @@ impl ImageStore {
             }
         }
         let blobs_dir = self.root.join("blobs").join("sha256");
-        for (dir, keep) in [(blobs_dir, &keep_blobs), (self.layers_dir(), &keep_layers)] {
+        for (is_blob, dir, keep) in [
+            (true, blobs_dir, &keep_blobs),
+            (false, self.layers_dir(), &keep_layers),
+        ] {
             for entry in fs::read_dir(&dir).ctx(|| format!("cannot list {}", dir.display()))? {
                 let entry = entry.ctx(|| format!("cannot list {}", dir.display()))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if keep.contains(&name) {
                     continue;
+                }
+                if is_blob {
+                    report.blobs += 1;
+                    report.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                } else if !name.starts_with(LAYER_TMP_PREFIX) {
+                    report.layers += 1;
                 }
                 remove_any(&entry.path())?;
                 tracing::debug!(path = %entry.path().display(), "garbage collected");
@@ -577,7 +699,7 @@ impl ImageStore {
             let entry = entry.ctx(|| format!("cannot list {}", tmp.display()))?;
             remove_any(&entry.path())?;
         }
-        Ok(())
+        Ok(report)
     }
 }
 
@@ -597,10 +719,14 @@ impl Selector {
             Selector::Digest(d) => digest == d,
             Selector::NameAtDigest(name, d) => {
                 digest == d
-                    && key
+                    && (key
                         .strip_prefix(name.as_str())
-                        .and_then(|rest| rest.strip_prefix(':'))
-                        .is_some_and(|tag| !tag.contains('/'))
+                        .and_then(|r| r.strip_prefix('@'))
+                        == Some(d.as_str())
+                        || key
+                            .strip_prefix(name.as_str())
+                            .and_then(|rest| rest.strip_prefix(':'))
+                            .is_some_and(|tag| !tag.contains('/')))
             }
             Selector::Key(k) => key == k,
         }

@@ -1,8 +1,10 @@
-//! Safe layer unpacking. Every tar entry's path (and hard-link target) is validated by hand
-//! before anything is written: no `..`, no absolute paths, no walking through a symlink the
-//! layer already holds. OCI whiteouts become overlayfs whiteouts (`.wh.NAME` -> character
-//! device 0:0, `.wh..wh..opq` -> `trusted.overlay.opaque=y`). Modes, owners, mtimes,
-//! symlinks, hard links, devices and fifos are preserved. The uncompressed stream is hashed
+//! Safe layer unpacking. Every tar entry's path (and hard-link target) is cleaned and
+//! validated by hand before anything is written: absolute and `./` names apply under the
+//! layer's root (containerd's rule), a `..` that climbs above the root and any walk through a
+//! symlink the layer already holds are refused. OCI whiteouts become overlayfs whiteouts
+//! (`.wh.NAME` -> character device 0:0, `.wh..wh..opq` -> `trusted.overlay.opaque=y`). Modes, owners, mtimes,
+//! extended attributes (PAX `SCHILY.xattr.*`), symlinks, hard links, devices and fifos are
+//! preserved; GNU sparse files are written out in full. The uncompressed stream is hashed
 //! so the caller can check the layer's diff_id.
 
 use std::cell::Cell;
@@ -145,6 +147,42 @@ impl Meta {
     }
 }
 
+/// Extended attributes an entry carries as PAX `SCHILY.xattr.NAME` records (what docker,
+/// buildah and GNU tar write), except `trusted.overlay.*`, which overlayfs would read as its
+/// own metadata (a layer must not be able to forge opaque dirs or redirects that way).
+fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(OsString, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(pax) = entry.pax_extensions()? {
+        for ext in pax {
+            let ext = ext?;
+            let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
+                continue;
+            };
+            if name.starts_with(b"trusted.overlay.") || name.is_empty() {
+                continue;
+            }
+            out.push((
+                OsStr::from_bytes(name).to_os_string(),
+                ext.value_bytes().to_vec(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Set `xattrs` on `path` (never following a symlink).
+fn set_xattrs(path: &Path, xattrs: &[(OsString, Vec<u8>)]) -> Result<(), PathFault> {
+    for (name, value) in xattrs {
+        xattr::set(path, name, value).map_err(|e| {
+            PathFault::Bad(format!(
+                "cannot set its extended attribute {:?} ({e})",
+                name.to_string_lossy()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Why a path cannot be used; turned into an error naming the entry.
 enum PathFault {
     Unsafe(String),
@@ -163,16 +201,21 @@ struct Unpacker<'a> {
     eof_at: Rc<Cell<Option<u64>>>,
 }
 
-/// Split an archive path into components; refuse absolute paths and any `..`.
+/// Split an archive path into components, cleaned the way containerd and Docker apply layer
+/// entries: a leading `/` and any `./` mean the layer's root, `.` and empty components are
+/// dropped and `..` takes back the component before it (`/a/./b/../c` is `a/c`). Only a `..`
+/// that would climb above the root is refused. Lexical cleaning is safe here because the
+/// cleaned path is what gets applied, and `Unpacker::walk` refuses to go through symlinks.
 fn components(raw: &[u8]) -> Result<Vec<OsString>, String> {
-    if raw.first() == Some(&b'/') {
-        return Err("path is absolute and would escape the layer".into());
-    }
     let mut out = Vec::new();
     for c in raw.split(|b| *b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err("path escapes the layer (it contains '..')".into()),
+            b".." => {
+                if out.pop().is_none() {
+                    return Err("path escapes the layer (its '..' climbs above the root)".into());
+                }
+            }
             c => out.push(OsStr::from_bytes(c).to_os_string()),
         }
     }
@@ -305,18 +348,31 @@ impl Unpacker<'_> {
         let (parent, file) = comps.split_at(comps.len() - 1);
         let dir = self.walk(parent, true).map_err(|f| self.fault(&name, f))?;
         let path = dir.join(&file[0]);
+        let xattrs = xattrs(entry)
+            .map_err(|e| self.fault(&name, PathFault::Bad(format!("bad PAX header ({e})"))))?;
         let res = match kind {
-            tar::EntryType::Directory => self.directory(&comps, &path, meta),
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                Self::regular(entry, &path, meta).and_then(|()| {
-                    let end = entry.raw_file_position() + entry.size();
-                    match self.eof_at.get() {
-                        Some(eof) if eof < end => Err(PathFault::Bad(
-                            "the layer's tar stream ends inside this file; it is truncated".into(),
-                        )),
-                        _ => Ok(()),
-                    }
-                })
+            tar::EntryType::Directory => self
+                .directory(&comps, &path, meta)
+                .and_then(|()| set_xattrs(&path, &xattrs)),
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                // A sparse entry's data in the stream is only its non-hole parts.
+                let stored = if kind == tar::EntryType::GNUSparse {
+                    entry.header().entry_size().unwrap_or(0)
+                } else {
+                    entry.size()
+                };
+                Self::regular(entry, &path, meta)
+                    .and_then(|()| set_xattrs(&path, &xattrs))
+                    .and_then(|()| {
+                        let end = entry.raw_file_position() + stored;
+                        match self.eof_at.get() {
+                            Some(eof) if eof < end => Err(PathFault::Bad(
+                                "the layer's tar stream ends inside this file; it is truncated"
+                                    .into(),
+                            )),
+                            _ => Ok(()),
+                        }
+                    })
             }
             tar::EntryType::Symlink => {
                 let target = entry.link_name_bytes().map(|b| b.into_owned());
@@ -552,12 +608,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn components_refuse_escapes() {
+    fn components_are_cleaned_and_refuse_escapes() {
         let ok = |s: &str| show(&components(s.as_bytes()).unwrap());
         assert_eq!(ok("./a/b/"), "a/b");
         assert_eq!(ok("a//./b"), "a/b");
         assert_eq!(ok("."), "");
-        for bad in ["/etc/passwd", "../x", "a/../b", "a/.."] {
+        assert_eq!(ok("/"), "");
+        assert_eq!(ok("./"), "");
+        assert_eq!(ok("/etc/passwd"), "etc/passwd");
+        assert_eq!(ok("/a/./b/../c"), "a/c");
+        assert_eq!(ok("a/../b"), "b");
+        assert_eq!(ok("a/.."), "");
+        assert_eq!(ok("//a///b/./"), "a/b");
+        for bad in ["../x", "/../x", "a/../../b", "./..", "a/b/../../.."] {
             assert!(components(bad.as_bytes()).is_err(), "{bad}");
         }
     }

@@ -992,3 +992,79 @@ fn concurrent_imports_share_one_copy_of_each_layer() {
     assert_busybox_image(&s.resolve("c:1").unwrap(), true);
     assert_eq!(s.resolve("c:2").unwrap().layers.len(), 2);
 }
+
+/// Absolute and `./`-prefixed names, and names with `.` and `..` inside the root, apply under
+/// the layer's root after cleaning (containerd's rule), hard-link targets too.
+#[test]
+fn absolute_and_dot_prefixed_names_apply_under_the_layer_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = TarWriter::new()
+        .dir("/", 0o755)
+        .dir("/abs/", 0o750)
+        .file("/abs/file", 0o644, b"absolute")
+        .file("./dot/file", 0o600, b"dotted")
+        .file("/a/./b/../c", 0o644, b"cleaned")
+        .file("x/../top", 0o644, b"top")
+        .hardlink("/abs/hard", "/abs/file")
+        .hardlink("./dot/hard", "./dot/../dot/file")
+        .finish();
+    let image = Image {
+        layers: vec![(layer, Comp::Gzip)],
+        run: json!({}),
+        ref_name: Some("abs:1".into()),
+    };
+    write_oci_layout(&tmp.path().join("layout"), &image);
+    let s = store(tmp.path());
+    s.import(&tmp.path().join("layout"), None).unwrap();
+    let l = &s.resolve("abs:1").unwrap().layers[0];
+    assert_eq!(fs::read(l.join("abs/file")).unwrap(), b"absolute");
+    assert_eq!(fs::read(l.join("dot/file")).unwrap(), b"dotted");
+    assert_eq!(fs::read(l.join("a/c")).unwrap(), b"cleaned");
+    assert!(!l.join("a/b").exists());
+    assert_eq!(fs::read(l.join("top")).unwrap(), b"top");
+    assert!(!l.join("x").exists());
+    let ino = |p: &str| fs::metadata(l.join(p)).unwrap().ino();
+    assert_eq!(ino("abs/hard"), ino("abs/file"));
+    assert_eq!(ino("dot/hard"), ino("dot/file"));
+    assert_eq!(
+        fs::metadata(l.join("abs")).unwrap().permissions().mode() & 0o7777,
+        0o750
+    );
+}
+
+/// `umoci insert SRC /` writes a layer whose first entry is `/`: the image imports and runs
+/// its files from the layer's root.
+#[test]
+fn umoci_insert_at_the_root_imports() {
+    let umoci = tool("umoci");
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("umoci");
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("bin")).unwrap();
+    fs::copy(BUSYBOX, src.join("bin/busybox")).unwrap();
+    let image = format!("{}:root", layout.display());
+    run(Command::new(&umoci).args(["init", "--layout"]).arg(&layout));
+    run(Command::new(&umoci).args(["new", "--image", &image]));
+    run(Command::new(&umoci)
+        .args(["insert", "--image", &image])
+        .arg(&src)
+        .arg("/"));
+    // The layer really starts with "/", the case that used to be refused.
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(layout.join("blobs/sha256").join(hex_of(manifest_digest))).unwrap(),
+    )
+    .unwrap();
+    let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap();
+    let blob = fs::File::open(layout.join("blobs/sha256").join(hex_of(layer_digest))).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(blob));
+    let first = archive.entries().unwrap().next().unwrap().unwrap();
+    assert_eq!(&*first.path_bytes(), b"/");
+
+    let s = store(tmp.path());
+    s.import(&layout, Some("rooted:1")).unwrap();
+    let r = s.resolve("rooted:1").unwrap();
+    assert_busybox_image(&r, false);
+}

@@ -45,6 +45,9 @@ pub struct ServerArgs {
     /// How many bytes of log entries one service or job keeps; past it, its oldest go.
     #[arg(long, default_value = "1Gi", value_parser = parse_size)]
     log_size_cap: u64,
+    /// Run `skiff images prune` this often (e.g. 24h) [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    prune_images_every: Option<Duration>,
 }
 
 /// A duration, also in days (`30d`).
@@ -245,6 +248,9 @@ async fn serve(
         tracing::info!("resumed {resumed} job execution(s)");
     }
     scheduler.start();
+    if let Some(every) = args.prune_images_every {
+        skiff_api::controller::start_pruning(controller.clone(), every);
+    }
     let state = Arc::new(ApiState {
         jobs: jobs.clone(),
         scheduler,

@@ -66,6 +66,35 @@ fn images_from_real_tools_deploy_and_answer() {
     );
 }
 
+/// A server that refuses an upload before reading it (401 for a wrong token) closes the
+/// connection mid-body; the CLI still prints the server's reason, and nothing is imported.
+#[test]
+fn import_refused_early_prints_the_servers_reason() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // Large enough that the server answers long before the body is sent.
+    let big = tmp.path().join("big.tar");
+    std::fs::write(&big, vec![0u8; 64 << 20]).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["images", "import", big.to_str().unwrap()])
+        .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", s.api))
+        .env("SKIFF_TOKEN", "not-the-token")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: cannot import ")
+            && last.contains("big.tar")
+            && last.contains("not this server's admin token"),
+        "{err}"
+    );
+    assert!(!last.contains("body error"), "{err}");
+    let list = s.ok(&["images", "list", "--format", "json"]);
+    assert!(!list.contains("sha256:"), "{list}");
+}
+
 #[test]
 fn container_contract_env_and_overrides() {
     let (s, _tmp) = server_with_image(&[]);

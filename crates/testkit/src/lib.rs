@@ -1,12 +1,14 @@
 //! Test support for Skiff's integration tests and benchmarks: builds real OCI images from
 //! Debian's `busybox-static` and from Debian root file systems made by `mmdebstrap` (with
-//! PyPI packages), converts them with the real `skopeo`, runs the real `skiff` binary as a
-//! server in a private data dir (cleaning up after itself even when a test fails),
+//! PyPI packages), converts them with the real `skopeo`, serves them from Debian's
+//! `docker-registry`, runs the real `skiff` binary as a server in a private data dir (cleaning
+//! up after itself even when a test fails),
 //! drives steady parallel load at its ingress, and reads block YAML without Skiff's own parser.
 
 pub mod debian;
 pub mod image;
 pub mod load;
+pub mod registry;
 pub mod runc;
 pub mod server;
 pub mod yaml;
@@ -14,6 +16,7 @@ pub mod yaml;
 pub use debian::debian_image;
 pub use image::{busybox_image, ImageSpec};
 pub use load::{burst, Load, Report};
+pub use registry::TestRegistry;
 pub use server::{http_get, TestServer};
 
 /// Runs a command and returns its stdout, panicking with its stderr on failure.

@@ -1,0 +1,563 @@
+//! Images from registries, end to end with the real `skiff` binary and Debian's
+//! `docker-registry` (the reference registry) on loopback, images pushed with `skopeo`:
+//! deploy by name, a tag moved after deploy, restarts that never pull again, a password-
+//! protected registry with `skiff registries login`, jobs, and errors that say what to do.
+
+use skiff_testkit::{busybox_image, ImageSpec, TestRegistry, TestServer};
+use std::path::Path;
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// The default test image, its index page saying `greeting`.
+fn image_saying(dir: &Path, greeting: &str) -> std::path::PathBuf {
+    let mut spec = ImageSpec::default();
+    spec.files[0].1 = format!("{greeting}\n");
+    busybox_image(dir, "web", &spec)
+}
+
+fn revision_digest(s: &TestServer, service: &str) -> String {
+    let (code, body) = s.api(
+        "GET",
+        &format!("/apis/serving.knative.dev/v1/namespaces/default/services/{service}"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let svc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rev = svc["status"]["latestReadyRevisionName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, body) = s.api(
+        "GET",
+        &format!("/apis/serving.knative.dev/v1/namespaces/default/revisions/{rev}"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let rev: serde_json::Value = serde_json::from_str(&body).unwrap();
+    rev["status"]["imageDigest"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn deploy_by_name_pins_the_digest_a_moved_tag_and_restarts_do_not_change_it() {
+    let mut registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = registry.push(&image_saying(&tmp.path().join("a"), "first"), "team/app:v1");
+    let mut s = TestServer::start(Path::new(BIN), &[]);
+
+    let out = s.skiff(&[
+        "deploy",
+        "app",
+        "--image",
+        &first,
+        "--allow-unauthenticated",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    assert!(err.contains(&format!("Pulling {first}...")), "{err}");
+    assert!(err.contains("blobs downloaded"), "{err}");
+    assert_eq!(s.get("app.localhost", "/", None), (200, "first\n".into()));
+    let pinned = revision_digest(&s, "app");
+    assert!(
+        pinned.starts_with(&format!("{}/team/app@sha256:", registry.host)),
+        "{pinned}"
+    );
+
+    // The image is listed like an imported one, under the name it was pulled by.
+    let list = s.ok(&["images", "list"]);
+    assert!(list.contains(&first), "{list}");
+
+    // The tag moves in the registry; the deployed revision stays on its digest, also
+    // across a restart with the registry gone (nothing is pulled again).
+    let second = registry.push(
+        &image_saying(&tmp.path().join("b"), "second"),
+        "team/app:v1",
+    );
+    assert_eq!(second, first);
+    registry.stop();
+    s.stop();
+    s.restart();
+    s.wait_for("the service after restart", 60, || {
+        s.get("app.localhost", "/", None) == (200, "first\n".into())
+    });
+    assert_eq!(revision_digest(&s, "app"), pinned);
+
+    // A new deploy by the same name resolves the tag again: with the registry down, it says
+    // so and changes nothing.
+    let err = s.fails(&["deploy", "app", "--image", &first]);
+    assert!(
+        err.contains(&format!("cannot reach the registry {}", registry.host)),
+        "{err}"
+    );
+    assert_eq!(revision_digest(&s, "app"), pinned);
+}
+
+#[test]
+fn a_new_deploy_follows_the_moved_tag_and_pulls_only_new_blobs() {
+    let registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let r = registry.push(&image_saying(&tmp.path().join("a"), "one"), "app:latest");
+    let s = TestServer::start(Path::new(BIN), &[]);
+    s.ok(&["deploy", "svc", "--image", &r, "--allow-unauthenticated"]);
+    let before = revision_digest(&s, "svc");
+    registry.push(&image_saying(&tmp.path().join("b"), "two"), "app:latest");
+    let out = s.skiff(&["deploy", "svc", "--image", &r]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("2 of 2 blobs downloaded"), "{err}");
+    assert_eq!(s.get("svc.localhost", "/", None), (200, "two\n".into()));
+    assert_ne!(revision_digest(&s, "svc"), before);
+
+    // By digest: the first image again, pinned.
+    let digest = before.rsplit_once('@').unwrap().1;
+    let by_digest = format!("{}/app@{digest}", registry.host);
+    let out = s.ok(&["images", "pull", &by_digest]);
+    assert_eq!(out.trim(), digest);
+    s.ok(&["deploy", "svc", "--image", &by_digest]);
+    assert_eq!(s.get("svc.localhost", "/", None), (200, "one\n".into()));
+
+    // The same image as a Docker v2 schema 2 manifest in another repository: a new manifest,
+    // but its config and layer are in the store already and are not downloaded again.
+    let v2s2 = format!("{}/docker/app:v2s2", registry.host);
+    skiff_testkit::run(std::process::Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &format!("docker://{r}"),
+        &format!("docker://{v2s2}"),
+    ]));
+    let out = s.skiff(&["images", "pull", &v2s2]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("0 of 2 blobs downloaded"), "{err}");
+    s.ok(&["deploy", "v2", "--image", &v2s2, "--allow-unauthenticated"]);
+    assert_eq!(s.get("v2.localhost", "/", None), (200, "two\n".into()));
+
+    // Unknown tag and unknown repository: clear errors, nothing deployed.
+    let err = s.fails(&[
+        "deploy",
+        "svc",
+        "--image",
+        &format!("{}/app:nope", registry.host),
+    ]);
+    assert!(
+        err.contains("the registry has no image") && err.contains("app:nope"),
+        "{err}"
+    );
+    let err = s.fails(&["images", "pull", &format!("{}/nothing/here", registry.host)]);
+    assert!(err.contains("the registry has no image"), "{err}");
+    assert_eq!(s.get("svc.localhost", "/", None), (200, "one\n".into()));
+}
+
+#[test]
+fn password_protected_registry_with_registries_login() {
+    let registry = TestRegistry::with_password("alice", "s3cret");
+    let tmp = tempfile::tempdir().unwrap();
+    let r = registry.push(&image_saying(&tmp.path().join("a"), "private"), "app:v1");
+    let s = TestServer::start(Path::new(BIN), &[]);
+
+    let err = s.fails(&["deploy", "svc", "--image", &r]);
+    assert!(
+        err.contains("refused access")
+            && err.contains(&format!("skiff registries login {}", registry.host)),
+        "{err}"
+    );
+
+    // A wrong password is refused at login and not kept.
+    let err = s.fails(&[
+        "registries",
+        "login",
+        &registry.host,
+        "-u",
+        "alice",
+        "-p",
+        "wrong",
+    ]);
+    assert!(
+        err.contains("refused access") && err.contains("wrong"),
+        "{err}"
+    );
+    let list = s.ok(&["registries", "list", "--format", "json"]);
+    assert!(!list.contains(&registry.host), "{list}");
+
+    let out = std::process::Command::new(BIN)
+        .args([
+            "registries",
+            "login",
+            &registry.host,
+            "-u",
+            "alice",
+            "--password-stdin",
+        ])
+        .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", s.api))
+        .env("SKIFF_DATA_DIR", &s.data_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"s3cret\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = s.ok(&["registries", "list"]);
+    assert!(
+        list.contains(&registry.host) && list.contains("alice"),
+        "{list}"
+    );
+    assert!(!list.contains("s3cret"), "{list}");
+    let (_, raw) = s.api("GET", "/skiff/v1/registries", None);
+    assert!(!raw.contains("s3cret"), "{raw}");
+
+    s.ok(&["deploy", "svc", "--image", &r, "--allow-unauthenticated"]);
+    assert_eq!(s.get("svc.localhost", "/", None), (200, "private\n".into()));
+
+    // A job from the same registry runs what was pulled.
+    let job_image = registry.push(&image_saying(&tmp.path().join("j"), "job"), "job:v1");
+    s.ok(&[
+        "jobs",
+        "create",
+        "j",
+        "--image",
+        &job_image,
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,cat /www/index.html",
+    ]);
+    s.ok(&["jobs", "execute", "j", "--wait"]);
+
+    s.ok(&["registries", "logout", &registry.host]);
+    let err = s.fails(&["images", "pull", &r]);
+    assert!(err.contains("refused access"), "{err}");
+}
+
+fn admin_token(s: &TestServer) -> String {
+    std::fs::read_to_string(s.data_dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Runs skopeo, returning (success, stderr).
+fn skopeo(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("skopeo")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn push_into_skiffs_own_registry_then_deploy() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = image_saying(&tmp.path().join("a"), "pushed");
+    let host = format!("127.0.0.1:{}", s.api);
+    let token = admin_token(&s);
+    let creds = format!("anyone:{token}");
+    let src = format!("oci:{}", layout.display());
+    let dest = format!("docker://{host}/team/app:v1");
+
+    // Without credentials: 401 with a challenge, and nothing stored.
+    let http = reqwest::blocking::Client::new();
+    let r = http.get(format!("http://{host}/v2/")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"].to_str().unwrap(),
+        "Basic realm=\"skiff\""
+    );
+    let (ok, err) = skopeo(&["copy", "--dest-tls-verify=false", &src, &dest]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("401") || err.contains("authentication required"),
+        "{err}"
+    );
+    let wrong = skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "anyone:wrong",
+        &src,
+        &dest,
+    ]);
+    assert!(!wrong.0, "{}", wrong.1);
+    assert!(!s.ok(&["images", "list"]).contains("team/app"));
+
+    // skopeo's push: a session upload per blob (POST, PATCH, PUT), then the manifest.
+    let (ok, err) = skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &src,
+        &dest,
+    ]);
+    assert!(ok, "{err}\n{}", s.log());
+    let list = s.ok(&["images", "list"]);
+    assert!(list.contains("team/app:v1"), "{list}");
+    s.ok(&[
+        "deploy",
+        "app",
+        "--image",
+        "team/app:v1",
+        "--allow-unauthenticated",
+    ]);
+    assert_eq!(s.get("app.localhost", "/", None), (200, "pushed\n".into()));
+
+    // Read back: tags, the manifest by tag, a copy out with skopeo.
+    let (ok, err) = skopeo(&[
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "x",
+        "-p",
+        &token,
+        &host,
+    ]);
+    assert!(ok, "{err}");
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "list-tags",
+            "--tls-verify=false",
+            "--creds",
+            &creds,
+            &format!("docker://{host}/team/app"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tags: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
+    let (ok, err) = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &dest,
+        &format!("oci:{}:out", tmp.path().join("out").display()),
+    ]);
+    assert!(ok, "{err}");
+
+    // Skiff's own puller against Skiff's registry: basic auth with the token.
+    s.ok(&["registries", "login", &host, "-u", "x", "-p", &token]);
+    let digest = s.ok(&["images", "pull", &format!("{host}/team/app:v1")]);
+    let (_, body) = s.api("GET", "/skiff/v1/images", None);
+    assert!(body.contains(digest.trim()), "{body}");
+
+    // Monolithic upload, a cross-repository mount, a chunked upload with a bad range, a
+    // wrong digest, a manifest that names a missing blob, and deletes.
+    let auth = |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("u", Some(&token));
+    let data = b"just some bytes".to_vec();
+    let d = format!("sha256:{}", sha256_hex(&data));
+    let r = auth(http.post(format!("http://{host}/v2/other/blobs/uploads/?digest={d}")))
+        .body(data.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+    let r = auth(http.get(format!("http://{host}/v2/other/blobs/{d}")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.bytes().unwrap().to_vec()),
+        (200, data.clone())
+    );
+    let r = auth(http.post(format!(
+        "http://{host}/v2/third/blobs/uploads/?mount={d}&from=other"
+    )))
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = auth(http.post(format!("http://{host}/v2/third/blobs/uploads/")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = auth(http.patch(format!("http://{host}{loc}")))
+        .header("Content-Range", "0-3")
+        .body(b"abcd".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], "0-3");
+    let r = auth(http.patch(format!("http://{host}{loc}")))
+        .header("Content-Range", "2-5")
+        .body(b"cdef".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = auth(http.patch(format!("http://{host}{loc}")))
+        .header("Content-Range", "4-5")
+        .body(b"ef".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let whole = format!("sha256:{}", sha256_hex(b"abcdef"));
+    let r = auth(http.put(format!(
+        "http://{host}{loc}?digest=sha256:{}",
+        "0".repeat(64)
+    )))
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("DIGEST_INVALID"));
+    let r = auth(http.post(format!("http://{host}/v2/third/blobs/uploads/")))
+        .send()
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = auth(http.put(format!("http://{host}{loc}?digest={whole}")))
+        .body(b"abcdef".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let missing = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{}", "1".repeat(64)), "size": 2},
+        "layers": []
+    });
+    let r = auth(http.put(format!("http://{host}/v2/third/manifests/x")))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(missing.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("MANIFEST_BLOB_UNKNOWN"));
+    let r = auth(http.get(format!("http://{host}/v2/team/app/manifests/nope")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = auth(http.get(format!(
+        "http://{host}/v2/team/app/referrers/{}",
+        digest.trim()
+    )))
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = auth(http.delete(format!("http://{host}/v2/team/app/manifests/v1")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let list = s.ok(&["images", "list"]);
+    assert!(
+        !list.lines().any(|l| l.starts_with("team/app:v1 ")),
+        "{list}"
+    );
+    // The deployed revision pinned its digest: it still answers.
+    assert_eq!(s.get("app.localhost", "/", None), (200, "pushed\n".into()));
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Starts an upload session in Skiff's registry; returns its file under the data dir.
+fn upload_session(s: &TestServer, repo: &str) -> std::path::PathBuf {
+    let token = admin_token(s);
+    let r = reqwest::blocking::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/v2/{repo}/blobs/uploads/",
+            s.api
+        ))
+        .basic_auth("u", Some(&token))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.headers()["docker-upload-uuid"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let path = s.data_dir.join("images/uploads/sessions").join(id);
+    assert!(path.is_file(), "{}", path.display());
+    path
+}
+
+fn age_by_two_hours(path: &Path) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+        .unwrap();
+}
+
+fn blob_count(s: &TestServer) -> usize {
+    std::fs::read_dir(s.data_dir.join("images/blobs/sha256"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn prune_deletes_only_what_nothing_uses() {
+    let (s, _web) = TestServer::with_web_image(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let other = image_saying(&tmp.path().join("o"), "other");
+    s.ok(&[
+        "images",
+        "import",
+        other.to_str().unwrap(),
+        "--name",
+        "other:1",
+    ]);
+    let web_blobs = 3;
+    assert_eq!(blob_count(&s), 2 * web_blobs);
+    s.ok(&[
+        "deploy",
+        "svc",
+        "--image",
+        "other:1",
+        "--allow-unauthenticated",
+    ]);
+    // The reference goes, the revision keeps the image.
+    s.ok(&["images", "delete", "other:1"]);
+    let err = s.ok(&["images", "prune"]);
+    assert_eq!(blob_count(&s), 2 * web_blobs, "{err}");
+    assert_eq!(s.get("svc.localhost", "/", None), (200, "other\n".into()));
+
+    // Once the service is gone nothing uses it; an old abandoned upload goes too, an upload
+    // in progress stays.
+    s.ok(&["services", "delete", "svc"]);
+    let fresh = upload_session(&s, "team/x");
+    let old = upload_session(&s, "team/y");
+    age_by_two_hours(&old);
+    let out = s.skiff(&["images", "prune"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Deleted 3 blobs")
+            && err.contains("1 unpacked layers")
+            && err.contains("1 abandoned uploads"),
+        "{err}"
+    );
+    assert_eq!(blob_count(&s), web_blobs);
+    assert!(fresh.is_file() && !old.exists());
+    // What is still referenced works.
+    s.deploy_web("web", &[]);
+    assert_eq!(
+        s.get("web.localhost", "/", None),
+        (200, "hello from skiff\n".into())
+    );
+    let err = s.fails(&["deploy", "again", "--image", "other:1"]);
+    assert!(err.contains("not in the image store"), "{err}");
+}
+
+#[test]
+fn the_server_prunes_periodically() {
+    let s = TestServer::start(Path::new(BIN), &["--prune-images-every", "1s"]);
+    let old = upload_session(&s, "team/z");
+    age_by_two_hours(&old);
+    s.wait_for("the periodic prune", 120, || !old.exists());
+}
