@@ -154,7 +154,6 @@ async fn list_locations(Path(project): Path<String>) -> ApiResult<Json<Value>> {
     }]})))
 }
 
-
 async fn create_service(
     State(st): St,
     Path(ns): Path<String>,

@@ -208,13 +208,15 @@ async fn serve(
         token_secret: signing_key.into_bytes(),
     });
     let platform = match &network {
-        Some(net) => match services_for_instances(net, &serving, ingress_port).await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                net.stop().await;
-                return Err(e);
+        Some(net) => {
+            match services_for_instances(net, &serving, ingress_addr, ingress_port).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    net.stop().await;
+                    return Err(e);
+                }
             }
-        },
+        }
         None => None,
     };
     let jobs = skiff_jobs::Jobs::new(
@@ -325,13 +327,21 @@ impl InstanceServices {
 async fn services_for_instances(
     net: &Arc<skiff_network::Network>,
     serving: &Arc<Serving>,
+    ingress_addr: std::net::SocketAddr,
     ingress_port: u16,
 ) -> anyhow::Result<InstanceServices> {
     use skiff_network::dns::LocalAnswer;
     let gw = net.gateway();
-    let ingress = tokio::net::TcpListener::bind((gw, ingress_port))
-        .await
-        .with_context(|| format!("cannot listen for instances on {gw}:{ingress_port}"))?;
+    // An ingress on every address already answers on the gateway's.
+    let ingress = if ingress_addr.ip().is_unspecified() {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind((gw, ingress_port))
+                .await
+                .with_context(|| format!("cannot listen for instances on {gw}:{ingress_port}"))?,
+        )
+    };
     let metadata = tokio::net::TcpListener::bind((gw, 80))
         .await
         .with_context(|| format!("cannot listen for the metadata server on {gw}:80"))?;
@@ -357,12 +367,14 @@ async fn services_for_instances(
         })
     };
     // Stopped by abort once every instance is gone.
-    let ingress_task = tokio::spawn(skiff_serving::serve_ingress(
-        serving.clone(),
-        ingress,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
+    let ingress_task = ingress.map(|listener| {
+        tokio::spawn(skiff_serving::serve_ingress(
+            serving.clone(),
+            listener,
+            std::future::pending(),
+            Duration::from_secs(1),
+        ))
+    });
     let metadata_task = tokio::spawn({
         let net = net.clone();
         async move {
@@ -380,6 +392,6 @@ async fn services_for_instances(
     });
     Ok(InstanceServices {
         dns,
-        tasks: vec![ingress_task, metadata_task],
+        tasks: ingress_task.into_iter().chain([metadata_task]).collect(),
     })
 }
