@@ -129,6 +129,37 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Sends a request that asks to switch protocols (an HTTP/1.1 `Upgrade`, such as a
+    /// WebSocket handshake) over a new connection of its own, never pooled: after a `101
+    /// Switching Protocols` it becomes the tunnel (`hyper::upgrade::on` on the response);
+    /// after any other answer it is closed with the response body.
+    pub async fn send_upgrade<F, Fut>(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        connect: F,
+    ) -> Result<Response<UpstreamBody>, crate::proxy::BoxError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::io::Result<tokio::net::TcpStream>>,
+    {
+        let stream = connect().await?;
+        let (mut tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let res = tx.send_request(req).await?;
+        let upstream = self.clone();
+        Ok(res.map(|inner| UpstreamBody {
+            inner,
+            conn: None,
+            upstream,
+        }))
+    }
+}
+
 async fn open<F, Fut>(connect: &F) -> Result<Conn, crate::proxy::BoxError>
 where
     F: Fn() -> Fut,
