@@ -349,8 +349,9 @@ impl Controller {
             let Some(pool) = this.serving.pool(&key) else {
                 return;
             };
-            let deadline = Instant::now() + STARTUP_TIMEOUT + Duration::from_secs(10);
-            let result = pool.acquire(deadline, STARTUP_TIMEOUT).await.map(drop);
+            let limit = pool.settings.startup_limit().max(STARTUP_TIMEOUT);
+            let deadline = Instant::now() + limit + Duration::from_secs(10);
+            let result = pool.acquire(deadline, limit).await.map(drop);
             let cond = match &result {
                 Ok(()) => Condition::new("Ready", "True", None, None),
                 Err(e) => {
@@ -714,6 +715,10 @@ fn template_settings(t: &RevisionTemplate) -> ApiResult<RevisionSettings> {
     }
     RevisionSettings::from_template(t).map_err(|e| {
         let c = &t.spec.containers;
+        // A probe's error names its field from the container on.
+        if e.0.starts_with("startupProbe") || e.0.starts_with("livenessProbe") {
+            return ApiError::invalid(format!("spec.template.spec.containers[0].{}", e.0));
+        }
         let field = if c.len() > 1 {
             "spec.template.spec.containers"
         } else {

@@ -229,6 +229,25 @@ pub fn settings_pairs(t: &RevisionTemplate) -> Vec<(&'static str, String)> {
             out.push(("Args", s.args.join(" ")));
             let env: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             out.push(("Env", env.join(", ")));
+            let probe = |p: &skiff_model::ProbeSettings| {
+                format!(
+                    "{} every {}s (timeout {}s, {} failures, first after {}s)",
+                    p.describe(),
+                    p.period.as_secs(),
+                    p.timeout.as_secs(),
+                    p.failure_threshold,
+                    p.initial_delay.as_secs()
+                )
+            };
+            out.push((
+                "Startup probe",
+                s.startup_probe.as_ref().map(probe).unwrap_or_else(|| {
+                    format!("TCP connection to port {} (default, within 240s)", s.port)
+                }),
+            ));
+            if let Some(p) = &s.liveness_probe {
+                out.push(("Liveness probe", probe(p)));
+            }
         }
         Err(e) => {
             out.push(("Image", c.map(|c| c.image.clone()).unwrap_or_default()));
@@ -407,6 +426,24 @@ fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
         alone(&format!("{C}.env[{i}]"), &|o| {
             o.spec.containers[0].env = vec![e.clone()]
         })?;
+    }
+    for (given, set) in [(&c.startup_probe, true), (&c.liveness_probe, false)] {
+        if given.is_some() {
+            let mut one = RevisionTemplate::default();
+            one.spec.containers.push(Container {
+                image: c.image.clone(),
+                ports: c.ports.clone(),
+                ..Default::default()
+            });
+            if set {
+                one.spec.containers[0].startup_probe = given.clone();
+            } else {
+                one.spec.containers[0].liveness_probe = given.clone();
+            }
+            RevisionSettings::from_template(&one)
+                .map(drop)
+                .map_err(|e| anyhow!("{C}.{e}"))?;
+        }
     }
     let ann = &t.metadata.annotations;
     for key in ACTED_ON {

@@ -273,6 +273,16 @@ impl TaskSettings {
                 "the job's container has no image: pass --image NAME[:TAG]",
             ));
         }
+        for (given, field) in [
+            (c.startup_probe.is_some(), "startupProbe"),
+            (c.liveness_probe.is_some(), "livenessProbe"),
+        ] {
+            if given {
+                return Err(InvalidInput::new(format!(
+                    "the job's container has a {field}: Skiff runs job tasks without probes; remove it"
+                )));
+            }
+        }
         let task_count = spec.task_count.unwrap_or(1);
         if !(1..=MAX_TASKS).contains(&task_count) {
             return Err(InvalidInput::new(format!(

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 pub mod trace;
 pub mod upstream;

@@ -1,0 +1,271 @@
+//! End-to-end tests of startup and liveness probes as Cloud Run has them, on real containers:
+//! a probe that fails fails the revision in the probe's own time with its result in the
+//! reason, a failing liveness probe restarts the instance, probes round-trip through
+//! `describe --format export` and `services replace`, and bad probes are refused naming
+//! the field.
+
+use skiff_testkit::TestServer;
+use std::path::Path;
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// A Knative Service running the test image `web` (busybox httpd on $PORT serving /www),
+/// with `container` (YAML lines, indented for the container) added to its one container.
+fn service_yaml(name: &str, container: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: {name}
+  annotations:
+    run.googleapis.com/ingress: all
+spec:
+  template:
+    spec:
+      containers:
+      - image: web
+{container}"
+    )
+}
+
+fn replace(s: &TestServer, dir: &Path, name: &str, yaml: &str) -> std::process::Output {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    s.skiff(&["services", "replace", file.to_str().unwrap()])
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The Ready condition of the service's latest created revision.
+fn ready_condition(s: &TestServer, service: &str) -> serde_json::Value {
+    let svc: serde_json::Value =
+        serde_json::from_str(&s.ok(&["services", "describe", service, "--format", "json"]))
+            .unwrap();
+    let rev = svc["status"]["latestCreatedRevisionName"].as_str().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&s.ok(&["revisions", "describe", rev, "--format", "json"])).unwrap();
+    v["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn a_failing_startup_probe_fails_the_revision_with_its_result() {
+    let (s, tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
+    // The app listens on 9999, not on $PORT (8080): the TCP probe is refused three times,
+    // a second apart, and the deploy fails then, not after the default probe's 240 s.
+    let wrong_port = service_yaml(
+        "wrongport",
+        "        command: [/bin/sh]
+        args: [-c, 'echo listening on 9999; exec httpd -f -p 9999 -h /www']
+        startupProbe:
+          tcpSocket: {}
+          periodSeconds: 1
+          failureThreshold: 3
+",
+    );
+    let out = replace(&s, tmp.path(), "wrongport", &wrong_port);
+    assert!(!out.status.success(), "{}", s.log());
+    let err = stderr(&out);
+    let last = err.trim().lines().last().unwrap_or_default();
+    for part in [
+        "error: ",
+        "the startup probe (TCP connection to port 8080) failed 3 times in a row, last: connection refused",
+        "listening on 9999",
+    ] {
+        assert!(last.contains(part), "{part:?} missing from {err}");
+    }
+    let cond = ready_condition(&s, "wrongport");
+    assert_eq!(cond["status"], "False", "{cond}");
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap()
+            .contains("startup probe (TCP connection to port 8080) failed 3 times"),
+        "{cond}"
+    );
+
+    // An HTTP probe on a path the app answers 404: the status is the reason.
+    let not_found = service_yaml(
+        "notfound",
+        "        startupProbe:
+          httpGet:
+            path: /missing
+          periodSeconds: 1
+          failureThreshold: 2
+",
+    );
+    let out = replace(&s, tmp.path(), "notfound", &not_found);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("the startup probe (HTTP GET /missing on port 8080) failed 2 times in a row, last: answered 404 Not Found"),
+        "{err}"
+    );
+    let logs = s.ok(&["logs", "read", "--service", "notfound"]);
+    assert!(logs.contains("answered 404 Not Found"), "{logs}");
+}
+
+#[test]
+fn probes_that_pass_serve_and_round_trip_through_export_and_replace() {
+    let (s, tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
+    let yaml = service_yaml(
+        "probed",
+        "        startupProbe:
+          httpGet:
+            path: /index.html
+            httpHeaders:
+            - name: X-Probe
+              value: startup
+          initialDelaySeconds: 0
+          timeoutSeconds: 2
+          periodSeconds: 2
+          failureThreshold: 5
+        livenessProbe:
+          httpGet:
+            path: /index.html
+          periodSeconds: 30
+",
+    );
+    let out = replace(&s, tmp.path(), "probed", &yaml);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.log());
+    let token = s.ok(&["auth", "print-identity-token"]).trim().to_string();
+    let token = Some(token.as_str());
+    let (code, body) = s.get("probed.localhost", "/", token);
+    assert_eq!((code, body.as_str()), (200, "hello from skiff\n"));
+
+    let first = s.ok(&["services", "describe", "probed", "--format", "export"]);
+    for line in [
+        "startupProbe:",
+        "path: /index.html",
+        "name: X-Probe",
+        "value: startup",
+        "timeoutSeconds: 2",
+        "periodSeconds: 2",
+        "failureThreshold: 5",
+        "livenessProbe:",
+        "periodSeconds: 30",
+    ] {
+        assert!(
+            first.contains(line),
+            "{line:?} missing from the export:\n{first}"
+        );
+    }
+    let file = tmp.path().join("export.yaml");
+    std::fs::write(&file, &first).unwrap();
+    s.ok(&["services", "replace", file.to_str().unwrap()]);
+    let second = s.ok(&["services", "describe", "probed", "--format", "export"]);
+    assert_eq!(first, second);
+    let revs = s.ok(&["revisions", "list", "--service", "probed"]);
+    assert_eq!(
+        revs.lines().filter(|l| l.contains("probed-0000")).count(),
+        1,
+        "replacing with the export made a new revision:\n{revs}"
+    );
+}
+
+#[test]
+fn a_failing_liveness_probe_restarts_the_instance() {
+    let (s, tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
+    // /alive exists in each new container; a request removes it, so the probe then gets 404.
+    let yaml = service_yaml(
+        "lively",
+        "        command: [/bin/sh]
+        args: [-c, 'echo ok > /www/alive; exec httpd -f -p $PORT -h /www']
+        livenessProbe:
+          httpGet:
+            path: /alive
+          periodSeconds: 1
+          failureThreshold: 2
+",
+    );
+    let out = replace(&s, tmp.path(), "lively", &yaml);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.log());
+    let token = s.ok(&["auth", "print-identity-token"]).trim().to_string();
+    let token = Some(token.as_str());
+    let (code, body) = s.get("lively.localhost", "/alive", token);
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let first = s.instances("lively")[0]["id"].as_str().unwrap().to_string();
+    let (code, _) = s.get("lively.localhost", "/cgi-bin/sh?rm%20/www/alive", token);
+    assert_eq!(code, 200);
+    s.wait_for("the liveness probe to restart the instance", 120, || {
+        s.ok(&["logs", "read", "--service", "lively"])
+            .contains(&format!("instance {first} failed its liveness probe (HTTP GET /alive on port 8080) 2 times in a row, last: answered 404 Not Found; restarting it"))
+    });
+    s.wait_for("the instance to be gone", 60, || {
+        s.instances("lively")
+            .iter()
+            .all(|i| i["id"] != first.as_str())
+    });
+    // The next request gets a fresh instance, with /alive again.
+    let (code, body) = s.get("lively.localhost", "/alive", token);
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let now = s.instances("lively");
+    assert!(now.iter().all(|i| i["id"] != first.as_str()), "{now:?}");
+}
+
+#[test]
+fn bad_probes_are_refused_naming_the_field_and_change_nothing() {
+    let (s, tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
+    let cases = [
+        (
+            "          tcpSocket: {}\n          periodSeconds: 300\n",
+            "spec.template.spec.containers[0].startupProbe.periodSeconds: 300 is out of range: use 1 to 240",
+        ),
+        (
+            "          httpGet: {}\n          periodSeconds: 100\n          failureThreshold: 3\n",
+            "spec.template.spec.containers[0].startupProbe.failureThreshold: 3 × periodSeconds 100 is above 240 seconds",
+        ),
+        (
+            "          httpGet: {}\n          timeoutSeconds: 5\n          periodSeconds: 2\n",
+            "spec.template.spec.containers[0].startupProbe.timeoutSeconds: 5 is above periodSeconds 2",
+        ),
+        (
+            "          periodSeconds: 2\n",
+            "spec.template.spec.containers[0].startupProbe: give exactly one of httpGet, tcpSocket or grpc",
+        ),
+    ];
+    for (probe, want) in cases {
+        let yaml = service_yaml("bad", &format!("        startupProbe:\n{probe}"));
+        let out = replace(&s, tmp.path(), "bad", &yaml);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.trim().starts_with("error: ") && err.contains(want),
+            "{want}\n{err}"
+        );
+    }
+    let yaml = service_yaml("bad", "        livenessProbe:\n          tcpSocket: {}\n");
+    let err = stderr(&replace(&s, tmp.path(), "bad", &yaml));
+    assert!(
+        err.contains("spec.template.spec.containers[0].livenessProbe.tcpSocket: Cloud Run's liveness probes are httpGet or grpc"),
+        "{err}"
+    );
+    // The server refuses them as well, whichever client sends them.
+    let body = serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{
+            "image": "web", "startupProbe": {"tcpSocket": {}, "periodSeconds": 0}
+        }]}}},
+    });
+    let (code, text) = s.api(
+        "POST",
+        "/apis/serving.knative.dev/v1/namespaces/default/services",
+        Some(&body.to_string()),
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains(
+            "spec.template.spec.containers[0].startupProbe.periodSeconds: 0 is out of range"
+        ),
+        "{text}"
+    );
+    assert!(!s.ok(&["services", "list"]).contains("bad"));
+}
