@@ -322,6 +322,10 @@ const ANN_WINDOW: &str = "autoscaling.knative.dev/window";
 /// Reads and checks a Knative Service file; the namespace defaults to `project`. Every error
 /// names the field at fault, as a path like `spec.template.spec.containerConcurrency`.
 pub fn parse_service_file(text: &str, origin: &str, project: &str) -> Result<Service> {
+    // Read once as plain data, to name any field the Service type would drop.
+    let input: Option<Value> = serde_yaml::from_str::<serde_yaml::Value>(text)
+        .ok()
+        .and_then(|y| serde_json::to_value(y).ok());
     let mut svc: Service = serde_yaml::from_str(text).map_err(|e| {
         // serde_yaml puts the path of the field at fault first: `spec.template...: invalid type`.
         anyhow!(
@@ -340,6 +344,9 @@ pub fn parse_service_file(text: &str, origin: &str, project: &str) -> Result<Ser
             "{origin} has apiVersion {:?}: use apiVersion: {SERVING_API_VERSION}",
             svc.api_version
         );
+    }
+    if let Some(input) = &input {
+        skiff_model::refuse_unknown_fields(input, &svc).map_err(|e| anyhow!("{origin}: {e}"))?;
     }
     if svc.metadata.name.is_empty() {
         bail!("{origin} has no metadata.name: name the service");

@@ -1,8 +1,9 @@
-//! End-to-end tests of startup and liveness probes as Cloud Run has them, on real containers:
-//! a probe that fails fails the revision in the probe's own time with its result in the
-//! reason, a failing liveness probe restarts the instance, probes round-trip through
-//! `describe --format export` and `services replace`, and bad probes are refused naming
-//! the field.
+//! End-to-end tests of the service spec beyond image, env and limits, on real containers.
+//! Probes as Cloud Run has them: a probe that fails fails the revision in the probe's own time
+//! with its result in the reason, a failing liveness probe restarts the instance, probes
+//! round-trip through `describe --format export` and `services replace`, and bad probes are
+//! refused naming the field. Fields Skiff does not implement are refused by name, never
+//! dropped.
 
 use skiff_testkit::TestServer;
 use std::path::Path;
@@ -268,4 +269,60 @@ fn bad_probes_are_refused_naming_the_field_and_change_nothing() {
         "{text}"
     );
     assert!(!s.ok(&["services", "list"]).contains("bad"));
+}
+
+#[test]
+fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
+    let (s, tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
+    // Tried as a new user would: an in-memory volume mounted at /cache.
+    let yaml = format!(
+        "{}        volumeMounts:
+        - name: cache
+          mountPath: /cache
+      volumes:
+      - name: cache
+        emptyDir:
+          medium: Memory
+          sizeLimit: 64Mi
+",
+        service_yaml("vols", "")
+    );
+    let out = replace(&s, tmp.path(), "vols", &yaml);
+    assert!(!out.status.success(), "{}", s.log());
+    let err = stderr(&out);
+    assert!(
+        err.trim().starts_with("error: ")
+            && err.contains("spec.template.spec.containers[0].volumeMounts, spec.template.spec.volumes: Skiff does not implement these fields: remove them"),
+        "{err}"
+    );
+    // The same object sent straight to the API (as gcloud or a client library would).
+    let body = serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "vols", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{
+            "image": "web", "livenessProbe": {"exec": {"command": ["true"]}}
+        }]}}},
+    });
+    let (code, text) = s.api(
+        "POST",
+        "/apis/serving.knative.dev/v1/namespaces/default/services",
+        Some(&body.to_string()),
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("spec.template.spec.containers[0].livenessProbe.exec: Skiff does not implement this field: remove it"),
+        "{text}"
+    );
+    assert!(!s.ok(&["services", "list"]).contains("vols"));
+    // What Skiff exports it takes back: nothing in an export is refused.
+    let ok = service_yaml(
+        "plain",
+        "        ports:\n        - name: http1\n          containerPort: 8080\n",
+    );
+    let out = replace(&s, tmp.path(), "plain", &ok);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let export = s.ok(&["services", "describe", "plain", "--format", "export"]);
+    let file = tmp.path().join("plain-export.yaml");
+    std::fs::write(&file, &export).unwrap();
+    s.ok(&["services", "replace", file.to_str().unwrap()]);
 }
