@@ -658,7 +658,19 @@ mod tests {
 
     #[test]
     fn export_round_trips_through_replace() {
+        // A field Skiff does not know is refused by name, not dropped.
         let yaml = serde_yaml::to_string(&export(&full())).unwrap();
+        let err = parse_service_file(&yaml, "svc.yaml", "other").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "svc.yaml: spec.template.spec.containers[0].x-unknown: Skiff does not implement this field: remove it"
+        );
+        let mut known = full();
+        known["spec"]["template"]["spec"]["containers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("x-unknown");
+        let yaml = serde_yaml::to_string(&export(&known)).unwrap();
         let svc = parse_service_file(&yaml, "svc.yaml", "other").unwrap();
         assert_eq!(svc.metadata.name, "hello");
         assert_eq!(svc.metadata.namespace, "default");

@@ -42,6 +42,10 @@ pub struct RevisionSettings {
     /// `run.googleapis.com/cpu-throttling: "false"`: CPU always, billed instance-based.
     #[serde(default = "yes")]
     pub cpu_throttling: bool,
+    /// HTTP/2 to the container (prior knowledge, "h2c"): its port is named `h2c`, as
+    /// `gcloud run deploy --use-http2` names it. Otherwise the container gets HTTP/1.1.
+    #[serde(default)]
+    pub use_http2: bool,
     /// The container's startup probe; `None`: Cloud Run's default, a TCP connect to `port`
     /// within 240 s.
     #[serde(default)]
@@ -286,6 +290,15 @@ impl RevisionSettings {
                 "the container has no image: pass --image NAME[:TAG]",
             ));
         }
+        let use_http2 = match c.ports.first().and_then(|p| p.name.as_deref()) {
+            None | Some("http1") => false,
+            Some("h2c") => true,
+            Some(other) => {
+                return Err(InvalidInput::new(format!(
+                    "invalid port name {other:?}: use http1 (HTTP/1.1 to the container) or h2c (HTTP/2)"
+                )))
+            }
+        };
         let port = match c.ports.as_slice() {
             [] => DEFAULT_PORT,
             [p] => u16::try_from(p.container_port)
@@ -379,7 +392,26 @@ impl RevisionSettings {
             .as_ref()
             .map(|p| probe_settings(p, ProbeKind::Liveness, port))
             .transpose()?;
+        for (p, field) in [
+            (&startup_probe, "startupProbe"),
+            (&liveness_probe, "livenessProbe"),
+        ] {
+            if use_http2
+                && matches!(
+                    p,
+                    Some(ProbeSettings {
+                        action: ProbeAction::Http { .. },
+                        ..
+                    })
+                )
+            {
+                return Err(InvalidInput::new(format!(
+                    "{field}.httpGet: HTTP probes speak HTTP/1.1, and this container's port is h2c (HTTP/2): use tcpSocket, or name the port http1"
+                )));
+            }
+        }
         Ok(RevisionSettings {
+            use_http2,
             startup_probe,
             liveness_probe,
             cpu_throttling,
@@ -647,6 +679,12 @@ mod tests {
                 t.spec.containers[0].ports.push(ContainerPort {
                     name: None,
                     container_port: 70000,
+                })
+            }),
+            ("port name", |t| {
+                t.spec.containers[0].ports.push(ContainerPort {
+                    name: Some("grpc".into()),
+                    container_port: 8080,
                 })
             }),
             ("reserved env", |t| {

@@ -241,7 +241,15 @@ impl Serving {
             http::Version::HTTP_11 => upgrade_protocol(req.headers()),
             _ => None,
         };
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let client_upgrade = match pool.settings.use_http2 {
+            false => upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req)),
+            true => None,
+        };
+        // `TE: trailers` (gRPC sends it) is the one TE an HTTP/2 hop keeps.
+        let te_trailers = req
+            .headers()
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
@@ -287,9 +295,14 @@ impl Serving {
                 skiff_runtime::netns::connect(netns, port).await
             }
         };
+        let h2 = pool.settings.use_http2;
+        if h2 {
+            to_http2(&mut req, te_trailers);
+        }
         let sent = async {
             match client_upgrade {
                 Some(_) => inst.upstream.send_upgrade(req, connect).await,
+                None if h2 => inst.upstream.send_h2(req, connect).await,
                 None => inst.upstream.send(req, connect).await,
             }
         };
@@ -328,6 +341,32 @@ impl Serving {
             began,
         };
         Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// Makes an origin-form request one for an HTTP/2 connection: absolute form (`http://HOST`
+/// and the target as it came, byte for byte), the `Host` header moved to the authority.
+fn to_http2(req: &mut Request<Incoming>, te_trailers: bool) {
+    let host = req.headers_mut().remove(header::HOST);
+    let authority = host
+        .as_ref()
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .or(Some(http::uri::PathAndQuery::from_static("/")));
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+    if te_trailers {
+        req.headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 

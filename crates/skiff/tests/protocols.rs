@@ -36,6 +36,10 @@ fn main() {
             "websockets_tunnel_through_the_ingress_as_one_request",
             websockets_tunnel_through_the_ingress_as_one_request,
         ),
+        Trial::test(
+            "use_http2_sends_http2_to_the_container_and_grpc_streams_both_ways",
+            use_http2_sends_http2_to_the_container_and_grpc_streams_both_ways,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -338,6 +342,79 @@ fn websockets_tunnel_through_the_ingress_as_one_request() -> Result<(), Failed> 
     Ok(())
 }
 
+/// The gRPC message of the test app's `skiff.test.Echo` service.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Note {
+    #[prost(string, tag = "1")]
+    pub text: String,
+}
+
+fn use_http2_sends_http2_to_the_container_and_grpc_streams_both_ways() -> Result<(), Failed> {
+    let (s, _tmp) = server_with_app("grpc", &["--use-http2"]);
+    let export = s.ok(&["services", "describe", "grpc", "--format", "export"]);
+    assert!(export.contains("name: h2c"), "{export}");
+    // The container gets HTTP/2, whatever the client spoke; the target stays as sent.
+    let (code, echo) = raw(s.ingress, "GET //x?y=%2F HTTP/1.1\r\nHost: grpc.localhost");
+    assert_eq!(code, 200, "{echo}");
+    assert_eq!(echo["version"], "HTTP/2.0");
+    assert_eq!(echo["target"], "http://grpc.localhost//x?y=%2F");
+    assert_eq!(header(&echo, "forwarded"), ["for=127.0.0.1;proto=http"]);
+
+    let port = s.ingress;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .origin("http://grpc.localhost".parse().unwrap())
+            .connect()
+            .await
+            .expect("a gRPC channel to the ingress");
+        let mut grpc = tonic::client::Grpc::new(channel);
+        // A bidirectional stream: each note is echoed before the next is sent, so both
+        // directions stream rather than wait for the other's end.
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Note>();
+        grpc.ready().await.unwrap();
+        let res = grpc
+            .streaming(
+                tonic::Request::new(rx),
+                http::uri::PathAndQuery::from_static("/skiff.test.Echo/Chat"),
+                tonic_prost::ProstCodec::<Note, Note>::default(),
+            )
+            .await
+            .expect("the Chat call");
+        let mut inbound = res.into_inner();
+        for i in 0..5 {
+            let text = format!("note {i}");
+            tx.unbounded_send(Note { text: text.clone() }).unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(60), inbound.message())
+                .await
+                .expect("an echo while the request stream is still open")
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.text, text);
+        }
+        drop(tx);
+        // The app ends the stream with a status in the trailers, after its messages.
+        let end = inbound.message().await.unwrap_err();
+        assert_eq!(end.code(), tonic::Code::Aborted, "{end:?}");
+        assert_eq!(end.message(), "echoed 5 notes");
+
+        // A call that fails at once: the status comes back as sent.
+        grpc.ready().await.unwrap();
+        let err = grpc
+            .unary(
+                tonic::Request::new(Note { text: "x".into() }),
+                http::uri::PathAndQuery::from_static("/skiff.test.Echo/Fail"),
+                tonic_prost::ProstCodec::<Note, Note>::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+        assert_eq!(err.message(), "no such thing");
+    });
+    Ok(())
+}
+
 /// The app the test images run: a JSON echo of each request (method, target as received,
 /// version, headers in order) and a WebSocket echo at `/ws`.
 mod app {
@@ -370,7 +447,71 @@ mod app {
         });
     }
 
-    async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    type AppBody = http_body_util::combinators::UnsyncBoxBody<Bytes, tonic::Status>;
+
+    fn full(b: Bytes) -> AppBody {
+        use http_body_util::BodyExt;
+        Full::new(b).map_err(|e| match e {}).boxed_unsync()
+    }
+
+    /// `skiff.test.Echo`: `Chat` echoes each note as it comes and ends with status ABORTED
+    /// "echoed N notes" (in the trailers); `Fail` answers NOT_FOUND at once.
+    async fn grpc(req: Request<Incoming>) -> Response<AppBody> {
+        use http_body_util::BodyExt;
+        let codec = tonic_prost::ProstCodec::<super::Note, super::Note>::default();
+        let mut grpc = tonic::server::Grpc::new(codec);
+        let res = match req.uri().path() {
+            "/skiff.test.Echo/Chat" => {
+                let chat = tower::service_fn(
+                    |r: tonic::Request<tonic::Streaming<super::Note>>| async move {
+                        let mut inbound = r.into_inner();
+                        let out = async_stream(move |tx| async move {
+                            let mut n = 0;
+                            while let Ok(Some(note)) = inbound.message().await {
+                                n += 1;
+                                if tx.unbounded_send(Ok(note)).is_err() {
+                                    return;
+                                }
+                            }
+                            let done = tonic::Status::aborted(format!("echoed {n} notes"));
+                            let _ = tx.unbounded_send(Err(done));
+                        });
+                        Ok::<_, tonic::Status>(tonic::Response::new(out))
+                    },
+                );
+                grpc.streaming(chat, req).await
+            }
+            _ => {
+                let fail = tower::service_fn(|_: tonic::Request<super::Note>| async {
+                    Err::<tonic::Response<super::Note>, _>(tonic::Status::not_found(
+                        "no such thing",
+                    ))
+                });
+                grpc.unary(fail, req).await
+            }
+        };
+        res.map(|b| b.boxed_unsync())
+    }
+
+    /// A stream fed by `f` through a channel.
+    fn async_stream<T: Send + 'static, F, Fut>(f: F) -> futures::channel::mpsc::UnboundedReceiver<T>
+    where
+        F: FnOnce(futures::channel::mpsc::UnboundedSender<T>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tokio::spawn(f(tx));
+        rx
+    }
+
+    async fn handle(mut req: Request<Incoming>) -> Result<Response<AppBody>, hyper::Error> {
+        let is_grpc = req
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if is_grpc {
+            return Ok(grpc(req).await);
+        }
         let wants_ws = req
             .headers()
             .get("upgrade")
@@ -398,7 +539,7 @@ mod app {
                 .header("connection", "Upgrade")
                 .header("upgrade", "websocket")
                 .header("sec-websocket-accept", accept)
-                .body(Full::new(Bytes::new()))
+                .body(full(Bytes::new()))
                 .unwrap());
         }
         let headers: Vec<_> = req
@@ -414,7 +555,7 @@ mod app {
         });
         Ok(Response::builder()
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(echo.to_string())))
+            .body(full(Bytes::from(echo.to_string())))
             .unwrap())
     }
 }
