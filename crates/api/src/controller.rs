@@ -714,17 +714,10 @@ fn template_settings(t: &RevisionTemplate) -> ApiResult<RevisionSettings> {
         _ => {}
     }
     RevisionSettings::from_template(t).map_err(|e| {
-        let c = &t.spec.containers;
-        // A probe's error names its field from the container on.
-        if e.0.starts_with("startupProbe") || e.0.starts_with("livenessProbe") {
-            return ApiError::invalid(format!("spec.template.spec.containers[0].{}", e.0));
+        if t.spec.containers.len() > 1 {
+            return ApiError::invalid(format!("spec.template.spec.containers: {}", e.0));
         }
-        let field = if c.len() > 1 {
-            "spec.template.spec.containers"
-        } else {
-            "spec.template"
-        };
-        ApiError::invalid(format!("{field}: {}", e.0))
+        ApiError::invalid(skiff_model::template_error(&e))
     })
 }
 

@@ -487,7 +487,8 @@ fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
         }
     }
     // Whatever depends on several fields at once.
-    RevisionSettings::from_template(t).map_err(|e| anyhow!("spec.template: {e}"))?;
+    RevisionSettings::from_template(t)
+        .map_err(|e| anyhow!("{}", skiff_model::template_error(&e)))?;
     Ok(())
 }
 

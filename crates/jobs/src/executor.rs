@@ -595,6 +595,7 @@ impl Jobs {
             cpu_millis: s.cpu_millis,
             memory_bytes: s.memory_bytes,
             pids_limit: PIDS_LIMIT,
+            memory_volumes: Vec::new(),
         }
     }
 

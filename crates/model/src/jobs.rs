@@ -276,10 +276,11 @@ impl TaskSettings {
         for (given, field) in [
             (c.startup_probe.is_some(), "startupProbe"),
             (c.liveness_probe.is_some(), "livenessProbe"),
+            (!c.volume_mounts.is_empty(), "volumeMounts"),
         ] {
             if given {
                 return Err(InvalidInput::new(format!(
-                    "the job's container has a {field}: Skiff runs job tasks without probes; remove it"
+                    "the job's container has {field}: Skiff's job tasks do not take it; remove it"
                 )));
             }
         }

@@ -46,6 +46,9 @@ pub struct RevisionSettings {
     /// `gcloud run deploy --use-http2` names it. Otherwise the container gets HTTP/1.1.
     #[serde(default)]
     pub use_http2: bool,
+    /// In-memory volumes mounted in the container.
+    #[serde(default)]
+    pub memory_volumes: Vec<MemoryVolume>,
     /// The container's startup probe; `None`: Cloud Run's default, a TCP connect to `port`
     /// within 240 s.
     #[serde(default)]
@@ -65,6 +68,106 @@ impl RevisionSettings {
             Some(p) => p.initial_delay + p.period * p.failure_threshold + p.timeout,
         }
     }
+}
+
+/// An in-memory `emptyDir` mounted in the container: a tmpfs of at most `size_bytes` (its
+/// `sizeLimit`, else the memory limit) whose pages count against the instance's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryVolume {
+    /// The volume's name.
+    pub name: String,
+    /// Absolute path in the container.
+    pub mount_path: String,
+    pub size_bytes: u64,
+    pub read_only: bool,
+}
+
+/// Reads `spec.volumes` and the container's `volumeMounts` as Cloud Run does for in-memory
+/// volumes. Errors name the field (`volumes[0].emptyDir.sizeLimit: ...`).
+fn memory_volumes(
+    t: &RevisionTemplate,
+    c: &crate::Container,
+    memory_bytes: u64,
+) -> Result<Vec<MemoryVolume>, InvalidInput> {
+    let mut sizes = std::collections::BTreeMap::new();
+    for (i, v) in t.spec.volumes.iter().enumerate() {
+        crate::validate_name("volume", &v.name, 63)
+            .map_err(|e| InvalidInput::new(format!("volumes[{i}].name: {e}")))?;
+        let Some(ed) = &v.empty_dir else {
+            return Err(InvalidInput::new(format!(
+                "volumes[{i}]: give its source: Skiff has in-memory emptyDir volumes (emptyDir: {{medium: Memory}})"
+            )));
+        };
+        if ed.medium.as_deref() != Some("Memory") {
+            return Err(InvalidInput::new(format!(
+                "volumes[{i}].emptyDir.medium: {:?}: Cloud Run's emptyDir volumes are in memory: use medium: Memory",
+                ed.medium.clone().unwrap_or_default()
+            )));
+        }
+        let size = match &ed.size_limit {
+            None => memory_bytes,
+            Some(s) => {
+                let n = crate::parse_size(s).map_err(|e| {
+                    InvalidInput::new(format!("volumes[{i}].emptyDir.sizeLimit: {e}"))
+                })?;
+                if n == 0 || n > memory_bytes {
+                    return Err(InvalidInput::new(format!(
+                        "volumes[{i}].emptyDir.sizeLimit: {s} is more than the memory limit ({} MiB) it counts against: lower it or raise the memory",
+                        memory_bytes >> 20
+                    )));
+                }
+                n
+            }
+        };
+        if sizes.insert(v.name.clone(), size).is_some() {
+            return Err(InvalidInput::new(format!(
+                "volumes[{i}].name: {:?} is used twice: give each volume its own name",
+                v.name
+            )));
+        }
+    }
+    let mut out: Vec<MemoryVolume> = Vec::new();
+    for (i, m) in c.volume_mounts.iter().enumerate() {
+        let at = format!("containers[0].volumeMounts[{i}]");
+        let Some(size) = sizes.get(&m.name) else {
+            return Err(InvalidInput::new(format!(
+                "{at}.name: no volume {:?} in spec.volumes: declare it there",
+                m.name
+            )));
+        };
+        let p = &m.mount_path;
+        let clean = p.starts_with('/')
+            && p.len() > 1
+            && !p.ends_with('/')
+            && p.split('/')
+                .skip(1)
+                .all(|s| !s.is_empty() && s != "." && s != "..");
+        if !clean {
+            return Err(InvalidInput::new(format!(
+                "{at}.mountPath: {p:?} is not an absolute path below /: give one like /cache"
+            )));
+        }
+        for reserved in ["/proc", "/sys", "/dev"] {
+            if p == reserved || p.starts_with(&format!("{reserved}/")) {
+                return Err(InvalidInput::new(format!(
+                    "{at}.mountPath: {p:?} is under {reserved}, which the platform provides: choose another path"
+                )));
+            }
+        }
+        if let Some(o) = out.iter().find(|o| o.mount_path == *p || o.name == m.name) {
+            return Err(InvalidInput::new(format!(
+                "{at}: volume {:?} at {p:?} clashes with volume {:?} at {:?}: mount each volume once, each at its own path",
+                m.name, o.name, o.mount_path
+            )));
+        }
+        out.push(MemoryVolume {
+            name: m.name.clone(),
+            mount_path: p.clone(),
+            size_bytes: *size,
+            read_only: m.read_only.unwrap_or(false),
+        });
+    }
+    Ok(out)
 }
 
 /// What a probe does.
@@ -257,6 +360,21 @@ fn yes() -> bool {
     true
 }
 
+/// A [`RevisionSettings::from_template`] error as the field of a Service it is about: a probe's
+/// or a volume's message already names its field from the container or the revision spec on
+/// (`startupProbe.periodSeconds: ...` → `spec.template.spec.containers[0].startupProbe.periodSeconds: ...`);
+/// any other is about the template as a whole (`spec.template: ...`).
+pub fn template_error(e: &InvalidInput) -> String {
+    let m = &e.0;
+    if m.starts_with("startupProbe") || m.starts_with("livenessProbe") {
+        format!("spec.template.spec.containers[0].{m}")
+    } else if m.starts_with("volumes[") || m.starts_with("containers[") {
+        format!("spec.template.spec.{m}")
+    } else {
+        format!("spec.template: {m}")
+    }
+}
+
 /// Prefix of the Knative autoscaling annotations.
 pub const AUTOSCALING_PREFIX: &str = "autoscaling.knative.dev/";
 
@@ -382,6 +500,7 @@ impl RevisionSettings {
                 }
             },
         };
+        let memory_volumes = memory_volumes(t, c, memory_bytes)?;
         let startup_probe = c
             .startup_probe
             .as_ref()
@@ -411,6 +530,7 @@ impl RevisionSettings {
             }
         }
         Ok(RevisionSettings {
+            memory_volumes,
             use_http2,
             startup_probe,
             liveness_probe,

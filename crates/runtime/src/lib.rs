@@ -49,6 +49,11 @@ pub struct InstanceConfig {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub pids_limit: i64,
+    /// In-memory volumes: a tmpfs each, at `(path in the container, size in bytes, read-only)`.
+    /// Their pages are charged to the container's memory cgroup, so they count against its
+    /// memory limit.
+    #[serde(default)]
+    pub memory_volumes: Vec<(String, u64, bool)>,
 }
 
 impl InstanceConfig {

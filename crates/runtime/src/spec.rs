@@ -54,7 +54,7 @@ use crate::cgroup::CFS_PERIOD_US;
 pub fn build(cfg: &InstanceConfig, user: &ResolvedUser) -> Value {
     let caps = DEFAULT_CAPS;
     let tmp_size = cfg.memory_bytes.max(64 << 20);
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "root": { "path": cfg.rootfs(), "readonly": false },
         "hostname": cfg.hostname,
@@ -106,7 +106,24 @@ pub fn build(cfg: &InstanceConfig, user: &ResolvedUser) -> Value {
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
-    })
+    });
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        for (path, size, read_only) in &cfg.memory_volumes {
+            let mut options = vec![
+                "nosuid".to_string(),
+                "nodev".into(),
+                "mode=1777".into(),
+                format!("size={size}"),
+            ];
+            if *read_only {
+                options.push("ro".into());
+            }
+            mounts.push(json!({
+                "destination": path, "type": "tmpfs", "source": "tmpfs", "options": options,
+            }));
+        }
+    }
+    spec
 }
 
 #[cfg(test)]
@@ -128,6 +145,7 @@ mod tests {
             cpu_millis: 500,
             memory_bytes: 256 << 20,
             pids_limit: 100,
+            memory_volumes: vec![("/cache".into(), 64 << 20, false)],
         };
         let user = ResolvedUser {
             uid: 1,

@@ -633,6 +633,11 @@ impl Pool {
             cpu_millis: s.cpu_millis,
             memory_bytes: s.memory_bytes,
             pids_limit: PIDS_LIMIT,
+            memory_volumes: s
+                .memory_volumes
+                .iter()
+                .map(|v| (v.mount_path.clone(), v.size_bytes, v.read_only))
+                .collect(),
         }
     }
 

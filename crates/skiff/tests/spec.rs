@@ -274,16 +274,21 @@ fn bad_probes_are_refused_naming_the_field_and_change_nothing() {
 #[test]
 fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
     let (s, tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
-    // Tried as a new user would: an in-memory volume mounted at /cache.
+    // A secret volume and an env var from a secret: not implemented, so refused by name.
     let yaml = format!(
-        "{}        volumeMounts:
-        - name: cache
-          mountPath: /cache
+        "{}        env:
+        - name: PASSWORD
+          valueFrom:
+            secretKeyRef:
+              name: db
+              key: latest
+        volumeMounts:
+        - name: creds
+          mountPath: /creds
       volumes:
-      - name: cache
-        emptyDir:
-          medium: Memory
-          sizeLimit: 64Mi
+      - name: creds
+        secret:
+          secretName: db
 ",
         service_yaml("vols", "")
     );
@@ -292,7 +297,7 @@ fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
     let err = stderr(&out);
     assert!(
         err.trim().starts_with("error: ")
-            && err.contains("spec.template.spec.containers[0].volumeMounts, spec.template.spec.volumes: Skiff does not implement these fields: remove them"),
+            && err.contains("spec.template.spec.containers[0].env[0].valueFrom, spec.template.spec.volumes[0].secret: Skiff does not implement these fields: remove them"),
         "{err}"
     );
     // The same object sent straight to the API (as gcloud or a client library would).
@@ -325,4 +330,112 @@ fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
     let file = tmp.path().join("plain-export.yaml");
     std::fs::write(&file, &export).unwrap();
     s.ok(&["services", "replace", file.to_str().unwrap()]);
+}
+
+#[test]
+fn in_memory_volumes_are_mounted_counted_against_memory_and_round_trip() {
+    let (s, tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
+    let yaml = format!(
+        "{}        resources:
+          limits:
+            memory: 256Mi
+        volumeMounts:
+        - name: cache
+          mountPath: /cache
+      volumes:
+      - name: cache
+        emptyDir:
+          medium: Memory
+          sizeLimit: 64Mi
+",
+        service_yaml("vols", "")
+    );
+    let out = replace(&s, tmp.path(), "vols", &yaml);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.log());
+    let token = s.ok(&["auth", "print-identity-token"]).trim().to_string();
+    let sh = |cmd: &str| {
+        let q = cmd
+            .replace(' ', "%20")
+            .replace('/', "%2F")
+            .replace(';', "%3B")
+            .replace('>', "%3E")
+            .replace('=', "%3D");
+        let (code, body) = s.get("vols.localhost", &format!("/cgi-bin/sh?{q}"), Some(&token));
+        assert_eq!(code, 200, "{cmd}: {body}");
+        body
+    };
+    let mounts = sh("grep /cache /proc/mounts");
+    assert!(
+        mounts.contains("tmpfs /cache tmpfs") && mounts.contains("size=65536k"),
+        "{mounts}"
+    );
+    // 40 MB written there is the instance's memory (its memory cgroup's usage).
+    let id = s.instances("vols")[0]["id"].as_str().unwrap().to_string();
+    let usage = || {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/memory/skiff/{id}/memory.usage_in_bytes"
+        ))
+        .unwrap()
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+    };
+    let before = usage();
+    sh("dd if=/dev/zero of=/cache/blob bs=1M count=40 2>&1; ls -l /cache/blob");
+    let after = usage();
+    assert!(
+        after >= before + (40 << 20) * 9 / 10,
+        "writing 40 MB to /cache took memory from {before} to {after}"
+    );
+    // The size limit holds: a write past 64 MiB fails.
+    let out = sh("dd if=/dev/zero of=/cache/more bs=1M count=40 2>&1; echo exit=$?");
+    assert!(
+        out.contains("No space left on device") && out.contains("exit=1"),
+        "{out}"
+    );
+
+    // Round trip: the export shows the volume as given, and replacing with it changes nothing.
+    let first = s.ok(&["services", "describe", "vols", "--format", "export"]);
+    for line in [
+        "volumeMounts:",
+        "mountPath: /cache",
+        "medium: Memory",
+        "sizeLimit: 64Mi",
+    ] {
+        assert!(first.contains(line), "{line:?} missing from\n{first}");
+    }
+    let file = tmp.path().join("vols-export.yaml");
+    std::fs::write(&file, &first).unwrap();
+    s.ok(&["services", "replace", file.to_str().unwrap()]);
+    assert_eq!(
+        first,
+        s.ok(&["services", "describe", "vols", "--format", "export"])
+    );
+
+    // Mistakes name the field and change nothing.
+    let cases = [
+        ("medium: Memory\n          sizeLimit: 1Gi", "spec.template.spec.volumes[0].emptyDir.sizeLimit: 1Gi is more than the memory limit (256 MiB)"),
+        ("sizeLimit: 8Mi", "spec.template.spec.volumes[0].emptyDir.medium: \"\": Cloud Run's emptyDir volumes are in memory: use medium: Memory"),
+    ];
+    for (ed, want) in cases {
+        let yaml = yaml.replace("medium: Memory\n          sizeLimit: 64Mi", ed);
+        let err = stderr(&replace(&s, tmp.path(), "vols", &yaml));
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+    let yaml2 = yaml.replace(
+        "- name: cache\n          mountPath",
+        "- name: other\n          mountPath",
+    );
+    let err = stderr(&replace(&s, tmp.path(), "vols", &yaml2));
+    assert!(
+        err.contains("spec.template.spec.containers[0].volumeMounts[0].name: no volume \"other\" in spec.volumes"),
+        "{err}"
+    );
+    let yaml3 = yaml.replace("mountPath: /cache", "mountPath: /proc/x");
+    let err = stderr(&replace(&s, tmp.path(), "vols", &yaml3));
+    assert!(err.contains("spec.template.spec.containers[0].volumeMounts[0].mountPath: \"/proc/x\" is under /proc"), "{err}");
+    assert_eq!(
+        first,
+        s.ok(&["services", "describe", "vols", "--format", "export"])
+    );
 }
