@@ -669,11 +669,11 @@ impl Jobs {
                 },
                 skiff_metering::now_ms(),
             );
-            let (exit, timed_out, cancelled) =
+            let (exit, timed_out, cancelled, oom) =
                 match supervisor::spawn(&self.cfg.shim_exe, &cfg).await {
                     Err(e) => {
                         meter.end(skiff_metering::now_ms(), None);
-                        (Exit::Failed(e.to_string()), false, false)
+                        (Exit::Failed(e.to_string()), false, false, None)
                     }
                     Ok((rt, out)) => {
                         let readers = [
@@ -717,7 +717,11 @@ impl Jobs {
                             futures::future::join_all(readers),
                         )
                         .await;
-                        (exit, timed_out, cancelled)
+                        let oom = skiff_runtime::cgroup::oom_message(
+                            rt.final_usage().as_ref(),
+                            cfg.memory_bytes,
+                        );
+                        (exit, timed_out, cancelled, oom)
                     }
                 };
             let code = match &exit {
@@ -729,6 +733,8 @@ impl Jobs {
                     "attempt {attempt} timed out after {}s",
                     run.settings.timeout.as_secs()
                 )
+            } else if let Some(oom) = oom {
+                format!("attempt {attempt}: {oom}: the container {exit}")
             } else {
                 format!("attempt {attempt} {exit}")
             };

@@ -682,7 +682,8 @@ impl Pool {
                 tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(readers))
                     .await;
             let why = format!(
-                "the container {exit} before listening on port {}",
+                "{}the container {exit} before listening on port {}",
+                self.oom(rt),
                 self.settings.port
             );
             self.start_failed(&inst, format!("{why}{}", inst.last_output()))
@@ -707,7 +708,8 @@ impl Pool {
                 }
                 if let Some(exit) = rt.exit() {
                     break Err(format!(
-                        "the container {exit} before listening on port {}",
+                        "{}the container {exit} before listening on port {}",
+                        self.oom(rt),
                         self.settings.port
                     ));
                 }
@@ -759,8 +761,12 @@ impl Pool {
                 let crashed = inst.state() != InstState::Draining;
                 self.remove(&inst);
                 if crashed {
-                    self.log(&inst, format!("instance {} {exit}", inst.id));
-                    tracing::warn!(instance = inst.id, "instance {exit}");
+                    let why = match self.oom(rt).as_str() {
+                        "" => exit.to_string(),
+                        oom => format!("{oom}the container {exit}"),
+                    };
+                    self.log(&inst, format!("instance {} {why}", inst.id));
+                    tracing::warn!(instance = inst.id, "instance {why}");
                     self.reconcile();
                 }
             }
@@ -776,6 +782,14 @@ impl Pool {
                 self.start_failed(&inst, detail).await;
             }
         }
+    }
+
+    /// `Memory limit of 128 MiB exceeded with 131 MiB used: ` if the memory cgroup killed in
+    /// the instance (its final reading says so), else nothing.
+    fn oom(&self, rt: &supervisor::Instance) -> String {
+        skiff_runtime::cgroup::oom_message(rt.final_usage().as_ref(), self.settings.memory_bytes)
+            .map(|m| format!("{m}: "))
+            .unwrap_or_default()
     }
 
     /// Sleeps `d`, or less if the instance stops meanwhile; false if it did.
@@ -807,7 +821,8 @@ impl Pool {
     ) -> Result<(), String> {
         let stopped = |rt: &supervisor::Instance| match rt.exit() {
             Some(exit) => format!(
-                "the container {exit} before its startup probe ({}) succeeded",
+                "{}the container {exit} before its startup probe ({}) succeeded",
+                self.oom(rt),
                 p.describe()
             ),
             None => "stopped while starting".to_string(),

@@ -439,3 +439,165 @@ fn in_memory_volumes_are_mounted_counted_against_memory_and_round_trip() {
         s.ok(&["services", "describe", "vols", "--format", "export"])
     );
 }
+
+fn job_task(s: &TestServer, exec: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&s.ok(&["jobs", "executions", "describe", exec, "--format", "json"]))
+            .unwrap();
+    v["tasks"][0].clone()
+}
+
+fn latest_execution(s: &TestServer, job: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "jobs",
+        "executions",
+        "list",
+        "--job",
+        job,
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let items = v["items"]
+        .as_array()
+        .or(v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    items
+        .iter()
+        .filter_map(|e| e["metadata"]["name"].as_str().map(String::from))
+        .max_by_key(|n| {
+            items
+                .iter()
+                .find(|e| e["metadata"]["name"] == n.as_str())
+                .and_then(|e| {
+                    e["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .map(String::from)
+                })
+        })
+        .expect("an execution")
+}
+
+#[test]
+fn out_of_memory_is_reported_as_cloud_run_reports_it() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
+    // A task whose one process asks for more than its 128 MiB.
+    s.ok(&[
+        "jobs",
+        "create",
+        "hog",
+        "--image",
+        "web",
+        "--memory",
+        "128Mi",
+        "--max-retries",
+        "0",
+        "--command",
+        "/bin/dd",
+        "--args",
+        "if=/dev/zero,of=/dev/null,bs=200M,count=1",
+    ]);
+    let err = s.fails(&["jobs", "execute", "hog", "--wait"]);
+    assert!(err.contains("failed"), "{err}");
+    let exec = latest_execution(&s, "hog");
+    let t = job_task(&s, &exec);
+    let msg = t["status"]["lastAttemptResult"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.contains(
+            "Memory limit of 128 MiB exceeded with 128 MiB used: the container killed by signal 9"
+        ),
+        "{t}"
+    );
+    let logs = s.ok(&["logs", "read", "--job", "hog"]);
+    assert!(
+        logs.contains("Memory limit of 128 MiB exceeded with"),
+        "{logs}"
+    );
+    let describe = s.ok(&["jobs", "executions", "describe", &exec]);
+    assert!(
+        describe.contains("Memory limit of 128 MiB exceeded with"),
+        "{describe}"
+    );
+
+    // A service that runs out of memory as it starts: the revision's reason says so.
+    let out = s.skiff(&[
+        "deploy",
+        "hog",
+        "--image",
+        "web",
+        "--memory",
+        "128Mi",
+        "--command",
+        "/bin/dd",
+        "--args",
+        "if=/dev/zero,of=/dev/null,bs=200M,count=1",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("Memory limit of 128 MiB exceeded with 128 MiB used: the container killed by signal 9 before listening on port 8080"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_writable_layer_is_in_memory_and_counts_against_the_limit() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
+    // Tried as a new user would: 300 MB written into the root filesystem of a 128 MiB task.
+    s.ok(&[
+        "jobs",
+        "create",
+        "filler",
+        "--image",
+        "web",
+        "--memory",
+        "128Mi",
+        "--max-retries",
+        "0",
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,dd if=/dev/zero of=/big bs=1M count=300 && echo wrote-it; grep ' / ' /proc/mounts",
+    ]);
+    let _ = s.skiff(&["jobs", "execute", "filler", "--wait"]);
+    let exec = latest_execution(&s, "filler");
+    let t = job_task(&s, &exec);
+    let msg = t["status"]["lastAttemptResult"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let logs = s.ok(&["logs", "read", "--job", "filler"]);
+    assert!(
+        !logs.contains("wrote-it"),
+        "300 MB fit in a 128 MiB task:\n{logs}"
+    );
+    // Either the write fails for want of space or the task is killed for want of memory,
+    // and either way it says so.
+    assert!(
+        logs.contains("No space left on device")
+            || msg.contains("Memory limit of 128 MiB exceeded"),
+        "{msg}\n{logs}"
+    );
+    // A task that stays within its memory writes to its root filesystem as before.
+    s.ok(&[
+        "jobs",
+        "create",
+        "writer",
+        "--image",
+        "web",
+        "--memory",
+        "128Mi",
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,dd if=/dev/zero of=/small bs=1M count=20 && echo wrote-small",
+    ]);
+    s.ok(&["jobs", "execute", "writer", "--wait"]);
+    assert!(s
+        .ok(&["logs", "read", "--job", "writer"])
+        .contains("wrote-small"));
+}
