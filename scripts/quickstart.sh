@@ -9,9 +9,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-if ! [ -x /bin/busybox ] || ! command -v curl >/dev/null; then
+if ! [ -x /bin/busybox ] || ! command -v curl >/dev/null || ! dpkg-query -W libseccomp-dev >/dev/null 2>&1; then
   apt-get update -qq
-  apt-get install -y -qq busybox-static curl
+  apt-get install -y -qq busybox-static curl libseccomp-dev
 fi
 cargo build --release --bin skiff
 BIN="$PWD/target/release/skiff"

@@ -601,3 +601,35 @@ fn the_writable_layer_is_in_memory_and_counts_against_the_limit() {
         .ok(&["logs", "read", "--job", "writer"])
         .contains("wrote-small"));
 }
+
+#[test]
+fn every_container_runs_under_a_seccomp_filter() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
+    s.deploy_web("boxed", &[]);
+    let sh = |cmd: &str| {
+        let q: String = cmd
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (code, body) = s.get("boxed.localhost", &format!("/cgi-bin/sh?{q}"), None);
+        assert_eq!(code, 200, "{cmd}: {body}");
+        body
+    };
+    // The kernel reports the filter: mode 2 is a seccomp filter.
+    let status = sh("grep Seccomp: /proc/self/status");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    // New namespaces and mounts are refused, as Docker's default profile refuses them.
+    for cmd in ["unshare -U true", "unshare -n true", "unshare -m true"] {
+        let out = sh(&format!("{cmd}; echo exit=$?"));
+        assert!(
+            out.contains("Operation not permitted") && out.contains("exit=1"),
+            "{cmd}: {out}"
+        );
+    }
+    // Ordinary work goes on.
+    let out = sh("echo hi > /tmp/f && cat /tmp/f && ls / > /dev/null && echo fine");
+    assert!(out.contains("hi") && out.contains("fine"), "{out}");
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 const APPLETS: &[&str] = &[
     "sh", "env", "hostname", "ls", "cat", "sleep", "wget", "ps", "nc", "httpd", "echo", "id",
-    "kill", "true", "false", "head", "dd", "mount", "grep",
+    "kill", "true", "false", "head", "dd", "mount", "grep", "unshare",
 ];
 
 /// What goes into a test image besides busybox.
