@@ -9,9 +9,10 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-if ! [ -x /bin/busybox ] || ! command -v curl >/dev/null || ! command -v nft >/dev/null; then
+if ! [ -x /bin/busybox ] || ! command -v curl >/dev/null || ! command -v nft >/dev/null \
+  || ! dpkg-query -W libseccomp-dev >/dev/null 2>&1; then
   apt-get update -qq
-  apt-get install -y -qq busybox-static curl nftables
+  apt-get install -y -qq busybox-static curl nftables libseccomp-dev
 fi
 cargo build --release --bin skiff
 BIN="$PWD/target/release/skiff"

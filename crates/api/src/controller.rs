@@ -467,8 +467,9 @@ impl Controller {
             let Some(pool) = this.serving.pool(&key) else {
                 return;
             };
-            let deadline = Instant::now() + STARTUP_TIMEOUT + Duration::from_secs(10);
-            let result = pool.acquire(deadline, STARTUP_TIMEOUT).await.map(drop);
+            let limit = pool.settings.startup_limit().max(STARTUP_TIMEOUT);
+            let deadline = Instant::now() + limit + Duration::from_secs(10);
+            let result = pool.acquire(deadline, limit).await.map(drop);
             let cond = match &result {
                 Ok(()) => Condition::new("Ready", "True", None, None),
                 Err(e) => {
@@ -831,13 +832,10 @@ fn template_settings(t: &RevisionTemplate) -> ApiResult<RevisionSettings> {
         _ => {}
     }
     RevisionSettings::from_template(t).map_err(|e| {
-        let c = &t.spec.containers;
-        let field = if c.len() > 1 {
-            "spec.template.spec.containers"
-        } else {
-            "spec.template"
-        };
-        ApiError::invalid(format!("{field}: {}", e.0))
+        if t.spec.containers.len() > 1 {
+            return ApiError::invalid(format!("spec.template.spec.containers: {}", e.0));
+        }
+        ApiError::invalid(skiff_model::template_error(&e))
     })
 }
 

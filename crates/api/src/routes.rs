@@ -94,6 +94,16 @@ pub(crate) fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiRe
     serde_path_to_error::deserialize(v).map_err(field_error)
 }
 
+/// Parses a Service as [`parse_object`] does, and refuses any field Skiff would drop
+/// (`spec.template.spec.volumes: Skiff does not implement this field: remove it`).
+fn parse_service(body: &[u8]) -> ApiResult<Service> {
+    let svc: Service = parse_object(body)?;
+    let input: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?;
+    skiff_model::refuse_unknown_fields(&input, &svc).map_err(|e| ApiError::invalid(e.0))?;
+    Ok(svc)
+}
+
 fn field_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ApiError {
     let path = e.path().to_string();
     let inner = e.into_inner();
@@ -159,7 +169,7 @@ async fn create_service(
     Path(ns): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Service>> {
-    let svc: Service = parse_object(&body)?;
+    let svc = parse_service(&body)?;
     Ok(Json(st.controller.apply_service(&ns, svc, true).await?))
 }
 
@@ -168,7 +178,7 @@ async fn replace_service(
     Path((ns, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Service>> {
-    let svc: Service = parse_object(&body)?;
+    let svc = parse_service(&body)?;
     if svc.metadata.name != name {
         return Err(ApiError::invalid(format!(
             "metadata.name {:?} does not match {name:?} in the URL",

@@ -99,6 +99,15 @@ pub struct DeployArgs {
     #[arg(long, value_name = "all|none", value_parser = ["all", "none"])]
     pub egress: Option<String>,
 
+    /// Send HTTP/2 to the container (cleartext, prior knowledge; its port is named h2c), as
+    /// gRPC servers need
+    #[arg(long, overrides_with = "no_use_http2")]
+    pub use_http2: bool,
+
+    /// Send HTTP/1.1 to the container (its port is named http1; the default)
+    #[arg(long, overrides_with = "use_http2")]
+    pub no_use_http2: bool,
+
     /// Give the new revision no traffic until traffic is moved to it
     #[arg(long)]
     pub no_traffic: bool,
@@ -182,6 +191,7 @@ pub struct Changes {
     pub cpu_throttling: Option<bool>,
     pub service_account: Option<String>,
     pub egress: Option<String>,
+    pub use_http2: Option<bool>,
 }
 
 impl DeployArgs {
@@ -251,6 +261,11 @@ impl DeployArgs {
             },
             service_account: self.service_account.as_ref().map(|s| s.trim().to_string()),
             egress: self.egress.clone(),
+            use_http2: match (self.use_http2, self.no_use_http2) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
         })
     }
 }
@@ -309,6 +324,16 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) {
             name,
             container_port: p,
         }];
+    }
+    if let Some(h2) = ch.use_http2 {
+        let name = if h2 { "h2c" } else { "http1" };
+        match c.ports.first_mut() {
+            Some(p) => p.name = Some(name.into()),
+            None => c.ports.push(ContainerPort {
+                name: Some(name.into()),
+                container_port: u32::from(skiff_model::DEFAULT_PORT),
+            }),
+        }
     }
     for (key, v) in [("cpu", &ch.cpu), ("memory", &ch.memory)] {
         if let Some(v) = v {
@@ -799,6 +824,38 @@ mod tests {
                 assert_eq!(s.spec.template.spec.container_concurrency, Some(10));
                 assert_eq!(s.spec.template.metadata.annotations[ANN_MIN_SCALE], "1");
             }),
+        );
+        check(
+            "existing, --use-http2 names the port h2c and keeps its number",
+            true,
+            args(|a| a.use_http2 = true),
+            Ok(|s| {
+                assert_eq!(c0(s).ports[0].name.as_deref(), Some("h2c"));
+                assert_eq!(c0(s).ports[0].container_port, 9000);
+            }),
+        );
+        check(
+            "new, --use-http2 without --port: h2c on 8080",
+            false,
+            args(|a| {
+                a.image = Some("busybox".into());
+                a.use_http2 = true;
+            }),
+            Ok(|s| {
+                assert_eq!(
+                    c0(s).ports,
+                    vec![ContainerPort {
+                        name: Some("h2c".into()),
+                        container_port: 8080
+                    }]
+                );
+            }),
+        );
+        check(
+            "existing, --no-use-http2 goes back to http1",
+            true,
+            args(|a| a.no_use_http2 = true),
+            Ok(|s| assert_eq!(c0(s).ports[0].name.as_deref(), Some("http1"))),
         );
         check(
             "existing, port keeps the port's name",

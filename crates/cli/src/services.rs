@@ -345,6 +345,25 @@ pub fn settings_pairs(t: &RevisionTemplate) -> Vec<(&'static str, String)> {
             out.push(("Args", s.args.join(" ")));
             let env: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             out.push(("Env", env.join(", ")));
+            let probe = |p: &skiff_model::ProbeSettings| {
+                format!(
+                    "{} every {}s (timeout {}s, {} failures, first after {}s)",
+                    p.describe(),
+                    p.period.as_secs(),
+                    p.timeout.as_secs(),
+                    p.failure_threshold,
+                    p.initial_delay.as_secs()
+                )
+            };
+            out.push((
+                "Startup probe",
+                s.startup_probe.as_ref().map(probe).unwrap_or_else(|| {
+                    format!("TCP connection to port {} (default, within 240s)", s.port)
+                }),
+            ));
+            if let Some(p) = &s.liveness_probe {
+                out.push(("Liveness probe", probe(p)));
+            }
         }
         Err(e) => {
             out.push(("Image", c.map(|c| c.image.clone()).unwrap_or_default()));
@@ -424,6 +443,10 @@ const ANN_WINDOW: &str = "autoscaling.knative.dev/window";
 /// Reads and checks a Knative Service file; the namespace defaults to `project`. Every error
 /// names the field at fault, as a path like `spec.template.spec.containerConcurrency`.
 pub fn parse_service_file(text: &str, origin: &str, project: &str) -> Result<Service> {
+    // Read once as plain data, to name any field the Service type would drop.
+    let input: Option<Value> = serde_yaml::from_str::<serde_yaml::Value>(text)
+        .ok()
+        .and_then(|y| serde_json::to_value(y).ok());
     let mut svc: Service = serde_yaml::from_str(text).map_err(|e| {
         // serde_yaml puts the path of the field at fault first: `spec.template...: invalid type`.
         anyhow!(
@@ -442,6 +465,9 @@ pub fn parse_service_file(text: &str, origin: &str, project: &str) -> Result<Ser
             "{origin} has apiVersion {:?}: use apiVersion: {SERVING_API_VERSION}",
             svc.api_version
         );
+    }
+    if let Some(input) = &input {
+        skiff_model::refuse_unknown_fields(input, &svc).map_err(|e| anyhow!("{origin}: {e}"))?;
     }
     if svc.metadata.name.is_empty() {
         bail!("{origin} has no metadata.name: name the service");
@@ -529,6 +555,24 @@ fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
             o.spec.containers[0].env = vec![e.clone()]
         })?;
     }
+    for (given, set) in [(&c.startup_probe, true), (&c.liveness_probe, false)] {
+        if given.is_some() {
+            let mut one = RevisionTemplate::default();
+            one.spec.containers.push(Container {
+                image: c.image.clone(),
+                ports: c.ports.clone(),
+                ..Default::default()
+            });
+            if set {
+                one.spec.containers[0].startup_probe = given.clone();
+            } else {
+                one.spec.containers[0].liveness_probe = given.clone();
+            }
+            RevisionSettings::from_template(&one)
+                .map(drop)
+                .map_err(|e| anyhow!("{C}.{e}"))?;
+        }
+    }
     let ann = &t.metadata.annotations;
     for key in ACTED_ON {
         if let Some(v) = ann.get(*key) {
@@ -564,7 +608,8 @@ fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
         }
     }
     // Whatever depends on several fields at once.
-    RevisionSettings::from_template(t).map_err(|e| anyhow!("spec.template: {e}"))?;
+    RevisionSettings::from_template(t)
+        .map_err(|e| anyhow!("{}", skiff_model::template_error(&e)))?;
     Ok(())
 }
 
@@ -735,7 +780,19 @@ mod tests {
 
     #[test]
     fn export_round_trips_through_replace() {
+        // A field Skiff does not know is refused by name, not dropped.
         let yaml = serde_yaml::to_string(&export(&full())).unwrap();
+        let err = parse_service_file(&yaml, "svc.yaml", "other").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "svc.yaml: spec.template.spec.containers[0].x-unknown: Skiff does not implement this field: remove it"
+        );
+        let mut known = full();
+        known["spec"]["template"]["spec"]["containers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("x-unknown");
+        let yaml = serde_yaml::to_string(&export(&known)).unwrap();
         let svc = parse_service_file(&yaml, "svc.yaml", "other").unwrap();
         assert_eq!(svc.metadata.name, "hello");
         assert_eq!(svc.metadata.namespace, "default");

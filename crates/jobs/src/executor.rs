@@ -600,6 +600,7 @@ impl Jobs {
             joins_netns: false,
             hosts: String::new(),
             resolv_conf: String::new(),
+            memory_volumes: Vec::new(),
         }
     }
 
@@ -704,10 +705,10 @@ impl Jobs {
                     supervisor::spawn(&self.cfg.shim_exe, &cfg, netns).await
                 }
             };
-            let (exit, timed_out, cancelled) = match spawned {
+            let (exit, timed_out, cancelled, oom) = match spawned {
                 Err(e) => {
                     meter.end(skiff_metering::now_ms(), None);
-                    (Exit::Failed(e.to_string()), false, false)
+                    (Exit::Failed(e.to_string()), false, false, None)
                 }
                 Ok((rt, out)) => {
                     let readers = [
@@ -751,7 +752,11 @@ impl Jobs {
                         futures::future::join_all(readers),
                     )
                     .await;
-                    (exit, timed_out, cancelled)
+                    let oom = skiff_runtime::cgroup::oom_message(
+                        rt.final_usage().as_ref(),
+                        cfg.memory_bytes,
+                    );
+                    (exit, timed_out, cancelled, oom)
                 }
             };
             let code = match &exit {
@@ -763,6 +768,8 @@ impl Jobs {
                     "attempt {attempt} timed out after {}s",
                     run.settings.timeout.as_secs()
                 )
+            } else if let Some(oom) = oom {
+                format!("attempt {attempt}: {oom}: the container {exit}")
             } else {
                 format!("attempt {attempt} {exit}")
             };

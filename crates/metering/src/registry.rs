@@ -62,6 +62,10 @@ pub struct InstanceInfo {
 pub struct CgroupStats {
     pub cpu_ns: u64,
     pub memory_peak_bytes: u64,
+    /// Processes the memory cgroup's OOM killer has killed (`oom_kill` in cgroup v1's
+    /// `memory.oom_control`, v2's `memory.events`).
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 /// What an instance's network interface carried so far, in bytes (totals since it started).
@@ -342,6 +346,7 @@ mod tests {
             Some(CgroupStats {
                 cpu_ns: 7_000,
                 memory_peak_bytes: 1 << 20,
+                oom_kills: 0,
             })
         };
         let c = r.checkpoint(1_200, stats);
@@ -362,6 +367,7 @@ mod tests {
             Some(CgroupStats {
                 cpu_ns: 9_000,
                 memory_peak_bytes: 2 << 20,
+                oom_kills: 0,
             }),
         );
         let c = r.checkpoint(1_400, stats);

@@ -278,6 +278,17 @@ impl TaskSettings {
                 "the job's container has no image: pass --image NAME[:TAG]",
             ));
         }
+        for (given, field) in [
+            (c.startup_probe.is_some(), "startupProbe"),
+            (c.liveness_probe.is_some(), "livenessProbe"),
+            (!c.volume_mounts.is_empty(), "volumeMounts"),
+        ] {
+            if given {
+                return Err(InvalidInput::new(format!(
+                    "the job's container has {field}: Skiff's job tasks do not take it; remove it"
+                )));
+            }
+        }
         let task_count = spec.task_count.unwrap_or(1);
         if !(1..=MAX_TASKS).contains(&task_count) {
             return Err(InvalidInput::new(format!(

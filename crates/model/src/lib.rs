@@ -5,6 +5,7 @@
 //! Nothing here does I/O; it is plain data and validation so that the store, the API, the
 //! serving plane and the CLI agree on one shape.
 
+pub mod fields;
 pub mod jobs;
 pub mod knative;
 pub mod names;
@@ -12,6 +13,7 @@ pub mod selector;
 pub mod settings;
 pub mod units;
 
+pub use fields::*;
 pub use jobs::*;
 pub use knative::*;
 pub use names::*;

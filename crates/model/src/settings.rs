@@ -49,6 +49,318 @@ pub struct RevisionSettings {
     /// Whether the instances have a network beyond loopback ([`crate::ANN_EGRESS`]).
     #[serde(default = "yes")]
     pub egress: bool,
+    /// HTTP/2 to the container (prior knowledge, "h2c"): its port is named `h2c`, as
+    /// `gcloud run deploy --use-http2` names it. Otherwise the container gets HTTP/1.1.
+    #[serde(default)]
+    pub use_http2: bool,
+    /// In-memory volumes mounted in the container.
+    #[serde(default)]
+    pub memory_volumes: Vec<MemoryVolume>,
+    /// The container's startup probe; `None`: Cloud Run's default, a TCP connect to `port`
+    /// within 240 s.
+    #[serde(default)]
+    pub startup_probe: Option<ProbeSettings>,
+    /// The container's liveness probe, run once it has started; `None`: none.
+    #[serde(default)]
+    pub liveness_probe: Option<ProbeSettings>,
+}
+
+impl RevisionSettings {
+    /// The longest a new instance may take to start before its startup probe gives up: 240 s
+    /// for the default probe; `initialDelaySeconds + failureThreshold × periodSeconds` plus a
+    /// last attempt's timeout for a probe the revision gives.
+    pub fn startup_limit(&self) -> Duration {
+        match &self.startup_probe {
+            None => Duration::from_secs(240),
+            Some(p) => p.initial_delay + p.period * p.failure_threshold + p.timeout,
+        }
+    }
+}
+
+/// An in-memory `emptyDir` mounted in the container: a tmpfs of at most `size_bytes` (its
+/// `sizeLimit`, else the memory limit) whose pages count against the instance's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryVolume {
+    /// The volume's name.
+    pub name: String,
+    /// Absolute path in the container.
+    pub mount_path: String,
+    pub size_bytes: u64,
+    pub read_only: bool,
+}
+
+/// Reads `spec.volumes` and the container's `volumeMounts` as Cloud Run does for in-memory
+/// volumes. Errors name the field (`volumes[0].emptyDir.sizeLimit: ...`).
+fn memory_volumes(
+    t: &RevisionTemplate,
+    c: &crate::Container,
+    memory_bytes: u64,
+) -> Result<Vec<MemoryVolume>, InvalidInput> {
+    let mut sizes = std::collections::BTreeMap::new();
+    for (i, v) in t.spec.volumes.iter().enumerate() {
+        crate::validate_name("volume", &v.name, 63)
+            .map_err(|e| InvalidInput::new(format!("volumes[{i}].name: {e}")))?;
+        let Some(ed) = &v.empty_dir else {
+            return Err(InvalidInput::new(format!(
+                "volumes[{i}]: give its source: Skiff has in-memory emptyDir volumes (emptyDir: {{medium: Memory}})"
+            )));
+        };
+        if ed.medium.as_deref() != Some("Memory") {
+            return Err(InvalidInput::new(format!(
+                "volumes[{i}].emptyDir.medium: {:?}: Cloud Run's emptyDir volumes are in memory: use medium: Memory",
+                ed.medium.clone().unwrap_or_default()
+            )));
+        }
+        let size = match &ed.size_limit {
+            None => memory_bytes,
+            Some(s) => {
+                let n = crate::parse_size(s).map_err(|e| {
+                    InvalidInput::new(format!("volumes[{i}].emptyDir.sizeLimit: {e}"))
+                })?;
+                if n == 0 || n > memory_bytes {
+                    return Err(InvalidInput::new(format!(
+                        "volumes[{i}].emptyDir.sizeLimit: {s} is more than the memory limit ({} MiB) it counts against: lower it or raise the memory",
+                        memory_bytes >> 20
+                    )));
+                }
+                n
+            }
+        };
+        if sizes.insert(v.name.clone(), size).is_some() {
+            return Err(InvalidInput::new(format!(
+                "volumes[{i}].name: {:?} is used twice: give each volume its own name",
+                v.name
+            )));
+        }
+    }
+    let mut out: Vec<MemoryVolume> = Vec::new();
+    for (i, m) in c.volume_mounts.iter().enumerate() {
+        let at = format!("containers[0].volumeMounts[{i}]");
+        let Some(size) = sizes.get(&m.name) else {
+            return Err(InvalidInput::new(format!(
+                "{at}.name: no volume {:?} in spec.volumes: declare it there",
+                m.name
+            )));
+        };
+        let p = &m.mount_path;
+        let clean = p.starts_with('/')
+            && p.len() > 1
+            && !p.ends_with('/')
+            && p.split('/')
+                .skip(1)
+                .all(|s| !s.is_empty() && s != "." && s != "..");
+        if !clean {
+            return Err(InvalidInput::new(format!(
+                "{at}.mountPath: {p:?} is not an absolute path below /: give one like /cache"
+            )));
+        }
+        for reserved in ["/proc", "/sys", "/dev"] {
+            if p == reserved || p.starts_with(&format!("{reserved}/")) {
+                return Err(InvalidInput::new(format!(
+                    "{at}.mountPath: {p:?} is under {reserved}, which the platform provides: choose another path"
+                )));
+            }
+        }
+        if let Some(o) = out.iter().find(|o| o.mount_path == *p || o.name == m.name) {
+            return Err(InvalidInput::new(format!(
+                "{at}: volume {:?} at {p:?} clashes with volume {:?} at {:?}: mount each volume once, each at its own path",
+                m.name, o.name, o.mount_path
+            )));
+        }
+        out.push(MemoryVolume {
+            name: m.name.clone(),
+            mount_path: p.clone(),
+            size_bytes: *size,
+            read_only: m.read_only.unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
+/// What a probe does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeAction {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// `GET path` with these headers answers 200 to 399 (over HTTP/1.1).
+    Http {
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// A validated probe, Cloud Run's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSettings {
+    pub action: ProbeAction,
+    pub port: u16,
+    pub initial_delay: Duration,
+    /// Each attempt's time limit (never above `period`).
+    pub timeout: Duration,
+    pub period: Duration,
+    /// Consecutive failures that fail the probe.
+    pub failure_threshold: u32,
+}
+
+impl ProbeSettings {
+    /// What the probe checks, for messages: `HTTP GET /ready on port 8080`.
+    pub fn describe(&self) -> String {
+        match &self.action {
+            ProbeAction::Tcp => format!("TCP connection to port {}", self.port),
+            ProbeAction::Http { path, .. } => format!("HTTP GET {path} on port {}", self.port),
+        }
+    }
+}
+
+/// Which probe, with Cloud Run's limits for it (seconds).
+#[derive(Clone, Copy)]
+enum ProbeKind {
+    Startup,
+    Liveness,
+}
+
+impl ProbeKind {
+    fn field(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "startupProbe",
+            ProbeKind::Liveness => "livenessProbe",
+        }
+    }
+    /// Most seconds for initialDelaySeconds, periodSeconds and timeoutSeconds.
+    fn max_secs(self) -> i64 {
+        match self {
+            ProbeKind::Startup => 240,
+            ProbeKind::Liveness => 3600,
+        }
+    }
+}
+
+/// Reads a probe as Cloud Run does: one of `httpGet` or `tcpSocket` (`tcpSocket` for startup
+/// probes only); `initialDelaySeconds` 0 (0..=240 for startup, 0..=3600 for liveness),
+/// `periodSeconds` 10 (1..=240 / 1..=3600), `timeoutSeconds` 1 (1..=the period),
+/// `failureThreshold` 3 (at least 1), `successThreshold` only 1; for a startup probe
+/// `failureThreshold × periodSeconds` at most 240. Errors name the field:
+/// `startupProbe.periodSeconds: ...`.
+fn probe_settings(
+    p: &crate::Probe,
+    kind: ProbeKind,
+    container_port: u16,
+) -> Result<ProbeSettings, InvalidInput> {
+    let f = kind.field();
+    let max = kind.max_secs();
+    let secs = |name: &str, v: Option<i64>, default: i64, min: i64, max: i64| {
+        let v = v.unwrap_or(default);
+        if v < min || v > max {
+            return Err(InvalidInput::new(format!(
+                "{f}.{name}: {v} is out of range: use {min} to {max}"
+            )));
+        }
+        Ok(v)
+    };
+    let initial = secs("initialDelaySeconds", p.initial_delay_seconds, 0, 0, max)?;
+    let period = secs("periodSeconds", p.period_seconds, 10, 1, max)?;
+    let timeout = secs("timeoutSeconds", p.timeout_seconds, 1, 1, max)?;
+    if timeout > period {
+        return Err(InvalidInput::new(format!(
+            "{f}.timeoutSeconds: {timeout} is above periodSeconds {period}: use at most the period"
+        )));
+    }
+    let failures = secs(
+        "failureThreshold",
+        p.failure_threshold,
+        3,
+        1,
+        i64::from(u32::MAX),
+    )?;
+    if let Some(n) = p.success_threshold {
+        if n != 1 {
+            return Err(InvalidInput::new(format!(
+                "{f}.successThreshold: {n}: Cloud Run takes only 1"
+            )));
+        }
+    }
+    if matches!(kind, ProbeKind::Startup) && failures.saturating_mul(period) > 240 {
+        return Err(InvalidInput::new(format!(
+            "{f}.failureThreshold: {failures} × periodSeconds {period} is above 240 seconds: lower one of them"
+        )));
+    }
+    let port = |field: &str, v: Option<i64>| {
+        match v {
+        None => Ok(container_port),
+        Some(n) => u16::try_from(n).ok().filter(|p| *p > 0).ok_or_else(|| {
+            InvalidInput::new(format!(
+                "{f}.{field}.port: {n} is not a port: use 1 to 65535, or leave it out for the container's port"
+            ))
+        }),
+    }
+    };
+    let given = [
+        p.http_get.is_some(),
+        p.tcp_socket.is_some(),
+        p.grpc.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if given != 1 {
+        return Err(InvalidInput::new(format!(
+            "{f}: give exactly one of httpGet, tcpSocket or grpc"
+        )));
+    }
+    let (action, port) = if let Some(h) = &p.http_get {
+        let path = h.path.clone().unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(InvalidInput::new(format!(
+                "{f}.httpGet.path: {path:?} is not a request path: give one like /ready"
+            )));
+        }
+        let mut headers = Vec::new();
+        for (i, hh) in h.http_headers.iter().enumerate() {
+            if http_header_ok(&hh.name, &hh.value) {
+                headers.push((hh.name.clone(), hh.value.clone()));
+            } else {
+                return Err(InvalidInput::new(format!(
+                    "{f}.httpGet.httpHeaders[{i}]: {:?}: {:?} is not a valid header",
+                    hh.name, hh.value
+                )));
+            }
+        }
+        (
+            ProbeAction::Http { path, headers },
+            port("httpGet", h.port)?,
+        )
+    } else if let Some(t) = &p.tcp_socket {
+        if matches!(kind, ProbeKind::Liveness) {
+            return Err(InvalidInput::new(format!(
+                "{f}.tcpSocket: Cloud Run's liveness probes are httpGet or grpc: use httpGet"
+            )));
+        }
+        (ProbeAction::Tcp, port("tcpSocket", t.port)?)
+    } else {
+        return Err(InvalidInput::new(format!(
+            "{f}.grpc: gRPC probes are not supported by Skiff yet: use httpGet or tcpSocket"
+        )));
+    };
+    let s = |n: i64| Duration::from_secs(n as u64);
+    Ok(ProbeSettings {
+        action,
+        port,
+        initial_delay: s(initial),
+        timeout: s(timeout),
+        period: s(period),
+        failure_threshold: failures as u32,
+    })
+}
+
+/// A header name is a token (RFC 9110 §5.6.2) and its value has no control characters.
+fn http_header_ok(name: &str, value: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..0x7f).contains(&b))
 }
 
 /// Reads [`crate::ANN_EGRESS`] from annotations: `all` (or absent) is `true`, `none` `false`.
@@ -87,6 +399,21 @@ fn yes() -> bool {
     true
 }
 
+/// A [`RevisionSettings::from_template`] error as the field of a Service it is about: a probe's
+/// or a volume's message already names its field from the container or the revision spec on
+/// (`startupProbe.periodSeconds: ...` → `spec.template.spec.containers[0].startupProbe.periodSeconds: ...`);
+/// any other is about the template as a whole (`spec.template: ...`).
+pub fn template_error(e: &InvalidInput) -> String {
+    let m = &e.0;
+    if m.starts_with("startupProbe") || m.starts_with("livenessProbe") {
+        format!("spec.template.spec.containers[0].{m}")
+    } else if m.starts_with("volumes[") || m.starts_with("containers[") {
+        format!("spec.template.spec.{m}")
+    } else {
+        format!("spec.template: {m}")
+    }
+}
+
 /// Prefix of the Knative autoscaling annotations.
 pub const AUTOSCALING_PREFIX: &str = "autoscaling.knative.dev/";
 
@@ -120,6 +447,15 @@ impl RevisionSettings {
                 "the container has no image: pass --image NAME[:TAG]",
             ));
         }
+        let use_http2 = match c.ports.first().and_then(|p| p.name.as_deref()) {
+            None | Some("http1") => false,
+            Some("h2c") => true,
+            Some(other) => {
+                return Err(InvalidInput::new(format!(
+                    "invalid port name {other:?}: use http1 (HTTP/1.1 to the container) or h2c (HTTP/2)"
+                )))
+            }
+        };
         let port = match c.ports.as_slice() {
             [] => DEFAULT_PORT,
             [p] => u16::try_from(p.container_port)
@@ -203,12 +539,45 @@ impl RevisionSettings {
                 }
             },
         };
+        let memory_volumes = memory_volumes(t, c, memory_bytes)?;
+        let startup_probe = c
+            .startup_probe
+            .as_ref()
+            .map(|p| probe_settings(p, ProbeKind::Startup, port))
+            .transpose()?;
+        let liveness_probe = c
+            .liveness_probe
+            .as_ref()
+            .map(|p| probe_settings(p, ProbeKind::Liveness, port))
+            .transpose()?;
+        for (p, field) in [
+            (&startup_probe, "startupProbe"),
+            (&liveness_probe, "livenessProbe"),
+        ] {
+            if use_http2
+                && matches!(
+                    p,
+                    Some(ProbeSettings {
+                        action: ProbeAction::Http { .. },
+                        ..
+                    })
+                )
+            {
+                return Err(InvalidInput::new(format!(
+                    "{field}.httpGet: HTTP probes speak HTTP/1.1, and this container's port is h2c (HTTP/2): use tcpSocket, or name the port http1"
+                )));
+            }
+        }
         if let Some(sa) = &spec.service_account_name {
             validate_service_account(sa)?;
         }
         Ok(RevisionSettings {
             service_account: spec.service_account_name.clone(),
             egress: egress_annotation(&t.metadata.annotations)?,
+            memory_volumes,
+            use_http2,
+            startup_probe,
+            liveness_probe,
             cpu_throttling,
             image: c.image.clone(),
             port,
@@ -312,6 +681,143 @@ mod tests {
         assert_eq!(s.env, vec![("A".to_string(), "b".to_string())]);
     }
 
+    fn probe(yaml: &str) -> crate::Probe {
+        serde_json::from_value(serde_json::from_str::<serde_json::Value>(yaml).unwrap()).unwrap()
+    }
+
+    fn with_probes(
+        startup: Option<&str>,
+        liveness: Option<&str>,
+    ) -> Result<RevisionSettings, InvalidInput> {
+        RevisionSettings::from_template(&template(|t| {
+            let c = &mut t.spec.containers[0];
+            c.startup_probe = startup.map(probe);
+            c.liveness_probe = liveness.map(probe);
+        }))
+    }
+
+    #[test]
+    fn probes_take_cloud_runs_defaults() {
+        let s = with_probes(
+            Some(r#"{"httpGet":{"path":"/ready"}}"#),
+            Some(r#"{"httpGet":{"port":9000,"httpHeaders":[{"name":"X-A","value":"b"}]},"periodSeconds":30,"timeoutSeconds":5,"failureThreshold":1,"initialDelaySeconds":7}"#),
+        )
+        .unwrap();
+        let st = s.startup_probe.unwrap();
+        assert_eq!(
+            st,
+            ProbeSettings {
+                action: ProbeAction::Http {
+                    path: "/ready".into(),
+                    headers: vec![]
+                },
+                port: 8080,
+                initial_delay: Duration::ZERO,
+                timeout: Duration::from_secs(1),
+                period: Duration::from_secs(10),
+                failure_threshold: 3,
+            }
+        );
+        assert_eq!(st.describe(), "HTTP GET /ready on port 8080");
+        let l = s.liveness_probe.unwrap();
+        assert_eq!(l.port, 9000);
+        assert_eq!(
+            (l.initial_delay, l.timeout, l.period, l.failure_threshold),
+            (
+                Duration::from_secs(7),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                1
+            )
+        );
+        let s = with_probes(Some(r#"{"tcpSocket":{}}"#), None).unwrap();
+        assert_eq!(s.startup_probe.unwrap().action, ProbeAction::Tcp);
+        assert_eq!(with_probes(None, None).unwrap().startup_probe, None);
+    }
+
+    #[test]
+    fn probe_errors_name_the_field() {
+        let cases = [
+            (
+                Some(r#"{"tcpSocket":{},"periodSeconds":241}"#),
+                None,
+                "startupProbe.periodSeconds: 241 is out of range: use 1 to 240",
+            ),
+            (
+                Some(r#"{"tcpSocket":{},"periodSeconds":0}"#),
+                None,
+                "startupProbe.periodSeconds: 0",
+            ),
+            (
+                Some(r#"{"tcpSocket":{},"initialDelaySeconds":-1}"#),
+                None,
+                "startupProbe.initialDelaySeconds",
+            ),
+            (
+                Some(r#"{"tcpSocket":{},"timeoutSeconds":5,"periodSeconds":2}"#),
+                None,
+                "startupProbe.timeoutSeconds: 5 is above periodSeconds 2",
+            ),
+            (
+                Some(r#"{"tcpSocket":{},"periodSeconds":100,"failureThreshold":3}"#),
+                None,
+                "startupProbe.failureThreshold: 3 × periodSeconds 100 is above 240",
+            ),
+            (
+                Some(r#"{"tcpSocket":{},"failureThreshold":0}"#),
+                None,
+                "startupProbe.failureThreshold: 0",
+            ),
+            (
+                Some(r#"{"tcpSocket":{},"successThreshold":2}"#),
+                None,
+                "startupProbe.successThreshold",
+            ),
+            (
+                Some(r#"{"tcpSocket":{"port":70000}}"#),
+                None,
+                "startupProbe.tcpSocket.port: 70000",
+            ),
+            (
+                Some(r#"{"httpGet":{"path":"ready"}}"#),
+                None,
+                "startupProbe.httpGet.path",
+            ),
+            (
+                Some(r#"{"httpGet":{"httpHeaders":[{"name":"a b","value":"x"}]}}"#),
+                None,
+                "startupProbe.httpGet.httpHeaders[0]",
+            ),
+            (
+                Some(r#"{"periodSeconds":5}"#),
+                None,
+                "startupProbe: give exactly one of httpGet, tcpSocket or grpc",
+            ),
+            (
+                Some(r#"{"httpGet":{},"tcpSocket":{}}"#),
+                None,
+                "startupProbe: give exactly one",
+            ),
+            (Some(r#"{"grpc":{}}"#), None, "startupProbe.grpc"),
+            (None, Some(r#"{"tcpSocket":{}}"#), "livenessProbe.tcpSocket"),
+            (
+                None,
+                Some(r#"{"httpGet":{},"periodSeconds":3601}"#),
+                "livenessProbe.periodSeconds: 3601 is out of range: use 1 to 3600",
+            ),
+        ];
+        for (startup, liveness, want) in cases {
+            let e = with_probes(startup, liveness).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{startup:?} {liveness:?}: {e}");
+        }
+        // Liveness probes may wait longer than startup probes.
+        assert!(with_probes(
+            None,
+            Some(r#"{"httpGet":{},"periodSeconds":3600,"initialDelaySeconds":3600}"#)
+        )
+        .is_ok());
+    }
+
     #[test]
     fn rejects() {
         type Edit = fn(&mut RevisionTemplate);
@@ -337,6 +843,12 @@ mod tests {
                 t.spec.containers[0].ports.push(ContainerPort {
                     name: None,
                     container_port: 70000,
+                })
+            }),
+            ("port name", |t| {
+                t.spec.containers[0].ports.push(ContainerPort {
+                    name: Some("grpc".into()),
+                    container_port: 8080,
                 })
             }),
             ("reserved env", |t| {

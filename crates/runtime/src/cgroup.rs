@@ -56,16 +56,44 @@ pub fn stats(id: &str) -> Option<CgroupStats> {
         return Some(CgroupStats {
             cpu_ns: usec * 1000,
             memory_peak_bytes: peak,
+            oom_kills: oom_kills(cpu_dir.join("memory.events")),
         });
     }
     let cpu_ns = read_u64(cpu_dir.join("cpuacct.usage"))?;
-    let peak = dir(id, "memory")
-        .and_then(|(d, _)| read_u64(d.join("memory.max_usage_in_bytes")))
+    let mem = dir(id, "memory").map(|(d, _)| d);
+    let peak = mem
+        .as_ref()
+        .and_then(|d| read_u64(d.join("memory.max_usage_in_bytes")))
         .unwrap_or(0);
     Some(CgroupStats {
         cpu_ns,
         memory_peak_bytes: peak,
+        oom_kills: mem.map_or(0, |d| oom_kills(d.join("memory.oom_control"))),
     })
+}
+
+/// The `oom_kill N` line of cgroup v1's `memory.oom_control` or v2's `memory.events`.
+fn oom_kills(p: PathBuf) -> u64 {
+    std::fs::read_to_string(p)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Cloud Run's words for an instance the memory cgroup killed: `Memory limit of 128 MiB
+/// exceeded with 131 MiB used`, from its final reading and its limit (bytes); `None` when the
+/// OOM killer did not act.
+pub fn oom_message(usage: Option<&CgroupStats>, memory_limit: u64) -> Option<String> {
+    let u = usage.filter(|u| u.oom_kills > 0)?;
+    Some(format!(
+        "Memory limit of {} MiB exceeded with {} MiB used",
+        memory_limit.div_ceil(1 << 20),
+        u.memory_peak_bytes.max(memory_limit).div_ceil(1 << 20)
+    ))
 }
 
 /// An instance's CPU quota file, held open so that switching costs one write.

@@ -61,6 +61,11 @@ pub struct InstanceConfig {
     /// The container's `/etc/resolv.conf`, likewise.
     #[serde(default)]
     pub resolv_conf: String,
+    /// In-memory volumes: a tmpfs each, at `(path in the container, size in bytes, read-only)`.
+    /// Their pages are charged to the container's memory cgroup, so they count against its
+    /// memory limit.
+    #[serde(default)]
+    pub memory_volumes: Vec<(String, u64, bool)>,
 }
 
 /// File descriptor on which the shim receives the network namespace to join.

@@ -177,8 +177,25 @@ fn private_mount_namespace() -> Result<(), RuntimeError> {
 }
 
 fn mount_rootfs(cfg: &InstanceConfig) -> Result<(), RuntimeError> {
-    let upper = cfg.dir.join("upper");
-    let work = cfg.dir.join("work");
+    // The writable layer lives in memory, as Cloud Run's does: a tmpfs as large as the
+    // memory limit, whose pages are charged to the container's memory cgroup as it writes.
+    let layer = writable_layer(cfg);
+    std::fs::create_dir_all(&layer).map_err(|e| RuntimeError::io(&layer, e))?;
+    mount(
+        Some("tmpfs"),
+        &layer,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("size={},mode=0700", cfg.memory_bytes).as_str()),
+    )
+    .map_err(|e| {
+        RuntimeError::Sys(format!(
+            "cannot mount the writable layer at {}: {e}",
+            layer.display()
+        ))
+    })?;
+    let upper = layer.join("upper");
+    let work = layer.join("work");
     let rootfs = cfg.rootfs();
     let empty = cfg.dir.join("empty");
     for d in [&upper, &work, &rootfs, &empty] {
@@ -228,6 +245,11 @@ fn join_network(cfg: &InstanceConfig) -> Result<(), RuntimeError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| RuntimeError::Sys(format!("cannot create the network namespace: {e}")))?;
     loopback_up()
+}
+
+/// Where the container's writable layer (overlay upper and work dirs) is mounted.
+fn writable_layer(cfg: &InstanceConfig) -> std::path::PathBuf {
+    cfg.dir.join("layer")
 }
 
 fn loopback_up() -> Result<(), RuntimeError> {
@@ -342,6 +364,7 @@ pub fn cleanup(cfg: &InstanceConfig, container: Option<Container>) {
     remove_cgroups(&cfg.id);
     let rootfs = cfg.rootfs();
     let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+    let _ = umount2(&writable_layer(cfg), MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(cfg.state_root.join(&cfg.id));
     let _ = std::fs::remove_dir_all(&cfg.dir);
 }

@@ -51,10 +51,110 @@ const READONLY_PATHS: &[&str] = &[
 
 use crate::cgroup::CFS_PERIOD_US;
 
+/// System calls every container is refused (`EPERM`): those Docker's default seccomp profile
+/// allows only with capabilities Skiff's containers do not have (`CAP_SYS_ADMIN`,
+/// `CAP_SYS_MODULE`, `CAP_SYS_BOOT`, `CAP_SYS_TIME`, `CAP_SYS_PTRACE`, ...) or never.
+/// Written as a deny list over an allowing default, so that it is the same on every
+/// architecture; new namespaces through `clone` are refused by the flag rules below.
+const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "stime",
+    "swapoff",
+    "swapon",
+    "_sysctl",
+    "syslog",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+];
+
+/// `clone` flags that make a new namespace (`CLONE_NEWNS`, `NEWCGROUP`, `NEWUTS`, `NEWIPC`,
+/// `NEWUSER`, `NEWPID`, `NEWNET`): a `clone` with any of them is refused.
+const CLONE_NEW_FLAGS: &[u64] = &[
+    0x0002_0000,
+    0x0200_0000,
+    0x0400_0000,
+    0x0800_0000,
+    0x1000_0000,
+    0x2000_0000,
+    0x4000_0000,
+];
+
+/// The seccomp filter of every container (runtime-spec `linux.seccomp`).
+fn seccomp() -> Value {
+    const EPERM: u32 = 1;
+    const ENOSYS: u32 = 38;
+    let mut syscalls = vec![json!({
+        "names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
+    })];
+    // Each flag a rule of its own: `(flags & F) == F` (value and valueTwo alike, so that it
+    // reads the same whichever of them a runtime takes as the mask).
+    for f in CLONE_NEW_FLAGS {
+        syscalls.push(json!({
+            "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
+            "args": [{ "index": 0, "value": f, "valueTwo": f, "op": "SCMP_CMP_MASKED_EQ" }],
+        }));
+    }
+    // clone3 takes its flags in memory, out of a filter's reach: as in Docker's profile it is
+    // "not implemented", and the C library falls back to clone.
+    syscalls.push(json!({
+        "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS,
+    }));
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "syscalls": syscalls,
+    })
+}
+
 pub fn build(cfg: &InstanceConfig, user: &ResolvedUser) -> Value {
     let caps = DEFAULT_CAPS;
     let tmp_size = cfg.memory_bytes.max(64 << 20);
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "root": { "path": cfg.rootfs(), "readonly": false },
         "hostname": cfg.hostname,
@@ -110,8 +210,26 @@ pub fn build(cfg: &InstanceConfig, user: &ResolvedUser) -> Value {
             },
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
+            "seccomp": seccomp(),
         },
-    })
+    });
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        for (path, size, read_only) in &cfg.memory_volumes {
+            let mut options = vec![
+                "nosuid".to_string(),
+                "nodev".into(),
+                "mode=1777".into(),
+                format!("size={size}"),
+            ];
+            if *read_only {
+                options.push("ro".into());
+            }
+            mounts.push(json!({
+                "destination": path, "type": "tmpfs", "source": "tmpfs", "options": options,
+            }));
+        }
+    }
+    spec
 }
 
 #[cfg(test)]
@@ -136,6 +254,7 @@ mod tests {
             joins_netns: false,
             hosts: String::new(),
             resolv_conf: String::new(),
+            memory_volumes: vec![("/cache".into(), 64 << 20, false)],
         };
         let user = ResolvedUser {
             uid: 1,

@@ -8,8 +8,10 @@
 
 pub mod auth;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 mod reqlog;
+pub mod trace;
 pub mod upstream;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -318,10 +320,14 @@ pub async fn serve_ingress(
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true);
     let builder = Arc::new(builder);
+    // Shutdown is told to every connection through `stop`; each connection holds a clone of
+    // `live`, so `done` ends once they all have. (hyper-util's `GracefulShutdown` does not
+    // take connections that can switch protocols.)
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let (live, mut done) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -335,15 +341,24 @@ pub async fn serve_ingress(
                     async move { Ok::<_, std::convert::Infallible>(serving.handle(req, &peer).await) }
                 });
                 let builder = builder.clone();
-                let watcher = graceful.watcher();
+                let mut stopping = stopping.clone();
+                let live = live.clone();
                 tokio::spawn(async move {
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    let _ = watcher.watch(conn).await;
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return drop(live),
+                        _ = stopping.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
+                    drop(live);
                 });
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+    let _ = stop.send(true);
+    drop(live);
+    let _ = tokio::time::timeout(drain, done.recv()).await;
 }

@@ -638,6 +638,11 @@ impl Pool {
             joins_netns: false,
             hosts: String::new(),
             resolv_conf: String::new(),
+            memory_volumes: s
+                .memory_volumes
+                .iter()
+                .map(|v| (v.mount_path.clone(), v.size_bytes, v.read_only))
+                .collect(),
         }
     }
 
@@ -710,7 +715,8 @@ impl Pool {
                 tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(readers))
                     .await;
             let why = format!(
-                "the container {exit} before listening on port {}",
+                "{}the container {exit} before listening on port {}",
+                self.oom(rt),
                 self.settings.port
             );
             self.start_failed(&inst, format!("{why}{}", inst.last_output()))
@@ -723,40 +729,45 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
             .insert(inst.id.clone(), netns.clone());
 
-        // Startup probe: the port accepts a TCP connection.
         let began = Instant::now();
         let mut interval = Duration::from_micros(500);
-        let ready = loop {
-            if inst.state() == InstState::Draining {
-                break Err("stopped while starting".to_string());
-            }
-            if let Some(exit) = rt.exit() {
-                break Err(format!(
-                    "the container {exit} before listening on port {}",
-                    self.settings.port
-                ));
-            }
-            if skiff_runtime::netns::connect(netns.clone(), self.settings.port)
-                .await
-                .is_ok()
-            {
-                break Ok(());
-            }
-            if began.elapsed() > STARTUP_TIMEOUT {
-                break Err(format!(
+        let ready = if let Some(p) = &self.settings.startup_probe {
+            self.startup_probe(&inst, rt, &netns, p).await
+        } else {
+            // Cloud Run's default startup probe: the port accepts a TCP connection.
+            loop {
+                if inst.state() == InstState::Draining {
+                    break Err("stopped while starting".to_string());
+                }
+                if let Some(exit) = rt.exit() {
+                    break Err(format!(
+                        "{}the container {exit} before listening on port {}",
+                        self.oom(rt),
+                        self.settings.port
+                    ));
+                }
+                if skiff_runtime::netns::connect(netns.clone(), self.settings.port)
+                    .await
+                    .is_ok()
+                {
+                    break Ok(());
+                }
+                if began.elapsed() > STARTUP_TIMEOUT {
+                    break Err(format!(
                     "the container did not listen on port {} within {}s: make the app listen on 0.0.0.0:$PORT",
                     self.settings.port,
                     STARTUP_TIMEOUT.as_secs()
                 ));
+                }
+                tokio::time::sleep(interval).await;
+                // Probe tightly while a fast app is likely to come up, then back off.
+                let cap = if began.elapsed() < Duration::from_secs(2) {
+                    2
+                } else {
+                    50
+                };
+                interval = (interval * 2).min(Duration::from_millis(cap));
             }
-            tokio::time::sleep(interval).await;
-            // Probe tightly while a fast app is likely to come up, then back off.
-            let cap = if began.elapsed() < Duration::from_secs(2) {
-                2
-            } else {
-                50
-            };
-            interval = (interval * 2).min(Duration::from_millis(cap));
         };
         match ready {
             Ok(()) => {
@@ -774,13 +785,21 @@ impl Pool {
                 });
                 self.metrics.started(inst.created.elapsed());
                 tracing::info!(instance = inst.id, "ready in {:?}", began.elapsed());
+                if let Some(p) = self.settings.liveness_probe.clone() {
+                    let (pool, inst, netns) = (self.clone(), inst.clone(), netns.clone());
+                    tokio::spawn(async move { pool.liveness_probe(&inst, &netns, &p).await });
+                }
                 let exit = rt.wait().await;
                 inst.ended();
                 let crashed = inst.state() != InstState::Draining;
                 self.remove(&inst);
                 if crashed {
-                    self.log(&inst, format!("instance {} {exit}", inst.id));
-                    tracing::warn!(instance = inst.id, "instance {exit}");
+                    let why = match self.oom(rt).as_str() {
+                        "" => exit.to_string(),
+                        oom => format!("{oom}the container {exit}"),
+                    };
+                    self.log(&inst, format!("instance {} {why}", inst.id));
+                    tracing::warn!(instance = inst.id, "instance {why}");
                     self.reconcile();
                 }
             }
@@ -794,6 +813,124 @@ impl Pool {
                 .await;
                 let detail = format!("{why}{}", inst.last_output());
                 self.start_failed(&inst, detail).await;
+            }
+        }
+    }
+
+    /// `Memory limit of 128 MiB exceeded with 131 MiB used: ` if the memory cgroup killed in
+    /// the instance (its final reading says so), else nothing.
+    fn oom(&self, rt: &supervisor::Instance) -> String {
+        skiff_runtime::cgroup::oom_message(rt.final_usage().as_ref(), self.settings.memory_bytes)
+            .map(|m| format!("{m}: "))
+            .unwrap_or_default()
+    }
+
+    /// Sleeps `d`, or less if the instance stops meanwhile; false if it did.
+    async fn sleep_while_running(&self, inst: &Inst, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            let gone = inst.state() == InstState::Draining
+                || inst.rt.get().is_none_or(|r| r.exit().is_some());
+            if gone {
+                return false;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+        }
+    }
+
+    /// A startup probe the revision gives: first after `initialDelaySeconds`, then every
+    /// `periodSeconds`; `failureThreshold` failures in a row fail the start, with the last
+    /// attempt's result in the reason.
+    async fn startup_probe(
+        &self,
+        inst: &Inst,
+        rt: &supervisor::Instance,
+        netns: &Arc<std::fs::File>,
+        p: &skiff_model::ProbeSettings,
+    ) -> Result<(), String> {
+        let stopped = |rt: &supervisor::Instance| match rt.exit() {
+            Some(exit) => format!(
+                "{}the container {exit} before its startup probe ({}) succeeded",
+                self.oom(rt),
+                p.describe()
+            ),
+            None => "stopped while starting".to_string(),
+        };
+        if !self.sleep_while_running(inst, p.initial_delay).await {
+            return Err(stopped(rt));
+        }
+        let mut failures = 0;
+        loop {
+            let began = Instant::now();
+            match crate::probe::attempt(netns.clone(), p).await {
+                Ok(()) => return Ok(()),
+                Err(why) => {
+                    failures += 1;
+                    if failures >= p.failure_threshold {
+                        return Err(format!(
+                            "the startup probe ({}) failed {failures} time{} in a row, last: {why}",
+                            p.describe(),
+                            if failures == 1 { "" } else { "s" }
+                        ));
+                    }
+                }
+            }
+            if !self
+                .sleep_while_running(inst, p.period.saturating_sub(began.elapsed()))
+                .await
+            {
+                return Err(stopped(rt));
+            }
+        }
+    }
+
+    /// The liveness probe of a started instance: first after `initialDelaySeconds`, then every
+    /// `periodSeconds`; `failureThreshold` failures in a row restart the instance (it is
+    /// stopped, SIGTERM then SIGKILL, and the pool starts another as needed).
+    async fn liveness_probe(
+        &self,
+        inst: &Arc<Inst>,
+        netns: &Arc<std::fs::File>,
+        p: &skiff_model::ProbeSettings,
+    ) {
+        if !self.sleep_while_running(inst, p.initial_delay).await {
+            return;
+        }
+        let mut failures = 0;
+        loop {
+            let began = Instant::now();
+            match crate::probe::attempt(netns.clone(), p).await {
+                Ok(()) => failures = 0,
+                Err(why) => {
+                    failures += 1;
+                    if failures >= p.failure_threshold {
+                        if inst.state() == InstState::Draining {
+                            return;
+                        }
+                        let msg = format!(
+                            "instance {} failed its liveness probe ({}) {failures} time{} in a row, last: {why}; restarting it",
+                            inst.id,
+                            p.describe(),
+                            if failures == 1 { "" } else { "s" }
+                        );
+                        tracing::warn!(instance = inst.id, "{msg}");
+                        self.log(inst, msg);
+                        if let Some(rt) = inst.rt.get() {
+                            rt.stop(STOP_GRACE).await;
+                        }
+                        return;
+                    }
+                }
+            }
+            if !self
+                .sleep_while_running(inst, p.period.saturating_sub(began.elapsed()))
+                .await
+            {
+                return;
             }
         }
     }

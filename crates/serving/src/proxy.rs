@@ -49,14 +49,24 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Its IP as an `X-Forwarded-For` value.
     pub ip: HeaderValue,
+    /// Its `Forwarded` element (RFC 7239 §4): `for=IP;proto=http`, an IPv6 address quoted
+    /// and bracketed (§6).
+    pub forwarded: HeaderValue,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Peer {
+        let ip = addr.ip();
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
         Peer {
             addr,
-            ip: HeaderValue::from_str(&addr.ip().to_string())
+            ip: HeaderValue::from_str(&ip.to_string())
                 .expect("an IP address is a valid header value"),
+            forwarded: HeaderValue::from_str(&format!("for={node};proto=http"))
+                .expect("a forwarded element is a valid header value"),
         }
     }
 }
@@ -72,6 +82,21 @@ pub fn platform_response(status: StatusCode, msg: &str) -> Response<ProxyBody> {
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
         .expect("static response is valid")
+}
+
+/// The request target the app gets (RFC 9112 §3.2): an origin-form target as the client sent
+/// it, byte for byte (`//a/./b?` stays `//a/./b?`: nothing is normalised or decoded);
+/// the asterisk form (`OPTIONS *`) as is; an absolute-form target's path and query, `/` when
+/// it has no path.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    if pq.starts_with('/') {
+        return Uri::from(uri.path_and_query().cloned().expect("non-empty"));
+    }
+    Uri::try_from(format!("/{pq}")).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
@@ -215,15 +240,29 @@ impl Serving {
                 req.headers_mut().insert(header::HOST, v);
             }
         }
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(path);
+        *req.uri_mut() = origin_form(req.uri());
+        // A protocol switch (WebSocket) asked over HTTP/1.1: its Upgrade is kept for the app,
+        // and the client's side of the tunnel taken before the request goes on.
+        let upgrade = match req.version() {
+            http::Version::HTTP_11 => upgrade_protocol(req.headers()),
+            _ => None,
+        };
+        let client_upgrade = match pool.settings.use_http2 {
+            false => upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req)),
+            true => None,
+        };
+        // `TE: trailers` (gRPC sends it) is the one TE an HTTP/2 hop keeps.
+        let te_trailers = req
+            .headers()
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if let Some(proto) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
         let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok(),
             None => Some(peer.ip.clone()),
@@ -232,6 +271,19 @@ impl Serving {
             headers.insert(X_FORWARDED_FOR, v);
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let forwarded = match headers.get(header::FORWARDED) {
+            Some(prev) => {
+                let mut v = prev.as_bytes().to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(peer.forwarded.as_bytes());
+                HeaderValue::from_bytes(&v).ok()
+            }
+            None => Some(peer.forwarded.clone()),
+        };
+        if let Some(v) = forwarded {
+            headers.insert(header::FORWARDED, v);
+        }
+        crate::trace::propagate(headers);
         let port = pool.settings.port;
         let inst = &lease.inst;
         let connect = || {
@@ -249,7 +301,17 @@ impl Serving {
                 skiff_runtime::netns::connect(netns, port).await
             }
         };
-        let sent = inst.upstream.send(req, connect);
+        let h2 = pool.settings.use_http2;
+        if h2 {
+            to_http2(&mut req, te_trailers);
+        }
+        let sent = async {
+            match client_upgrade {
+                Some(_) => inst.upstream.send_upgrade(req, connect).await,
+                None if h2 => inst.upstream.send_h2(req, connect).await,
+                None => inst.upstream.send(req, connect).await,
+            }
+        };
         let res = match tokio::time::timeout_at(deadline.into(), sent).await {
             Err(_) => {
                 return answer(
@@ -269,6 +331,11 @@ impl Serving {
             }
             Ok(Ok(r)) => r,
         };
+        if let Some(client) = client_upgrade {
+            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return tunnel(res, client, lease, deadline, began);
+            }
+        }
         let (mut parts, body) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = LeaseBody {
@@ -283,6 +350,81 @@ impl Serving {
         };
         Response::from_parts(parts, body.boxed())
     }
+}
+
+/// Makes an origin-form request one for an HTTP/2 connection: absolute form (`http://HOST`
+/// and the target as it came, byte for byte), the `Host` header moved to the authority.
+fn to_http2(req: &mut Request<Incoming>, te_trailers: bool) {
+    let host = req.headers_mut().remove(header::HOST);
+    let authority = host
+        .as_ref()
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .or(Some(http::uri::PathAndQuery::from_static("/")));
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+    if te_trailers {
+        req.headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The protocol a request asks to switch to (its `Upgrade` header) when its `Connection`
+/// header lists `upgrade` (RFC 9110 §7.8).
+fn upgrade_protocol(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let proto = headers.get(header::UPGRADE)?;
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        .then(|| proto.clone())
+}
+
+/// The app switched protocols: the client gets its `101` (with its `Upgrade` and `Connection`
+/// headers), and the two upgraded connections are joined byte for byte until either side
+/// closes or the request timeout passes, as Cloud Run treats a WebSocket as one long request.
+/// The lease, and so the instance's slot and its billing as a request in flight, is held as
+/// long as the tunnel is open.
+fn tunnel(
+    mut res: Response<crate::upstream::UpstreamBody>,
+    client: hyper::upgrade::OnUpgrade,
+    lease: Lease,
+    deadline: Instant,
+    began: Instant,
+) -> Response<ProxyBody> {
+    let app = hyper::upgrade::on(&mut res);
+    tokio::spawn(async move {
+        let joined = async {
+            let (client, app) = futures::future::join(client, app).await;
+            let (mut client, mut app) = (
+                hyper_util::rt::TokioIo::new(client?),
+                hyper_util::rt::TokioIo::new(app?),
+            );
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
+            Ok::<_, hyper::Error>(())
+        };
+        if let Ok(Err(e)) = tokio::time::timeout_at(deadline.into(), joined).await {
+            tracing::debug!(instance = lease.inst.id, "upgrade failed: {e}");
+        }
+        lease.pool().metrics.request(101, began.elapsed());
+        drop(lease);
+    });
+    let (parts, _) = res.into_parts();
+    Response::from_parts(
+        parts,
+        http_body_util::Empty::new().map_err(|e| match e {}).boxed(),
+    )
 }
 
 /// The response body, holding the instance slot until the body ends (or the client goes

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -47,6 +47,9 @@ impl Conn {
 #[derive(Default)]
 pub struct Upstream {
     idle: Mutex<Vec<Conn>>,
+    /// The one HTTP/2 connection to an h2c container, shared by all its requests (each a
+    /// stream of it), driven by a task of its own.
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Incoming>>>,
 }
 
 impl Upstream {
@@ -126,6 +129,77 @@ impl Upstream {
                 },
             }
         }
+    }
+}
+
+impl Upstream {
+    /// Sends `req` as a stream of the instance's HTTP/2 connection (prior knowledge, "h2c"),
+    /// opening it with `connect` if there is none yet or it has ended. The request must be in
+    /// absolute form (HTTP/2 carries the scheme and authority as pseudo-headers). Bodies stream
+    /// both ways and trailers pass through, as gRPC needs.
+    pub async fn send_h2<F, Fut>(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        connect: F,
+    ) -> Result<Response<UpstreamBody>, crate::proxy::BoxError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::io::Result<tokio::net::TcpStream>>,
+    {
+        let mut tx = {
+            let mut slot = self.h2.lock().await;
+            match slot.as_ref() {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let stream = connect().await?;
+                    let (tx, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .handshake(TokioIo::new(stream))
+                        .await?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    *slot = Some(tx.clone());
+                    tx
+                }
+            }
+        };
+        tx.ready().await?;
+        let res = tx.send_request(req).await?;
+        let upstream = self.clone();
+        Ok(res.map(|inner| UpstreamBody {
+            inner,
+            conn: None,
+            upstream,
+        }))
+    }
+
+    /// Sends a request that asks to switch protocols (an HTTP/1.1 `Upgrade`, such as a
+    /// WebSocket handshake) over a new connection of its own, never pooled: after a `101
+    /// Switching Protocols` it becomes the tunnel (`hyper::upgrade::on` on the response);
+    /// after any other answer it is closed with the response body.
+    pub async fn send_upgrade<F, Fut>(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        connect: F,
+    ) -> Result<Response<UpstreamBody>, crate::proxy::BoxError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::io::Result<tokio::net::TcpStream>>,
+    {
+        let stream = connect().await?;
+        let (mut tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let res = tx.send_request(req).await?;
+        let upstream = self.clone();
+        Ok(res.map(|inner| UpstreamBody {
+            inner,
+            conn: None,
+            upstream,
+        }))
     }
 }
 

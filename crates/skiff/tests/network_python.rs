@@ -86,6 +86,7 @@ fn google_auth_fetches_identity_tokens_and_the_project_from_the_metadata_server(
         ],
         files: vec![("app/main.py".into(), APP.into(), 0o644)],
         user: None,
+        binaries: vec![],
     };
     let layout = debian_image(
         &layouts.path().join("pyauth"),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 const APPLETS: &[&str] = &[
     "sh", "env", "hostname", "ls", "cat", "sleep", "wget", "ps", "nc", "httpd", "echo", "id",
-    "kill", "true", "false", "head", "dd", "mount", "grep",
+    "kill", "true", "false", "head", "dd", "mount", "grep", "unshare",
 ];
 
 /// What goes into a test image besides busybox.
@@ -19,6 +19,9 @@ pub struct ImageSpec {
     /// `(path in the image, contents, mode)`.
     pub files: Vec<(String, String, u32)>,
     pub user: Option<String>,
+    /// Host executables copied into the image at the same paths, with the shared libraries
+    /// `ldd` lists for them (so a test can run a binary built for the host, such as its own).
+    pub binaries: Vec<PathBuf>,
 }
 
 impl Default for ImageSpec {
@@ -52,6 +55,7 @@ impl Default for ImageSpec {
                 ),
             ],
             user: None,
+            binaries: Vec::new(),
         }
     }
 }
@@ -105,6 +109,33 @@ pub fn busybox_image(dir: &Path, name: &str, spec: &ImageSpec) -> PathBuf {
         builder
             .append_link(&mut h, format!("bin/{a}"), "busybox")
             .unwrap();
+    }
+    let mut dirs_made = std::collections::BTreeSet::new();
+    for bin in &spec.binaries {
+        for host in std::iter::once(bin.clone()).chain(shared_libraries(bin)) {
+            let inside = host.strip_prefix("/").unwrap_or(&host).to_path_buf();
+            for anc in inside
+                .ancestors()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                if !anc.as_os_str().is_empty() && dirs_made.insert(anc.to_path_buf()) {
+                    dir_entry(&mut builder, anc.to_str().unwrap());
+                }
+            }
+            let data = if host == *bin {
+                stripped(bin)
+            } else {
+                std::fs::read(&host).unwrap()
+            };
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o755);
+            h.set_size(data.len() as u64);
+            h.set_mtime(0);
+            builder.append_data(&mut h, &inside, &data[..]).unwrap();
+        }
     }
     let mut files = spec.files.clone();
     files.push((
@@ -260,6 +291,35 @@ pub fn write_layout(
     });
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     dir.to_path_buf()
+}
+
+/// `exe` without its debug information (binutils' `strip`): a test binary is mostly that, and
+/// an image is quicker to make and import without it.
+fn stripped(exe: &Path) -> Vec<u8> {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    crate::run(
+        std::process::Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(tmp.path())
+            .arg(exe),
+    );
+    std::fs::read(tmp.path()).unwrap()
+}
+
+/// The shared libraries `ldd` lists for `exe` (resolved, symlinks followed to the file).
+fn shared_libraries(exe: &Path) -> Vec<PathBuf> {
+    let out = crate::run(std::process::Command::new("ldd").arg(exe));
+    out.lines()
+        .filter_map(|l| {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
 }
 
 /// Converts an OCI layout to a docker archive with the real `skopeo`.
