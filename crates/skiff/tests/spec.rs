@@ -141,6 +141,13 @@ fn probes_that_pass_serve_and_round_trip_through_export_and_replace() {
     let (code, body) = s.get("probed.localhost", "/", token);
     assert_eq!((code, body.as_str()), (200, "hello from skiff\n"));
 
+    let text = s.ok(&["services", "describe", "probed"]);
+    for line in [
+        "HTTP GET /index.html on port 8080 every 2s (timeout 2s, 5 failures, first after 0s)",
+        "HTTP GET /index.html on port 8080 every 30s (timeout 1s, 3 failures, first after 0s)",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
     let first = s.ok(&["services", "describe", "probed", "--format", "export"]);
     for line in [
         "startupProbe:",
@@ -394,6 +401,11 @@ fn in_memory_volumes_are_mounted_counted_against_memory_and_round_trip() {
         "{out}"
     );
 
+    let text = s.ok(&["services", "describe", "vols"]);
+    assert!(
+        text.contains("cache at /cache: in memory, up to 64 MiB"),
+        "{text}"
+    );
     // Round trip: the export shows the volume as given, and replacing with it changes nothing.
     let first = s.ok(&["services", "describe", "vols", "--format", "export"]);
     for line in [
