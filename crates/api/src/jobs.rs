@@ -2,7 +2,7 @@
 //! Cloud Scheduler (`/v1/projects/{p}/locations/{l}/jobs`) handlers.
 
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{parse_body, parse_object, selector, St};
+use crate::routes::{parse_body, parse_known, selector, St};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -172,7 +172,7 @@ async fn create_job(
     Path(ns): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Job>> {
-    let job: Job = parse_object(&body)?;
+    let job: Job = parse_known(&body)?;
     if st
         .controller
         .store
@@ -192,7 +192,7 @@ async fn replace_job(
     Path((ns, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Job>> {
-    let job: Job = parse_object(&body)?;
+    let job: Job = parse_known(&body)?;
     if job.metadata.name != name {
         return Err(ApiError::invalid(format!(
             "metadata.name {:?} does not match {name:?} in the URL",

@@ -326,6 +326,26 @@ fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
         "{text}"
     );
     assert!(!s.ok(&["services", "list"]).contains("vols"));
+    // A job's too.
+    let body = serde_json::json!({
+        "apiVersion": "run.googleapis.com/v1", "kind": "Job",
+        "metadata": {"name": "vols", "namespace": "default"},
+        "spec": {"template": {"spec": {"template": {"spec": {
+            "containers": [{"image": "web"}],
+            "volumes": [{"name": "v", "nfs": {"server": "x", "path": "/"}}],
+        }}}}},
+    });
+    let (code, text) = s.api(
+        "POST",
+        "/apis/run.googleapis.com/v1/namespaces/default/jobs",
+        Some(&body.to_string()),
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("spec.template.spec.template.spec.volumes: Skiff does not implement this field: remove it"),
+        "{text}"
+    );
+    assert!(!s.ok(&["jobs", "list"]).contains("vols"));
     // What Skiff exports it takes back: nothing in an export is refused.
     let ok = service_yaml(
         "plain",
