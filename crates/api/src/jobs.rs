@@ -2,7 +2,7 @@
 //! Cloud Scheduler (`/v1/projects/{p}/locations/{l}/jobs`) handlers.
 
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{json_matches, label_selector, parse_body, parse_object, SelectorQuery, St};
+use crate::routes::{json_matches, label_selector, parse_body, parse_known, SelectorQuery, St};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -186,7 +186,7 @@ async fn create_job(
     Path(ns): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Job>> {
-    let job: Job = parse_object(&body)?;
+    let job: Job = parse_known(&body)?;
     if st
         .controller
         .store
@@ -207,7 +207,7 @@ async fn replace_job(
     Path((ns, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Job>> {
-    let job: Job = parse_object(&body)?;
+    let job: Job = parse_known(&body)?;
     if job.metadata.name != name {
         return Err(ApiError::invalid(format!(
             "metadata.name {:?} does not match {name:?} in the URL",

@@ -94,14 +94,21 @@ pub(crate) fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiRe
     serde_path_to_error::deserialize(v).map_err(field_error)
 }
 
-/// Parses a Service as [`parse_object`] does, and refuses any field Skiff would drop
-/// (`spec.template.spec.volumes: Skiff does not implement this field: remove it`).
-fn parse_service(body: &[u8]) -> ApiResult<Service> {
-    let svc: Service = parse_object(body)?;
+/// Parses an object (Service, Job) as [`parse_object`] does, and refuses any field Skiff would
+/// drop (`spec.template.spec.volumes[0].secret: Skiff does not implement this field: remove
+/// it`).
+pub(crate) fn parse_known<T: serde::de::DeserializeOwned + serde::Serialize>(
+    body: &[u8],
+) -> ApiResult<T> {
+    let obj: T = parse_object(body)?;
     let input: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?;
-    skiff_model::refuse_unknown_fields(&input, &svc).map_err(|e| ApiError::invalid(e.0))?;
-    Ok(svc)
+    skiff_model::refuse_unknown_fields(&input, &obj).map_err(|e| ApiError::invalid(e.0))?;
+    Ok(obj)
+}
+
+fn parse_service(body: &[u8]) -> ApiResult<Service> {
+    parse_known(body)
 }
 
 fn field_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ApiError {

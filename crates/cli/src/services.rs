@@ -364,6 +364,21 @@ pub fn settings_pairs(t: &RevisionTemplate) -> Vec<(&'static str, String)> {
             if let Some(p) = &s.liveness_probe {
                 out.push(("Liveness probe", probe(p)));
             }
+            if s.use_http2 {
+                out.push(("HTTP/2", "end to end (port named h2c)".into()));
+            }
+            for v in &s.memory_volumes {
+                out.push((
+                    "Volume",
+                    format!(
+                        "{} at {}: in memory, up to {} MiB{}",
+                        v.name,
+                        v.mount_path,
+                        v.size_bytes >> 20,
+                        if v.read_only { ", read-only" } else { "" }
+                    ),
+                ));
+            }
         }
         Err(e) => {
             out.push(("Image", c.map(|c| c.image.clone()).unwrap_or_default()));

@@ -576,8 +576,16 @@ impl Drop for Lease {
             if let Err(e) = net.delete_link(&sandbox.host_if).await {
                 tracing::warn!("{e}");
             }
-            // The counter may not exist (the instance never sent anything out).
-            let _ = firewall::forget_egress(&net.table, sandbox.ip);
+            // The counter exists only if the instance sent something out (deleting a missing
+            // element is an error that nft reports on its standard error).
+            let counted = firewall::egress_counters(&net.table)
+                .map(|c| c.contains_key(&sandbox.ip))
+                .unwrap_or(true);
+            if counted {
+                if let Err(e) = firewall::forget_egress(&net.table, sandbox.ip) {
+                    tracing::warn!("forgetting the egress counter of {}: {e}", sandbox.ip);
+                }
+            }
             let offset = net.offset(sandbox.ip);
             drop(sandbox);
             net.release(offset);

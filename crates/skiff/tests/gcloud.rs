@@ -1311,3 +1311,71 @@ fn gcloud_run_commands_walk() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn gcloud_deploys_probes_in_memory_volumes_and_http2() {
+    let e = Env::new();
+    let s = &e.s;
+    e.ok(&[
+        "run",
+        "deploy",
+        "spec",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        "--startup-probe",
+        "httpGet.path=/index.html,periodSeconds=1,failureThreshold=5",
+        "--liveness-probe",
+        "httpGet.path=/index.html,periodSeconds=30",
+        "--add-volume",
+        "name=cache,type=in-memory,size-limit=64Mi",
+        "--add-volume-mount",
+        "volume=cache,mount-path=/cache",
+    ]);
+    let svc = e.skiff_json(&["services", "describe", "spec"]);
+    let t = &svc["spec"]["template"]["spec"];
+    let c = &t["containers"][0];
+    assert_eq!(c["startupProbe"]["httpGet"]["path"], "/index.html", "{svc}");
+    assert_eq!(c["startupProbe"]["periodSeconds"], 1, "{svc}");
+    assert_eq!(c["startupProbe"]["failureThreshold"], 5, "{svc}");
+    assert_eq!(c["livenessProbe"]["periodSeconds"], 30, "{svc}");
+    assert_eq!(t["volumes"][0]["emptyDir"]["medium"], "Memory", "{svc}");
+    assert_eq!(t["volumes"][0]["emptyDir"]["sizeLimit"], "64Mi", "{svc}");
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/cache", "{svc}");
+    let (code, mounts) = s.get(
+        &e.host("spec"),
+        "/cgi-bin/sh?grep%20%2Fcache%20%2Fproc%2Fmounts",
+        None,
+    );
+    assert_eq!(code, 200, "{mounts}");
+    assert!(mounts.contains("tmpfs /cache tmpfs"), "{mounts}");
+
+    // A probe out of Cloud Run's limits: gcloud shows the server's error, naming the field.
+    let out = e.gcloud(&[
+        "run",
+        "deploy",
+        "spec",
+        "--image",
+        "web",
+        "--startup-probe",
+        "httpGet.path=/index.html,periodSeconds=100,failureThreshold=3",
+    ]);
+    assert!(!out.status.success());
+    let err = plain(&out.stderr);
+    assert!(
+        err.contains("spec.template.spec.containers[0].startupProbe.failureThreshold: 3 × periodSeconds 100 is above 240 seconds"),
+        "{err}"
+    );
+
+    // --use-http2 names the port h2c; --no-use-http2 takes the name away (HTTP/1.1 again).
+    e.ok(&["run", "deploy", "h2", "--image", "web", "--use-http2"]);
+    let svc = e.skiff_json(&["services", "describe", "h2"]);
+    assert_eq!(
+        svc["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"], "h2c",
+        "{svc}"
+    );
+    e.ok(&["run", "deploy", "h2", "--image", "web", "--no-use-http2"]);
+    let svc = e.skiff_json(&["services", "describe", "h2"]);
+    let name = &svc["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"];
+    assert!(name.is_null() || name == "http1", "{svc}");
+}

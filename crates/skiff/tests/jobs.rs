@@ -239,7 +239,9 @@ fn failures_timeouts_overrides_and_cancel() {
     assert_eq!(e["status"]["cancelledCount"], 3, "{e}");
     let describe = s.ok(&["jobs", "executions", "describe", &exec]);
     assert!(describe.contains("Cancelled"), "{describe}");
-    s.wait_for("no task containers", 20, || s.leftovers().is_empty());
+    s.wait_for("no task containers", 20, || {
+        s.instance_leftovers().is_empty()
+    });
 }
 
 #[test]
@@ -255,7 +257,7 @@ fn an_execution_survives_kill_9_of_the_server() {
     wait_running(&s, &exec);
     s.kill9();
     s.wait_for("the killed server's tasks to go", 20, || {
-        s.leftovers().is_empty()
+        s.instance_leftovers().is_empty()
     });
     s.restart();
     s.wait_for("the execution to finish after the restart", 60, || {

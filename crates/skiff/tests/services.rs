@@ -441,7 +441,8 @@ fn kill_9_and_restart_lose_nothing_and_sigterm_leaves_nothing() {
     assert!(!s.instances("durable").is_empty());
     s.kill9();
     // Without its server, every instance is killed and cleaned by its shim.
-    // Its bridge and rules stay until the next start sweeps them; instances' links go now.
+    // Its bridge and rules stay until the next start sweeps them; instances' links go now
+    // (the namespaces die with their last process).
     s.wait_for("instances of the killed server to go", 15, || {
         s.leftovers()
             .iter()
@@ -524,7 +525,7 @@ fn revisions_describe_and_delete() {
     s.wait_for("the deleted service's instances to stop", 15, || {
         s.instances("life").is_empty()
     });
-    s.wait_for("no instance dirs", 15, || s.leftovers().is_empty());
+    s.wait_for("no instance dirs", 15, || s.instance_leftovers().is_empty());
     let err = s.fails(&["services", "describe", "life"]);
     assert!(err.contains("not found"), "{err}");
     // The image is no longer pinned by anything and can be deleted.

@@ -141,6 +141,13 @@ fn probes_that_pass_serve_and_round_trip_through_export_and_replace() {
     let (code, body) = s.get("probed.localhost", "/", token);
     assert_eq!((code, body.as_str()), (200, "hello from skiff\n"));
 
+    let text = s.ok(&["services", "describe", "probed"]);
+    for line in [
+        "HTTP GET /index.html on port 8080 every 2s (timeout 2s, 5 failures, first after 0s)",
+        "HTTP GET /index.html on port 8080 every 30s (timeout 1s, 3 failures, first after 0s)",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
     let first = s.ok(&["services", "describe", "probed", "--format", "export"]);
     for line in [
         "startupProbe:",
@@ -319,6 +326,26 @@ fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
         "{text}"
     );
     assert!(!s.ok(&["services", "list"]).contains("vols"));
+    // A job's too.
+    let body = serde_json::json!({
+        "apiVersion": "run.googleapis.com/v1", "kind": "Job",
+        "metadata": {"name": "vols", "namespace": "default"},
+        "spec": {"template": {"spec": {"template": {"spec": {
+            "containers": [{"image": "web"}],
+            "volumes": [{"name": "v", "nfs": {"server": "x", "path": "/"}}],
+        }}}}},
+    });
+    let (code, text) = s.api(
+        "POST",
+        "/apis/run.googleapis.com/v1/namespaces/default/jobs",
+        Some(&body.to_string()),
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("spec.template.spec.template.spec.volumes: Skiff does not implement this field: remove it"),
+        "{text}"
+    );
+    assert!(!s.ok(&["jobs", "list"]).contains("vols"));
     // What Skiff exports it takes back: nothing in an export is refused.
     let ok = service_yaml(
         "plain",
@@ -394,6 +421,11 @@ fn in_memory_volumes_are_mounted_counted_against_memory_and_round_trip() {
         "{out}"
     );
 
+    let text = s.ok(&["services", "describe", "vols"]);
+    assert!(
+        text.contains("cache at /cache: in memory, up to 64 MiB"),
+        "{text}"
+    );
     // Round trip: the export shows the volume as given, and replacing with it changes nothing.
     let first = s.ok(&["services", "describe", "vols", "--format", "export"]);
     for line in [

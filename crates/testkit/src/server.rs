@@ -345,6 +345,15 @@ impl TestServer {
         }
     }
 
+    /// [`Self::leftovers`] of instances only: while the server runs, its bridge, rules and the
+    /// network sandboxes it made ahead are there by design.
+    pub fn instance_leftovers(&self) -> Vec<String> {
+        self.leftovers()
+            .into_iter()
+            .filter(|l| !l.starts_with("link: ") && !l.starts_with("nftables: "))
+            .collect()
+    }
+
     /// Instance ids of a service, from `skiff instances list --format json`.
     pub fn instances(&self, service: &str) -> Vec<serde_json::Value> {
         let out = self.ok(&[
