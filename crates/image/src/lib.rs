@@ -29,6 +29,18 @@ mod unpack;
 use serde::{Deserialize, Serialize};
 
 pub use error::ImageError;
+
+/// Unpack one layer blob (a tar stream, plain, gzip or zstd) at `blob` into the existing empty
+/// directory `dest` with every rule an import applies (cleaned names, no escape through `..`,
+/// symlinks or hard links, whiteouts converted). Returns the layer's diff_id
+/// (`sha256:...`). On error `dest` may hold a partial tree. The store uses this internally;
+/// it is public for the unpacker's fuzz target (`crates/image/fuzz`).
+pub fn unpack_layer_file(
+    blob: &std::path::Path,
+    dest: &std::path::Path,
+) -> Result<String, ImageError> {
+    unpack::unpack_layer(blob, "the layer", dest)
+}
 pub use reference::{parse_digest, parse_reference, Reference, DEFAULT_TAG};
 pub use store::{ImageStore, PruneReport, Staging};
 

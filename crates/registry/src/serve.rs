@@ -16,7 +16,9 @@
 //!
 //! Auth: the admin token, as the password of HTTP basic auth with any user name (what
 //! `skopeo login`, `podman login` and `--creds USER:TOKEN` send) or as a bearer token. A
-//! request without it gets 401 with `WWW-Authenticate: Basic realm="skiff"`.
+//! request without it gets 401 with `WWW-Authenticate: Bearer realm="http://HOST/v2/token",
+//! service="skiff"`: the registry token flow, where `GET /v2/token` with basic auth answers
+//! with a bearer token.
 
 // Handlers and their helpers fail with the HTTP response to send (`Result<_, Response>`),
 // built only on the failure path; boxing it would buy nothing.
@@ -120,6 +122,7 @@ pub fn router(server: Arc<RegistryServer>) -> Router {
     Router::new()
         .route("/v2", any(dispatch_root))
         .route("/v2/", any(dispatch_root))
+        .route("/v2/token", axum::routing::get(token))
         .route("/v2/{*rest}", any(dispatch))
         .with_state(server)
 }
@@ -161,22 +164,55 @@ fn authorized(server: &RegistryServer, headers: &HeaderMap) -> bool {
         .is_some_and(|t| same(t.trim().as_bytes(), token))
 }
 
-fn unauthorized() -> Response {
+/// 401 with a bearer challenge whose realm is this server's token endpoint, as Docker Hub
+/// and the reference registry answer: clients then ask `/v2/token` for a token with the
+/// credentials the user gave (`skopeo login`, `podman login`, `--creds`).
+fn unauthorized(headers: &HeaderMap) -> Response {
     let mut r = oci_error(
         StatusCode::UNAUTHORIZED,
         "UNAUTHORIZED",
         "authentication required: log in with any user name and Skiff's admin token (DATA_DIR/admin.token) as the password",
     );
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"skiff\""),
-    );
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+        .unwrap_or("127.0.0.1");
+    let challenge = format!("Bearer realm=\"http://{host}/v2/token\",service=\"skiff\"");
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
     r
+}
+
+/// The token endpoint of the bearer challenge: basic auth with the admin token as the password
+/// gets a bearer token (the admin token itself: the client has just shown it holds it).
+async fn token(State(s): State<Arc<RegistryServer>>, headers: HeaderMap) -> Response {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Basic "));
+    if !basic || !authorized(&s, &headers) {
+        let mut r = oci_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "the token service wants basic auth: any user name and Skiff's admin token as the password",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"skiff\""),
+        );
+        return r;
+    }
+    axum::Json(serde_json::json!({
+        "token": s.admin_token, "access_token": s.admin_token, "expires_in": 3600,
+    }))
+    .into_response()
 }
 
 async fn dispatch_root(State(s): State<Arc<RegistryServer>>, req: Request) -> Response {
     if !authorized(&s, req.headers()) {
-        return unauthorized();
+        return unauthorized(req.headers());
     }
     let mut r = (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response();
     r.headers_mut().insert(
@@ -273,7 +309,7 @@ async fn dispatch(
     req: Request,
 ) -> Response {
     if !authorized(&s, req.headers()) {
-        return unauthorized();
+        return unauthorized(req.headers());
     }
     let Some(target) = parse_target(&rest) else {
         return oci_error(

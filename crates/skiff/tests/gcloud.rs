@@ -1379,3 +1379,37 @@ fn gcloud_deploys_probes_in_memory_volumes_and_http2() {
     let name = &svc["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"];
     assert!(name.is_null() || name == "http1", "{svc}");
 }
+
+/// `gcloud run deploy --image HOST:PORT/REPO:TAG`: the server pulls the image from the
+/// registry (Debian's docker-registry on loopback) and the revision pins its digest.
+#[test]
+fn gcloud_deploys_an_image_from_a_registry() {
+    let e = Env::new();
+    let registry = skiff_testkit::TestRegistry::start();
+    let mut spec = ImageSpec::default();
+    spec.files[0].1 = "from the registry\n".into();
+    let layout = busybox_image(&e._tmp.path().join("reg"), "reg", &spec);
+    let reference = registry.push(&layout, "team/web:v1");
+    let (_, err) = e.ok(&[
+        "run",
+        "deploy",
+        "pulled",
+        "--image",
+        &reference,
+        "--allow-unauthenticated",
+    ]);
+    assert!(
+        err.contains(&format!("Service URL: {}", e.url("pulled"))),
+        "{err}"
+    );
+    assert_eq!(
+        e.s.get(&e.host("pulled"), "/", None),
+        (200, "from the registry\n".into())
+    );
+    let rev = e.json(&["run", "revisions", "list", "--service", "pulled"]);
+    let digest = rev[0]["status"]["imageDigest"].as_str().unwrap_or_default();
+    assert!(
+        digest.starts_with(&format!("{}/team/web@sha256:", registry.host)),
+        "{rev}"
+    );
+}

@@ -275,12 +275,40 @@ fn push_into_skiffs_own_registry_then_deploy() {
     assert_eq!(r.status(), 401);
     assert_eq!(
         r.headers()["www-authenticate"].to_str().unwrap(),
-        "Basic realm=\"skiff\""
+        format!("Bearer realm=\"http://{host}/v2/token\",service=\"skiff\"")
     );
+    // The token service: basic auth with the admin token gets a bearer token that works.
+    let r = http
+        .get(format!("http://{host}/v2/token?service=skiff"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(format!(
+            "http://{host}/v2/token?service=skiff&scope=repository:team/app:push,pull"
+        ))
+        .basic_auth("anyone", Some("wrong"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(format!("http://{host}/v2/token?service=skiff"))
+        .basic_auth("anyone", Some(&token))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: serde_json::Value = r.json().unwrap();
+    let bearer = t["token"].as_str().unwrap().to_string();
+    let r = http
+        .get(format!("http://{host}/v2/"))
+        .bearer_auth(&bearer)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let (ok, err) = skopeo(&["copy", "--dest-tls-verify=false", &src, &dest]);
     assert!(!ok, "{err}");
     assert!(
-        err.contains("401") || err.contains("authentication required"),
+        err.contains("unauthorized") && err.contains("admin token"),
         "{err}"
     );
     let wrong = skopeo(&[
