@@ -41,6 +41,7 @@ impl LogSink {
     /// The store cannot be opened.
     pub fn open(dir: &Path, limits: Limits) -> Result<Arc<LogSink>, skiff_logging::StoreError> {
         let store = Arc::new(LogStore::open(&dir.join("logs.db"), limits)?);
+        import_old_files(dir, &store);
         let (tx, mut rx) = mpsc::channel::<LogLine>(QUEUE);
         let (live, _) = broadcast::channel(4096);
         let sink = Arc::new(LogSink {
@@ -174,6 +175,41 @@ impl LogSink {
     pub fn remove(&self, ns: &str, resource: &LogResource) {
         if let Err(e) = self.store.remove(ns, resource) {
             tracing::warn!("removing logs of {}: {e}", resource.name());
+        }
+    }
+}
+
+/// Moves logs kept in the older format (one JSON-lines file per service,
+/// `DIR/NS/SERVICE.jsonl`, or job, `DIR/NS/jobs/JOB.jsonl`) into the store, removing each
+/// file once it is in. A file that cannot be read is left where it is, with a warning.
+fn import_old_files(dir: &Path, store: &LogStore) {
+    let Ok(namespaces) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files = Vec::new();
+    for ns in namespaces
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+    {
+        for d in [ns.clone(), ns.join("jobs")] {
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                files.extend(
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "jsonl")),
+                );
+            }
+        }
+    }
+    for f in files {
+        match store.import_jsonl(&f) {
+            Ok(n) => {
+                tracing::info!("imported {n} log lines from {}", f.display());
+                let _ = std::fs::remove_file(&f);
+            }
+            Err(e) => tracing::warn!("{}: {e}", f.display()),
         }
     }
 }

@@ -151,3 +151,34 @@ fn request_entries_sit_beside_the_apps_lines() {
     let err = s.fails(&["logs", "read", "--service", "nothere"]);
     assert!(err.contains("service nothere not found"), "{err}");
 }
+
+#[test]
+fn logs_an_older_server_kept_in_files_are_imported() {
+    // A retention of about 55 years: the line dated 2026-01-02 is kept, the one dated
+    // 1970-01-02 goes when the server sweeps at start.
+    let (mut s, _tmp) = TestServer::with_web_image(Path::new(BIN), &["--log-retention", "20000d"]);
+    s.deploy_web("web", &[]);
+    s.wait_for("the app's first line", 60, || {
+        !lines(&s, &["--service", "web"]).is_empty()
+    });
+    s.stop();
+    // The format logs were kept in before the store: a JSON-lines file per service.
+    let file = s.data_dir.join("logs/default/web.jsonl");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        "{\"seq\":6,\"time\":\"1970-01-02T00:00:00Z\",\"namespace\":\"default\",\"service\":\"web\",\"stream\":\"stdout\",\"line\":\"past the retention\"}\n{\"seq\":7,\"time\":\"2026-01-02T03:04:05.678Z\",\"namespace\":\"default\",\"service\":\"web\",\"revision\":\"web-00001-abc\",\"instance\":\"web-00001-abc-x\",\"stream\":\"stdout\",\"line\":\"from the old file\"}\n",
+    )
+    .unwrap();
+    s.restart();
+    s.wait_for("the retention sweep", 60, || {
+        lines(&s, &["--service", "web"])
+            .iter()
+            .all(|l| l["line"] != "past the retention")
+    });
+    let all = lines(&s, &["--service", "web"]);
+    assert_eq!(all[0]["line"], "from the old file", "{all:?} {}", s.log());
+    assert_eq!(all[1]["line"], "listening on 8080", "{all:?}");
+    assert_eq!(all[0]["time"], "2026-01-02T03:04:05.678000Z");
+    assert!(!file.exists(), "the file is removed once imported");
+}
