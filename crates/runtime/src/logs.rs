@@ -137,8 +137,15 @@ impl LogSink {
         self.offer(self.line(source, "requests", text, Some(req)));
     }
 
+    /// Hands a line to followers, if any (no copy is made for none).
+    fn broadcast(&self, l: &LogLine) {
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(l.clone());
+        }
+    }
+
     fn offer(&self, l: LogLine) {
-        let _ = self.live.send(l.clone());
+        self.broadcast(&l);
         if self.tx.try_send(l).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -147,7 +154,7 @@ impl LogSink {
     /// Adds a line, waiting while the writer is [`QUEUE`] lines behind.
     pub async fn send(&self, source: &LogSource, stream: &str, line: String) {
         let l = self.line(source, stream, line, None);
-        let _ = self.live.send(l.clone());
+        self.broadcast(&l);
         let _ = self.tx.send(l).await;
     }
 
