@@ -71,11 +71,20 @@ impl LogSink {
         let weak = Arc::downgrade(&sink);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(EXPIRE_EVERY);
+            let mut reported = 0;
             loop {
                 tick.tick().await;
                 let Some(s) = weak.upgrade() else { break };
                 let store = s.store.clone();
+                let dropped = s.dropped();
                 drop(s);
+                if dropped > reported {
+                    tracing::warn!(
+                        "{} log lines dropped in the last minute: the log writer fell behind",
+                        dropped - reported
+                    );
+                    reported = dropped;
+                }
                 match tokio::task::spawn_blocking(move || store.expire(now_micros())).await {
                     Ok(Ok(n)) if n > 0 => {
                         tracing::info!("{n} log lines past the retention deleted")

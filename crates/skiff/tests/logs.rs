@@ -110,8 +110,42 @@ fn the_size_cap_keeps_each_jobs_newest_lines_across_a_restart() {
 fn request_entries_sit_beside_the_apps_lines() {
     let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
     s.deploy_web("web", &[]);
+    // A follower started before the request sees its entry arrive.
+    let mut follower = std::process::Command::new(BIN)
+        .args(["logs", "read", "--service", "web", "--follow"])
+        .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", s.api))
+        .env("SKIFF_DATA_DIR", &s.data_dir)
+        .env_remove("SKIFF_TOKEN")
+        .env_remove("SKIFF_PROJECT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The follower has printed the past (the app's first line) once it is subscribed.
+    let past = rx.recv_timeout(std::time::Duration::from_secs(60));
     let (code, _) = s.get("web.localhost", "/nothere", None);
     assert_eq!(code, 404);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = vec![];
+    let followed = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(" requests GET 404 http://web.localhost/nothere") => break true,
+            Ok(l) => seen.push(l),
+            Err(_) => break false,
+        }
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(followed, "first {past:?}, then {seen:?}");
     s.wait_for("the request entry", 60, || {
         lines(&s, &["--service", "web"])
             .iter()
