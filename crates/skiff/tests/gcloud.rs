@@ -996,6 +996,25 @@ fn gcloud_reads_logs() {
             .any(|l| l.starts_with("GET 404 http://") && l.ends_with("/nothere")),
         "{shown:#?}"
     );
+    // Skiff answers to any region, its logs too.
+    let out = e.gcloud(&[
+        "run",
+        "services",
+        "logs",
+        "read",
+        "logged",
+        "--limit",
+        "20",
+        "--region",
+        "europe-west1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let elsewhere = log_texts(&out.stdout);
+    assert!(
+        elsewhere.contains(&"app line 30".to_string())
+            && elsewhere.iter().any(|l| l.starts_with("GET 404 ")),
+        "{elsewhere:#?}"
+    );
     // --log-filter narrows.
     let out = e.gcloud(&[
         "run",
