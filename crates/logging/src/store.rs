@@ -120,7 +120,7 @@ impl LogStore {
         {
             let c = store.writer.lock().unwrap_or_else(|p| p.into_inner());
             c.execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;",
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;",
             )
             .and_then(|_| c.execute_batch(SCHEMA))
             .map_err(|e| store.err(e))?;
