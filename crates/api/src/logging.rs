@@ -118,6 +118,10 @@ async fn list_entries(State(st): St, body: axum::body::Bytes) -> ApiResult<Json<
         (None, _) => {}
     }
 
+    // Skiff has one region and answers to any (its objects all say `us-central1`); gcloud
+    // puts its `--region` in the filter, so an entry is read as being in the region the
+    // filter names.
+    let region = pin(&["resource", "labels", "location"]);
     let store = st.controller.serving.logs().store().clone();
     let (entries, next) = tokio::task::spawn_blocking(move || {
         let (mut entries, mut scanned, mut last) = (Vec::new(), 0usize, None);
@@ -125,7 +129,10 @@ async fn list_entries(State(st): St, body: axum::body::Bytes) -> ApiResult<Json<
         let res = store.scan(&scan, |l| {
             scanned += 1;
             last = Some(l.seq);
-            let e = to_entry(&l);
+            let mut e = to_entry(&l);
+            if let Some(r) = &region {
+                e["resource"]["labels"]["location"] = json!(r);
+            }
             if filter.matches(&e) {
                 entries.push(e);
             }

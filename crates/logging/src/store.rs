@@ -120,7 +120,7 @@ impl LogStore {
         {
             let c = store.writer.lock().unwrap_or_else(|p| p.into_inner());
             c.execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;",
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;",
             )
             .and_then(|_| c.execute_batch(SCHEMA))
             .map_err(|e| store.err(e))?;
@@ -256,6 +256,86 @@ impl LogStore {
             .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Imports a JSON-lines file of [`LogLine`]s (the format logs were kept in before this
+    /// store), oldest first, in batches; each line's `seq` becomes its time in microseconds,
+    /// moved on to the next free one if taken, and its `time` is rewritten to match. Lines
+    /// that do not parse are skipped. Returns how many were imported.
+    pub fn import_jsonl(&self, file: &Path) -> Result<u64, StoreError> {
+        use std::io::BufRead;
+        let io = |source| StoreError::Io {
+            path: file.to_path_buf(),
+            source,
+        };
+        let f = std::fs::File::open(file).map_err(io)?;
+        let mut batch: Vec<LogLine> = Vec::new();
+        let mut n = 0u64;
+        for line in std::io::BufReader::new(f).lines() {
+            let line = line.map_err(io)?;
+            let Ok(mut l) = serde_json::from_str::<LogLine>(&line) else {
+                continue;
+            };
+            let Some(t) = crate::filter::parse_time(&l.time) else {
+                continue;
+            };
+            l.seq = t;
+            batch.push(l);
+            if batch.len() == 10_000 {
+                n += self.insert_moving(&mut batch)?;
+            }
+        }
+        n += self.insert_moving(&mut batch)?;
+        Ok(n)
+    }
+
+    /// Inserts lines, moving each `seq` on to the next free one; empties `batch`.
+    fn insert_moving(&self, batch: &mut Vec<LogLine>) -> Result<u64, StoreError> {
+        let mut c = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let mut n = 0;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO entries (seq, namespace, kind, resource, execution, size, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut size = tx
+                .prepare_cached(
+                    "INSERT INTO sizes (namespace, kind, resource, bytes) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (namespace, kind, resource) DO UPDATE SET bytes = bytes + excluded.bytes",
+                )
+                .map_err(|e| self.err(e))?;
+            for mut l in batch.drain(..) {
+                let res = l.resource();
+                let (kind, name) = kind_of(&res);
+                loop {
+                    l.time = crate::record::rfc3339_micros(l.seq);
+                    let body = serde_json::to_string(&l).unwrap_or_default();
+                    let added = ins
+                        .execute(params![
+                            l.seq as i64,
+                            l.source.namespace,
+                            kind,
+                            name,
+                            l.source.execution,
+                            body.len() as i64,
+                            body
+                        ])
+                        .map_err(|e| self.err(e))?;
+                    if added > 0 {
+                        size.execute(params![l.source.namespace, kind, name, body.len() as i64])
+                            .map_err(|e| self.err(e))?;
+                        n += 1;
+                        break;
+                    }
+                    l.seq += 1;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n)
     }
 
     /// Deletes every line older than the retention, as of `now` (microseconds since the
@@ -526,6 +606,34 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn old_json_lines_files_import_in_time_order() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Limits::default());
+        s.append(&[line(1_790_000_000_000_000, "web", "", "", "already here")])
+            .unwrap();
+        let file = d.path().join("web.jsonl");
+        let mut text = String::new();
+        for (i, ms) in [(1, "00.000"), (2, "00.000"), (3, "01.500")] {
+            let mut l = line(i, "web", "", "", &format!("old {i}"));
+            l.time = format!("2026-01-01T00:00:{ms}Z");
+            text.push_str(&serde_json::to_string(&l).unwrap());
+            text.push('\n');
+        }
+        text.push_str("not json\n");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(s.import_jsonl(&file).unwrap(), 3);
+        let all = s
+            .tail("demo", &LogResource::Service("web".into()), None, 10)
+            .unwrap();
+        assert_eq!(texts(&all), ["old 1", "old 2", "old 3", "already here"]);
+        let t0 = crate::filter::parse_time("2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(all[0].seq, t0);
+        assert_eq!(all[1].seq, t0 + 1, "moved on to the next free seq");
+        assert_eq!(all[1].time, "2026-01-01T00:00:00.000001Z");
+        assert_eq!(all[2].seq, t0 + 1_500_000);
     }
 
     #[test]

@@ -41,6 +41,7 @@ impl LogSink {
     /// The store cannot be opened.
     pub fn open(dir: &Path, limits: Limits) -> Result<Arc<LogSink>, skiff_logging::StoreError> {
         let store = Arc::new(LogStore::open(&dir.join("logs.db"), limits)?);
+        import_old_files(dir, &store);
         let (tx, mut rx) = mpsc::channel::<LogLine>(QUEUE);
         let (live, _) = broadcast::channel(4096);
         let sink = Arc::new(LogSink {
@@ -70,11 +71,20 @@ impl LogSink {
         let weak = Arc::downgrade(&sink);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(EXPIRE_EVERY);
+            let mut reported = 0;
             loop {
                 tick.tick().await;
                 let Some(s) = weak.upgrade() else { break };
                 let store = s.store.clone();
+                let dropped = s.dropped();
                 drop(s);
+                if dropped > reported {
+                    tracing::warn!(
+                        "{} log lines dropped in the last minute: the log writer fell behind",
+                        dropped - reported
+                    );
+                    reported = dropped;
+                }
                 match tokio::task::spawn_blocking(move || store.expire(now_micros())).await {
                     Ok(Ok(n)) if n > 0 => {
                         tracing::info!("{n} log lines past the retention deleted")
@@ -136,8 +146,15 @@ impl LogSink {
         self.offer(self.line(source, "requests", text, Some(req)));
     }
 
+    /// Hands a line to followers, if any (no copy is made for none).
+    fn broadcast(&self, l: &LogLine) {
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(l.clone());
+        }
+    }
+
     fn offer(&self, l: LogLine) {
-        let _ = self.live.send(l.clone());
+        self.broadcast(&l);
         if self.tx.try_send(l).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -146,7 +163,7 @@ impl LogSink {
     /// Adds a line, waiting while the writer is [`QUEUE`] lines behind.
     pub async fn send(&self, source: &LogSource, stream: &str, line: String) {
         let l = self.line(source, stream, line, None);
-        let _ = self.live.send(l.clone());
+        self.broadcast(&l);
         let _ = self.tx.send(l).await;
     }
 
@@ -174,6 +191,41 @@ impl LogSink {
     pub fn remove(&self, ns: &str, resource: &LogResource) {
         if let Err(e) = self.store.remove(ns, resource) {
             tracing::warn!("removing logs of {}: {e}", resource.name());
+        }
+    }
+}
+
+/// Moves logs kept in the older format (one JSON-lines file per service,
+/// `DIR/NS/SERVICE.jsonl`, or job, `DIR/NS/jobs/JOB.jsonl`) into the store, removing each
+/// file once it is in. A file that cannot be read is left where it is, with a warning.
+fn import_old_files(dir: &Path, store: &LogStore) {
+    let Ok(namespaces) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files = Vec::new();
+    for ns in namespaces
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+    {
+        for d in [ns.clone(), ns.join("jobs")] {
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                files.extend(
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "jsonl")),
+                );
+            }
+        }
+    }
+    for f in files {
+        match store.import_jsonl(&f) {
+            Ok(n) => {
+                tracing::info!("imported {n} log lines from {}", f.display());
+                let _ = std::fs::remove_file(&f);
+            }
+            Err(e) => tracing::warn!("{}: {e}", f.display()),
         }
     }
 }

@@ -996,6 +996,25 @@ fn gcloud_reads_logs() {
             .any(|l| l.starts_with("GET 404 http://") && l.ends_with("/nothere")),
         "{shown:#?}"
     );
+    // Skiff answers to any region, its logs too.
+    let out = e.gcloud(&[
+        "run",
+        "services",
+        "logs",
+        "read",
+        "logged",
+        "--limit",
+        "20",
+        "--region",
+        "europe-west1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let elsewhere = log_texts(&out.stdout);
+    assert!(
+        elsewhere.contains(&"app line 30".to_string())
+            && elsewhere.iter().any(|l| l.starts_with("GET 404 ")),
+        "{elsewhere:#?}"
+    );
     // --log-filter narrows.
     let out = e.gcloud(&[
         "run",
@@ -1244,7 +1263,7 @@ fn gcloud_run_commands_walk() {
     add(&["configurations", "describe", "walk"], Works);
     add(&["routes", "list"], Works);
     add(&["routes", "describe", "walk"], Works);
-    add(&["services", "proxy", "walk"], Refused("proxy"));
+    add(&["services", "proxy", "walk"], Refused("cloud-run-proxy"));
     add(&["jobs", "executions", "delete", &exec], Works);
     let mut failures = Vec::new();
     let mut report = Vec::new();
@@ -1262,14 +1281,14 @@ fn gcloud_run_commands_walk() {
             Refused(why) => !out.status.success() && err.contains(why),
         };
         let shown = format!("gcloud {}", a.join(" ")).replace(dir.to_str().unwrap(), "DIR");
-        report.push(format!(
-            "{}: {shown}",
-            match (ok, want) {
-                (true, Works) => "works",
-                (true, Refused(_)) => "refused with its reason",
-                (false, _) => "BROKEN",
-            }
-        ));
+        report.push(match (ok, want) {
+            (true, Works) => format!("works: {shown}"),
+            (true, Refused(_)) => format!(
+                "refused: {shown}: {}",
+                err.rsplit("ERROR: ").next().unwrap_or_default()
+            ),
+            (false, _) => format!("BROKEN: {shown}"),
+        });
         if !ok {
             failures.push(format!("{shown}: {err}"));
         }

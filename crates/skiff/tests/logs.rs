@@ -110,8 +110,42 @@ fn the_size_cap_keeps_each_jobs_newest_lines_across_a_restart() {
 fn request_entries_sit_beside_the_apps_lines() {
     let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
     s.deploy_web("web", &[]);
+    // A follower started before the request sees its entry arrive.
+    let mut follower = std::process::Command::new(BIN)
+        .args(["logs", "read", "--service", "web", "--follow"])
+        .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", s.api))
+        .env("SKIFF_DATA_DIR", &s.data_dir)
+        .env_remove("SKIFF_TOKEN")
+        .env_remove("SKIFF_PROJECT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The follower has printed the past (the app's first line) once it is subscribed.
+    let past = rx.recv_timeout(std::time::Duration::from_secs(60));
     let (code, _) = s.get("web.localhost", "/nothere", None);
     assert_eq!(code, 404);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = vec![];
+    let followed = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(" requests GET 404 http://web.localhost/nothere") => break true,
+            Ok(l) => seen.push(l),
+            Err(_) => break false,
+        }
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(followed, "first {past:?}, then {seen:?}");
     s.wait_for("the request entry", 60, || {
         lines(&s, &["--service", "web"])
             .iter()
@@ -150,4 +184,35 @@ fn request_entries_sit_beside_the_apps_lines() {
     // An unknown service is an error that names it.
     let err = s.fails(&["logs", "read", "--service", "nothere"]);
     assert!(err.contains("service nothere not found"), "{err}");
+}
+
+#[test]
+fn logs_an_older_server_kept_in_files_are_imported() {
+    // A retention of about 55 years: the line dated 2026-01-02 is kept, the one dated
+    // 1970-01-02 goes when the server sweeps at start.
+    let (mut s, _tmp) = TestServer::with_web_image(Path::new(BIN), &["--log-retention", "20000d"]);
+    s.deploy_web("web", &[]);
+    s.wait_for("the app's first line", 60, || {
+        !lines(&s, &["--service", "web"]).is_empty()
+    });
+    s.stop();
+    // The format logs were kept in before the store: a JSON-lines file per service.
+    let file = s.data_dir.join("logs/default/web.jsonl");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        "{\"seq\":6,\"time\":\"1970-01-02T00:00:00Z\",\"namespace\":\"default\",\"service\":\"web\",\"stream\":\"stdout\",\"line\":\"past the retention\"}\n{\"seq\":7,\"time\":\"2026-01-02T03:04:05.678Z\",\"namespace\":\"default\",\"service\":\"web\",\"revision\":\"web-00001-abc\",\"instance\":\"web-00001-abc-x\",\"stream\":\"stdout\",\"line\":\"from the old file\"}\n",
+    )
+    .unwrap();
+    s.restart();
+    s.wait_for("the retention sweep", 60, || {
+        lines(&s, &["--service", "web"])
+            .iter()
+            .all(|l| l["line"] != "past the retention")
+    });
+    let all = lines(&s, &["--service", "web"]);
+    assert_eq!(all[0]["line"], "from the old file", "{all:?} {}", s.log());
+    assert_eq!(all[1]["line"], "listening on 8080", "{all:?}");
+    assert_eq!(all[0]["time"], "2026-01-02T03:04:05.678000Z");
+    assert!(!file.exists(), "the file is removed once imported");
 }
