@@ -165,6 +165,10 @@ fn names(data_dir: &Path) -> (String, String, String) {
 
 const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
 
+/// How long background network work (refilling sandboxes, removing an ended instance's
+/// interface) waits, so that it does not compete with the instance start that set it off.
+const BACKGROUND_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How long one reading of the egress counters serves.
 const EGRESS_READ_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -281,7 +285,20 @@ impl Network {
             Some(s) => s,
             None => self.make().await?,
         };
-        self.refill();
+        // Making a namespace is CPU-heavy for the kernel: while sandboxes are left, the refill
+        // waits until the start that took this one is likely done, not to slow it down.
+        let left = !self.lock().ready.is_empty();
+        if left {
+            let this = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(BACKGROUND_DELAY).await;
+                if let Some(net) = this.upgrade() {
+                    net.refill();
+                }
+            });
+        } else {
+            self.refill();
+        }
         self.lock().owners.insert(sandbox.ip, owner);
         Ok(Lease {
             network: Arc::downgrade(self),
@@ -458,7 +475,8 @@ impl Network {
         for s in ready {
             let _ = self.delete_link(&s.host_if).await;
         }
-        if let Err(e) = self.delete_link(&self.bridge).await {
+        // The bridge, and the interface of every lease still being let go of.
+        if let Err(e) = sweep_links(&self.handle, &self.bridge, &self.veth_prefix).await {
             tracing::warn!("{e}");
         }
         if let Err(e) = firewall::apply(&firewall::Rules::delete_batch(&self.table)) {
@@ -572,6 +590,7 @@ impl Drop for Lease {
             return;
         };
         rt.spawn(async move {
+            tokio::time::sleep(BACKGROUND_DELAY).await;
             // The interface goes first, so the address is free of it before anyone reuses it.
             if let Err(e) = net.delete_link(&sandbox.host_if).await {
                 tracing::warn!("{e}");
@@ -664,12 +683,12 @@ async fn sweep_links(handle: &Handle, bridge: &str, veth_prefix: &str) -> Result
         });
         let Some(name) = name else { continue };
         if name == bridge || name.starts_with(veth_prefix) {
-            handle
-                .link()
-                .del(m.header.index)
-                .execute()
-                .await
-                .map_err(netlink(format!("removing the leftover {name}")))?;
+            // A veth whose namespace is dying (its processes were killed with the server) may
+            // go away on its own between the listing and this: that is what was wanted. If the
+            // bridge stays, creating it again fails below with its own error.
+            if let Err(e) = handle.link().del(m.header.index).execute().await {
+                tracing::debug!("removing the leftover {name}: {e}");
+            }
         }
     }
     Ok(())
