@@ -121,27 +121,6 @@ impl Drop for TestHost {
     }
 }
 
-/// Runs a shell command inside an instance through the test image's CGI script.
-fn inside(s: &TestServer, service: &str, cmd: &str) -> String {
-    let q: String = cmd
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    let (code, body) = s.get(
-        &format!("{service}.localhost"),
-        &format!("/cgi-bin/sh?{q}"),
-        None,
-    );
-    assert_eq!(code, 200, "{cmd}: {body}");
-    body
-}
-
 /// An HTTP/1.0 GET from inside an instance to `addr:port` with busybox's `nc` (the image's
 /// busybox is static glibc, whose `wget` cannot look up the `http` service without NSS
 /// modules); `extra` are more header lines. `nc` stops reading when its input ends, so the
@@ -157,9 +136,7 @@ fn http_from(
     extra: &[&str],
 ) -> String {
     let headers: String = extra.iter().map(|h| format!("{h}\\r\\n")).collect();
-    inside(
-        s,
-        service,
+    s.sh(service,
         &format!(
             "{{ printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n{headers}\\r\\n'; sleep 1; }} | nc -w 3 {addr} {port} 2>&1; echo rc=$?"
         ),
@@ -180,7 +157,7 @@ fn unreachable(out: &str) -> bool {
 
 /// Resolves `name` inside an instance with busybox's own resolver (from its /etc/resolv.conf).
 fn resolve(s: &TestServer, service: &str, name: &str) -> String {
-    let out = inside(s, service, &format!("nslookup {name} 2>&1"));
+    let out = s.sh(service, &format!("nslookup {name} 2>&1"));
     out.lines()
         .skip_while(|l| !l.starts_with("Name:"))
         .find_map(|l| l.strip_prefix("Address:"))
@@ -202,7 +179,7 @@ fn deploy(s: &TestServer, service: &str, extra: &[&str]) {
 
 /// The instance's own address, from the `/etc/hosts` Skiff wrote for it.
 fn instance_ip(s: &TestServer, service: &str) -> String {
-    let hosts = inside(s, service, "cat /etc/hosts");
+    let hosts = s.sh(service, "cat /etc/hosts");
     hosts
         .lines()
         .last()
@@ -232,7 +209,7 @@ fn instances_reach_the_outside_and_other_services_but_not_the_host() {
 
     // The files Docker and Cloud Run write: the platform's resolver, the instance's name.
     let gw = gateway(&s);
-    let resolv = inside(&s, "net", "cat /etc/resolv.conf");
+    let resolv = s.sh("net", "cat /etc/resolv.conf");
     assert!(resolv.contains(&format!("nameserver {gw}")), "{resolv}");
     let me = instance_ip(&s, "net");
     assert!(me.starts_with(&gw[..gw.len() - 1]), "{me} in {gw}");
@@ -421,7 +398,7 @@ fn egress_none_reaches_nothing() {
     let gw = gateway(&s);
     let out = http_from(&s, "sealed", &gw, s.ingress, "open.localhost", "/", &[]);
     assert!(unreachable(&out), "{out}");
-    let links = inside(&s, "sealed", "ls /sys/class/net");
+    let links = s.sh("sealed", "ls /sys/class/net");
     assert_eq!(
         links.split_whitespace().collect::<Vec<_>>(),
         ["lo"],
@@ -487,9 +464,7 @@ fn network_usage_is_metered_and_only_internet_egress_is_billed() {
     deploy(&s, "peer", &[]);
     const MIB: u64 = 1 << 20;
     // 1 MiB to the test host: the internet, as far as billing goes.
-    let out = inside(
-        &s,
-        "net",
+    let out = s.sh("net",
         &format!(
             "{{ dd if=/dev/zero bs=1024 count=1024 2>/dev/null; sleep 1; }} | nc -w 3 {} 8000; echo rc=$?",
             host.addr
@@ -498,9 +473,7 @@ fn network_usage_is_metered_and_only_internet_egress_is_billed() {
     assert!(out.contains(GREETING), "{out}");
     // 2 MiB to another service, through the ingress on the gateway: free.
     let gw = gateway(&s);
-    let out = inside(
-        &s,
-        "net",
+    let out = s.sh("net",
         &format!(
             "{{ printf 'POST /cgi-bin/sh?cat%%20%%3E/dev/null HTTP/1.0\\r\\nHost: peer.localhost\\r\\nContent-Length: {}\\r\\n\\r\\n'; dd if=/dev/zero bs=1024 count=2048 2>/dev/null; sleep 1; }} | nc -w 3 {gw} {}; echo rc=$?",
             2 * MIB,

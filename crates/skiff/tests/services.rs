@@ -149,48 +149,29 @@ fn container_contract_env_and_overrides() {
     assert_eq!(code, 200);
 }
 
-/// Runs a shell command inside an instance through the test image's CGI script.
-fn inside(s: &TestServer, service: &str, cmd: &str) -> String {
-    let q: String = cmd
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    let (code, body) = s.get(&host(service), &format!("/cgi-bin/sh?{q}"), None);
-    assert_eq!(code, 200, "{cmd}: {body}");
-    body
-}
-
 #[test]
 fn instances_are_isolated_from_the_host() {
     let (s, _tmp) = server_with_image(&[]);
     deploy(&s, "iso", &["--memory", "256Mi", "--cpu", "0.5"]);
     // Hostname: not the host's.
     let host_name = nix::unistd::gethostname().unwrap().into_string().unwrap();
-    let name = inside(&s, "iso", "hostname");
+    let name = s.sh("iso", "hostname");
     assert_ne!(name.trim(), host_name);
     // Files: the host's data dir and root home are not there.
-    let ls = inside(
-        &s,
+    let ls = s.sh(
         "iso",
         &format!("ls {} /root 2>&1; echo done", s.data_dir.display()),
     );
     assert!(ls.contains("No such file") && ls.contains("done"), "{ls}");
     // Processes: only the instance's own (pid 1 is its httpd).
-    let ps = inside(&s, "iso", "ls /proc | grep -c '^[0-9]'");
+    let ps = s.sh("iso", "ls /proc | grep -c '^[0-9]'");
     let n: u32 = ps.trim().parse().unwrap();
     assert!(n < 10, "the instance sees {n} processes");
-    let init = inside(&s, "iso", "cat /proc/1/cmdline");
+    let init = s.sh("iso", "cat /proc/1/cmdline");
     assert!(init.contains("httpd"), "{init}");
     // Ports: the control API and the ingress on the host's loopback are out of reach.
     for port in [s.api, s.ingress] {
-        let out = inside(
-            &s,
+        let out = s.sh(
             "iso",
             &format!("nc -w 2 127.0.0.1 {port} </dev/null 2>&1; echo rc=$?"),
         );
@@ -200,14 +181,13 @@ fn instances_are_isolated_from_the_host() {
         );
     }
     // No new privileges, Docker's capability set (no CAP_SYS_ADMIN: mounting fails).
-    let status = inside(&s, "iso", "grep -E 'NoNewPrivs|CapBnd' /proc/self/status");
+    let status = s.sh("iso", "grep -E 'NoNewPrivs|CapBnd' /proc/self/status");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     assert!(status.contains("CapBnd:\t00000000a80425fb"), "{status}");
-    let mount = inside(&s, "iso", "mount -t tmpfs none /mnt 2>&1; echo rc=$?");
+    let mount = s.sh("iso", "mount -t tmpfs none /mnt 2>&1; echo rc=$?");
     assert!(!mount.contains("rc=0"), "{mount}");
     // Masked /proc paths and a writable layer of its own.
-    let kcore = inside(
-        &s,
+    let kcore = s.sh(
         "iso",
         "head -c 1 /proc/kcore | wc -c; echo x > /www/new && cat /www/new",
     );

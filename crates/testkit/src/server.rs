@@ -208,6 +208,25 @@ impl TestServer {
         http_get(self.ingress, host, path, token)
     }
 
+    /// Runs a shell command inside an instance of `service` (public, from the default test
+    /// image) through its `/cgi-bin/sh` script; returns what it printed. Panics unless 200.
+    pub fn sh(&self, service: &str, cmd: &str) -> String {
+        let q: String = cmd
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let host = format!("{service}.localhost");
+        let (code, body) = self.get(&host, &format!("/cgi-bin/sh?{q}"), None);
+        assert_eq!(code, 200, "{cmd}: {body}");
+        body
+    }
+
     /// A control API call with the admin token, bypassing the CLI: `(status, body)`.
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let token = std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap();
