@@ -136,10 +136,6 @@ pub struct Network {
     handle: Handle,
     state: Mutex<State>,
     seq: AtomicU32,
-    /// `Some(old value)` when the server turned IPv4 forwarding on.
-    forwarding_was: Option<String>,
-    /// Where that value is kept until it is restored.
-    forwarding_saved: std::path::PathBuf,
     /// The egress counters as last read, and when: one `nft` call serves every instance's
     /// reading within [`EGRESS_READ_EVERY`].
     egress: Mutex<Option<(std::time::Instant, HashMap<Ipv4Addr, u64>)>>,
@@ -164,6 +160,8 @@ fn names(data_dir: &Path) -> (String, String, String) {
 }
 
 const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
+/// `ip_forward`'s value from before the first Skiff server on the machine turned it on.
+const FORWARDING_SAVED: &str = "/run/skiff/ip_forward.before";
 
 /// How long background network work (refilling sandboxes, removing an ended instance's
 /// interface) waits, so that it does not compete with the instance start that set it off.
@@ -209,19 +207,20 @@ impl Network {
             .await
             .map_err(netlink(format!("adding {gateway} to {bridge}")))?;
 
-        // The value before this server turned forwarding on is kept in the data dir, so that
-        // it is restored even after a run that was killed before it could restore it.
-        let saved = data_dir.join("ip_forward.before");
-        let forwarding_was = match std::fs::read_to_string(&saved) {
-            Ok(v) => Some(v.trim().to_string()),
-            Err(_) => match std::fs::read_to_string(FORWARDING) {
-                Ok(v) if v.trim() != "1" => {
+        // The value from before any Skiff server turned forwarding on is kept machine-wide
+        // (under /run, which a reboot clears as it resets the setting), so that the last
+        // server to stop restores it, even after runs that were killed.
+        let saved = std::path::PathBuf::from(FORWARDING_SAVED);
+        if !saved.exists() {
+            if let Ok(v) = std::fs::read_to_string(FORWARDING) {
+                if v.trim() != "1" {
+                    if let Some(dir) = saved.parent() {
+                        std::fs::create_dir_all(dir).map_err(sys("creating /run/skiff"))?;
+                    }
                     std::fs::write(&saved, v.trim()).map_err(sys("saving ip_forward"))?;
-                    Some(v.trim().to_string())
                 }
-                _ => None,
-            },
-        };
+            }
+        }
         std::fs::write(FORWARDING, "1").map_err(sys("turning IPv4 forwarding on"))?;
         let rules = firewall::Rules {
             table: &table,
@@ -250,8 +249,6 @@ impl Network {
                 making: 0,
             }),
             seq: AtomicU32::new(0),
-            forwarding_was,
-            forwarding_saved: saved,
             egress: Mutex::new(None),
         });
         if let Err(e) = firewall::apply(&rules) {
@@ -467,8 +464,8 @@ impl Network {
             .map_err(netlink(format!("deleting {name}")))
     }
 
-    /// Removes the bridge (and with it every veth still on it), the rules, and the sandboxes
-    /// made ahead; turns IPv4 forwarding back off if this server turned it on and no other
+    /// Removes the bridge, every veth of this server, the rules, and the sandboxes made ahead;
+    /// puts IPv4 forwarding back as it was before any Skiff server turned it on, unless another
     /// server's bridge is left.
     pub async fn stop(&self) {
         let ready: Vec<Sandbox> = self.lock().ready.drain(..).collect();
@@ -482,7 +479,7 @@ impl Network {
         if let Err(e) = firewall::apply(&firewall::Rules::delete_batch(&self.table)) {
             tracing::warn!("{e}");
         }
-        if let Some(old) = &self.forwarding_was {
+        if let Ok(old) = std::fs::read_to_string(FORWARDING_SAVED) {
             let others = self.handle.link().get().execute();
             let names: Vec<String> = others
                 .try_filter_map(|m| async move {
@@ -494,13 +491,15 @@ impl Network {
                 .try_collect()
                 .await
                 .unwrap_or_default();
+            // Another server's bridge: it still needs forwarding, and restores it when it
+            // stops last.
             let other_bridge = names
                 .iter()
                 .any(|n| n.starts_with("skiff") && *n != self.bridge);
             if !other_bridge {
-                let _ = std::fs::write(FORWARDING, old);
+                let _ = std::fs::write(FORWARDING, old.trim());
+                let _ = std::fs::remove_file(FORWARDING_SAVED);
             }
-            let _ = std::fs::remove_file(&self.forwarding_saved);
         }
     }
 }
