@@ -122,6 +122,8 @@ struct State {
     owners: HashMap<Ipv4Addr, Owner>,
     /// Sandboxes being made right now (counted towards `prepared`).
     making: usize,
+    /// Set by [`Network::stop`]: no sandbox is made after it.
+    stopped: bool,
 }
 
 /// The server's instance network: the bridge, its rules and the sandboxes.
@@ -247,6 +249,7 @@ impl Network {
                 ready: VecDeque::new(),
                 owners: HashMap::new(),
                 making: 0,
+                stopped: false,
             }),
             seq: AtomicU32::new(0),
             egress: Mutex::new(None),
@@ -277,7 +280,13 @@ impl Network {
     /// is one, else a new one now. Its address answers to `owner` at the metadata server
     /// until the lease is dropped.
     pub async fn acquire(self: &Arc<Self>, owner: Owner) -> Result<Lease, NetworkError> {
-        let ready = self.lock().ready.pop_front();
+        let ready = {
+            let mut st = self.lock();
+            if st.stopped {
+                return Err(NetworkError::Config("the server is stopping".into()));
+            }
+            st.ready.pop_front()
+        };
         let sandbox = match ready {
             Some(s) => s,
             None => self.make().await?,
@@ -330,6 +339,9 @@ impl Network {
     fn refill(self: &Arc<Self>) {
         let missing = {
             let mut st = self.lock();
+            if st.stopped {
+                return;
+            }
             let have = st.ready.len() + st.making;
             let n = self.prepared.saturating_sub(have);
             st.making += n;
@@ -468,6 +480,15 @@ impl Network {
     /// puts IPv4 forwarding back as it was before any Skiff server turned it on, unless another
     /// server's bridge is left.
     pub async fn stop(&self) {
+        self.lock().stopped = true;
+        // Sandboxes being made finish first (a few milliseconds), so that the sweep below
+        // sees their interfaces.
+        for _ in 0..200 {
+            if self.lock().making == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let ready: Vec<Sandbox> = self.lock().ready.drain(..).collect();
         for s in ready {
             let _ = self.delete_link(&s.host_if).await;
