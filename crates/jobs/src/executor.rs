@@ -678,16 +678,11 @@ impl Jobs {
             let lease = match &self.cfg.network {
                 None => Ok(None),
                 Some(net) => net
-                    .acquire(skiff_network::Owner {
-                        project: run.ns.clone(),
-                        project_number: skiff_model::project_number(&run.ns),
-                        instance_id: cfg.id.clone(),
-                        service_account: run
-                            .settings
-                            .service_account
-                            .clone()
-                            .unwrap_or_else(|| skiff_model::default_service_account(&run.ns)),
-                    })
+                    .acquire(skiff_network::Owner::new(
+                        &run.ns,
+                        &cfg.id,
+                        run.settings.service_account.as_deref(),
+                    ))
                     .await
                     .map(Some)
                     .map_err(|e| format!("no network for the task: {e}")),

@@ -105,6 +105,21 @@ pub struct Owner {
     pub service_account: String,
 }
 
+impl Owner {
+    /// The owner of an instance of `project` that runs as `service_account`, or as the
+    /// project's default service account (Cloud Run's: the Compute Engine default) when none.
+    pub fn new(project: &str, instance_id: &str, service_account: Option<&str>) -> Owner {
+        Owner {
+            project: project.to_string(),
+            project_number: skiff_model::project_number(project),
+            instance_id: instance_id.to_string(),
+            service_account: service_account
+                .map(str::to_string)
+                .unwrap_or_else(|| skiff_model::default_service_account(project)),
+        }
+    }
+}
+
 /// A network namespace made ahead of demand: loopback up, `eth0` with `ip` and a default
 /// route through the gateway, the host end `host_if` on the bridge.
 pub struct Sandbox {
@@ -152,7 +167,9 @@ pub fn server_id(data_dir: &Path) -> String {
     hex::encode(&digest[..4])
 }
 
-fn names(data_dir: &Path) -> (String, String, String) {
+/// This server's names: its bridge `skiff<id>`, its nftables tables `skiff_<id>`, and the prefix
+/// `sk<first 6 of id>` of its instances' host-side interfaces.
+pub fn names(data_dir: &Path) -> (String, String, String) {
     let id = server_id(data_dir);
     (
         format!("skiff{id}"),

@@ -660,14 +660,11 @@ impl Pool {
         let lease = match self.ctx.network.as_ref().filter(|_| self.settings.egress) {
             None => None,
             Some(net) => {
-                let owner = skiff_network::Owner {
-                    project: self.key.namespace.clone(),
-                    project_number: skiff_model::project_number(&self.key.namespace),
-                    instance_id: inst.id.clone(),
-                    service_account: self.settings.service_account.clone().unwrap_or_else(|| {
-                        skiff_model::default_service_account(&self.key.namespace)
-                    }),
-                };
+                let owner = skiff_network::Owner::new(
+                    &self.key.namespace,
+                    &inst.id,
+                    self.settings.service_account.as_deref(),
+                );
                 match net.acquire(owner).await {
                     Ok(l) => Some(l),
                     Err(e) => {

@@ -342,12 +342,7 @@ impl TestServer {
 
     /// The names of this server's bridge, nftables tables and veth prefix.
     fn network_names(&self) -> (String, String, String) {
-        let id = skiff_network::server_id(&self.data_dir);
-        (
-            format!("skiff{id}"),
-            format!("skiff_{id}"),
-            format!("sk{}", &id[..6]),
-        )
+        skiff_network::names(&self.data_dir)
     }
 
     /// Removes what a killed server left of its network (a stopped one removes it itself).
