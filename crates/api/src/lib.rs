@@ -5,6 +5,7 @@
 //!
 //! Handlers are thin: they parse, call the [`controller::Controller`], and shape responses.
 
+mod builds;
 pub mod controller;
 mod derived;
 pub mod error;
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub tmp_dir: PathBuf,
     pub metrics: Arc<skiff_metering::Metrics>,
     pub prices: skiff_metering::Prices,
+    /// Source builds (`/skiff/v1/namespaces/NS/builds`).
+    pub builds: Arc<skiff_build::Builds>,
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.

@@ -152,6 +152,31 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "List live instances (?service=S)",
     ),
     (
+        "post",
+        "/skiff/v1/namespaces/{namespace}/builds",
+        "Build a source tar.gz (the body, at most 512 MiB) into an image (?service=S or ?image=NAME[:TAG], &buildArgs=K=V,...&baseImage=REF&timeout=DUR); answers with NDJSON: the build, its log lines, the build as it ended",
+    ),
+    (
+        "get",
+        "/skiff/v1/namespaces/{namespace}/builds",
+        "List builds, newest first (?service=S)",
+    ),
+    (
+        "get",
+        "/skiff/v1/namespaces/{namespace}/builds/{id}",
+        "Get a build",
+    ),
+    (
+        "post",
+        "/skiff/v1/namespaces/{namespace}/builds/{id}:cancel",
+        "Cancel a queued or running build",
+    ),
+    (
+        "get",
+        "/skiff/v1/namespaces/{namespace}/builds/{id}/log",
+        "A build's log (text)",
+    ),
+    (
         "get",
         "/skiff/v1/namespaces/{namespace}/logs",
         "Read container logs as JSON lines (?service=S or ?job=J[&execution=E], &limit=N&follow=true)",

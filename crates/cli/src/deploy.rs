@@ -21,9 +21,18 @@ pub struct DeployArgs {
     #[arg(value_name = "SERVICE")]
     pub service: String,
 
-    /// Container image: NAME[:TAG] or NAME@sha256:HEX (required for a new service)
-    #[arg(long, value_name = "REF")]
+    /// Container image: NAME[:TAG] or NAME@sha256:HEX (required for a new service, unless
+    /// --source is given)
+    #[arg(long, value_name = "REF", conflicts_with = "source")]
     pub image: Option<String>,
+
+    /// Build the image from this source directory (its Dockerfile, or a detected language:
+    /// Python, Node.js, Go, a static site) and deploy it
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub build: crate::builds::SourceOptions,
 
     /// Port the container listens on, given to it as PORT [default: 8080]
     #[arg(long, value_name = "N")]
@@ -456,7 +465,7 @@ pub fn build_service(
         }
         None => {
             if ch.image.is_none() {
-                bail!("service {name} does not exist yet: pass --image NAME[:TAG] to create it");
+                bail!("service {name} does not exist yet: pass --image NAME[:TAG] or --source DIR to create it");
             }
             if args.no_traffic {
                 bail!("--no-traffic cannot be used when creating service {name}: deploy without it first");
@@ -493,14 +502,42 @@ pub fn precheck(args: &DeployArgs) -> Result<Changes> {
     if let Some(t) = &args.tag {
         validate_tag(t).map_err(|e| anyhow!("{e}"))?;
     }
+    if let Some(dir) = &args.source {
+        if !dir.is_dir() {
+            bail!(
+                "--source {}: no such directory: give the directory that holds the source",
+                dir.display()
+            );
+        }
+        args.build.check()?;
+    } else if args.build.set_build_env_vars.is_some()
+        || args.build.base_image.is_some()
+        || args.build.build_timeout.is_some()
+    {
+        bail!("--set-build-env-vars, --base-image and --build-timeout apply to --source builds: add --source DIR");
+    }
     args.changes()
 }
 
 pub fn run(api: &Api, args: DeployArgs) -> Result<()> {
     let name = args.service.clone();
-    let ch = precheck(&args)?;
+    let mut ch = precheck(&args)?;
     let path = api.knative("services", Some(&name));
     let existing: Option<Service> = api.get_opt(&path)?;
+    if let Some(dir) = &args.source {
+        // Every flag is checked against the service before the build, so that a build is
+        // not wasted on a deploy that would be refused.
+        let mut check = ch.clone();
+        check.image = Some("source-build".into());
+        build_service(existing.as_ref(), &api.project, &args, &check)?;
+        let built = crate::builds::submit(api, dir, Some(&name), None, &args.build)?;
+        let image = built
+            .results
+            .and_then(|r| r.images.into_iter().next())
+            .ok_or_else(|| anyhow!("build {} succeeded without an image", built.id))?;
+        eprintln!("Built image {}@{}.", image.name, image.digest);
+        ch.image = Some(image.name);
+    }
     let svc = build_service(existing.as_ref(), &api.project, &args, &ch)?;
 
     if let Some(image) = ch.image.as_deref().filter(|i| is_registry_reference(i)) {

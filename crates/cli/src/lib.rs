@@ -11,6 +11,7 @@
 mod api;
 mod auth;
 mod billing;
+mod builds;
 mod deploy;
 mod gcloud;
 mod images;
@@ -139,6 +140,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: scheduler::SchedulerCommand,
     },
+    /// Build images from source: submit, list, describe, log, cancel
+    Builds {
+        #[command(subcommand)]
+        command: builds::BuildsCommand,
+    },
     /// Usage and cost reports
     Billing {
         #[command(subcommand)]
@@ -167,6 +173,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Jobs { command } => jobs::run(&api, command),
         ClientCommand::Scheduler { command } => scheduler::run(&api, command),
         ClientCommand::Billing { command } => billing::run(&api, command),
+        ClientCommand::Builds { command } => builds::run(&api, command),
         ClientCommand::Gcloud { command } => gcloud::run(&api, global, command),
     }
 }
@@ -268,6 +275,12 @@ mod tests {
             "skiff logs read --job j --execution j-abc",
             "skiff auth print-identity-token --audience http://hello.localhost",
             "skiff gcloud configure",
+            "skiff deploy hello --source . --set-build-env-vars A=1 --base-image python:3.12",
+            "skiff builds submit dir --tag app:v1 --build-timeout 5m",
+            "skiff builds list --service hello --format json",
+            "skiff builds describe abc --format yaml",
+            "skiff builds log abc",
+            "skiff builds cancel abc",
             "skiff gcloud configure --configuration dev --activate --project demo",
         ];
         for line in ok {
@@ -284,6 +297,8 @@ mod tests {
             "skiff logs read --service a --job b",
             "skiff services describe hello --format xml",
             "skiff deploy hello --set-env-vars A=1 --update-env-vars B=2",
+            "skiff deploy hello --image x --source .",
+            "skiff builds submit dir",
         ];
         for line in bad {
             assert!(Cli::try_parse_from(line.split(' ')).is_err(), "{line}");

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the platform: control API, ingress, instances.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     #[command(flatten)]
     Client(Box<ClientCommand>),
 }
@@ -38,7 +38,7 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Server(a) => server::run(&cli.global, a),
+        Command::Server(a) => server::run(&cli.global, *a),
         Command::Client(c) => skiff_cli::run(&cli.global, *c),
     };
     if let Err(e) = result {

@@ -48,6 +48,39 @@ pub struct ServerArgs {
     /// Run `skiff images prune` this often (e.g. 24h) [default: never].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     prune_images_every: Option<Duration>,
+    /// The time limit of a source build (Cloud Build's default).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    build_timeout: Duration,
+    /// CPU limit of a source build, e.g. 1, 2, 500m.
+    #[arg(long, default_value = "2", value_parser = parse_cpu)]
+    build_cpu: u64,
+    /// Memory limit of a source build (buildah and its RUN steps together).
+    #[arg(long, default_value = "4Gi", value_parser = parse_size)]
+    build_memory: u64,
+    /// The base image source builds of a language use when no Dockerfile is given:
+    /// LANG=REF with LANG one of python, nodejs, go, go-run (what a Go binary runs on),
+    /// static [default: python:3.12-slim, node:22-slim, golang:1.23,
+    /// gcr.io/distroless/static-debian12, busybox:stable].
+    #[arg(long, value_name = "LANG=REF", value_parser = parse_base_image)]
+    build_base_image: Vec<(String, String)>,
+}
+
+fn parse_cpu(s: &str) -> Result<u64, String> {
+    skiff_model::parse_cpu(s).map_err(|e| e.to_string())
+}
+
+fn parse_base_image(s: &str) -> Result<(String, String), String> {
+    let (lang, image) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: give LANG=REF, e.g. python=python:3.12-slim"))?;
+    if !skiff_build::detect::LANGUAGES.contains(&lang) {
+        return Err(format!(
+            "{lang:?} is no language Skiff detects: use one of {}",
+            skiff_build::detect::LANGUAGES.join(", ")
+        ));
+    }
+    skiff_image::parse_reference(image).map_err(|e| format!("{image:?}: {e}"))?;
+    Ok((lang.to_string(), image.to_string()))
 }
 
 /// A duration, also in days (`30d`).
@@ -253,6 +286,36 @@ async fn serve(
     if let Some(every) = args.prune_images_every {
         skiff_api::controller::start_pruning(controller.clone(), every);
     }
+    let mut base_images = skiff_build::detect::default_base_images();
+    base_images.extend(args.build_base_image.iter().cloned());
+    let own_registry = if api_addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", api.local_addr()?.port())
+    } else {
+        api.local_addr()?.to_string()
+    };
+    let builds = skiff_build::Builds::new(
+        skiff_build::BuildsConfig {
+            root: data_dir.join("builds"),
+            own_registry: Some(own_registry),
+            admin_token: admin_token.clone(),
+            timeout: args.build_timeout,
+            cpu_millis: args.build_cpu,
+            memory_bytes: args.build_memory,
+            base_images,
+            max_source_bytes: 8 << 30,
+        },
+        store.clone(),
+        controller.images.clone(),
+        network.clone(),
+        controller.puller.registries().clone(),
+    );
+    let failed = builds
+        .recover()
+        .await
+        .map_err(|e| anyhow::anyhow!("recovering builds: {e}"))?;
+    if failed > 0 {
+        tracing::info!("{failed} build(s) a previous run left unfinished are marked FAILURE");
+    }
     let state = Arc::new(ApiState {
         jobs: jobs.clone(),
         scheduler,
@@ -261,6 +324,7 @@ async fn serve(
         tmp_dir: data_dir.join("tmp"),
         metrics: metrics.clone(),
         prices,
+        builds: builds.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -293,7 +357,7 @@ async fn serve(
     let _ = ingress_task.await;
     // The API may hold a follow-mode log stream open forever: do not wait long for it.
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
-    tokio::join!(serving.shutdown(), jobs.shutdown());
+    tokio::join!(serving.shutdown(), jobs.shutdown(), builds.shutdown());
     // Every instance has ended: the last checkpoint closes their usage.
     checkpoints.abort();
     skiff_api::usage::checkpoint(&meters, &store, &metrics).await;

@@ -320,6 +320,16 @@ impl TestServer {
         for id in ids {
             found.push(format!("instance dir: {id}"));
         }
+        // Source builds' cgroups (`skiff-builds-<server id>` in any hierarchy).
+        let builds = format!("skiff-builds-{}", skiff_network::server_id(&self.data_dir));
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            if h.path().join(&builds).exists() {
+                found.push(format!(
+                    "build cgroup: {}",
+                    h.path().join(&builds).display()
+                ));
+            }
+        }
         let (bridge, table, veth) = self.network_names();
         for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
