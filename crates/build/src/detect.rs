@@ -155,7 +155,7 @@ pub fn detect(
             b.clone(),
             format!(
                 "FROM {b}\nWORKDIR /workspace\nCOPY . .\nENV NODE_ENV=production\nRUN {install}\n\
-                 ENV PORT=8080\nCMD [\"/bin/sh\", \"-c\", {}]\n",
+                 ENV PORT=8080\nENTRYPOINT [\"/bin/sh\", \"-c\", {}]\n",
                 json_string(&format!("exec {entry}"))
             ),
         ));
@@ -189,7 +189,7 @@ pub fn detect(
             b.clone(),
             format!(
                 "FROM {b}\nWORKDIR /workspace\nCOPY . .\nENV PYTHONUNBUFFERED=1\nRUN {install}\n\
-                 ENV PORT=8080\nCMD [\"/bin/sh\", \"-c\", {}]\n",
+                 ENV PORT=8080\nENTRYPOINT [\"/bin/sh\", \"-c\", {}]\n",
                 json_string(&format!("exec {entry}"))
             ),
         ));
@@ -201,7 +201,7 @@ pub fn detect(
             b.clone(),
             format!(
                 "FROM {b}\nCOPY . /www\nENV PORT=8080\n\
-                 CMD [\"/bin/sh\", \"-c\", \"exec httpd -f -p $PORT -h /www\"]\n"
+                 ENTRYPOINT [\"/bin/sh\", \"-c\", \"exec httpd -f -p $PORT -h /www\"]\n"
             ),
         ));
     }

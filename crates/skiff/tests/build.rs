@@ -2,8 +2,9 @@
 //! image the test makes itself (busybox, pushed into Skiff's own registry with `skopeo`), a
 //! multi-stage Dockerfile with a build argument, `.gcloudignore` and `.dockerignore`, a build
 //! sandbox that reaches the ingress but neither the control API nor the data dir, a failing
-//! `RUN` that leaves the service as it was, a directory with nothing to build, the time limit,
-//! cancel, and a build a killed server left behind.
+//! `RUN` that leaves the service as it was, a static site found without a Dockerfile, a
+//! directory with nothing to build, the time limit, cancel, and a build a killed server left
+//! behind.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -197,7 +198,7 @@ fn multi_stage_dockerfile_deploys_in_a_sandbox_and_a_failed_build_changes_nothin
 }
 
 #[test]
-fn nothing_to_build_time_limit_cancel_and_a_killed_server() {
+fn static_site_nothing_to_build_time_limit_cancel_and_a_killed_server() {
     let mut s = TestServer::start(Path::new(BIN), &[]);
     let tmp = tempfile::tempdir().unwrap();
 
@@ -229,8 +230,36 @@ fn nothing_to_build_time_limit_cancel_and_a_killed_server() {
     let err = s.fails(&["builds", "describe", "no-such-build"]);
     assert!(err.contains("build no-such-build not found"), "{err}");
 
-    // A RUN that outlasts the time limit ends TIMEOUT.
+    // No Dockerfile but an index.html: a static site, on the base image given.
     let base = push_base(&s, tmp.path());
+    let site = tmp.path().join("site");
+    write(&site, "index.html", "<p>static site</p>\n");
+    write(&site, "about/index.html", "about\n");
+    let out = s.ok(&[
+        "deploy",
+        "site",
+        "--source",
+        site.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--allow-unauthenticated",
+    ]);
+    assert!(out.contains("Service URL: http://site.localhost:"), "{out}");
+    assert_eq!(
+        s.get("site.localhost", "/", None),
+        (200, "<p>static site</p>\n".to_string())
+    );
+    assert_eq!(
+        s.get("site.localhost", "/about/", None),
+        (200, "about\n".to_string())
+    );
+    let b = &builds(&s)[0];
+    assert_eq!(b["plan"]["kind"], "static", "{b}");
+    assert_eq!(b["plan"]["baseImage"], base.as_str(), "{b}");
+    let log = s.ok(&["builds", "log", b["id"].as_str().unwrap()]);
+    assert!(log.contains("Generated Dockerfile (static)"), "{log}");
+
+    // A RUN that outlasts the time limit ends TIMEOUT.
     let slow = tmp.path().join("slow");
     write(
         &slow,
