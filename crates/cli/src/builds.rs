@@ -152,7 +152,14 @@ pub fn submit(
     }
     let b = last.ok_or_else(|| anyhow!("the Skiff API sent no build"))?;
     match b.status {
-        BuildStatus::Success => Ok(b),
+        BuildStatus::Success => {
+            if let Some(same) = same_as_before(api, &b) {
+                eprintln!(
+                    "The image is the same as build {same}'s: same source, same base, same digest."
+                );
+            }
+            Ok(b)
+        }
         BuildStatus::Queued | BuildStatus::Working => bail!(
             "the connection ended before build {} did: follow it with `skiff builds describe {}`",
             b.id,
@@ -169,6 +176,32 @@ pub fn submit(
             b.id
         ),
     }
+}
+
+/// The id of the latest earlier successful build (of the same service, or to the same image
+/// name) that made an image with the digest `b` made, if any.
+fn same_as_before(api: &Api, b: &Build) -> Option<String> {
+    let digest = &b.results.as_ref()?.images.first()?.digest;
+    let query: Vec<(&str, &str)> = b
+        .service
+        .as_deref()
+        .map(|s| vec![("service", s)])
+        .unwrap_or_default();
+    let v: serde_json::Value = api.get(&api.skiff_ns("builds"), &query).ok()?;
+    let list: Vec<Build> = serde_json::from_value(v["builds"].clone()).ok()?;
+    list.into_iter()
+        .filter(|o| {
+            o.id != b.id
+                && o.status == BuildStatus::Success
+                && (b.service.is_some() || o.images == b.images)
+        })
+        .find(|o| {
+            o.results
+                .as_ref()
+                .and_then(|r| r.images.first())
+                .is_some_and(|i| &i.digest == digest)
+        })
+        .map(|o| o.id)
 }
 
 fn status_name(s: BuildStatus) -> String {

@@ -2,7 +2,8 @@
 //! image the test makes itself (busybox, pushed into Skiff's own registry with `skopeo`), a
 //! multi-stage Dockerfile with a build argument, `.gcloudignore` and `.dockerignore`, a build
 //! sandbox that reaches the ingress but neither the control API nor the data dir, a failing
-//! `RUN` that leaves the service as it was, a static site found without a Dockerfile, a
+//! `RUN` that leaves the service as it was, a static site found without a Dockerfile (built
+//! to the same digest by a second server whose base image comes from the first's registry), a
 //! directory with nothing to build, the time limit, cancel, and a build a killed server left
 //! behind.
 
@@ -258,6 +259,70 @@ fn static_site_nothing_to_build_time_limit_cancel_and_a_killed_server() {
     assert_eq!(b["plan"]["baseImage"], base.as_str(), "{b}");
     let log = s.ok(&["builds", "log", b["id"].as_str().unwrap()]);
     assert!(log.contains("Generated Dockerfile (static)"), "{log}");
+    let site_digest = b["results"]["images"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Reproducible: another server, with a storage and layer cache of its own, builds the same
+    // source on the same base (pulled from this server's registry with the credentials
+    // `registries login` stored) into the very same image; deploying it again says so.
+    let other = TestServer::start(Path::new(BIN), &[]);
+    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+    let registry = format!("127.0.0.1:{}", s.api);
+    let login = std::process::Command::new(BIN)
+        .args([
+            "registries",
+            "login",
+            &registry,
+            "-u",
+            "skiff",
+            "--password-stdin",
+        ])
+        .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", other.api))
+        .env("SKIFF_DATA_DIR", &other.data_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(token.trim().as_bytes())?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(login.success());
+    let site_arg = site.to_str().unwrap();
+    let out = other.skiff(&[
+        "builds",
+        "submit",
+        site_arg,
+        "--tag",
+        "site:v1",
+        "--base-image",
+        &base,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        other.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("site:v1@{site_digest}")
+    );
+    let out = other.skiff(&[
+        "builds",
+        "submit",
+        site_arg,
+        "--tag",
+        "site:v1",
+        "--base-image",
+        &base,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("The image is the same as build"), "{err}");
+    drop(other);
 
     // A RUN that outlasts the time limit ends TIMEOUT.
     let slow = tmp.path().join("slow");
