@@ -1,5 +1,5 @@
 //! Source builds (`skiff-build`): `POST /skiff/v1/namespaces/{ns}/builds` takes a tar.gz of
-//! the source as its body (streamed to disk, at most [`MAX_SOURCE`] bytes, else 413) and
+//! the source as its body (streamed to disk, at most `--build-max-source` bytes, else 413) and
 //! answers with an NDJSON stream: `{"build": BUILD}` as queued, `{"log": LINE}` for each line
 //! of the build's log as it runs, and `{"build": BUILD}` as it ended. The build runs on if the
 //! client goes away. `GET .../builds[?service=S]`, `GET .../builds/{id}`,
@@ -22,10 +22,6 @@ use skiff_build::{BuildError, BuildRequest};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
-
-/// The largest source archive taken (compressed), as Cloud Build's upload limit is in the
-/// same range.
-pub const MAX_SOURCE: u64 = 512 << 20;
 
 pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
@@ -101,12 +97,23 @@ async fn submit(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::invalid(format!("reading the upload: {e}")))?;
         total += chunk.len() as u64;
-        if total > MAX_SOURCE {
+        let max = builds.max_archive_bytes();
+        if total > max {
+            // The rest of the upload is read and dropped (up to the limit again, at least
+            // 1 MiB), so that the
+            // client, still sending, gets this answer rather than a broken connection.
+            let mut dropped = 0u64;
+            while let Some(Ok(chunk)) = stream.next().await {
+                dropped += chunk.len() as u64;
+                if dropped > max.max(1 << 20) {
+                    break;
+                }
+            }
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
-                    "the source archive is larger than {} MiB: leave large files out with .gcloudignore",
-                    MAX_SOURCE >> 20
+                    "the source archive is larger than the server's limit of {max} bytes \
+                     (skiff server --build-max-source): leave large files out with .gcloudignore"
                 ),
             ));
         }

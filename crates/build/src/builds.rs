@@ -152,6 +152,8 @@ pub struct BuildsConfig {
     pub base_images: BTreeMap<String, String>,
     /// Most bytes a source may unpack to.
     pub max_source_bytes: u64,
+    /// Most bytes of an uploaded source archive (compressed).
+    pub max_archive_bytes: u64,
 }
 
 /// The server's builds: submission, the queue, cancellation, logs, recovery.
@@ -208,6 +210,11 @@ impl Builds {
 
     fn dir(&self, id: &str) -> PathBuf {
         self.cfg.root.join(id)
+    }
+
+    /// The largest source archive taken, in bytes.
+    pub fn max_archive_bytes(&self) -> u64 {
+        self.cfg.max_archive_bytes
     }
 
     /// Where a build's log is.

@@ -54,6 +54,9 @@ pub struct ServerArgs {
     /// CPU limit of a source build, e.g. 1, 2, 500m.
     #[arg(long, default_value = "2", value_parser = parse_cpu)]
     build_cpu: u64,
+    /// The largest source archive (compressed) a build takes; a larger upload gets 413.
+    #[arg(long, default_value = "512Mi", value_parser = parse_size)]
+    build_max_source: u64,
     /// Memory limit of a source build (buildah and its RUN steps together).
     #[arg(long, default_value = "4Gi", value_parser = parse_size)]
     build_memory: u64,
@@ -303,6 +306,7 @@ async fn serve(
             memory_bytes: args.build_memory,
             base_images,
             max_source_bytes: 8 << 30,
+            max_archive_bytes: args.build_max_source,
         },
         store.clone(),
         controller.images.clone(),
@@ -458,4 +462,26 @@ async fn services_for_instances(
         dns,
         tasks: ingress_task.into_iter().chain([metadata_task]).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn build_base_images() {
+        assert_eq!(
+            super::parse_base_image("python=registry.corp/py:3.12").unwrap(),
+            ("python".to_string(), "registry.corp/py:3.12".to_string())
+        );
+        for (input, want) in [
+            ("python", "give LANG=REF"),
+            (
+                "ruby=ruby:3",
+                "no language Skiff detects: use one of python, nodejs",
+            ),
+            ("static=a b", "\"a b\""),
+        ] {
+            let e = super::parse_base_image(input).unwrap_err();
+            assert!(e.contains(want), "{input}: {e}");
+        }
+    }
 }

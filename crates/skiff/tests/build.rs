@@ -200,7 +200,7 @@ fn multi_stage_dockerfile_deploys_in_a_sandbox_and_a_failed_build_changes_nothin
 
 #[test]
 fn static_site_nothing_to_build_time_limit_cancel_and_a_killed_server() {
-    let mut s = TestServer::start(Path::new(BIN), &[]);
+    let mut s = TestServer::start(Path::new(BIN), &["--build-max-source", "64Ki"]);
     let tmp = tempfile::tempdir().unwrap();
 
     // Nothing to build: the error lists what was looked for, and no service is made.
@@ -323,6 +323,30 @@ fn static_site_nothing_to_build_time_limit_cancel_and_a_killed_server() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("The image is the same as build"), "{err}");
     drop(other);
+
+    // A source larger than the server's limit is refused with 413 and a clear error, and
+    // nothing is built.
+    let before = builds(&s).len();
+    let big = tmp.path().join("big");
+    // xorshift64: bytes gzip cannot shrink.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..256 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::write(big.join("noise.bin"), noise).unwrap();
+    write(&big, "index.html", "x\n");
+    let err = s.fails(&["builds", "submit", big.to_str().unwrap(), "--tag", "big:v1"]);
+    assert!(
+        err.contains("larger than the server's limit") && err.contains(".gcloudignore"),
+        "{err}"
+    );
+    assert_eq!(builds(&s).len(), before);
 
     // A RUN that outlasts the time limit ends TIMEOUT.
     let slow = tmp.path().join("slow");
