@@ -5,7 +5,8 @@
 //! `RUN` that leaves the service as it was, a static site found without a Dockerfile (built
 //! to the same digest by a second server whose base image comes from the first's registry), a
 //! directory with nothing to build, the time limit, cancel, and a build a killed server left
-//! behind.
+//! behind; and a Python app without a Dockerfile whose `requirements.txt` installs Flask from
+//! PyPI through the build's sandbox, on a Debian base made with `mmdebstrap`.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -418,4 +419,83 @@ fn static_site_nothing_to_build_time_limit_cancel_and_a_killed_server() {
     assert!(builds(&s).iter().all(|b| b["status"] != "WORKING"));
     assert_eq!(s.stop(), Some(0));
     assert_eq!(s.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn python_app_without_a_dockerfile_installs_flask_from_pypi() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // The base: Debian's python3 and pip (from `mmdebstrap`), trusting the host's CA bundle
+    // (the machine may reach PyPI through a TLS proxy of its own), with pip allowed to install
+    // beside Debian's packages, as the official python images allow.
+    let ca = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+    let spec = ImageSpec {
+        entrypoint: vec![],
+        cmd: vec![],
+        env: vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            "PIP_BREAK_SYSTEM_PACKAGES=1".into(),
+            "PIP_DISABLE_PIP_VERSION_CHECK=1".into(),
+            "PIP_CERT=/etc/skiff-test-ca.pem".into(),
+        ],
+        files: vec![("etc/skiff-test-ca.pem".into(), ca, 0o644)],
+        user: None,
+        binaries: vec![],
+    };
+    let layout = skiff_testkit::debian_image(
+        &tmp.path().join("python"),
+        "python",
+        &["python3", "python3-pip"],
+        &[],
+        &spec,
+    );
+    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+    let base = format!("127.0.0.1:{}/base/python:3", s.api);
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("skiff:{}", token.trim()),
+            &format!("oci:{}", layout.display()),
+            &format!("docker://{base}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let app = tmp.path().join("app");
+    write(&app, "requirements.txt", "flask\n");
+    write(
+        &app,
+        "main.py",
+        "import flask\n\napp = flask.Flask(__name__)\n\n\n@app.route(\"/\")\n\
+         def hello():\n    return \"hello from flask \" + flask.__version__ + \"\\n\"\n",
+    );
+    let out = s.skiff(&[
+        "deploy",
+        "pyapp",
+        "--source",
+        app.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--allow-unauthenticated",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "deploy --source failed: {stderr}\nserver log: {}",
+        s.log()
+    );
+    assert!(stderr.contains("Generated Dockerfile (python)"), "{stderr}");
+    assert!(stderr.contains("Successfully installed"), "{stderr}");
+    let (code, body) = s.get("pyapp.localhost", "/", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("hello from flask "), "{body}");
+    let b = &builds(&s)[0];
+    assert_eq!(b["plan"]["kind"], "python", "{b}");
 }
