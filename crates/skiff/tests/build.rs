@@ -181,7 +181,16 @@ fn multi_stage_dockerfile_deploys_in_a_sandbox_and_a_failed_build_changes_nothin
         "Dockerfile",
         &format!("{dockerfile}RUN echo about to fail && exit 3\n"),
     );
-    let err = s.fails(&["deploy", "app", "--source", src_arg]);
+    let err = s.fails(&[
+        "deploy",
+        "app",
+        "--source",
+        src_arg,
+        "--set-build-env-vars",
+        "GREETING=hello",
+    ]);
+    // The steps before it come from the layer cache of the first build.
+    assert!(err.contains("Using cache"), "{err}");
     assert!(err.contains("about to fail"), "{err}");
     assert!(err.contains("FAILURE"), "{err}");
     assert!(err.contains("skiff builds log"), "{err}");
