@@ -1,7 +1,8 @@
 //! Images from registries, end to end with the real `skiff` binary and Debian's
 //! `docker-registry` (the reference registry) on loopback, images pushed with `skopeo`:
 //! deploy by name, a tag moved after deploy, restarts that never pull again, a password-
-//! protected registry with `skiff registries login`, jobs, and errors that say what to do.
+//! protected registry with `skiff registries login`, jobs, and errors that say what to do;
+//! pushes into Skiff's own registry with `skopeo`, `podman` and `buildah`, then deploys.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestRegistry, TestServer};
 use std::path::Path;
@@ -588,4 +589,211 @@ fn the_server_prunes_periodically() {
     let old = upload_session(&s, "team/z");
     age_by_two_hours(&old);
     s.wait_for("the periodic prune", 120, || !old.exists());
+}
+
+/// `podman` or `buildah` with all its state (image storage, run state, the auth file that
+/// `login` writes, `XDG_RUNTIME_DIR`) in a temporary directory, removed on drop, so that
+/// tests never touch the host's container storage. The `vfs` driver copies layers into
+/// plain directories, so nothing is mounted.
+struct ContainerTool {
+    tool: &'static str,
+    dir: tempfile::TempDir,
+}
+
+impl ContainerTool {
+    fn new(tool: &'static str) -> ContainerTool {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("skiff-{tool}-"))
+            .tempdir_in("/tmp")
+            .unwrap();
+        for d in ["root", "run", "tmp", "xdg", "home"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        // Both refuse to start with a REGISTRY_AUTH_FILE that does not exist yet.
+        std::fs::write(dir.path().join("auth.json"), "{}").unwrap();
+        ContainerTool { tool, dir }
+    }
+
+    /// Runs the tool; returns (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let d = self.dir.path();
+        let mut cmd = std::process::Command::new(self.tool);
+        cmd.arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .args(["--storage-driver", "vfs"]);
+        if self.tool == "podman" {
+            cmd.arg("--tmpdir").arg(d.join("tmp")).args([
+                "--events-backend",
+                "file",
+                "--cgroup-manager",
+                "cgroupfs",
+            ]);
+        }
+        let out = cmd
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
+            .env("XDG_RUNTIME_DIR", d.join("xdg"))
+            .env("HOME", d.join("home"))
+            .env("TMPDIR", d.join("tmp"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} is missing ({e}): apt-get install {0} (.ci/run does)",
+                    self.tool
+                )
+            });
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "{} {args:?}: {err}", self.tool);
+        out
+    }
+}
+
+#[test]
+fn podman_and_buildah_push_into_skiffs_own_registry_then_deploy() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let host = format!("127.0.0.1:{}", s.api);
+    let token = admin_token(&s);
+    let creds = format!("anyone:{token}");
+
+    // podman: the image into its own storage, then pushed.
+    let podman = ContainerTool::new("podman");
+    let layout = image_saying(&tmp.path().join("p"), "from podman");
+    // `podman pull oci:DIR` names the image after DIR, which a temporary directory's
+    // upper-case letters make invalid: load an OCI archive with a name instead.
+    let archive =
+        skiff_testkit::image::skopeo_oci_archive(&layout, &tmp.path().join("p.tar"), "web");
+    let out = podman.ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(out.contains("localhost/web:latest"), "{out}");
+    let id = "localhost/web:latest";
+    let dest = format!("docker://{host}/pod/app:v1");
+
+    // Without credentials: refused with the challenge's answer, nothing stored.
+    let (ok, _, err) = podman.run(&["push", "--tls-verify=false", id, &dest]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("admin token"),
+        "{err}"
+    );
+    let (ok, _, err) = podman.run(&[
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "anyone",
+        "-p",
+        "wrong",
+        &host,
+    ]);
+    assert!(!ok, "{err}");
+    assert!(!s.ok(&["images", "list"]).contains("pod/app"));
+
+    // `podman login`, then a push in podman's default format (OCI) and one as Docker v2
+    // schema 2 with `--creds`.
+    let out = podman.ok(&[
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "anyone",
+        "-p",
+        &token,
+        &host,
+    ]);
+    assert!(out.contains("Login Succeeded"), "{out}");
+    podman.ok(&["push", "--tls-verify=false", id, &dest]);
+    podman.ok(&["logout", &host]);
+    podman.ok(&[
+        "push",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        "--format",
+        "v2s2",
+        id,
+        &format!("{host}/pod/app:v2s2"),
+    ]);
+    let list = s.ok(&["images", "list"]);
+    assert!(
+        list.contains("pod/app:v1") && list.contains("pod/app:v2s2"),
+        "{list}"
+    );
+    for (svc, image) in [("pod1", "pod/app:v1"), ("pod2", "pod/app:v2s2")] {
+        s.ok(&["deploy", svc, "--image", image, "--allow-unauthenticated"]);
+        assert_eq!(
+            s.get(&format!("{svc}.localhost"), "/", None),
+            (200, "from podman\n".into())
+        );
+    }
+    // podman reads it back.
+    podman.ok(&[
+        "pull",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        &format!("{host}/pod/app:v2s2"),
+    ]);
+
+    // buildah: a working container from the image, a file of its own on top (a layer buildah
+    // writes), committed and pushed.
+    let buildah = ContainerTool::new("buildah");
+    let layout = image_saying(&tmp.path().join("b"), "base");
+    let archive =
+        skiff_testkit::image::skopeo_oci_archive(&layout, &tmp.path().join("b.tar"), "base");
+    let ctr = buildah.ok(&["from", &format!("oci-archive:{}", archive.display())]);
+    let ctr = ctr.trim().lines().last().unwrap().to_string();
+    let page = tmp.path().join("index.html");
+    std::fs::write(&page, "from buildah\n").unwrap();
+    buildah.ok(&["copy", &ctr, page.to_str().unwrap(), "/www/index.html"]);
+    buildah.ok(&["commit", &ctr, "built:one"]);
+    let (ok, _, err) = buildah.run(&[
+        "push",
+        "--tls-verify=false",
+        "built:one",
+        &format!("docker://{host}/bh/app:v1"),
+    ]);
+    assert!(!ok && err.contains("unauthorized"), "{err}");
+    let out = buildah.ok(&[
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "x",
+        "-p",
+        &token,
+        &host,
+    ]);
+    assert!(out.contains("Login Succeeded"), "{out}");
+    buildah.ok(&[
+        "push",
+        "--tls-verify=false",
+        "built:one",
+        &format!("docker://{host}/bh/app:v1"),
+    ]);
+    buildah.ok(&["logout", &host]);
+    buildah.ok(&[
+        "push",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        "--format",
+        "docker",
+        "built:one",
+        &format!("{host}/bh/app:docker"),
+    ]);
+    for (svc, image) in [("bh1", "bh/app:v1"), ("bh2", "bh/app:docker")] {
+        s.ok(&["deploy", svc, "--image", image, "--allow-unauthenticated"]);
+        assert_eq!(
+            s.get(&format!("{svc}.localhost"), "/", None),
+            (200, "from buildah\n".into())
+        );
+    }
 }
