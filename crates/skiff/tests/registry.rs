@@ -797,3 +797,91 @@ fn podman_and_buildah_push_into_skiffs_own_registry_then_deploy() {
         );
     }
 }
+
+#[test]
+fn a_download_cut_off_part_way_resumes_with_a_range_request_and_deploy_shows_progress() {
+    let registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    registry.push(&image_saying(&tmp.path().join("a"), "resumed"), "app:v1");
+    let size_of_layer = {
+        let out = skiff_testkit::run(std::process::Command::new("skopeo").args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{}/app:v1", registry.host),
+        ]));
+        let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+        m["layers"][0]["size"].as_u64().unwrap()
+    };
+    // Cut the first long blob download (the layer: the config is shorter) half-way.
+    let cut_at = (size_of_layer / 2) as usize;
+    let proxy = skiff_testkit::CuttingProxy::start(&registry.host, cut_at);
+    let image = format!("{}/app:v1", proxy.host);
+    let s = TestServer::start(Path::new(BIN), &[]);
+
+    // deploy pulls first, showing each blob as it comes.
+    let out = s.skiff(&[
+        "deploy",
+        "app",
+        "--image",
+        &image,
+        "--allow-unauthenticated",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    assert_eq!(proxy.cuts(), 1, "{:?}", proxy.requests());
+    assert!(err.contains(&format!("Pulling {image}...")), "{err}");
+    assert!(err.contains("2 of 2 blobs to download"), "{err}");
+    assert!(
+        err.contains(": downloading ") && err.contains(": done ("),
+        "{err}"
+    );
+    assert!(
+        err.contains("the connection was cut; resuming at byte"),
+        "{err}"
+    );
+    assert!(err.contains("2 of 2 blobs downloaded"), "{err}");
+    assert_eq!(s.get("app.localhost", "/", None), (200, "resumed\n".into()));
+
+    // The layer was fetched twice: whole, then from where the cut left it with a Range
+    // request; no other blob was asked for with a range.
+    let ranged: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.range.is_some())
+        .collect();
+    assert_eq!(ranged.len(), 1, "{:?}", proxy.requests());
+    let range = ranged[0].range.clone().unwrap();
+    let from: u64 = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{range}"));
+    assert!(
+        from > 0 && from < size_of_layer,
+        "{range} of {size_of_layer}"
+    );
+    assert!(err.contains(&format!("resuming at byte {from} ")), "{err}");
+
+    // The NDJSON stream of the API: progress events, then the result.
+    let (code, body) = {
+        let http = reqwest::blocking::Client::new();
+        let r = http
+            .post(format!("http://127.0.0.1:{}/skiff/v1/images:pull", s.api))
+            .bearer_auth(admin_token(&s))
+            .header("Accept", "application/x-ndjson")
+            .json(&serde_json::json!({"reference": format!("{}/app:v1", registry.host)}))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(code, 200, "{body}");
+    let events: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["event"], "resolved", "{body}");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "pulled", "{body}");
+    assert_eq!(last["blobs"], 0, "already in the store: {body}");
+}
