@@ -49,6 +49,8 @@ pub struct ImageInfo {
     pub digest: String,
     pub size: u64,
     pub created: Option<String>,
+    /// `imported`, `pulled` or `pushed`.
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,7 +98,7 @@ pub fn run(api: &Api, cmd: ImagesCommand) -> Result<()> {
             let list: ImageList = serde_json::from_value(v)
                 .map_err(|e| anyhow!("unexpected image list from the Skiff API: {e}"))?;
             print_table(
-                &["REFERENCE", "DIGEST", "SIZE", "CREATED"],
+                &["REFERENCE", "DIGEST", "SIZE", "CREATED", "SOURCE"],
                 &rows(&list.images),
             );
             Ok(())
@@ -120,6 +122,7 @@ pub fn rows(images: &[ImageInfo]) -> Vec<Vec<String>> {
                 i.digest.clone(),
                 human_size(i.size),
                 or_dash(i.created.as_deref()),
+                or_dash(i.source.as_deref()),
             ]
         })
         .collect()
@@ -366,18 +369,18 @@ mod tests {
     fn table_rows() {
         let list: ImageList = serde_json::from_value(serde_json::json!({"images": [
             {"reference": "zz:latest", "digest": "sha256:bb", "size": 2048,
-             "created": "2024-01-01T00:00:00Z"},
+             "created": "2024-01-01T00:00:00Z", "source": "pushed"},
             {"reference": "busybox:latest", "digest": "sha256:aa", "size": 4404019}
         ]}))
         .unwrap();
         assert_eq!(
             table(
-                &["REFERENCE", "DIGEST", "SIZE", "CREATED"],
+                &["REFERENCE", "DIGEST", "SIZE", "CREATED", "SOURCE"],
                 &rows(&list.images)
             ),
-            "REFERENCE       DIGEST     SIZE    CREATED\n\
-             busybox:latest  sha256:aa  4.2MiB  -\n\
-             zz:latest       sha256:bb  2.0KiB  2024-01-01T00:00:00Z\n"
+            "REFERENCE       DIGEST     SIZE    CREATED               SOURCE\n\
+             busybox:latest  sha256:aa  4.2MiB  -                     -\n\
+             zz:latest       sha256:bb  2.0KiB  2024-01-01T00:00:00Z  pushed\n"
         );
     }
 

@@ -20,7 +20,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use skiff_image::ImageStore;
+use skiff_image::{ImageSource, ImageStore};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::error::RegistryError;
@@ -271,7 +271,7 @@ impl Puller {
         if self.store.resolve(&digest).is_ok() {
             // The store has this very image (pulled, pushed or imported before): only the
             // reference is recorded, nothing is downloaded or unpacked again.
-            let tagged = self.store.tag(&stored, &digest)?;
+            let tagged = self.store.tag(&stored, &digest, ImageSource::Pulled)?;
             report(PullProgress::Resolved {
                 digest: digest.clone(),
                 blobs: 0,
@@ -345,7 +345,7 @@ impl Puller {
 
         let store = self.store.clone();
         let imported = tokio::task::spawn_blocking(move || {
-            let res = store.import_pulled(staging.path(), &stored);
+            let res = store.import_pulled(staging.path(), &stored, ImageSource::Pulled);
             drop(staging);
             res
         })

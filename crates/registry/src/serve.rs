@@ -795,7 +795,7 @@ async fn put_manifest(s: &RegistryServer, name: &str, reference: &str, req: Requ
 
     let store = s.store.clone();
     let imported = tokio::task::spawn_blocking(move || {
-        let r = store.import_pulled(staging.path(), &key);
+        let r = store.import_pulled(staging.path(), &key, skiff_image::ImageSource::Pushed);
         drop(staging);
         r
     })

@@ -796,6 +796,41 @@ fn podman_and_buildah_push_into_skiffs_own_registry_then_deploy() {
             (200, "from buildah\n".into())
         );
     }
+
+    // `images list` shows pushed, pulled and imported images alike, with where each came from.
+    s.ok(&[
+        "images",
+        "import",
+        archive.to_str().unwrap(),
+        "--name",
+        "local/app:v1",
+    ]);
+    s.ok(&["registries", "login", &host, "-u", "x", "-p", &token]);
+    let pulled = format!("{host}/bh/app:v1");
+    s.ok(&["images", "pull", &pulled]);
+    let list: serde_json::Value =
+        serde_json::from_str(&s.ok(&["images", "list", "--format", "json"])).unwrap();
+    let source = |r: &str| {
+        list["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["reference"] == r)
+            .map(|i| i["source"].clone())
+            .unwrap_or_else(|| panic!("{r} not in {list}"))
+    };
+    assert_eq!(source("pod/app:v1"), "pushed");
+    assert_eq!(source("bh/app:docker"), "pushed");
+    assert_eq!(source("local/app:v1"), "imported");
+    assert_eq!(source(&pulled), "pulled");
+    let table = s.ok(&["images", "list"]);
+    assert!(
+        table.lines().next().unwrap().ends_with("SOURCE")
+            && table
+                .lines()
+                .any(|l| l.starts_with(&format!("{pulled} ")) && l.ends_with(" pulled")),
+        "{table}"
+    );
 }
 
 #[test]
