@@ -222,7 +222,7 @@ fn password_protected_registry_with_registries_login() {
 
     // A job from the same registry runs what was pulled.
     let job_image = registry.push(&image_saying(&tmp.path().join("j"), "job"), "job:v1");
-    s.ok(&[
+    let out = s.skiff(&[
         "jobs",
         "create",
         "j",
@@ -233,6 +233,13 @@ fn password_protected_registry_with_registries_login() {
         "--args",
         "-c,cat /www/index.html",
     ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // The CLI pulls first, showing the download.
+    assert!(
+        err.contains(&format!("Pulling {job_image}...")) && err.contains(": done ("),
+        "{err}"
+    );
     s.ok(&["jobs", "execute", "j", "--wait"]);
 
     s.ok(&["registries", "logout", &registry.host]);
@@ -919,4 +926,44 @@ fn a_download_cut_off_part_way_resumes_with_a_range_request_and_deploy_shows_pro
     let last = events.last().unwrap();
     assert_eq!(last["event"], "pulled", "{body}");
     assert_eq!(last["blobs"], 0, "already in the store: {body}");
+}
+
+#[test]
+fn a_resumed_download_with_wrong_bytes_fails_its_digest_check_and_stores_nothing() {
+    let registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = image_saying(&tmp.path().join("a"), "checked");
+    let size = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    registry.push(&layout, "app:v1");
+    let proxy =
+        skiff_testkit::CuttingProxy::start_corrupting_resumes(&registry.host, (size / 2) as usize);
+    let image = format!("{}/app:v1", proxy.host);
+    let s = TestServer::start(Path::new(BIN), &[]);
+
+    let err = s.fails(&["images", "pull", &image]);
+    assert_eq!(proxy.cuts(), 1, "{:?}", proxy.requests());
+    assert!(
+        err.contains("does not match its digest") && err.contains(&image),
+        "{err}"
+    );
+    assert!(!s.ok(&["images", "list"]).contains("app:v1"));
+    // The proxy cuts only once: a new pull downloads it whole and verifies.
+    let out = s.skiff(&["images", "pull", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.ok(&[
+        "deploy",
+        "app",
+        "--image",
+        &image,
+        "--allow-unauthenticated",
+    ]);
+    assert_eq!(s.get("app.localhost", "/", None), (200, "checked\n".into()));
 }

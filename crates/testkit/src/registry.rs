@@ -143,6 +143,16 @@ pub struct CuttingProxy {
 impl CuttingProxy {
     /// A proxy to `upstream` (`HOST:PORT`) cutting one blob download after `after` bytes.
     pub fn start(upstream: &str, after: usize) -> CuttingProxy {
+        Self::start_with(upstream, after, false)
+    }
+
+    /// [`CuttingProxy::start`], and every answer to a request with a `Range` header has its
+    /// first body byte flipped: a registry that resumes with the wrong bytes.
+    pub fn start_corrupting_resumes(upstream: &str, after: usize) -> CuttingProxy {
+        Self::start_with(upstream, after, true)
+    }
+
+    fn start_with(upstream: &str, after: usize, corrupt: bool) -> CuttingProxy {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::{Arc, Mutex};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -164,7 +174,7 @@ impl CuttingProxy {
                 let Ok(conn) = conn else { continue };
                 let (r, c, up) = (r.clone(), c.clone(), up.clone());
                 std::thread::spawn(move || {
-                    let _ = proxy_one(conn, &up, after, &r, &c);
+                    let _ = proxy_one(conn, &up, after, corrupt, &r, &c);
                 });
             }
         });
@@ -205,6 +215,7 @@ fn proxy_one(
     client: std::net::TcpStream,
     upstream: &str,
     after: usize,
+    corrupt: bool,
     requests: &std::sync::Mutex<Vec<ProxiedRequest>>,
     cuts: &std::sync::atomic::AtomicUsize,
 ) -> std::io::Result<()> {
@@ -231,6 +242,7 @@ fn proxy_one(
         head.push_str(&h);
     }
     head.push_str("Connection: close\r\n\r\n");
+    let ranged = range.is_some();
     requests.lock().unwrap().push(ProxiedRequest {
         line: request_line.clone(),
         range,
@@ -238,8 +250,19 @@ fn proxy_one(
     let mut up = std::net::TcpStream::connect(upstream)?;
     up.set_read_timeout(Some(Duration::from_secs(120)))?;
     up.write_all(head.as_bytes())?;
-    let may_cut = request_line.starts_with("GET ") && request_line.contains("/blobs/sha256:");
     let mut client = client;
+    if corrupt && ranged {
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer)?;
+        if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            if let Some(b) = answer.get_mut(i + 4) {
+                *b ^= 0xff;
+            }
+        }
+        client.write_all(&answer)?;
+        return client.shutdown(std::net::Shutdown::Both);
+    }
+    let may_cut = request_line.starts_with("GET ") && request_line.contains("/blobs/sha256:");
     let mut sent = 0usize;
     let mut buf = [0u8; 16 * 1024];
     loop {
