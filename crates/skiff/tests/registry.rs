@@ -703,6 +703,26 @@ fn podman_and_buildah_push_into_skiffs_own_registry_then_deploy() {
         &host,
     ]);
     assert!(!ok, "{err}");
+    // What a push starts with, without credentials: 401 and the challenge, for an upload
+    // and for a manifest alike.
+    let http = reqwest::blocking::Client::new();
+    for r in [
+        http.post(format!("http://{host}/v2/pod/app/blobs/uploads/")),
+        http.put(format!("http://{host}/v2/pod/app/manifests/v1"))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body("{}"),
+        http.head(format!(
+            "http://{host}/v2/pod/app/blobs/sha256:{}",
+            "0".repeat(64)
+        )),
+    ] {
+        let r = r.send().unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()["www-authenticate"].to_str().unwrap(),
+            format!("Bearer realm=\"http://{host}/v2/token\",service=\"skiff\"")
+        );
+    }
     assert!(!s.ok(&["images", "list"]).contains("pod/app"));
 
     // `podman login`, then a push in podman's default format (OCI) and one as Docker v2
