@@ -413,6 +413,22 @@ fn push_into_skiffs_own_registry_then_deploy() {
         (r.status().as_u16(), r.bytes().unwrap().to_vec()),
         (200, data.clone())
     );
+    // A resumed download: the rest of the blob from a byte on, or a range past its end.
+    let r = auth(http.get(format!("http://{host}/v2/other/blobs/{d}")))
+        .header("Range", "bytes=5-")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 5-{}/{}", data.len() - 1, data.len()).as_str()
+    );
+    assert_eq!(r.bytes().unwrap().to_vec(), data[5..].to_vec());
+    let r = auth(http.get(format!("http://{host}/v2/other/blobs/{d}")))
+        .header("Range", format!("bytes={}-", data.len()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 416);
     let r = auth(http.post(format!(
         "http://{host}/v2/third/blobs/uploads/?mount={d}&from=other"
     )))
