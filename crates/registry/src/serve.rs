@@ -6,7 +6,8 @@
 //! download); uploads by `POST` (monolithic with
 //! `?digest=`, cross-repository mounts with `?mount=&from=`, or a session), `PATCH` chunks,
 //! `PUT` to finish, `GET` status, `DELETE` to cancel; manifests by tag or digest (`HEAD`,
-//! `GET`, `PUT`, `DELETE`); `tags/list`; `referrers/{digest}`. A pushed image manifest is
+//! `GET`, `PUT`, `DELETE`); `tags/list` (paged with `n` and `last`, a `Link` header to the next
+//! page); `referrers/{digest}`. A pushed image manifest is
 //! imported (verified, layers unpacked) under `REPO:TAG` (or `REPO@sha256:...`), the same
 //! reference `skiff images list` shows and `skiff deploy` takes. Only container images are
 //! kept: other artifacts are refused with `MANIFEST_INVALID`.
@@ -919,10 +920,23 @@ async fn tags(s: &RegistryServer, name: &str, q: &Params) -> Answer {
     if let Some(last) = &q.last {
         tags.retain(|t| t > last);
     }
+    // A page of `n`: a `Link` header names the next one when more tags follow.
+    let mut next = None;
     if let Some(n) = q.n {
-        tags.truncate(n);
+        if tags.len() > n {
+            tags.truncate(n);
+            if let Some(last) = tags.last() {
+                next = Some(format!(
+                    "</v2/{name}/tags/list?n={n}&last={last}>; rel=\"next\""
+                ));
+            }
+        }
     }
-    Ok(axum::Json(serde_json::json!({"name": name, "tags": tags})).into_response())
+    let r = axum::Json(serde_json::json!({"name": name, "tags": tags})).into_response();
+    Ok(match next {
+        Some(link) => with_headers(r, &[("Link", link)]),
+        None => r,
+    })
 }
 
 /// Manifests of `name` whose `subject` is `digest`, as an image index.

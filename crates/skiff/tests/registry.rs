@@ -490,6 +490,36 @@ fn push_into_skiffs_own_registry_then_deploy() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("MANIFEST_BLOB_UNKNOWN"));
+    // Tags a page at a time: `n`, then `last` from the `Link` header.
+    for tag in ["a", "b"] {
+        let r = auth(http.put(format!("http://{host}/v2/team/app/manifests/{tag}")))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(
+                auth(http.get(format!("http://{host}/v2/team/app/manifests/v1")))
+                    .send()
+                    .unwrap()
+                    .bytes()
+                    .unwrap(),
+            )
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = auth(http.get(format!("http://{host}/v2/team/app/tags/list?n=2")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.headers()["link"],
+        "</v2/team/app/tags/list?n=2&last=b>; rel=\"next\""
+    );
+    let page: serde_json::Value = r.json().unwrap();
+    assert_eq!(page["tags"], serde_json::json!(["a", "b"]));
+    let r = auth(http.get(format!("http://{host}/v2/team/app/tags/list?n=2&last=b")))
+        .send()
+        .unwrap();
+    assert!(r.headers().get("link").is_none());
+    let page: serde_json::Value = r.json().unwrap();
+    assert_eq!(page["tags"], serde_json::json!(["v1"]));
     let r = auth(http.get(format!("http://{host}/v2/team/app/manifests/nope")))
         .send()
         .unwrap();
