@@ -9,7 +9,9 @@
 use crate::error::{ApiError, ApiResult};
 use skiff_image::ImageStore;
 use skiff_model::*;
-use skiff_registry::{is_registry_reference, Pulled, Puller, Registries, RegistryError};
+use skiff_registry::{
+    is_registry_reference, ProgressSink, Pulled, Puller, Registries, RegistryError,
+};
 use skiff_serving::pool::{RevKey, STARTUP_TIMEOUT};
 use skiff_serving::{RouteSpec, Serving};
 use skiff_store::Store;
@@ -104,10 +106,20 @@ impl Controller {
     /// what the registry has under that reference now; `None` for local names. Errors name
     /// `field` (where the image was given) and say what to do.
     pub async fn pull_if_remote(&self, image: &str, field: &str) -> ApiResult<Option<Pulled>> {
+        self.pull_if_remote_with_progress(image, field, None).await
+    }
+
+    /// [`Controller::pull_if_remote`], sending the pull's progress to `progress`.
+    pub async fn pull_if_remote_with_progress(
+        &self,
+        image: &str,
+        field: &str,
+        progress: Option<&ProgressSink>,
+    ) -> ApiResult<Option<Pulled>> {
         if !is_registry_reference(image) {
             return Ok(None);
         }
-        match self.puller.pull(image).await {
+        match self.puller.pull_with_progress(image, progress).await {
             Ok(p) => {
                 tracing::info!(
                     reference = %p.reference, digest = %p.digest, downloaded = p.downloaded,

@@ -127,7 +127,7 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     (
         "post",
         "/skiff/v1/images:pull",
-        "Pull an image from a registry into the store (body: {\"reference\": \"HOST[:PORT]/REPO[:TAG|@DIGEST]\"})",
+        "Pull an image from a registry into the store (body: {\"reference\": \"HOST[:PORT]/REPO[:TAG|@DIGEST]\"}); with Accept: application/x-ndjson, progress events one JSON object a line, ending with {\"event\":\"pulled\",...} or {\"event\":\"error\",...}",
     ),
     (
         "post",

@@ -26,7 +26,21 @@ struct PullRequest {
     reference: String,
 }
 
-async fn pull_image(State(st): St, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+/// The media type of a streamed pull: one JSON object a line.
+const NDJSON: &str = "application/x-ndjson";
+
+/// Pulls the image. With `Accept: application/x-ndjson` the answer is a stream of progress
+/// events, one JSON object a line ([`skiff_registry::PullProgress`]: `resolved`, `blob`,
+/// `resumed`, `unpacking`), ending with `{"event":"pulled",...}` (the same fields as the
+/// plain answer) or `{"event":"error","error":{"code","message","status"}}`; otherwise the
+/// answer is the pulled image as one JSON object once the pull is done.
+async fn pull_image(
+    State(st): St,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    use futures::StreamExt;
     let req: PullRequest = parse_body(&body)?;
     if !is_registry_reference(&req.reference) {
         return Err(ApiError::invalid(format!(
@@ -34,12 +48,60 @@ async fn pull_image(State(st): St, body: axum::body::Bytes) -> ApiResult<Json<Va
             req.reference
         )));
     }
-    let pulled = st
-        .controller
-        .pull_if_remote(&req.reference, "reference")
-        .await?
-        .expect("a registry reference is pulled");
-    Ok(Json(serde_json::to_value(pulled).expect("serializes")))
+    let streamed = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(NDJSON));
+    if !streamed {
+        let pulled = st
+            .controller
+            .pull_if_remote(&req.reference, "reference")
+            .await?
+            .expect("a registry reference is pulled");
+        return Ok(Json(serde_json::to_value(pulled).expect("serializes")).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel();
+    // The pull runs on its own: a client that goes away does not stop it half-way.
+    tokio::spawn(async move {
+        let forward = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(p) = prx.recv().await {
+                    let _ = tx.send(serde_json::to_value(p).expect("serializes"));
+                }
+            })
+        };
+        let res = st
+            .controller
+            .pull_if_remote_with_progress(&req.reference, "reference", Some(&ptx))
+            .await;
+        drop(ptx);
+        let _ = forward.await;
+        let last = match res {
+            Ok(p) => {
+                let mut v = serde_json::to_value(p.expect("a registry reference is pulled"))
+                    .expect("serializes");
+                v["event"] = json!("pulled");
+                v
+            }
+            Err(e) => json!({"event": "error", "error": {
+                "code": e.code.as_u16(), "message": e.message,
+                "status": crate::error::status_name(e.code),
+            }}),
+        };
+        let _ = tx.send(last);
+    });
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|v| {
+        let mut line = serde_json::to_vec(&v).expect("serializes");
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, NDJSON)],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 async fn prune_images(State(st): St) -> ApiResult<Json<Value>> {

@@ -49,6 +49,8 @@ pub struct ImageInfo {
     pub digest: String,
     pub size: u64,
     pub created: Option<String>,
+    /// `imported`, `pulled` or `pushed`.
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,7 +98,7 @@ pub fn run(api: &Api, cmd: ImagesCommand) -> Result<()> {
             let list: ImageList = serde_json::from_value(v)
                 .map_err(|e| anyhow!("unexpected image list from the Skiff API: {e}"))?;
             print_table(
-                &["REFERENCE", "DIGEST", "SIZE", "CREATED"],
+                &["REFERENCE", "DIGEST", "SIZE", "CREATED", "SOURCE"],
                 &rows(&list.images),
             );
             Ok(())
@@ -120,6 +122,7 @@ pub fn rows(images: &[ImageInfo]) -> Vec<Vec<String>> {
                 i.digest.clone(),
                 human_size(i.size),
                 or_dash(i.created.as_deref()),
+                or_dash(i.source.as_deref()),
             ]
         })
         .collect()
@@ -135,18 +138,122 @@ struct Pulled {
     downloaded_bytes: u64,
 }
 
-/// Has the server pull `reference` from its registry, telling the user what happens; returns
-/// the manifest digest.
+/// One line of the server's streamed pull (`Accept: application/x-ndjson`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct PullEvent {
+    event: String,
+    digest: String,
+    blobs: usize,
+    cached: usize,
+    size: u64,
+    downloaded: u64,
+    done: bool,
+    from: u64,
+    attempt: u32,
+    error: Option<PullError>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PullError {
+    message: String,
+}
+
+/// `sha256:` and the first 12 hex digits, as container tools show a layer.
+fn short(digest: &str) -> &str {
+    let end = "sha256:".len() + 12;
+    digest.get(..end).unwrap_or(digest)
+}
+
+/// Has the server pull `reference` from its registry, showing each blob's download as it
+/// goes (on a terminal a line per blob that counts up, elsewhere a line when a blob starts,
+/// resumes after a cut connection and is done); returns the manifest digest.
 pub fn pull(api: &Api, reference: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
     eprintln!("Pulling {reference}...");
-    let out: Pulled = api.send_json(
-        Method::POST,
-        "/skiff/v1/images:pull",
-        &serde_json::json!({ "reference": reference }),
+    let resp = api.send(
+        api.request(Method::POST, "/skiff/v1/images:pull")
+            .header(reqwest::header::ACCEPT, "application/x-ndjson")
+            .json(&serde_json::json!({ "reference": reference })),
     )?;
-    if out.digest.is_empty() {
-        bail!("the Skiff API answered the pull without a digest: is --api-url a Skiff server of the same version?");
+    let tty = std::io::stderr().is_terminal();
+    let mut out: Option<Pulled> = None;
+    for line in std::io::BufReader::new(resp).lines() {
+        let line = line.map_err(|e| {
+            anyhow!(
+                "the Skiff API stopped answering during the pull ({}): the server may still finish it; run `skiff images pull {reference}` again",
+                one_line(&e)
+            )
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ev: PullEvent = serde_json::from_str(&line).with_context(|| {
+            format!("the Skiff API sent a pull event that does not parse: {line}")
+        })?;
+        let mut err = std::io::stderr().lock();
+        match ev.event.as_str() {
+            "resolved" if ev.blobs > ev.cached => {
+                let _ = writeln!(
+                    err,
+                    "  {} of {} blobs to download, the rest already in the store",
+                    ev.blobs - ev.cached,
+                    ev.blobs
+                );
+            }
+            "blob" if tty => {
+                let state = if ev.done { "done" } else { "downloading" };
+                let _ = write!(
+                    err,
+                    "\r  {}: {} {} / {}\x1b[K{}",
+                    short(&ev.digest),
+                    state,
+                    human_size(ev.downloaded),
+                    human_size(ev.size),
+                    if ev.done { "\n" } else { "" }
+                );
+            }
+            "blob" if ev.done => {
+                let _ = writeln!(
+                    err,
+                    "  {}: done ({})",
+                    short(&ev.digest),
+                    human_size(ev.downloaded)
+                );
+            }
+            "blob" if ev.downloaded == 0 => {
+                let _ = writeln!(
+                    err,
+                    "  {}: downloading {}",
+                    short(&ev.digest),
+                    human_size(ev.size)
+                );
+            }
+            "resumed" => {
+                let _ = writeln!(
+                    err,
+                    "{}  {}: the connection was cut; resuming at byte {} (attempt {})",
+                    if tty { "\n" } else { "" },
+                    short(&ev.digest),
+                    ev.from,
+                    ev.attempt
+                );
+            }
+            "unpacking" => {
+                let _ = writeln!(err, "  Verifying and unpacking...");
+            }
+            "pulled" => out = Some(serde_json::from_str(&line)?),
+            "error" => {
+                let e = ev.error.unwrap_or_default();
+                bail!("{}", e.message.replace('\n', " "));
+            }
+            _ => {}
+        }
     }
+    let Some(out) = out.filter(|o| !o.digest.is_empty()) else {
+        bail!("the Skiff API ended the pull without a result: check the server's log, then run `skiff images pull {reference}` again");
+    };
     if out.blobs == 0 {
         eprintln!("Pulled image [{}]: already in the store.", out.reference);
     } else {
@@ -262,18 +369,18 @@ mod tests {
     fn table_rows() {
         let list: ImageList = serde_json::from_value(serde_json::json!({"images": [
             {"reference": "zz:latest", "digest": "sha256:bb", "size": 2048,
-             "created": "2024-01-01T00:00:00Z"},
+             "created": "2024-01-01T00:00:00Z", "source": "pushed"},
             {"reference": "busybox:latest", "digest": "sha256:aa", "size": 4404019}
         ]}))
         .unwrap();
         assert_eq!(
             table(
-                &["REFERENCE", "DIGEST", "SIZE", "CREATED"],
+                &["REFERENCE", "DIGEST", "SIZE", "CREATED", "SOURCE"],
                 &rows(&list.images)
             ),
-            "REFERENCE       DIGEST     SIZE    CREATED\n\
-             busybox:latest  sha256:aa  4.2MiB  -\n\
-             zz:latest       sha256:bb  2.0KiB  2024-01-01T00:00:00Z\n"
+            "REFERENCE       DIGEST     SIZE    CREATED               SOURCE\n\
+             busybox:latest  sha256:aa  4.2MiB  -                     -\n\
+             zz:latest       sha256:bb  2.0KiB  2024-01-01T00:00:00Z  pushed\n"
         );
     }
 

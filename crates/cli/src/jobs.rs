@@ -233,10 +233,24 @@ pub fn execution_state(e: &Execution) -> &'static str {
     }
 }
 
+/// A registry image given with `--image` is pulled before the job is written, so that the
+/// user sees its download; the server then finds it in the store.
+fn pull_first(api: &Api, a: &JobArgs) -> Result<()> {
+    if let Some(image) = a
+        .image
+        .as_deref()
+        .filter(|i| skiff_registry::is_registry_reference(i))
+    {
+        crate::images::pull(api, image)?;
+    }
+    Ok(())
+}
+
 pub fn run(api: &Api, cmd: JobsCommand) -> Result<()> {
     match cmd {
         JobsCommand::Create(a) => {
             let job = new_job(&api.project, &a)?;
+            pull_first(api, &a)?;
             let _: Job = api.send_json(Method::POST, &path(api, "jobs", None), &job)?;
             eprintln!("Job [{}] has been created.", a.job);
             Ok(())
@@ -246,6 +260,7 @@ pub fn run(api: &Api, cmd: JobsCommand) -> Result<()> {
             let mut job: Job = api.get(&p, &[])?;
             job.status = None;
             apply(&mut job, &a)?;
+            pull_first(api, &a)?;
             let _: Job = api.send_json(Method::PUT, &p, &job)?;
             eprintln!("Job [{}] has been updated.", a.job);
             Ok(())

@@ -64,6 +64,19 @@ pub struct ImageInfo {
     pub size: u64,
     /// The config's `created` timestamp (RFC 3339), when it has one.
     pub created: Option<String>,
+    /// Where the reference came from; `None` for references recorded before sources were.
+    #[serde(default)]
+    pub source: Option<ImageSource>,
+}
+
+/// Where a stored reference came from: `skiff images import`, a pull from a registry, or a
+/// push into Skiff's own registry. Serialized lower-case (`"imported"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageSource {
+    Imported,
+    Pulled,
+    Pushed,
 }
 
 /// What a runtime needs to run an image.

@@ -1,4 +1,5 @@
-//! The reference table `ROOT/refs.json` (`NAME:TAG` -> manifest digest), written durably
+//! The reference table `ROOT/refs.json` (`NAME:TAG` -> manifest digest, and where each
+//! reference came from: imported, pulled or pushed), written durably
 //! (temporary file, fsync, rename, fsync of the directory), and the `flock` locks that
 //! serialize store mutations between threads and processes.
 
@@ -11,6 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ImageError, IoContext};
+use crate::ImageSource;
 
 pub(crate) const REFS_FILE: &str = "refs.json";
 const REFS_TMP: &str = "refs.json.tmp";
@@ -19,14 +21,27 @@ const REFS_TMP: &str = "refs.json.tmp";
 struct RefsFile {
     version: u32,
     refs: BTreeMap<String, String>,
+    /// Where each reference came from; absent for references written before sources were
+    /// recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    sources: BTreeMap<String, ImageSource>,
 }
 
 /// Load the reference table; a missing file is an empty table.
 pub(crate) fn load(root: &Path) -> Result<BTreeMap<String, String>, ImageError> {
+    Ok(load_file(root)?.refs)
+}
+
+/// Where each reference came from, as far as recorded.
+pub(crate) fn load_sources(root: &Path) -> Result<BTreeMap<String, ImageSource>, ImageError> {
+    Ok(load_file(root)?.sources)
+}
+
+fn load_file(root: &Path) -> Result<RefsFile, ImageError> {
     let path = root.join(REFS_FILE);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(RefsFile::default()),
         Err(e) => return Err(ImageError::io(format!("cannot read {}", path.display()), e)),
     };
     let file: RefsFile = serde_json::from_slice(&bytes).map_err(|e| ImageError::Corrupt {
@@ -37,16 +52,32 @@ pub(crate) fn load(root: &Path) -> Result<BTreeMap<String, String>, ImageError> 
             path.display()
         ),
     })?;
-    Ok(file.refs)
+    Ok(file)
 }
 
-/// Replace the reference table atomically and durably.
+/// Replace the reference table atomically and durably, keeping the recorded sources of the
+/// references that stay.
 pub(crate) fn save(root: &Path, refs: &BTreeMap<String, String>) -> Result<(), ImageError> {
+    save_with_source(root, refs, None)
+}
+
+/// [`save`], recording `source` for the reference `key` too.
+pub(crate) fn save_with_source(
+    root: &Path,
+    refs: &BTreeMap<String, String>,
+    source: Option<(&str, ImageSource)>,
+) -> Result<(), ImageError> {
     let tmp = root.join(REFS_TMP);
     let path = root.join(REFS_FILE);
+    let mut sources = load_file(root)?.sources;
+    sources.retain(|k, _| refs.contains_key(k));
+    if let Some((key, s)) = source {
+        sources.insert(key.to_string(), s);
+    }
     let body = serde_json::to_vec_pretty(&RefsFile {
         version: 1,
         refs: refs.clone(),
+        sources,
     })
     .map_err(|source| ImageError::Json {
         what: "the reference table".into(),
@@ -100,6 +131,33 @@ pub(crate) fn lock(root: &Path, name: &str, exclusive: bool) -> Result<Lock, Ima
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_follow_their_references() {
+        let dir = tempfile::tempdir().unwrap();
+        // A table written before sources were recorded loads, with none.
+        std::fs::write(
+            dir.path().join(REFS_FILE),
+            r#"{"version":1,"refs":{"a:latest":"sha256:aa"}}"#,
+        )
+        .unwrap();
+        assert!(load_sources(dir.path()).unwrap().is_empty());
+        let mut refs = load(dir.path()).unwrap();
+        refs.insert("b:latest".into(), "sha256:bb".into());
+        save_with_source(dir.path(), &refs, Some(("b:latest", ImageSource::Pushed))).unwrap();
+        refs.insert("c:latest".into(), "sha256:cc".into());
+        save_with_source(dir.path(), &refs, Some(("c:latest", ImageSource::Pulled))).unwrap();
+        let sources = load_sources(dir.path()).unwrap();
+        assert_eq!(sources.get("b:latest"), Some(&ImageSource::Pushed));
+        assert_eq!(sources.get("c:latest"), Some(&ImageSource::Pulled));
+        assert_eq!(sources.get("a:latest"), None);
+        // A deleted reference takes its source with it.
+        refs.remove("b:latest");
+        save(dir.path(), &refs).unwrap();
+        let sources = load_sources(dir.path()).unwrap();
+        assert_eq!(sources.len(), 1);
+        assert_eq!(sources.get("c:latest"), Some(&ImageSource::Pulled));
+    }
 
     #[test]
     fn refs_round_trip() {

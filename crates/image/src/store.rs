@@ -24,7 +24,7 @@ use crate::reference::{parse_digest, parse_reference};
 use crate::refs;
 use crate::source::Source;
 use crate::unpack;
-use crate::{ImageInfo, ImportedImage, ResolvedImage};
+use crate::{ImageInfo, ImageSource, ImportedImage, ResolvedImage};
 
 const GC_LOCK: &str = "gc.lock";
 const REFS_LOCK: &str = "refs.lock";
@@ -143,38 +143,44 @@ impl ImageStore {
         let _gc = refs::lock(&self.root, GC_LOCK, false)?;
         let src = Source::open(path, &self.tmp_dir())?;
         let plan = import::plan(&src, name.as_ref())?;
-        self.apply(&src, plan, None)
+        self.apply(&src, plan, None, ImageSource::Imported)
     }
 
     /// Import the OCI image layout at `layout` (what a registry pull staged) under
     /// `reference`, which may pin a digest (`NAME@sha256:HEX`, stored under that very key);
-    /// the layout's manifest must then have that digest. Otherwise as [`ImageStore::import`].
+    /// the layout's manifest must then have that digest; `source` says whether it was pulled
+    /// or pushed. Otherwise as [`ImageStore::import`].
     pub fn import_pulled(
         &self,
         layout: &Path,
         reference: &str,
+        source: ImageSource,
     ) -> Result<ImportedImage, ImageError> {
         let r = parse_reference(reference)?;
         let _gc = refs::lock(&self.root, GC_LOCK, false)?;
         let src = Source::open(layout, &self.tmp_dir())?;
         let plan = import::plan(&src, Some(&r))?;
-        self.apply(&src, plan, r.digest.as_deref())
+        self.apply(&src, plan, r.digest.as_deref(), source)
     }
 
     /// Record `reference` (`NAME:TAG` or `NAME@sha256:HEX`) for the image with manifest
     /// `digest`, which must already be in the store and resolve (a pull of an image the store
     /// has under another name, or again after its tag moved back). Errors: `NotFound` when the
-    /// store lacks the image, `InvalidReference`.
-    pub fn tag(&self, reference: &str, digest: &str) -> Result<ImportedImage, ImageError> {
+    /// store lacks the image, `InvalidReference`. `source` is recorded as where the
+    /// reference came from.
+    pub fn tag(
+        &self,
+        reference: &str,
+        digest: &str,
+        source: ImageSource,
+    ) -> Result<ImportedImage, ImageError> {
         let key = parse_reference(reference)?.normalized();
         let _gc = refs::lock(&self.root, GC_LOCK, false)?;
         self.lookup(digest)?;
         let _refs = refs::lock(&self.root, REFS_LOCK, true)?;
         let mut table = refs::load(&self.root)?;
-        if table.get(&key).map(String::as_str) != Some(digest) {
-            table.insert(key.clone(), digest.to_string());
-            refs::save(&self.root, &table)?;
-        }
+        table.insert(key.clone(), digest.to_string());
+        refs::save_with_source(&self.root, &table, Some((&key, source)))?;
         Ok(ImportedImage {
             reference: key,
             digest: digest.to_string(),
@@ -222,6 +228,7 @@ impl ImageStore {
         src: &Source,
         plan: Plan,
         want_digest: Option<&str>,
+        source: ImageSource,
     ) -> Result<ImportedImage, ImageError> {
         let staging = tempfile::Builder::new()
             .prefix("import-")
@@ -338,10 +345,8 @@ impl ImageStore {
         {
             let _refs = refs::lock(&self.root, REFS_LOCK, true)?;
             let mut table = refs::load(&self.root)?;
-            if table.get(&plan.reference) != Some(&manifest.digest) {
-                table.insert(plan.reference.clone(), manifest.digest.clone());
-                refs::save(&self.root, &table)?;
-            }
+            table.insert(plan.reference.clone(), manifest.digest.clone());
+            refs::save_with_source(&self.root, &table, Some((&plan.reference, source)))?;
         }
         tracing::info!(reference = %plan.reference, digest = %manifest.digest, "imported image");
         Ok(ImportedImage {
@@ -461,6 +466,7 @@ impl ImageStore {
     pub fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
         let _gc = refs::lock(&self.root, GC_LOCK, false)?;
         let table = refs::load(&self.root)?;
+        let sources = refs::load_sources(&self.root)?;
         let mut out = Vec::with_capacity(table.len());
         for (reference, digest) in table {
             let (size, created) = match self.describe(&digest) {
@@ -471,6 +477,7 @@ impl ImageStore {
                 }
             };
             out.push(ImageInfo {
+                source: sources.get(&reference).copied(),
                 reference,
                 digest,
                 size,

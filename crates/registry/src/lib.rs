@@ -19,5 +19,5 @@ pub mod settings;
 
 pub use error::RegistryError;
 pub use login::check_login;
-pub use pull::{is_registry_reference, Pulled, Puller};
+pub use pull::{is_registry_reference, ProgressSink, PullProgress, Pulled, Puller, PROGRESS_STEP};
 pub use settings::{Credentials, Registries, RegistrySettings};

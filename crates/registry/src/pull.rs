@@ -19,8 +19,9 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
-use skiff_image::ImageStore;
-use tokio::io::AsyncWriteExt;
+use sha2::{Digest, Sha256};
+use skiff_image::{ImageSource, ImageStore};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::error::RegistryError;
 use crate::settings::{Registries, RegistrySettings};
@@ -86,6 +87,50 @@ pub struct Pulled {
     /// Bytes downloaded.
     pub downloaded_bytes: u64,
 }
+
+/// What a pull is doing, one event at a time, for a progress display (the API streams them
+/// as NDJSON lines, `{"event":"blob",...}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+pub enum PullProgress {
+    /// The manifest is resolved to `digest`: `blobs` config and layer blobs, of which
+    /// `cached` are in the store already and the others will be downloaded.
+    #[serde(rename_all = "camelCase")]
+    Resolved {
+        digest: String,
+        blobs: usize,
+        cached: usize,
+    },
+    /// `downloaded` of `size` bytes of the blob `digest` are here (sent as a download starts,
+    /// every [`PROGRESS_STEP`] bytes, and when it is complete and verified: `done`).
+    #[serde(rename_all = "camelCase")]
+    Blob {
+        digest: String,
+        size: u64,
+        downloaded: u64,
+        done: bool,
+    },
+    /// The download of `digest` was cut off; it goes on from byte `from` with an HTTP
+    /// `Range` request (`attempt` counts from 2).
+    #[serde(rename_all = "camelCase")]
+    Resumed {
+        digest: String,
+        from: u64,
+        attempt: u32,
+    },
+    /// Every blob is here; the image is being verified and its new layers unpacked.
+    Unpacking,
+}
+
+/// Where a pull sends its [`PullProgress`] events (dropped events are not an error: nobody
+/// may be listening any more).
+pub type ProgressSink = tokio::sync::mpsc::UnboundedSender<PullProgress>;
+
+/// Bytes between two progress events of one blob.
+pub const PROGRESS_STEP: u64 = 1 << 20;
+
+/// Attempts at one blob download: the first, then resumptions after a cut connection.
+const DOWNLOAD_ATTEMPTS: u32 = 5;
 
 /// Pulls images into an [`ImageStore`] with the settings of [`Registries`].
 #[derive(Debug, Clone)]
@@ -168,6 +213,23 @@ impl Puller {
     /// reference. Errors: [`RegistryError`] naming the registry or reference; the store is
     /// unchanged unless the whole image verified and imported.
     pub async fn pull(&self, reference: &str) -> Result<Pulled, RegistryError> {
+        self.pull_with_progress(reference, None).await
+    }
+
+    /// [`Puller::pull`], sending what it does to `progress`. A blob download that the
+    /// connection cuts off part-way goes on from the bytes already written with a `Range`
+    /// request (a registry that answers with the whole blob instead starts it over); the
+    /// whole blob is checked against its digest and size at the end either way.
+    pub async fn pull_with_progress(
+        &self,
+        reference: &str,
+        progress: Option<&ProgressSink>,
+    ) -> Result<Pulled, RegistryError> {
+        let report = |p: PullProgress| {
+            if let Some(tx) = progress {
+                let _ = tx.send(p);
+            }
+        };
         let stored = skiff_image::parse_reference(reference)?.normalized();
         let r: Reference = reference.parse().map_err(|e: oci_client::ParseError| {
             RegistryError::InvalidReference {
@@ -209,7 +271,12 @@ impl Puller {
         if self.store.resolve(&digest).is_ok() {
             // The store has this very image (pulled, pushed or imported before): only the
             // reference is recorded, nothing is downloaded or unpacked again.
-            let tagged = self.store.tag(&stored, &digest)?;
+            let tagged = self.store.tag(&stored, &digest, ImageSource::Pulled)?;
+            report(PullProgress::Resolved {
+                digest: digest.clone(),
+                blobs: 0,
+                cached: 0,
+            });
             return Ok(Pulled {
                 reference: tagged.reference,
                 digest,
@@ -254,36 +321,31 @@ impl Puller {
             %reference, %digest, blobs = blobs.len(), downloading = downloaded,
             bytes = downloaded_bytes, "pulling image"
         );
+        report(PullProgress::Resolved {
+            digest: digest.clone(),
+            blobs: blobs.len(),
+            cached: blobs.len() - downloaded,
+        });
         futures::stream::iter(to_fetch)
             .map(|(b, dest)| {
                 let (client, r, registry) = (&client, &r, &registry);
                 async move {
-                    let desc = OciDescriptor {
-                        media_type: b.media_type.clone(),
-                        digest: b.digest.clone(),
-                        size: b.size,
-                        urls: None,
-                        annotations: None,
-                    };
-                    let mut f = tokio::fs::File::create(&dest).await.map_err(|e| {
-                        RegistryError::io(format!("cannot create {}", dest.display()), e)
-                    })?;
-                    client
-                        .pull_blob(r, &desc, &mut f)
+                    download_blob(client, r, &b, &dest, reference, progress)
                         .await
-                        .map_err(|e| classify(e, registry, reference))?;
-                    f.flush().await.map_err(|e| {
-                        RegistryError::io(format!("cannot write {}", dest.display()), e)
-                    })
+                        .map_err(|e| match e {
+                            Fetch::Oci(e) => classify(e, registry, reference),
+                            Fetch::Other(e) => e,
+                        })
                 }
             })
             .buffer_unordered(CONCURRENT_DOWNLOADS)
             .try_collect::<Vec<()>>()
             .await?;
+        report(PullProgress::Unpacking);
 
         let store = self.store.clone();
         let imported = tokio::task::spawn_blocking(move || {
-            let res = store.import_pulled(staging.path(), &stored);
+            let res = store.import_pulled(staging.path(), &stored, ImageSource::Pulled);
             drop(staging);
             res
         })
@@ -309,6 +371,149 @@ impl Puller {
             downloaded_bytes,
         })
     }
+}
+
+/// Why a blob download failed: the registry (classified by the caller) or anything else.
+enum Fetch {
+    Oci(OciDistributionError),
+    Other(RegistryError),
+}
+
+/// Download the blob `b` into `dest`, resuming with a `Range` request after a connection cut
+/// off part-way (up to [`DOWNLOAD_ATTEMPTS`] in all, while each attempt brings new bytes),
+/// hashing as it writes; the file is complete and matches `b`'s digest and size on success.
+async fn download_blob(
+    client: &Client,
+    r: &Reference,
+    b: &Blob,
+    dest: &Path,
+    reference: &str,
+    progress: Option<&ProgressSink>,
+) -> Result<(), Fetch> {
+    let desc = OciDescriptor {
+        media_type: b.media_type.clone(),
+        digest: b.digest.clone(),
+        size: b.size,
+        urls: None,
+        annotations: None,
+    };
+    let size = b.size.max(0) as u64;
+    let report = |downloaded: u64, done: bool| {
+        if let Some(tx) = progress {
+            let _ = tx.send(PullProgress::Blob {
+                digest: b.digest.clone(),
+                size,
+                downloaded,
+                done,
+            });
+        }
+    };
+    let io = |what: &str, e| {
+        Fetch::Other(RegistryError::io(
+            format!("cannot {what} {}", dest.display()),
+            e,
+        ))
+    };
+    let mut f = tokio::fs::File::create(dest)
+        .await
+        .map_err(|e| io("create", e))?;
+    let mut hasher = Sha256::new();
+    let mut have: u64 = 0;
+    let mut attempt = 1;
+    report(0, false);
+    loop {
+        let started_at = have;
+        let response = if have == 0 {
+            client
+                .pull_blob_stream(r, &desc)
+                .await
+                .map(oci_client::client::BlobResponse::Full)
+        } else {
+            client.pull_blob_stream_partial(r, &desc, have, None).await
+        };
+        // Whether the registry answered and then sent nothing before the cut.
+        let mut answered = false;
+        let cut = match response {
+            Err(e) if attempt == 1 => return Err(Fetch::Oci(e)),
+            Err(e) => Some(e.to_string()),
+            Ok(resp) => {
+                answered = true;
+                let mut stream = match resp {
+                    oci_client::client::BlobResponse::Partial(s) => s.stream,
+                    oci_client::client::BlobResponse::Full(s) => {
+                        // The registry ignored the range: start over.
+                        if have > 0 {
+                            f.set_len(0).await.map_err(|e| io("truncate", e))?;
+                            f.seek(std::io::SeekFrom::Start(0))
+                                .await
+                                .map_err(|e| io("rewind", e))?;
+                            hasher = Sha256::new();
+                            have = 0;
+                        }
+                        s.stream
+                    }
+                };
+                let mut reported = have;
+                let mut cut = None;
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(bytes) => {
+                            hasher.update(&bytes);
+                            f.write_all(&bytes).await.map_err(|e| io("write", e))?;
+                            have += bytes.len() as u64;
+                            if have - reported >= PROGRESS_STEP {
+                                reported = have;
+                                report(have, false);
+                            }
+                        }
+                        Err(e) => {
+                            cut = Some(chain(&e));
+                            break;
+                        }
+                    }
+                }
+                cut
+            }
+        };
+        let Some(reason) = cut else { break };
+        if size > 0 && have >= size {
+            // Every byte is here (the error came after the last one, or is the stream's own
+            // digest check): the check below decides.
+            break;
+        }
+        // An answer cut off before its first byte, or too many cuts, end the download.
+        if attempt >= DOWNLOAD_ATTEMPTS || (answered && have == started_at) {
+            return Err(Fetch::Other(RegistryError::Registry {
+                reference: reference.to_string(),
+                reason: format!(
+                    "downloading blob {} stopped at byte {have} of {size} after {attempt} attempts: {reason}",
+                    b.digest
+                ),
+            }));
+        }
+        attempt += 1;
+        tracing::info!(blob = %b.digest, from = have, attempt, %reason, "blob download cut off; resuming");
+        if let Some(tx) = progress {
+            let _ = tx.send(PullProgress::Resumed {
+                digest: b.digest.clone(),
+                from: have,
+                attempt,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+    }
+    f.flush().await.map_err(|e| io("write", e))?;
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if actual != b.digest || (b.size >= 0 && have != size) {
+        return Err(Fetch::Oci(OciDistributionError::DigestError(
+            oci_client::errors::DigestError::VerificationError {
+                expected: b.digest.clone(),
+                actual: format!("{actual} ({have} bytes)"),
+            },
+        )));
+    }
+    report(have, true);
+    Ok(())
 }
 
 /// An `oci-client` client for one registry: plain HTTP for loopback registries and those

@@ -2,10 +2,12 @@
 //! control API's listener, storing into the image store, so that `skopeo copy`, `podman push`
 //! and `buildah push` can push images that `skiff deploy --image REPO:TAG` then runs.
 //!
-//! What it serves: `GET /v2/`; blob `HEAD`/`GET`; uploads by `POST` (monolithic with
+//! What it serves: `GET /v2/`; blob `HEAD`/`GET` (with `Range: bytes=N-[M]` for a resumed
+//! download); uploads by `POST` (monolithic with
 //! `?digest=`, cross-repository mounts with `?mount=&from=`, or a session), `PATCH` chunks,
 //! `PUT` to finish, `GET` status, `DELETE` to cancel; manifests by tag or digest (`HEAD`,
-//! `GET`, `PUT`, `DELETE`); `tags/list`; `referrers/{digest}`. A pushed image manifest is
+//! `GET`, `PUT`, `DELETE`); `tags/list` (paged with `n` and `last`, a `Link` header to the next
+//! page); `referrers/{digest}`. A pushed image manifest is
 //! imported (verified, layers unpacked) under `REPO:TAG` (or `REPO@sha256:...`), the same
 //! reference `skiff images list` shows and `skiff deploy` takes. Only container images are
 //! kept: other artifacts are refused with `MANIFEST_INVALID`.
@@ -335,8 +337,15 @@ async fn dispatch(
     }
     let method = req.method().clone();
     let result = match (target, method) {
-        (Target::Blob(_, d), Method::GET) => get_blob(&s, d, true).await,
-        (Target::Blob(_, d), Method::HEAD) => get_blob(&s, d, false).await,
+        (Target::Blob(_, d), Method::GET) => {
+            let range = req
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            get_blob(&s, d, true, range.as_deref()).await
+        }
+        (Target::Blob(_, d), Method::HEAD) => get_blob(&s, d, false, None).await,
         (Target::Blob(_, _), Method::DELETE) => Ok(oci_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
@@ -399,7 +408,20 @@ fn with_headers(mut r: Response, pairs: &[(&'static str, String)]) -> Response {
     r
 }
 
-async fn get_blob(s: &RegistryServer, digest: &str, body: bool) -> Answer {
+/// The byte range `bytes=START-[END]` of a blob `len` bytes long, as `(start, end)` with
+/// `end` inclusive; `None` when it does not parse or lies outside the blob (the distribution
+/// spec lets a registry answer with the whole blob or 416 then; Skiff answers 416).
+fn blob_range(range: &str, len: u64) -> Option<(u64, u64)> {
+    let (start, end) = range.trim().strip_prefix("bytes=")?.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = match end.trim() {
+        "" => len.checked_sub(1)?,
+        e => e.parse::<u64>().ok()?.min(len.checked_sub(1)?),
+    };
+    (start <= end).then_some((start, end))
+}
+
+async fn get_blob(s: &RegistryServer, digest: &str, body: bool, range: Option<&str>) -> Answer {
     if valid_digest(digest).is_none() {
         return Err(digest_invalid(digest));
     }
@@ -410,8 +432,37 @@ async fn get_blob(s: &RegistryServer, digest: &str, body: bool) -> Answer {
             format!("blob {digest} is not in this registry"),
         ));
     };
-    let f = tokio::fs::File::open(&path).await.map_err(internal)?;
+    let mut f = tokio::fs::File::open(&path).await.map_err(internal)?;
     let len = f.metadata().await.map_err(internal)?.len();
+    if let Some(range) = range {
+        // A resumed download: the bytes from where it stopped (RFC 9110 range requests).
+        let Some((start, end)) = blob_range(range, len) else {
+            let r = Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .body(Body::empty())
+                .map_err(internal)?;
+            return Err(with_headers(r, &[]));
+        };
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        f.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(internal)?;
+        let part = end - start + 1;
+        let r = Response::builder()
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, part)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
+            .body(Body::from_stream(tokio_util::io::ReaderStream::new(
+                f.take(part),
+            )))
+            .map_err(internal)?;
+        return Ok(with_headers(
+            r,
+            &[("Docker-Content-Digest", digest.to_string())],
+        ));
+    }
     let b = if body {
         Body::from_stream(tokio_util::io::ReaderStream::new(f))
     } else {
@@ -421,6 +472,7 @@ async fn get_blob(s: &RegistryServer, digest: &str, body: bool) -> Answer {
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len)
+        .header(header::ACCEPT_RANGES, "bytes")
         .body(b)
         .map_err(internal)?;
     Ok(with_headers(
@@ -795,7 +847,7 @@ async fn put_manifest(s: &RegistryServer, name: &str, reference: &str, req: Requ
 
     let store = s.store.clone();
     let imported = tokio::task::spawn_blocking(move || {
-        let r = store.import_pulled(staging.path(), &key);
+        let r = store.import_pulled(staging.path(), &key, skiff_image::ImageSource::Pushed);
         drop(staging);
         r
     })
@@ -868,10 +920,23 @@ async fn tags(s: &RegistryServer, name: &str, q: &Params) -> Answer {
     if let Some(last) = &q.last {
         tags.retain(|t| t > last);
     }
+    // A page of `n`: a `Link` header names the next one when more tags follow.
+    let mut next = None;
     if let Some(n) = q.n {
-        tags.truncate(n);
+        if tags.len() > n {
+            tags.truncate(n);
+            if let Some(last) = tags.last() {
+                next = Some(format!(
+                    "</v2/{name}/tags/list?n={n}&last={last}>; rel=\"next\""
+                ));
+            }
+        }
     }
-    Ok(axum::Json(serde_json::json!({"name": name, "tags": tags})).into_response())
+    let r = axum::Json(serde_json::json!({"name": name, "tags": tags})).into_response();
+    Ok(match next {
+        Some(link) => with_headers(r, &[("Link", link)]),
+        None => r,
+    })
 }
 
 /// Manifests of `name` whose `subject` is `digest`, as an image index.
@@ -958,6 +1023,25 @@ mod tests {
         );
         assert_eq!(parse_target("nothing"), None);
         assert_eq!(parse_target("x/manifests/"), None);
+    }
+
+    #[test]
+    fn blob_ranges() {
+        assert_eq!(blob_range("bytes=0-", 10), Some((0, 9)));
+        assert_eq!(blob_range("bytes=4-", 10), Some((4, 9)));
+        assert_eq!(blob_range("bytes=4-6", 10), Some((4, 6)));
+        assert_eq!(blob_range("bytes=4-60", 10), Some((4, 9)));
+        for bad in [
+            "bytes=10-",
+            "bytes=5-4",
+            "bytes=-3",
+            "items=0-",
+            "bytes=x-",
+            "0-3",
+        ] {
+            assert_eq!(blob_range(bad, 10), None, "{bad}");
+        }
+        assert_eq!(blob_range("bytes=0-", 0), None);
     }
 
     #[test]

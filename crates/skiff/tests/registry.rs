@@ -1,7 +1,8 @@
 //! Images from registries, end to end with the real `skiff` binary and Debian's
 //! `docker-registry` (the reference registry) on loopback, images pushed with `skopeo`:
 //! deploy by name, a tag moved after deploy, restarts that never pull again, a password-
-//! protected registry with `skiff registries login`, jobs, and errors that say what to do.
+//! protected registry with `skiff registries login`, jobs, and errors that say what to do;
+//! pushes into Skiff's own registry with `skopeo`, `podman` and `buildah`, then deploys.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestRegistry, TestServer};
 use std::path::Path;
@@ -221,7 +222,7 @@ fn password_protected_registry_with_registries_login() {
 
     // A job from the same registry runs what was pulled.
     let job_image = registry.push(&image_saying(&tmp.path().join("j"), "job"), "job:v1");
-    s.ok(&[
+    let out = s.skiff(&[
         "jobs",
         "create",
         "j",
@@ -232,6 +233,13 @@ fn password_protected_registry_with_registries_login() {
         "--args",
         "-c,cat /www/index.html",
     ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // The CLI pulls first, showing the download.
+    assert!(
+        err.contains(&format!("Pulling {job_image}...")) && err.contains(": done ("),
+        "{err}"
+    );
     s.ok(&["jobs", "execute", "j", "--wait"]);
 
     s.ok(&["registries", "logout", &registry.host]);
@@ -405,6 +413,22 @@ fn push_into_skiffs_own_registry_then_deploy() {
         (r.status().as_u16(), r.bytes().unwrap().to_vec()),
         (200, data.clone())
     );
+    // A resumed download: the rest of the blob from a byte on, or a range past its end.
+    let r = auth(http.get(format!("http://{host}/v2/other/blobs/{d}")))
+        .header("Range", "bytes=5-")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 5-{}/{}", data.len() - 1, data.len()).as_str()
+    );
+    assert_eq!(r.bytes().unwrap().to_vec(), data[5..].to_vec());
+    let r = auth(http.get(format!("http://{host}/v2/other/blobs/{d}")))
+        .header("Range", format!("bytes={}-", data.len()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 416);
     let r = auth(http.post(format!(
         "http://{host}/v2/third/blobs/uploads/?mount={d}&from=other"
     )))
@@ -466,6 +490,36 @@ fn push_into_skiffs_own_registry_then_deploy() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("MANIFEST_BLOB_UNKNOWN"));
+    // Tags a page at a time: `n`, then `last` from the `Link` header.
+    for tag in ["a", "b"] {
+        let r = auth(http.put(format!("http://{host}/v2/team/app/manifests/{tag}")))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(
+                auth(http.get(format!("http://{host}/v2/team/app/manifests/v1")))
+                    .send()
+                    .unwrap()
+                    .bytes()
+                    .unwrap(),
+            )
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = auth(http.get(format!("http://{host}/v2/team/app/tags/list?n=2")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.headers()["link"],
+        "</v2/team/app/tags/list?n=2&last=b>; rel=\"next\""
+    );
+    let page: serde_json::Value = r.json().unwrap();
+    assert_eq!(page["tags"], serde_json::json!(["a", "b"]));
+    let r = auth(http.get(format!("http://{host}/v2/team/app/tags/list?n=2&last=b")))
+        .send()
+        .unwrap();
+    assert!(r.headers().get("link").is_none());
+    let page: serde_json::Value = r.json().unwrap();
+    assert_eq!(page["tags"], serde_json::json!(["v1"]));
     let r = auth(http.get(format!("http://{host}/v2/team/app/manifests/nope")))
         .send()
         .unwrap();
@@ -588,4 +642,394 @@ fn the_server_prunes_periodically() {
     let old = upload_session(&s, "team/z");
     age_by_two_hours(&old);
     s.wait_for("the periodic prune", 120, || !old.exists());
+}
+
+/// `podman` or `buildah` with all its state (image storage, run state, the auth file that
+/// `login` writes, `XDG_RUNTIME_DIR`) in a temporary directory, removed on drop, so that
+/// tests never touch the host's container storage. The `vfs` driver copies layers into
+/// plain directories, so nothing is mounted.
+struct ContainerTool {
+    tool: &'static str,
+    dir: tempfile::TempDir,
+}
+
+impl ContainerTool {
+    fn new(tool: &'static str) -> ContainerTool {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("skiff-{tool}-"))
+            .tempdir_in("/tmp")
+            .unwrap();
+        for d in ["root", "run", "tmp", "xdg", "home"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        // Both refuse to start with a REGISTRY_AUTH_FILE that does not exist yet.
+        std::fs::write(dir.path().join("auth.json"), "{}").unwrap();
+        ContainerTool { tool, dir }
+    }
+
+    /// Runs the tool; returns (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let d = self.dir.path();
+        let mut cmd = std::process::Command::new(self.tool);
+        cmd.arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .args(["--storage-driver", "vfs"]);
+        if self.tool == "podman" {
+            cmd.arg("--tmpdir").arg(d.join("tmp")).args([
+                "--events-backend",
+                "file",
+                "--cgroup-manager",
+                "cgroupfs",
+            ]);
+        }
+        let out = cmd
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
+            .env("XDG_RUNTIME_DIR", d.join("xdg"))
+            .env("HOME", d.join("home"))
+            .env("TMPDIR", d.join("tmp"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} is missing ({e}): apt-get install {0} (.ci/run does)",
+                    self.tool
+                )
+            });
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "{} {args:?}: {err}", self.tool);
+        out
+    }
+}
+
+#[test]
+fn podman_and_buildah_push_into_skiffs_own_registry_then_deploy() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let host = format!("127.0.0.1:{}", s.api);
+    let token = admin_token(&s);
+    let creds = format!("anyone:{token}");
+
+    // podman: the image into its own storage, then pushed.
+    let podman = ContainerTool::new("podman");
+    let layout = image_saying(&tmp.path().join("p"), "from podman");
+    // `podman pull oci:DIR` names the image after DIR, which a temporary directory's
+    // upper-case letters make invalid: load an OCI archive with a name instead.
+    let archive =
+        skiff_testkit::image::skopeo_oci_archive(&layout, &tmp.path().join("p.tar"), "web");
+    let out = podman.ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(out.contains("localhost/web:latest"), "{out}");
+    let id = "localhost/web:latest";
+    let dest = format!("docker://{host}/pod/app:v1");
+
+    // Without credentials: refused with the challenge's answer, nothing stored.
+    let (ok, _, err) = podman.run(&["push", "--tls-verify=false", id, &dest]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("admin token"),
+        "{err}"
+    );
+    let (ok, _, err) = podman.run(&[
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "anyone",
+        "-p",
+        "wrong",
+        &host,
+    ]);
+    assert!(!ok, "{err}");
+    // What a push starts with, without credentials: 401 and the challenge, for an upload
+    // and for a manifest alike.
+    let http = reqwest::blocking::Client::new();
+    for r in [
+        http.post(format!("http://{host}/v2/pod/app/blobs/uploads/")),
+        http.put(format!("http://{host}/v2/pod/app/manifests/v1"))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body("{}"),
+        http.head(format!(
+            "http://{host}/v2/pod/app/blobs/sha256:{}",
+            "0".repeat(64)
+        )),
+    ] {
+        let r = r.send().unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()["www-authenticate"].to_str().unwrap(),
+            format!("Bearer realm=\"http://{host}/v2/token\",service=\"skiff\"")
+        );
+    }
+    assert!(!s.ok(&["images", "list"]).contains("pod/app"));
+
+    // `podman login`, then a push in podman's default format (OCI) and one as Docker v2
+    // schema 2 with `--creds`.
+    let out = podman.ok(&[
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "anyone",
+        "-p",
+        &token,
+        &host,
+    ]);
+    assert!(out.contains("Login Succeeded"), "{out}");
+    podman.ok(&["push", "--tls-verify=false", id, &dest]);
+    podman.ok(&["logout", &host]);
+    podman.ok(&[
+        "push",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        "--format",
+        "v2s2",
+        id,
+        &format!("{host}/pod/app:v2s2"),
+    ]);
+    let list = s.ok(&["images", "list"]);
+    assert!(
+        list.contains("pod/app:v1") && list.contains("pod/app:v2s2"),
+        "{list}"
+    );
+    for (svc, image) in [("pod1", "pod/app:v1"), ("pod2", "pod/app:v2s2")] {
+        s.ok(&["deploy", svc, "--image", image, "--allow-unauthenticated"]);
+        assert_eq!(
+            s.get(&format!("{svc}.localhost"), "/", None),
+            (200, "from podman\n".into())
+        );
+    }
+    // podman reads it back.
+    podman.ok(&[
+        "pull",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        &format!("{host}/pod/app:v2s2"),
+    ]);
+
+    // buildah: a working container from the image, a file of its own on top (a layer buildah
+    // writes), committed and pushed.
+    let buildah = ContainerTool::new("buildah");
+    let layout = image_saying(&tmp.path().join("b"), "base");
+    let archive =
+        skiff_testkit::image::skopeo_oci_archive(&layout, &tmp.path().join("b.tar"), "base");
+    let ctr = buildah.ok(&["from", &format!("oci-archive:{}", archive.display())]);
+    let ctr = ctr.trim().lines().last().unwrap().to_string();
+    let page = tmp.path().join("index.html");
+    std::fs::write(&page, "from buildah\n").unwrap();
+    buildah.ok(&["copy", &ctr, page.to_str().unwrap(), "/www/index.html"]);
+    buildah.ok(&["commit", &ctr, "built:one"]);
+    let (ok, _, err) = buildah.run(&[
+        "push",
+        "--tls-verify=false",
+        "built:one",
+        &format!("docker://{host}/bh/app:v1"),
+    ]);
+    assert!(!ok && err.contains("unauthorized"), "{err}");
+    let out = buildah.ok(&[
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "x",
+        "-p",
+        &token,
+        &host,
+    ]);
+    assert!(out.contains("Login Succeeded"), "{out}");
+    buildah.ok(&[
+        "push",
+        "--tls-verify=false",
+        "built:one",
+        &format!("docker://{host}/bh/app:v1"),
+    ]);
+    buildah.ok(&["logout", &host]);
+    buildah.ok(&[
+        "push",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        "--format",
+        "docker",
+        "built:one",
+        &format!("{host}/bh/app:docker"),
+    ]);
+    for (svc, image) in [("bh1", "bh/app:v1"), ("bh2", "bh/app:docker")] {
+        s.ok(&["deploy", svc, "--image", image, "--allow-unauthenticated"]);
+        assert_eq!(
+            s.get(&format!("{svc}.localhost"), "/", None),
+            (200, "from buildah\n".into())
+        );
+    }
+
+    // `images list` shows pushed, pulled and imported images alike, with where each came from.
+    s.ok(&[
+        "images",
+        "import",
+        archive.to_str().unwrap(),
+        "--name",
+        "local/app:v1",
+    ]);
+    s.ok(&["registries", "login", &host, "-u", "x", "-p", &token]);
+    let pulled = format!("{host}/bh/app:v1");
+    s.ok(&["images", "pull", &pulled]);
+    let list: serde_json::Value =
+        serde_json::from_str(&s.ok(&["images", "list", "--format", "json"])).unwrap();
+    let source = |r: &str| {
+        list["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["reference"] == r)
+            .map(|i| i["source"].clone())
+            .unwrap_or_else(|| panic!("{r} not in {list}"))
+    };
+    assert_eq!(source("pod/app:v1"), "pushed");
+    assert_eq!(source("bh/app:docker"), "pushed");
+    assert_eq!(source("local/app:v1"), "imported");
+    assert_eq!(source(&pulled), "pulled");
+    let table = s.ok(&["images", "list"]);
+    assert!(
+        table.lines().next().unwrap().ends_with("SOURCE")
+            && table
+                .lines()
+                .any(|l| l.starts_with(&format!("{pulled} ")) && l.ends_with(" pulled")),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_download_cut_off_part_way_resumes_with_a_range_request_and_deploy_shows_progress() {
+    let registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    registry.push(&image_saying(&tmp.path().join("a"), "resumed"), "app:v1");
+    let size_of_layer = {
+        let out = skiff_testkit::run(std::process::Command::new("skopeo").args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{}/app:v1", registry.host),
+        ]));
+        let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+        m["layers"][0]["size"].as_u64().unwrap()
+    };
+    // Cut the first long blob download (the layer: the config is shorter) half-way.
+    let cut_at = (size_of_layer / 2) as usize;
+    let proxy = skiff_testkit::CuttingProxy::start(&registry.host, cut_at);
+    let image = format!("{}/app:v1", proxy.host);
+    let s = TestServer::start(Path::new(BIN), &[]);
+
+    // deploy pulls first, showing each blob as it comes.
+    let out = s.skiff(&[
+        "deploy",
+        "app",
+        "--image",
+        &image,
+        "--allow-unauthenticated",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    assert_eq!(proxy.cuts(), 1, "{:?}", proxy.requests());
+    assert!(err.contains(&format!("Pulling {image}...")), "{err}");
+    assert!(err.contains("2 of 2 blobs to download"), "{err}");
+    assert!(
+        err.contains(": downloading ") && err.contains(": done ("),
+        "{err}"
+    );
+    assert!(
+        err.contains("the connection was cut; resuming at byte"),
+        "{err}"
+    );
+    assert!(err.contains("2 of 2 blobs downloaded"), "{err}");
+    assert_eq!(s.get("app.localhost", "/", None), (200, "resumed\n".into()));
+
+    // The layer was fetched twice: whole, then from where the cut left it with a Range
+    // request; no other blob was asked for with a range.
+    let ranged: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.range.is_some())
+        .collect();
+    assert_eq!(ranged.len(), 1, "{:?}", proxy.requests());
+    let range = ranged[0].range.clone().unwrap();
+    let from: u64 = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{range}"));
+    assert!(
+        from > 0 && from < size_of_layer,
+        "{range} of {size_of_layer}"
+    );
+    assert!(err.contains(&format!("resuming at byte {from} ")), "{err}");
+
+    // The NDJSON stream of the API: progress events, then the result.
+    let (code, body) = {
+        let http = reqwest::blocking::Client::new();
+        let r = http
+            .post(format!("http://127.0.0.1:{}/skiff/v1/images:pull", s.api))
+            .bearer_auth(admin_token(&s))
+            .header("Accept", "application/x-ndjson")
+            .json(&serde_json::json!({"reference": format!("{}/app:v1", registry.host)}))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(code, 200, "{body}");
+    let events: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["event"], "resolved", "{body}");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "pulled", "{body}");
+    assert_eq!(last["blobs"], 0, "already in the store: {body}");
+}
+
+#[test]
+fn a_resumed_download_with_wrong_bytes_fails_its_digest_check_and_stores_nothing() {
+    let registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = image_saying(&tmp.path().join("a"), "checked");
+    let size = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    registry.push(&layout, "app:v1");
+    let proxy =
+        skiff_testkit::CuttingProxy::start_corrupting_resumes(&registry.host, (size / 2) as usize);
+    let image = format!("{}/app:v1", proxy.host);
+    let s = TestServer::start(Path::new(BIN), &[]);
+
+    let err = s.fails(&["images", "pull", &image]);
+    assert_eq!(proxy.cuts(), 1, "{:?}", proxy.requests());
+    assert!(
+        err.contains("does not match its digest") && err.contains(&image),
+        "{err}"
+    );
+    assert!(!s.ok(&["images", "list"]).contains("app:v1"));
+    // The proxy cuts only once: a new pull downloads it whole and verifies.
+    let out = s.skiff(&["images", "pull", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.ok(&[
+        "deploy",
+        "app",
+        "--image",
+        &image,
+        "--allow-unauthenticated",
+    ]);
+    assert_eq!(s.get("app.localhost", "/", None), (200, "checked\n".into()));
 }

@@ -16,7 +16,7 @@ pub mod yaml;
 pub use debian::debian_image;
 pub use image::{busybox_image, ImageSpec};
 pub use load::{burst, Load, Report};
-pub use registry::TestRegistry;
+pub use registry::{CuttingProxy, TestRegistry};
 pub use server::{http_get, TestServer};
 
 /// Runs a command and returns its stdout, panicking with its stderr on failure.

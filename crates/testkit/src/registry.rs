@@ -118,3 +118,203 @@ impl Drop for TestRegistry {
         self.stop();
     }
 }
+
+/// One request a [`CuttingProxy`] passed on: its request line (`GET /v2/... HTTP/1.1`) and
+/// its `Range` header, if any.
+#[derive(Debug, Clone)]
+pub struct ProxiedRequest {
+    pub line: String,
+    pub range: Option<String>,
+}
+
+/// A plain TCP proxy in front of a registry (GET and HEAD only, one request a connection)
+/// that cuts the connection part-way through the first blob download longer than `after`
+/// bytes (response head included): a registry whose connection breaks mid-layer. It records
+/// every request. Dropping it stops it.
+pub struct CuttingProxy {
+    /// `127.0.0.1:PORT`, to name images by instead of the registry's host.
+    pub host: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<ProxiedRequest>>>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CuttingProxy {
+    /// A proxy to `upstream` (`HOST:PORT`) cutting one blob download after `after` bytes.
+    pub fn start(upstream: &str, after: usize) -> CuttingProxy {
+        Self::start_with(upstream, after, false)
+    }
+
+    /// [`CuttingProxy::start`], and every answer to a request with a `Range` header has its
+    /// first body byte flipped: a registry that resumes with the wrong bytes.
+    pub fn start_corrupting_resumes(upstream: &str, after: usize) -> CuttingProxy {
+        Self::start_with(upstream, after, true)
+    }
+
+    fn start_with(upstream: &str, after: usize, corrupt: bool) -> CuttingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, c, st, up) = (
+            requests.clone(),
+            cuts.clone(),
+            stop.clone(),
+            upstream.to_string(),
+        );
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (r, c, up) = (r.clone(), c.clone(), up.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_one(conn, &up, after, corrupt, &r, &c);
+                });
+            }
+        });
+        CuttingProxy {
+            host,
+            requests,
+            cuts,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The requests passed on so far.
+    pub fn requests(&self) -> Vec<ProxiedRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// How many downloads were cut (0 or 1).
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so that it sees `stop`.
+        let _ = std::net::TcpStream::connect(&self.host);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Passes one request on to `upstream` with `Connection: close` and copies the answer back,
+/// cutting it after `after` bytes if it is the first long blob download.
+fn proxy_one(
+    client: std::net::TcpStream,
+    upstream: &str,
+    after: usize,
+    corrupt: bool,
+    requests: &std::sync::Mutex<Vec<ProxiedRequest>>,
+    cuts: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    client.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let request_line = line.trim_end().to_string();
+    let mut head = format!("{request_line}\r\n");
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if lower.starts_with("connection:") {
+            continue;
+        }
+        if lower.starts_with("range:") {
+            range = Some(h[6..].trim().to_string());
+        }
+        head.push_str(&h);
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let ranged = range.is_some();
+    requests.lock().unwrap().push(ProxiedRequest {
+        line: request_line.clone(),
+        range,
+    });
+    let mut up = std::net::TcpStream::connect(upstream)?;
+    up.set_read_timeout(Some(Duration::from_secs(120)))?;
+    up.write_all(head.as_bytes())?;
+    let mut client = client;
+    if corrupt && ranged {
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer)?;
+        if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            if let Some(b) = answer.get_mut(i + 4) {
+                *b ^= 0xff;
+            }
+        }
+        client.write_all(&answer)?;
+        return client.shutdown(std::net::Shutdown::Both);
+    }
+    let may_cut = request_line.starts_with("GET ") && request_line.contains("/blobs/sha256:");
+    let mut sent = 0usize;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = up.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if may_cut
+            && sent + n > after
+            && cuts
+                .compare_exchange(
+                    0,
+                    1,
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                )
+                .is_ok()
+        {
+            client.write_all(&buf[..after - sent])?;
+            client.flush()?;
+            // A reset rather than an orderly close, as a broken connection looks.
+            let _ = socket_linger_zero(&client);
+            drop(client);
+            return Ok(());
+        }
+        client.write_all(&buf[..n])?;
+        sent += n;
+    }
+    client.flush()?;
+    client.shutdown(std::net::Shutdown::Both)
+}
+
+/// `SO_LINGER` 0, so that closing the socket sends a reset.
+fn socket_linger_zero(s: &std::net::TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a `linger` struct of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
