@@ -581,13 +581,14 @@ impl Builds {
         let names = b.images.clone();
         let imported =
             tokio::task::spawn_blocking(move || -> Result<Vec<BuiltImage>, BuildError> {
-                let first = images.import(&layout, Some(&names[0]))?;
+                let first =
+                    images.import_pulled(&layout, &names[0], skiff_image::ImageSource::Built)?;
                 let mut out = vec![BuiltImage {
                     name: first.reference.clone(),
                     digest: first.digest.clone(),
                 }];
                 for n in &names[1..] {
-                    let t = images.tag(n, &first.digest)?;
+                    let t = images.tag(n, &first.digest, skiff_image::ImageSource::Built)?;
                     out.push(BuiltImage {
                         name: t.reference,
                         digest: t.digest,
