@@ -68,6 +68,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .merge(crate::logging::routes())
         .merge(crate::derived::routes())
         .merge(crate::registries::routes())
+        .merge(crate::secrets::routes())
         .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
 }
 

@@ -21,6 +21,8 @@ mod output;
 mod registries;
 mod revisions;
 mod scheduler;
+mod secretrefs;
+mod secrets;
 mod services;
 mod traffic;
 
@@ -139,6 +141,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: scheduler::SchedulerCommand,
     },
+    /// Secrets: values kept encrypted by the server, in Secret Manager's shape
+    Secrets {
+        #[command(subcommand)]
+        command: secrets::SecretsCommand,
+    },
     /// Usage and cost reports
     Billing {
         #[command(subcommand)]
@@ -167,6 +174,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Jobs { command } => jobs::run(&api, command),
         ClientCommand::Scheduler { command } => scheduler::run(&api, command),
         ClientCommand::Billing { command } => billing::run(&api, command),
+        ClientCommand::Secrets { command } => secrets::run(&api, command),
         ClientCommand::Gcloud { command } => gcloud::run(&api, global, command),
     }
 }

@@ -492,6 +492,45 @@ impl SecretStore {
     }
 }
 
+impl SecretStore {
+    /// Resolves a revision's or task's secret references in project `ns` for one instance
+    /// start: `latest` becomes the highest enabled version now, a number stays that version.
+    /// Errors name the secret and version (an env value must be UTF-8 text without NUL).
+    pub fn material(
+        &self,
+        ns: &str,
+        env: &[skiff_model::SecretEnv],
+        volumes: &[skiff_model::SecretVolume],
+    ) -> Result<skiff_runtime::SecretMaterial> {
+        let mut out = skiff_runtime::SecretMaterial::default();
+        for e in env {
+            let (n, data) = self.access(ns, &e.secret, VersionRef::parse(&e.version)?)?;
+            let text = String::from_utf8(data)
+                .ok()
+                .filter(|t| !t.contains('\0'))
+                .ok_or_else(|| {
+                    SecretsError::Invalid(format!(
+                        "env var {}: version {n} of secret {} is not text (UTF-8 without NUL): mount it as a file instead",
+                        e.name, e.secret
+                    ))
+                })?;
+            out.env.push((e.name.clone(), text));
+        }
+        for v in volumes {
+            let mut files = Vec::new();
+            for (version, path) in &v.files {
+                let (_, data) = self.access(ns, &v.secret, VersionRef::parse(version)?)?;
+                files.push((path.clone(), data));
+            }
+            out.volumes.push(skiff_runtime::SecretFiles {
+                mount_path: v.mount_path.clone(),
+                files,
+            });
+        }
+        Ok(out)
+    }
+}
+
 fn version_not_found(ns: &str, id: &str, n: u64) -> SecretsError {
     SecretsError::NotFound(format!(
         "secret {id} in project {ns} has no version {n}: list them with skiff secrets versions list {id}"

@@ -39,6 +39,8 @@ pub struct ServingConfig {
     pub network: Option<Arc<skiff_network::Network>>,
     /// Where instances' output and request entries go.
     pub logs: Arc<LogSink>,
+    /// Secrets, resolved into each instance as it starts.
+    pub secrets: Arc<skiff_secrets::SecretStore>,
 }
 
 /// Where a service's traffic goes, as the control plane resolved it.
@@ -99,6 +101,7 @@ impl Serving {
             meters: cfg.meters,
             metrics: cfg.metrics,
             network: cfg.network,
+            secrets: cfg.secrets,
         });
         let serving = Arc::new(Serving {
             ctx,
@@ -135,6 +138,11 @@ impl Serving {
 
     pub fn logs(&self) -> &Arc<LogSink> {
         &self.ctx.logs
+    }
+
+    /// The secret store instances resolve their secret references from.
+    pub fn secrets(&self) -> &skiff_secrets::SecretStore {
+        &self.ctx.secrets
     }
 
     fn all_pools(&self) -> Vec<Arc<Pool>> {

@@ -162,6 +162,7 @@ async fn serve(
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;
     let store = Arc::new(skiff_store::Store::open(&data_dir.join("skiff.db"))?);
     let images = Arc::new(skiff_image::ImageStore::open(&data_dir.join("images"))?);
+    let secrets = Arc::new(skiff_secrets::SecretStore::open(&data_dir)?);
     // Instances a killed server left metering end at their last checkpoint.
     let closed = store.close_open_usage()?;
     if closed > 0 {
@@ -206,6 +207,7 @@ async fn serve(
         shim_exe: std::env::current_exe().context("cannot find the skiff executable")?,
         scale_to_zero_after: args.scale_to_zero_after,
         token_secret: signing_key.into_bytes(),
+        secrets: secrets.clone(),
     });
     let platform = match &network {
         Some(net) => {
@@ -227,6 +229,7 @@ async fn serve(
             logs: serving.logs().clone(),
             meters: meters.clone(),
             network: network.clone(),
+            secrets,
         },
         store.clone(),
         images.clone(),

@@ -281,21 +281,22 @@ fn bad_probes_are_refused_naming_the_field_and_change_nothing() {
 #[test]
 fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
     let (s, tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
-    // A secret volume and an env var from a secret: not implemented, so refused by name.
+    // An NFS volume and an env var from a config map: not implemented, so refused by name.
     let yaml = format!(
         "{}        env:
         - name: PASSWORD
           valueFrom:
-            secretKeyRef:
+            configMapKeyRef:
               name: db
-              key: latest
+              key: password
         volumeMounts:
         - name: creds
           mountPath: /creds
       volumes:
       - name: creds
-        secret:
-          secretName: db
+        nfs:
+          server: 10.0.0.2
+          path: /exports
 ",
         service_yaml("vols", "")
     );
@@ -304,7 +305,7 @@ fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
     let err = stderr(&out);
     assert!(
         err.trim().starts_with("error: ")
-            && err.contains("spec.template.spec.containers[0].env[0].valueFrom, spec.template.spec.volumes[0].secret: Skiff does not implement these fields: remove them"),
+            && err.contains("spec.template.spec.containers[0].env[0].valueFrom.configMapKeyRef, spec.template.spec.volumes[0].nfs: Skiff does not implement these fields: remove them"),
         "{err}"
     );
     // The same object sent straight to the API (as gcloud or a client library would).
@@ -342,7 +343,7 @@ fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
     );
     assert_eq!(code, 400, "{text}");
     assert!(
-        text.contains("spec.template.spec.template.spec.volumes: Skiff does not implement this field: remove it"),
+        text.contains("spec.template.spec.template.spec.volumes[0].nfs: Skiff does not implement this field: remove it"),
         "{text}"
     );
     assert!(!s.ok(&["jobs", "list"]).contains("vols"));
