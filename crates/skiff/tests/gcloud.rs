@@ -1399,6 +1399,115 @@ fn gcloud_deploys_probes_in_memory_volumes_and_http2() {
     assert!(name.is_null() || name == "http1", "{svc}");
 }
 
+/// `gcloud secrets create|versions add|versions access|versions list` against Skiff's Secret
+/// Manager API, and `gcloud run deploy --set-secrets` using them as an env var and a file.
+#[test]
+fn gcloud_drives_secrets() {
+    let e = Env::new();
+    let s = &e.s;
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    std::fs::write(&one, "gcloud-secret-one").unwrap();
+    std::fs::write(&two, "gcloud-secret-two").unwrap();
+    e.ok(&[
+        "secrets",
+        "create",
+        "db",
+        "--data-file",
+        one.to_str().unwrap(),
+        "--replication-policy",
+        "automatic",
+    ]);
+    e.ok(&[
+        "secrets",
+        "versions",
+        "add",
+        "db",
+        "--data-file",
+        two.to_str().unwrap(),
+    ]);
+    let out = e.gcloud(&["secrets", "versions", "access", "latest", "--secret", "db"]);
+    assert!(out.status.success(), "{}", plain(&out.stderr));
+    assert_eq!(out.stdout, b"gcloud-secret-two");
+    let versions = e.json(&["secrets", "versions", "list", "db"]);
+    let states: Vec<(String, String)> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+                v["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("2".into(), "ENABLED".into()),
+            ("1".into(), "ENABLED".into())
+        ],
+        "{versions}"
+    );
+    // skiff sees what gcloud made, and back.
+    assert_eq!(
+        e.skiff(&["secrets", "versions", "access", "1", "--secret", "db"]),
+        "gcloud-secret-one"
+    );
+    let listed = e.json(&["secrets", "list"]);
+    assert!(listed.to_string().contains("secrets/db"), "{listed}");
+
+    e.ok(&[
+        "run",
+        "deploy",
+        "app",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        "--set-secrets",
+        "PW=db:1,/secrets/db=db:latest",
+    ]);
+    let svc = e.skiff_json(&["services", "describe", "app"]);
+    let t = &svc["spec"]["template"]["spec"];
+    let c = &t["containers"][0];
+    let env = c["env"].as_array().unwrap();
+    let pw = env.iter().find(|v| v["name"] == "PW").unwrap();
+    assert_eq!(pw["valueFrom"]["secretKeyRef"]["name"], "db", "{svc}");
+    assert_eq!(pw["valueFrom"]["secretKeyRef"]["key"], "1", "{svc}");
+    assert_eq!(t["volumes"][0]["secret"]["secretName"], "db", "{svc}");
+    let cmd = "echo \"$PW|$(cat /secrets/db)\"";
+    let q: String = cmd
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let (code, body) = s.get(&e.host("app"), &format!("/cgi-bin/sh?{q}"), None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body.trim(), "gcloud-secret-one|gcloud-secret-two");
+    // A secret that does not exist: gcloud shows the server's error naming it.
+    let err = e.fails(&[
+        "run",
+        "deploy",
+        "app",
+        "--image",
+        "web",
+        "--update-secrets",
+        "X=nope:latest",
+    ]);
+    assert!(err.contains("secret nope not found"), "{err}");
+}
+
 /// `gcloud run deploy --image HOST:PORT/REPO:TAG`: the server pulls the image from the
 /// registry (Debian's docker-registry on loopback) and the revision pins its digest.
 #[test]
