@@ -1506,6 +1506,35 @@ fn gcloud_drives_secrets() {
         "X=nope:latest",
     ]);
     assert!(err.contains("secret nope not found"), "{err}");
+
+    // A job's tasks too.
+    e.ok(&[
+        "run",
+        "jobs",
+        "create",
+        "reader",
+        "--image",
+        "web",
+        "--set-secrets",
+        "PW=db:latest",
+    ]);
+    let job = e.skiff_json(&["jobs", "describe", "reader"]);
+    let env = &job["spec"]["template"]["spec"]["template"]["spec"]["containers"][0]["env"][0];
+    assert_eq!(env["valueFrom"]["secretKeyRef"]["key"], "latest", "{job}");
+
+    // Versions change state, and secrets are described and deleted, as gcloud does it.
+    e.ok(&["secrets", "versions", "disable", "1", "--secret", "db"]);
+    let v = e.json(&["secrets", "versions", "describe", "1", "--secret", "db"]);
+    assert_eq!(v["state"], "DISABLED", "{v}");
+    e.ok(&["secrets", "versions", "enable", "1", "--secret", "db"]);
+    e.ok(&["secrets", "versions", "destroy", "1", "--secret", "db"]);
+    let v = e.json(&["secrets", "versions", "describe", "1", "--secret", "db"]);
+    assert_eq!(v["state"], "DESTROYED", "{v}");
+    let d = e.json(&["secrets", "describe", "db"]);
+    assert!(d["name"].as_str().unwrap().ends_with("secrets/db"), "{d}");
+    assert!(!d.to_string().contains("gcloud-secret"), "{d}");
+    e.ok(&["secrets", "delete", "db"]);
+    assert!(e.gcloud(&["secrets", "describe", "db"]).status.code() != Some(0));
 }
 
 /// `gcloud run deploy --image HOST:PORT/REPO:TAG`: the server pulls the image from the
