@@ -117,6 +117,11 @@ fn store_job(st: &crate::ApiState, ns: &str, mut job: Job, old: Option<Job>) -> 
             );
         }
         crate::secrets::check_refs(st.secrets(), ns, &refs, "spec.template.spec.template.spec")?;
+        crate::secrets::check_host_dirs(
+            st.controller.serving.host_dirs(),
+            &t.host_volumes,
+            "spec.template.spec.template.spec",
+        )?;
     }
     st.jobs.validate(&job).map_err(|e| match e {
         // What is left to fail after `check_job` is the image lookup.

@@ -231,3 +231,34 @@ pub(crate) fn check_refs(
     }
     Ok(())
 }
+
+/// Checks that every host directory a revision or job mounts exists and is (after following
+/// symbolic links) one the server allows (`--allow-host-dir`) or below one. The error names
+/// the path: `spec.template.spec: host directory /etc is not allowed: ...`.
+pub(crate) fn check_host_dirs(
+    allowed: &[std::path::PathBuf],
+    volumes: &[skiff_model::HostVolume],
+    field: &str,
+) -> ApiResult<()> {
+    for v in volumes {
+        let real = std::fs::canonicalize(&v.host_path).map_err(|e| {
+            ApiError::invalid(format!(
+                "{field}: host directory {} of volume {}: {e}: give an existing directory",
+                v.host_path, v.name
+            ))
+        })?;
+        if !real.is_dir() {
+            return Err(ApiError::invalid(format!(
+                "{field}: host path {} of volume {} is not a directory",
+                v.host_path, v.name
+            )));
+        }
+        if !allowed.iter().any(|a| real.starts_with(a)) {
+            return Err(ApiError::invalid(format!(
+                "{field}: host directory {} of volume {} is not allowed: start skiff server with --allow-host-dir {} (or a directory above it)",
+                v.host_path, v.name, v.host_path
+            )));
+        }
+    }
+    Ok(())
+}

@@ -264,6 +264,8 @@ pub struct TaskSettings {
     pub secret_env: Vec<crate::SecretEnv>,
     /// Secret volumes, resolved when each task attempt starts.
     pub secret_volumes: Vec<crate::SecretVolume>,
+    /// Host directories mounted read-only, as a service revision's.
+    pub host_volumes: Vec<crate::HostVolume>,
 }
 
 impl TaskSettings {
@@ -349,6 +351,7 @@ impl TaskSettings {
             memory_volumes: r.memory_volumes,
             secret_env: r.secret_env,
             secret_volumes: r.secret_volumes,
+            host_volumes: r.host_volumes,
         })
     }
 }

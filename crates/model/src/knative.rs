@@ -138,6 +138,22 @@ pub struct Volume {
     pub empty_dir: Option<EmptyDirVolumeSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs: Option<NfsVolumeSource>,
+}
+
+/// `nfs`: Cloud Run's NFS volume. Skiff's stand-in: `server: localhost` and `path` a directory
+/// of the host that `skiff server --allow-host-dir` allows, mounted read-only
+/// (`readOnly: true`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NfsVolumeSource {
+    #[serde(default)]
+    pub server: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
 }
 
 /// `secret`: versions of a secret as files. Each item puts version `key` (`latest` or a

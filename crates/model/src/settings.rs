@@ -64,6 +64,9 @@ pub struct RevisionSettings {
     /// mounted read-only.
     #[serde(default)]
     pub secret_volumes: Vec<SecretVolume>,
+    /// Host directories mounted read-only (`nfs` volumes with `server: localhost`).
+    #[serde(default)]
+    pub host_volumes: Vec<HostVolume>,
     /// The container's startup probe; `None`: Cloud Run's default, a TCP connect to `port`
     /// within 240 s.
     #[serde(default)]
@@ -168,8 +171,30 @@ fn secret_ref(field: &str, name: &str, version: &str) -> Result<(), InvalidInput
     Ok(())
 }
 
+/// A directory of the host mounted read-only in the container, Skiff's stand-in for Cloud
+/// Run's NFS volumes (`nfs: {server: localhost, path: HOST_DIR, readOnly: true}`). Which host
+/// directories may be mounted is the server's to allow (`--allow-host-dir`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostVolume {
+    /// The volume's name.
+    pub name: String,
+    /// Absolute directory in the container.
+    pub mount_path: String,
+    /// Absolute directory on the host.
+    pub host_path: String,
+}
+
+/// A container's volumes, by kind.
+struct Volumes {
+    memory: Vec<MemoryVolume>,
+    secrets: Vec<SecretVolume>,
+    hosts: Vec<HostVolume>,
+}
+
 /// Where a volume's contents come from.
 enum VolumeSource {
+    /// A host directory (absolute path).
+    Host(String),
     /// An in-memory `emptyDir` of this many bytes.
     Memory(u64),
     /// A secret, `(secret, [(version, path)])`.
@@ -182,17 +207,20 @@ fn volumes(
     t: &RevisionTemplate,
     c: &crate::Container,
     memory_bytes: u64,
-) -> Result<(Vec<MemoryVolume>, Vec<SecretVolume>), InvalidInput> {
+) -> Result<Volumes, InvalidInput> {
     let mut sources = std::collections::BTreeMap::new();
     for (i, v) in t.spec.volumes.iter().enumerate() {
         crate::validate_name("volume", &v.name, 63)
             .map_err(|e| InvalidInput::new(format!("volumes[{i}].name: {e}")))?;
-        let source = match (&v.empty_dir, &v.secret) {
-            (Some(ed), None) => VolumeSource::Memory(empty_dir_size(i, ed, memory_bytes)?),
-            (None, Some(sv)) => VolumeSource::Secret(sv.secret_name.clone(), secret_items(i, sv)?),
+        let source = match (&v.empty_dir, &v.secret, &v.nfs) {
+            (Some(ed), None, None) => VolumeSource::Memory(empty_dir_size(i, ed, memory_bytes)?),
+            (None, Some(sv), None) => {
+                VolumeSource::Secret(sv.secret_name.clone(), secret_items(i, sv)?)
+            }
+            (None, None, Some(n)) => VolumeSource::Host(host_dir(i, n)?),
             _ => {
                 return Err(InvalidInput::new(format!(
-                    "volumes[{i}]: give exactly one source: Skiff has in-memory emptyDir volumes (emptyDir: {{medium: Memory}}) and secret volumes (secret: {{secretName: NAME}})"
+                    "volumes[{i}]: give exactly one source: Skiff has in-memory emptyDir volumes (emptyDir: {{medium: Memory}}), secret volumes (secret: {{secretName: NAME}}) and host directories (nfs: {{server: localhost, path: DIR, readOnly: true}})"
                 )))
             }
         };
@@ -205,6 +233,7 @@ fn volumes(
     }
     let mut memory: Vec<MemoryVolume> = Vec::new();
     let mut secrets: Vec<SecretVolume> = Vec::new();
+    let mut hosts: Vec<HostVolume> = Vec::new();
     let mut mounted: Vec<(String, String)> = Vec::new();
     for (i, m) in c.volume_mounts.iter().enumerate() {
         let at = format!("containers[0].volumeMounts[{i}]");
@@ -241,6 +270,18 @@ fn volumes(
                 size_bytes: *size,
                 read_only: m.read_only.unwrap_or(false),
             }),
+            VolumeSource::Host(host_path) => {
+                if m.read_only == Some(false) {
+                    return Err(InvalidInput::new(format!(
+                        "{at}.readOnly: host directories are mounted read-only: leave readOnly out or set it to true"
+                    )));
+                }
+                hosts.push(HostVolume {
+                    name: m.name.clone(),
+                    mount_path: p.clone(),
+                    host_path: host_path.clone(),
+                });
+            }
             VolumeSource::Secret(secret, files) => {
                 if m.read_only == Some(false) {
                     return Err(InvalidInput::new(format!(
@@ -256,7 +297,35 @@ fn volumes(
             }
         }
     }
-    Ok((memory, secrets))
+    Ok(Volumes {
+        memory,
+        secrets,
+        hosts,
+    })
+}
+
+/// Reads an `nfs` volume as a host directory: `server` is this machine (`localhost`,
+/// `127.0.0.1`), `path` a clean absolute directory, `readOnly: true`.
+fn host_dir(i: usize, n: &crate::NfsVolumeSource) -> Result<String, InvalidInput> {
+    let at = format!("volumes[{i}].nfs");
+    if !matches!(n.server.as_str(), "localhost" | "127.0.0.1") {
+        return Err(InvalidInput::new(format!(
+            "{at}.server: {:?}: Skiff mounts directories of its own host: use server: localhost and the host directory as path",
+            n.server
+        )));
+    }
+    if !clean_path(&n.path) {
+        return Err(InvalidInput::new(format!(
+            "{at}.path: {:?} is not an absolute directory: give one like /srv/data",
+            n.path
+        )));
+    }
+    if n.read_only != Some(true) {
+        return Err(InvalidInput::new(format!(
+            "{at}.readOnly: Skiff mounts host directories read-only: set readOnly: true"
+        )));
+    }
+    Ok(n.path.clone())
 }
 
 /// An absolute path below `/` without empty, `.` or `..` segments.
@@ -722,7 +791,11 @@ impl RevisionSettings {
                 }
             },
         };
-        let (memory_volumes, secret_volumes) = volumes(t, c, memory_bytes)?;
+        let Volumes {
+            memory: memory_volumes,
+            secrets: secret_volumes,
+            hosts: host_volumes,
+        } = volumes(t, c, memory_bytes)?;
         let startup_probe = c
             .startup_probe
             .as_ref()
@@ -760,6 +833,7 @@ impl RevisionSettings {
             memory_volumes,
             secret_env,
             secret_volumes,
+            host_volumes,
             use_http2,
             startup_probe,
             liveness_probe,

@@ -66,6 +66,9 @@ pub struct InstanceConfig {
     /// memory limit.
     #[serde(default)]
     pub memory_volumes: Vec<(String, u64, bool)>,
+    /// Host directories bind-mounted read-only: `(host path, path in the container)`.
+    #[serde(default)]
+    pub host_volumes: Vec<(String, String)>,
     /// Whether the shim gets [`SecretMaterial`] on [`SECRETS_FD`] (set by
     /// [`supervisor::spawn`]).
     #[serde(default)]

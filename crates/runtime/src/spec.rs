@@ -234,6 +234,12 @@ pub fn build(
                 "destination": path, "type": "tmpfs", "source": "tmpfs", "options": options,
             }));
         }
+        for (source, path) in &cfg.host_volumes {
+            mounts.push(json!({
+                "destination": path, "type": "bind", "source": source,
+                "options": ["rbind", "rprivate", "ro", "nosuid", "nodev"],
+            }));
+        }
         for (source, path) in secret_mounts {
             mounts.push(json!({
                 "destination": path, "type": "bind", "source": source,
@@ -267,6 +273,7 @@ mod tests {
             hosts: String::new(),
             resolv_conf: String::new(),
             memory_volumes: vec![("/cache".into(), 64 << 20, false)],
+            host_volumes: vec![],
             secrets_on_fd: false,
             secrets: Default::default(),
         };

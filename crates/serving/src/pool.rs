@@ -645,6 +645,11 @@ impl Pool {
                 .iter()
                 .map(|v| (v.mount_path.clone(), v.size_bytes, v.read_only))
                 .collect(),
+            host_volumes: s
+                .host_volumes
+                .iter()
+                .map(|v| (v.host_path.clone(), v.mount_path.clone()))
+                .collect(),
             secrets_on_fd: false,
             secrets: Default::default(),
         }

@@ -48,6 +48,10 @@ pub struct ServerArgs {
     /// Run `skiff images prune` this often (e.g. 24h) [default: never].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     prune_images_every: Option<Duration>,
+    /// Host directories services and jobs may mount read-only (as `nfs` volumes with
+    /// `server: localhost`), each with what is below it [default: none].
+    #[arg(long, value_name = "PATH,...", value_delimiter = ',')]
+    allow_host_dir: Vec<std::path::PathBuf>,
 }
 
 /// A duration, also in days (`30d`).
@@ -163,6 +167,21 @@ async fn serve(
     let store = Arc::new(skiff_store::Store::open(&data_dir.join("skiff.db"))?);
     let images = Arc::new(skiff_image::ImageStore::open(&data_dir.join("images"))?);
     let secrets = Arc::new(skiff_secrets::SecretStore::open(&data_dir)?);
+    let mut host_dirs = Vec::new();
+    for d in &args.allow_host_dir {
+        let c = std::fs::canonicalize(d).with_context(|| {
+            format!(
+                "invalid --allow-host-dir {}: give an existing directory",
+                d.display()
+            )
+        })?;
+        anyhow::ensure!(
+            c.is_dir(),
+            "invalid --allow-host-dir {}: not a directory",
+            d.display()
+        );
+        host_dirs.push(c);
+    }
     // Instances a killed server left metering end at their last checkpoint.
     let closed = store.close_open_usage()?;
     if closed > 0 {
@@ -208,6 +227,7 @@ async fn serve(
         scale_to_zero_after: args.scale_to_zero_after,
         token_secret: signing_key.into_bytes(),
         secrets: secrets.clone(),
+        host_dirs,
     });
     let platform = match &network {
         Some(net) => {
