@@ -183,6 +183,13 @@ fn services_get_secrets_as_env_and_files_and_latest_moves_on_at_the_next_start()
     s.wait_for("scale to zero", 60, || s.instances("app").is_empty());
     assert_eq!(read().trim(), format!("{ONE}|{THREE}|{THREE}|{ONE}"));
 
+    let text = s.ok(&["services", "describe", "app"]);
+    for line in [
+        "LATEST=secret db:latest, PINNED=secret db:1",
+        "secret-1 at /secrets: secret db, read-only (db.txt=db:latest, first.txt=db:1)",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
     // The export carries the references as Cloud Run writes them, never a value, and
     // replacing the service with it changes nothing.
     let first = s.ok(&["services", "describe", "app", "--format", "export"]);

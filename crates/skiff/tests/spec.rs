@@ -711,6 +711,9 @@ fn host_directories_mount_read_only_where_the_server_allows() {
     assert!(read.contains("from the host"), "{read}");
     assert!(!read.contains("rc=0"), "{read}");
     assert!(!shared.path().join("data/new").exists());
+    let text = s.ok(&["services", "describe", "hostdir"]);
+    let line = format!("data at /data: host directory {inside}, read-only");
+    assert!(text.contains(&line), "{line:?} missing from\n{text}");
     // Round trip: the export shows the volume as given.
     let export = s.ok(&["services", "describe", "hostdir", "--format", "export"]);
     for line in [
