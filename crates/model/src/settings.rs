@@ -1238,4 +1238,39 @@ mod tests {
             r#"{"name":"A","value":""}"#
         );
     }
+
+    #[test]
+    fn host_directories_are_nfs_volumes_of_localhost_read_only() {
+        let vol = |nfs: &str| {
+            with_json(&format!(
+                r#"{{"spec":{{"containers":[{{"image":"i","volumeMounts":[{{"name":"d","mountPath":"/d"}}]}}],"volumes":[{{"name":"d","nfs":{nfs}}}]}}}}"#
+            ))
+        };
+        let s = vol(r#"{"server":"localhost","path":"/srv/data","readOnly":true}"#).unwrap();
+        assert_eq!(
+            s.host_volumes,
+            vec![HostVolume {
+                name: "d".into(),
+                mount_path: "/d".into(),
+                host_path: "/srv/data".into()
+            }]
+        );
+        for (nfs, want) in [
+            (
+                r#"{"server":"10.0.0.2","path":"/x","readOnly":true}"#,
+                "volumes[0].nfs.server",
+            ),
+            (
+                r#"{"server":"localhost","path":"x/../y","readOnly":true}"#,
+                "volumes[0].nfs.path",
+            ),
+            (
+                r#"{"server":"localhost","path":"/x"}"#,
+                "volumes[0].nfs.readOnly",
+            ),
+        ] {
+            let e = vol(nfs).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{nfs}: {e}");
+        }
+    }
 }
