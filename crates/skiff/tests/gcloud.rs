@@ -95,8 +95,13 @@ fn gcloud_installed() {
 
 impl Env {
     fn new() -> Env {
+        Env::with_server_args(&[])
+    }
+
+    /// As [`Env::new`], the server started with extra `skiff server` flags.
+    fn with_server_args(args: &[&str]) -> Env {
         gcloud_installed();
-        let s = TestServer::start(Path::new(BIN), &[]);
+        let s = TestServer::start(Path::new(BIN), args);
         let tmp = tempfile::tempdir().unwrap();
         let layout = busybox_image(&tmp.path().join("web"), "web", &ImageSpec::default());
         s.ok(&["images", "import", layout.to_str().unwrap()]);
@@ -1535,6 +1540,53 @@ fn gcloud_drives_secrets() {
     assert!(!d.to_string().contains("gcloud-secret"), "{d}");
     e.ok(&["secrets", "delete", "db"]);
     assert!(e.gcloud(&["secrets", "describe", "db"]).status.code() != Some(0));
+}
+
+/// `gcloud run deploy --add-volume type=nfs,location=localhost:/DIR,readonly=true`: a host
+/// directory the server allows, mounted read-only.
+#[test]
+fn gcloud_mounts_an_allowed_host_directory() {
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("hello.txt"), "host file").unwrap();
+    let dir = shared.path().to_str().unwrap().to_string();
+    let e = Env::with_server_args(&["--allow-host-dir", &dir]);
+    e.ok(&[
+        "run",
+        "deploy",
+        "files",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        "--add-volume",
+        &format!("name=data,type=nfs,location=localhost:{dir},readonly=true"),
+        "--add-volume-mount",
+        "volume=data,mount-path=/data",
+    ]);
+    let svc = e.skiff_json(&["services", "describe", "files"]);
+    let nfs = &svc["spec"]["template"]["spec"]["volumes"][0]["nfs"];
+    assert_eq!(nfs["server"], "localhost", "{svc}");
+    assert_eq!(nfs["path"], dir.as_str(), "{svc}");
+    let (code, body) = e.s.get(
+        &e.host("files"),
+        "/cgi-bin/sh?cat%20%2Fdata%2Fhello.txt",
+        None,
+    );
+    assert_eq!((code, body.trim()), (200, "host file"));
+    let err = e.fails(&[
+        "run",
+        "deploy",
+        "files",
+        "--image",
+        "web",
+        "--add-volume",
+        "name=etc,type=nfs,location=localhost:/etc,readonly=true",
+        "--add-volume-mount",
+        "volume=etc,mount-path=/hostetc",
+    ]);
+    assert!(
+        err.contains("host directory /etc of volume etc is not allowed"),
+        "{err}"
+    );
 }
 
 /// `gcloud run deploy --image HOST:PORT/REPO:TAG`: the server pulls the image from the
