@@ -1,6 +1,6 @@
 //! The control API: Cloud Run Admin API v1 (Knative `serving.knative.dev/v1` services and
 //! revisions, IAM policy calls, `run.googleapis.com/v1` jobs, executions and tasks), Cloud
-//! Scheduler jobs, plus Skiff's own resources under `/skiff/v1` (images,
+//! Scheduler jobs, Secret Manager v1 secrets, plus Skiff's own resources under `/skiff/v1` (images,
 //! instances, logs, identity tokens), all behind the admin token.
 //!
 //! Handlers are thin: they parse, call the [`controller::Controller`], and shape responses.
@@ -14,6 +14,7 @@ mod logging;
 mod openapi;
 mod registries;
 mod routes;
+mod secrets;
 pub mod usage;
 
 use axum::extract::{Request, State};
@@ -36,6 +37,13 @@ pub struct ApiState {
     pub prices: skiff_metering::Prices,
     /// Source builds (`/skiff/v1/namespaces/NS/builds`).
     pub builds: Arc<skiff_build::Builds>,
+}
+
+impl ApiState {
+    /// The secret store (the serving plane's, which resolves references at instance start).
+    pub fn secrets(&self) -> &skiff_secrets::SecretStore {
+        self.controller.serving.secrets()
+    }
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.

@@ -193,6 +193,47 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "get",
+        "/v1/projects/{project}/secrets",
+        "List secrets (Secret Manager v1)",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/secrets",
+        "Create a secret (?secretId=NAME; body: labels, replication)",
+    ),
+    ("get", "/v1/projects/{project}/secrets/{secret}", "Get a secret"),
+    (
+        "delete",
+        "/v1/projects/{project}/secrets/{secret}",
+        "Delete a secret and all its versions",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/secrets/{secret}:addVersion",
+        "Add a version (body: payload.data in base64, optional payload.dataCrc32c; at most 64 KiB)",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/secrets/{secret}/versions",
+        "List a secret's versions, newest first",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/secrets/{secret}/versions/{version}",
+        "Get a version (a number or latest)",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/secrets/{secret}/versions/{version}:access",
+        "Access an enabled version's payload",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/secrets/{secret}/versions/{version}:enable",
+        "Enable a version (also :disable, :destroy)",
+    ),
+    (
+        "get",
         "/metrics",
         "Prometheus metrics (text exposition format)",
     ),

@@ -82,6 +82,31 @@ pub struct DeployArgs {
     #[arg(long)]
     pub clear_env_vars: bool,
 
+    /// Replace all secret references: ENV=SECRET:VERSION or /dir/file=SECRET:VERSION,...
+    /// (VERSION: latest, resolved at each instance start, or a number)
+    #[arg(
+        long,
+        value_name = "TARGET=SECRET:VERSION,...",
+        conflicts_with_all = ["update_secrets", "remove_secrets", "clear_secrets"]
+    )]
+    pub set_secrets: Option<String>,
+
+    /// Add or change secret references TARGET=SECRET:VERSION,...
+    #[arg(
+        long,
+        value_name = "TARGET=SECRET:VERSION,...",
+        conflicts_with = "clear_secrets"
+    )]
+    pub update_secrets: Option<String>,
+
+    /// Remove secret references by env name or file path: TARGET,...
+    #[arg(long, value_name = "TARGET,...", conflicts_with = "clear_secrets")]
+    pub remove_secrets: Option<String>,
+
+    /// Remove every secret reference
+    #[arg(long)]
+    pub clear_secrets: bool,
+
     /// Entrypoint, as a comma list (empty: the image's own)
     #[arg(long, value_name = "CMD,...", allow_hyphen_values = true)]
     pub command: Option<String>,
@@ -201,6 +226,7 @@ pub struct Changes {
     pub service_account: Option<String>,
     pub egress: Option<String>,
     pub use_http2: Option<bool>,
+    pub secrets: crate::secretrefs::SecretFlags,
 }
 
 impl DeployArgs {
@@ -275,12 +301,18 @@ impl DeployArgs {
                 (_, true) => Some(false),
                 _ => None,
             },
+            secrets: crate::secretrefs::SecretFlags::parse(
+                self.set_secrets.as_deref(),
+                self.update_secrets.as_deref(),
+                self.remove_secrets.as_deref(),
+                self.clear_secrets,
+            )?,
         })
     }
 }
 
 /// Applies the flags given to a revision template, keeping every setting not mentioned.
-pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) {
+pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) -> Result<()> {
     if t.spec.containers.is_empty() {
         t.spec.containers.push(Container::default());
     }
@@ -353,21 +385,23 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) {
         }
     }
     if let Some(set) = &ch.env_set {
-        c.env = set
-            .iter()
-            .map(|(k, v)| EnvVar {
-                name: k.clone(),
-                value: v.clone(),
-            })
-            .collect();
+        // Env vars from secrets are the secret flags' to change.
+        c.env.retain(|e| e.value_from.is_some());
+        c.env.extend(set.iter().map(|(k, v)| EnvVar {
+            name: k.clone(),
+            value: v.clone(),
+            value_from: None,
+        }));
     }
-    c.env.retain(|e| !ch.env_remove.contains(&e.name));
+    c.env
+        .retain(|e| e.value_from.is_some() || !ch.env_remove.contains(&e.name));
     for (k, v) in &ch.env_update {
         match c.env.iter_mut().find(|e| e.name == *k) {
             Some(e) => e.value = v.clone(),
             None => c.env.push(EnvVar {
                 name: k.clone(),
                 value: v.clone(),
+                value_from: None,
             }),
         }
     }
@@ -377,6 +411,7 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) {
     if let Some(a) = &ch.args {
         c.args = a.clone();
     }
+    crate::secretrefs::apply(&mut t.spec.containers[0], &mut t.spec.volumes, &ch.secrets)
 }
 
 /// `--no-traffic`: the traffic the service serves now, pinned to revision names, so that the
@@ -480,7 +515,7 @@ pub fn build_service(
             svc
         }
     };
-    apply_changes(&mut svc.spec.template, ch);
+    apply_changes(&mut svc.spec.template, ch)?;
     if let Some(tag) = &args.tag {
         // The tag names the new revision, so the revision is named here rather than by the
         // server.

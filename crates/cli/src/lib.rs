@@ -22,6 +22,8 @@ mod output;
 mod registries;
 mod revisions;
 mod scheduler;
+mod secretrefs;
+mod secrets;
 mod services;
 mod traffic;
 
@@ -145,6 +147,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: builds::BuildsCommand,
     },
+    /// Secrets: values kept encrypted by the server, in Secret Manager's shape
+    Secrets {
+        #[command(subcommand)]
+        command: secrets::SecretsCommand,
+    },
     /// Usage and cost reports
     Billing {
         #[command(subcommand)]
@@ -174,6 +181,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Scheduler { command } => scheduler::run(&api, command),
         ClientCommand::Billing { command } => billing::run(&api, command),
         ClientCommand::Builds { command } => builds::run(&api, command),
+        ClientCommand::Secrets { command } => secrets::run(&api, command),
         ClientCommand::Gcloud { command } => gcloud::run(&api, global, command),
     }
 }

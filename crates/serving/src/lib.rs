@@ -39,6 +39,10 @@ pub struct ServingConfig {
     pub network: Option<Arc<skiff_network::Network>>,
     /// Where instances' output and request entries go.
     pub logs: Arc<LogSink>,
+    /// Secrets, resolved into each instance as it starts.
+    pub secrets: Arc<skiff_secrets::SecretStore>,
+    /// Host directories (canonical) that revisions and jobs may mount read-only.
+    pub host_dirs: Vec<PathBuf>,
 }
 
 /// Where a service's traffic goes, as the control plane resolved it.
@@ -84,6 +88,7 @@ pub struct Serving {
     routes: RwLock<HashMap<(String, String), Arc<Route>>>,
     pools: Mutex<HashMap<RevKey, Arc<Pool>>>,
     keys: auth::TokenKeys,
+    host_dirs: Vec<PathBuf>,
 }
 
 impl Serving {
@@ -99,12 +104,15 @@ impl Serving {
             meters: cfg.meters,
             metrics: cfg.metrics,
             network: cfg.network,
+            secrets: cfg.secrets,
         });
+        let host_dirs = cfg.host_dirs;
         let serving = Arc::new(Serving {
             ctx,
             routes: RwLock::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
             keys: auth::TokenKeys::new(&cfg.token_secret),
+            host_dirs,
         });
         let weak = Arc::downgrade(&serving);
         tokio::spawn(async move {
@@ -135,6 +143,16 @@ impl Serving {
 
     pub fn logs(&self) -> &Arc<LogSink> {
         &self.ctx.logs
+    }
+
+    /// Host directories (canonical paths) revisions and jobs may mount, with what is below.
+    pub fn host_dirs(&self) -> &[PathBuf] {
+        &self.host_dirs
+    }
+
+    /// The secret store instances resolve their secret references from.
+    pub fn secrets(&self) -> &skiff_secrets::SecretStore {
+        &self.ctx.secrets
     }
 
     fn all_pools(&self) -> Vec<Arc<Pool>> {

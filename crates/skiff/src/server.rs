@@ -66,6 +66,10 @@ pub struct ServerArgs {
     /// gcr.io/distroless/static-debian12, busybox:stable].
     #[arg(long, value_name = "LANG=REF", value_parser = parse_base_image)]
     build_base_image: Vec<(String, String)>,
+    /// Host directories services and jobs may mount read-only (as `nfs` volumes with
+    /// `server: localhost`), each with what is below it [default: none].
+    #[arg(long, value_name = "PATH,...", value_delimiter = ',')]
+    allow_host_dir: Vec<std::path::PathBuf>,
 }
 
 fn parse_cpu(s: &str) -> Result<u64, String> {
@@ -198,6 +202,22 @@ async fn serve(
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;
     let store = Arc::new(skiff_store::Store::open(&data_dir.join("skiff.db"))?);
     let images = Arc::new(skiff_image::ImageStore::open(&data_dir.join("images"))?);
+    let secrets = Arc::new(skiff_secrets::SecretStore::open(&data_dir)?);
+    let mut host_dirs = Vec::new();
+    for d in &args.allow_host_dir {
+        let c = std::fs::canonicalize(d).with_context(|| {
+            format!(
+                "invalid --allow-host-dir {}: give an existing directory",
+                d.display()
+            )
+        })?;
+        anyhow::ensure!(
+            c.is_dir(),
+            "invalid --allow-host-dir {}: not a directory",
+            d.display()
+        );
+        host_dirs.push(c);
+    }
     // Instances a killed server left metering end at their last checkpoint.
     let closed = store.close_open_usage()?;
     if closed > 0 {
@@ -242,6 +262,8 @@ async fn serve(
         shim_exe: std::env::current_exe().context("cannot find the skiff executable")?,
         scale_to_zero_after: args.scale_to_zero_after,
         token_secret: signing_key.into_bytes(),
+        secrets: secrets.clone(),
+        host_dirs,
     });
     let platform = match &network {
         Some(net) => {
@@ -263,6 +285,7 @@ async fn serve(
             logs: serving.logs().clone(),
             meters: meters.clone(),
             network: network.clone(),
+            secrets,
         },
         store.clone(),
         images.clone(),
