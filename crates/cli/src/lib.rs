@@ -18,6 +18,7 @@ mod instances;
 mod jobs;
 mod logs;
 mod output;
+mod pubsub;
 mod registries;
 mod revisions;
 mod scheduler;
@@ -149,6 +150,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: gcloud::GcloudCommand,
     },
+    /// Pub/Sub topics and subscriptions (gcloud pubsub's shape)
+    Pubsub {
+        #[command(subcommand)]
+        command: pubsub::PubsubCommand,
+    },
 }
 
 /// Runs one client command against the API `global` names.
@@ -168,6 +174,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Scheduler { command } => scheduler::run(&api, command),
         ClientCommand::Billing { command } => billing::run(&api, command),
         ClientCommand::Gcloud { command } => gcloud::run(&api, global, command),
+        ClientCommand::Pubsub { command } => pubsub::run(&api, command),
     }
 }
 

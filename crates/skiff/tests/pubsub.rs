@@ -1,0 +1,512 @@
+//! Pub/Sub end to end: the `skiff pubsub` CLI, Google's Python client
+//! (`google-cloud-pubsub`) with `PUBSUB_EMULATOR_HOST` pointing at Skiff and, when it is
+//! installed, at Google's own emulator with the same script, and durability across `kill -9`.
+
+use serde_json::{json, Value};
+use skiff_testkit::TestServer;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff");
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pubsub/client.py");
+
+fn server() -> TestServer {
+    TestServer::start(Path::new(BIN), &["--no-instance-network"])
+}
+
+/// The Python with `google-cloud-pubsub` that `.ci/run` installs (`SKIFF_PUBSUB_PYTHON`, else
+/// `/opt/skiff-ci-venv/bin/python`).
+fn python() -> PathBuf {
+    let p = std::env::var_os("SKIFF_PUBSUB_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/skiff-ci-venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing: run .ci/run (it makes a venv with google-cloud-pubsub) or set SKIFF_PUBSUB_PYTHON",
+        p.display()
+    );
+    p
+}
+
+fn run_client(host: &str, project: &str) -> (bool, String) {
+    let out = Command::new(python())
+        .arg(CLIENT)
+        .arg(project)
+        .env("PUBSUB_EMULATOR_HOST", host)
+        .env("PYTHONUNBUFFERED", "1")
+        .output()
+        .expect("run the Python client");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && text.contains("ok"), text)
+}
+
+#[test]
+fn python_client_against_skiff() {
+    let s = server();
+    let (ok, text) = run_client(&format!("127.0.0.1:{}", s.pubsub), "demo");
+    assert!(ok, "{text}\nserver log:\n{}", s.log());
+}
+
+/// Google's emulator, killed with its process group on drop.
+struct Emulator(std::process::Child);
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn python_client_against_the_official_emulator() {
+    let Ok(gcloud) = which("gcloud") else {
+        eprintln!("gcloud is not installed: the emulator comparison does not run");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(gcloud)
+        .args(["beta", "emulators", "pubsub", "start"])
+        .arg(format!("--host-port=127.0.0.1:{port}"))
+        .arg(format!("--data-dir={}", data.path().display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start the emulator");
+    let _emulator = Emulator(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the emulator did not listen");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, text) = run_client(&format!("127.0.0.1:{port}"), "demo");
+    assert!(ok, "the same script against Google's emulator:\n{text}");
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.exists())
+        })
+        .ok_or(())
+}
+
+#[test]
+fn cli_topics_subscriptions_pull_ack_seek() {
+    let s = server();
+    assert!(s
+        .ok(&["pubsub", "topics", "create", "events"])
+        .contains("Created topic [projects/default/topics/events]"));
+    let e = s.fails(&["pubsub", "topics", "create", "events"]);
+    assert!(e.contains("error: ") && e.contains("already exists"), "{e}");
+    let e = s.fails(&["pubsub", "topics", "create", "9bad"]);
+    assert!(e.contains("must start with a letter"), "{e}");
+    s.ok(&["pubsub", "topics", "create", "dead"]);
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "worker",
+        "--topic",
+        "events",
+        "--ack-deadline",
+        "30",
+        "--dead-letter-topic",
+        "dead",
+        "--max-delivery-attempts",
+        "5",
+        "--min-retry-delay",
+        "1s",
+        "--max-retry-delay",
+        "2s",
+        "--retain-acked-messages",
+    ]);
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "red-only",
+        "--topic",
+        "events",
+        "--message-filter",
+        "attributes.color = \"red\"",
+    ]);
+    let e = s.fails(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "x-bad",
+        "--topic",
+        "events",
+        "--ack-deadline",
+        "5",
+    ]);
+    assert!(e.contains("10 to 600"), "{e}");
+    let e = s.fails(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "x-bad",
+        "--topic",
+        "events",
+        "--message-filter",
+        "attributes.a = 1",
+    ]);
+    assert!(e.contains("Invalid filter"), "{e}");
+    let e = s.fails(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "x-bad",
+        "--topic",
+        "nope",
+    ]);
+    assert!(e.contains("Resource not found (resource=nope)"), "{e}");
+    let listed = s.ok(&["pubsub", "subscriptions", "list", "--format", "json"]);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let d: Value = serde_json::from_str(&s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "describe",
+        "worker",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(d["ackDeadlineSeconds"], 30);
+    assert_eq!(d["deadLetterPolicy"]["maxDeliveryAttempts"], 5);
+    assert_eq!(d["retryPolicy"]["minimumBackoff"], "1s");
+    assert_eq!(d["messageRetentionDuration"], "604800s");
+
+    s.ok(&[
+        "pubsub",
+        "topics",
+        "publish",
+        "events",
+        "--message",
+        "hello",
+        "--attribute",
+        "color=red,size=2",
+        "--ordering-key",
+        "k1",
+    ]);
+    s.ok(&[
+        "pubsub",
+        "topics",
+        "publish",
+        "events",
+        "--message",
+        "blue one",
+        "--attribute",
+        "color=blue",
+    ]);
+    // The filter let only the red message into red-only.
+    let red: Value = serde_json::from_str(&s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "pull",
+        "red-only",
+        "--limit",
+        "10",
+        "--auto-ack",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let red = red.as_array().unwrap();
+    assert_eq!(red.len(), 1, "{red:?}");
+    assert_eq!(red[0]["message"]["attributes"]["color"], "red");
+    assert_eq!(red[0]["message"]["orderingKey"], "k1");
+
+    let got: Value = serde_json::from_str(&s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "pull",
+        "worker",
+        "--limit",
+        "10",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let got = got.as_array().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    // With a dead-letter policy, deliveryAttempt counts.
+    assert!(got.iter().all(|r| r["deliveryAttempt"] == 1), "{got:?}");
+    let ack_ids: Vec<&str> = got.iter().map(|r| r["ackId"].as_str().unwrap()).collect();
+    assert!(s
+        .ok(&[
+            "pubsub",
+            "subscriptions",
+            "ack",
+            "worker",
+            "--ack-ids",
+            &ack_ids.join(",")
+        ])
+        .contains("Acknowledged 2"));
+    let none = s.ok(&["pubsub", "subscriptions", "pull", "worker", "--limit", "10"]);
+    assert!(none.contains("Listed 0 items."), "{none}");
+    // Seek back to the beginning: retained acked messages come again.
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "seek",
+        "worker",
+        "--time",
+        "2000-01-01T00:00:00Z",
+    ]);
+    let again: Value = serde_json::from_str(&s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "pull",
+        "worker",
+        "--limit",
+        "10",
+        "--auto-ack",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(again.as_array().unwrap().len(), 2, "{again}");
+    let e = s.fails(&[
+        "pubsub",
+        "subscriptions",
+        "seek",
+        "worker",
+        "--time",
+        "yesterday",
+    ]);
+    assert!(e.contains("invalid --time"), "{e}");
+
+    // Deleting a topic detaches its subscriptions.
+    s.ok(&["pubsub", "topics", "delete", "events"]);
+    let d: Value = serde_json::from_str(&s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "describe",
+        "worker",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(d["topic"], "_deleted-topic_");
+    s.ok(&["pubsub", "subscriptions", "delete", "worker"]);
+    let e = s.fails(&["pubsub", "subscriptions", "describe", "worker"]);
+    assert!(e.contains("Resource not found (resource=worker)"), "{e}");
+
+    // The same REST API on the control listener needs the admin token; on the Pub/Sub
+    // listener a loopback caller needs none.
+    let (code, _) = s.api("GET", "/v1/projects/default/topics", None);
+    assert_eq!(code, 200);
+    let anon = reqwest::blocking::get(format!(
+        "http://127.0.0.1:{}/v1/projects/default/topics",
+        s.api
+    ))
+    .unwrap();
+    assert_eq!(anon.status().as_u16(), 401);
+    let loopback = reqwest::blocking::get(format!(
+        "http://127.0.0.1:{}/v1/projects/default/topics",
+        s.pubsub
+    ))
+    .unwrap();
+    assert_eq!(loopback.status().as_u16(), 200);
+    let body: Value = loopback.json().unwrap();
+    assert_eq!(body["topics"].as_array().unwrap().len(), 1, "{body}");
+}
+
+fn rest(port: u16) -> (reqwest::blocking::Client, String) {
+    (
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+        format!("http://127.0.0.1:{port}/v1/projects/p"),
+    )
+}
+
+fn post(c: &reqwest::blocking::Client, url: &str, body: Value) -> Result<Value, String> {
+    let r = c.post(url).json(&body).send().map_err(|e| e.to_string())?;
+    let ok = r.status().is_success();
+    let v: Value = r.json().map_err(|e| e.to_string())?;
+    if ok {
+        Ok(v)
+    } else {
+        Err(v.to_string())
+    }
+}
+
+/// Publishes a burst from several threads, acknowledges part of what it pulls, and `kill -9`s
+/// the server in the middle. After a restart: every publish that was answered is stored, every
+/// message not acknowledged is delivered again, and no acknowledged one is.
+#[test]
+fn kill9_loses_no_acknowledged_publish_and_redelivers_every_unacked_message() {
+    let mut s = server();
+    let (c, base) = rest(s.pubsub);
+    c.put(format!("{base}/topics/burst"))
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    c.put(format!("{base}/subscriptions/all"))
+        .json(&json!({"topic": "projects/p/topics/burst", "ackDeadlineSeconds": 600}))
+        .send()
+        .unwrap();
+    let published: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // Acks sent when the server died: committed or not, either outcome is allowed.
+    let unanswered: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let (published, stop, base) = (published.clone(), stop.clone(), base.clone());
+        threads.push(std::thread::spawn(move || {
+            let c = reqwest::blocking::Client::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let msgs: Vec<Value> = (0..10)
+                    .map(|i| json!({"data": "eA==", "attributes": {"t": t.to_string(), "i": (n * 10 + i).to_string()}}))
+                    .collect();
+                match post(&c, &format!("{base}/topics/burst:publish"), json!({"messages": msgs})) {
+                    Ok(v) => {
+                        let mut p = published.lock().unwrap();
+                        for id in v["messageIds"].as_array().unwrap() {
+                            p.insert(id.as_str().unwrap().to_string());
+                        }
+                    }
+                    Err(_) => return,
+                }
+                n += 1;
+            }
+        }));
+    }
+    // An acker: pulls and acknowledges every other message while the burst runs.
+    let acker = {
+        let (acked, unanswered, stop, base) = (
+            acked.clone(),
+            unanswered.clone(),
+            stop.clone(),
+            base.clone(),
+        );
+        std::thread::spawn(move || {
+            let c = reqwest::blocking::Client::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(v) = post(
+                    &c,
+                    &format!("{base}/subscriptions/all:pull"),
+                    json!({"maxMessages": 50, "returnImmediately": true}),
+                ) else {
+                    return;
+                };
+                let got = v["receivedMessages"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let half: Vec<&Value> = got.iter().step_by(2).collect();
+                if half.is_empty() {
+                    continue;
+                }
+                let ids: Vec<&str> = half.iter().map(|r| r["ackId"].as_str().unwrap()).collect();
+                if post(
+                    &c,
+                    &format!("{base}/subscriptions/all:acknowledge"),
+                    json!({"ackIds": ids}),
+                )
+                .is_ok()
+                {
+                    let mut a = acked.lock().unwrap();
+                    for r in half {
+                        a.insert(r["message"]["messageId"].as_str().unwrap().to_string());
+                    }
+                } else {
+                    let mut u = unanswered.lock().unwrap();
+                    for r in half {
+                        u.insert(r["message"]["messageId"].as_str().unwrap().to_string());
+                    }
+                    return;
+                }
+            }
+        })
+    };
+    // Kill once the burst is well under way.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while published.lock().unwrap().len() < 2000 || acked.lock().unwrap().len() < 200 {
+        assert!(Instant::now() < deadline, "the burst did not get going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    acker.join().unwrap();
+    s.restart();
+    let published = published.lock().unwrap().clone();
+    let acked = acked.lock().unwrap().clone();
+    let unanswered = unanswered.lock().unwrap().clone();
+    // Everything after the restart, acknowledged as it comes.
+    let mut redelivered: HashSet<String> = HashSet::new();
+    let (c, base) = rest(s.pubsub);
+    loop {
+        let v = post(
+            &c,
+            &format!("{base}/subscriptions/all:pull"),
+            json!({"maxMessages": 1000, "returnImmediately": true}),
+        )
+        .unwrap();
+        let got = v["receivedMessages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if got.is_empty() {
+            break;
+        }
+        let ids: Vec<&str> = got.iter().map(|r| r["ackId"].as_str().unwrap()).collect();
+        post(
+            &c,
+            &format!("{base}/subscriptions/all:acknowledge"),
+            json!({"ackIds": ids}),
+        )
+        .unwrap();
+        for r in &got {
+            redelivered.insert(r["message"]["messageId"].as_str().unwrap().to_string());
+        }
+    }
+    let again: Vec<&String> = acked.intersection(&redelivered).collect();
+    assert!(
+        again.is_empty(),
+        "{} acknowledged message(s) came again",
+        again.len()
+    );
+    let lost: Vec<&String> = published
+        .difference(&acked)
+        .filter(|id| !redelivered.contains(*id) && !unanswered.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered publishes were neither acknowledged before the kill nor delivered after it",
+        lost.len(),
+        published.len()
+    );
+    eprintln!(
+        "kill -9: {} publishes answered, {} acknowledged before the kill, {} delivered after the restart",
+        published.len(),
+        acked.len(),
+        redelivered.len()
+    );
+}
