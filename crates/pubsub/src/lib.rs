@@ -17,6 +17,7 @@ pub mod filter;
 pub mod grpc;
 pub mod listener;
 pub mod names;
+pub mod push;
 pub mod rest;
 mod store;
 

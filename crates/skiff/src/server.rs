@@ -300,6 +300,15 @@ async fn serve(
         wait_stop(stop_rx.clone()),
         Duration::from_secs(30),
     ));
+    pubsub.set_pusher(skiff_pubsub::push::starter(
+        skiff_pubsub::push::PushSettings {
+            ingress_port,
+            mint: {
+                let serving = serving.clone();
+                Arc::new(move |account: &str, aud: &str| serving.mint_token_for(account, Some(aud)))
+            },
+        },
+    ));
     let pubsub_task = tokio::spawn({
         let serving = serving.clone();
         let check: skiff_pubsub::listener::TokenCheck = Arc::new(move |t: &str| {

@@ -510,3 +510,223 @@ fn kill9_loses_no_acknowledged_publish_and_redelivers_every_unacked_message() {
         redelivered.len()
     );
 }
+
+/// One request a push endpoint got: when, its `Authorization` header and its JSON body.
+struct Pushed {
+    at: Instant,
+    authorization: String,
+    body: Value,
+}
+
+/// A push endpoint on loopback answering each request with the next status of `script` (the
+/// last one repeats), recording what came.
+struct Endpoint {
+    port: u16,
+    got: Arc<Mutex<Vec<Pushed>>>,
+}
+
+impl Endpoint {
+    fn start(script: &'static [u16]) -> Endpoint {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got: Arc<Mutex<Vec<Pushed>>> = Arc::default();
+        let rec = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let (mut len, mut auth) = (0usize, String::new());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let l = line.trim_end();
+                    if l.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = l.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap_or(0);
+                        } else if k.eq_ignore_ascii_case("authorization") {
+                            auth = v.trim().to_string();
+                        }
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let n = {
+                    let mut g = rec.lock().unwrap();
+                    g.push(Pushed {
+                        at: Instant::now(),
+                        authorization: auth,
+                        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    });
+                    g.len()
+                };
+                let status = script[(n - 1).min(script.len() - 1)];
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Endpoint { port, got }
+    }
+
+    fn wait_for(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.got.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the endpoint got {} push(es), not {n}",
+                self.got.lock().unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The claims of a JWT, unverified.
+fn claims(bearer: &str) -> Value {
+    use base64::Engine;
+    let token = bearer.strip_prefix("Bearer ").unwrap_or_default();
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+#[test]
+fn push_retries_with_growing_backoff_until_the_endpoint_acknowledges() {
+    let s = server();
+    let ep = Endpoint::start(&[500, 500, 200]);
+    let url = format!("http://127.0.0.1:{}/push", ep.port);
+    s.ok(&["pubsub", "topics", "create", "jobs"]);
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "to-endpoint",
+        "--topic",
+        "jobs",
+        "--push-endpoint",
+        &url,
+        "--push-auth-service-account",
+        "pusher@demo.iam.gserviceaccount.com",
+        "--min-retry-delay",
+        "1s",
+        "--max-retry-delay",
+        "60s",
+    ]);
+    s.ok(&[
+        "pubsub",
+        "topics",
+        "publish",
+        "jobs",
+        "--message",
+        "work",
+        "--attribute",
+        "k=v",
+    ]);
+    ep.wait_for(3);
+    let got = ep.got.lock().unwrap();
+    // The same message three times; backoff 1 s after the first failure, 2 s after the second.
+    let ids: Vec<&Value> = got
+        .iter()
+        .map(|p| &p.body["message"]["messageId"])
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let gap1 = got[1].at - got[0].at;
+    let gap2 = got[2].at - got[1].at;
+    assert!(gap1 >= Duration::from_secs(1), "first retry after {gap1:?}");
+    assert!(
+        gap2 >= Duration::from_secs(2),
+        "second retry after {gap2:?}"
+    );
+    let b = &got[0].body;
+    assert_eq!(
+        b["subscription"],
+        "projects/default/subscriptions/to-endpoint"
+    );
+    assert_eq!(b["message"]["data"], "d29yaw==");
+    assert_eq!(b["message"]["attributes"]["k"], "v");
+    assert_eq!(b["message"]["message_id"], b["message"]["messageId"]);
+    assert!(
+        b["message"]["publishTime"].as_str().unwrap().ends_with('Z'),
+        "{b}"
+    );
+    assert!(b.get("deliveryAttempt").is_none(), "{b}");
+    // An identity token for the push service account, for the endpoint.
+    let c = claims(&got[0].authorization);
+    assert_eq!(c["sub"], "pusher@demo.iam.gserviceaccount.com", "{c}");
+    assert_eq!(c["aud"], url.as_str(), "{c}");
+}
+
+#[test]
+fn push_failures_go_to_the_dead_letter_topic_after_max_delivery_attempts() {
+    let s = server();
+    let ep = Endpoint::start(&[503]);
+    let url = format!("http://127.0.0.1:{}/", ep.port);
+    s.ok(&["pubsub", "topics", "create", "work"]);
+    s.ok(&["pubsub", "topics", "create", "work-dead"]);
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "dead-reader",
+        "--topic",
+        "work-dead",
+    ]);
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "failing",
+        "--topic",
+        "work",
+        "--push-endpoint",
+        &url,
+        "--dead-letter-topic",
+        "work-dead",
+        "--max-delivery-attempts",
+        "5",
+        "--min-retry-delay",
+        "0s",
+        "--max-retry-delay",
+        "0s",
+    ]);
+    s.ok(&["pubsub", "topics", "publish", "work", "--message", "doomed"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let dead = loop {
+        let v: Value = serde_json::from_str(&s.ok(&[
+            "pubsub",
+            "subscriptions",
+            "pull",
+            "dead-reader",
+            "--auto-ack",
+            "--format",
+            "json",
+        ]))
+        .unwrap();
+        if let Some(m) = v.as_array().and_then(|a| a.first()).cloned() {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing reached the dead-letter topic"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(dead["message"]["data"], "ZG9vbWVk");
+    let got = ep.got.lock().unwrap();
+    let attempts: Vec<i64> = got
+        .iter()
+        .map(|p| p.body["deliveryAttempt"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(attempts, [1, 2, 3, 4, 5]);
+}
