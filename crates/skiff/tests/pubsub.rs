@@ -730,3 +730,75 @@ fn push_failures_go_to_the_dead_letter_topic_after_max_delivery_attempts() {
         .collect();
     assert_eq!(attempts, [1, 2, 3, 4, 5]);
 }
+
+#[test]
+fn push_reaches_a_private_service_through_the_ingress_with_an_identity_token() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &["--no-instance-network"]);
+    let account = "pusher@default.iam.gserviceaccount.com";
+    s.ok(&["deploy", "sink", "--image", "web", "--max-instances", "1"]);
+    s.ok(&[
+        "services",
+        "add-iam-policy-binding",
+        "sink",
+        "--member",
+        &format!("serviceAccount:{account}"),
+        "--role",
+        "roles/run.invoker",
+    ]);
+    // The CGI script appends each pushed body to a file in the instance.
+    let endpoint = format!(
+        "http://sink.localhost:{}/cgi-bin/sh?cat%3E%3E%2Ftmp%2Fgot%3Becho",
+        s.ingress
+    );
+    s.ok(&["pubsub", "topics", "create", "inbox"]);
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "to-sink",
+        "--topic",
+        "inbox",
+        "--push-endpoint",
+        &endpoint,
+        "--push-auth-service-account",
+        account,
+    ]);
+    s.ok(&[
+        "pubsub",
+        "topics",
+        "publish",
+        "inbox",
+        "--message",
+        "for the sink",
+        "--attribute",
+        "a=1",
+    ]);
+    let token = s.ok(&["auth", "print-identity-token"]).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let (code, body) = s.get(
+            "sink.localhost",
+            "/cgi-bin/sh?cat%20%2Ftmp%2Fgot",
+            Some(&token),
+        );
+        if code == 200 && body.contains("messageId") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink got no push: {code} {body}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let envelope: Value = serde_json::from_str(got.trim()).expect("one envelope");
+    assert_eq!(
+        envelope["subscription"],
+        "projects/default/subscriptions/to-sink"
+    );
+    assert_eq!(envelope["message"]["data"], "Zm9yIHRoZSBzaW5r");
+    assert_eq!(envelope["message"]["attributes"]["a"], "1");
+    // Without a token, the private service refuses (so the push above carried a valid one).
+    let (code, _) = s.get("sink.localhost", "/", None);
+    assert_eq!(code, 401);
+}
