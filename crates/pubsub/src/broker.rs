@@ -133,6 +133,8 @@ pub struct Broker {
     pusher: Mutex<Option<PushStarter>>,
     /// Publish requests per topic (`pubsub_topic_send_request_count`).
     sent: Mutex<HashMap<String, u64>>,
+    /// Push requests per (subscription, response class).
+    pushed: Mutex<HashMap<(String, &'static str), u64>>,
 }
 
 impl Broker {
@@ -190,6 +192,7 @@ impl Broker {
             reader: Mutex::new(reader),
             pusher: Mutex::new(None),
             sent: Mutex::new(HashMap::new()),
+            pushed: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&broker);
         std::thread::Builder::new()
@@ -1201,6 +1204,21 @@ impl Broker {
                     .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
             })
             .collect()
+    }
+
+    /// Counts a push request's result (`ack`, `remote_server_4xx`, ...).
+    pub fn record_push(&self, sub: &str, class: &'static str) {
+        *self
+            .pushed
+            .lock()
+            .unwrap()
+            .entry((sub.to_string(), class))
+            .or_default() += 1;
+    }
+
+    /// Push requests per (subscription, response class) since start.
+    pub fn push_counts(&self) -> HashMap<(String, &'static str), u64> {
+        self.pushed.lock().unwrap().clone()
     }
 
     /// Publish requests per topic since start.

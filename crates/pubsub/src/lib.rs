@@ -16,6 +16,7 @@ pub mod error;
 pub mod filter;
 pub mod grpc;
 pub mod listener;
+pub mod metrics;
 pub mod names;
 pub mod push;
 pub mod rest;

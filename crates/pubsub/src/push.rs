@@ -139,7 +139,9 @@ async fn push_loop(broker: Arc<Broker>, sub: &str, http: reqwest::Client, settin
                         let (window, inflight, done) =
                             (window.clone(), inflight.clone(), done.clone());
                         tokio::spawn(async move {
-                            let ok = push_one(&http, &settings, &cfg, &pc, &r).await;
+                            let class = push_one(&http, &settings, &cfg, &pc, &r).await;
+                            broker.record_push(&cfg.name, class);
+                            let ok = class == "ack";
                             let sub = &cfg.name;
                             let result = if ok {
                                 broker
@@ -170,16 +172,29 @@ async fn push_loop(broker: Arc<Broker>, sub: &str, http: reqwest::Client, settin
     }
 }
 
-/// One POST of one message; whether it was acknowledged.
+/// The `response_class` of a push result, as Cloud Monitoring names them.
+pub fn response_class(status: u16) -> &'static str {
+    if acknowledges(status) {
+        "ack"
+    } else if (400..500).contains(&status) {
+        "remote_server_4xx"
+    } else if status >= 500 {
+        "remote_server_5xx"
+    } else {
+        "invalid"
+    }
+}
+
+/// One POST of one message; its response class (`ack` when acknowledged).
 async fn push_one(
     http: &reqwest::Client,
     settings: &PushSettings,
     cfg: &Subscription,
     pc: &crate::proto::PushConfig,
     r: &ReceivedMessage,
-) -> bool {
+) -> &'static str {
     let Ok(url) = reqwest::Url::parse(&pc.push_endpoint) else {
-        return false;
+        return "invalid";
     };
     let host = url.host_str().unwrap_or_default().to_string();
     let local = host == "localhost" || host.ends_with(".localhost");
@@ -204,10 +219,14 @@ async fn push_one(
         req = req.bearer_auth((settings.mint)(&o.service_account_email, aud));
     }
     match req.send().await {
-        Ok(resp) => acknowledges(resp.status().as_u16()),
+        Ok(resp) => response_class(resp.status().as_u16()),
         Err(e) => {
             tracing::debug!("push to {}: {e}", pc.push_endpoint);
-            false
+            if e.is_timeout() {
+                "deadline_exceeded"
+            } else {
+                "unreachable"
+            }
         }
     }
 }
@@ -237,6 +256,10 @@ mod tests {
         for c in [203, 301, 400, 429, 500, 503] {
             assert!(!acknowledges(c), "{c}");
         }
+        assert_eq!(response_class(204), "ack");
+        assert_eq!(response_class(403), "remote_server_4xx");
+        assert_eq!(response_class(503), "remote_server_5xx");
+        assert_eq!(response_class(302), "invalid");
     }
 
     #[test]

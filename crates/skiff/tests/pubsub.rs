@@ -217,6 +217,19 @@ fn cli_topics_subscriptions_pull_ack_seek() {
         "--attribute",
         "color=blue",
     ]);
+    // Backlogs and publish requests in /metrics, named after Cloud Monitoring's metrics.
+    let (_, metrics) = s.api("GET", "/metrics", None);
+    for line in [
+        r#"pubsub_subscription_num_undelivered_messages{project_id="default",subscription_id="worker"} 2"#,
+        r#"pubsub_subscription_num_undelivered_messages{project_id="default",subscription_id="red-only"} 1"#,
+        r#"pubsub_topic_send_request_count{project_id="default",topic_id="events"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(r#"pubsub_subscription_oldest_unacked_message_age{project_id="default",subscription_id="worker"}"#),
+        "{metrics}"
+    );
     // The filter let only the red message into red-only.
     let red: Value = serde_json::from_str(&s.ok(&[
         "pubsub",
@@ -665,6 +678,17 @@ fn push_retries_with_growing_backoff_until_the_endpoint_acknowledges() {
     let c = claims(&got[0].authorization);
     assert_eq!(c["sub"], "pusher@demo.iam.gserviceaccount.com", "{c}");
     assert_eq!(c["aud"], url.as_str(), "{c}");
+    drop(got);
+    // Push results by response class in /metrics.
+    let want = [
+        r#"pubsub_subscription_push_request_count{project_id="default",response_class="remote_server_5xx",subscription_id="to-endpoint"} 2"#,
+        r#"pubsub_subscription_push_request_count{project_id="default",response_class="ack",subscription_id="to-endpoint"} 1"#,
+        r#"pubsub_subscription_num_undelivered_messages{project_id="default",subscription_id="to-endpoint"} 0"#,
+    ];
+    s.wait_for("push results in /metrics", 60, || {
+        let (_, m) = s.api("GET", "/metrics", None);
+        want.iter().all(|l| m.contains(l))
+    });
 }
 
 #[test]
