@@ -1277,15 +1277,23 @@ fn check_topic_retention(t: &Topic) -> Result<()> {
     }
 }
 
+/// Push backoff of a push subscription without a retry policy, as Pub/Sub's: exponential from
+/// 100 ms to 60 s, in ms.
+const PUSH_BACKOFF_MS: (i64, i64) = (100, 60_000);
+
 /// The delivery policy a subscription's settings give.
 fn policy_of(s: &Subscription) -> Policy {
     Policy {
-        backoff: s.retry_policy.as_ref().map(|r| {
-            (
-                dur_ms(&r.minimum_backoff).unwrap_or(MIN_BACKOFF_DEFAULT_S * 1000),
-                dur_ms(&r.maximum_backoff).unwrap_or(MAX_BACKOFF_DEFAULT_S * 1000),
-            )
-        }),
+        backoff: s
+            .retry_policy
+            .as_ref()
+            .map(|r| {
+                (
+                    dur_ms(&r.minimum_backoff).unwrap_or(MIN_BACKOFF_DEFAULT_S * 1000),
+                    dur_ms(&r.maximum_backoff).unwrap_or(MAX_BACKOFF_DEFAULT_S * 1000),
+                )
+            })
+            .or(is_push(s).then_some(PUSH_BACKOFF_MS)),
         max_attempts: s
             .dead_letter_policy
             .as_ref()
