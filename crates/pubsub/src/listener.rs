@@ -86,3 +86,44 @@ pub async fn serve(
     .with_graceful_shutdown(stop)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This host's address on its default route (no packet is sent), as another host would
+    /// reach it.
+    fn outside_address() -> std::net::IpAddr {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect("192.0.2.1:9").expect("a default route");
+        let ip = s.local_addr().unwrap().ip();
+        assert!(!ip.is_loopback(), "{ip}");
+        ip
+    }
+
+    #[tokio::test]
+    async fn loopback_needs_no_credentials_other_callers_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let check: TokenCheck = Arc::new(|t: &str| t == "good");
+        let server = tokio::spawn(serve(listener, broker, check, std::future::pending()));
+        let http = reqwest::Client::new();
+        let get = |host: String, token: Option<&'static str>| {
+            let mut req = http.get(format!("http://{host}:{port}/v1/projects/p/topics"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            async move { req.send().await.unwrap().status().as_u16() }
+        };
+        let outside = outside_address().to_string();
+        assert_eq!(get("127.0.0.1".into(), None).await, 200);
+        assert_eq!(get(outside.clone(), None).await, 401);
+        assert_eq!(get(outside.clone(), Some("bad")).await, 401);
+        assert_eq!(get(outside.clone(), Some("good")).await, 200);
+        // A wrong token is refused from loopback too.
+        assert_eq!(get("127.0.0.1".into(), Some("bad")).await, 401);
+        server.abort();
+    }
+}

@@ -167,6 +167,21 @@ mod tests {
     }
 
     #[test]
+    fn subjects() {
+        let keys = TokenKeys::new(b"secret-one");
+        let other = TokenKeys::new(b"secret-two");
+        let t = keys.mint("admin", Some("http://x.localhost/"));
+        assert_eq!(keys.subject_of(&t).as_deref(), Some("admin"));
+        assert_eq!(other.subject_of(&t), None);
+        assert_eq!(keys.subject_of("not-a-token"), None);
+        let sa = keys.mint("sa@p.iam.gserviceaccount.com", None);
+        assert_eq!(
+            keys.subject_of(&sa).as_deref(),
+            Some("sa@p.iam.gserviceaccount.com")
+        );
+    }
+
+    #[test]
     fn audience_hosts() {
         assert_eq!(audience_host("http://a.localhost:8080/x"), "a.localhost");
         assert_eq!(audience_host("https://A.localhost"), "a.localhost");
