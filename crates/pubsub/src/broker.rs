@@ -1227,7 +1227,7 @@ impl Broker {
     }
 
     /// The writer's commit for a batch of publishes: fans the committed messages out in memory.
-    fn fan_out(&self, topic: &str, msgs: Vec<Arc<Message>>, subs: &[String]) {
+    fn fan_out(&self, msgs: Vec<Arc<Message>>, subs: &[String]) {
         let mut st = self.state.lock().unwrap();
         for name in subs {
             if let Some(s) = st.subs.get_mut(name) {
@@ -1239,7 +1239,6 @@ impl Broker {
                 s.notify.notify_waiters();
             }
         }
-        let _ = topic;
     }
 
     /// Subscriptions attached to `topic` with their filters (what a publish fans out to).
@@ -1351,7 +1350,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, broker: std::sync::
         let Some(b) = broker.upgrade() else { return };
         let now = now_ms();
         // Per publish: the committed messages and the subscriptions they go to.
-        let mut published: Vec<(String, Vec<Arc<Message>>, Vec<String>)> = Vec::new();
+        let mut published: Vec<(Vec<Arc<Message>>, Vec<String>)> = Vec::new();
         let mut replies: Vec<Box<dyn FnOnce(Result<()>) + Send>> = Vec::new();
         let result = (|| -> Result<()> {
             let mut tx =
@@ -1385,11 +1384,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, broker: std::sync::
                                 publish_ms: now,
                             }));
                         }
-                        published.push((
-                            topic,
-                            stored,
-                            targets.into_iter().map(|(s, _)| s).collect(),
-                        ));
+                        published.push((stored, targets.into_iter().map(|(s, _)| s).collect()));
                         replies.push(Box::new(move |r| {
                             let _ = reply.send(r.map(|_| ids));
                         }));
@@ -1423,8 +1418,8 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, broker: std::sync::
         })();
         match result {
             Ok(()) => {
-                for (topic, msgs, subs) in published {
-                    b.fan_out(&topic, msgs, &subs);
+                for (msgs, subs) in published {
+                    b.fan_out(msgs, &subs);
                 }
                 for r in replies {
                     r(Ok(()));

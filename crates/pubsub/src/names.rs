@@ -46,7 +46,7 @@ pub fn check(kind: Kind, name: &str) -> Result<()> {
             kind.collection()
         )));
     }
-    check_id(kind, parts[3]).map_err(|why| {
+    check_id(parts[3]).map_err(|why| {
         PubsubError::invalid(format!(
             "Invalid resource name given (name={name}): the {} id {why}",
             kind.noun()
@@ -55,7 +55,7 @@ pub fn check(kind: Kind, name: &str) -> Result<()> {
 }
 
 /// The rule for the last segment; `Err` says what is wrong with it.
-fn check_id(_kind: Kind, id: &str) -> std::result::Result<(), String> {
+fn check_id(id: &str) -> std::result::Result<(), String> {
     let len = id.chars().count();
     if !(3..=255).contains(&len) {
         return Err(format!("must be 3 to 255 characters long, not {len}"));
