@@ -37,6 +37,8 @@ pub struct ApiState {
     pub prices: skiff_metering::Prices,
     /// Source builds (`/skiff/v1/namespaces/NS/builds`).
     pub builds: Arc<skiff_build::Builds>,
+    /// The Pub/Sub broker, whose REST API is also served here behind the admin token.
+    pub pubsub: Arc<skiff_pubsub::Broker>,
 }
 
 impl ApiState {
@@ -49,6 +51,11 @@ impl ApiState {
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `given` is the admin token, compared in constant time.
+pub fn same_token(given: &str, admin: &str) -> bool {
+    same(given.as_bytes(), admin.as_bytes())
 }
 
 async fn require_admin(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
@@ -97,7 +104,10 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
             state.clone(),
             require_admin,
         ))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(skiff_pubsub::rest::router(state.pubsub.clone()).layer(
+            axum::middleware::from_fn_with_state(state.clone(), require_admin),
+        ));
     // The OCI distribution API (`/v2/`) does its own auth (the admin token as a basic-auth
     // password), as registry clients expect.
     let controller = state.controller.clone();

@@ -19,6 +19,7 @@ mod instances;
 mod jobs;
 mod logs;
 mod output;
+mod pubsub;
 mod registries;
 mod revisions;
 mod scheduler;
@@ -162,6 +163,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: gcloud::GcloudCommand,
     },
+    /// Pub/Sub topics and subscriptions (gcloud pubsub's shape)
+    Pubsub {
+        #[command(subcommand)]
+        command: pubsub::PubsubCommand,
+    },
 }
 
 /// Runs one client command against the API `global` names.
@@ -183,6 +189,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Builds { command } => builds::run(&api, command),
         ClientCommand::Secrets { command } => secrets::run(&api, command),
         ClientCommand::Gcloud { command } => gcloud::run(&api, global, command),
+        ClientCommand::Pubsub { command } => pubsub::run(&api, command),
     }
 }
 

@@ -310,6 +310,12 @@ impl Serving {
         self.keys.mint(auth::ADMIN_SUBJECT, audience)
     }
 
+    /// Whether `token` is an unexpired identity token signed by this server whose subject is
+    /// the admin (any audience).
+    pub fn token_is_admin(&self, token: &str) -> bool {
+        self.keys.subject_of(token).as_deref() == Some(auth::ADMIN_SUBJECT)
+    }
+
     /// Mints a token for `subject` (a service account's email): an identity token when
     /// `audience` is given, else one that stands for an access token.
     pub fn mint_token_for(&self, subject: &str, audience: Option<&str>) -> String {

@@ -18,6 +18,10 @@ pub struct ServerArgs {
     /// Where the control API listens.
     #[arg(long, default_value = "127.0.0.1:8081")]
     api: String,
+    /// Where the Pub/Sub API (gRPC and REST, as `PUBSUB_EMULATOR_HOST` clients call it)
+    /// listens. Callers from loopback need no credentials; others need the admin token.
+    #[arg(long, default_value = "127.0.0.1:8085")]
+    pubsub: String,
     /// Idle time before an instance that no min-instances holds is stopped.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     scale_to_zero_after: Duration,
@@ -117,6 +121,15 @@ fn load_prices(path: Option<&Path>) -> anyhow::Result<skiff_metering::Prices> {
     })
 }
 
+fn pubsub_addr(args: &ServerArgs) -> anyhow::Result<std::net::SocketAddr> {
+    args.pubsub.parse().with_context(|| {
+        format!(
+            "invalid --pubsub {:?}: use HOST:PORT like 127.0.0.1:8085",
+            args.pubsub
+        )
+    })
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     skiff_model::parse_duration(s).map_err(|e| e.0)
 }
@@ -153,6 +166,8 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
             args.api
         )
     })?;
+
+    pubsub_addr(&args)?;
 
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -200,7 +215,13 @@ async fn serve(
     let api = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;
+    let pubsub_addr = pubsub_addr(&args)?;
+    let pubsub_listener = tokio::net::TcpListener::bind(pubsub_addr)
+        .await
+        .with_context(|| format!("cannot listen on --pubsub {pubsub_addr}"))?;
     let store = Arc::new(skiff_store::Store::open(&data_dir.join("skiff.db"))?);
+    let pubsub = skiff_pubsub::Broker::open(&data_dir.join("pubsub"))
+        .map_err(|e| anyhow::anyhow!("opening the Pub/Sub store: {e}"))?;
     let images = Arc::new(skiff_image::ImageStore::open(&data_dir.join("images"))?);
     let secrets = Arc::new(skiff_secrets::SecretStore::open(&data_dir)?);
     let mut host_dirs = Vec::new();
@@ -347,11 +368,12 @@ async fn serve(
         jobs: jobs.clone(),
         scheduler,
         controller,
-        admin_token,
+        admin_token: admin_token.clone(),
         tmp_dir: data_dir.join("tmp"),
         metrics: metrics.clone(),
         prices,
         builds: builds.clone(),
+        pubsub: pubsub.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -369,8 +391,29 @@ async fn serve(
         wait_stop(stop_rx.clone()),
         Duration::from_secs(30),
     ));
+    pubsub.set_pusher(skiff_pubsub::push::starter(
+        skiff_pubsub::push::PushSettings {
+            ingress_port,
+            mint: {
+                let serving = serving.clone();
+                Arc::new(move |account: &str, aud: &str| serving.mint_token_for(account, Some(aud)))
+            },
+        },
+    ));
+    let pubsub_task = tokio::spawn({
+        let serving = serving.clone();
+        let check: skiff_pubsub::listener::TokenCheck = Arc::new(move |t: &str| {
+            skiff_api::same_token(t, &admin_token) || serving.token_is_admin(t)
+        });
+        skiff_pubsub::listener::serve(
+            pubsub_listener,
+            pubsub.clone(),
+            check,
+            wait_stop(stop_rx.clone()),
+        )
+    });
     tracing::info!(
-        "serving: ingress http://{ingress_addr}, API http://{api_addr}, data {}",
+        "serving: ingress http://{ingress_addr}, API http://{api_addr}, Pub/Sub {pubsub_addr}, data {}",
         data_dir.display()
     );
 
@@ -384,6 +427,8 @@ async fn serve(
     let _ = ingress_task.await;
     // The API may hold a follow-mode log stream open forever: do not wait long for it.
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    // Streaming pulls stay open until their clients go: do not wait long for them.
+    let _ = tokio::time::timeout(Duration::from_secs(5), pubsub_task).await;
     tokio::join!(serving.shutdown(), jobs.shutdown(), builds.shutdown());
     // Every instance has ended: the last checkpoint closes their usage.
     checkpoints.abort();

@@ -1622,3 +1622,84 @@ fn gcloud_deploys_an_image_from_a_registry() {
         "{rev}"
     );
 }
+
+#[test]
+fn gcloud_pubsub_topics_push_and_pull_subscriptions() {
+    let env = Env::new();
+    env.ok(&["pubsub", "topics", "create", "orders"]);
+    let (topics, _) = env.ok(&["pubsub", "topics", "list", "--format", "json"]);
+    assert!(
+        topics.contains(&format!("projects/{PROJECT}/topics/orders")),
+        "{topics}"
+    );
+    let endpoint = format!("http://sink.localhost:{}/", env.s.ingress);
+    env.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "pusher",
+        "--topic",
+        "orders",
+        "--push-endpoint",
+        &endpoint,
+        "--push-auth-service-account",
+        "pusher@demo.iam.gserviceaccount.com",
+        "--ack-deadline",
+        "20",
+    ]);
+    let (desc, _) = env.ok(&[
+        "pubsub",
+        "subscriptions",
+        "describe",
+        "pusher",
+        "--format",
+        "json",
+    ]);
+    let desc: Value = serde_json::from_str(&desc).unwrap();
+    assert_eq!(
+        desc["pushConfig"]["pushEndpoint"],
+        endpoint.as_str(),
+        "{desc}"
+    );
+    assert_eq!(
+        desc["pushConfig"]["oidcToken"]["serviceAccountEmail"],
+        "pusher@demo.iam.gserviceaccount.com"
+    );
+    assert_eq!(desc["ackDeadlineSeconds"], 20);
+    env.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "puller",
+        "--topic",
+        "orders",
+    ]);
+    env.ok(&[
+        "pubsub",
+        "topics",
+        "publish",
+        "orders",
+        "--message",
+        "from gcloud",
+        "--attribute",
+        "k=v",
+    ]);
+    let (pulled, _) = env.ok(&[
+        "pubsub",
+        "subscriptions",
+        "pull",
+        "puller",
+        "--auto-ack",
+        "--format",
+        "json",
+    ]);
+    let pulled: Value = serde_json::from_str(&pulled).unwrap();
+    let m = &pulled[0]["message"];
+    assert_eq!(m["attributes"]["k"], "v", "{pulled}");
+    // The CLI sees what gcloud made.
+    let subs = env.skiff(&["pubsub", "subscriptions", "list"]);
+    assert!(subs.contains("pusher") && subs.contains("puller"), "{subs}");
+    // A name the API refuses fails with the reason.
+    let e = env.fails(&["pubsub", "topics", "create", "goog-topic"]);
+    assert!(e.contains("goog"), "{e}");
+}
