@@ -27,6 +27,7 @@ mod secretrefs;
 mod secrets;
 mod services;
 mod traffic;
+mod triggers;
 
 use std::path::PathBuf;
 
@@ -168,6 +169,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: pubsub::PubsubCommand,
     },
+    /// Eventarc-style triggers: deliver events to services as CloudEvents
+    Triggers {
+        #[command(subcommand)]
+        command: triggers::TriggersCommand,
+    },
 }
 
 /// Runs one client command against the API `global` names.
@@ -190,6 +196,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Secrets { command } => secrets::run(&api, command),
         ClientCommand::Gcloud { command } => gcloud::run(&api, global, command),
         ClientCommand::Pubsub { command } => pubsub::run(&api, command),
+        ClientCommand::Triggers { command } => triggers::run(&api, command),
     }
 }
 
@@ -204,6 +211,7 @@ fn precheck(cmd: &ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Services {
             command: ServicesCommand::UpdateTraffic(args),
         } => args.edit().map(|_| ()),
+        ClientCommand::Triggers { command } => triggers::precheck(command),
         _ => Ok(()),
     }
 }

@@ -11,6 +11,11 @@
 //! A Skiff service URL (`http://SERVICE[.NS].localhost[:PORT]/...`) is sent to the local ingress
 //! with its Host header, carrying an identity token for `pushConfig.oidcToken`'s service
 //! account and audience (default: the endpoint URL), minted by the closure the server passes in.
+//!
+//! Delivery format: a subscription labelled [`FORMAT_LABEL`]`=`[`CLOUDEVENTS_PUBSUB`] (as
+//! Eventarc's Pub/Sub triggers are) gets each message as a CloudEvent 1.0 in binary content
+//! mode instead of the plain envelope (see [`cloudevent_headers`]); the same retry, backoff and
+//! dead-letter rules apply.
 
 use crate::broker::{now_ms, Broker};
 use crate::proto::{push_config, ReceivedMessage, Subscription};
@@ -78,6 +83,39 @@ pub fn envelope(sub: &str, r: &ReceivedMessage) -> serde_json::Value {
         env["deliveryAttempt"] = serde_json::json!(r.delivery_attempt);
     }
     env
+}
+
+/// The subscription label choosing the push body's format; absent means Pub/Sub's envelope.
+pub const FORMAT_LABEL: &str = "skiff-push-format";
+
+/// [`FORMAT_LABEL`]'s value for Eventarc's `google.cloud.pubsub.topic.v1.messagePublished`
+/// CloudEvent in binary content mode.
+pub const CLOUDEVENTS_PUBSUB: &str = "cloudevents-pubsub";
+
+/// The CloudEvents type of a Pub/Sub message, as Eventarc names it.
+pub const MESSAGE_PUBLISHED: &str = "google.cloud.pubsub.topic.v1.messagePublished";
+
+/// The `ce-*` headers of a message delivered as Eventarc's `messagePublished` CloudEvent in
+/// binary content mode (CloudEvents 1.0 HTTP binding): `ce-id` (the message id), `ce-source`
+/// (`//pubsub.googleapis.com/projects/P/topics/T`), `ce-type`, `ce-specversion: 1.0` and
+/// `ce-time` (the publish time, RFC 3339). Eventarc sends no `ce-subject` for Pub/Sub events.
+/// The body stays the envelope ([`envelope`]), as Eventarc sends it, with `Content-Type:
+/// application/json`.
+pub fn cloudevent_headers(topic: &str, r: &ReceivedMessage) -> Vec<(&'static str, String)> {
+    let m = r.message.clone().unwrap_or_default();
+    let time = m
+        .publish_time
+        .as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32))
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    vec![
+        ("ce-id", m.message_id),
+        ("ce-source", format!("//pubsub.googleapis.com/{topic}")),
+        ("ce-type", MESSAGE_PUBLISHED.to_string()),
+        ("ce-specversion", "1.0".to_string()),
+        ("ce-time", time),
+    ]
 }
 
 /// Whether a push answer acknowledges the message.
@@ -210,6 +248,11 @@ async fn push_one(
     if local {
         req = req.header(reqwest::header::HOST, host);
     }
+    if cfg.labels.get(FORMAT_LABEL).map(String::as_str) == Some(CLOUDEVENTS_PUBSUB) {
+        for (k, v) in cloudevent_headers(&cfg.topic, r) {
+            req = req.header(k, v);
+        }
+    }
     if let Some(push_config::AuthenticationMethod::OidcToken(o)) = &pc.authentication_method {
         let aud = if o.audience.is_empty() {
             pc.push_endpoint.as_str()
@@ -260,6 +303,37 @@ mod tests {
         assert_eq!(response_class(403), "remote_server_4xx");
         assert_eq!(response_class(503), "remote_server_5xx");
         assert_eq!(response_class(302), "invalid");
+    }
+
+    #[test]
+    fn cloudevent_headers_shape() {
+        let r = ReceivedMessage {
+            ack_id: "1-1".into(),
+            message: Some(PubsubMessage {
+                data: b"hi".to_vec(),
+                message_id: "42".into(),
+                publish_time: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            delivery_attempt: 0,
+        };
+        let h = cloudevent_headers("projects/p/topics/t", &r);
+        assert_eq!(
+            h,
+            [
+                ("ce-id", "42".to_string()),
+                (
+                    "ce-source",
+                    "//pubsub.googleapis.com/projects/p/topics/t".into()
+                ),
+                ("ce-type", MESSAGE_PUBLISHED.into()),
+                ("ce-specversion", "1.0".into()),
+                ("ce-time", "2023-11-14T22:13:20.000Z".into()),
+            ]
+        );
     }
 
     #[test]

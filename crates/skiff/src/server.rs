@@ -374,6 +374,7 @@ async fn serve(
         prices,
         builds: builds.clone(),
         pubsub: pubsub.clone(),
+        triggers: skiff_events::Triggers::new(store.clone(), pubsub.clone(), ingress_port),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

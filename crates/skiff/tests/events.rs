@@ -1,0 +1,276 @@
+//! Eventarc-style triggers end to end: `skiff triggers` and the Eventarc v1 API, a Pub/Sub
+//! trigger delivering a published message to a private service as a CloudEvent in binary
+//! content mode, and refusals that create nothing.
+
+use serde_json::Value;
+use skiff_testkit::TestServer;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// The subscription names of the project.
+fn subscriptions(s: &TestServer) -> Vec<String> {
+    let v: Value =
+        serde_json::from_str(&s.ok(&["pubsub", "subscriptions", "list", "--format", "json"]))
+            .unwrap();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn topics(s: &TestServer) -> Vec<String> {
+    let v: Value =
+        serde_json::from_str(&s.ok(&["pubsub", "topics", "list", "--format", "json"])).unwrap();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn pubsub_trigger_delivers_a_binary_cloudevent_to_a_private_service() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &["--no-instance-network"]);
+    let account = "events@default.iam.gserviceaccount.com";
+    s.ok(&["deploy", "sink", "--image", "web", "--max-instances", "1"]);
+    s.ok(&[
+        "services",
+        "add-iam-policy-binding",
+        "sink",
+        "--member",
+        &format!("serviceAccount:{account}"),
+        "--role",
+        "roles/run.invoker",
+    ]);
+    s.ok(&["pubsub", "topics", "create", "orders"]);
+    // The CGI script appends the request's environment (headers as HTTP_*) and body to a file.
+    s.ok(&[
+        "triggers",
+        "create",
+        "on-order",
+        "--destination-run-service",
+        "sink",
+        "--destination-run-path",
+        "/cgi-bin/sh?env%3E%3E%2Ftmp%2Fgot%3Bcat%3E%3E%2Ftmp%2Fgot%3Becho",
+        "--event-filters",
+        "type=google.cloud.pubsub.topic.v1.messagePublished",
+        "--transport-topic",
+        "projects/default/topics/orders",
+        "--service-account",
+        account,
+    ]);
+    let t: Value =
+        serde_json::from_str(&s.ok(&["triggers", "describe", "on-order", "--format", "json"]))
+            .unwrap();
+    assert_eq!(
+        t["name"],
+        "projects/default/locations/us-central1/triggers/on-order"
+    );
+    assert_eq!(t["serviceAccount"], account);
+    assert_eq!(t["destination"]["cloudRun"]["service"], "sink");
+    assert_eq!(
+        t["transport"]["pubsub"]["topic"],
+        "projects/default/topics/orders"
+    );
+    let sub = t["transport"]["pubsub"]["subscription"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(sub.starts_with("projects/default/subscriptions/eventarc-us-central1-on-order-sub-"));
+    assert!(subscriptions(&s).contains(&sub));
+    assert!(!t["uid"].as_str().unwrap().is_empty());
+    assert!(!t["etag"].as_str().unwrap().is_empty());
+    let listed = s.ok(&["triggers", "list"]);
+    assert!(
+        listed.contains("on-order") && listed.contains("sink"),
+        "{listed}"
+    );
+
+    let published = s.ok(&[
+        "pubsub",
+        "topics",
+        "publish",
+        "orders",
+        "--message",
+        "order 7",
+    ]);
+    let token = s.ok(&["auth", "print-identity-token"]).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let (code, body) = s.get(
+            "sink.localhost",
+            "/cgi-bin/sh?cat%20%2Ftmp%2Fgot",
+            Some(&token),
+        );
+        if code == 200 && body.contains("\"subscription\"") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink got no event: {code} {body}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let header = |name: &str| {
+        got.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {got}"))
+            .to_string()
+    };
+    let id = header("HTTP_CE_ID");
+    assert!(published.contains(&id), "{id} not in {published}");
+    assert_eq!(
+        header("HTTP_CE_SOURCE"),
+        "//pubsub.googleapis.com/projects/default/topics/orders"
+    );
+    assert_eq!(
+        header("HTTP_CE_TYPE"),
+        "google.cloud.pubsub.topic.v1.messagePublished"
+    );
+    assert_eq!(header("HTTP_CE_SPECVERSION"), "1.0");
+    let time = header("HTTP_CE_TIME");
+    assert!(chrono_like(&time), "{time}");
+    assert!(!got.contains("HTTP_CE_SUBJECT"), "{got}");
+    assert_eq!(header("CONTENT_TYPE"), "application/json");
+    let body_line = got.lines().find(|l| l.starts_with('{')).expect("the body");
+    let body: Value = serde_json::from_str(body_line).expect("a JSON body");
+    assert_eq!(body["subscription"], sub);
+    assert_eq!(body["message"]["data"], "b3JkZXIgNw==");
+    assert_eq!(body["message"]["messageId"], id);
+    // Without a token the private service refuses, so the delivery carried a valid one.
+    let (code, _) = s.get("sink.localhost", "/", None);
+    assert_eq!(code, 401);
+
+    s.ok(&["triggers", "delete", "on-order"]);
+    assert!(
+        !subscriptions(&s).contains(&sub),
+        "the subscription outlived its trigger"
+    );
+    assert!(topics(&s).contains(&"projects/default/topics/orders".to_string()));
+    let err = s.fails(&["triggers", "describe", "on-order"]);
+    assert!(err.contains("not found"), "{err}");
+}
+
+/// `2026-01-02T03:04:05.678Z`-shaped.
+fn chrono_like(s: &str) -> bool {
+    s.len() == 24 && s.ends_with('Z') && s.as_bytes()[10] == b'T'
+}
+
+#[test]
+fn trigger_without_transport_topic_creates_one_and_delete_removes_both() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &["--no-instance-network"]);
+    s.ok(&["deploy", "sink", "--image", "web", "--max-instances", "1"]);
+    s.ok(&[
+        "triggers",
+        "create",
+        "auto",
+        "--destination-run-service",
+        "sink",
+        "--event-filters",
+        "type=google.cloud.pubsub.topic.v1.messagePublished",
+    ]);
+    let t: Value =
+        serde_json::from_str(&s.ok(&["triggers", "describe", "auto", "--format", "json"])).unwrap();
+    let topic = t["transport"]["pubsub"]["topic"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        topic.starts_with("projects/default/topics/eventarc-us-central1-auto-"),
+        "{topic}"
+    );
+    assert!(topics(&s).contains(&topic));
+    assert_eq!(
+        t["serviceAccount"],
+        format!(
+            "{}-compute@developer.gserviceaccount.com",
+            skiff_model::project_number("default")
+        )
+    );
+    s.ok(&["triggers", "delete", "auto"]);
+    assert!(!topics(&s).contains(&topic));
+    assert!(subscriptions(&s).is_empty());
+}
+
+#[test]
+fn bad_triggers_get_clear_errors_and_create_nothing() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &["--no-instance-network"]);
+    s.ok(&["deploy", "sink", "--image", "web", "--max-instances", "1"]);
+    s.ok(&["pubsub", "topics", "create", "tee"]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--destination-run-service",
+                "nosuch",
+                "--event-filters",
+                "type=google.cloud.pubsub.topic.v1.messagePublished",
+            ],
+            "destination service \"nosuch\" does not exist",
+        ),
+        (
+            &[
+                "--destination-run-service",
+                "sink",
+                "--event-filters",
+                "serviceName=run.googleapis.com",
+            ],
+            "no event filter on `type`",
+        ),
+        (
+            &[
+                "--destination-run-service",
+                "sink",
+                "--event-filters",
+                "type=google.cloud.storage.object.v1.finalized",
+            ],
+            "unsupported event type",
+        ),
+        (
+            &[
+                "--destination-run-service",
+                "sink",
+                "--event-filters",
+                "type=google.cloud.pubsub.topic.v1.messagePublished",
+                "--transport-topic",
+                "missing",
+            ],
+            "transport topic projects/default/topics/missing does not exist",
+        ),
+        (
+            &[
+                "--destination-run-service",
+                "sink",
+                "--event-filters",
+                "type",
+            ],
+            "invalid --event-filters item",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["triggers", "create", "bad"];
+        all.extend_from_slice(args);
+        let err = s.fails(&all);
+        assert!(
+            err.contains("error:") && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+    let err = s.fails(&[
+        "triggers",
+        "create",
+        "Bad_Name",
+        "--destination-run-service",
+        "sink",
+        "--event-filters",
+        "type=google.cloud.pubsub.topic.v1.messagePublished",
+    ]);
+    assert!(err.contains("invalid trigger id"), "{err}");
+    let listed = s.ok(&["triggers", "list", "--format", "json"]);
+    assert_eq!(listed.trim(), "{}");
+    assert!(subscriptions(&s).is_empty());
+    assert_eq!(topics(&s), ["projects/default/topics/tee"]);
+}
