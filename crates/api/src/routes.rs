@@ -179,7 +179,21 @@ async fn create_service(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Service>> {
     let svc = parse_service(&body)?;
-    Ok(Json(st.controller.apply_service(&ns, svc, true).await?))
+    let out = st.controller.apply_service(&ns, svc, true).await?;
+    audit_service(&st, &ns, &out.metadata.name, "CreateService").await;
+    Ok(Json(out))
+}
+
+/// Tells Eventarc-style triggers that `google.cloud.run.v1.Services.METHOD` succeeded on
+/// `namespaces/NS/services/NAME`.
+async fn audit_service(st: &ApiState, ns: &str, name: &str, method: &str) {
+    st.triggers
+        .audit(
+            ns,
+            &format!("google.cloud.run.v1.Services.{method}"),
+            &format!("namespaces/{ns}/services/{name}"),
+        )
+        .await;
 }
 
 async fn replace_service(
@@ -194,7 +208,9 @@ async fn replace_service(
             svc.metadata.name
         )));
     }
-    Ok(Json(st.controller.apply_service(&ns, svc, false).await?))
+    let out = st.controller.apply_service(&ns, svc, false).await?;
+    audit_service(&st, &ns, &name, "ReplaceService").await;
+    Ok(Json(out))
 }
 
 async fn get_service(

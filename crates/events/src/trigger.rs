@@ -11,13 +11,20 @@
 //! message arrives as a CloudEvent in binary content mode, retried and dead-lettered by Pub/Sub's
 //! rules. Deleting the trigger deletes the subscription (and the topic when it created it).
 //!
+//! A trigger on Skiff's control-plane events (`type=google.cloud.audit.log.v1.written`,
+//! `serviceName=run.googleapis.com`, `methodName=...`) gets a topic of its own; [`Triggers::audit`]
+//! publishes a Cloud Audit Logs `LogEntry` to it, with the CloudEvent attributes as `ce-*`
+//! message attributes, and its subscription (labelled
+//! [`skiff_pubsub::push::CLOUDEVENTS_BINARY`]) sends them as headers and the entry as the body.
+//!
 //! Triggers are kept in the store's `objects` table (kind [`KIND`], namespace = project,
 //! parent = location, name = trigger id).
 
 use crate::error::{EventsError, Result};
 use serde::{Deserialize, Serialize};
+use skiff_pubsub::proto::PubsubMessage;
 use skiff_pubsub::proto::{push_config, PushConfig, Subscription, Topic};
-use skiff_pubsub::push::{CLOUDEVENTS_PUBSUB, FORMAT_LABEL, MESSAGE_PUBLISHED};
+use skiff_pubsub::push::{CLOUDEVENTS_BINARY, CLOUDEVENTS_PUBSUB, FORMAT_LABEL, MESSAGE_PUBLISHED};
 use skiff_pubsub::{Broker, PubsubError};
 use skiff_store::Store;
 use std::collections::BTreeMap;
@@ -133,6 +140,127 @@ pub struct Triggers {
     ingress_port: u16,
 }
 
+/// The CloudEvents type of a Cloud Audit Logs entry, as Eventarc names it.
+pub const AUDIT_LOG_WRITTEN: &str = "google.cloud.audit.log.v1.written";
+/// The `serviceName` of Skiff's own control-plane events (Cloud Run's).
+pub const RUN_SERVICE_NAME: &str = "run.googleapis.com";
+
+/// Where a trigger's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Messages published to the transport topic.
+    Pubsub,
+    /// Skiff's control-plane events in Cloud Audit Logs' shape.
+    AuditLog,
+}
+
+/// The value of filter `attribute`, if any.
+fn filter<'a>(filters: &'a [EventFilter], attribute: &str) -> Option<&'a str> {
+    filters
+        .iter()
+        .find(|f| f.attribute == attribute)
+        .map(|f| f.value.as_str())
+}
+
+/// Checks a trigger's event filters: exactly one `type`, a supported one, with only the
+/// attributes that type takes (`messagePublished`: none; `audit.log.v1.written`:
+/// `serviceName=run.googleapis.com` and `methodName` required, `resourceName` optional), no
+/// attribute twice, equality only.
+fn check_filters(filters: &[EventFilter]) -> Result<Source> {
+    let Some(ty) = filter(filters, "type") else {
+        return Err(EventsError::invalid(format!(
+            "the trigger has no event filter on `type`: give --event-filters type={MESSAGE_PUBLISHED} (or type={AUDIT_LOG_WRITTEN},serviceName={RUN_SERVICE_NAME},methodName=METHOD)"
+        )));
+    };
+    let mut seen = std::collections::HashSet::new();
+    for f in filters {
+        if !seen.insert(f.attribute.as_str()) {
+            return Err(EventsError::invalid(format!(
+                "event filter attribute {:?} is given more than once: give each once",
+                f.attribute
+            )));
+        }
+        if !f.operator.is_empty() {
+            return Err(EventsError::invalid(format!(
+                "event filter operator {:?} is not supported: Skiff matches attributes exactly",
+                f.operator
+            )));
+        }
+    }
+    let (source, allowed): (Source, &[&str]) = match ty {
+        MESSAGE_PUBLISHED => (Source::Pubsub, &["type"]),
+        AUDIT_LOG_WRITTEN => (
+            Source::AuditLog,
+            &["type", "serviceName", "methodName", "resourceName"],
+        ),
+        other => {
+            return Err(EventsError::invalid(format!(
+                "unsupported event type {other:?}: Skiff's triggers take {MESSAGE_PUBLISHED} and {AUDIT_LOG_WRITTEN}"
+            )))
+        }
+    };
+    if let Some(f) = filters
+        .iter()
+        .find(|f| !allowed.contains(&f.attribute.as_str()))
+    {
+        return Err(EventsError::invalid(format!(
+            "event filter attribute {:?} is not supported for {ty}: use {}",
+            f.attribute,
+            allowed.join(", ")
+        )));
+    }
+    if source == Source::AuditLog {
+        match filter(filters, "serviceName") {
+            Some(RUN_SERVICE_NAME) => {}
+            Some(other) => {
+                return Err(EventsError::invalid(format!(
+                    "unsupported serviceName {other:?}: Skiff writes audit log entries for {RUN_SERVICE_NAME} only"
+                )))
+            }
+            None => {
+                return Err(EventsError::invalid(format!(
+                    "a {AUDIT_LOG_WRITTEN} trigger needs serviceName={RUN_SERVICE_NAME} in --event-filters"
+                )))
+            }
+        }
+        if filter(filters, "methodName").is_none() {
+            return Err(EventsError::invalid(format!(
+                "a {AUDIT_LOG_WRITTEN} trigger needs methodName=METHOD in --event-filters, like google.cloud.run.v1.Services.CreateService"
+            )));
+        }
+    }
+    Ok(source)
+}
+
+/// A Cloud Audit Logs `LogEntry` (JSON) for a Skiff control-plane call: `methodName` like
+/// `google.cloud.run.v1.Services.ReplaceService`, `resourceName` like
+/// `namespaces/P/services/S`, `time` RFC 3339 UTC.
+pub fn audit_log_entry(
+    project: &str,
+    method: &str,
+    resource: &str,
+    time: &str,
+    id: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "insertId": id,
+        "logName": format!("projects/{project}/logs/cloudaudit.googleapis.com%2Factivity"),
+        "protoPayload": {
+            "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+            "serviceName": RUN_SERVICE_NAME,
+            "methodName": method,
+            "resourceName": resource,
+        },
+        "resource": {
+            "type": "cloud_run_revision",
+            "labels": {"project_id": project, "location": skiff_model::REGION},
+        },
+        "severity": "NOTICE",
+        "timestamp": time,
+        "receiveTimestamp": time,
+    })
+}
+
 /// A trigger id as Eventarc accepts it: a lowercase letter, then up to 62 lowercase letters,
 /// digits or hyphens, not ending in a hyphen.
 pub fn check_id(id: &str) -> Result<()> {
@@ -177,11 +305,12 @@ impl Triggers {
     }
 
     /// Creates trigger `id` in `project`/`location` from `input` (its output-only fields are
-    /// ignored): checks the filters (exactly one `type`, which must be
-    /// `google.cloud.pubsub.topic.v1.messagePublished`, and no other attribute), that the
-    /// destination service exists in the project and the transport topic (a full
-    /// `projects/P/topics/T` or a bare `T`) exists, then creates the topic if none was given,
-    /// the push subscription, and stores the trigger. Nothing is left behind on an error.
+    /// ignored): checks the filters (see `check_filters`: `messagePublished`, or
+    /// `audit.log.v1.written` with `serviceName=run.googleapis.com` and a `methodName`), that
+    /// the destination service exists in the project and the transport topic (a full
+    /// `projects/P/topics/T` or a bare `T`; Pub/Sub triggers only) exists, then creates the
+    /// topic if none was given, the push subscription, and stores the trigger. Nothing is left
+    /// behind on an error.
     pub async fn create(
         &self,
         project: &str,
@@ -199,35 +328,7 @@ impl Triggers {
                 project, location, id,
             )));
         }
-        let mut types = input.event_filters.iter().filter(|f| f.attribute == "type");
-        let Some(ty) = types.next() else {
-            return Err(EventsError::invalid(
-                "the trigger has no event filter on `type`: give --event-filters type=google.cloud.pubsub.topic.v1.messagePublished",
-            ));
-        };
-        if types.next().is_some() {
-            return Err(EventsError::invalid(
-                "the trigger has more than one `type` event filter: give exactly one",
-            ));
-        }
-        if ty.value != MESSAGE_PUBLISHED {
-            return Err(EventsError::invalid(format!(
-                "unsupported event type {:?}: Skiff's triggers take {MESSAGE_PUBLISHED}",
-                ty.value
-            )));
-        }
-        if let Some(f) = input.event_filters.iter().find(|f| f.attribute != "type") {
-            return Err(EventsError::invalid(format!(
-                "event filter attribute {:?} is not supported for {MESSAGE_PUBLISHED}: give only `type` and the topic as --transport-topic",
-                f.attribute
-            )));
-        }
-        if let Some(f) = input.event_filters.iter().find(|f| !f.operator.is_empty()) {
-            return Err(EventsError::invalid(format!(
-                "event filter operator {:?} is not supported: Skiff matches `type` exactly",
-                f.operator
-            )));
-        }
+        let source = check_filters(&input.event_filters)?;
         let Some(run) = input.destination.cloud_run.clone() else {
             return Err(EventsError::invalid(
                 "the trigger has no destination: give --destination-run-service SERVICE",
@@ -263,6 +364,11 @@ impl Triggers {
             .as_ref()
             .map(|p| p.topic.clone())
             .unwrap_or_default();
+        if source == Source::AuditLog && !given_topic.is_empty() {
+            return Err(EventsError::invalid(format!(
+                "--transport-topic is for {MESSAGE_PUBLISHED} triggers: a {AUDIT_LOG_WRITTEN} trigger creates its own topic"
+            )));
+        }
         let (topic, owns_topic) = if given_topic.is_empty() {
             let name = format!(
                 "projects/{project}/topics/eventarc-{location}-{id}-{:03}",
@@ -315,7 +421,11 @@ impl Triggers {
             self.ingress_port
         );
         let mut labels = std::collections::HashMap::new();
-        labels.insert(FORMAT_LABEL.to_string(), CLOUDEVENTS_PUBSUB.to_string());
+        let format = match source {
+            Source::Pubsub => CLOUDEVENTS_PUBSUB,
+            Source::AuditLog => CLOUDEVENTS_BINARY,
+        };
+        labels.insert(FORMAT_LABEL.to_string(), format.to_string());
         labels.insert("goog-eventarc".to_string(), String::new());
         let created = self
             .broker
@@ -417,6 +527,61 @@ impl Triggers {
         }
         self.store.delete_object(KIND, project, &k, &[])?;
         Ok(stored.trigger)
+    }
+
+    /// Publishes a control-plane event (Cloud Audit Logs' shape, see [`audit_log_entry`]) to
+    /// every `google.cloud.audit.log.v1.written` trigger of `project` whose filters match
+    /// `method` (and `resource`, when the trigger filters on it). The CloudEvent's attributes
+    /// travel as the message's `ce-*` attributes: `ce-id`, `ce-source`
+    /// (`//cloudaudit.googleapis.com/projects/P/logs/cloudaudit.googleapis.com%2Factivity`),
+    /// `ce-type`, `ce-specversion`, `ce-time`, `ce-subject` (`run.googleapis.com/RESOURCE`) and
+    /// Eventarc's extensions `ce-servicename`, `ce-methodname`, `ce-resourcename`. Failures
+    /// are logged, not returned: the control-plane call has already succeeded.
+    pub async fn audit(&self, project: &str, method: &str, resource: &str) {
+        let triggers = match self.store.list_objects::<Stored>(KIND, Some(project), None) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("audit event {method}: cannot list triggers: {e}");
+                return;
+            }
+        };
+        for t in triggers.iter().map(|s| &s.trigger) {
+            let f = &t.event_filters;
+            if filter(f, "type") != Some(AUDIT_LOG_WRITTEN)
+                || filter(f, "methodName") != Some(method)
+                || filter(f, "resourceName").is_some_and(|r| r != resource)
+            {
+                continue;
+            }
+            let Some(topic) = t.transport.pubsub.as_ref().map(|p| p.topic.clone()) else {
+                continue;
+            };
+            let time = now();
+            let id = hex_id(16);
+            let entry = audit_log_entry(project, method, resource, &time, &id);
+            let attributes = [
+                ("ce-id", id.clone()),
+                ("ce-source", format!("//cloudaudit.googleapis.com/projects/{project}/logs/cloudaudit.googleapis.com%2Factivity")),
+                ("ce-type", AUDIT_LOG_WRITTEN.to_string()),
+                ("ce-specversion", "1.0".to_string()),
+                ("ce-time", time.clone()),
+                ("ce-subject", format!("{RUN_SERVICE_NAME}/{resource}")),
+                ("ce-servicename", RUN_SERVICE_NAME.to_string()),
+                ("ce-methodname", method.to_string()),
+                ("ce-resourcename", resource.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let msg = PubsubMessage {
+                data: entry.to_string().into_bytes(),
+                attributes,
+                ..Default::default()
+            };
+            if let Err(e) = self.broker.publish(&topic, vec![msg]).await {
+                tracing::warn!("audit event {method} for trigger {}: {e}", t.name);
+            }
+        }
     }
 
     /// The store, for the API's operations.

@@ -15,7 +15,8 @@
 //! Delivery format: a subscription labelled [`FORMAT_LABEL`]`=`[`CLOUDEVENTS_PUBSUB`] (as
 //! Eventarc's Pub/Sub triggers are) gets each message as a CloudEvent 1.0 in binary content
 //! mode instead of the plain envelope (see [`cloudevent_headers`]); the same retry, backoff and
-//! dead-letter rules apply.
+//! dead-letter rules apply. [`CLOUDEVENTS_BINARY`] sends a CloudEvent the message carries (its
+//! `ce-*` attributes as headers, its data as the body).
 
 use crate::broker::{now_ms, Broker};
 use crate::proto::{push_config, ReceivedMessage, Subscription};
@@ -91,6 +92,11 @@ pub const FORMAT_LABEL: &str = "skiff-push-format";
 /// [`FORMAT_LABEL`]'s value for Eventarc's `google.cloud.pubsub.topic.v1.messagePublished`
 /// CloudEvent in binary content mode.
 pub const CLOUDEVENTS_PUBSUB: &str = "cloudevents-pubsub";
+
+/// [`FORMAT_LABEL`]'s value for a CloudEvent carried inside the message (binary content mode):
+/// the message's `ce-*` attributes become the request's `ce-*` headers and its data the body
+/// (`Content-Type: application/json`). Skiff's own events (Cloud Audit Logs entries) travel so.
+pub const CLOUDEVENTS_BINARY: &str = "cloudevents-binary";
 
 /// The CloudEvents type of a Pub/Sub message, as Eventarc names it.
 pub const MESSAGE_PUBLISHED: &str = "google.cloud.pubsub.topic.v1.messagePublished";
@@ -243,15 +249,27 @@ async fn push_one(
     }
     let mut req = http
         .post(target)
-        .timeout(Duration::from_secs(cfg.ack_deadline_seconds.max(10) as u64))
-        .json(&envelope(&cfg.name, r));
+        .timeout(Duration::from_secs(cfg.ack_deadline_seconds.max(10) as u64));
+    match cfg.labels.get(FORMAT_LABEL).map(String::as_str) {
+        Some(CLOUDEVENTS_PUBSUB) => {
+            req = req.json(&envelope(&cfg.name, r));
+            for (k, v) in cloudevent_headers(&cfg.topic, r) {
+                req = req.header(k, v);
+            }
+        }
+        Some(CLOUDEVENTS_BINARY) => {
+            let m = r.message.clone().unwrap_or_default();
+            for (k, v) in m.attributes.iter().filter(|(k, _)| k.starts_with("ce-")) {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(m.data);
+        }
+        _ => req = req.json(&envelope(&cfg.name, r)),
+    }
     if local {
         req = req.header(reqwest::header::HOST, host);
-    }
-    if cfg.labels.get(FORMAT_LABEL).map(String::as_str) == Some(CLOUDEVENTS_PUBSUB) {
-        for (k, v) in cloudevent_headers(&cfg.topic, r) {
-            req = req.header(k, v);
-        }
     }
     if let Some(push_config::AuthenticationMethod::OidcToken(o)) = &pc.authentication_method {
         let aud = if o.audience.is_empty() {

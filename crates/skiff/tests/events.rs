@@ -274,3 +274,95 @@ fn bad_triggers_get_clear_errors_and_create_nothing() {
     assert!(subscriptions(&s).is_empty());
     assert_eq!(topics(&s), ["projects/default/topics/tee"]);
 }
+
+#[test]
+fn audit_log_trigger_gets_an_event_when_a_service_is_deployed() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &["--no-instance-network"]);
+    let account = "events@default.iam.gserviceaccount.com";
+    s.ok(&["deploy", "sink", "--image", "web", "--max-instances", "1"]);
+    s.ok(&[
+        "services",
+        "add-iam-policy-binding",
+        "sink",
+        "--member",
+        &format!("serviceAccount:{account}"),
+        "--role",
+        "roles/run.invoker",
+    ]);
+    s.ok(&[
+        "triggers",
+        "create",
+        "on-deploy",
+        "--destination-run-service",
+        "sink",
+        "--destination-run-path",
+        "/cgi-bin/sh?env%3E%3E%2Ftmp%2Fgot%3Bcat%3E%3E%2Ftmp%2Fgot%3Becho",
+        "--event-filters",
+        "type=google.cloud.audit.log.v1.written,serviceName=run.googleapis.com",
+        "--event-filters",
+        "methodName=google.cloud.run.v1.Services.CreateService",
+        "--service-account",
+        account,
+    ]);
+    // A transport topic is refused for audit log triggers, and a missing methodName.
+    let err = s.fails(&[
+        "triggers",
+        "create",
+        "bad",
+        "--destination-run-service",
+        "sink",
+        "--event-filters",
+        "type=google.cloud.audit.log.v1.written,serviceName=run.googleapis.com",
+    ]);
+    assert!(err.contains("needs methodName"), "{err}");
+    s.ok(&["deploy", "watched", "--image", "web"]);
+    let token = s.ok(&["auth", "print-identity-token"]).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let (code, body) = s.get(
+            "sink.localhost",
+            "/cgi-bin/sh?cat%20%2Ftmp%2Fgot",
+            Some(&token),
+        );
+        if code == 200 && body.contains("protoPayload") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink got no event: {code} {body}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let header = |name: &str| {
+        got.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {got}"))
+            .to_string()
+    };
+    assert_eq!(header("HTTP_CE_TYPE"), "google.cloud.audit.log.v1.written");
+    assert_eq!(header("HTTP_CE_SPECVERSION"), "1.0");
+    assert_eq!(
+        header("HTTP_CE_SUBJECT"),
+        "run.googleapis.com/namespaces/default/services/watched"
+    );
+    assert_eq!(
+        header("HTTP_CE_SOURCE"),
+        "//cloudaudit.googleapis.com/projects/default/logs/cloudaudit.googleapis.com%2Factivity"
+    );
+    assert_eq!(header("CONTENT_TYPE"), "application/json");
+    let body_line = got.lines().find(|l| l.starts_with('{')).expect("the body");
+    let entry: Value = serde_json::from_str(body_line).expect("a LogEntry");
+    assert_eq!(entry["insertId"].as_str().unwrap(), header("HTTP_CE_ID"));
+    assert_eq!(
+        entry["protoPayload"]["methodName"],
+        "google.cloud.run.v1.Services.CreateService"
+    );
+    assert_eq!(entry["protoPayload"]["serviceName"], "run.googleapis.com");
+    assert_eq!(
+        entry["protoPayload"]["resourceName"],
+        "namespaces/default/services/watched"
+    );
+    // Only the matching method: one event (the sink's own deploy preceded the trigger).
+    assert_eq!(got.matches("protoPayload").count(), 1, "{got}");
+}
