@@ -50,7 +50,12 @@ pub struct Jobs {
     /// Set when the server stops: tasks are stopped but stay "running" in the store, to be
     /// resumed on the next start.
     shutdown: watch::Sender<bool>,
+    /// Called once an execution has completed and been saved; see [`Jobs::on_finished`].
+    finished: std::sync::OnceLock<FinishedHook>,
 }
+
+/// Told of each completed execution: `(namespace, job, execution)`.
+pub type FinishedHook = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
 
 fn random_suffix(n: usize) -> String {
     use rand::Rng;
@@ -117,7 +122,15 @@ impl Jobs {
             images,
             running: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
+            finished: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the hook told of each execution that completes (succeeded, failed or cancelled),
+    /// after it is saved; the server passes one that writes the control-plane event. Only the
+    /// first call takes effect.
+    pub fn on_finished(&self, hook: FinishedHook) {
+        let _ = self.finished.set(hook);
     }
 
     pub fn logs(&self) -> &Arc<LogSink> {
@@ -558,6 +571,9 @@ impl Jobs {
                     let _ = self.store.put_object(kind::JOB, &run.ns, &job, "", &j);
                 }
             }
+        }
+        if let Some(hook) = self.finished.get() {
+            hook(&run.ns, &job, &name);
         }
     }
 

@@ -8,7 +8,7 @@
 mod executor;
 pub mod scheduler;
 
-pub use executor::{Jobs, JobsConfig, Overrides};
+pub use executor::{FinishedHook, Jobs, JobsConfig, Overrides};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {

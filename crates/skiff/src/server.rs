@@ -364,6 +364,22 @@ async fn serve(
     if failed > 0 {
         tracing::info!("{failed} build(s) a previous run left unfinished are marked FAILURE");
     }
+    let triggers = skiff_events::Triggers::new(store.clone(), pubsub.clone(), ingress_port);
+    jobs.on_finished({
+        let triggers = triggers.clone();
+        Arc::new(move |ns: &str, job: &str, _execution: &str| {
+            let (triggers, ns, job) = (triggers.clone(), ns.to_string(), job.to_string());
+            tokio::spawn(async move {
+                triggers
+                    .audit(
+                        &ns,
+                        "google.cloud.run.v1.Jobs.RunJob",
+                        &format!("namespaces/{ns}/jobs/{job}"),
+                    )
+                    .await;
+            });
+        })
+    });
     let state = Arc::new(ApiState {
         jobs: jobs.clone(),
         scheduler,
@@ -374,7 +390,7 @@ async fn serve(
         prices,
         builds: builds.clone(),
         pubsub: pubsub.clone(),
-        triggers: skiff_events::Triggers::new(store.clone(), pubsub.clone(), ingress_port),
+        triggers: triggers.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

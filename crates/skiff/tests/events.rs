@@ -366,3 +366,67 @@ fn audit_log_trigger_gets_an_event_when_a_service_is_deployed() {
     // Only the matching method: one event (the sink's own deploy preceded the trigger).
     assert_eq!(got.matches("protoPayload").count(), 1, "{got}");
 }
+
+#[test]
+fn audit_log_trigger_gets_an_event_when_a_job_execution_finishes() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &["--no-instance-network"]);
+    s.ok(&[
+        "deploy",
+        "sink",
+        "--image",
+        "web",
+        "--max-instances",
+        "1",
+        "--allow-unauthenticated",
+    ]);
+    s.ok(&[
+        "triggers",
+        "create",
+        "on-job",
+        "--destination-run-service",
+        "sink",
+        "--destination-run-path",
+        "/cgi-bin/sh?env%3E%3E%2Ftmp%2Fgot%3Bcat%3E%3E%2Ftmp%2Fgot%3Becho",
+        "--event-filters",
+        "type=google.cloud.audit.log.v1.written,serviceName=run.googleapis.com,methodName=google.cloud.run.v1.Jobs.RunJob",
+    ]);
+    s.ok(&[
+        "jobs",
+        "create",
+        "nightly",
+        "--image",
+        "web",
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,true",
+    ]);
+    s.ok(&["jobs", "execute", "nightly", "--wait"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let (code, body) = s.get("sink.localhost", "/cgi-bin/sh?cat%20%2Ftmp%2Fgot", None);
+        if code == 200 && body.contains("protoPayload") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink got no event: {code} {body}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        got.contains("HTTP_CE_SUBJECT=run.googleapis.com/namespaces/default/jobs/nightly"),
+        "{got}"
+    );
+    let body_line = got.lines().find(|l| l.starts_with('{')).expect("the body");
+    let entry: Value = serde_json::from_str(body_line).expect("a LogEntry");
+    assert_eq!(
+        entry["protoPayload"]["methodName"],
+        "google.cloud.run.v1.Jobs.RunJob"
+    );
+    assert_eq!(
+        entry["protoPayload"]["resourceName"],
+        "namespaces/default/jobs/nightly"
+    );
+}
