@@ -32,6 +32,9 @@ pub const SECRET_MANAGER_HOST: &str = "secretmanager.skiff";
 /// The host name gcloud's `pubsub` endpoint is set to (`gcloud pubsub ...`): the control API
 /// serves the Pub/Sub REST API too, behind the admin token.
 pub const PUBSUB_HOST: &str = "pubsub.skiff";
+/// The host name gcloud's `eventarc` endpoint is set to (`gcloud eventarc triggers ...`): the
+/// control API serves the Eventarc v1 REST API too, behind the admin token.
+pub const EVENTARC_HOST: &str = "eventarc.skiff";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum GcloudCommand {
@@ -134,6 +137,12 @@ pub fn properties(
             "api_endpoint_overrides",
             "pubsub",
             format!("http://{PUBSUB_HOST}:{port}/"),
+        ),
+        // `gcloud eventarc triggers create|list|describe|delete`.
+        (
+            "api_endpoint_overrides",
+            "eventarc",
+            format!("http://{EVENTARC_HOST}:{port}/"),
         ),
         ("proxy", "type", "http".into()),
         ("proxy", "address", host.to_string()),
@@ -383,6 +392,10 @@ mod tests {
         assert_eq!(
             get("api_endpoint_overrides", "pubsub").as_deref(),
             Some("http://pubsub.skiff:8081/")
+        );
+        assert_eq!(
+            get("api_endpoint_overrides", "eventarc").as_deref(),
+            Some("http://eventarc.skiff:8081/")
         );
         assert_eq!(get("proxy", "address").as_deref(), Some("127.0.0.1"));
         assert_eq!(get("proxy", "port").as_deref(), Some("8081"));

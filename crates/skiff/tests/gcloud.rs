@@ -1703,3 +1703,58 @@ fn gcloud_pubsub_topics_push_and_pull_subscriptions() {
     let e = env.fails(&["pubsub", "topics", "create", "goog-topic"]);
     assert!(e.contains("goog"), "{e}");
 }
+
+#[test]
+fn gcloud_eventarc_creates_lists_describes_and_deletes_a_pubsub_trigger() {
+    let env = Env::new();
+    env.skiff(&["deploy", "sink", "--image", "web"]);
+    env.ok(&["pubsub", "topics", "create", "orders"]);
+    env.ok(&[
+        "eventarc",
+        "triggers",
+        "create",
+        "on-order",
+        "--location",
+        "us-central1",
+        "--destination-run-service",
+        "sink",
+        "--destination-run-region",
+        "us-central1",
+        "--event-filters",
+        "type=google.cloud.pubsub.topic.v1.messagePublished",
+        "--transport-topic",
+        &format!("projects/{PROJECT}/topics/orders"),
+    ]);
+    let (desc, _) = env.ok(&[
+        "eventarc",
+        "triggers",
+        "describe",
+        "on-order",
+        "--location",
+        "us-central1",
+        "--format",
+        "json",
+    ]);
+    let desc: Value = serde_json::from_str(&desc).unwrap();
+    assert_eq!(desc["destination"]["cloudRun"]["service"], "sink", "{desc}");
+    let sub = desc["transport"]["pubsub"]["subscription"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (list, _) = env.ok(&["eventarc", "triggers", "list", "--location", "us-central1"]);
+    assert!(list.contains("on-order"), "{list}");
+    // The CLI sees what gcloud made.
+    let t = env.skiff(&["triggers", "describe", "on-order"]);
+    assert!(t.contains(&sub), "{t}");
+    env.ok(&[
+        "eventarc",
+        "triggers",
+        "delete",
+        "on-order",
+        "--location",
+        "us-central1",
+        "--quiet",
+    ]);
+    let subs = env.skiff(&["pubsub", "subscriptions", "list"]);
+    assert!(!subs.contains("eventarc-"), "{subs}");
+}
