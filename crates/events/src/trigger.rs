@@ -601,3 +601,114 @@ fn ignore_missing(r: skiff_pubsub::Result<()>) -> Result<()> {
 fn key(location: &str, id: &str) -> String {
     format!("{location}/{id}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filters(pairs: &[(&str, &str)]) -> Vec<EventFilter> {
+        pairs
+            .iter()
+            .map(|(a, v)| EventFilter {
+                attribute: a.to_string(),
+                value: v.to_string(),
+                operator: String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn filter_rules() {
+        assert_eq!(
+            check_filters(&filters(&[("type", MESSAGE_PUBLISHED)])).unwrap(),
+            Source::Pubsub
+        );
+        assert_eq!(
+            check_filters(&filters(&[
+                ("type", AUDIT_LOG_WRITTEN),
+                ("serviceName", RUN_SERVICE_NAME),
+                ("methodName", "google.cloud.run.v1.Jobs.RunJob"),
+                ("resourceName", "namespaces/p/jobs/j"),
+            ]))
+            .unwrap(),
+            Source::AuditLog
+        );
+        let bad: &[(&[(&str, &str)], &str)] = &[
+            (&[], "no event filter on `type`"),
+            (
+                &[("type", "google.cloud.storage.object.v1.finalized")],
+                "unsupported event type",
+            ),
+            (
+                &[("type", MESSAGE_PUBLISHED), ("bucket", "b")],
+                "not supported for",
+            ),
+            (
+                &[("type", MESSAGE_PUBLISHED), ("type", MESSAGE_PUBLISHED)],
+                "more than once",
+            ),
+            (
+                &[("type", AUDIT_LOG_WRITTEN), ("methodName", "m")],
+                "needs serviceName",
+            ),
+            (
+                &[
+                    ("type", AUDIT_LOG_WRITTEN),
+                    ("serviceName", "storage.googleapis.com"),
+                    ("methodName", "m"),
+                ],
+                "unsupported serviceName",
+            ),
+            (
+                &[
+                    ("type", AUDIT_LOG_WRITTEN),
+                    ("serviceName", RUN_SERVICE_NAME),
+                ],
+                "needs methodName",
+            ),
+        ];
+        for (f, want) in bad {
+            let e = check_filters(&filters(f)).unwrap_err().to_string();
+            assert!(e.contains(want), "{f:?}: {e}");
+        }
+        let mut with_op = filters(&[("type", MESSAGE_PUBLISHED)]);
+        with_op[0].operator = "match-path-pattern".into();
+        assert!(check_filters(&with_op).is_err());
+    }
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "on-order", "t1"] {
+            check_id(ok).unwrap();
+        }
+        for bad in ["", "1a", "A", "a_b", "a-", &"x".repeat(64)] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn log_entry_shape() {
+        let e = audit_log_entry(
+            "p",
+            "google.cloud.run.v1.Services.CreateService",
+            "namespaces/p/services/s",
+            "2026-01-01T00:00:00Z",
+            "abc",
+        );
+        assert_eq!(e["insertId"], "abc");
+        assert_eq!(
+            e["logName"],
+            "projects/p/logs/cloudaudit.googleapis.com%2Factivity"
+        );
+        assert_eq!(e["protoPayload"]["serviceName"], "run.googleapis.com");
+        assert_eq!(
+            e["protoPayload"]["methodName"],
+            "google.cloud.run.v1.Services.CreateService"
+        );
+        assert_eq!(e["protoPayload"]["resourceName"], "namespaces/p/services/s");
+        assert_eq!(
+            e["protoPayload"]["@type"],
+            "type.googleapis.com/google.cloud.audit.AuditLog"
+        );
+    }
+}
