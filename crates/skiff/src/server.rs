@@ -325,6 +325,23 @@ async fn serve(
         .restore()
         .await
         .map_err(|e| anyhow::anyhow!("restoring services: {}", e.message))?;
+    let triggers = skiff_events::Triggers::new(store.clone(), pubsub.clone(), ingress_port);
+    // Set before resuming, so executions a previous run left running are reported too.
+    jobs.on_finished({
+        let triggers = triggers.clone();
+        Arc::new(move |ns: &str, job: &str, _execution: &str| {
+            let (triggers, ns, job) = (triggers.clone(), ns.to_string(), job.to_string());
+            tokio::spawn(async move {
+                triggers
+                    .audit(
+                        &ns,
+                        "google.cloud.run.v1.Jobs.RunJob",
+                        &format!("namespaces/{ns}/jobs/{job}"),
+                    )
+                    .await;
+            });
+        })
+    });
     let resumed = jobs.resume().context("resuming job executions")?;
     if resumed > 0 {
         tracing::info!("resumed {resumed} job execution(s)");
@@ -364,22 +381,6 @@ async fn serve(
     if failed > 0 {
         tracing::info!("{failed} build(s) a previous run left unfinished are marked FAILURE");
     }
-    let triggers = skiff_events::Triggers::new(store.clone(), pubsub.clone(), ingress_port);
-    jobs.on_finished({
-        let triggers = triggers.clone();
-        Arc::new(move |ns: &str, job: &str, _execution: &str| {
-            let (triggers, ns, job) = (triggers.clone(), ns.to_string(), job.to_string());
-            tokio::spawn(async move {
-                triggers
-                    .audit(
-                        &ns,
-                        "google.cloud.run.v1.Jobs.RunJob",
-                        &format!("namespaces/{ns}/jobs/{job}"),
-                    )
-                    .await;
-            });
-        })
-    });
     let state = Arc::new(ApiState {
         jobs: jobs.clone(),
         scheduler,
