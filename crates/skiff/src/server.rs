@@ -48,6 +48,25 @@ pub struct ServerArgs {
     /// Run `skiff images prune` this often (e.g. 24h) [default: never].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     prune_images_every: Option<Duration>,
+    /// How long a client has to send a request's head (and how long an idle HTTP/1.1
+    /// keep-alive connection is kept) before the ingress closes the connection.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// The most connections one client address may hold open on the ingress; those past it
+    /// are closed at once. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_connections_per_client: usize,
+}
+
+impl ServerArgs {
+    /// The ingress's limits from the flags.
+    fn ingress_limits(&self) -> skiff_serving::IngressLimits {
+        skiff_serving::IngressLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections_per_client: self.max_connections_per_client,
+            ..Default::default()
+        }
+    }
 }
 
 /// A duration, also in days (`30d`).
@@ -209,7 +228,15 @@ async fn serve(
     });
     let platform = match &network {
         Some(net) => {
-            match services_for_instances(net, &serving, ingress_addr, ingress_port).await {
+            match services_for_instances(
+                net,
+                &serving,
+                ingress_addr,
+                ingress_port,
+                args.ingress_limits(),
+            )
+            .await
+            {
                 Ok(p) => Some(p),
                 Err(e) => {
                     net.stop().await;
@@ -277,6 +304,7 @@ async fn serve(
         ingress,
         wait_stop(stop_rx.clone()),
         Duration::from_secs(30),
+        args.ingress_limits(),
     ));
     tracing::info!(
         "serving: ingress http://{ingress_addr}, API http://{api_addr}, data {}",
@@ -329,6 +357,7 @@ async fn services_for_instances(
     serving: &Arc<Serving>,
     ingress_addr: std::net::SocketAddr,
     ingress_port: u16,
+    limits: skiff_serving::IngressLimits,
 ) -> anyhow::Result<InstanceServices> {
     use skiff_network::dns::LocalAnswer;
     let gw = net.gateway();
@@ -373,6 +402,7 @@ async fn services_for_instances(
             listener,
             std::future::pending(),
             Duration::from_secs(1),
+            limits.clone(),
         ))
     });
     let metadata_task = tokio::spawn({
