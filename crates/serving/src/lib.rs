@@ -46,6 +46,9 @@ pub struct ServingConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteSpec {
     pub public: bool,
+    /// Only Skiff's own instances and job tasks may reach the service (its ingress setting
+    /// is `internal` or `internal-and-cloud-load-balancing`).
+    pub internal: bool,
     /// Members that hold `roles/run.invoker` on the service (`serviceAccount:EMAIL`,
     /// `user:EMAIL`, `allAuthenticatedUsers`, ...), for identity tokens other than the admin's.
     pub invokers: Vec<String>,
@@ -57,6 +60,7 @@ pub struct RouteSpec {
 
 pub struct Route {
     pub public: bool,
+    pub internal: bool,
     pub invokers: Vec<String>,
     targets: Vec<(Arc<Pool>, u32)>,
     tags: HashMap<String, Arc<Pool>>,
@@ -243,6 +247,7 @@ impl Serving {
             .collect::<Result<HashMap<_, _>, String>>()?;
         let route = Arc::new(Route {
             public: spec.public,
+            internal: spec.internal,
             invokers: spec.invokers.clone(),
             targets,
             tags,
