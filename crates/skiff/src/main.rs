@@ -1,9 +1,10 @@
 //! The one `skiff` binary: `skiff server` runs the platform, every other subcommand is a client
 //! of its API, and the hidden `__shim` subcommand is the per-instance container helper.
 
+mod config;
 mod server;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use skiff_cli::{ClientCommand, GlobalArgs};
 
 #[derive(Parser)]
@@ -22,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the platform: control API, ingress, instances.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     #[command(flatten)]
     Client(Box<ClientCommand>),
 }
@@ -36,9 +37,16 @@ fn main() {
         };
         std::process::exit(skiff_runtime::shim::shim_main(std::path::Path::new(dir)));
     }
-    let cli = Cli::parse();
+    let args = match config::expand(args, &Cli::command()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
-        Command::Server(a) => server::run(&cli.global, a),
+        Command::Server(a) => server::run(&cli.global, *a),
         Command::Client(c) => skiff_cli::run(&cli.global, *c),
     };
     if let Err(e) = result {

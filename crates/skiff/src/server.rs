@@ -12,9 +12,18 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct ServerArgs {
-    /// Where services are served.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Where services are served over HTTP (the ingress).
+    #[arg(
+        long = "http",
+        visible_alias = "ingress",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     ingress: String,
+    /// A YAML file whose keys are these flags without their dashes (`api: 0.0.0.0:8081`);
+    /// a flag on the command line wins over the file's key.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Where the control API listens.
     #[arg(long, default_value = "127.0.0.1:8081")]
     api: String,
@@ -122,7 +131,7 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     let ingress_addr: std::net::SocketAddr = args.ingress.parse().with_context(|| {
         format!(
-            "invalid --ingress {:?}: use HOST:PORT like 127.0.0.1:8080",
+            "invalid --http {:?}: use HOST:PORT like 127.0.0.1:8080",
             args.ingress
         )
     })?;
@@ -175,7 +184,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let ingress = tokio::net::TcpListener::bind(ingress_addr)
         .await
-        .with_context(|| format!("cannot listen on --ingress {ingress_addr}"))?;
+        .with_context(|| format!("cannot listen on --http {ingress_addr}"))?;
     let api = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;

@@ -143,3 +143,40 @@ fn connections_past_the_per_client_limit_are_closed_and_others_still_served() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn server_flags_come_from_a_config_file_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    // The test server's own --http and --api on the command line win over the file's.
+    std::fs::write(
+        &config,
+        "max-connections-per-client: 1\nhttp: 127.0.0.1:1\napi: 127.0.0.1:1\n",
+    )
+    .unwrap();
+    let s = TestServer::start(Path::new(BIN), &["--config", config.to_str().unwrap()]);
+    let mut held = connect_from(Ipv4Addr::new(127, 0, 0, 3), s.ingress);
+    held.write_all(b"GET / HTTP/1.1\r\nHost: nothing.localhost\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = held.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 404"));
+    let second = request_from(Ipv4Addr::new(127, 0, 0, 3), s.ingress, "");
+    assert_eq!(
+        second, "",
+        "the file's max-connections-per-client: 1 was not applied"
+    );
+
+    // A key that is no flag is refused, naming it, before anything starts.
+    std::fs::write(&config, "max-connections-per-clients: 1\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["server", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: unknown key \"max-connections-per-clients\""),
+        "{err}"
+    );
+}
