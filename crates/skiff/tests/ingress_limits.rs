@@ -180,3 +180,55 @@ fn server_flags_come_from_a_config_file_and_the_command_line_wins() {
         "{err}"
     );
 }
+
+/// Descriptors the process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn out_of_descriptors_the_ingress_waits_and_serves_again() {
+    let s = TestServer::start(
+        Path::new(BIN),
+        &["--max-connections-per-client", "0", "--no-instance-network"],
+    );
+    let pid = s.pid().expect("the server runs");
+    let before = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .expect("the server's descriptor limit");
+    // A few descriptors to spare, then none.
+    let limit = open_fds(pid) + 4;
+    let set_limit = |soft: &str| {
+        let ok = std::process::Command::new("prlimit")
+            .arg(format!("--pid={pid}"))
+            .arg(format!("--nofile={soft}:"))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "prlimit failed");
+    };
+    set_limit(&limit.to_string());
+    let held: Vec<TcpStream> = (0..20)
+        .map(|_| connect_from(Ipv4Addr::LOCALHOST, s.ingress))
+        .collect();
+    s.wait_for("the ingress to run out of descriptors", 60, || {
+        s.log().contains("cannot accept connections")
+    });
+    // Still running, and serving again once descriptors are free.
+    set_limit(&before);
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !request_from(Ipv4Addr::LOCALHOST, s.ingress, "").starts_with("HTTP/1.1 404") {
+        assert!(
+            Instant::now() < deadline,
+            "the ingress did not serve again\nserver log: {}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
