@@ -231,6 +231,17 @@ impl Controller {
             )));
         }
         let settings = template_settings(&svc.spec.template)?;
+        crate::secrets::check_refs(
+            self.serving.secrets(),
+            ns,
+            &settings.secret_refs(),
+            "spec.template.spec",
+        )?;
+        crate::secrets::check_host_dirs(
+            self.serving.host_dirs(),
+            &settings.host_volumes,
+            "spec.template.spec",
+        )?;
         let pulled = self
             .pull_if_remote(&settings.image, "spec.template.spec.containers[0].image")
             .await?;

@@ -103,6 +103,26 @@ fn store_job(st: &crate::ApiState, ns: &str, mut job: Job, old: Option<Job>) -> 
         )));
     }
     check_job(&job)?;
+    if let Ok(t) = TaskSettings::from_spec(&job.spec.template.spec) {
+        let mut refs: Vec<(String, String)> = t
+            .secret_env
+            .iter()
+            .map(|e| (e.secret.clone(), e.version.clone()))
+            .collect();
+        for v in &t.secret_volumes {
+            refs.extend(
+                v.files
+                    .iter()
+                    .map(|(ver, _)| (v.secret.clone(), ver.clone())),
+            );
+        }
+        crate::secrets::check_refs(st.secrets(), ns, &refs, "spec.template.spec.template.spec")?;
+        crate::secrets::check_host_dirs(
+            st.controller.serving.host_dirs(),
+            &t.host_volumes,
+            "spec.template.spec.template.spec",
+        )?;
+    }
     st.jobs.validate(&job).map_err(|e| match e {
         // What is left to fail after `check_job` is the image lookup.
         JobError::Invalid(m) => ApiError::invalid(format!("{JOB_IMAGE}: {m}")),

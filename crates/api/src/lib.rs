@@ -1,10 +1,11 @@
 //! The control API: Cloud Run Admin API v1 (Knative `serving.knative.dev/v1` services and
 //! revisions, IAM policy calls, `run.googleapis.com/v1` jobs, executions and tasks), Cloud
-//! Scheduler jobs, plus Skiff's own resources under `/skiff/v1` (images,
+//! Scheduler jobs, Secret Manager v1 secrets, plus Skiff's own resources under `/skiff/v1` (images,
 //! instances, logs, identity tokens), all behind the admin token.
 //!
 //! Handlers are thin: they parse, call the [`controller::Controller`], and shape responses.
 
+mod builds;
 pub mod controller;
 mod derived;
 pub mod error;
@@ -13,6 +14,7 @@ mod logging;
 mod openapi;
 mod registries;
 mod routes;
+mod secrets;
 pub mod usage;
 
 use axum::extract::{Request, State};
@@ -33,11 +35,27 @@ pub struct ApiState {
     pub tmp_dir: PathBuf,
     pub metrics: Arc<skiff_metering::Metrics>,
     pub prices: skiff_metering::Prices,
+    /// Source builds (`/skiff/v1/namespaces/NS/builds`).
+    pub builds: Arc<skiff_build::Builds>,
+    /// The Pub/Sub broker, whose REST API is also served here behind the admin token.
+    pub pubsub: Arc<skiff_pubsub::Broker>,
+}
+
+impl ApiState {
+    /// The secret store (the serving plane's, which resolves references at instance start).
+    pub fn secrets(&self) -> &skiff_secrets::SecretStore {
+        self.controller.serving.secrets()
+    }
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `given` is the admin token, compared in constant time.
+pub fn same_token(given: &str, admin: &str) -> bool {
+    same(given.as_bytes(), admin.as_bytes())
 }
 
 async fn require_admin(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
@@ -86,7 +104,10 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
             state.clone(),
             require_admin,
         ))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(skiff_pubsub::rest::router(state.pubsub.clone()).layer(
+            axum::middleware::from_fn_with_state(state.clone(), require_admin),
+        ));
     // The OCI distribution API (`/v2/`) does its own auth (the admin token as a basic-auth
     // password), as registry clients expect.
     let controller = state.controller.clone();

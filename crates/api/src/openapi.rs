@@ -152,6 +152,31 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "List live instances (?service=S)",
     ),
     (
+        "post",
+        "/skiff/v1/namespaces/{namespace}/builds",
+        "Build a source tar.gz (the body, at most `--build-max-source`, 512Mi by default, else 413) into an image (?service=S or ?image=NAME[:TAG], &buildArgs=K=V,...&baseImage=REF&timeout=DUR); answers with NDJSON: the build, its log lines, the build as it ended",
+    ),
+    (
+        "get",
+        "/skiff/v1/namespaces/{namespace}/builds",
+        "List builds, newest first (?service=S)",
+    ),
+    (
+        "get",
+        "/skiff/v1/namespaces/{namespace}/builds/{id}",
+        "Get a build",
+    ),
+    (
+        "post",
+        "/skiff/v1/namespaces/{namespace}/builds/{id}:cancel",
+        "Cancel a queued or running build",
+    ),
+    (
+        "get",
+        "/skiff/v1/namespaces/{namespace}/builds/{id}/log",
+        "A build's log (text)",
+    ),
+    (
         "get",
         "/skiff/v1/namespaces/{namespace}/logs",
         "Read container logs as JSON lines (?service=S or ?job=J[&execution=E], &limit=N&follow=true)",
@@ -165,6 +190,47 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "get",
         "/skiff/v1/namespaces/{namespace}/usage",
         "Usage and cost per service revision and job execution (?service=S or ?job=J, &since=T&until=T, RFC 3339)",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/secrets",
+        "List secrets (Secret Manager v1)",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/secrets",
+        "Create a secret (?secretId=NAME; body: labels, replication)",
+    ),
+    ("get", "/v1/projects/{project}/secrets/{secret}", "Get a secret"),
+    (
+        "delete",
+        "/v1/projects/{project}/secrets/{secret}",
+        "Delete a secret and all its versions",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/secrets/{secret}:addVersion",
+        "Add a version (body: payload.data in base64, optional payload.dataCrc32c; at most 64 KiB)",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/secrets/{secret}/versions",
+        "List a secret's versions, newest first",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/secrets/{secret}/versions/{version}",
+        "Get a version (a number or latest)",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/secrets/{secret}/versions/{version}:access",
+        "Access an enabled version's payload",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/secrets/{secret}/versions/{version}:enable",
+        "Enable a version (also :disable, :destroy)",
     ),
     (
         "get",

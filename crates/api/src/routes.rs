@@ -68,6 +68,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .merge(crate::logging::routes())
         .merge(crate::derived::routes())
         .merge(crate::registries::routes())
+        .merge(crate::builds::routes())
+        .merge(crate::secrets::routes())
         .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
 }
 

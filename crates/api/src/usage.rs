@@ -29,7 +29,7 @@ async fn metrics(State(st): St) -> Response {
             http::header::CONTENT_TYPE,
             skiff_metering::metrics::CONTENT_TYPE,
         )],
-        st.metrics.render(),
+        st.metrics.render() + &skiff_pubsub::metrics::render(&st.pubsub),
     )
         .into_response()
 }

@@ -21,9 +21,18 @@ pub struct DeployArgs {
     #[arg(value_name = "SERVICE")]
     pub service: String,
 
-    /// Container image: NAME[:TAG] or NAME@sha256:HEX (required for a new service)
-    #[arg(long, value_name = "REF")]
+    /// Container image: NAME[:TAG] or NAME@sha256:HEX (required for a new service, unless
+    /// --source is given)
+    #[arg(long, value_name = "REF", conflicts_with = "source")]
     pub image: Option<String>,
+
+    /// Build the image from this source directory (its Dockerfile, or a detected language:
+    /// Python, Node.js, Go, a static site) and deploy it
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub build: crate::builds::SourceOptions,
 
     /// Port the container listens on, given to it as PORT [default: 8080]
     #[arg(long, value_name = "N")]
@@ -72,6 +81,31 @@ pub struct DeployArgs {
     /// Remove all environment variables
     #[arg(long)]
     pub clear_env_vars: bool,
+
+    /// Replace all secret references: ENV=SECRET:VERSION or /dir/file=SECRET:VERSION,...
+    /// (VERSION: latest, resolved at each instance start, or a number)
+    #[arg(
+        long,
+        value_name = "TARGET=SECRET:VERSION,...",
+        conflicts_with_all = ["update_secrets", "remove_secrets", "clear_secrets"]
+    )]
+    pub set_secrets: Option<String>,
+
+    /// Add or change secret references TARGET=SECRET:VERSION,...
+    #[arg(
+        long,
+        value_name = "TARGET=SECRET:VERSION,...",
+        conflicts_with = "clear_secrets"
+    )]
+    pub update_secrets: Option<String>,
+
+    /// Remove secret references by env name or file path: TARGET,...
+    #[arg(long, value_name = "TARGET,...", conflicts_with = "clear_secrets")]
+    pub remove_secrets: Option<String>,
+
+    /// Remove every secret reference
+    #[arg(long)]
+    pub clear_secrets: bool,
 
     /// Entrypoint, as a comma list (empty: the image's own)
     #[arg(long, value_name = "CMD,...", allow_hyphen_values = true)]
@@ -198,6 +232,7 @@ pub struct Changes {
     pub service_account: Option<String>,
     pub egress: Option<String>,
     pub use_http2: Option<bool>,
+    pub secrets: crate::secretrefs::SecretFlags,
 }
 
 impl DeployArgs {
@@ -272,12 +307,18 @@ impl DeployArgs {
                 (_, true) => Some(false),
                 _ => None,
             },
+            secrets: crate::secretrefs::SecretFlags::parse(
+                self.set_secrets.as_deref(),
+                self.update_secrets.as_deref(),
+                self.remove_secrets.as_deref(),
+                self.clear_secrets,
+            )?,
         })
     }
 }
 
 /// Applies the flags given to a revision template, keeping every setting not mentioned.
-pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) {
+pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) -> Result<()> {
     if t.spec.containers.is_empty() {
         t.spec.containers.push(Container::default());
     }
@@ -350,21 +391,23 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) {
         }
     }
     if let Some(set) = &ch.env_set {
-        c.env = set
-            .iter()
-            .map(|(k, v)| EnvVar {
-                name: k.clone(),
-                value: v.clone(),
-            })
-            .collect();
+        // Env vars from secrets are the secret flags' to change.
+        c.env.retain(|e| e.value_from.is_some());
+        c.env.extend(set.iter().map(|(k, v)| EnvVar {
+            name: k.clone(),
+            value: v.clone(),
+            value_from: None,
+        }));
     }
-    c.env.retain(|e| !ch.env_remove.contains(&e.name));
+    c.env
+        .retain(|e| e.value_from.is_some() || !ch.env_remove.contains(&e.name));
     for (k, v) in &ch.env_update {
         match c.env.iter_mut().find(|e| e.name == *k) {
             Some(e) => e.value = v.clone(),
             None => c.env.push(EnvVar {
                 name: k.clone(),
                 value: v.clone(),
+                value_from: None,
             }),
         }
     }
@@ -374,6 +417,7 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) {
     if let Some(a) = &ch.args {
         c.args = a.clone();
     }
+    crate::secretrefs::apply(&mut t.spec.containers[0], &mut t.spec.volumes, &ch.secrets)
 }
 
 /// `--no-traffic`: the traffic the service serves now, pinned to revision names, so that the
@@ -462,7 +506,7 @@ pub fn build_service(
         }
         None => {
             if ch.image.is_none() {
-                bail!("service {name} does not exist yet: pass --image NAME[:TAG] to create it");
+                bail!("service {name} does not exist yet: pass --image NAME[:TAG] or --source DIR to create it");
             }
             if args.no_traffic {
                 bail!("--no-traffic cannot be used when creating service {name}: deploy without it first");
@@ -477,7 +521,7 @@ pub fn build_service(
             svc
         }
     };
-    apply_changes(&mut svc.spec.template, ch);
+    apply_changes(&mut svc.spec.template, ch)?;
     if let Some(ingress) = &args.ingress {
         // On the Service itself, where gcloud writes it: the revisions do not carry it.
         svc.metadata
@@ -505,14 +549,42 @@ pub fn precheck(args: &DeployArgs) -> Result<Changes> {
     if let Some(t) = &args.tag {
         validate_tag(t).map_err(|e| anyhow!("{e}"))?;
     }
+    if let Some(dir) = &args.source {
+        if !dir.is_dir() {
+            bail!(
+                "--source {}: no such directory: give the directory that holds the source",
+                dir.display()
+            );
+        }
+        args.build.check()?;
+    } else if args.build.set_build_env_vars.is_some()
+        || args.build.base_image.is_some()
+        || args.build.build_timeout.is_some()
+    {
+        bail!("--set-build-env-vars, --base-image and --build-timeout apply to --source builds: add --source DIR");
+    }
     args.changes()
 }
 
 pub fn run(api: &Api, args: DeployArgs) -> Result<()> {
     let name = args.service.clone();
-    let ch = precheck(&args)?;
+    let mut ch = precheck(&args)?;
     let path = api.knative("services", Some(&name));
     let existing: Option<Service> = api.get_opt(&path)?;
+    if let Some(dir) = &args.source {
+        // Every flag is checked against the service before the build, so that a build is
+        // not wasted on a deploy that would be refused.
+        let mut check = ch.clone();
+        check.image = Some("source-build".into());
+        build_service(existing.as_ref(), &api.project, &args, &check)?;
+        let built = crate::builds::submit(api, dir, Some(&name), None, &args.build)?;
+        let image = built
+            .results
+            .and_then(|r| r.images.into_iter().next())
+            .ok_or_else(|| anyhow!("build {} succeeded without an image", built.id))?;
+        eprintln!("Built image {}@{}.", image.name, image.digest);
+        ch.image = Some(image.name);
+    }
     let svc = build_service(existing.as_ref(), &api.project, &args, &ch)?;
 
     if let Some(image) = ch.image.as_deref().filter(|i| is_registry_reference(i)) {

@@ -27,6 +27,11 @@ pub const RESOURCE_MANAGER_HOST: &str = "cloudresourcemanager.skiff";
 /// Host name gcloud is given for Cloud Logging (`gcloud run services logs read`, `gcloud
 /// logging read`), answered by Skiff too.
 pub const LOGGING_HOST: &str = "logging.skiff";
+/// Host name gcloud is given for Secret Manager (`gcloud secrets ...`), answered by Skiff too.
+pub const SECRET_MANAGER_HOST: &str = "secretmanager.skiff";
+/// The host name gcloud's `pubsub` endpoint is set to (`gcloud pubsub ...`): the control API
+/// serves the Pub/Sub REST API too, behind the admin token.
+pub const PUBSUB_HOST: &str = "pubsub.skiff";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum GcloudCommand {
@@ -117,6 +122,18 @@ pub fn properties(
             "api_endpoint_overrides",
             "logging",
             format!("http://{LOGGING_HOST}:{port}/"),
+        ),
+        // `gcloud secrets ...` create, version and read secrets.
+        (
+            "api_endpoint_overrides",
+            "secretmanager",
+            format!("http://{SECRET_MANAGER_HOST}:{port}/"),
+        ),
+        // `gcloud pubsub topics|subscriptions|snapshots ...`.
+        (
+            "api_endpoint_overrides",
+            "pubsub",
+            format!("http://{PUBSUB_HOST}:{port}/"),
         ),
         ("proxy", "type", "http".into()),
         ("proxy", "address", host.to_string()),
@@ -358,6 +375,14 @@ mod tests {
         assert_eq!(
             get("api_endpoint_overrides", "logging").as_deref(),
             Some("http://logging.skiff:8081/")
+        );
+        assert_eq!(
+            get("api_endpoint_overrides", "secretmanager").as_deref(),
+            Some("http://secretmanager.skiff:8081/")
+        );
+        assert_eq!(
+            get("api_endpoint_overrides", "pubsub").as_deref(),
+            Some("http://pubsub.skiff:8081/")
         );
         assert_eq!(get("proxy", "address").as_deref(), Some("127.0.0.1"));
         assert_eq!(get("proxy", "port").as_deref(), Some("8081"));

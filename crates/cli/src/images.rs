@@ -49,7 +49,7 @@ pub struct ImageInfo {
     pub digest: String,
     pub size: u64,
     pub created: Option<String>,
-    /// `imported`, `pulled` or `pushed`.
+    /// `imported`, `pulled`, `pushed` or `built`.
     pub source: Option<String>,
 }
 

@@ -34,6 +34,27 @@ pub struct JobArgs {
     /// Environment, replacing the job's: K=V,K2=V2
     #[arg(long, value_name = "K=V,...")]
     pub set_env_vars: Option<String>,
+    /// Replace all secret references: ENV=SECRET:VERSION or /dir/file=SECRET:VERSION,...
+    /// (VERSION: latest, resolved at each task start, or a number)
+    #[arg(
+        long,
+        value_name = "TARGET=SECRET:VERSION,...",
+        conflicts_with_all = ["update_secrets", "remove_secrets", "clear_secrets"]
+    )]
+    pub set_secrets: Option<String>,
+    /// Add or change secret references TARGET=SECRET:VERSION,...
+    #[arg(
+        long,
+        value_name = "TARGET=SECRET:VERSION,...",
+        conflicts_with = "clear_secrets"
+    )]
+    pub update_secrets: Option<String>,
+    /// Remove secret references by env name or file path: TARGET,...
+    #[arg(long, value_name = "TARGET,...", conflicts_with = "clear_secrets")]
+    pub remove_secrets: Option<String>,
+    /// Remove every secret reference
+    #[arg(long)]
+    pub clear_secrets: bool,
     /// Entrypoint override, comma separated
     #[arg(long, allow_hyphen_values = true)]
     pub command: Option<String>,
@@ -174,11 +195,22 @@ pub fn apply(job: &mut Job, a: &JobArgs) -> Result<()> {
         c.image = i.clone();
     }
     if let Some(e) = &a.set_env_vars {
-        c.env = parse_env(e)?
-            .into_iter()
-            .map(|(name, value)| EnvVar { name, value })
-            .collect();
+        // Env vars from secrets are the secret flags' to change.
+        c.env.retain(|e| e.value_from.is_some());
+        c.env
+            .extend(parse_env(e)?.into_iter().map(|(name, value)| EnvVar {
+                name,
+                value,
+                value_from: None,
+            }));
     }
+    let secrets = crate::secretrefs::SecretFlags::parse(
+        a.set_secrets.as_deref(),
+        a.update_secrets.as_deref(),
+        a.remove_secrets.as_deref(),
+        a.clear_secrets,
+    )?;
+    crate::secretrefs::apply(c, &mut task.volumes, &secrets)?;
     if let Some(cmd) = &a.command {
         c.command = split_list(cmd);
     }

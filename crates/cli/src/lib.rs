@@ -11,6 +11,7 @@
 mod api;
 mod auth;
 mod billing;
+mod builds;
 mod deploy;
 mod gcloud;
 mod images;
@@ -18,9 +19,12 @@ mod instances;
 mod jobs;
 mod logs;
 mod output;
+mod pubsub;
 mod registries;
 mod revisions;
 mod scheduler;
+mod secretrefs;
+mod secrets;
 mod services;
 mod traffic;
 
@@ -93,7 +97,7 @@ impl GlobalArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum ClientCommand {
     /// Create or update a service, making a new revision
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// List, describe, delete, replace services and move their traffic
     Services {
         #[command(subcommand)]
@@ -139,6 +143,16 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: scheduler::SchedulerCommand,
     },
+    /// Build images from source: submit, list, describe, log, cancel
+    Builds {
+        #[command(subcommand)]
+        command: builds::BuildsCommand,
+    },
+    /// Secrets: values kept encrypted by the server, in Secret Manager's shape
+    Secrets {
+        #[command(subcommand)]
+        command: secrets::SecretsCommand,
+    },
     /// Usage and cost reports
     Billing {
         #[command(subcommand)]
@@ -149,6 +163,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: gcloud::GcloudCommand,
     },
+    /// Pub/Sub topics and subscriptions (gcloud pubsub's shape)
+    Pubsub {
+        #[command(subcommand)]
+        command: pubsub::PubsubCommand,
+    },
 }
 
 /// Runs one client command against the API `global` names.
@@ -156,7 +175,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
     precheck(&cmd)?;
     let api = api::Api::new(global)?;
     match cmd {
-        ClientCommand::Deploy(args) => deploy::run(&api, args),
+        ClientCommand::Deploy(args) => deploy::run(&api, *args),
         ClientCommand::Services { command } => services::run(&api, command),
         ClientCommand::Revisions { command } => revisions::run(&api, command),
         ClientCommand::Instances { command } => instances::run(&api, command),
@@ -167,7 +186,10 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Jobs { command } => jobs::run(&api, command),
         ClientCommand::Scheduler { command } => scheduler::run(&api, command),
         ClientCommand::Billing { command } => billing::run(&api, command),
+        ClientCommand::Builds { command } => builds::run(&api, command),
+        ClientCommand::Secrets { command } => secrets::run(&api, command),
         ClientCommand::Gcloud { command } => gcloud::run(&api, global, command),
+        ClientCommand::Pubsub { command } => pubsub::run(&api, command),
     }
 }
 
@@ -268,6 +290,12 @@ mod tests {
             "skiff logs read --job j --execution j-abc",
             "skiff auth print-identity-token --audience http://hello.localhost",
             "skiff gcloud configure",
+            "skiff deploy hello --source . --set-build-env-vars A=1 --base-image python:3.12",
+            "skiff builds submit dir --tag app:v1 --build-timeout 5m",
+            "skiff builds list --service hello --format json",
+            "skiff builds describe abc --format yaml",
+            "skiff builds log abc",
+            "skiff builds cancel abc",
             "skiff gcloud configure --configuration dev --activate --project demo",
         ];
         for line in ok {
@@ -284,6 +312,8 @@ mod tests {
             "skiff logs read --service a --job b",
             "skiff services describe hello --format xml",
             "skiff deploy hello --set-env-vars A=1 --update-env-vars B=2",
+            "skiff deploy hello --image x --source .",
+            "skiff builds submit dir",
         ];
         for line in bad {
             assert!(Cli::try_parse_from(line.split(' ')).is_err(), "{line}");

@@ -379,6 +379,40 @@ pub fn settings_pairs(t: &RevisionTemplate) -> Vec<(&'static str, String)> {
                     ),
                 ));
             }
+            let secret_env: Vec<String> = s
+                .secret_env
+                .iter()
+                .map(|e| format!("{}=secret {}:{}", e.name, e.secret, e.version))
+                .collect();
+            if !secret_env.is_empty() {
+                out.push(("Secret env", secret_env.join(", ")));
+            }
+            for v in &s.secret_volumes {
+                let files: Vec<String> = v
+                    .files
+                    .iter()
+                    .map(|(version, path)| format!("{path}={}:{version}", v.secret))
+                    .collect();
+                out.push((
+                    "Volume",
+                    format!(
+                        "{} at {}: secret {}, read-only ({})",
+                        v.name,
+                        v.mount_path,
+                        v.secret,
+                        files.join(", ")
+                    ),
+                ));
+            }
+            for v in &s.host_volumes {
+                out.push((
+                    "Volume",
+                    format!(
+                        "{} at {}: host directory {}, read-only",
+                        v.name, v.mount_path, v.host_path
+                    ),
+                ));
+            }
         }
         Err(e) => {
             out.push(("Image", c.map(|c| c.image.clone()).unwrap_or_default()));

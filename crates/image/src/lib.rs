@@ -69,14 +69,16 @@ pub struct ImageInfo {
     pub source: Option<ImageSource>,
 }
 
-/// Where a stored reference came from: `skiff images import`, a pull from a registry, or a
-/// push into Skiff's own registry. Serialized lower-case (`"imported"`, ...).
+/// Where a stored reference came from: `skiff images import`, a pull from a registry, a
+/// push into Skiff's own registry, or a source build (`skiff deploy --source`, `skiff builds
+/// submit`). Serialized lower-case (`"imported"`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageSource {
     Imported,
     Pulled,
     Pushed,
+    Built,
 }
 
 /// What a runtime needs to run an image.

@@ -148,8 +148,8 @@ impl ImageStore {
 
     /// Import the OCI image layout at `layout` (what a registry pull staged) under
     /// `reference`, which may pin a digest (`NAME@sha256:HEX`, stored under that very key);
-    /// the layout's manifest must then have that digest; `source` says whether it was pulled
-    /// or pushed. Otherwise as [`ImageStore::import`].
+    /// the layout's manifest must then have that digest; `source` says how it came (pulled,
+    /// pushed or built). Otherwise as [`ImageStore::import`].
     pub fn import_pulled(
         &self,
         layout: &Path,

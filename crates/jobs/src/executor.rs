@@ -28,6 +28,8 @@ pub struct JobsConfig {
     pub meters: Arc<skiff_metering::Registry>,
     /// Instance networking; `None`: tasks get loopback only.
     pub network: Option<Arc<skiff_network::Network>>,
+    /// Where secret references resolve at each task attempt's start.
+    pub secrets: Arc<skiff_secrets::SecretStore>,
 }
 
 /// Per-execution changes `jobs execute` may make (Cloud Run's `overrides`).
@@ -82,6 +84,7 @@ fn apply_overrides(mut spec: ExecutionSpec, o: &Overrides) -> ExecutionSpec {
             c.env.push(EnvVar {
                 name: k.clone(),
                 value: v.clone(),
+                value_from: None,
             });
         }
     }
@@ -600,7 +603,18 @@ impl Jobs {
             joins_netns: false,
             hosts: String::new(),
             resolv_conf: String::new(),
-            memory_volumes: Vec::new(),
+            memory_volumes: s
+                .memory_volumes
+                .iter()
+                .map(|v| (v.mount_path.clone(), v.size_bytes, v.read_only))
+                .collect(),
+            host_volumes: s
+                .host_volumes
+                .iter()
+                .map(|v| (v.host_path.clone(), v.mount_path.clone()))
+                .collect(),
+            secrets_on_fd: false,
+            secrets: Default::default(),
         }
     }
 
@@ -686,6 +700,32 @@ impl Jobs {
                     .await
                     .map(Some)
                     .map_err(|e| format!("no network for the task: {e}")),
+            };
+            // Secret references resolve now, at each attempt's start (`latest` moves on).
+            let resolved = if run.settings.secret_env.is_empty()
+                && run.settings.secret_volumes.is_empty()
+            {
+                Ok(Default::default())
+            } else {
+                let secrets = self.cfg.secrets.clone();
+                let ns = run.ns.clone();
+                let (env, vols) = (
+                    run.settings.secret_env.clone(),
+                    run.settings.secret_volumes.clone(),
+                );
+                match tokio::task::spawn_blocking(move || secrets.material(&ns, &env, &vols)).await
+                {
+                    Ok(Ok(m)) => Ok(m),
+                    Ok(Err(e)) => Err(format!("cannot resolve a secret: {e}")),
+                    Err(e) => Err(format!("cannot resolve secrets: {e}")),
+                }
+            };
+            let lease = match (lease, resolved) {
+                (Ok(l), Ok(m)) => {
+                    cfg.secrets = m;
+                    Ok(l)
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
             };
             let spawned = match &lease {
                 Err(e) => Err(skiff_runtime::RuntimeError::Start(e.clone())),
@@ -849,6 +889,7 @@ mod tests {
             env: vec![EnvVar {
                 name: "K".into(),
                 value: "old".into(),
+                value_from: None,
             }],
             ..Default::default()
         });

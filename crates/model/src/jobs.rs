@@ -81,6 +81,9 @@ pub struct TaskSpec {
     /// The identity the tasks run as (Cloud Run's `serviceAccountName`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// Volumes the task's container may mount (in-memory `emptyDir` and `secret`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::Volume>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -255,6 +258,14 @@ pub struct TaskSettings {
     pub working_dir: Option<String>,
     /// `serviceAccountName` (`None`: the project's default service account).
     pub service_account: Option<String>,
+    /// In-memory volumes, as a service revision's.
+    pub memory_volumes: Vec<crate::MemoryVolume>,
+    /// Env vars from secrets, resolved when each task attempt starts.
+    pub secret_env: Vec<crate::SecretEnv>,
+    /// Secret volumes, resolved when each task attempt starts.
+    pub secret_volumes: Vec<crate::SecretVolume>,
+    /// Host directories mounted read-only, as a service revision's.
+    pub host_volumes: Vec<crate::HostVolume>,
 }
 
 impl TaskSettings {
@@ -281,7 +292,6 @@ impl TaskSettings {
         for (given, field) in [
             (c.startup_probe.is_some(), "startupProbe"),
             (c.liveness_probe.is_some(), "livenessProbe"),
-            (!c.volume_mounts.is_empty(), "volumeMounts"),
         ] {
             if given {
                 return Err(InvalidInput::new(format!(
@@ -320,6 +330,7 @@ impl TaskSettings {
                     ..c.clone()
                 }],
                 service_account_name: task.service_account_name.clone(),
+                volumes: task.volumes.clone(),
                 ..Default::default()
             },
         };
@@ -337,6 +348,10 @@ impl TaskSettings {
             args: r.args,
             working_dir: r.working_dir,
             service_account: r.service_account,
+            memory_volumes: r.memory_volumes,
+            secret_env: r.secret_env,
+            secret_volumes: r.secret_volumes,
+            host_volumes: r.host_volumes,
         })
     }
 }

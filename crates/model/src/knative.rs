@@ -127,7 +127,7 @@ pub struct RevisionSpec {
     pub service_account_name: Option<String>,
     #[serde(default)]
     pub containers: Vec<Container>,
-    /// Volumes the containers may mount (Skiff: in-memory `emptyDir` only).
+    /// Volumes the containers may mount: in-memory `emptyDir` and `secret`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
 }
@@ -139,6 +139,46 @@ pub struct Volume {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_dir: Option<EmptyDirVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs: Option<NfsVolumeSource>,
+}
+
+/// `nfs`: Cloud Run's NFS volume. Skiff's stand-in: `server: localhost` and `path` a directory
+/// of the host that `skiff server --allow-host-dir` allows, mounted read-only
+/// (`readOnly: true`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NfsVolumeSource {
+    #[serde(default)]
+    pub server: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+}
+
+/// `secret`: versions of a secret as files. Each item puts version `key` (`latest` or a
+/// number) in the file `path` under the mount path; without items the volume holds one file
+/// named after the secret with its latest version (Cloud Run's rule).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretVolumeSource {
+    #[serde(default)]
+    pub secret_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+}
+
+/// One file of a secret volume: version `key` at `path` (relative to the mount path).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyToPath {
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub path: String,
 }
 
 /// `emptyDir`: a directory that starts empty with each instance. Cloud Run's is in memory
@@ -257,12 +297,53 @@ pub struct GrpcAction {
     pub service: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// An environment variable: a literal `value`, or (`valueFrom.secretKeyRef`) a version of a
+/// secret, resolved when each instance or task starts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    #[serde(default)]
+    pub value_from: Option<EnvVarSource>,
+}
+
+impl Serialize for EnvVar {
+    /// `{name, value}`, or `{name, valueFrom}` for a secret (no empty `value` beside it), so
+    /// that an export reads as the input did.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let with_value = self.value_from.is_none() || !self.value.is_empty();
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("name", &self.name)?;
+        if with_value {
+            m.serialize_entry("value", &self.value)?;
+        }
+        if let Some(f) = &self.value_from {
+            m.serialize_entry("valueFrom", f)?;
+        }
+        m.end()
+    }
+}
+
+/// `valueFrom`: Cloud Run takes only `secretKeyRef`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeySelector>,
+}
+
+/// `secretKeyRef`: the secret `name` and, as `key`, its version (`latest` or a number), as
+/// Cloud Run reads it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -56,6 +56,17 @@ pub struct RevisionSettings {
     /// In-memory volumes mounted in the container.
     #[serde(default)]
     pub memory_volumes: Vec<MemoryVolume>,
+    /// Environment variables whose values are secret versions, resolved at each instance
+    /// start (`valueFrom.secretKeyRef`).
+    #[serde(default)]
+    pub secret_env: Vec<SecretEnv>,
+    /// Secret volumes: files holding secret versions, resolved at each instance start,
+    /// mounted read-only.
+    #[serde(default)]
+    pub secret_volumes: Vec<SecretVolume>,
+    /// Host directories mounted read-only (`nfs` volumes with `server: localhost`).
+    #[serde(default)]
+    pub host_volumes: Vec<HostVolume>,
     /// The container's startup probe; `None`: Cloud Run's default, a TCP connect to `port`
     /// within 240 s.
     #[serde(default)]
@@ -89,67 +100,151 @@ pub struct MemoryVolume {
     pub read_only: bool,
 }
 
+/// An environment variable whose value is a version of a secret of the revision's project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEnv {
+    /// The variable's name.
+    pub name: String,
+    /// The secret's id (`projects/P/secrets/` left out).
+    pub secret: String,
+    /// `latest` (the highest enabled version when the instance starts) or a number.
+    pub version: String,
+}
+
+/// A secret volume mounted in the container: each file a version of `secret`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVolume {
+    /// The volume's name.
+    pub name: String,
+    /// Absolute directory in the container.
+    pub mount_path: String,
+    pub secret: String,
+    /// `(version, file path relative to the mount path)`.
+    pub files: Vec<(String, String)>,
+}
+
+impl RevisionSettings {
+    /// Every secret reference, `(secret, version)`, in the order given (env, then volumes).
+    pub fn secret_refs(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .secret_env
+            .iter()
+            .map(|e| (e.secret.clone(), e.version.clone()))
+            .collect();
+        for v in &self.secret_volumes {
+            for (version, _) in &v.files {
+                out.push((v.secret.clone(), version.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// Checks a secret reference's name and version as Cloud Run reads them: a secret id (letters,
+/// digits, `-`, `_`; a `projects/P/secrets/S` name is for other projects, which Skiff does not
+/// reach) and `latest` or a version number.
+fn secret_ref(field: &str, name: &str, version: &str) -> Result<(), InvalidInput> {
+    if name.starts_with("projects/") {
+        return Err(InvalidInput::new(format!(
+            "{field}: {name:?}: secrets of other projects are not reachable: create the secret in this project and name it alone"
+        )));
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(InvalidInput::new(format!(
+            "{field}: {name:?} is not a secret name: use letters, digits, - and _"
+        )));
+    }
+    let version_ok = version == "latest"
+        || (!version.starts_with('0')
+            && !version.is_empty()
+            && version.bytes().all(|b| b.is_ascii_digit()));
+    if !version_ok {
+        return Err(InvalidInput::new(format!(
+            "{field}: version {version:?} of secret {name}: use latest or a version number like 1"
+        )));
+    }
+    Ok(())
+}
+
+/// A directory of the host mounted read-only in the container, Skiff's stand-in for Cloud
+/// Run's NFS volumes (`nfs: {server: localhost, path: HOST_DIR, readOnly: true}`). Which host
+/// directories may be mounted is the server's to allow (`--allow-host-dir`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostVolume {
+    /// The volume's name.
+    pub name: String,
+    /// Absolute directory in the container.
+    pub mount_path: String,
+    /// Absolute directory on the host.
+    pub host_path: String,
+}
+
+/// A container's volumes, by kind.
+struct Volumes {
+    memory: Vec<MemoryVolume>,
+    secrets: Vec<SecretVolume>,
+    hosts: Vec<HostVolume>,
+}
+
+/// Where a volume's contents come from.
+enum VolumeSource {
+    /// A host directory (absolute path).
+    Host(String),
+    /// An in-memory `emptyDir` of this many bytes.
+    Memory(u64),
+    /// A secret, `(secret, [(version, path)])`.
+    Secret(String, Vec<(String, String)>),
+}
+
 /// Reads `spec.volumes` and the container's `volumeMounts` as Cloud Run does for in-memory
-/// volumes. Errors name the field (`volumes[0].emptyDir.sizeLimit: ...`).
-fn memory_volumes(
+/// and secret volumes. Errors name the field (`volumes[0].emptyDir.sizeLimit: ...`).
+fn volumes(
     t: &RevisionTemplate,
     c: &crate::Container,
     memory_bytes: u64,
-) -> Result<Vec<MemoryVolume>, InvalidInput> {
-    let mut sizes = std::collections::BTreeMap::new();
+) -> Result<Volumes, InvalidInput> {
+    let mut sources = std::collections::BTreeMap::new();
     for (i, v) in t.spec.volumes.iter().enumerate() {
         crate::validate_name("volume", &v.name, 63)
             .map_err(|e| InvalidInput::new(format!("volumes[{i}].name: {e}")))?;
-        let Some(ed) = &v.empty_dir else {
-            return Err(InvalidInput::new(format!(
-                "volumes[{i}]: give its source: Skiff has in-memory emptyDir volumes (emptyDir: {{medium: Memory}})"
-            )));
-        };
-        if ed.medium.as_deref() != Some("Memory") {
-            return Err(InvalidInput::new(format!(
-                "volumes[{i}].emptyDir.medium: {:?}: Cloud Run's emptyDir volumes are in memory: use medium: Memory",
-                ed.medium.clone().unwrap_or_default()
-            )));
-        }
-        let size = match &ed.size_limit {
-            None => memory_bytes,
-            Some(s) => {
-                let n = crate::parse_size(s).map_err(|e| {
-                    InvalidInput::new(format!("volumes[{i}].emptyDir.sizeLimit: {e}"))
-                })?;
-                if n == 0 || n > memory_bytes {
-                    return Err(InvalidInput::new(format!(
-                        "volumes[{i}].emptyDir.sizeLimit: {s} is more than the memory limit ({} MiB) it counts against: lower it or raise the memory",
-                        memory_bytes >> 20
-                    )));
-                }
-                n
+        let source = match (&v.empty_dir, &v.secret, &v.nfs) {
+            (Some(ed), None, None) => VolumeSource::Memory(empty_dir_size(i, ed, memory_bytes)?),
+            (None, Some(sv), None) => {
+                VolumeSource::Secret(sv.secret_name.clone(), secret_items(i, sv)?)
+            }
+            (None, None, Some(n)) => VolumeSource::Host(host_dir(i, n)?),
+            _ => {
+                return Err(InvalidInput::new(format!(
+                    "volumes[{i}]: give exactly one source: Skiff has in-memory emptyDir volumes (emptyDir: {{medium: Memory}}), secret volumes (secret: {{secretName: NAME}}) and host directories (nfs: {{server: localhost, path: DIR, readOnly: true}})"
+                )))
             }
         };
-        if sizes.insert(v.name.clone(), size).is_some() {
+        if sources.insert(v.name.clone(), source).is_some() {
             return Err(InvalidInput::new(format!(
                 "volumes[{i}].name: {:?} is used twice: give each volume its own name",
                 v.name
             )));
         }
     }
-    let mut out: Vec<MemoryVolume> = Vec::new();
+    let mut memory: Vec<MemoryVolume> = Vec::new();
+    let mut secrets: Vec<SecretVolume> = Vec::new();
+    let mut hosts: Vec<HostVolume> = Vec::new();
+    let mut mounted: Vec<(String, String)> = Vec::new();
     for (i, m) in c.volume_mounts.iter().enumerate() {
         let at = format!("containers[0].volumeMounts[{i}]");
-        let Some(size) = sizes.get(&m.name) else {
+        let Some(source) = sources.get(&m.name) else {
             return Err(InvalidInput::new(format!(
                 "{at}.name: no volume {:?} in spec.volumes: declare it there",
                 m.name
             )));
         };
         let p = &m.mount_path;
-        let clean = p.starts_with('/')
-            && p.len() > 1
-            && !p.ends_with('/')
-            && p.split('/')
-                .skip(1)
-                .all(|s| !s.is_empty() && s != "." && s != "..");
-        if !clean {
+        if !clean_path(p) {
             return Err(InvalidInput::new(format!(
                 "{at}.mountPath: {p:?} is not an absolute path below /: give one like /cache"
             )));
@@ -161,20 +256,148 @@ fn memory_volumes(
                 )));
             }
         }
-        if let Some(o) = out.iter().find(|o| o.mount_path == *p || o.name == m.name) {
+        if let Some((name, path)) = mounted.iter().find(|(n, q)| q == p || *n == m.name) {
             return Err(InvalidInput::new(format!(
-                "{at}: volume {:?} at {p:?} clashes with volume {:?} at {:?}: mount each volume once, each at its own path",
-                m.name, o.name, o.mount_path
+                "{at}: volume {:?} at {p:?} clashes with volume {name:?} at {path:?}: mount each volume once, each at its own path",
+                m.name
             )));
         }
-        out.push(MemoryVolume {
-            name: m.name.clone(),
-            mount_path: p.clone(),
-            size_bytes: *size,
-            read_only: m.read_only.unwrap_or(false),
-        });
+        mounted.push((m.name.clone(), p.clone()));
+        match source {
+            VolumeSource::Memory(size) => memory.push(MemoryVolume {
+                name: m.name.clone(),
+                mount_path: p.clone(),
+                size_bytes: *size,
+                read_only: m.read_only.unwrap_or(false),
+            }),
+            VolumeSource::Host(host_path) => {
+                if m.read_only == Some(false) {
+                    return Err(InvalidInput::new(format!(
+                        "{at}.readOnly: host directories are mounted read-only: leave readOnly out or set it to true"
+                    )));
+                }
+                hosts.push(HostVolume {
+                    name: m.name.clone(),
+                    mount_path: p.clone(),
+                    host_path: host_path.clone(),
+                });
+            }
+            VolumeSource::Secret(secret, files) => {
+                if m.read_only == Some(false) {
+                    return Err(InvalidInput::new(format!(
+                        "{at}.readOnly: secret volumes are read-only: leave readOnly out or set it to true"
+                    )));
+                }
+                secrets.push(SecretVolume {
+                    name: m.name.clone(),
+                    mount_path: p.clone(),
+                    secret: secret.clone(),
+                    files: files.clone(),
+                });
+            }
+        }
     }
-    Ok(out)
+    Ok(Volumes {
+        memory,
+        secrets,
+        hosts,
+    })
+}
+
+/// Reads an `nfs` volume as a host directory: `server` is this machine (`localhost`,
+/// `127.0.0.1`), `path` a clean absolute directory, `readOnly: true`.
+fn host_dir(i: usize, n: &crate::NfsVolumeSource) -> Result<String, InvalidInput> {
+    let at = format!("volumes[{i}].nfs");
+    if !matches!(n.server.as_str(), "localhost" | "127.0.0.1") {
+        return Err(InvalidInput::new(format!(
+            "{at}.server: {:?}: Skiff mounts directories of its own host: use server: localhost and the host directory as path",
+            n.server
+        )));
+    }
+    if !clean_path(&n.path) {
+        return Err(InvalidInput::new(format!(
+            "{at}.path: {:?} is not an absolute directory: give one like /srv/data",
+            n.path
+        )));
+    }
+    if n.read_only != Some(true) {
+        return Err(InvalidInput::new(format!(
+            "{at}.readOnly: Skiff mounts host directories read-only: set readOnly: true"
+        )));
+    }
+    Ok(n.path.clone())
+}
+
+/// An absolute path below `/` without empty, `.` or `..` segments.
+fn clean_path(p: &str) -> bool {
+    p.starts_with('/')
+        && p.len() > 1
+        && !p.ends_with('/')
+        && p.split('/')
+            .skip(1)
+            .all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+fn empty_dir_size(
+    i: usize,
+    ed: &crate::EmptyDirVolumeSource,
+    memory_bytes: u64,
+) -> Result<u64, InvalidInput> {
+    if ed.medium.as_deref() != Some("Memory") {
+        return Err(InvalidInput::new(format!(
+            "volumes[{i}].emptyDir.medium: {:?}: Cloud Run's emptyDir volumes are in memory: use medium: Memory",
+            ed.medium.clone().unwrap_or_default()
+        )));
+    }
+    match &ed.size_limit {
+        None => Ok(memory_bytes),
+        Some(s) => {
+            let n = crate::parse_size(s)
+                .map_err(|e| InvalidInput::new(format!("volumes[{i}].emptyDir.sizeLimit: {e}")))?;
+            if n == 0 || n > memory_bytes {
+                return Err(InvalidInput::new(format!(
+                    "volumes[{i}].emptyDir.sizeLimit: {s} is more than the memory limit ({} MiB) it counts against: lower it or raise the memory",
+                    memory_bytes >> 20
+                )));
+            }
+            Ok(n)
+        }
+    }
+}
+
+/// A secret volume's files, `(version, relative path)`: its items, or without items one file
+/// named after the secret holding its latest version.
+fn secret_items(
+    i: usize,
+    sv: &crate::SecretVolumeSource,
+) -> Result<Vec<(String, String)>, InvalidInput> {
+    let at = format!("volumes[{i}].secret");
+    if sv.items.is_empty() {
+        secret_ref(&format!("{at}.secretName"), &sv.secret_name, "latest")?;
+        return Ok(vec![("latest".into(), sv.secret_name.clone())]);
+    }
+    let mut files: Vec<(String, String)> = Vec::new();
+    for (j, item) in sv.items.iter().enumerate() {
+        secret_ref(&format!("{at}.items[{j}]"), &sv.secret_name, &item.key)?;
+        if !clean_path(&format!("/{}", item.path)) {
+            return Err(InvalidInput::new(format!(
+                "{at}.items[{j}].path: {:?} is not a relative file path: give one like password or conf/key.json",
+                item.path
+            )));
+        }
+        if files.iter().any(|(_, p)| {
+            *p == item.path
+                || item.path.starts_with(&format!("{p}/"))
+                || p.starts_with(&format!("{}/", item.path))
+        }) {
+            return Err(InvalidInput::new(format!(
+                "{at}.items[{j}].path: {:?} clashes with another item's path: give each file its own",
+                item.path
+            )));
+        }
+        files.push((item.key.clone(), item.path.clone()));
+    }
+    Ok(files)
 }
 
 /// What a probe does.
@@ -513,7 +736,8 @@ impl RevisionSettings {
             )));
         }
         let mut env = Vec::new();
-        for e in &c.env {
+        let mut secret_env: Vec<SecretEnv> = Vec::new();
+        for (i, e) in c.env.iter().enumerate() {
             if matches!(
                 e.name.as_str(),
                 "PORT" | "K_SERVICE" | "K_REVISION" | "K_CONFIGURATION"
@@ -524,7 +748,35 @@ impl RevisionSettings {
                 )));
             }
             crate::parse_env_list(&format!("{}=x", e.name))?;
-            env.push((e.name.clone(), e.value.clone()));
+            if env.iter().any(|(k, _)| *k == e.name) || secret_env.iter().any(|s| s.name == e.name)
+            {
+                return Err(InvalidInput::new(format!(
+                    "env var {} is given twice: give each variable once",
+                    e.name
+                )));
+            }
+            match &e.value_from {
+                None => env.push((e.name.clone(), e.value.clone())),
+                Some(from) => {
+                    let at = format!("containers[0].env[{i}]");
+                    let Some(r) = &from.secret_key_ref else {
+                        return Err(InvalidInput::new(format!(
+                            "{at}.valueFrom: give secretKeyRef: {{name: SECRET, key: VERSION}}"
+                        )));
+                    };
+                    if !e.value.is_empty() {
+                        return Err(InvalidInput::new(format!(
+                            "{at}: give value or valueFrom, not both"
+                        )));
+                    }
+                    secret_ref(&format!("{at}.valueFrom.secretKeyRef"), &r.name, &r.key)?;
+                    secret_env.push(SecretEnv {
+                        name: e.name.clone(),
+                        secret: r.name.clone(),
+                        version: r.key.clone(),
+                    });
+                }
+            }
         }
         let cpu_throttling = match t.metadata.annotations.get(ANN_CPU_THROTTLING) {
             None => true,
@@ -539,7 +791,11 @@ impl RevisionSettings {
                 }
             },
         };
-        let memory_volumes = memory_volumes(t, c, memory_bytes)?;
+        let Volumes {
+            memory: memory_volumes,
+            secrets: secret_volumes,
+            hosts: host_volumes,
+        } = volumes(t, c, memory_bytes)?;
         let startup_probe = c
             .startup_probe
             .as_ref()
@@ -575,6 +831,9 @@ impl RevisionSettings {
             service_account: spec.service_account_name.clone(),
             egress: egress_annotation(&t.metadata.annotations)?,
             memory_volumes,
+            secret_env,
+            secret_volumes,
+            host_volumes,
             use_http2,
             startup_probe,
             liveness_probe,
@@ -663,6 +922,7 @@ mod tests {
             c.env.push(EnvVar {
                 name: "A".into(),
                 value: "b".into(),
+                value_from: None,
             });
             c.resources = Some(Resources {
                 limits: [
@@ -855,6 +1115,7 @@ mod tests {
                 t.spec.containers[0].env.push(EnvVar {
                     name: "PORT".into(),
                     value: "1".into(),
+                    value_from: None,
                 })
             }),
             ("memory", |t| {
@@ -867,6 +1128,149 @@ mod tests {
             let mut t = template(|_| {});
             edit(&mut t);
             assert!(RevisionSettings::from_template(&t).is_err(), "{what}");
+        }
+    }
+
+    fn with_json(f: &str) -> Result<RevisionSettings, InvalidInput> {
+        let t: RevisionTemplate = serde_json::from_str(f).unwrap();
+        RevisionSettings::from_template(&t)
+    }
+
+    #[test]
+    fn secrets_as_env_and_files() {
+        let s = with_json(
+            r#"{"spec":{"containers":[{"image":"i",
+                "env":[{"name":"A","value":"x"},{"name":"PW","valueFrom":{"secretKeyRef":{"name":"db","key":"2"}}}],
+                "volumeMounts":[{"name":"s","mountPath":"/etc/conf"},{"name":"t","mountPath":"/t"}]}],
+              "volumes":[{"name":"s","secret":{"secretName":"cfg","items":[{"key":"latest","path":"a.json"},{"key":"1","path":"old/a.json"}]}},
+                         {"name":"t","secret":{"secretName":"tok"}}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.env, vec![("A".to_string(), "x".to_string())]);
+        assert_eq!(
+            s.secret_env,
+            vec![SecretEnv {
+                name: "PW".into(),
+                secret: "db".into(),
+                version: "2".into()
+            }]
+        );
+        assert_eq!(s.secret_volumes.len(), 2);
+        assert_eq!(s.secret_volumes[0].mount_path, "/etc/conf");
+        assert_eq!(
+            s.secret_volumes[0].files,
+            vec![
+                ("latest".to_string(), "a.json".to_string()),
+                ("1".to_string(), "old/a.json".to_string())
+            ]
+        );
+        assert_eq!(
+            s.secret_volumes[1].files,
+            vec![("latest".to_string(), "tok".to_string())]
+        );
+        assert_eq!(s.secret_refs().len(), 4);
+    }
+
+    #[test]
+    fn bad_secret_references_name_the_field() {
+        let env = |from: &str| {
+            with_json(&format!(
+                r#"{{"spec":{{"containers":[{{"image":"i","env":[{{"name":"PW","valueFrom":{from}}}]}}]}}}}"#
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        let e = env(r#"{"secretKeyRef":{"name":"db","key":"v1"}}"#);
+        assert!(
+            e.starts_with("containers[0].env[0].valueFrom.secretKeyRef: version \"v1\""),
+            "{e}"
+        );
+        let e = env(r#"{"secretKeyRef":{"name":"projects/p/secrets/db","key":"1"}}"#);
+        assert!(e.contains("other projects"), "{e}");
+        let e = env(r#"{}"#);
+        assert!(
+            e.starts_with("containers[0].env[0].valueFrom: give secretKeyRef"),
+            "{e}"
+        );
+        let vol = |v: &str, m: &str| {
+            with_json(&format!(
+                r#"{{"spec":{{"containers":[{{"image":"i","volumeMounts":[{m}]}}],"volumes":[{v}]}}}}"#
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        let e = vol(
+            r#"{"name":"s","secret":{"secretName":"a","items":[{"key":"1","path":"../x"}]}}"#,
+            r#"{"name":"s","mountPath":"/s"}"#,
+        );
+        assert!(e.starts_with("volumes[0].secret.items[0].path"), "{e}");
+        let e = vol(
+            r#"{"name":"s","secret":{"secretName":"a"}}"#,
+            r#"{"name":"s","mountPath":"/s","readOnly":false}"#,
+        );
+        assert!(e.contains("readOnly"), "{e}");
+        let e = vol(
+            r#"{"name":"s","secret":{"secretName":"a"},"emptyDir":{"medium":"Memory"}}"#,
+            r#"{"name":"s","mountPath":"/s"}"#,
+        );
+        assert!(e.starts_with("volumes[0]: give exactly one source"), "{e}");
+        let dup = with_json(
+            r#"{"spec":{"containers":[{"image":"i","env":[{"name":"A","value":"x"},{"name":"A","valueFrom":{"secretKeyRef":{"name":"a","key":"1"}}}]}]}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(dup.contains("given twice"), "{dup}");
+    }
+
+    #[test]
+    fn secret_env_exports_without_an_empty_value() {
+        let e: crate::EnvVar = serde_json::from_str(
+            r#"{"name":"PW","valueFrom":{"secretKeyRef":{"name":"db","key":"latest"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"name":"PW","valueFrom":{"secretKeyRef":{"name":"db","key":"latest"}}}"#
+        );
+        let plain: crate::EnvVar = serde_json::from_str(r#"{"name":"A","value":""}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"name":"A","value":""}"#
+        );
+    }
+
+    #[test]
+    fn host_directories_are_nfs_volumes_of_localhost_read_only() {
+        let vol = |nfs: &str| {
+            with_json(&format!(
+                r#"{{"spec":{{"containers":[{{"image":"i","volumeMounts":[{{"name":"d","mountPath":"/d"}}]}}],"volumes":[{{"name":"d","nfs":{nfs}}}]}}}}"#
+            ))
+        };
+        let s = vol(r#"{"server":"localhost","path":"/srv/data","readOnly":true}"#).unwrap();
+        assert_eq!(
+            s.host_volumes,
+            vec![HostVolume {
+                name: "d".into(),
+                mount_path: "/d".into(),
+                host_path: "/srv/data".into()
+            }]
+        );
+        for (nfs, want) in [
+            (
+                r#"{"server":"10.0.0.2","path":"/x","readOnly":true}"#,
+                "volumes[0].nfs.server",
+            ),
+            (
+                r#"{"server":"localhost","path":"x/../y","readOnly":true}"#,
+                "volumes[0].nfs.path",
+            ),
+            (
+                r#"{"server":"localhost","path":"/x"}"#,
+                "volumes[0].nfs.readOnly",
+            ),
+        ] {
+            let e = vol(nfs).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{nfs}: {e}");
         }
     }
 }

@@ -66,10 +66,76 @@ pub struct InstanceConfig {
     /// memory limit.
     #[serde(default)]
     pub memory_volumes: Vec<(String, u64, bool)>,
+    /// Host directories bind-mounted read-only: `(host path, path in the container)`.
+    #[serde(default)]
+    pub host_volumes: Vec<(String, String)>,
+    /// Whether the shim gets [`SecretMaterial`] on [`SECRETS_FD`] (set by
+    /// [`supervisor::spawn`]).
+    #[serde(default)]
+    pub secrets_on_fd: bool,
+    /// The secret values this instance starts with. Never written to `instance.json`: the
+    /// server hands them to the shim in a memfd on [`SECRETS_FD`], and the shim writes them
+    /// (and the OCI spec that holds the env) only into a tmpfs of its own mount namespace.
+    #[serde(skip)]
+    pub secrets: SecretMaterial,
 }
 
 /// File descriptor on which the shim receives the network namespace to join.
 pub const NETNS_FD: i32 = 5;
+/// File descriptor on which the shim receives its [`SecretMaterial`] (a memfd of JSON).
+pub const SECRETS_FD: i32 = 6;
+
+/// Secret values resolved for one instance or task attempt: environment variables and the
+/// files of secret volumes. `Debug` shows names and paths, never values.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct SecretMaterial {
+    /// `(name, value)`, added to the container's environment over the image's.
+    pub env: Vec<(String, String)>,
+    /// Secret volumes, each a read-only directory in the container.
+    pub volumes: Vec<SecretFiles>,
+}
+
+/// One secret volume: files (relative path, contents) mounted read-only at `mount_path`.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct SecretFiles {
+    pub mount_path: String,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl SecretMaterial {
+    pub fn is_empty(&self) -> bool {
+        self.env.is_empty() && self.volumes.is_empty()
+    }
+    /// Bytes of values held (env values and file contents).
+    pub fn value_bytes(&self) -> usize {
+        self.env.iter().map(|(_, v)| v.len()).sum::<usize>()
+            + self
+                .volumes
+                .iter()
+                .flat_map(|v| &v.files)
+                .map(|(_, d)| d.len())
+                .sum::<usize>()
+    }
+}
+
+impl std::fmt::Debug for SecretMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        let files: Vec<String> = self
+            .volumes
+            .iter()
+            .flat_map(|v| {
+                v.files
+                    .iter()
+                    .map(move |(p, _)| format!("{}/{p}", v.mount_path))
+            })
+            .collect();
+        f.debug_struct("SecretMaterial")
+            .field("env", &env)
+            .field("files", &files)
+            .finish()
+    }
+}
 
 impl InstanceConfig {
     pub fn rootfs(&self) -> PathBuf {

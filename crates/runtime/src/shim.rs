@@ -107,10 +107,26 @@ fn run(
         let path = cfg.etc_file(name);
         std::fs::write(&path, text).map_err(|e| RuntimeError::io(&path, e))?;
     }
-    let bundle = cfg.dir.join("bundle");
+    // With secrets, the OCI spec (which holds the env) and the secret files live on a tmpfs
+    // of the shim's own mount namespace: nothing of them reaches the disk.
+    let (bundle, spec) = if cfg.secrets_on_fd {
+        let secrets = read_secrets()?;
+        let dir = mount_secrets_dir(cfg, secrets.value_bytes())?;
+        let mut with_env = cfg.clone();
+        for (k, v) in &secrets.env {
+            with_env
+                .env
+                .retain(|kv| kv.split_once('=').map(|(n, _)| n) != Some(k));
+            with_env.env.push(format!("{k}={v}"));
+        }
+        let mounts = write_secret_files(&dir, &secrets)?;
+        (dir.join("bundle"), spec::build(&with_env, &user, &mounts))
+    } else {
+        (cfg.dir.join("bundle"), spec::build(cfg, &user, &[]))
+    };
     std::fs::create_dir_all(&bundle).map_err(|e| RuntimeError::io(&bundle, e))?;
     let config_json = bundle.join("config.json");
-    let spec = serde_json::to_vec(&spec::build(cfg, &user)).expect("spec serializes");
+    let spec = serde_json::to_vec(&spec).expect("spec serializes");
     std::fs::write(&config_json, spec).map_err(|e| RuntimeError::io(&config_json, e))?;
     std::fs::create_dir_all(&cfg.state_root).map_err(|e| RuntimeError::io(&cfg.state_root, e))?;
 
@@ -157,6 +173,93 @@ fn run(
         usage,
     });
     Ok(())
+}
+
+/// Reads the [`crate::SecretMaterial`] the server handed over on [`crate::SECRETS_FD`].
+fn read_secrets() -> Result<crate::SecretMaterial, RuntimeError> {
+    // SAFETY: the server's spawn dup2-ed the secrets memfd onto this fd for this process.
+    let mut f = unsafe { File::from_raw_fd(crate::SECRETS_FD) };
+    let mut data = Vec::new();
+    f.read_to_end(&mut data)
+        .map_err(|e| RuntimeError::Sys(format!("cannot read the instance's secrets: {e}")))?;
+    serde_json::from_slice(&data)
+        .map_err(|e| RuntimeError::Config(format!("the instance's secrets: {e}")))
+}
+
+/// Where the shim keeps what holds secret values (the OCI bundle, the secret files).
+fn secrets_dir(cfg: &InstanceConfig) -> std::path::PathBuf {
+    cfg.dir.join("secrets")
+}
+
+/// Mounts a tmpfs (mode 0700) for the secrets at [`secrets_dir`], big enough for `bytes` of
+/// values twice over (the files and the spec's env) and the rest of the spec.
+fn mount_secrets_dir(
+    cfg: &InstanceConfig,
+    bytes: usize,
+) -> Result<std::path::PathBuf, RuntimeError> {
+    let dir = secrets_dir(cfg);
+    std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+    let size = 2 * bytes + (16 << 20);
+    mount(
+        Some("tmpfs"),
+        &dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("size={size},mode=0700").as_str()),
+    )
+    .map_err(|e| {
+        RuntimeError::Sys(format!(
+            "cannot mount the secrets tmpfs at {}: {e}",
+            dir.display()
+        ))
+    })?;
+    Ok(dir)
+}
+
+/// Writes each secret volume's files under `dir/vN/` (files 0444, directories 0555) and
+/// returns `(source, mount path in the container)` for the spec's read-only bind mounts.
+fn write_secret_files(
+    dir: &Path,
+    secrets: &crate::SecretMaterial,
+) -> Result<Vec<(std::path::PathBuf, String)>, RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut mounts = Vec::new();
+    for (i, v) in secrets.volumes.iter().enumerate() {
+        let root = dir.join(format!("v{i}"));
+        std::fs::create_dir_all(&root).map_err(|e| RuntimeError::io(&root, e))?;
+        for (rel, data) in &v.files {
+            let path = root.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io(parent, e))?;
+            }
+            std::fs::write(&path, data).map_err(|e| RuntimeError::io(&path, e))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
+                .map_err(|e| RuntimeError::io(&path, e))?;
+        }
+        for d in walk_dirs(&root) {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o555))
+                .map_err(|e| RuntimeError::io(&d, e))?;
+        }
+        mounts.push((root, v.mount_path.clone()));
+    }
+    Ok(mounts)
+}
+
+/// `root` and every directory below it.
+fn walk_dirs(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[i]) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Gives the shim a mount namespace of its own, private all the way down, before it mounts
@@ -365,6 +468,7 @@ pub fn cleanup(cfg: &InstanceConfig, container: Option<Container>) {
     let rootfs = cfg.rootfs();
     let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
     let _ = umount2(&writable_layer(cfg), MntFlags::MNT_DETACH);
+    let _ = umount2(&secrets_dir(cfg), MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(cfg.state_root.join(&cfg.id));
     let _ = std::fs::remove_dir_all(&cfg.dir);
 }

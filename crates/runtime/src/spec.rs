@@ -151,7 +151,13 @@ fn seccomp() -> Value {
     })
 }
 
-pub fn build(cfg: &InstanceConfig, user: &ResolvedUser) -> Value {
+/// The OCI runtime spec for `cfg`; `secret_mounts` are `(source dir, path in the container)`
+/// pairs, bind-mounted read-only.
+pub fn build(
+    cfg: &InstanceConfig,
+    user: &ResolvedUser,
+    secret_mounts: &[(std::path::PathBuf, String)],
+) -> Value {
     let caps = DEFAULT_CAPS;
     let tmp_size = cfg.memory_bytes.max(64 << 20);
     let mut spec = json!({
@@ -228,6 +234,18 @@ pub fn build(cfg: &InstanceConfig, user: &ResolvedUser) -> Value {
                 "destination": path, "type": "tmpfs", "source": "tmpfs", "options": options,
             }));
         }
+        for (source, path) in &cfg.host_volumes {
+            mounts.push(json!({
+                "destination": path, "type": "bind", "source": source,
+                "options": ["rbind", "rprivate", "ro", "nosuid", "nodev"],
+            }));
+        }
+        for (source, path) in secret_mounts {
+            mounts.push(json!({
+                "destination": path, "type": "bind", "source": source,
+                "options": ["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"],
+            }));
+        }
     }
     spec
 }
@@ -255,13 +273,20 @@ mod tests {
             hosts: String::new(),
             resolv_conf: String::new(),
             memory_volumes: vec![("/cache".into(), 64 << 20, false)],
+            host_volumes: vec![],
+            secrets_on_fd: false,
+            secrets: Default::default(),
         };
         let user = ResolvedUser {
             uid: 1,
             gid: 2,
             additional_gids: vec![],
         };
-        let v = build(&cfg, &user);
+        let v = build(
+            &cfg,
+            &user,
+            &[("/run/x/i1/secrets/v0".into(), "/secrets".into())],
+        );
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v.clone()).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         let ns: Vec<String> = linux

@@ -60,6 +60,22 @@ fn pipe_pair() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Sys(format!("pipe: {e}")))
 }
 
+/// A memfd (memory only, never on disk) holding `secrets` as JSON, at offset 0.
+fn secrets_memfd(secrets: &crate::SecretMaterial) -> Result<OwnedFd, RuntimeError> {
+    use std::io::{Seek, Write};
+    let fd = nix::sys::memfd::memfd_create(
+        c"skiff-secrets",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(|e| RuntimeError::Sys(format!("memfd_create: {e}")))?;
+    let mut f = std::fs::File::from(fd);
+    let data = serde_json::to_vec(secrets).expect("secrets serialize");
+    f.write_all(&data)
+        .and_then(|_| f.rewind())
+        .map_err(|e| RuntimeError::Sys(format!("writing the secrets memfd: {e}")))?;
+    Ok(OwnedFd::from(f))
+}
+
 /// Writes the instance config, starts `SHIM_EXE __shim DIR` and waits until the container's
 /// process exists (not until the app listens: that is the caller's startup probe).
 ///
@@ -78,7 +94,16 @@ pub async fn spawn(
     let netns_raw = netns.map(|fd| fd.as_raw_fd());
     std::fs::create_dir_all(&cfg.dir).map_err(|e| RuntimeError::io(&cfg.dir, e))?;
     let config_path = cfg.dir.join(CONFIG_FILE);
-    let data = serde_json::to_vec(cfg).expect("config serializes");
+    // The secret values go to the shim in a memfd, never into the instance dir on disk.
+    let secrets = if cfg.secrets.is_empty() {
+        None
+    } else {
+        Some(secrets_memfd(&cfg.secrets)?)
+    };
+    let secrets_raw = secrets.as_ref().map(|fd| fd.as_raw_fd());
+    let mut on_disk = serde_json::to_value(cfg).expect("config serializes");
+    on_disk["secrets_on_fd"] = serde_json::Value::Bool(secrets.is_some());
+    let data = serde_json::to_vec(&on_disk).expect("config serializes");
     std::fs::write(&config_path, data).map_err(|e| RuntimeError::io(&config_path, e))?;
 
     let (event_r, event_w) = pipe_pair()?;
@@ -100,8 +125,8 @@ pub async fn spawn(
             // Every source first moves above the targets, so that no dup2 below overwrites a
             // source that happens to sit on a target number.
             let high = |fd: i32| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-            let sources = [Some(event_w_raw), Some(cmd_r_raw), netns_raw];
-            let targets = [EVENT_FD, COMMAND_FD, crate::NETNS_FD];
+            let sources = [Some(event_w_raw), Some(cmd_r_raw), netns_raw, secrets_raw];
+            let targets = [EVENT_FD, COMMAND_FD, crate::NETNS_FD, crate::SECRETS_FD];
             for (src, dst) in sources.into_iter().zip(targets) {
                 let Some(src) = src else { continue };
                 let moved = high(src);
@@ -115,7 +140,7 @@ pub async fn spawn(
     let mut child = cmd.spawn().map_err(|e| {
         RuntimeError::Start(format!("cannot start the shim {}: {e}", shim_exe.display()))
     })?;
-    drop((event_w, cmd_r));
+    drop((event_w, cmd_r, secrets));
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let events = pipe::Receiver::from_owned_fd(event_r)

@@ -40,6 +40,10 @@ pub struct ServingConfig {
     pub network: Option<Arc<skiff_network::Network>>,
     /// Where instances' output and request entries go.
     pub logs: Arc<LogSink>,
+    /// Secrets, resolved into each instance as it starts.
+    pub secrets: Arc<skiff_secrets::SecretStore>,
+    /// Host directories (canonical) that revisions and jobs may mount read-only.
+    pub host_dirs: Vec<PathBuf>,
 }
 
 /// Where a service's traffic goes, as the control plane resolved it.
@@ -89,6 +93,7 @@ pub struct Serving {
     routes: RwLock<HashMap<(String, String), Arc<Route>>>,
     pools: Mutex<HashMap<RevKey, Arc<Pool>>>,
     keys: auth::TokenKeys,
+    host_dirs: Vec<PathBuf>,
 }
 
 impl Serving {
@@ -104,12 +109,15 @@ impl Serving {
             meters: cfg.meters,
             metrics: cfg.metrics,
             network: cfg.network,
+            secrets: cfg.secrets,
         });
+        let host_dirs = cfg.host_dirs;
         let serving = Arc::new(Serving {
             ctx,
             routes: RwLock::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
             keys: auth::TokenKeys::new(&cfg.token_secret),
+            host_dirs,
         });
         let weak = Arc::downgrade(&serving);
         tokio::spawn(async move {
@@ -140,6 +148,16 @@ impl Serving {
 
     pub fn logs(&self) -> &Arc<LogSink> {
         &self.ctx.logs
+    }
+
+    /// Host directories (canonical paths) revisions and jobs may mount, with what is below.
+    pub fn host_dirs(&self) -> &[PathBuf] {
+        &self.host_dirs
+    }
+
+    /// The secret store instances resolve their secret references from.
+    pub fn secrets(&self) -> &skiff_secrets::SecretStore {
+        &self.ctx.secrets
     }
 
     fn all_pools(&self) -> Vec<Arc<Pool>> {
@@ -296,6 +314,12 @@ impl Serving {
 
     pub fn mint_token(&self, audience: Option<&str>) -> String {
         self.keys.mint(auth::ADMIN_SUBJECT, audience)
+    }
+
+    /// Whether `token` is an unexpired identity token signed by this server whose subject is
+    /// the admin (any audience).
+    pub fn token_is_admin(&self, token: &str) -> bool {
+        self.keys.subject_of(token).as_deref() == Some(auth::ADMIN_SUBJECT)
     }
 
     /// Mints a token for `subject` (a service account's email): an identity token when

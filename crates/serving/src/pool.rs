@@ -49,6 +49,8 @@ pub struct Ctx {
     pub metrics: Arc<skiff_metering::Metrics>,
     /// Instance networking; `None` when the server runs instances with loopback only.
     pub network: Option<Arc<skiff_network::Network>>,
+    /// Where secret references resolve at each instance start.
+    pub secrets: Arc<skiff_secrets::SecretStore>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -643,6 +645,13 @@ impl Pool {
                 .iter()
                 .map(|v| (v.mount_path.clone(), v.size_bytes, v.read_only))
                 .collect(),
+            host_volumes: s
+                .host_volumes
+                .iter()
+                .map(|v| (v.host_path.clone(), v.mount_path.clone()))
+                .collect(),
+            secrets_on_fd: false,
+            secrets: Default::default(),
         }
     }
 
@@ -655,6 +664,28 @@ impl Pool {
             )
             .await;
             return;
+        }
+        // Secret references resolve now, at each instance start (`latest` moves on).
+        if !self.settings.secret_env.is_empty() || !self.settings.secret_volumes.is_empty() {
+            let secrets = self.ctx.secrets.clone();
+            let (ns, s) = (self.key.namespace.clone(), self.settings.clone());
+            let resolved = tokio::task::spawn_blocking(move || {
+                secrets.material(&ns, &s.secret_env, &s.secret_volumes)
+            })
+            .await;
+            match resolved {
+                Ok(Ok(m)) => cfg.secrets = m,
+                Ok(Err(e)) => {
+                    self.start_failed(&inst, format!("cannot resolve a secret: {e}"))
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    self.start_failed(&inst, format!("cannot resolve secrets: {e}"))
+                        .await;
+                    return;
+                }
+            }
         }
         // Held until the instance has ended: dropping it removes the instance's interface.
         let lease = match self.ctx.network.as_ref().filter(|_| self.settings.egress) {

@@ -27,6 +27,10 @@ pub struct ServerArgs {
     /// Where the control API listens.
     #[arg(long, default_value = "127.0.0.1:8081")]
     api: String,
+    /// Where the Pub/Sub API (gRPC and REST, as `PUBSUB_EMULATOR_HOST` clients call it)
+    /// listens. Callers from loopback need no credentials; others need the admin token.
+    #[arg(long, default_value = "127.0.0.1:8085")]
+    pubsub: String,
     /// Idle time before an instance that no min-instances holds is stopped.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     scale_to_zero_after: Duration,
@@ -65,6 +69,46 @@ pub struct ServerArgs {
     /// are closed at once. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections_per_client: usize,
+    /// The time limit of a source build (Cloud Build's default).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    build_timeout: Duration,
+    /// CPU limit of a source build, e.g. 1, 2, 500m.
+    #[arg(long, default_value = "2", value_parser = parse_cpu)]
+    build_cpu: u64,
+    /// The largest source archive (compressed) a build takes; a larger upload gets 413.
+    #[arg(long, default_value = "512Mi", value_parser = parse_size)]
+    build_max_source: u64,
+    /// Memory limit of a source build (buildah and its RUN steps together).
+    #[arg(long, default_value = "4Gi", value_parser = parse_size)]
+    build_memory: u64,
+    /// The base image source builds of a language use when no Dockerfile is given:
+    /// LANG=REF with LANG one of python, nodejs, go, go-run (what a Go binary runs on),
+    /// static [default: python:3.12-slim, node:22-slim, golang:1.23,
+    /// gcr.io/distroless/static-debian12, busybox:stable].
+    #[arg(long, value_name = "LANG=REF", value_parser = parse_base_image)]
+    build_base_image: Vec<(String, String)>,
+    /// Host directories services and jobs may mount read-only (as `nfs` volumes with
+    /// `server: localhost`), each with what is below it [default: none].
+    #[arg(long, value_name = "PATH,...", value_delimiter = ',')]
+    allow_host_dir: Vec<std::path::PathBuf>,
+}
+
+fn parse_cpu(s: &str) -> Result<u64, String> {
+    skiff_model::parse_cpu(s).map_err(|e| e.to_string())
+}
+
+fn parse_base_image(s: &str) -> Result<(String, String), String> {
+    let (lang, image) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: give LANG=REF, e.g. python=python:3.12-slim"))?;
+    if !skiff_build::detect::LANGUAGES.contains(&lang) {
+        return Err(format!(
+            "{lang:?} is no language Skiff detects: use one of {}",
+            skiff_build::detect::LANGUAGES.join(", ")
+        ));
+    }
+    skiff_image::parse_reference(image).map_err(|e| format!("{image:?}: {e}"))?;
+    Ok((lang.to_string(), image.to_string()))
 }
 
 impl ServerArgs {
@@ -105,6 +149,15 @@ fn load_prices(path: Option<&Path>) -> anyhow::Result<skiff_metering::Prices> {
     })
 }
 
+fn pubsub_addr(args: &ServerArgs) -> anyhow::Result<std::net::SocketAddr> {
+    args.pubsub.parse().with_context(|| {
+        format!(
+            "invalid --pubsub {:?}: use HOST:PORT like 127.0.0.1:8085",
+            args.pubsub
+        )
+    })
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     skiff_model::parse_duration(s).map_err(|e| e.0)
 }
@@ -141,6 +194,8 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
             args.api
         )
     })?;
+
+    pubsub_addr(&args)?;
 
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -188,8 +243,30 @@ async fn serve(
     let api = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;
+    let pubsub_addr = pubsub_addr(&args)?;
+    let pubsub_listener = tokio::net::TcpListener::bind(pubsub_addr)
+        .await
+        .with_context(|| format!("cannot listen on --pubsub {pubsub_addr}"))?;
     let store = Arc::new(skiff_store::Store::open(&data_dir.join("skiff.db"))?);
+    let pubsub = skiff_pubsub::Broker::open(&data_dir.join("pubsub"))
+        .map_err(|e| anyhow::anyhow!("opening the Pub/Sub store: {e}"))?;
     let images = Arc::new(skiff_image::ImageStore::open(&data_dir.join("images"))?);
+    let secrets = Arc::new(skiff_secrets::SecretStore::open(&data_dir)?);
+    let mut host_dirs = Vec::new();
+    for d in &args.allow_host_dir {
+        let c = std::fs::canonicalize(d).with_context(|| {
+            format!(
+                "invalid --allow-host-dir {}: give an existing directory",
+                d.display()
+            )
+        })?;
+        anyhow::ensure!(
+            c.is_dir(),
+            "invalid --allow-host-dir {}: not a directory",
+            d.display()
+        );
+        host_dirs.push(c);
+    }
     // Instances a killed server left metering end at their last checkpoint.
     let closed = store.close_open_usage()?;
     if closed > 0 {
@@ -234,6 +311,8 @@ async fn serve(
         shim_exe: std::env::current_exe().context("cannot find the skiff executable")?,
         scale_to_zero_after: args.scale_to_zero_after,
         token_secret: signing_key.into_bytes(),
+        secrets: secrets.clone(),
+        host_dirs,
     });
     let platform = match &network {
         Some(net) => {
@@ -263,6 +342,7 @@ async fn serve(
             logs: serving.logs().clone(),
             meters: meters.clone(),
             network: network.clone(),
+            secrets,
         },
         store.clone(),
         images.clone(),
@@ -289,14 +369,47 @@ async fn serve(
     if let Some(every) = args.prune_images_every {
         skiff_api::controller::start_pruning(controller.clone(), every);
     }
+    let mut base_images = skiff_build::detect::default_base_images();
+    base_images.extend(args.build_base_image.iter().cloned());
+    let own_registry = if api_addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", api.local_addr()?.port())
+    } else {
+        api.local_addr()?.to_string()
+    };
+    let builds = skiff_build::Builds::new(
+        skiff_build::BuildsConfig {
+            root: data_dir.join("builds"),
+            own_registry: Some(own_registry),
+            admin_token: admin_token.clone(),
+            timeout: args.build_timeout,
+            cpu_millis: args.build_cpu,
+            memory_bytes: args.build_memory,
+            base_images,
+            max_source_bytes: 8 << 30,
+            max_archive_bytes: args.build_max_source,
+        },
+        store.clone(),
+        controller.images.clone(),
+        network.clone(),
+        controller.puller.registries().clone(),
+    );
+    let failed = builds
+        .recover()
+        .await
+        .map_err(|e| anyhow::anyhow!("recovering builds: {e}"))?;
+    if failed > 0 {
+        tracing::info!("{failed} build(s) a previous run left unfinished are marked FAILURE");
+    }
     let state = Arc::new(ApiState {
         jobs: jobs.clone(),
         scheduler,
         controller,
-        admin_token,
+        admin_token: admin_token.clone(),
         tmp_dir: data_dir.join("tmp"),
         metrics: metrics.clone(),
         prices,
+        builds: builds.clone(),
+        pubsub: pubsub.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -315,8 +428,29 @@ async fn serve(
         Duration::from_secs(30),
         args.ingress_limits(),
     ));
+    pubsub.set_pusher(skiff_pubsub::push::starter(
+        skiff_pubsub::push::PushSettings {
+            ingress_port,
+            mint: {
+                let serving = serving.clone();
+                Arc::new(move |account: &str, aud: &str| serving.mint_token_for(account, Some(aud)))
+            },
+        },
+    ));
+    let pubsub_task = tokio::spawn({
+        let serving = serving.clone();
+        let check: skiff_pubsub::listener::TokenCheck = Arc::new(move |t: &str| {
+            skiff_api::same_token(t, &admin_token) || serving.token_is_admin(t)
+        });
+        skiff_pubsub::listener::serve(
+            pubsub_listener,
+            pubsub.clone(),
+            check,
+            wait_stop(stop_rx.clone()),
+        )
+    });
     tracing::info!(
-        "serving: ingress http://{ingress_addr}, API http://{api_addr}, data {}",
+        "serving: ingress http://{ingress_addr}, API http://{api_addr}, Pub/Sub {pubsub_addr}, data {}",
         data_dir.display()
     );
 
@@ -330,7 +464,9 @@ async fn serve(
     let _ = ingress_task.await;
     // The API may hold a follow-mode log stream open forever: do not wait long for it.
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
-    tokio::join!(serving.shutdown(), jobs.shutdown());
+    // Streaming pulls stay open until their clients go: do not wait long for them.
+    let _ = tokio::time::timeout(Duration::from_secs(5), pubsub_task).await;
+    tokio::join!(serving.shutdown(), jobs.shutdown(), builds.shutdown());
     // Every instance has ended: the last checkpoint closes their usage.
     checkpoints.abort();
     skiff_api::usage::checkpoint(&meters, &store, &metrics).await;
@@ -433,4 +569,26 @@ async fn services_for_instances(
         dns,
         tasks: ingress_task.into_iter().chain([metadata_task]).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn build_base_images() {
+        assert_eq!(
+            super::parse_base_image("python=registry.corp/py:3.12").unwrap(),
+            ("python".to_string(), "registry.corp/py:3.12".to_string())
+        );
+        for (input, want) in [
+            ("python", "give LANG=REF"),
+            (
+                "ruby=ruby:3",
+                "no language Skiff detects: use one of python, nodejs",
+            ),
+            ("static=a b", "\"a b\""),
+        ] {
+            let e = super::parse_base_image(input).unwrap_err();
+            assert!(e.contains(want), "{input}: {e}");
+        }
+    }
 }

@@ -95,8 +95,13 @@ fn gcloud_installed() {
 
 impl Env {
     fn new() -> Env {
+        Env::with_server_args(&[])
+    }
+
+    /// As [`Env::new`], the server started with extra `skiff server` flags.
+    fn with_server_args(args: &[&str]) -> Env {
         gcloud_installed();
-        let s = TestServer::start(Path::new(BIN), &[]);
+        let s = TestServer::start(Path::new(BIN), args);
         let tmp = tempfile::tempdir().unwrap();
         let layout = busybox_image(&tmp.path().join("web"), "web", &ImageSpec::default());
         s.ok(&["images", "import", layout.to_str().unwrap()]);
@@ -1420,6 +1425,191 @@ fn gcloud_deploys_probes_in_memory_volumes_and_http2() {
     assert_ne!(code, 404, "{body}");
 }
 
+/// `gcloud secrets create|versions add|versions access|versions list` against Skiff's Secret
+/// Manager API, and `gcloud run deploy --set-secrets` using them as an env var and a file.
+#[test]
+fn gcloud_drives_secrets() {
+    let e = Env::new();
+    let s = &e.s;
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    std::fs::write(&one, "gcloud-secret-one").unwrap();
+    std::fs::write(&two, "gcloud-secret-two").unwrap();
+    e.ok(&[
+        "secrets",
+        "create",
+        "db",
+        "--data-file",
+        one.to_str().unwrap(),
+        "--replication-policy",
+        "automatic",
+    ]);
+    e.ok(&[
+        "secrets",
+        "versions",
+        "add",
+        "db",
+        "--data-file",
+        two.to_str().unwrap(),
+    ]);
+    let out = e.gcloud(&["secrets", "versions", "access", "latest", "--secret", "db"]);
+    assert!(out.status.success(), "{}", plain(&out.stderr));
+    assert_eq!(out.stdout, b"gcloud-secret-two");
+    let versions = e.json(&["secrets", "versions", "list", "db"]);
+    let states: Vec<(String, String)> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+                v["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("2".into(), "ENABLED".into()),
+            ("1".into(), "ENABLED".into())
+        ],
+        "{versions}"
+    );
+    // skiff sees what gcloud made, and back.
+    assert_eq!(
+        e.skiff(&["secrets", "versions", "access", "1", "--secret", "db"]),
+        "gcloud-secret-one"
+    );
+    let listed = e.json(&["secrets", "list"]);
+    assert!(listed.to_string().contains("secrets/db"), "{listed}");
+
+    e.ok(&[
+        "run",
+        "deploy",
+        "app",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        "--set-secrets",
+        "PW=db:1,/secrets/db=db:latest",
+    ]);
+    let svc = e.skiff_json(&["services", "describe", "app"]);
+    let t = &svc["spec"]["template"]["spec"];
+    let c = &t["containers"][0];
+    let env = c["env"].as_array().unwrap();
+    let pw = env.iter().find(|v| v["name"] == "PW").unwrap();
+    assert_eq!(pw["valueFrom"]["secretKeyRef"]["name"], "db", "{svc}");
+    assert_eq!(pw["valueFrom"]["secretKeyRef"]["key"], "1", "{svc}");
+    assert_eq!(t["volumes"][0]["secret"]["secretName"], "db", "{svc}");
+    let cmd = "echo \"$PW|$(cat /secrets/db)\"";
+    let q: String = cmd
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let (code, body) = s.get(&e.host("app"), &format!("/cgi-bin/sh?{q}"), None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body.trim(), "gcloud-secret-one|gcloud-secret-two");
+    // A secret that does not exist: gcloud shows the server's error naming it.
+    let err = e.fails(&[
+        "run",
+        "deploy",
+        "app",
+        "--image",
+        "web",
+        "--update-secrets",
+        "X=nope:latest",
+    ]);
+    assert!(err.contains("secret nope not found"), "{err}");
+
+    // A job's tasks too.
+    e.ok(&[
+        "run",
+        "jobs",
+        "create",
+        "reader",
+        "--image",
+        "web",
+        "--set-secrets",
+        "PW=db:latest",
+    ]);
+    let job = e.skiff_json(&["jobs", "describe", "reader"]);
+    let env = &job["spec"]["template"]["spec"]["template"]["spec"]["containers"][0]["env"][0];
+    assert_eq!(env["valueFrom"]["secretKeyRef"]["key"], "latest", "{job}");
+
+    // Versions change state, and secrets are described and deleted, as gcloud does it.
+    e.ok(&["secrets", "versions", "disable", "1", "--secret", "db"]);
+    let v = e.json(&["secrets", "versions", "describe", "1", "--secret", "db"]);
+    assert_eq!(v["state"], "DISABLED", "{v}");
+    e.ok(&["secrets", "versions", "enable", "1", "--secret", "db"]);
+    e.ok(&["secrets", "versions", "destroy", "1", "--secret", "db"]);
+    let v = e.json(&["secrets", "versions", "describe", "1", "--secret", "db"]);
+    assert_eq!(v["state"], "DESTROYED", "{v}");
+    let d = e.json(&["secrets", "describe", "db"]);
+    assert!(d["name"].as_str().unwrap().ends_with("secrets/db"), "{d}");
+    assert!(!d.to_string().contains("gcloud-secret"), "{d}");
+    e.ok(&["secrets", "delete", "db"]);
+    assert!(e.gcloud(&["secrets", "describe", "db"]).status.code() != Some(0));
+}
+
+/// `gcloud run deploy --add-volume type=nfs,location=localhost:/DIR,readonly=true`: a host
+/// directory the server allows, mounted read-only.
+#[test]
+fn gcloud_mounts_an_allowed_host_directory() {
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("hello.txt"), "host file").unwrap();
+    let dir = shared.path().to_str().unwrap().to_string();
+    let e = Env::with_server_args(&["--allow-host-dir", &dir]);
+    e.ok(&[
+        "run",
+        "deploy",
+        "files",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        "--add-volume",
+        &format!("name=data,type=nfs,location=localhost:{dir},readonly=true"),
+        "--add-volume-mount",
+        "volume=data,mount-path=/data",
+    ]);
+    let svc = e.skiff_json(&["services", "describe", "files"]);
+    let nfs = &svc["spec"]["template"]["spec"]["volumes"][0]["nfs"];
+    assert_eq!(nfs["server"], "localhost", "{svc}");
+    assert_eq!(nfs["path"], dir.as_str(), "{svc}");
+    let (code, body) = e.s.get(
+        &e.host("files"),
+        "/cgi-bin/sh?cat%20%2Fdata%2Fhello.txt",
+        None,
+    );
+    assert_eq!((code, body.trim()), (200, "host file"));
+    let err = e.fails(&[
+        "run",
+        "deploy",
+        "files",
+        "--image",
+        "web",
+        "--add-volume",
+        "name=etc,type=nfs,location=localhost:/etc,readonly=true",
+        "--add-volume-mount",
+        "volume=etc,mount-path=/hostetc",
+    ]);
+    assert!(
+        err.contains("host directory /etc of volume etc is not allowed"),
+        "{err}"
+    );
+}
+
 /// `gcloud run deploy --image HOST:PORT/REPO:TAG`: the server pulls the image from the
 /// registry (Debian's docker-registry on loopback) and the revision pins its digest.
 #[test]
@@ -1452,4 +1642,85 @@ fn gcloud_deploys_an_image_from_a_registry() {
         digest.starts_with(&format!("{}/team/web@sha256:", registry.host)),
         "{rev}"
     );
+}
+
+#[test]
+fn gcloud_pubsub_topics_push_and_pull_subscriptions() {
+    let env = Env::new();
+    env.ok(&["pubsub", "topics", "create", "orders"]);
+    let (topics, _) = env.ok(&["pubsub", "topics", "list", "--format", "json"]);
+    assert!(
+        topics.contains(&format!("projects/{PROJECT}/topics/orders")),
+        "{topics}"
+    );
+    let endpoint = format!("http://sink.localhost:{}/", env.s.ingress);
+    env.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "pusher",
+        "--topic",
+        "orders",
+        "--push-endpoint",
+        &endpoint,
+        "--push-auth-service-account",
+        "pusher@demo.iam.gserviceaccount.com",
+        "--ack-deadline",
+        "20",
+    ]);
+    let (desc, _) = env.ok(&[
+        "pubsub",
+        "subscriptions",
+        "describe",
+        "pusher",
+        "--format",
+        "json",
+    ]);
+    let desc: Value = serde_json::from_str(&desc).unwrap();
+    assert_eq!(
+        desc["pushConfig"]["pushEndpoint"],
+        endpoint.as_str(),
+        "{desc}"
+    );
+    assert_eq!(
+        desc["pushConfig"]["oidcToken"]["serviceAccountEmail"],
+        "pusher@demo.iam.gserviceaccount.com"
+    );
+    assert_eq!(desc["ackDeadlineSeconds"], 20);
+    env.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "puller",
+        "--topic",
+        "orders",
+    ]);
+    env.ok(&[
+        "pubsub",
+        "topics",
+        "publish",
+        "orders",
+        "--message",
+        "from gcloud",
+        "--attribute",
+        "k=v",
+    ]);
+    let (pulled, _) = env.ok(&[
+        "pubsub",
+        "subscriptions",
+        "pull",
+        "puller",
+        "--auto-ack",
+        "--format",
+        "json",
+    ]);
+    let pulled: Value = serde_json::from_str(&pulled).unwrap();
+    let m = &pulled[0]["message"];
+    assert_eq!(m["attributes"]["k"], "v", "{pulled}");
+    // The CLI sees what gcloud made.
+    let subs = env.skiff(&["pubsub", "subscriptions", "list"]);
+    assert!(subs.contains("pusher") && subs.contains("puller"), "{subs}");
+    // A name the API refuses fails with the reason.
+    let e = env.fails(&["pubsub", "topics", "create", "goog-topic"]);
+    assert!(e.contains("goog"), "{e}");
 }

@@ -281,21 +281,24 @@ fn bad_probes_are_refused_naming_the_field_and_change_nothing() {
 #[test]
 fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
     let (s, tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
-    // A secret volume and an env var from a secret: not implemented, so refused by name.
+    // A Cloud Storage volume and an env var from a config map: not implemented, so refused by
+    // name.
     let yaml = format!(
         "{}        env:
         - name: PASSWORD
           valueFrom:
-            secretKeyRef:
+            configMapKeyRef:
               name: db
-              key: latest
+              key: password
         volumeMounts:
         - name: creds
           mountPath: /creds
       volumes:
       - name: creds
-        secret:
-          secretName: db
+        csi:
+          driver: gcsfuse.run.googleapis.com
+          volumeAttributes:
+            bucketName: my-bucket
 ",
         service_yaml("vols", "")
     );
@@ -304,7 +307,7 @@ fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
     let err = stderr(&out);
     assert!(
         err.trim().starts_with("error: ")
-            && err.contains("spec.template.spec.containers[0].env[0].valueFrom, spec.template.spec.volumes[0].secret: Skiff does not implement these fields: remove them"),
+            && err.contains("spec.template.spec.containers[0].env[0].valueFrom.configMapKeyRef, spec.template.spec.volumes[0].csi: Skiff does not implement these fields: remove them"),
         "{err}"
     );
     // The same object sent straight to the API (as gcloud or a client library would).
@@ -332,7 +335,7 @@ fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
         "metadata": {"name": "vols", "namespace": "default"},
         "spec": {"template": {"spec": {"template": {"spec": {
             "containers": [{"image": "web"}],
-            "volumes": [{"name": "v", "nfs": {"server": "x", "path": "/"}}],
+            "volumes": [{"name": "v", "csi": {"driver": "gcsfuse.run.googleapis.com"}}],
         }}}}},
     });
     let (code, text) = s.api(
@@ -342,7 +345,7 @@ fn fields_skiff_does_not_implement_are_refused_by_name_not_dropped() {
     );
     assert_eq!(code, 400, "{text}");
     assert!(
-        text.contains("spec.template.spec.template.spec.volumes: Skiff does not implement this field: remove it"),
+        text.contains("spec.template.spec.template.spec.volumes[0].csi: Skiff does not implement this field: remove it"),
         "{text}"
     );
     assert!(!s.ok(&["jobs", "list"]).contains("vols"));
@@ -664,4 +667,87 @@ fn every_container_runs_under_a_seccomp_filter() {
     // Ordinary work goes on.
     let out = sh("echo hi > /tmp/f && cat /tmp/f && ls / > /dev/null && echo fine");
     assert!(out.contains("hi") && out.contains("fine"), "{out}");
+}
+
+#[test]
+fn host_directories_mount_read_only_where_the_server_allows() {
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::create_dir(shared.path().join("data")).unwrap();
+    std::fs::write(shared.path().join("data/hello.txt"), "from the host\n").unwrap();
+    let allowed = shared.path().to_str().unwrap().to_string();
+    let (s, tmp) = TestServer::with_web_image(Path::new(BIN), &["--allow-host-dir", &allowed]);
+    let volume = |path: &str| {
+        format!(
+            "{}        volumeMounts:
+        - name: data
+          mountPath: /data
+      volumes:
+      - name: data
+        nfs:
+          server: localhost
+          path: {path}
+          readOnly: true
+",
+            service_yaml("hostdir", "")
+        )
+    };
+    let inside = format!("{allowed}/data");
+    let yaml = volume(&inside);
+    let out = replace(&s, tmp.path(), "hostdir", &yaml);
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.ok(&[
+        "services",
+        "add-iam-policy-binding",
+        "hostdir",
+        "--member",
+        "allUsers",
+        "--role",
+        "roles/run.invoker",
+    ]);
+    let read = s.sh(
+        "hostdir",
+        "cat /data/hello.txt; echo x > /data/new 2>/dev/null; echo rc=$?",
+    );
+    assert!(read.contains("from the host"), "{read}");
+    assert!(!read.contains("rc=0"), "{read}");
+    assert!(!shared.path().join("data/new").exists());
+    let text = s.ok(&["services", "describe", "hostdir"]);
+    let line = format!("data at /data: host directory {inside}, read-only");
+    assert!(text.contains(&line), "{line:?} missing from\n{text}");
+    // Round trip: the export shows the volume as given.
+    let export = s.ok(&["services", "describe", "hostdir", "--format", "export"]);
+    for line in [
+        "nfs:",
+        "server: localhost",
+        &format!("path: {inside}"),
+        "readOnly: true",
+    ] {
+        assert!(export.contains(line), "{line:?} missing from\n{export}");
+    }
+    // Outside the allowed directories (also through a symlink): refused, naming the path.
+    let link = shared.path().join("escape");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
+    for path in ["/etc", link.to_str().unwrap()] {
+        let out = replace(&s, tmp.path(), "hostdir", &volume(path));
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "host directory {path} of volume data is not allowed"
+            )) && err.contains("--allow-host-dir"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        s.ok(&["services", "describe", "hostdir", "--format", "export"]),
+        export
+    );
+    // Writable host directories are not offered.
+    let out = replace(
+        &s,
+        tmp.path(),
+        "hostdir",
+        &yaml.replace("readOnly: true", "readOnly: false"),
+    );
+    assert!(stderr(&out).contains("nfs.readOnly"), "{}", stderr(&out));
 }

@@ -256,12 +256,18 @@ pub fn write_layout(
         .iter()
         .map(|l| format!("sha256:{}", l.diff_id))
         .collect();
+    // One history entry per layer, as every real builder writes (buildah refuses to build on
+    // an image whose history does not account for its layers).
+    let history: Vec<serde_json::Value> = (0..layers.len())
+        .map(|i| serde_json::json!({"created": "2026-01-01T00:00:00Z", "created_by": format!("skiff-testkit layer {i}")}))
+        .collect();
     let config = serde_json::json!({
         "created": "2026-01-01T00:00:00Z",
         "architecture": "amd64",
         "os": "linux",
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history,
     });
     let config = serde_json::to_vec(&config).unwrap();
     let layer_descs: Vec<serde_json::Value> = layers

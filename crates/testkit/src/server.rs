@@ -13,6 +13,8 @@ pub struct TestServer {
     _tmp: Option<tempfile::TempDir>,
     pub ingress: u16,
     pub api: u16,
+    /// The Pub/Sub listener's port (`--pubsub`).
+    pub pubsub: u16,
     args: Vec<String>,
     child: Option<Child>,
     /// The instance subnet this server was given (`None` with `--no-instance-network`).
@@ -45,13 +47,15 @@ fn route_destinations() -> Vec<(u32, u32)> {
         .collect()
 }
 
-/// Two distinct free loopback ports (both are held until both are chosen).
-fn free_ports() -> (u16, u16) {
+/// Three distinct free loopback ports (all are held until all are chosen).
+fn free_ports() -> (u16, u16, u16) {
     let a = TcpListener::bind("127.0.0.1:0").unwrap();
     let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpListener::bind("127.0.0.1:0").unwrap();
     (
         a.local_addr().unwrap().port(),
         b.local_addr().unwrap().port(),
+        c.local_addr().unwrap().port(),
     )
 }
 
@@ -62,7 +66,7 @@ impl TestServer {
             .prefix("skiff-test-")
             .tempdir_in("/tmp")
             .unwrap();
-        let (ingress, api) = free_ports();
+        let (ingress, api, pubsub) = free_ports();
         let own_network = args
             .iter()
             .any(|a| *a == "--no-instance-network" || *a == "--network-subnet");
@@ -86,6 +90,7 @@ impl TestServer {
             _tmp: Some(tmp),
             ingress,
             api,
+            pubsub,
             args: args.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
@@ -107,6 +112,8 @@ impl TestServer {
             .arg(format!("127.0.0.1:{}", self.ingress))
             .arg("--api")
             .arg(format!("127.0.0.1:{}", self.api))
+            .arg("--pubsub")
+            .arg(format!("127.0.0.1:{}", self.pubsub))
             .args(&self.args)
             .args(
                 self.subnet
@@ -319,6 +326,16 @@ impl TestServer {
             .unwrap_or_default();
         for id in ids {
             found.push(format!("instance dir: {id}"));
+        }
+        // Source builds' cgroups (`skiff-builds-<server id>` in any hierarchy).
+        let builds = format!("skiff-builds-{}", skiff_network::server_id(&self.data_dir));
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            if h.path().join(&builds).exists() {
+                found.push(format!(
+                    "build cgroup: {}",
+                    h.path().join(&builds).display()
+                ));
+            }
         }
         let (bridge, table, veth) = self.network_names();
         for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {

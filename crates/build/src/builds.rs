@@ -1,0 +1,663 @@
+//! Builds as objects: Cloud Build's `Build` resource (id, status, source, timing, results),
+//! stored as kind `builds` in the store's objects table, parent the service it was for.
+//!
+//! [`Builds::submit`] records a build `QUEUED` and starts it; builds run one at a time in
+//! arrival order (they are CPU- and disk-heavy, and share buildah's storage). A build goes
+//! `QUEUED` → `WORKING` → `SUCCESS` | `FAILURE` | `TIMEOUT` | `CANCELLED`, each state written
+//! before it is acted on. Its log is `DATA/builds/ID/log`; its source archive and unpacked
+//! context are removed when it ends. A successful build's image is imported into Skiff's
+//! image store under the names the build was asked for. [`Builds::recover`] marks builds a
+//! killed server left unfinished as `FAILURE`.
+
+use crate::buildah::{self, BudJob, BudOutcome, BuildahConfig, RegistryAccess};
+use crate::detect;
+use crate::{now_rfc3339, BuildError};
+use serde::{Deserialize, Serialize};
+use skiff_image::ImageStore;
+use skiff_store::Store;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The store kind of builds.
+pub const KIND: &str = "builds";
+
+/// Cloud Build's build statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BuildStatus {
+    Queued,
+    Working,
+    Success,
+    Failure,
+    Timeout,
+    Cancelled,
+}
+
+impl BuildStatus {
+    /// Whether the build has ended.
+    pub fn is_final(self) -> bool {
+        !matches!(self, BuildStatus::Queued | BuildStatus::Working)
+    }
+}
+
+/// The source a build was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSource {
+    /// `sha256:HEX` of the uploaded tar.gz.
+    pub digest: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// What the build was built with (see [`detect::Plan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildPlan {
+    /// `dockerfile`, `python`, `nodejs`, `go` or `static`.
+    pub kind: String,
+    /// The user's Dockerfile, for `dockerfile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// The base image of a detected language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<String>,
+}
+
+/// One built image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuiltImage {
+    /// `NAME:TAG` in Skiff's image store.
+    pub name: String,
+    /// Manifest digest `sha256:...`.
+    pub digest: String,
+}
+
+/// Results of a successful build.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildResults {
+    pub images: Vec<BuiltImage>,
+}
+
+/// A build, in the shape of Cloud Build's `Build` resource (camelCase JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Build {
+    pub id: String,
+    /// The namespace (Cloud Build's project).
+    pub project_id: String,
+    /// The service the build deploys, for `deploy --source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub status: BuildStatus,
+    /// Why a build failed, timed out or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_detail: Option<String>,
+    pub source: BuildSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<BuildPlan>,
+    /// The names the image is stored under (`NAME:TAG`).
+    pub images: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<BuildResults>,
+    /// `--build-arg` values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub build_args: BTreeMap<String, String>,
+    /// The time limit, as Cloud Build writes it (`600s`).
+    pub timeout: String,
+    pub create_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<String>,
+}
+
+/// What a client asks to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    /// The service to build for; the image is then named
+    /// `NS/cloud-run-source-deploy/SERVICE:ID` and `...:latest` (Cloud Run's
+    /// `cloud-run-source-deploy` repository).
+    pub service: Option<String>,
+    /// The image name to store the result under (`NAME[:TAG]`), for `builds submit --tag`.
+    pub image: Option<String>,
+    /// `--build-arg` values; for detected languages also the build environment
+    /// (`GOOGLE_ENTRYPOINT`, `GOOGLE_RUNTIME_VERSION`).
+    pub build_args: BTreeMap<String, String>,
+    /// The base image for a detected language (`--base-image`).
+    pub base_image: Option<String>,
+    /// The time limit; `None`: the server's default.
+    pub timeout: Option<Duration>,
+}
+
+/// The server's build settings.
+#[derive(Debug, Clone)]
+pub struct BuildsConfig {
+    /// `DATA/builds`.
+    pub root: PathBuf,
+    /// `HOST:PORT` of Skiff's own registry (the control API), reached with `admin_token`.
+    pub own_registry: Option<String>,
+    pub admin_token: String,
+    /// The default time limit (Cloud Build's is 10 minutes).
+    pub timeout: Duration,
+    /// CPU limit of a build, in thousandths of a CPU.
+    pub cpu_millis: u64,
+    /// Memory limit of a build, in bytes.
+    pub memory_bytes: u64,
+    /// Base images per detected language (see [`detect::default_base_images`]).
+    pub base_images: BTreeMap<String, String>,
+    /// Most bytes a source may unpack to.
+    pub max_source_bytes: u64,
+    /// Most bytes of an uploaded source archive (compressed).
+    pub max_archive_bytes: u64,
+}
+
+/// The server's builds: submission, the queue, cancellation, logs, recovery.
+pub struct Builds {
+    cfg: BuildsConfig,
+    buildah: BuildahConfig,
+    store: Arc<Store>,
+    images: Arc<ImageStore>,
+    network: Option<Arc<skiff_network::Network>>,
+    registries: Arc<skiff_registry::Registries>,
+    queue: tokio::sync::Semaphore,
+    running: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+}
+
+/// A build id: a random UUID, as Cloud Build's are.
+fn new_id() -> String {
+    let h = hex::encode(rand::random::<[u8; 16]>());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl Builds {
+    /// The builds of a server whose data dir holds `cfg.root`.
+    pub fn new(
+        cfg: BuildsConfig,
+        store: Arc<Store>,
+        images: Arc<ImageStore>,
+        network: Option<Arc<skiff_network::Network>>,
+        registries: Arc<skiff_registry::Registries>,
+    ) -> Arc<Builds> {
+        let buildah = BuildahConfig {
+            root: cfg.root.clone(),
+            cpu_millis: cfg.cpu_millis,
+            memory_bytes: cfg.memory_bytes,
+            cgroup_parent: buildah::cgroup_parent(cfg.root.parent().unwrap_or(&cfg.root)),
+        };
+        Arc::new(Builds {
+            cfg,
+            buildah,
+            store,
+            images,
+            network,
+            registries,
+            queue: tokio::sync::Semaphore::new(1),
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.root.join(id)
+    }
+
+    /// The largest source archive taken, in bytes.
+    pub fn max_archive_bytes(&self) -> u64 {
+        self.cfg.max_archive_bytes
+    }
+
+    /// Where a build's log is.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("log")
+    }
+
+    /// Where to spool an upload before [`Builds::submit`]: a new file in `DATA/builds/tmp`.
+    pub fn spool(&self) -> Result<tempfile::NamedTempFile, BuildError> {
+        let tmp = self.cfg.root.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(BuildError::io(tmp.display().to_string()))?;
+        tempfile::NamedTempFile::new_in(&tmp).map_err(BuildError::io(tmp.display().to_string()))
+    }
+
+    /// Marks builds a previous run left `QUEUED` or `WORKING` as `FAILURE`, and removes what
+    /// they left (buildah's working containers, cgroups, sources). Returns how many.
+    pub async fn recover(&self) -> Result<usize, BuildError> {
+        buildah::sweep_cgroups(&self.buildah).await;
+        let auth_dir = self.cfg.root.join("auth");
+        if buildah::write_registry_files(&auth_dir, &[]).is_ok() {
+            buildah::remove_containers(&self.buildah, &auth_dir).await;
+        }
+        let _ = std::fs::remove_dir_all(self.cfg.root.join("tmp"));
+        let mut n = 0;
+        for mut b in self.store.list_objects::<Build>(KIND, None, None)? {
+            if b.status.is_final() {
+                continue;
+            }
+            b.status = BuildStatus::Failure;
+            b.status_detail =
+                Some("the server stopped while the build was running: submit it again".into());
+            b.finish_time = Some(now_rfc3339());
+            self.put(&b)?;
+            let _ = std::fs::remove_dir_all(self.dir(&b.id).join("context"));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Stops every build (they end as a killed server's do: `FAILURE` at the next start) and
+    /// removes their cgroups and working containers.
+    pub async fn shutdown(&self) {
+        buildah::sweep_cgroups(&self.buildah).await;
+        buildah::remove_containers(&self.buildah, &self.cfg.root.join("auth")).await;
+    }
+
+    fn put(&self, b: &Build) -> Result<(), BuildError> {
+        self.store.put_object(
+            KIND,
+            &b.project_id,
+            &b.id,
+            b.service.as_deref().unwrap_or(""),
+            b,
+        )?;
+        Ok(())
+    }
+
+    /// One build, or [`BuildError::NotFound`].
+    pub fn get(&self, ns: &str, id: &str) -> Result<Build, BuildError> {
+        self.store
+            .get_object(KIND, ns, id)?
+            .ok_or_else(|| BuildError::NotFound(id.to_string()))
+    }
+
+    /// The builds of a namespace, newest first, optionally of one service.
+    pub fn list(&self, ns: &str, service: Option<&str>) -> Result<Vec<Build>, BuildError> {
+        let mut all: Vec<Build> = self.store.list_objects(KIND, Some(ns), service)?;
+        all.reverse();
+        Ok(all)
+    }
+
+    /// Asks a queued or running build to stop; it ends `CANCELLED`. A build that has ended is
+    /// returned as it is.
+    pub fn cancel(&self, ns: &str, id: &str) -> Result<Build, BuildError> {
+        let b = self.get(ns, id)?;
+        if !b.status.is_final() {
+            if let Some(tx) = self.running.lock().expect("builds lock").get(id) {
+                let _ = tx.send(true);
+            }
+        }
+        self.get(ns, id)
+    }
+
+    /// Records a build of the source archive `source` (a spooled tar.gz of `bytes` bytes with
+    /// `digest`) and starts it. Lines of its log are sent on the returned channel as they come
+    /// (the channel closes when the build has ended and is stored); the build runs on even if
+    /// the receiver is dropped. Errors: a request that cannot be built (image name, build
+    /// argument), the store.
+    pub fn submit(
+        self: &Arc<Self>,
+        ns: &str,
+        req: BuildRequest,
+        source: tempfile::NamedTempFile,
+        digest: String,
+        bytes: u64,
+    ) -> Result<(Build, tokio::sync::mpsc::UnboundedReceiver<String>), BuildError> {
+        let id = new_id();
+        let images = match (&req.service, &req.image) {
+            (_, Some(name)) => {
+                let r = skiff_image::parse_reference(name).map_err(|e| {
+                    BuildError::Invalid(format!("invalid image name {name:?}: {e}"))
+                })?;
+                if r.digest.is_some() {
+                    return Err(BuildError::Invalid(format!(
+                        "invalid image name {name:?}: a built image is named NAME[:TAG], not by digest"
+                    )));
+                }
+                vec![r.normalized()]
+            }
+            (Some(svc), None) => vec![
+                format!("{ns}/cloud-run-source-deploy/{svc}:{id}"),
+                format!("{ns}/cloud-run-source-deploy/{svc}:latest"),
+            ],
+            (None, None) => {
+                return Err(BuildError::Invalid(
+                    "a build needs an image name (--tag NAME) or a service".into(),
+                ))
+            }
+        };
+        for k in req.build_args.keys() {
+            if k.is_empty() || k.contains(['=', '\n']) {
+                return Err(BuildError::Invalid(format!(
+                    "invalid build argument name {k:?}: give KEY=VALUE"
+                )));
+            }
+        }
+        let timeout = req.timeout.unwrap_or(self.cfg.timeout);
+        let b = Build {
+            id: id.clone(),
+            project_id: ns.to_string(),
+            service: req.service.clone(),
+            status: BuildStatus::Queued,
+            status_detail: None,
+            source: BuildSource { digest, bytes },
+            plan: None,
+            images,
+            results: None,
+            build_args: req.build_args.clone(),
+            timeout: format!("{}s", timeout.as_secs()),
+            create_time: now_rfc3339(),
+            start_time: None,
+            finish_time: None,
+        };
+        let dir = self.dir(&id);
+        std::fs::create_dir_all(&dir).map_err(BuildError::io(dir.display().to_string()))?;
+        let archive = dir.join("source.tar.gz");
+        source
+            .persist(&archive)
+            .map_err(|e| BuildError::io(archive.display().to_string())(e.error))?;
+        self.put(&b)?;
+        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+        self.running
+            .lock()
+            .expect("builds lock")
+            .insert(id.clone(), cancel_tx);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let this = self.clone();
+        let build = b.clone();
+        tokio::spawn(async move {
+            this.drive(build, req, timeout, tx, cancel_rx).await;
+        });
+        Ok((b, rx))
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        mut b: Build,
+        req: BuildRequest,
+        timeout: Duration,
+        tx: tokio::sync::mpsc::UnboundedSender<String>,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let log_path = self.log_path(&b.id);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .ok();
+        let mut log = move |line: String| {
+            if let Some(f) = file.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+            let _ = tx.send(line);
+        };
+        let outcome = self.run(&mut b, req, timeout, &mut log, cancel).await;
+        let (status, detail) = match outcome {
+            Ok(results) => {
+                b.results = Some(results);
+                (BuildStatus::Success, None)
+            }
+            Err(Ended(status, detail)) => (status, Some(detail)),
+        };
+        if let Some(d) = &detail {
+            log(format!("ERROR: {d}"));
+        } else {
+            log("DONE".into());
+        }
+        b.status = status;
+        b.status_detail = detail;
+        b.finish_time = Some(now_rfc3339());
+        if let Err(e) = self.put(&b) {
+            tracing::error!(build = %b.id, "cannot record the end of the build: {e}");
+        }
+        self.running.lock().expect("builds lock").remove(&b.id);
+        let dir = self.dir(&b.id);
+        let _ = std::fs::remove_dir_all(dir.join("context"));
+        let _ = std::fs::remove_dir_all(dir.join("image"));
+        let _ = std::fs::remove_file(dir.join("source.tar.gz"));
+        // `log` (and with it the channel's sender) is dropped here: the stream ends after
+        // the final state is stored.
+    }
+
+    async fn run(
+        &self,
+        b: &mut Build,
+        req: BuildRequest,
+        timeout: Duration,
+        log: &mut (dyn FnMut(String) + Send),
+        mut cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<BuildResults, Ended> {
+        let fail = |e: BuildError| Ended(BuildStatus::Failure, e.to_string());
+        log(format!(
+            "Build {} queued: source {} ({} bytes)",
+            b.id, b.source.digest, b.source.bytes
+        ));
+        let _permit = tokio::select! {
+            p = self.queue.acquire() => p.expect("the queue is never closed"),
+            _ = cancel.wait_for(|c| *c) => {
+                return Err(Ended(BuildStatus::Cancelled, "cancelled while queued".into()));
+            }
+        };
+        b.status = BuildStatus::Working;
+        b.start_time = Some(now_rfc3339());
+        self.put(b).map_err(fail)?;
+        let dir = self.dir(&b.id);
+        let context = dir.join("context");
+        std::fs::create_dir_all(&context)
+            .map_err(BuildError::io(context.display().to_string()))
+            .map_err(fail)?;
+        {
+            let archive = dir.join("source.tar.gz");
+            let context = context.clone();
+            let max = self.cfg.max_source_bytes;
+            tokio::task::spawn_blocking(move || {
+                let mut f = std::fs::File::open(&archive)
+                    .map_err(BuildError::io(archive.display().to_string()))?;
+                crate::source::unpack(&mut f, &context, max)
+            })
+            .await
+            .expect("unpack does not panic")
+            .map_err(fail)?;
+        }
+        let plan = detect::detect(
+            &context,
+            &self.cfg.base_images,
+            req.base_image.as_deref(),
+            &req.build_args,
+        )
+        .map_err(fail)?;
+        let dockerfile = match (&plan.dockerfile, &plan.generated) {
+            (Some(name), _) => context.join(name),
+            (None, Some(text)) => {
+                let p = dir.join("Dockerfile.generated");
+                std::fs::write(&p, text)
+                    .map_err(BuildError::io(p.display().to_string()))
+                    .map_err(fail)?;
+                log(format!("Generated Dockerfile ({}):", plan.kind));
+                for l in text.lines() {
+                    log(format!("  {l}"));
+                }
+                p
+            }
+            (None, None) => unreachable!("a plan has a Dockerfile"),
+        };
+        b.plan = Some(BuildPlan {
+            kind: plan.kind.clone(),
+            dockerfile: plan.dockerfile.clone(),
+            base_image: plan.base_image.clone(),
+        });
+        self.put(b).map_err(fail)?;
+        log(format!(
+            "Building with {}",
+            plan.dockerfile.as_deref().unwrap_or(&plan.kind)
+        ));
+
+        // Registries the build may pull from: Skiff's own, what `registries login` stored,
+        // and loopback registries the FROM lines name (over HTTP, as Docker does).
+        let auth_dir = dir.join("auth");
+        let text = std::fs::read_to_string(&dockerfile).unwrap_or_default();
+        let access = self.registry_access(&text);
+        buildah::write_registry_files(&auth_dir, &access).map_err(fail)?;
+
+        // The network sandbox: held until the build ends.
+        let lease = match &self.network {
+            Some(net) => Some(
+                net.acquire(skiff_network::Owner::new(
+                    &b.project_id,
+                    &format!("build-{}", b.id),
+                    None,
+                ))
+                .await
+                .map_err(|e| {
+                    Ended(
+                        BuildStatus::Failure,
+                        format!("cannot make the build's network sandbox: {e}"),
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        let netns = lease.as_ref().map(|l| {
+            use std::os::fd::AsRawFd;
+            format!("/proc/{}/fd/{}", std::process::id(), l.netns().as_raw_fd())
+        });
+        let tag = format!("localhost/skiff-build/{}", b.id);
+        let job = BudJob {
+            id: b.id.clone(),
+            context: context.clone(),
+            dockerfile,
+            tag: tag.clone(),
+            build_args: if plan.kind == "dockerfile" {
+                req.build_args.clone()
+            } else {
+                BTreeMap::new()
+            },
+            netns,
+            dns: self.network.as_ref().map(|n| n.gateway()),
+            auth_dir: auth_dir.clone(),
+            timeout,
+        };
+        let outcome = buildah::bud(&self.buildah, &job, log, cancel)
+            .await
+            .map_err(fail)?;
+        drop(lease);
+        let result = match outcome {
+            BudOutcome::Success => Ok(()),
+            BudOutcome::Failed(code) => Err(Ended(
+                BuildStatus::Failure,
+                match code {
+                    Some(c) => {
+                        format!("the build failed (buildah exited with {c}): see the log above")
+                    }
+                    None => "the build was killed (out of memory?): see the log above".into(),
+                },
+            )),
+            BudOutcome::TimedOut => Err(Ended(
+                BuildStatus::Timeout,
+                format!(
+                    "the build did not finish within its timeout of {}",
+                    b.timeout
+                ),
+            )),
+            BudOutcome::Cancelled => Err(Ended(BuildStatus::Cancelled, "cancelled".into())),
+        };
+        if let Err(e) = result {
+            buildah::remove_containers(&self.buildah, &auth_dir).await;
+            return Err(e);
+        }
+        let layout = dir.join("image");
+        buildah::push_oci(&self.buildah, &auth_dir, &tag, &layout)
+            .await
+            .map_err(fail)?;
+        let images = self.images.clone();
+        let names = b.images.clone();
+        let imported =
+            tokio::task::spawn_blocking(move || -> Result<Vec<BuiltImage>, BuildError> {
+                let first =
+                    images.import_pulled(&layout, &names[0], skiff_image::ImageSource::Built)?;
+                let mut out = vec![BuiltImage {
+                    name: first.reference.clone(),
+                    digest: first.digest.clone(),
+                }];
+                for n in &names[1..] {
+                    let t = images.tag(n, &first.digest, skiff_image::ImageSource::Built)?;
+                    out.push(BuiltImage {
+                        name: t.reference,
+                        digest: t.digest,
+                    });
+                }
+                Ok(out)
+            })
+            .await
+            .expect("import does not panic")
+            .map_err(fail)?;
+        // buildah's own copy of the result is not needed: the layer cache is kept in its
+        // intermediate images.
+        let _ = self
+            .buildah
+            .command(&auth_dir)
+            .args(["rmi", &tag])
+            .output()
+            .await;
+        for i in &imported {
+            log(format!("Built image {} {}", i.name, i.digest));
+        }
+        Ok(BuildResults { images: imported })
+    }
+
+    fn registry_access(&self, dockerfile: &str) -> Vec<RegistryAccess> {
+        let mut out = Vec::new();
+        if let Some(own) = &self.cfg.own_registry {
+            out.push(RegistryAccess {
+                host: own.clone(),
+                username: Some("skiff".into()),
+                password: Some(self.cfg.admin_token.clone()),
+                insecure: buildah::is_loopback_host(own),
+            });
+        }
+        if let Ok(all) = self.registries.load() {
+            for (host, s) in all {
+                if out.iter().any(|r| r.host == host) {
+                    continue;
+                }
+                out.push(RegistryAccess {
+                    insecure: s.insecure || buildah::is_loopback_host(&host),
+                    host,
+                    username: s.username,
+                    password: s.password,
+                });
+            }
+        }
+        for host in buildah::from_hosts(dockerfile) {
+            if out.iter().any(|r| r.host == host) {
+                continue;
+            }
+            let creds = self.registries.settings_for(&host).unwrap_or_default();
+            out.push(RegistryAccess {
+                insecure: creds.insecure || buildah::is_loopback_host(&host),
+                host,
+                username: creds.username,
+                password: creds.password,
+            });
+        }
+        out
+    }
+}
+
+/// How a build that did not succeed ended, and why.
+struct Ended(BuildStatus, String);
+
+/// Reads the end of a build's log: its last `n` lines.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,510 @@
+//! Deploy from source, end to end with the real `skiff` binary and Debian's `buildah`: a base
+//! image the test makes itself (busybox, pushed into Skiff's own registry with `skopeo`), a
+//! multi-stage Dockerfile with a build argument, `.gcloudignore` and `.dockerignore`, a build
+//! sandbox that reaches the ingress but neither the control API nor the data dir, a failing
+//! `RUN` that leaves the service as it was, a static site found without a Dockerfile (built
+//! to the same digest by a second server whose base image comes from the first's registry), a
+//! directory with nothing to build, the time limit, cancel, and a build a killed server left
+//! behind; and a Python app without a Dockerfile whose `requirements.txt` installs Flask from
+//! PyPI through the build's sandbox, on a Debian base made with `mmdebstrap`.
+
+use skiff_testkit::{busybox_image, ImageSpec, TestServer};
+use std::path::Path;
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// Pushes the default busybox test image into the server's own registry as
+/// `base/busybox:latest`; returns its reference there.
+fn push_base(s: &TestServer, tmp: &Path) -> String {
+    let layout = busybox_image(&tmp.join("base"), "busybox", &ImageSpec::default());
+    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+    let reference = format!("127.0.0.1:{}/base/busybox:latest", s.api);
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("skiff:{}", token.trim()),
+            &format!("oci:{}", layout.display()),
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reference
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn service(s: &TestServer, name: &str) -> serde_json::Value {
+    let (code, body) = s.api(
+        "GET",
+        &format!("/apis/serving.knative.dev/v1/namespaces/default/services/{name}"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn builds(s: &TestServer) -> Vec<serde_json::Value> {
+    let out = s.ok(&["builds", "list", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["builds"].as_array().unwrap().clone()
+}
+
+#[test]
+fn multi_stage_dockerfile_deploys_in_a_sandbox_and_a_failed_build_changes_nothing() {
+    let mut s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = push_base(&s, tmp.path());
+    let src = tmp.path().join("src");
+    let data = s.data_dir.display().to_string();
+    // Stage one writes a file from a build argument; stage two copies it, the context (less
+    // what the ignore files name) and what the sandbox could reach: the ingress on the
+    // gateway (allowed, so the checks below can tell), the control API on the gateway and on
+    // loopback, and the server's data dir.
+    let dockerfile = format!(
+        "FROM {base} AS stage1\n\
+         ARG GREETING=unset\n\
+         RUN busybox mkdir -p /out && echo \"built $GREETING\" > /out/greeting.txt\n\
+         FROM {base}\n\
+         COPY --from=stage1 /out/greeting.txt /www/greeting.txt\n\
+         COPY . /www/src/\n\
+         RUN GW=$(busybox awk '/^nameserver/ {{print $2; exit}}' /etc/resolv.conf); \
+             (echo | nc -w 5 $GW {ingress} >/dev/null 2>&1 && echo reached || echo blocked) > /www/ingress.txt; \
+             (echo | nc -w 5 $GW {api} >/dev/null 2>&1 && echo reached || echo blocked) > /www/api-gateway.txt; \
+             (echo | nc -w 5 127.0.0.1 {api} >/dev/null 2>&1 && echo reached || echo blocked) > /www/api-loopback.txt; \
+             (cat {data}/admin.token >/dev/null 2>&1 && echo reached || echo blocked) > /www/data.txt\n",
+        ingress = s.ingress,
+        api = s.api,
+    );
+    write(&src, "Dockerfile", &dockerfile);
+    write(&src, ".gcloudignore", "secret.txt\n");
+    write(&src, ".dockerignore", "dockerignored.txt\n");
+    write(&src, "keep.txt", "kept\n");
+    write(&src, "secret.txt", "must not be uploaded\n");
+    write(&src, "dockerignored.txt", "must not be copied\n");
+
+    let src_arg = src.to_str().unwrap();
+    let out = s.skiff(&[
+        "deploy",
+        "app",
+        "--source",
+        src_arg,
+        "--set-build-env-vars",
+        "GREETING=hello",
+        "--allow-unauthenticated",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "deploy --source failed: {stderr}\nserver log: {}",
+        s.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Service URL: http://app.localhost:"),
+        "{stdout}"
+    );
+    // The build's log was streamed: buildah's steps, then the image.
+    assert!(stderr.contains("STEP"), "{stderr}");
+    assert!(
+        stderr.contains("Built image default/cloud-run-source-deploy/app:"),
+        "{stderr}"
+    );
+
+    let host = "app.localhost";
+    for (path, want) in [
+        ("/greeting.txt", "built hello\n"),
+        ("/src/keep.txt", "kept\n"),
+        ("/ingress.txt", "reached\n"),
+        ("/api-gateway.txt", "blocked\n"),
+        ("/api-loopback.txt", "blocked\n"),
+        ("/data.txt", "blocked\n"),
+    ] {
+        assert_eq!(s.get(host, path, None), (200, want.to_string()), "{path}");
+    }
+    for path in ["/src/secret.txt", "/src/dockerignored.txt"] {
+        assert_eq!(s.get(host, path, None).0, 404, "{path}");
+    }
+
+    // The build as an object, and its image in the store under the service's name.
+    let list = builds(&s);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let b = &list[0];
+    assert_eq!(b["status"], "SUCCESS", "{b}");
+    assert_eq!(b["service"], "app");
+    assert_eq!(b["plan"]["kind"], "dockerfile");
+    assert!(b["source"]["digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    let id = b["id"].as_str().unwrap();
+    let digest = b["results"]["images"][0]["digest"].as_str().unwrap();
+    let images = s.ok(&["images", "list"]);
+    assert!(
+        images.contains(&format!("default/cloud-run-source-deploy/app:{id}"))
+            && images.contains("default/cloud-run-source-deploy/app:latest"),
+        "{images}"
+    );
+    let described = s.ok(&["builds", "describe", id]);
+    assert!(
+        described.contains("SUCCESS") && described.contains(digest),
+        "{described}"
+    );
+    let log = s.ok(&["builds", "log", id]);
+    assert!(log.contains("COMMIT") || log.contains("STEP"), "{log}");
+    let rev = service(&s, "app")["status"]["latestReadyRevisionName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pinned = s
+        .api(
+            "GET",
+            &format!("/apis/serving.knative.dev/v1/namespaces/default/revisions/{rev}"),
+            None,
+        )
+        .1;
+    assert!(pinned.contains(digest), "{pinned}");
+
+    // A failing RUN: the log's tail is printed, the deploy fails, the service stays.
+    write(
+        &src,
+        "Dockerfile",
+        &format!("{dockerfile}RUN echo about to fail && exit 3\n"),
+    );
+    let err = s.fails(&[
+        "deploy",
+        "app",
+        "--source",
+        src_arg,
+        "--set-build-env-vars",
+        "GREETING=hello",
+    ]);
+    // The steps before it come from the layer cache of the first build.
+    assert!(err.contains("Using cache"), "{err}");
+    assert!(err.contains("about to fail"), "{err}");
+    assert!(err.contains("FAILURE"), "{err}");
+    assert!(err.contains("skiff builds log"), "{err}");
+    let svc = service(&s, "app");
+    assert_eq!(svc["status"]["latestReadyRevisionName"], rev.as_str());
+    assert_eq!(svc["metadata"]["generation"], 1, "{svc}");
+    assert_eq!(s.get(host, "/greeting.txt", None).1, "built hello\n");
+    let list = builds(&s);
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["status"], "FAILURE", "{:?}", list[0]);
+    assert!(list[0].get("results").is_none());
+
+    // Stopping the server leaves no build process, mount or cgroup behind.
+    assert_eq!(s.stop(), Some(0));
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn static_site_nothing_to_build_time_limit_cancel_and_a_killed_server() {
+    let mut s = TestServer::start(Path::new(BIN), &["--build-max-source", "64Ki"]);
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Nothing to build: the error lists what was looked for, and no service is made.
+    let empty = tmp.path().join("empty");
+    write(&empty, "README.md", "no code here\n");
+    let err = s.fails(&["deploy", "nothing", "--source", empty.to_str().unwrap()]);
+    for want in [
+        "nothing to build",
+        "Dockerfile",
+        "package.json",
+        "requirements.txt",
+        "go.mod",
+        "index.html",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    let (code, _) = s.api(
+        "GET",
+        "/apis/serving.knative.dev/v1/namespaces/default/services/nothing",
+        None,
+    );
+    assert_eq!(code, 404);
+    let err = s.fails(&["deploy", "x", "--source", "/no/such/dir"]);
+    assert!(
+        err.contains("--source /no/such/dir: no such directory"),
+        "{err}"
+    );
+    let err = s.fails(&["builds", "describe", "no-such-build"]);
+    assert!(err.contains("build no-such-build not found"), "{err}");
+
+    // No Dockerfile but an index.html: a static site, on the base image given.
+    let base = push_base(&s, tmp.path());
+    let site = tmp.path().join("site");
+    write(&site, "index.html", "<p>static site</p>\n");
+    write(&site, "about/index.html", "about\n");
+    let out = s.ok(&[
+        "deploy",
+        "site",
+        "--source",
+        site.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--allow-unauthenticated",
+    ]);
+    assert!(out.contains("Service URL: http://site.localhost:"), "{out}");
+    assert_eq!(
+        s.get("site.localhost", "/", None),
+        (200, "<p>static site</p>\n".to_string())
+    );
+    assert_eq!(
+        s.get("site.localhost", "/about/", None),
+        (200, "about\n".to_string())
+    );
+    let b = &builds(&s)[0];
+    assert_eq!(b["plan"]["kind"], "static", "{b}");
+    assert_eq!(b["plan"]["baseImage"], base.as_str(), "{b}");
+    let log = s.ok(&["builds", "log", b["id"].as_str().unwrap()]);
+    assert!(log.contains("Generated Dockerfile (static)"), "{log}");
+    let site_digest = b["results"]["images"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Reproducible: another server, with a storage and layer cache of its own, builds the same
+    // source on the same base (pulled from this server's registry with the credentials
+    // `registries login` stored) into the very same image; deploying it again says so.
+    let other = TestServer::start(Path::new(BIN), &[]);
+    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+    let registry = format!("127.0.0.1:{}", s.api);
+    let login = std::process::Command::new(BIN)
+        .args([
+            "registries",
+            "login",
+            &registry,
+            "-u",
+            "skiff",
+            "--password-stdin",
+        ])
+        .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", other.api))
+        .env("SKIFF_DATA_DIR", &other.data_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(token.trim().as_bytes())?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(login.success());
+    let site_arg = site.to_str().unwrap();
+    let out = other.skiff(&[
+        "builds",
+        "submit",
+        site_arg,
+        "--tag",
+        "site:v1",
+        "--base-image",
+        &base,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        other.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("site:v1@{site_digest}")
+    );
+    let out = other.skiff(&[
+        "builds",
+        "submit",
+        site_arg,
+        "--tag",
+        "site:v1",
+        "--base-image",
+        &base,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("The image is the same as build"), "{err}");
+    drop(other);
+
+    // A source larger than the server's limit is refused with 413 and a clear error, and
+    // nothing is built.
+    let before = builds(&s).len();
+    let big = tmp.path().join("big");
+    // xorshift64: bytes gzip cannot shrink.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..256 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::write(big.join("noise.bin"), noise).unwrap();
+    write(&big, "index.html", "x\n");
+    let err = s.fails(&["builds", "submit", big.to_str().unwrap(), "--tag", "big:v1"]);
+    assert!(
+        err.contains("larger than the server's limit") && err.contains(".gcloudignore"),
+        "{err}"
+    );
+    assert_eq!(builds(&s).len(), before);
+
+    // A RUN that outlasts the time limit ends TIMEOUT.
+    let slow = tmp.path().join("slow");
+    write(
+        &slow,
+        "Dockerfile",
+        &format!("FROM {base}\nRUN sleep 600\n"),
+    );
+    let slow_arg = slow.to_str().unwrap();
+    let err = s.fails(&[
+        "builds",
+        "submit",
+        slow_arg,
+        "--tag",
+        "slow:v1",
+        "--build-timeout",
+        "3s",
+    ]);
+    assert!(err.contains("TIMEOUT"), "{err}");
+
+    // Cancel: a build in its RUN step ends CANCELLED.
+    let bin = Path::new(BIN);
+    let spawn_submit = || {
+        std::process::Command::new(bin)
+            .args(["builds", "submit", slow_arg, "--tag", "slow:v2"])
+            .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", s.api))
+            .env("SKIFF_DATA_DIR", &s.data_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let working = |s: &TestServer| {
+        builds(s)
+            .into_iter()
+            .find(|b| b["status"] == "WORKING" && b["plan"]["kind"] == "dockerfile")
+            .map(|b| b["id"].as_str().unwrap().to_string())
+    };
+    let mut client = spawn_submit();
+    s.wait_for("a build to be working", 120, || working(&s).is_some());
+    let id = working(&s).unwrap();
+    s.ok(&["builds", "cancel", &id]);
+    let b = serde_json::from_str::<serde_json::Value>(
+        &s.ok(&["builds", "describe", &id, "--format", "json"]),
+    )
+    .unwrap();
+    assert_eq!(b["status"], "CANCELLED", "{b}");
+    assert!(!client.wait().unwrap().success());
+
+    // A build running when the server is killed is FAILURE after the restart, with why.
+    let mut client = spawn_submit();
+    s.wait_for("a build to be working", 120, || working(&s).is_some());
+    let id = working(&s).unwrap();
+    s.kill9();
+    let _ = client.wait();
+    s.restart();
+    let b = serde_json::from_str::<serde_json::Value>(
+        &s.ok(&["builds", "describe", &id, "--format", "json"]),
+    )
+    .unwrap();
+    assert_eq!(b["status"], "FAILURE", "{b}");
+    assert!(
+        b["statusDetail"]
+            .as_str()
+            .unwrap()
+            .contains("server stopped"),
+        "{b}"
+    );
+    assert!(builds(&s).iter().all(|b| b["status"] != "WORKING"));
+    assert_eq!(s.stop(), Some(0));
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn python_app_without_a_dockerfile_installs_flask_from_pypi() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // The base: Debian's python3 and pip (from `mmdebstrap`), trusting the host's CA bundle
+    // (the machine may reach PyPI through a TLS proxy of its own), with pip allowed to install
+    // beside Debian's packages, as the official python images allow.
+    let ca = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+    let spec = ImageSpec {
+        entrypoint: vec![],
+        cmd: vec![],
+        env: vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            "PIP_BREAK_SYSTEM_PACKAGES=1".into(),
+            "PIP_DISABLE_PIP_VERSION_CHECK=1".into(),
+            "PIP_CERT=/etc/skiff-test-ca.pem".into(),
+        ],
+        files: vec![("etc/skiff-test-ca.pem".into(), ca, 0o644)],
+        user: None,
+        binaries: vec![],
+    };
+    let layout = skiff_testkit::debian_image(
+        &tmp.path().join("python"),
+        "python",
+        &["python3", "python3-pip"],
+        &[],
+        &spec,
+    );
+    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+    let base = format!("127.0.0.1:{}/base/python:3", s.api);
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("skiff:{}", token.trim()),
+            &format!("oci:{}", layout.display()),
+            &format!("docker://{base}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let app = tmp.path().join("app");
+    write(&app, "requirements.txt", "flask\n");
+    write(
+        &app,
+        "main.py",
+        "import flask\n\napp = flask.Flask(__name__)\n\n\n@app.route(\"/\")\n\
+         def hello():\n    return \"hello from flask \" + flask.__version__ + \"\\n\"\n",
+    );
+    let out = s.skiff(&[
+        "deploy",
+        "pyapp",
+        "--source",
+        app.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--allow-unauthenticated",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "deploy --source failed: {stderr}\nserver log: {}",
+        s.log()
+    );
+    assert!(stderr.contains("Generated Dockerfile (python)"), "{stderr}");
+    assert!(stderr.contains("Successfully installed"), "{stderr}");
+    let (code, body) = s.get("pyapp.localhost", "/", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("hello from flask "), "{body}");
+    let b = &builds(&s)[0];
+    assert_eq!(b["plan"]["kind"], "python", "{b}");
+}
