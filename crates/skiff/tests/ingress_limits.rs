@@ -194,6 +194,11 @@ fn out_of_descriptors_the_ingress_waits_and_serves_again() {
         Path::new(BIN),
         &["--max-connections-per-client", "0", "--no-instance-network"],
     );
+    // The listeners take connections before start-up is over: wait for its end, so that the
+    // descriptors counted below are all the server will hold when idle.
+    s.wait_for("the server to finish starting", 60, || {
+        s.log().contains("serving: ingress")
+    });
     let pid = s.pid().expect("the server runs");
     let before = std::fs::read_to_string(format!("/proc/{pid}/limits"))
         .unwrap()
