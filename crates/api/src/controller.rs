@@ -336,6 +336,13 @@ impl Controller {
             None
         };
         self.validate_traffic(&svc.spec.traffic, &revisions, rev_name.as_deref())?;
+        skiff_model::Ingress::of(&svc.metadata.annotations).map_err(|e| {
+            ApiError::invalid(format!(
+                "metadata.annotations[\"{}\"]: {}",
+                skiff_model::ANN_INGRESS,
+                e.0
+            ))
+        })?;
 
         let now = now_rfc3339();
         svc.metadata.namespace = ns.to_string();
@@ -586,6 +593,9 @@ impl Controller {
         }
         let route = RouteSpec {
             public,
+            internal: skiff_model::Ingress::of(&svc.metadata.annotations)
+                .unwrap_or_default()
+                .internal_only(),
             invokers,
             traffic: resolved
                 .iter()

@@ -150,6 +150,12 @@ pub struct DeployArgs {
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
 
+    /// Who may reach the service: `all`, or `internal` (and
+    /// `internal-and-cloud-load-balancing`, the same in Skiff): only Skiff's own instances and
+    /// jobs; a request from elsewhere gets 404
+    #[arg(long, value_name = "all|internal", value_parser = skiff_model::Ingress::VALUES)]
+    pub ingress: Option<String>,
+
     /// Let anyone invoke the service without a token
     #[arg(long, conflicts_with = "no_allow_unauthenticated")]
     pub allow_unauthenticated: bool,
@@ -516,6 +522,12 @@ pub fn build_service(
         }
     };
     apply_changes(&mut svc.spec.template, ch)?;
+    if let Some(ingress) = &args.ingress {
+        // On the Service itself, where gcloud writes it: the revisions do not carry it.
+        svc.metadata
+            .annotations
+            .insert(skiff_model::ANN_INGRESS.to_string(), ingress.clone());
+    }
     if let Some(tag) = &args.tag {
         // The tag names the new revision, so the revision is named here rather than by the
         // server.

@@ -98,7 +98,7 @@ impl GlobalArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum ClientCommand {
     /// Create or update a service, making a new revision
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// List, describe, delete, replace services and move their traffic
     Services {
         #[command(subcommand)]
@@ -181,7 +181,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
     precheck(&cmd)?;
     let api = api::Api::new(global)?;
     match cmd {
-        ClientCommand::Deploy(args) => deploy::run(&api, args),
+        ClientCommand::Deploy(args) => deploy::run(&api, *args),
         ClientCommand::Services { command } => services::run(&api, command),
         ClientCommand::Revisions { command } => revisions::run(&api, command),
         ClientCommand::Instances { command } => instances::run(&api, command),

@@ -453,6 +453,14 @@ pub fn describe_text(svc: &Service) -> String {
         ("Project", svc.metadata.namespace.clone()),
         ("URL", or_dash(st.url.as_deref())),
         ("Ready", ready),
+        (
+            "Ingress",
+            svc.metadata
+                .annotations
+                .get(skiff_model::ANN_INGRESS)
+                .cloned()
+                .unwrap_or_else(|| "all".into()),
+        ),
         ("Latest revision", or_dash(current_revision(svc).as_deref())),
         (
             "Created",

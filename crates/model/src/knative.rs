@@ -14,6 +14,9 @@ pub const ANN_CPU_THROTTLING: &str = "run.googleapis.com/cpu-throttling";
 /// services, DNS, the metadata server) or `none` (loopback only). Skiff's own annotation,
 /// named the way Cloud Run names its `run.googleapis.com/vpc-access-egress`.
 pub const ANN_EGRESS: &str = "skiff.dev/egress";
+/// Who may reach a service, on the Service's own metadata as gcloud's `--ingress` writes it:
+/// `all` (the default), `internal` or `internal-and-cloud-load-balancing` ([`Ingress`]).
+pub const ANN_INGRESS: &str = "run.googleapis.com/ingress";
 pub const ANN_CREATOR: &str = "serving.knative.dev/creator";
 pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
 pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";
@@ -548,5 +551,77 @@ impl Policy {
             }
             self.bindings.retain(|b| !b.members.is_empty());
         }
+    }
+}
+
+/// A service's ingress setting (Cloud Run's `run.googleapis.com/ingress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ingress {
+    /// Requests from anywhere.
+    #[default]
+    All,
+    /// Only requests from Skiff's own instances and job tasks; any other gets 404.
+    Internal,
+    /// Cloud Run's `internal-and-cloud-load-balancing`: internal traffic and a Google Cloud
+    /// load balancer's. Skiff has no load balancer of its own, so it is `Internal`'s rule;
+    /// kept as written.
+    InternalAndCloudLoadBalancing,
+}
+
+impl Ingress {
+    /// The values [`ANN_INGRESS`] takes.
+    pub const VALUES: [&'static str; 3] = ["all", "internal", "internal-and-cloud-load-balancing"];
+
+    /// Parses the annotation's value; an unknown one is an error naming the values there are.
+    pub fn parse(s: &str) -> Result<Ingress, crate::InvalidInput> {
+        match s {
+            "all" => Ok(Ingress::All),
+            "internal" => Ok(Ingress::Internal),
+            "internal-and-cloud-load-balancing" => Ok(Ingress::InternalAndCloudLoadBalancing),
+            _ => Err(crate::InvalidInput::new(format!(
+                "invalid ingress {s:?}: use all, internal or internal-and-cloud-load-balancing"
+            ))),
+        }
+    }
+
+    /// The setting of a Service with these annotations ([`ANN_INGRESS`]; `All` without it).
+    pub fn of(annotations: &BTreeMap<String, String>) -> Result<Ingress, crate::InvalidInput> {
+        annotations
+            .get(ANN_INGRESS)
+            .map_or(Ok(Ingress::All), |v| Ingress::parse(v))
+    }
+
+    /// Whether only Skiff's own instances and jobs may reach the service.
+    pub fn internal_only(self) -> bool {
+        self != Ingress::All
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ingress::All => "all",
+            Ingress::Internal => "internal",
+            Ingress::InternalAndCloudLoadBalancing => "internal-and-cloud-load-balancing",
+        }
+    }
+}
+
+#[cfg(test)]
+mod ingress_tests {
+    use super::*;
+
+    #[test]
+    fn ingress_values_parse_and_others_are_refused() {
+        for v in Ingress::VALUES {
+            assert_eq!(Ingress::parse(v).unwrap().as_str(), v);
+        }
+        assert!(!Ingress::All.internal_only());
+        assert!(Ingress::Internal.internal_only());
+        assert!(Ingress::InternalAndCloudLoadBalancing.internal_only());
+        let e = Ingress::parse("public").unwrap_err();
+        assert!(e.0.contains("use all, internal"), "{e:?}");
+        let mut a = BTreeMap::new();
+        assert_eq!(Ingress::of(&a).unwrap(), Ingress::All);
+        a.insert(ANN_INGRESS.to_string(), "internal".to_string());
+        assert_eq!(Ingress::of(&a).unwrap(), Ingress::Internal);
     }
 }

@@ -7,6 +7,7 @@
 //! pools; it never waits on the store or on an API call.
 
 pub mod auth;
+mod ingress;
 pub mod pool;
 pub mod probe;
 pub mod proxy;
@@ -14,7 +15,6 @@ mod reqlog;
 pub mod trace;
 pub mod upstream;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use pool::{Ctx, InstanceInfo, Pool, RevKey};
 use rand::Rng;
 use skiff_image::ResolvedImage;
@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+pub use ingress::{serve_ingress, IngressLimits};
 pub use skiff_runtime::logs::{self, LogLine, LogResource, LogSink, LogSource};
 
 pub struct ServingConfig {
@@ -49,6 +50,9 @@ pub struct ServingConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteSpec {
     pub public: bool,
+    /// Only Skiff's own instances and job tasks may reach the service (its ingress setting
+    /// is `internal` or `internal-and-cloud-load-balancing`).
+    pub internal: bool,
     /// Members that hold `roles/run.invoker` on the service (`serviceAccount:EMAIL`,
     /// `user:EMAIL`, `allAuthenticatedUsers`, ...), for identity tokens other than the admin's.
     pub invokers: Vec<String>,
@@ -60,6 +64,7 @@ pub struct RouteSpec {
 
 pub struct Route {
     pub public: bool,
+    pub internal: bool,
     pub invokers: Vec<String>,
     targets: Vec<(Arc<Pool>, u32)>,
     tags: HashMap<String, Arc<Pool>>,
@@ -260,6 +265,7 @@ impl Serving {
             .collect::<Result<HashMap<_, _>, String>>()?;
         let route = Arc::new(Route {
             public: spec.public,
+            internal: spec.internal,
             invokers: spec.invokers.clone(),
             targets,
             tags,
@@ -333,56 +339,4 @@ impl Serving {
             .collect();
         futures::future::join_all(pools.iter().map(|p| p.close())).await;
     }
-}
-
-/// Runs the ingress server (HTTP/1.1 with keep-alive, and HTTP/2 over cleartext with prior
-/// knowledge, told apart by the connection's first bytes) until `shutdown` resolves, then lets
-/// in-flight requests finish (up to `drain`).
-pub async fn serve_ingress(
-    serving: Arc<Serving>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()>,
-    drain: Duration,
-) {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true);
-    let builder = Arc::new(builder);
-    // Shutdown is told to every connection through `stop`; each connection holds a clone of
-    // `live`, so `done` ends once they all have. (hyper-util's `GracefulShutdown` does not
-    // take connections that can switch protocols.)
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let (live, mut done) = tokio::sync::mpsc::channel::<()>(1);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let serving = serving.clone();
-                let peer = Arc::new(proxy::Peer::new(peer));
-                let svc = hyper::service::service_fn(move |req| {
-                    let (serving, peer) = (serving.clone(), peer.clone());
-                    async move { Ok::<_, std::convert::Infallible>(serving.handle(req, &peer).await) }
-                });
-                let builder = builder.clone();
-                let mut stopping = stopping.clone();
-                let live = live.clone();
-                tokio::spawn(async move {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => return drop(live),
-                        _ = stopping.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
-                    }
-                    let _ = conn.await;
-                    drop(live);
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    let _ = stop.send(true);
-    drop(live);
-    let _ = tokio::time::timeout(drain, done.recv()).await;
 }

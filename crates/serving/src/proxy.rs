@@ -52,10 +52,14 @@ pub struct Peer {
     /// Its `Forwarded` element (RFC 7239 §4): `for=IP;proto=http`, an IPv6 address quoted
     /// and bracketed (§6).
     pub forwarded: HeaderValue,
+    /// The connection came from one of Skiff's own instances or job tasks: from an address
+    /// in the instance subnet to the bridge's gateway address. Only such requests reach a
+    /// service whose ingress setting is internal.
+    pub internal: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    pub fn new(addr: SocketAddr, internal: bool) -> Peer {
         let ip = addr.ip();
         let node = match ip {
             std::net::IpAddr::V4(v4) => v4.to_string(),
@@ -67,6 +71,7 @@ impl Peer {
                 .expect("an IP address is a valid header value"),
             forwarded: HeaderValue::from_str(&format!("for={node};proto=http"))
                 .expect("a forwarded element is a valid header value"),
+            internal,
         }
     }
 }
@@ -154,6 +159,15 @@ impl Serving {
                 &format!("service {service} not found in project {ns}"),
             );
         };
+        if route.internal && !peer.internal {
+            // Cloud Run answers 404 to a request from outside for an internal service.
+            return platform_response(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "service {service} only answers requests from Skiff's instances and jobs (its ingress is internal)"
+                ),
+            );
+        }
         if !route.public {
             let bare_host = skiff_model::service_host(&ns, &service, tag.as_deref());
             let auth = req

@@ -1,9 +1,10 @@
 //! The one `skiff` binary: `skiff server` runs the platform, every other subcommand is a client
 //! of its API, and the hidden `__shim` subcommand is the per-instance container helper.
 
+mod config;
 mod server;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use skiff_cli::{ClientCommand, GlobalArgs};
 
 #[derive(Parser)]
@@ -36,7 +37,14 @@ fn main() {
         };
         std::process::exit(skiff_runtime::shim::shim_main(std::path::Path::new(dir)));
     }
-    let cli = Cli::parse();
+    let args = match config::expand(args, &Cli::command()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Server(a) => server::run(&cli.global, *a),
         Command::Client(c) => skiff_cli::run(&cli.global, *c),

@@ -12,9 +12,18 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct ServerArgs {
-    /// Where services are served.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Where services are served over HTTP (the ingress).
+    #[arg(
+        long = "http",
+        visible_alias = "ingress",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     ingress: String,
+    /// A YAML file whose keys are these flags without their dashes (`api: 0.0.0.0:8081`);
+    /// a flag on the command line wins over the file's key.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Where the control API listens.
     #[arg(long, default_value = "127.0.0.1:8081")]
     api: String,
@@ -52,6 +61,14 @@ pub struct ServerArgs {
     /// Run `skiff images prune` this often (e.g. 24h) [default: never].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     prune_images_every: Option<Duration>,
+    /// How long a client has to send a request's head (and how long an idle HTTP/1.1
+    /// keep-alive connection is kept) before the ingress closes the connection.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// The most connections one client address may hold open on the ingress; those past it
+    /// are closed at once. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_connections_per_client: usize,
     /// The time limit of a source build (Cloud Build's default).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     build_timeout: Duration,
@@ -92,6 +109,17 @@ fn parse_base_image(s: &str) -> Result<(String, String), String> {
     }
     skiff_image::parse_reference(image).map_err(|e| format!("{image:?}: {e}"))?;
     Ok((lang.to_string(), image.to_string()))
+}
+
+impl ServerArgs {
+    /// The ingress's limits from the flags.
+    fn ingress_limits(&self) -> skiff_serving::IngressLimits {
+        skiff_serving::IngressLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections_per_client: self.max_connections_per_client,
+            ..Default::default()
+        }
+    }
 }
 
 /// A duration, also in days (`30d`).
@@ -156,7 +184,7 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     let ingress_addr: std::net::SocketAddr = args.ingress.parse().with_context(|| {
         format!(
-            "invalid --ingress {:?}: use HOST:PORT like 127.0.0.1:8080",
+            "invalid --http {:?}: use HOST:PORT like 127.0.0.1:8080",
             args.ingress
         )
     })?;
@@ -211,7 +239,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let ingress = tokio::net::TcpListener::bind(ingress_addr)
         .await
-        .with_context(|| format!("cannot listen on --ingress {ingress_addr}"))?;
+        .with_context(|| format!("cannot listen on --http {ingress_addr}"))?;
     let api = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;
@@ -288,7 +316,15 @@ async fn serve(
     });
     let platform = match &network {
         Some(net) => {
-            match services_for_instances(net, &serving, ingress_addr, ingress_port).await {
+            match services_for_instances(
+                net,
+                &serving,
+                ingress_addr,
+                ingress_port,
+                args.ingress_limits(),
+            )
+            .await
+            {
                 Ok(p) => Some(p),
                 Err(e) => {
                     net.stop().await;
@@ -408,6 +444,7 @@ async fn serve(
         ingress,
         wait_stop(stop_rx.clone()),
         Duration::from_secs(30),
+        args.ingress_limits(),
     ));
     pubsub.set_pusher(skiff_pubsub::push::starter(
         skiff_pubsub::push::PushSettings {
@@ -483,6 +520,7 @@ async fn services_for_instances(
     serving: &Arc<Serving>,
     ingress_addr: std::net::SocketAddr,
     ingress_port: u16,
+    limits: skiff_serving::IngressLimits,
 ) -> anyhow::Result<InstanceServices> {
     use skiff_network::dns::LocalAnswer;
     let gw = net.gateway();
@@ -527,6 +565,7 @@ async fn services_for_instances(
             listener,
             std::future::pending(),
             Duration::from_secs(1),
+            limits.clone(),
         ))
     });
     let metadata_task = tokio::spawn({

@@ -1402,6 +1402,27 @@ fn gcloud_deploys_probes_in_memory_volumes_and_http2() {
     let svc = e.skiff_json(&["services", "describe", "h2"]);
     let name = &svc["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"];
     assert!(name.is_null() || name == "http1", "{svc}");
+
+    // --ingress internal: the Service's run.googleapis.com/ingress; then 404 from outside.
+    e.ok(&[
+        "run",
+        "deploy",
+        "h2",
+        "--image",
+        "web",
+        "--ingress",
+        "internal",
+    ]);
+    let svc = e.skiff_json(&["services", "describe", "h2"]);
+    assert_eq!(
+        svc["metadata"]["annotations"]["run.googleapis.com/ingress"], "internal",
+        "{svc}"
+    );
+    let (code, body) = s.get(&e.host("h2"), "/", None);
+    assert_eq!(code, 404, "{body}");
+    e.ok(&["run", "services", "update", "h2", "--ingress", "all"]);
+    let (code, body) = s.get(&e.host("h2"), "/", None);
+    assert_ne!(code, 404, "{body}");
 }
 
 /// `gcloud secrets create|versions add|versions access|versions list` against Skiff's Secret

@@ -505,3 +505,74 @@ fn network_usage_is_metered_and_only_internet_egress_is_billed() {
     let v: f64 = sent.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(v >= (3 * MIB) as f64, "{sent}");
 }
+
+#[test]
+fn an_internal_service_answers_only_instances_and_jobs() {
+    let (s, _tmp) = TestServer::with_web_image(bin(), &[]);
+    deploy(&s, "back", &["--ingress", "internal"]);
+    deploy(&s, "front", &[]);
+    let export = s.ok(&["services", "describe", "back", "--format", "export"]);
+    assert!(
+        export.contains("run.googleapis.com/ingress: internal"),
+        "{export}"
+    );
+    assert!(s
+        .ok(&["services", "describe", "back"])
+        .lines()
+        .any(|l| l.starts_with("Ingress") && l.ends_with("internal")));
+
+    // From outside: 404, saying why.
+    let (code, body) = s.get("back.localhost", "/", None);
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("ingress is internal"), "{body}");
+    // From another instance, by the URL deploy printed: served.
+    let gw = gateway(&s);
+    let out = http_from(&s, "front", &gw, s.ingress, "back.localhost", "/", &[]);
+    assert!(
+        status_is(&out, 200) && out.contains("hello from skiff"),
+        "{out}"
+    );
+    // From a job task too.
+    s.ok(&[
+        "jobs",
+        "create",
+        "caller",
+        "--image",
+        "web",
+        "--max-retries",
+        "0",
+        "--command",
+        "/bin/sh",
+        "--args",
+        &format!(
+            "-c,{{ printf 'GET / HTTP/1.0\\r\\nHost: back.localhost\\r\\n\\r\\n'; sleep 1; }} | nc -w 3 {gw} {} | grep -q 'hello from skiff'",
+            s.ingress
+        ),
+    ]);
+    s.ok(&["jobs", "execute", "caller", "--wait"]);
+
+    // A value gcloud does not know is refused, by the CLI and by the API, and changes nothing.
+    let err = s.fails(&["deploy", "back", "--ingress", "public"]);
+    assert!(err.contains("public"), "{err}");
+    let (code, body) = s.api(
+        "GET",
+        "/apis/serving.knative.dev/v1/namespaces/default/services/back",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let mut svc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    svc["metadata"]["annotations"]["run.googleapis.com/ingress"] = "public".into();
+    let (code, body) = s.api(
+        "PUT",
+        "/apis/serving.knative.dev/v1/namespaces/default/services/back",
+        Some(&svc.to_string()),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("run.googleapis.com/ingress"), "{body}");
+    assert_eq!(s.get("back.localhost", "/", None).0, 404);
+
+    // Back to all: served from outside again.
+    deploy(&s, "back", &["--ingress", "all"]);
+    let (code, body) = s.get("back.localhost", "/", None);
+    assert_eq!(code, 200, "{body}");
+}

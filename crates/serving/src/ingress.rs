@@ -1,0 +1,251 @@
+//! The ingress listener: accepts connections, holds each to the limits an internet-facing
+//! server needs ([`IngressLimits`]: header read timeout, header size, connections per client
+//! address, backing off when the process is out of file descriptors) and hands its requests
+//! to the proxy ([`crate::proxy`]).
+
+use crate::{proxy, Serving};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the ingress allows one client.
+#[derive(Clone, Debug)]
+pub struct IngressLimits {
+    /// How long a client has to send a request's head (request line and headers), counted
+    /// from the connection's accept for its first request and from the end of the previous
+    /// response for the next: past it the connection is closed. So it is also how long an
+    /// idle HTTP/1.1 keep-alive connection is kept. An HTTP/2 connection must have sent its
+    /// first request within it. nginx's `client_header_timeout` is 60 s; Skiff's default is
+    /// 10 s ([`IngressLimits::default`]).
+    pub header_read_timeout: Duration,
+    /// The largest request head in bytes (request line and headers for HTTP/1.1, the
+    /// decoded header list for HTTP/2); a larger one is answered `431 Request Header Fields
+    /// Too Large`. Default 64 KiB, the request header limit of Google's front ends.
+    pub max_header_bytes: usize,
+    /// The most connections one client address may hold open at once; the connections past
+    /// it are closed as soon as they are accepted. `0`: no limit. Default 256.
+    pub max_connections_per_client: usize,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        IngressLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_connections_per_client: 256,
+        }
+    }
+}
+
+/// How long the listener pauses when accept() fails for want of file descriptors or memory
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM): the connection waits in the kernel's backlog meanwhile,
+/// and the loop neither spins nor exits.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// HTTP/2 pings an idle connection's peer this often, and closes the connection when a ping
+/// is not answered within [`H2_PING_TIMEOUT`]: a peer that went away does not hold it forever.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// One counted connection; dropping it gives its place back.
+struct ClientSlot {
+    table: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    /// A place for one more connection from `ip`, or `None` when it already has `max`.
+    fn take(table: &Arc<PerClient>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut t = table.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = t.entry(ip).or_default();
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Whether an accept() error means the process or the system is out of descriptors or
+/// memory, when accepting again at once would fail the same way.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Whether a connection from `peer` to `local` comes from one of Skiff's instances or job
+/// tasks: from the instance subnet to the gateway, the bridge's own address, which only the
+/// bridge's members reach with a source in that subnet.
+fn from_instance(net: &skiff_network::Network, local: IpAddr, peer: IpAddr) -> bool {
+    let (IpAddr::V4(local), IpAddr::V4(peer)) = (local, peer) else {
+        return false;
+    };
+    local == net.gateway() && peer != net.gateway() && net.subnet().contains(&peer)
+}
+
+/// Runs the ingress server (HTTP/1.1 with keep-alive, and HTTP/2 over cleartext with prior
+/// knowledge, told apart by the connection's first bytes) within `limits` until `shutdown`
+/// resolves, then lets in-flight requests finish (up to `drain`).
+pub async fn serve_ingress(
+    serving: Arc<Serving>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+    limits: IngressLimits,
+) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper answers a head that fills its read buffer with 431.
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let builder = Arc::new(builder);
+    let per_client = Arc::new(PerClient::default());
+    // Shutdown is told to every connection through `stop`; each connection holds a clone of
+    // `live`, so `done` ends once they all have. (hyper-util's `GracefulShutdown` does not
+    // take connections that can switch protocols.)
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let (live, mut done) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    let mut warned = false;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => {
+                    warned = false;
+                    a
+                }
+                Err(e) if out_of_resources(&e) => {
+                    if !warned {
+                        tracing::warn!("ingress: cannot accept connections: {e}; retrying");
+                        warned = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        _ = &mut shutdown => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("ingress: accept: {e}");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Some(slot) = PerClient::take(&per_client, peer.ip(), limits.max_connections_per_client)
+        else {
+            tracing::debug!("ingress: {peer} is past its connection limit; closed");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let serving = serving.clone();
+        let internal = match (&serving.ctx.network, stream.local_addr()) {
+            (Some(net), Ok(local)) => from_instance(net, local.ip(), peer.ip()),
+            _ => false,
+        };
+        let peer = Arc::new(proxy::Peer::new(peer, internal));
+        // Set by the first request: until then the connection is on the header read clock,
+        // also while hyper is still telling HTTP/1.1 from HTTP/2 by the first bytes.
+        let asked = Arc::new(AtomicBool::new(false));
+        let svc = {
+            let asked = asked.clone();
+            hyper::service::service_fn(move |req| {
+                asked.store(true, Ordering::Relaxed);
+                let (serving, peer) = (serving.clone(), peer.clone());
+                async move { Ok::<_, std::convert::Infallible>(serving.handle(req, &peer).await) }
+            })
+        };
+        let builder = builder.clone();
+        let mut stopping = stopping.clone();
+        let live = live.clone();
+        let first_deadline = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let first = tokio::time::sleep(first_deadline);
+            tokio::pin!(first);
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => return drop(live),
+                    _ = stopping.wait_for(|s| *s) => {
+                        conn.as_mut().graceful_shutdown();
+                        break;
+                    }
+                    _ = first.as_mut(), if watching => {
+                        if !asked.load(Ordering::Relaxed) {
+                            // Dropping the connection closes the socket.
+                            return drop(live);
+                        }
+                        watching = false;
+                    }
+                }
+            }
+            let _ = conn.await;
+            drop(live);
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    drop(live);
+    let _ = tokio::time::timeout(drain, done.recv()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_client_places_are_counted_and_given_back() {
+        let table = Arc::new(PerClient::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let one = PerClient::take(&table, a, 2).unwrap();
+        let two = PerClient::take(&table, a, 2).unwrap();
+        assert!(PerClient::take(&table, a, 2).is_none());
+        assert!(PerClient::take(&table, b, 2).is_some());
+        drop(one);
+        let three = PerClient::take(&table, a, 2).unwrap();
+        drop((two, three));
+        assert!(table.0.lock().unwrap().get(&a).is_none());
+        // 0: no limit.
+        let many: Vec<_> = (0..10)
+            .map(|_| PerClient::take(&table, a, 0).unwrap())
+            .collect();
+        assert_eq!(many.len(), 10);
+    }
+}
