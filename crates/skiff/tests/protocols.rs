@@ -50,7 +50,7 @@ fn server_with_app(name: &str, deploy: &[&str]) -> (TestServer, tempfile::TempDi
     let tmp = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let spec = ImageSpec {
-        entrypoint: vec![exe.to_str().unwrap().to_string()],
+        entrypoint: vec![skiff_testkit::app_path(&exe)],
         cmd: vec![],
         env: vec!["PATH=/bin".into(), "SKIFF_TEST_APP=1".into()],
         binaries: vec![exe],

@@ -19,8 +19,10 @@ pub struct ImageSpec {
     /// `(path in the image, contents, mode)`.
     pub files: Vec<(String, String, u32)>,
     pub user: Option<String>,
-    /// Host executables copied into the image at the same paths, with the shared libraries
-    /// `ldd` lists for them (so a test can run a binary built for the host, such as its own).
+    /// Host executables copied into the image as `/app/NAME` (NAME: the file's name; see
+    /// [`app_path`]), with the shared libraries `ldd` lists for them at their host paths (so a
+    /// test can run a binary built for the host, such as its own). Not at the host path: a
+    /// checkout under `/tmp` would put it under the container's own tmpfs `/tmp`, hiding it.
     pub binaries: Vec<PathBuf>,
 }
 
@@ -58,6 +60,11 @@ impl Default for ImageSpec {
             binaries: Vec::new(),
         }
     }
+}
+
+/// Where [`ImageSpec::binaries`] puts the host executable `bin` in the image.
+pub fn app_path(bin: &Path) -> String {
+    format!("/app/{}", bin.file_name().unwrap().to_str().unwrap())
 }
 
 fn sha(data: &[u8]) -> String {
@@ -113,7 +120,11 @@ pub fn busybox_image(dir: &Path, name: &str, spec: &ImageSpec) -> PathBuf {
     let mut dirs_made = std::collections::BTreeSet::new();
     for bin in &spec.binaries {
         for host in std::iter::once(bin.clone()).chain(shared_libraries(bin)) {
-            let inside = host.strip_prefix("/").unwrap_or(&host).to_path_buf();
+            let inside = if host == *bin {
+                PathBuf::from(&app_path(bin)[1..])
+            } else {
+                host.strip_prefix("/").unwrap_or(&host).to_path_buf()
+            };
             for anc in inside
                 .ancestors()
                 .skip(1)

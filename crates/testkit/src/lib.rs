@@ -14,7 +14,7 @@ pub mod server;
 pub mod yaml;
 
 pub use debian::debian_image;
-pub use image::{busybox_image, ImageSpec};
+pub use image::{app_path, busybox_image, ImageSpec};
 pub use load::{burst, Load, Report};
 pub use registry::{CuttingProxy, TestRegistry};
 pub use server::{http_get, TestServer};
