@@ -48,20 +48,6 @@ pub fn start_pruning(controller: Arc<Controller>, every: Duration) {
     });
 }
 
-pub(crate) fn new_uid() -> String {
-    use rand::Rng;
-    let b: [u8; 16] = rand::thread_rng().gen();
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 fn revision_ready(r: &Revision) -> Option<bool> {
     let c = ready_status(&r.status.as_ref()?.conditions)?;
     match c.status.as_str() {
@@ -354,7 +340,7 @@ impl Controller {
                 svc.metadata.creation_timestamp = o.metadata.creation_timestamp.clone();
             }
             None => {
-                svc.metadata.uid = new_uid();
+                svc.metadata.uid = skiff_model::new_uuid();
                 svc.metadata.creation_timestamp = Some(now.clone());
             }
         }
@@ -389,7 +375,7 @@ impl Controller {
             metadata: ObjectMeta {
                 name: rev_name.clone(),
                 namespace: ns.to_string(),
-                uid: new_uid(),
+                uid: skiff_model::new_uuid(),
                 generation: 1,
                 resource_version: "1".into(),
                 creation_timestamp: Some(now),
@@ -778,7 +764,7 @@ impl Controller {
                 )));
             }
             let mut p = policy;
-            p.etag = Some(new_uid());
+            p.etag = Some(skiff_model::new_uuid());
             p.version = Some(p.version.unwrap_or(1));
             self.store.put_policy(ns, name, &p)?;
         }

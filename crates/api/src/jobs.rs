@@ -489,7 +489,7 @@ fn job_iam(
                 policy: Policy,
             }
             let mut p = parse_body::<SetReq>(body)?.policy;
-            p.etag = Some(crate::controller::new_uid());
+            p.etag = Some(skiff_model::new_uuid());
             p.version = Some(p.version.unwrap_or(1));
             st.controller.store.put_policy(ns, &key, &p)?;
             Ok(Json(serde_json::to_value(p).unwrap_or_default()))

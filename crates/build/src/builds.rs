@@ -168,19 +168,6 @@ pub struct Builds {
     running: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
 }
 
-/// A build id: a random UUID, as Cloud Build's are.
-fn new_id() -> String {
-    let h = hex::encode(rand::random::<[u8; 16]>());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 impl Builds {
     /// The builds of a server whose data dir holds `cfg.root`.
     pub fn new(
@@ -311,7 +298,7 @@ impl Builds {
         digest: String,
         bytes: u64,
     ) -> Result<(Build, tokio::sync::mpsc::UnboundedReceiver<String>), BuildError> {
-        let id = new_id();
+        let id = skiff_model::new_uuid();
         let images = match (&req.service, &req.image) {
             (_, Some(name)) => {
                 let r = skiff_image::parse_reference(name).map_err(|e| {

@@ -455,7 +455,7 @@ impl Triggers {
         let time = now();
         let trigger = Trigger {
             name: trigger_name(project, location, id),
-            uid: hex_id(16),
+            uid: skiff_model::new_uuid(),
             create_time: time.clone(),
             update_time: time,
             event_filters: input.event_filters.clone(),

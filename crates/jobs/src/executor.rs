@@ -594,6 +594,8 @@ impl Jobs {
             ("CLOUD_RUN_TASK_COUNT", s.task_count.to_string()),
             ("CLOUD_RUN_TASK_ATTEMPT", attempt.to_string()),
         ];
+        let (memory_volumes, host_volumes) =
+            skiff_runtime::volume_mounts(&s.memory_volumes, &s.host_volumes);
         InstanceConfig {
             dir: self.cfg.instances_dir.join(&id),
             id,
@@ -619,16 +621,8 @@ impl Jobs {
             joins_netns: false,
             hosts: String::new(),
             resolv_conf: String::new(),
-            memory_volumes: s
-                .memory_volumes
-                .iter()
-                .map(|v| (v.mount_path.clone(), v.size_bytes, v.read_only))
-                .collect(),
-            host_volumes: s
-                .host_volumes
-                .iter()
-                .map(|v| (v.host_path.clone(), v.mount_path.clone()))
-                .collect(),
+            memory_volumes,
+            host_volumes,
             secrets_on_fd: false,
             secrets: Default::default(),
         }

@@ -4,6 +4,24 @@
 use crate::InvalidInput;
 use rand::Rng;
 
+/// A random (version 4) UUID in its 36-character text form, `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`
+/// (RFC 9562 §5.4): what Kubernetes and Google APIs give as an object's `uid`, and Cloud
+/// Build as a build's id.
+pub fn new_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// Checks a service, job or namespace name: lower-case letters, digits and `-`, starting with a
 /// letter, not ending with `-`, at most `max` characters.
 pub fn validate_name(kind: &str, name: &str, max: usize) -> Result<(), InvalidInput> {
@@ -101,6 +119,21 @@ pub fn parse_service_host(host: &str) -> Option<(String, String, Option<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_are_version_4_and_differ() {
+        let a = new_uuid();
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{a}"
+        );
+        assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{a}");
+        assert!(parts[2].starts_with('4'), "{a}");
+        assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{a}");
+        assert_ne!(a, new_uuid());
+    }
 
     #[test]
     fn names() {

@@ -181,6 +181,25 @@ impl RuntimeError {
     }
 }
 
+/// A revision's (or job task's) volumes as an instance mounts them: `(memory_volumes,
+/// host_volumes)` in [`InstanceConfig`]'s shapes. Secret volumes are resolved at each start
+/// and handed over apart from these (see [`SecretMaterial`]).
+#[allow(clippy::type_complexity)]
+pub fn volume_mounts(
+    memory: &[skiff_model::MemoryVolume],
+    host: &[skiff_model::HostVolume],
+) -> (Vec<(String, u64, bool)>, Vec<(String, String)>) {
+    (
+        memory
+            .iter()
+            .map(|v| (v.mount_path.clone(), v.size_bytes, v.read_only))
+            .collect(),
+        host.iter()
+            .map(|v| (v.host_path.clone(), v.mount_path.clone()))
+            .collect(),
+    )
+}
+
 /// The process to run, as Docker and Cloud Run build it: `command` replaces the image's
 /// entrypoint (and then its CMD too), `args` replaces the image's CMD.
 pub fn process_args(

@@ -620,6 +620,8 @@ impl Pool {
             ("K_CONFIGURATION", self.key.service.clone()),
         ];
         let env = skiff_runtime::merge_env(&img.env, &s.env, &platform);
+        let (memory_volumes, host_volumes) =
+            skiff_runtime::volume_mounts(&s.memory_volumes, &s.host_volumes);
         InstanceConfig {
             id: id.to_string(),
             dir: self.ctx.instances_dir.join(id),
@@ -640,16 +642,8 @@ impl Pool {
             joins_netns: false,
             hosts: String::new(),
             resolv_conf: String::new(),
-            memory_volumes: s
-                .memory_volumes
-                .iter()
-                .map(|v| (v.mount_path.clone(), v.size_bytes, v.read_only))
-                .collect(),
-            host_volumes: s
-                .host_volumes
-                .iter()
-                .map(|v| (v.host_path.clone(), v.mount_path.clone()))
-                .collect(),
+            memory_volumes,
+            host_volumes,
             secrets_on_fd: false,
             secrets: Default::default(),
         }
