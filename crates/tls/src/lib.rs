@@ -1,0 +1,347 @@
+//! TLS material for Skiff's HTTPS ingress.
+//!
+//! - [`CertStore`]: certificates by host name, chosen by the client's SNI (RFC 6066 §3), with
+//!   `*.DOMAIN` wildcards (one label, RFC 6125 §6.4.3) and a default for clients that send no
+//!   name or an unknown one. It is the ingress's `rustls` certificate resolver, and it also
+//!   answers ACME TLS-ALPN-01 validation handshakes (RFC 8737 §3).
+//! - [`Http01Challenges`]: the key authorizations the HTTP listener serves under
+//!   `/.well-known/acme-challenge/TOKEN` for ACME HTTP-01 validation (RFC 8555 §8.3).
+//! - [`certified_key_from_pem`]: a certificate chain and private key in PEM (the files
+//!   `--tls-cert`/`--tls-key` name, or what an ACME CA issued) made ready to serve.
+//!
+//! Every lookup takes a read lock only; replacing a certificate never touches connections
+//! already established, so renewals drop nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// The ALPN protocol id of an ACME TLS-ALPN-01 validation handshake (RFC 8737 §6.2).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The path prefix under which HTTP-01 key authorizations are served (RFC 8555 §8.3).
+pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Errors of loading TLS material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate PEM held no `CERTIFICATE` block.
+    #[error("no certificate found in the certificate PEM")]
+    NoCertificate,
+    /// A PEM block could not be read.
+    #[error("{what} is not valid PEM: {source}")]
+    Pem {
+        /// "the certificate" or "the private key".
+        what: &'static str,
+        /// The parser's error.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The private key is of a type or curve that cannot sign TLS handshakes.
+    #[error("the private key cannot be used for TLS: {0}")]
+    Key(rustls::Error),
+    /// The private key is not the key of the chain's first (leaf) certificate.
+    #[error("the private key does not belong to the certificate: {0}")]
+    Mismatch(rustls::Error),
+}
+
+/// Makes a servable certificate from PEM text: `cert_pem` holds the chain, leaf first (as
+/// ACME CAs and `certbot`'s `fullchain.pem` give it); `key_pem` holds one PKCS#8, PKCS#1 (RSA)
+/// or SEC1 (EC) private key.
+///
+/// Errors: [`TlsError::NoCertificate`], [`TlsError::Pem`], [`TlsError::Key`] for an unsupported
+/// key, [`TlsError::Mismatch`] when the key is not the leaf certificate's.
+pub fn certified_key_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            what: "the certificate",
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate);
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::Pem {
+        what: "the private key",
+        source,
+    })?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(TlsError::Key)?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified.keys_match().map_err(TlsError::Mismatch)?;
+    Ok(certified)
+}
+
+/// Lower-cases a host name and drops a trailing dot and any `:port`, so that lookups match
+/// however a client spelled the name.
+pub fn normalize_host(host: &str) -> String {
+    let host = if let Some(rest) = host.strip_prefix('[') {
+        // A bracketed IPv6 literal, with or without a port.
+        return format!(
+            "[{}]",
+            rest.split(']').next().unwrap_or("").to_ascii_lowercase()
+        );
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if !h.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Certificates by host name; the ingress's `rustls` certificate resolver.
+///
+/// Lookup order for a client hello: a TLS-ALPN-01 challenge certificate when the client offers
+/// only [`ACME_TLS_ALPN`]; else the certificate stored for the exact SNI name; else the one
+/// stored for `*.PARENT` (one label replaced); else the default certificate, if any. With
+/// nothing found the handshake fails (rustls sends `unrecognized_name`/handshake failure).
+#[derive(Debug, Default)]
+pub struct CertStore {
+    by_host: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    default: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl CertStore {
+    /// An empty store.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Stores (or replaces) the certificate for `host`, an exact name or `*.DOMAIN`.
+    pub fn insert(&self, host: &str, key: Arc<CertifiedKey>) {
+        write(&self.by_host).insert(normalize_host(host), key);
+    }
+
+    /// Forgets the certificate stored for `host` (exact or `*.DOMAIN`); `true` if there was one.
+    pub fn remove(&self, host: &str) -> bool {
+        write(&self.by_host).remove(&normalize_host(host)).is_some()
+    }
+
+    /// Sets (or with `None` clears) the certificate served when no stored name matches.
+    pub fn set_default(&self, key: Option<Arc<CertifiedKey>>) {
+        *self.default.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    /// The certificate a client naming `host` gets: exact name, then `*.PARENT`, then the
+    /// default.
+    pub fn lookup(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        self.lookup_named(host).or_else(|| {
+            self.default
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
+    }
+
+    /// Like [`CertStore::lookup`] without the default: the certificate stored for `host` itself
+    /// or for its wildcard, i.e. whether `host` has a certificate of its own.
+    pub fn lookup_named(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        let host = normalize_host(host);
+        let by_host = read(&self.by_host);
+        if let Some(k) = by_host.get(&host) {
+            return Some(k.clone());
+        }
+        let (_, parent) = host.split_once('.')?;
+        by_host.get(&format!("*.{parent}")).cloned()
+    }
+
+    /// Sets (or with `None` clears) the TLS-ALPN-01 validation certificate for `host`
+    /// (RFC 8737 §3: self-signed, with the `acmeIdentifier` extension), served only to
+    /// handshakes that offer the `acme-tls/1` protocol alone.
+    pub fn set_alpn_challenge(&self, host: &str, key: Option<Arc<CertifiedKey>>) {
+        let host = normalize_host(host);
+        let mut map = write(&self.alpn_challenges);
+        match key {
+            Some(k) => {
+                map.insert(host, k);
+            }
+            None => {
+                map.remove(&host);
+            }
+        }
+    }
+
+    /// Host names (and wildcards) with a stored certificate, sorted.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut v: Vec<String> = read(&self.by_host).keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name().map(str::to_owned);
+        let acme_only = hello
+            .alpn()
+            .map(|mut protos| protos.all(|p| p == ACME_TLS_ALPN))
+            .unwrap_or(false);
+        if acme_only {
+            // RFC 8737 §3: a validation handshake gets the challenge certificate or nothing.
+            let name = name?;
+            return read(&self.alpn_challenges)
+                .get(&normalize_host(&name))
+                .cloned();
+        }
+        match name {
+            Some(n) => self.lookup(&n),
+            None => self
+                .default
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// The `rustls` server configuration of the HTTPS ingress over `store`: TLS 1.2 and 1.3, ALPN
+/// `h2`, `http/1.1` and `acme-tls/1` (the last so TLS-ALPN-01 validations can complete; the
+/// ingress closes such a connection right after the handshake).
+pub fn server_config(store: Arc<CertStore>) -> rustls::ServerConfig {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .expect("ring supports TLS 1.2 and 1.3")
+    .with_no_client_auth()
+    .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    config
+}
+
+/// ACME HTTP-01 key authorizations by token, served by the HTTP listener at
+/// [`HTTP01_PREFIX`]`TOKEN` as `text/plain` (RFC 8555 §8.3).
+#[derive(Debug, Default)]
+pub struct Http01Challenges {
+    by_token: RwLock<HashMap<String, String>>,
+}
+
+impl Http01Challenges {
+    /// An empty set.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Serves `key_authorization` for `token` until [`Http01Challenges::remove`].
+    pub fn set(&self, token: &str, key_authorization: &str) {
+        write(&self.by_token).insert(token.to_owned(), key_authorization.to_owned());
+    }
+
+    /// Stops serving `token`.
+    pub fn remove(&self, token: &str) {
+        write(&self.by_token).remove(token);
+    }
+
+    /// The key authorization to answer a request for `path`, if `path` is
+    /// `/.well-known/acme-challenge/TOKEN` for a token being validated.
+    pub fn answer(&self, path: &str) -> Option<String> {
+        let token = path.strip_prefix(HTTP01_PREFIX)?;
+        read(&self.by_token).get(token).cloned()
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed(names: &[&str]) -> (String, String) {
+        let ck = rcgen::generate_simple_self_signed(
+            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        (ck.cert.pem(), ck.key_pair.serialize_pem())
+    }
+
+    fn leaf(k: &CertifiedKey) -> Vec<u8> {
+        k.cert[0].to_vec()
+    }
+
+    #[test]
+    fn loads_pem_and_refuses_bad_input() {
+        let (cert, key) = self_signed(&["a.example.com"]);
+        certified_key_from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        assert!(matches!(
+            certified_key_from_pem(b"", key.as_bytes()),
+            Err(TlsError::NoCertificate)
+        ));
+        assert!(matches!(
+            certified_key_from_pem(cert.as_bytes(), b"not a key"),
+            Err(TlsError::Pem { .. })
+        ));
+        let (_, other_key) = self_signed(&["b.example.com"]);
+        assert!(matches!(
+            certified_key_from_pem(cert.as_bytes(), other_key.as_bytes()),
+            Err(TlsError::Mismatch(_))
+        ));
+    }
+
+    #[test]
+    fn lookup_exact_then_wildcard_then_default() {
+        let store = CertStore::new();
+        let mk = |n: &str| {
+            let (c, k) = self_signed(&[n]);
+            Arc::new(certified_key_from_pem(c.as_bytes(), k.as_bytes()).unwrap())
+        };
+        let exact = mk("hello.apps.example.com");
+        let wild = mk("*.apps.example.com");
+        let dflt = mk("fallback");
+        assert!(store.lookup("hello.apps.example.com").is_none());
+        store.insert("hello.apps.example.com", exact.clone());
+        store.insert("*.apps.example.com", wild.clone());
+        assert_eq!(
+            leaf(&store.lookup("HELLO.apps.example.com.").unwrap()),
+            leaf(&exact)
+        );
+        assert_eq!(
+            leaf(&store.lookup("other.apps.example.com:443").unwrap()),
+            leaf(&wild)
+        );
+        // A wildcard covers one label only.
+        assert!(store.lookup("a.b.apps.example.com").is_none());
+        store.set_default(Some(dflt.clone()));
+        assert_eq!(
+            leaf(&store.lookup("a.b.apps.example.com").unwrap()),
+            leaf(&dflt)
+        );
+        assert!(store.lookup_named("a.b.apps.example.com").is_none());
+        assert!(store.remove("hello.apps.example.com"));
+        assert_eq!(
+            leaf(&store.lookup("hello.apps.example.com").unwrap()),
+            leaf(&wild)
+        );
+        assert_eq!(store.hosts(), vec!["*.apps.example.com".to_string()]);
+    }
+
+    #[test]
+    fn http01_answers_only_known_tokens() {
+        let c = Http01Challenges::new();
+        c.set("tok", "tok.thumb");
+        assert_eq!(
+            c.answer("/.well-known/acme-challenge/tok").as_deref(),
+            Some("tok.thumb")
+        );
+        assert_eq!(c.answer("/.well-known/acme-challenge/other"), None);
+        assert_eq!(c.answer("/tok"), None);
+        c.remove("tok");
+        assert_eq!(c.answer("/.well-known/acme-challenge/tok"), None);
+    }
+
+    #[test]
+    fn host_normalization() {
+        assert_eq!(normalize_host("A.Example.COM."), "a.example.com");
+        assert_eq!(normalize_host("a.example.com:8443"), "a.example.com");
+        assert_eq!(normalize_host("[::1]:443"), "[::1]");
+    }
+}
