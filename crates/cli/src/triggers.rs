@@ -12,10 +12,19 @@ pub struct CreateArgs {
     #[arg(value_name = "NAME")]
     pub name: String,
     /// The Cloud Run service events go to
-    #[arg(long, value_name = "SERVICE")]
-    pub destination_run_service: String,
+    #[arg(
+        long,
+        value_name = "SERVICE",
+        required_unless_present = "destination_run_job",
+        conflicts_with = "destination_run_job"
+    )]
+    pub destination_run_service: Option<String>,
+    /// The Cloud Run job each event starts an execution of (a Skiff extension: the event
+    /// reaches every task as CE_* environment variables and CE_DATA)
+    #[arg(long, value_name = "JOB")]
+    pub destination_run_job: Option<String>,
     /// The path on the service events are POSTed to (default /)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "destination_run_job")]
     pub destination_run_path: Option<String>,
     /// Event filters: ATTRIBUTE=VALUE,... (repeatable); one must be type=EVENT_TYPE
     #[arg(long, value_name = "ATTRIBUTE=VALUE,...", required = true)]
@@ -97,15 +106,32 @@ pub fn parse_filters(values: &[String]) -> Result<Vec<Value>> {
     Ok(out)
 }
 
+/// A trigger's destination as the CLI shows it: the service's name, or `job/JOB`.
+fn destination(t: &Value) -> String {
+    match t["destination"]["cloudRunJob"]["job"].as_str() {
+        Some(job) => format!("job/{job}"),
+        None => t["destination"]["cloudRun"]["service"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
 /// The Trigger JSON the flags describe.
 pub fn build(a: &CreateArgs) -> Result<Value> {
-    let mut run = json!({"service": a.destination_run_service});
-    if let Some(p) = &a.destination_run_path {
-        run["path"] = json!(p);
-    }
+    let destination = match (&a.destination_run_service, &a.destination_run_job) {
+        (_, Some(job)) => json!({"cloudRunJob": {"job": job}}),
+        (service, None) => {
+            let mut run = json!({"service": service.clone().unwrap_or_default()});
+            if let Some(p) = &a.destination_run_path {
+                run["path"] = json!(p);
+            }
+            json!({"cloudRun": run})
+        }
+    };
     let mut t = json!({
         "eventFilters": parse_filters(&a.event_filters)?,
-        "destination": {"cloudRun": run},
+        "destination": destination,
     });
     if let Some(topic) = &a.transport_topic {
         t["transport"] = json!({"pubsub": {"topic": topic}});
@@ -183,10 +209,7 @@ pub fn run(api: &Api, cmd: TriggersCommand) -> Result<()> {
                     vec![
                         last(t["name"].as_str().unwrap_or_default()),
                         event_type(t),
-                        t["destination"]["cloudRun"]["service"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
+                        destination(t),
                         t["transport"]["pubsub"]["topic"]
                             .as_str()
                             .unwrap_or_default()
@@ -222,7 +245,7 @@ pub fn run(api: &Api, cmd: TriggersCommand) -> Result<()> {
                 key_values(&[
                     ("name", s(&t["name"])),
                     ("eventFilters", filters.join(",")),
-                    ("destination", s(&t["destination"]["cloudRun"]["service"])),
+                    ("destination", destination(&t)),
                     (
                         "path",
                         or_dash(t["destination"]["cloudRun"]["path"].as_str())

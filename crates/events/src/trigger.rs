@@ -58,12 +58,78 @@ pub struct CloudRun {
     pub region: String,
 }
 
-/// `destination`: where events go (only `cloudRun` in Skiff).
+/// `destination.cloudRunJob`, Skiff's extension of Eventarc's `Destination` (which has no job
+/// destination): the Cloud Run job each event starts an execution of, and its region (default:
+/// the trigger's location). The event reaches every task as environment variables; see
+/// [`event_env`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudRunJob {
+    pub job: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+}
+
+/// `destination`: where events go: a service (`cloudRun`) or a job (`cloudRunJob`), exactly
+/// one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_run: Option<CloudRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_run_job: Option<CloudRunJob>,
+}
+
+/// Starts an execution of a job for an event: `(project, job, env)` → the execution's name, or
+/// why it could not start (the event is then nacked and retried by the subscription's retry
+/// policy, and dead-lettered as Pub/Sub does). The server passes one that calls the jobs
+/// engine.
+pub type JobLauncher = Arc<
+    dyn Fn(&str, &str, Vec<(String, String)>) -> std::result::Result<String, String> + Send + Sync,
+>;
+
+/// The most bytes of event data one execution gets in `CE_DATA` (32 KiB, Cloud Run's limit on
+/// one environment variable's value); a larger event is not delivered to a job.
+pub const MAX_JOB_EVENT_DATA: usize = 32 * 1024;
+
+/// The environment a task of an execution started by an event gets: each CloudEvent attribute
+/// `ce-NAME` as `CE_NAME` (upper case: `CE_ID`, `CE_SOURCE`, `CE_TYPE`, `CE_SPECVERSION`,
+/// `CE_TIME`, `CE_SUBJECT` and extensions), and the event's data as `CE_DATA` (UTF-8 text,
+/// JSON for Eventarc's events) or, when it is not UTF-8, `CE_DATA_BASE64`. Sorted by name.
+/// Errors: data over [`MAX_JOB_EVENT_DATA`].
+pub fn event_env(
+    attributes: &[(String, String)],
+    data: &[u8],
+) -> std::result::Result<Vec<(String, String)>, String> {
+    if data.len() > MAX_JOB_EVENT_DATA {
+        return Err(format!(
+            "the event's data is {} bytes; a job gets at most {MAX_JOB_EVENT_DATA} in CE_DATA",
+            data.len()
+        ));
+    }
+    let mut env: Vec<(String, String)> = attributes
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("ce-")?;
+            Some((
+                format!("CE_{}", name.to_ascii_uppercase().replace('-', "_")),
+                v.clone(),
+            ))
+        })
+        .collect();
+    match std::str::from_utf8(data) {
+        Ok(text) => env.push(("CE_DATA".into(), text.to_string())),
+        Err(_) => {
+            use base64::Engine;
+            env.push((
+                "CE_DATA_BASE64".into(),
+                base64::engine::general_purpose::STANDARD.encode(data),
+            ))
+        }
+    }
+    env.sort();
+    Ok(env)
 }
 
 /// `transport.pubsub`: the topic events travel on (full name `projects/P/topics/T`) and the
@@ -138,12 +204,23 @@ pub struct Triggers {
     store: Arc<Store>,
     broker: Arc<Broker>,
     ingress_port: u16,
+    launcher: std::sync::OnceLock<JobLauncher>,
+    /// Subscriptions with a job delivery loop running.
+    job_loops: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The CloudEvents type of a Cloud Audit Logs entry, as Eventarc names it.
 pub const AUDIT_LOG_WRITTEN: &str = "google.cloud.audit.log.v1.written";
 /// The `serviceName` of Skiff's own control-plane events (Cloud Run's).
 pub const RUN_SERVICE_NAME: &str = "run.googleapis.com";
+
+/// Where a trigger's events go, checked.
+enum Target {
+    /// A service, at `path` (absolute).
+    Service { service: String, path: String },
+    /// A job, one execution per event.
+    Job { job: String },
+}
 
 /// Where a trigger's events come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,7 +378,118 @@ impl Triggers {
             store,
             broker,
             ingress_port,
+            launcher: std::sync::OnceLock::new(),
+            job_loops: Default::default(),
         })
+    }
+
+    /// Sets what starts job executions (only the first call takes effect) and starts delivery
+    /// for every trigger with a job destination.
+    pub fn set_job_launcher(self: &Arc<Self>, launcher: JobLauncher) {
+        let _ = self.launcher.set(launcher);
+        match self.store.list_objects::<Stored>(KIND, None, None) {
+            Ok(all) => {
+                for s in all {
+                    self.start_job_delivery(&s.trigger);
+                }
+            }
+            Err(e) => tracing::warn!("cannot list triggers to start job deliveries: {e}"),
+        }
+    }
+
+    /// Starts the delivery loop of a trigger whose destination is a job, once.
+    fn start_job_delivery(self: &Arc<Self>, t: &Trigger) {
+        let (Some(job), Some(transport)) = (
+            t.destination.cloud_run_job.clone(),
+            t.transport.pubsub.clone(),
+        ) else {
+            return;
+        };
+        let Some(launcher) = self.launcher.get().cloned() else {
+            return;
+        };
+        if !self
+            .job_loops
+            .lock()
+            .unwrap()
+            .insert(transport.subscription.clone())
+        {
+            return;
+        }
+        let project = t
+            .name
+            .strip_prefix("projects/")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.job_delivery(&project, &job.job, &transport.subscription, launcher)
+                .await;
+            me.job_loops.lock().unwrap().remove(&transport.subscription);
+        });
+    }
+
+    /// Takes the events of a job trigger's pull subscription one at a time and starts an
+    /// execution of `job` for each: acknowledged once the execution exists, nacked (so
+    /// redelivered after the retry policy's backoff, and dead-lettered after
+    /// `maxDeliveryAttempts`) when it cannot start. Ends when the subscription is deleted.
+    async fn job_delivery(&self, project: &str, job: &str, sub: &str, launcher: JobLauncher) {
+        loop {
+            let (Ok(cfg), Ok(notify)) = (
+                self.broker.get_subscription(sub),
+                self.broker.notify_of(sub),
+            ) else {
+                return;
+            };
+            let published = notify.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            let mut wait = std::time::Duration::from_secs(1);
+            match self.broker.deliver(sub, 1, None) {
+                Err(_) => return,
+                Ok((got, _, next_at)) => {
+                    if let Some(at) = next_at {
+                        let ms = (at - skiff_pubsub::broker::now_ms()).max(1) as u64;
+                        wait = wait.min(std::time::Duration::from_millis(ms));
+                    }
+                    for r in got {
+                        let (attributes, data) =
+                            skiff_pubsub::push::cloudevent(&cfg, &r).unwrap_or_default();
+                        let started = event_env(&attributes, &data)
+                            .and_then(|env| launcher(project, job, env));
+                        let ack = std::slice::from_ref(&r.ack_id);
+                        let result = match started {
+                            Ok(execution) => {
+                                tracing::info!(
+                                    "event {} started execution {execution} of job {job}",
+                                    r.message
+                                        .as_ref()
+                                        .map(|m| m.message_id.as_str())
+                                        .unwrap_or("")
+                                );
+                                self.broker.record_push(sub, "ack");
+                                self.broker.acknowledge(sub, ack).await
+                            }
+                            Err(e) => {
+                                tracing::warn!("event for job {job} in {project}: {e}");
+                                self.broker.record_push(sub, "invalid");
+                                self.broker.modify_ack_deadline(sub, ack, 0)
+                            }
+                        };
+                        if let Err(e) = result {
+                            tracing::debug!("job trigger subscription {sub}: {e}");
+                        }
+                        // Look again at once: more may be waiting.
+                        wait = std::time::Duration::ZERO;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut published => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     /// Creates trigger `id` in `project`/`location` from `input` (its output-only fields are
@@ -312,7 +500,7 @@ impl Triggers {
     /// topic if none was given, the push subscription, and stores the trigger. Nothing is left
     /// behind on an error.
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         project: &str,
         location: &str,
         id: &str,
@@ -329,35 +517,7 @@ impl Triggers {
             )));
         }
         let source = check_filters(&input.event_filters)?;
-        let Some(run) = input.destination.cloud_run.clone() else {
-            return Err(EventsError::invalid(
-                "the trigger has no destination: give --destination-run-service SERVICE",
-            ));
-        };
-        if run.service.is_empty() {
-            return Err(EventsError::invalid(
-                "the trigger has no destination service: give --destination-run-service SERVICE",
-            ));
-        }
-        if self.store.get_service(project, &run.service)?.is_none() {
-            return Err(EventsError::invalid(format!(
-                "destination service {:?} does not exist in project {project}: deploy it first (`skiff services list` shows the existing ones)",
-                run.service
-            )));
-        }
-        if !run.region.is_empty() && run.region != location {
-            return Err(EventsError::invalid(format!(
-                "destination region {:?} is not the trigger's location {location:?}: Skiff serves one region",
-                run.region
-            )));
-        }
-        let path = if run.path.is_empty() {
-            "/".to_string()
-        } else if run.path.starts_with('/') {
-            run.path.clone()
-        } else {
-            format!("/{}", run.path)
-        };
+        let target = self.check_destination(project, location, &input.destination)?;
         let given_topic = input
             .transport
             .pubsub
@@ -415,11 +575,6 @@ impl Triggers {
             "projects/{project}/subscriptions/eventarc-{location}-{id}-sub-{:03}",
             rand::random::<u16>() % 1000
         );
-        let endpoint = format!(
-            "http://{}:{}{path}",
-            skiff_model::service_host(project, &run.service, None),
-            self.ingress_port
-        );
         let mut labels = std::collections::HashMap::new();
         let format = match source {
             Source::Pubsub => CLOUDEVENTS_PUBSUB,
@@ -427,22 +582,32 @@ impl Triggers {
         };
         labels.insert(FORMAT_LABEL.to_string(), format.to_string());
         labels.insert("goog-eventarc".to_string(), String::new());
+        // A service gets the events pushed through the ingress; a job's events are pulled by
+        // this engine's own delivery loop (see `job_delivery`).
+        let push_config = match &target {
+            Target::Service { service, path } => Some(PushConfig {
+                push_endpoint: format!(
+                    "http://{}:{}{path}",
+                    skiff_model::service_host(project, service, None),
+                    self.ingress_port
+                ),
+                authentication_method: Some(push_config::AuthenticationMethod::OidcToken(
+                    push_config::OidcToken {
+                        service_account_email: account.clone(),
+                        audience: String::new(),
+                    },
+                )),
+                ..Default::default()
+            }),
+            Target::Job { .. } => None,
+        };
         let created = self
             .broker
             .create_subscription(Subscription {
                 name: sub_name.clone(),
                 topic: topic.clone(),
                 labels,
-                push_config: Some(PushConfig {
-                    push_endpoint: endpoint,
-                    authentication_method: Some(push_config::AuthenticationMethod::OidcToken(
-                        push_config::OidcToken {
-                            service_account_email: account.clone(),
-                            audience: String::new(),
-                        },
-                    )),
-                    ..Default::default()
-                }),
+                push_config,
                 ..Default::default()
             })
             .await;
@@ -460,12 +625,27 @@ impl Triggers {
             update_time: time,
             event_filters: input.event_filters.clone(),
             service_account: account,
-            destination: Destination {
-                cloud_run: Some(CloudRun {
-                    service: run.service.clone(),
-                    path: run.path.clone(),
-                    region: location.to_string(),
-                }),
+            destination: match &target {
+                Target::Service { service, .. } => Destination {
+                    cloud_run: Some(CloudRun {
+                        service: service.clone(),
+                        path: input
+                            .destination
+                            .cloud_run
+                            .as_ref()
+                            .map(|r| r.path.clone())
+                            .unwrap_or_default(),
+                        region: location.to_string(),
+                    }),
+                    cloud_run_job: None,
+                },
+                Target::Job { job } => Destination {
+                    cloud_run: None,
+                    cloud_run_job: Some(CloudRunJob {
+                        job: job.clone(),
+                        region: location.to_string(),
+                    }),
+                },
             },
             transport: Transport {
                 pubsub: Some(PubsubTransport {
@@ -491,7 +671,77 @@ impl Triggers {
             }
             return Err(e.into());
         }
+        self.start_job_delivery(&trigger);
         Ok(trigger)
+    }
+
+    /// Checks a trigger's destination: exactly one of `cloudRun` (an existing service of the
+    /// project; `path` made absolute) and `cloudRunJob` (an existing job), in the trigger's
+    /// region.
+    fn check_destination(&self, project: &str, location: &str, d: &Destination) -> Result<Target> {
+        let (region, target) = match (&d.cloud_run, &d.cloud_run_job) {
+            (Some(_), Some(_)) => {
+                return Err(EventsError::invalid(
+                    "the trigger has two destinations: give either --destination-run-service or --destination-run-job",
+                ))
+            }
+            (None, None) => {
+                return Err(EventsError::invalid(
+                    "the trigger has no destination: give --destination-run-service SERVICE (or --destination-run-job JOB)",
+                ))
+            }
+            (Some(run), None) => {
+                if run.service.is_empty() {
+                    return Err(EventsError::invalid(
+                        "the trigger has no destination service: give --destination-run-service SERVICE",
+                    ));
+                }
+                if self.store.get_service(project, &run.service)?.is_none() {
+                    return Err(EventsError::invalid(format!(
+                        "destination service {:?} does not exist in project {project}: deploy it first (`skiff services list` shows the existing ones)",
+                        run.service
+                    )));
+                }
+                let path = if run.path.is_empty() {
+                    "/".to_string()
+                } else if run.path.starts_with('/') {
+                    run.path.clone()
+                } else {
+                    format!("/{}", run.path)
+                };
+                (
+                    &run.region,
+                    Target::Service {
+                        service: run.service.clone(),
+                        path,
+                    },
+                )
+            }
+            (None, Some(j)) => {
+                if j.job.is_empty() {
+                    return Err(EventsError::invalid(
+                        "the trigger has no destination job: give --destination-run-job JOB",
+                    ));
+                }
+                if self
+                    .store
+                    .get_object::<serde_json::Value>(skiff_store::kind::JOB, project, &j.job)?
+                    .is_none()
+                {
+                    return Err(EventsError::invalid(format!(
+                        "destination job {:?} does not exist in project {project}: create it first (`skiff jobs list` shows the existing ones)",
+                        j.job
+                    )));
+                }
+                (&j.region, Target::Job { job: j.job.clone() })
+            }
+        };
+        if !region.is_empty() && region != location {
+            return Err(EventsError::invalid(format!(
+                "destination region {region:?} is not the trigger's location {location:?}: Skiff serves one region"
+            )));
+        }
+        Ok(target)
     }
 
     /// Trigger `id` of `project`/`location`; `NotFound` if there is none.
@@ -710,5 +960,29 @@ mod tests {
             e["protoPayload"]["@type"],
             "type.googleapis.com/google.cloud.audit.AuditLog"
         );
+    }
+
+    #[test]
+    fn event_env_shape() {
+        let attrs = vec![
+            ("ce-type".to_string(), "t".to_string()),
+            ("ce-id".to_string(), "1".to_string()),
+            ("ce-methodname".to_string(), "m".to_string()),
+            ("other".to_string(), "x".to_string()),
+        ];
+        assert_eq!(
+            event_env(&attrs, b"{}").unwrap(),
+            [
+                ("CE_DATA".to_string(), "{}".to_string()),
+                ("CE_ID".into(), "1".into()),
+                ("CE_METHODNAME".into(), "m".into()),
+                ("CE_TYPE".into(), "t".into()),
+            ]
+        );
+        let env = event_env(&[], &[0xff, 0xfe]).unwrap();
+        assert_eq!(env, [("CE_DATA_BASE64".to_string(), "//4=".to_string())]);
+        let big = vec![b'a'; MAX_JOB_EVENT_DATA + 1];
+        assert!(event_env(&[], &big).unwrap_err().contains("at most"));
+        assert!(event_env(&[], &big[1..]).is_ok());
     }
 }

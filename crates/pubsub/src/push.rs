@@ -124,6 +124,37 @@ pub fn cloudevent_headers(topic: &str, r: &ReceivedMessage) -> Vec<(&'static str
     ]
 }
 
+/// CloudEvent attributes as `(name, value)` pairs, names like `ce-id`.
+pub type Attributes = Vec<(String, String)>;
+
+/// The CloudEvent a message of subscription `cfg` stands for, when the subscription's
+/// [`FORMAT_LABEL`] asks for one: its `ce-*` attributes (lower-case names, as HTTP headers of
+/// the binary content mode) and its data (JSON: the push envelope for [`CLOUDEVENTS_PUBSUB`],
+/// the message's data for [`CLOUDEVENTS_BINARY`]). `None` for the plain push envelope.
+pub fn cloudevent(cfg: &Subscription, r: &ReceivedMessage) -> Option<(Attributes, Vec<u8>)> {
+    match cfg.labels.get(FORMAT_LABEL).map(String::as_str) {
+        Some(CLOUDEVENTS_PUBSUB) => {
+            let attributes = cloudevent_headers(&cfg.topic, r)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            let data = serde_json::to_vec(&envelope(&cfg.name, r)).expect("JSON of a JSON value");
+            Some((attributes, data))
+        }
+        Some(CLOUDEVENTS_BINARY) => {
+            let m = r.message.clone().unwrap_or_default();
+            let attributes = m
+                .attributes
+                .iter()
+                .filter(|(k, _)| k.starts_with("ce-"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Some((attributes, m.data))
+        }
+        _ => None,
+    }
+}
+
 /// Whether a push answer acknowledges the message.
 pub fn acknowledges(status: u16) -> bool {
     matches!(status, 102 | 200 | 201 | 202 | 204)
@@ -250,23 +281,16 @@ async fn push_one(
     let mut req = http
         .post(target)
         .timeout(Duration::from_secs(cfg.ack_deadline_seconds.max(10) as u64));
-    match cfg.labels.get(FORMAT_LABEL).map(String::as_str) {
-        Some(CLOUDEVENTS_PUBSUB) => {
-            req = req.json(&envelope(&cfg.name, r));
-            for (k, v) in cloudevent_headers(&cfg.topic, r) {
+    match cloudevent(cfg, r) {
+        Some((attributes, data)) => {
+            for (k, v) in attributes {
                 req = req.header(k, v);
-            }
-        }
-        Some(CLOUDEVENTS_BINARY) => {
-            let m = r.message.clone().unwrap_or_default();
-            for (k, v) in m.attributes.iter().filter(|(k, _)| k.starts_with("ce-")) {
-                req = req.header(k.as_str(), v.as_str());
             }
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(m.data);
+                .body(data);
         }
-        _ => req = req.json(&envelope(&cfg.name, r)),
+        None => req = req.json(&envelope(&cfg.name, r)),
     }
     if local {
         req = req.header(reqwest::header::HOST, host);

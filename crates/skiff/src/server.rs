@@ -378,6 +378,22 @@ async fn serve(
             });
         })
     });
+    triggers.set_job_launcher({
+        let (store, jobs) = (store.clone(), jobs.clone());
+        Arc::new(move |ns: &str, job: &str, env: Vec<(String, String)>| {
+            let j: skiff_model::Job = store
+                .get_object(skiff_store::kind::JOB, ns, job)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("job {job} does not exist in project {ns}"))?;
+            let o = skiff_jobs::Overrides {
+                env,
+                ..Default::default()
+            };
+            jobs.execute(ns, &j, &o)
+                .map(|e| e.metadata.name)
+                .map_err(|e| e.to_string())
+        })
+    });
     let resumed = jobs.resume().context("resuming job executions")?;
     if resumed > 0 {
         tracing::info!("resumed {resumed} job execution(s)");

@@ -430,3 +430,153 @@ fn audit_log_trigger_gets_an_event_when_a_job_execution_finishes() {
         "namespaces/default/jobs/nightly"
     );
 }
+
+/// The `CE_*` lines the job `handler`'s tasks printed, one string per execution.
+fn job_event_logs(s: &TestServer) -> Vec<String> {
+    let out = s.ok(&[
+        "logs", "read", "--job", "handler", "--limit", "1000", "--format", "json",
+    ]);
+    let mut by_exec: std::collections::BTreeMap<String, String> = Default::default();
+    for l in out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        let exec = l["execution"].as_str().unwrap_or_default().to_string();
+        let e = by_exec.entry(exec).or_default();
+        e.push_str(l["line"].as_str().unwrap_or_default());
+        e.push('\n');
+    }
+    by_exec.into_values().collect()
+}
+
+#[test]
+fn pubsub_trigger_with_a_job_destination_starts_an_execution_per_event() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &["--no-instance-network"]);
+    s.ok(&["pubsub", "topics", "create", "orders"]);
+    s.ok(&[
+        "jobs",
+        "create",
+        "handler",
+        "--image",
+        "web",
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,env | grep ^CE_ | sort",
+    ]);
+    // A job destination and a service destination at once are refused by the CLI.
+    let out = s.skiff(&[
+        "triggers",
+        "create",
+        "both",
+        "--destination-run-job",
+        "handler",
+        "--destination-run-service",
+        "x",
+        "--event-filters",
+        "type=google.cloud.pubsub.topic.v1.messagePublished",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{out:?}"
+    );
+    // A job that does not exist is refused by the server, naming it.
+    let err = s.fails(&[
+        "triggers",
+        "create",
+        "nojob",
+        "--destination-run-job",
+        "missing",
+        "--event-filters",
+        "type=google.cloud.pubsub.topic.v1.messagePublished",
+    ]);
+    assert!(
+        err.contains("destination job \"missing\" does not exist"),
+        "{err}"
+    );
+    s.ok(&[
+        "triggers",
+        "create",
+        "on-order",
+        "--destination-run-job",
+        "handler",
+        "--transport-topic",
+        "orders",
+        "--event-filters",
+        "type=google.cloud.pubsub.topic.v1.messagePublished",
+    ]);
+    let t: Value =
+        serde_json::from_str(&s.ok(&["triggers", "describe", "on-order", "--format", "json"]))
+            .unwrap();
+    assert_eq!(t["destination"]["cloudRunJob"]["job"], "handler", "{t}");
+    assert!(t["destination"].get("cloudRun").is_none(), "{t}");
+    assert!(s.ok(&["triggers", "list"]).contains("job/handler"));
+    for n in 1..=3 {
+        s.ok(&[
+            "pubsub",
+            "topics",
+            "publish",
+            "orders",
+            "--message",
+            &format!("order {n}"),
+        ]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let logs = loop {
+        let logs = job_event_logs(&s);
+        if logs.len() == 3 && logs.iter().all(|l| l.contains("CE_DATA=")) {
+            break logs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three executions with the event: {logs:?}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut orders = Vec::new();
+    for l in &logs {
+        assert!(
+            l.contains("CE_TYPE=google.cloud.pubsub.topic.v1.messagePublished"),
+            "{l}"
+        );
+        assert!(
+            l.contains("CE_SOURCE=//pubsub.googleapis.com/projects/default/topics/orders"),
+            "{l}"
+        );
+        assert!(l.contains("CE_SPECVERSION=1.0"), "{l}");
+        let data = l
+            .lines()
+            .find_map(|x| x.strip_prefix("CE_DATA="))
+            .expect("CE_DATA");
+        let envelope: Value = serde_json::from_str(data).expect("the push envelope");
+        use base64::Engine;
+        let msg = base64::engine::general_purpose::STANDARD
+            .decode(envelope["message"]["data"].as_str().unwrap())
+            .unwrap();
+        orders.push(String::from_utf8(msg).unwrap());
+        let id = l.lines().find_map(|x| x.strip_prefix("CE_ID=")).unwrap();
+        assert_eq!(envelope["message"]["messageId"], id, "{l}");
+    }
+    orders.sort();
+    assert_eq!(orders, ["order 1", "order 2", "order 3"]);
+    // Every event was acknowledged: nothing waits on the trigger's subscription.
+    let sub = t["transport"]["pubsub"]["subscription"].as_str().unwrap();
+    let sub_id = sub.rsplit('/').next().unwrap();
+    let pulled = s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "pull",
+        sub_id,
+        "--format",
+        "json",
+    ]);
+    assert!(!pulled.contains("ackId"), "{pulled}");
+    // Deleted: the subscription goes, and later messages start nothing.
+    s.ok(&["triggers", "delete", "on-order"]);
+    assert!(!subscriptions(&s).iter().any(|x| x == sub));
+    s.ok(&["pubsub", "topics", "publish", "orders", "--message", "late"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(job_event_logs(&s).len(), 3);
+}
