@@ -826,3 +826,63 @@ fn push_reaches_a_private_service_through_the_ingress_with_an_identity_token() {
     let (code, _) = s.get("sink.localhost", "/", None);
     assert_eq!(code, 401);
 }
+
+#[test]
+fn push_wakes_a_service_scaled_to_zero() {
+    let (s, _tmp) = TestServer::with_web_image(
+        Path::new(BIN),
+        &["--no-instance-network", "--scale-to-zero-after", "1s"],
+    );
+    s.ok(&[
+        "deploy",
+        "sink",
+        "--image",
+        "web",
+        "--max-instances",
+        "1",
+        "--allow-unauthenticated",
+    ]);
+    s.wait_for("the sink to scale to zero", 60, || {
+        s.instances("sink").is_empty()
+    });
+    // The CGI script writes each pushed body to the container's log (PID 1's stdout), which
+    // outlives the instance.
+    let endpoint = format!(
+        "http://sink.localhost:{}/cgi-bin/sh?cat%3E%2Fproc%2F1%2Ffd%2F1%3Becho",
+        s.ingress
+    );
+    s.ok(&["pubsub", "topics", "create", "wake"]);
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "to-sleeper",
+        "--topic",
+        "wake",
+        "--push-endpoint",
+        &endpoint,
+    ]);
+    assert!(s.instances("sink").is_empty());
+    s.ok(&[
+        "pubsub",
+        "topics",
+        "publish",
+        "wake",
+        "--message",
+        "wake up",
+    ]);
+    s.wait_for("the push to reach the woken service", 120, || {
+        s.ok(&["logs", "read", "--service", "sink", "--limit", "100"])
+            .contains("d2FrZSB1cA==")
+    });
+    // Acknowledged by the woken service at the first attempt.
+    s.wait_for("the acknowledged push in /metrics", 60, || {
+        let (_, m) = s.api("GET", "/metrics", None);
+        m.lines().any(|l| {
+            l.starts_with("pubsub_subscription_push_request_count")
+                && l.contains("to-sleeper")
+                && l.contains("response_class=\"ack\"")
+                && l.ends_with(" 1")
+        })
+    });
+}
