@@ -289,6 +289,17 @@ impl Network {
         self.subnet
     }
 
+    /// Whether a connection from `peer` to `local` comes from one of Skiff's instances or job
+    /// tasks: from the instance subnet to the gateway, the bridge's own address, which only the
+    /// bridge's members reach with a source in that subnet (the firewall drops spoofed ones
+    /// from elsewhere).
+    pub fn from_instance(&self, local: std::net::IpAddr, peer: std::net::IpAddr) -> bool {
+        let (std::net::IpAddr::V4(local), std::net::IpAddr::V4(peer)) = (local, peer) else {
+            return false;
+        };
+        local == self.gateway && peer != self.gateway && self.subnet.contains(&peer)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

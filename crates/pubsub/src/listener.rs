@@ -3,12 +3,14 @@
 //! and HTTP/2 (prior knowledge, as gRPC clients speak it).
 //!
 //! Who may call: clients pointed here with `PUBSUB_EMULATOR_HOST` send no credentials, so a
-//! caller connecting from a loopback address may call without any; every other caller needs
-//! `Authorization: Bearer TOKEN` where TOKEN passes the server's check (the admin token, or an
-//! identity token whose subject is the admin).
+//! caller connecting from a loopback address, or one the server trusts by its addresses (Skiff's
+//! own instances and job tasks, see [`PeerCheck`]), may call without any; every other caller
+//! needs `Authorization: Bearer TOKEN` where TOKEN passes the server's check (the admin token,
+//! or an identity token whose subject is the admin).
 
 use crate::broker::Broker;
 use crate::grpc::Grpc;
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +19,37 @@ use std::sync::Arc;
 
 /// Decides whether a bearer token may call the API.
 pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Decides whether a connection may call without credentials, by `(local, peer)` address:
+/// the server passes one that recognises its instances (a source in the instance subnet,
+/// arriving on the gateway address). Loopback callers need no such check.
+pub type PeerCheck = Arc<dyn Fn(SocketAddr, SocketAddr) -> bool + Send + Sync>;
+
+/// A connection's two ends, as the credentials check sees them.
+#[derive(Debug, Clone, Copy)]
+pub struct Ends {
+    /// The listener's address the connection arrived on.
+    pub local: SocketAddr,
+    /// The caller's address.
+    pub peer: SocketAddr,
+}
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Ends {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        let peer = *stream.remote_addr();
+        Ends {
+            local: stream.io().local_addr().unwrap_or(peer),
+            peer,
+        }
+    }
+}
+
+/// Who may call: see the module's documentation.
+#[derive(Clone)]
+struct Auth {
+    token: TokenCheck,
+    trusted: PeerCheck,
+}
 
 /// gRPC (Publisher, Subscriber) and REST over `broker`, without any auth layer.
 pub fn app(broker: Arc<Broker>) -> axum::Router {
@@ -46,8 +79,8 @@ fn refuse(grpc: bool, message: &str) -> Response {
 }
 
 async fn credentials(
-    State(check): State<TokenCheck>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(auth): State<Auth>,
+    ConnectInfo(ends): ConnectInfo<Ends>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -58,12 +91,14 @@ async fn credentials(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match token {
-        Some(t) if check(t) => next.run(req).await,
+        Some(t) if (auth.token)(t) => next.run(req).await,
         Some(_) => refuse(
             is_grpc(&req),
             "the bearer token is neither the admin token nor an identity token of the admin",
         ),
-        None if peer.ip().is_loopback() => next.run(req).await,
+        None if ends.peer.ip().is_loopback() || (auth.trusted)(ends.local, ends.peer) => {
+            next.run(req).await
+        }
         None => refuse(
             is_grpc(&req),
             "callers from other hosts need Authorization: Bearer <admin token> (DATA_DIR/admin.token) or `skiff auth print-identity-token`",
@@ -71,20 +106,23 @@ async fn credentials(
     }
 }
 
-/// Serves the listener until `stop` resolves.
+/// Serves the listener until `stop` resolves; `check` decides on bearer tokens, `trusted` on
+/// callers without one from other than loopback.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: Arc<Broker>,
     check: TokenCheck,
+    trusted: PeerCheck,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app(broker).layer(axum::middleware::from_fn_with_state(check, credentials));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop)
-    .await
+    let auth = Auth {
+        token: check,
+        trusted,
+    };
+    let app = app(broker).layer(axum::middleware::from_fn_with_state(auth, credentials));
+    axum::serve(listener, app.into_make_service_with_connect_info::<Ends>())
+        .with_graceful_shutdown(stop)
+        .await
 }
 
 #[cfg(test)]
@@ -108,7 +146,15 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let check: TokenCheck = Arc::new(|t: &str| t == "good");
-        let server = tokio::spawn(serve(listener, broker, check, std::future::pending()));
+        let outside = outside_address();
+        let trusted: PeerCheck = Arc::new(|_, _| false);
+        let server = tokio::spawn(serve(
+            listener,
+            broker.clone(),
+            check.clone(),
+            trusted,
+            std::future::pending(),
+        ));
         let http = reqwest::Client::new();
         let get = |host: String, token: Option<&'static str>| {
             let mut req = http.get(format!("http://{host}:{port}/v1/projects/p/topics"));
@@ -117,13 +163,31 @@ mod tests {
             }
             async move { req.send().await.unwrap().status().as_u16() }
         };
-        let outside = outside_address().to_string();
+        let outside_ip = outside;
+        let outside = outside.to_string();
         assert_eq!(get("127.0.0.1".into(), None).await, 200);
         assert_eq!(get(outside.clone(), None).await, 401);
         assert_eq!(get(outside.clone(), Some("bad")).await, 401);
         assert_eq!(get(outside.clone(), Some("good")).await, 200);
         // A wrong token is refused from loopback too.
         assert_eq!(get("127.0.0.1".into(), Some("bad")).await, 401);
+        server.abort();
+        // A listener whose peer check trusts this caller's address lets it in without a token.
+        let listener = tokio::net::TcpListener::bind((outside_ip, 0))
+            .await
+            .unwrap();
+        let port2 = listener.local_addr().unwrap().port();
+        let trusted: PeerCheck =
+            Arc::new(move |local, peer| local.ip() == outside_ip && peer.ip() == outside_ip);
+        let server = tokio::spawn(serve(
+            listener,
+            broker,
+            check,
+            trusted,
+            std::future::pending(),
+        ));
+        let url = format!("http://{outside}:{port2}/v1/projects/p/topics");
+        assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 200);
         server.abort();
     }
 }

@@ -97,16 +97,6 @@ fn out_of_resources(e: &std::io::Error) -> bool {
     )
 }
 
-/// Whether a connection from `peer` to `local` comes from one of Skiff's instances or job
-/// tasks: from the instance subnet to the gateway, the bridge's own address, which only the
-/// bridge's members reach with a source in that subnet.
-fn from_instance(net: &skiff_network::Network, local: IpAddr, peer: IpAddr) -> bool {
-    let (IpAddr::V4(local), IpAddr::V4(peer)) = (local, peer) else {
-        return false;
-    };
-    local == net.gateway() && peer != net.gateway() && net.subnet().contains(&peer)
-}
-
 /// Runs the ingress server (HTTP/1.1 with keep-alive, and HTTP/2 over cleartext with prior
 /// knowledge, told apart by the connection's first bytes) within `limits` until `shutdown`
 /// resolves, then lets in-flight requests finish (up to `drain`).
@@ -173,7 +163,7 @@ pub async fn serve_ingress(
         let _ = stream.set_nodelay(true);
         let serving = serving.clone();
         let internal = match (&serving.ctx.network, stream.local_addr()) {
-            (Some(net), Ok(local)) => from_instance(net, local.ip(), peer.ip()),
+            (Some(net), Ok(local)) => net.from_instance(local.ip(), peer.ip()),
             _ => false,
         };
         let peer = Arc::new(proxy::Peer::new(peer, internal));

@@ -283,7 +283,7 @@ async fn serve(
             skiff_network::NetworkConfig {
                 subnet: args.network_subnet,
                 deny: args.network_deny.clone(),
-                host_ports: vec![ingress_port],
+                host_ports: vec![ingress_port, pubsub_listener.local_addr()?.port()],
                 prepared: args.network_prepared,
             },
         )
@@ -471,17 +471,51 @@ async fn serve(
             },
         },
     ));
+    // Instances reach the Pub/Sub API on the gateway (unless it already listens on every
+    // address), and call it without credentials, as loopback callers do.
+    let pubsub_for_instances = match &network {
+        Some(net) if !pubsub_addr.ip().is_unspecified() => {
+            let at = (net.gateway(), pubsub_listener.local_addr()?.port());
+            Some(tokio::net::TcpListener::bind(at).await.with_context(|| {
+                format!(
+                    "cannot listen for instances' Pub/Sub calls on {}:{}",
+                    at.0, at.1
+                )
+            })?)
+        }
+        _ => None,
+    };
     let pubsub_task = tokio::spawn({
         let serving = serving.clone();
         let check: skiff_pubsub::listener::TokenCheck = Arc::new(move |t: &str| {
             skiff_api::same_token(t, &admin_token) || serving.token_is_admin(t)
         });
-        skiff_pubsub::listener::serve(
-            pubsub_listener,
-            pubsub.clone(),
-            check,
-            wait_stop(stop_rx.clone()),
-        )
+        let trusted: skiff_pubsub::listener::PeerCheck = {
+            let network = network.clone();
+            Arc::new(move |local, peer| {
+                network
+                    .as_ref()
+                    .is_some_and(|n| n.from_instance(local.ip(), peer.ip()))
+            })
+        };
+        let (broker, stop) = (pubsub.clone(), wait_stop(stop_rx.clone()));
+        let gateway = pubsub_for_instances.map(|l| {
+            tokio::spawn(skiff_pubsub::listener::serve(
+                l,
+                broker.clone(),
+                check.clone(),
+                trusted.clone(),
+                std::future::pending(),
+            ))
+        });
+        async move {
+            let r =
+                skiff_pubsub::listener::serve(pubsub_listener, broker, check, trusted, stop).await;
+            if let Some(g) = gateway {
+                g.abort();
+            }
+            r
+        }
     });
     tracing::info!(
         "serving: ingress http://{ingress_addr}, API http://{api_addr}, Pub/Sub {pubsub_addr}, data {}",

@@ -576,3 +576,22 @@ fn an_internal_service_answers_only_instances_and_jobs() {
     let (code, body) = s.get("back.localhost", "/", None);
     assert_eq!(code, 200, "{body}");
 }
+
+#[test]
+fn instances_call_the_pubsub_api_on_the_gateway_without_credentials() {
+    let (s, _tmp) = TestServer::with_web_image(bin(), &[]);
+    deploy(&s, "app", &[]);
+    s.ok(&["pubsub", "topics", "create", "from-host"]);
+    let gw = gateway(&s);
+    let out = http_from(
+        &s,
+        "app",
+        &gw,
+        s.pubsub,
+        &format!("{gw}:{}", s.pubsub),
+        "/v1/projects/default/topics",
+        &[],
+    );
+    assert!(status_is(&out, 200), "{out}");
+    assert!(out.contains("projects/default/topics/from-host"), "{out}");
+}
