@@ -184,7 +184,7 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     (
         "post",
         "/skiff/v1/identityToken",
-        "Mint an identity token for private services",
+        "Mint an identity token for private services ({\"audience\": URL, \"serviceAccount\": EMAIL to mint for a service account instead of the admin})",
     ),
     (
         "get",

@@ -583,15 +583,33 @@ async fn read_logs(
 #[derive(Deserialize)]
 struct TokenReq {
     audience: Option<String>,
+    /// Mint for this service account instead of the admin (the admin impersonating it, as
+    /// `gcloud auth print-identity-token --impersonate-service-account` does).
+    #[serde(default, rename = "serviceAccount")]
+    service_account: Option<String>,
 }
 
 async fn identity_token(State(st): St, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
     let req: TokenReq = if body.is_empty() {
-        TokenReq { audience: None }
+        TokenReq {
+            audience: None,
+            service_account: None,
+        }
     } else {
         parse_body(&body)?
     };
-    Ok(Json(
-        json!({"token": st.controller.serving.mint_token(req.audience.as_deref())}),
-    ))
+    let token = match req.service_account.as_deref() {
+        Some(sa) => {
+            if !sa.contains('@') {
+                return Err(ApiError::invalid(format!(
+                    "invalid serviceAccount {sa:?}: give a service account's email, like NAME@PROJECT.iam.gserviceaccount.com"
+                )));
+            }
+            st.controller
+                .serving
+                .mint_token_for(sa, req.audience.as_deref())
+        }
+        None => st.controller.serving.mint_token(req.audience.as_deref()),
+    };
+    Ok(Json(json!({ "token": token })))
 }

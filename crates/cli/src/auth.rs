@@ -13,16 +13,23 @@ pub enum AuthCommand {
         /// The service URL the token is for
         #[arg(long, value_name = "URL")]
         audience: Option<String>,
+        /// Print a token of this service account instead of the admin's (without --audience,
+        /// one that stands for its access token, as the Pub/Sub API takes)
+        #[arg(long, value_name = "EMAIL")]
+        impersonate_service_account: Option<String>,
     },
 }
 
 pub fn run(api: &Api, cmd: AuthCommand) -> Result<()> {
-    let AuthCommand::PrintIdentityToken { audience } = cmd;
-    let v: Value = api.send_json(
-        Method::POST,
-        "/skiff/v1/identityToken",
-        &serde_json::json!({ "audience": audience }),
-    )?;
+    let AuthCommand::PrintIdentityToken {
+        audience,
+        impersonate_service_account,
+    } = cmd;
+    let mut body = serde_json::json!({ "audience": audience });
+    if let Some(sa) = impersonate_service_account {
+        body["serviceAccount"] = serde_json::json!(sa);
+    }
+    let v: Value = api.send_json(Method::POST, "/skiff/v1/identityToken", &body)?;
     let token = v
         .get("token")
         .and_then(Value::as_str)

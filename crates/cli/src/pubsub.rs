@@ -57,6 +57,17 @@ pub enum TopicsCommand {
         #[arg(long, value_name = "KEY")]
         ordering_key: Option<String>,
     },
+    /// Grant a role on it: --member serviceAccount:EMAIL --role roles/pubsub.publisher|subscriber|viewer|editor|admin
+    AddIamPolicyBinding(PolicyBinding),
+    /// Take a role binding away
+    RemoveIamPolicyBinding(PolicyBinding),
+    /// Show its IAM policy
+    GetIamPolicy {
+        name: String,
+        /// json or yaml (the default)
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<ListFormat>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -158,6 +169,55 @@ pub enum SubscriptionsCommand {
         #[arg(long, value_name = "SNAPSHOT")]
         snapshot: Option<String>,
     },
+    /// Grant a role on it: --member serviceAccount:EMAIL --role roles/pubsub.publisher|subscriber|viewer|editor|admin
+    AddIamPolicyBinding(PolicyBinding),
+    /// Take a role binding away
+    RemoveIamPolicyBinding(PolicyBinding),
+    /// Show its IAM policy
+    GetIamPolicy {
+        name: String,
+        /// json or yaml (the default)
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<ListFormat>,
+    },
+}
+
+/// A role binding to add or remove on a topic or subscription (gcloud's
+/// `add-iam-policy-binding` flags).
+#[derive(clap::Args, Debug)]
+pub struct PolicyBinding {
+    name: String,
+    /// serviceAccount:EMAIL, user:EMAIL, group:EMAIL, domain:DOMAIN, allUsers or allAuthenticatedUsers
+    #[arg(long, value_name = "MEMBER")]
+    member: String,
+    /// roles/pubsub.publisher, roles/pubsub.subscriber, roles/pubsub.viewer, roles/pubsub.editor or roles/pubsub.admin
+    #[arg(long, value_name = "ROLE")]
+    role: String,
+}
+
+/// The IAM verbs of topics and subscriptions (`kind` is `topics` or `subscriptions`).
+fn iam(
+    api: &Api,
+    kind: &str,
+    b: Option<(PolicyBinding, bool)>,
+    show: Option<(String, Option<ListFormat>)>,
+) -> Result<()> {
+    let noun = &kind[..kind.len() - 1];
+    if let Some((b, add)) = b {
+        let what = format!("{noun} [{}]", full(api, kind, &b.name));
+        return crate::services::change_policy_binding(
+            api,
+            &path(api, kind, &b.name)?,
+            &what,
+            &b.member,
+            &b.role,
+            add,
+        );
+    }
+    if let Some((name, format)) = show {
+        return crate::services::show_policy(api, &path(api, kind, &name)?, format);
+    }
+    Ok(())
 }
 
 fn path(api: &Api, kind: &str, name: &str) -> Result<String> {
@@ -217,6 +277,11 @@ pub fn run(api: &Api, cmd: PubsubCommand) -> Result<()> {
 
 fn topics(api: &Api, cmd: TopicsCommand) -> Result<()> {
     match cmd {
+        TopicsCommand::AddIamPolicyBinding(b) => iam(api, "topics", Some((b, true)), None)?,
+        TopicsCommand::RemoveIamPolicyBinding(b) => iam(api, "topics", Some((b, false)), None)?,
+        TopicsCommand::GetIamPolicy { name, format } => {
+            iam(api, "topics", None, Some((name, format)))?
+        }
         TopicsCommand::Create {
             topic,
             message_retention_duration,
@@ -337,6 +402,15 @@ fn create_body(api: &Api, a: &CreateSubscription) -> Result<Value> {
 
 fn subscriptions(api: &Api, cmd: SubscriptionsCommand) -> Result<()> {
     match cmd {
+        SubscriptionsCommand::AddIamPolicyBinding(b) => {
+            iam(api, "subscriptions", Some((b, true)), None)?
+        }
+        SubscriptionsCommand::RemoveIamPolicyBinding(b) => {
+            iam(api, "subscriptions", Some((b, false)), None)?
+        }
+        SubscriptionsCommand::GetIamPolicy { name, format } => {
+            iam(api, "subscriptions", None, Some((name, format)))?
+        }
         SubscriptionsCommand::Create(a) => {
             let body = create_body(api, &a)?;
             let s: Value = api.send_json(

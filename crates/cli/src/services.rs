@@ -106,62 +106,75 @@ fn iam_base(api: &Api, service: &str) -> String {
 }
 
 fn change_binding(api: &Api, a: &IamBindingArgs, add: bool) -> Result<()> {
-    validate_member(&a.member)?;
-    if !a.role.starts_with("roles/") {
-        bail!(
-            "invalid --role {:?}: give a role like roles/run.invoker",
-            a.role
-        );
+    change_policy_binding(
+        api,
+        &iam_base(api, &a.service),
+        &format!("service [{}]", a.service),
+        &a.member,
+        &a.role,
+        add,
+    )
+}
+
+/// Adds (`add`) or removes `member`'s `role` in the IAM policy of the resource at API path
+/// `base` (read with `{base}:getIamPolicy`, written with `{base}:setIamPolicy` and its etag),
+/// then prints the new policy; `what` names the resource in messages ("service hello").
+pub(crate) fn change_policy_binding(
+    api: &Api,
+    base: &str,
+    what: &str,
+    member: &str,
+    role: &str,
+    add: bool,
+) -> Result<()> {
+    validate_member(member)?;
+    if !role.starts_with("roles/") {
+        bail!("invalid --role {role:?}: give a role like roles/run.invoker");
     }
-    let base = iam_base(api, &a.service);
     let mut policy: Policy = api.get(&format!("{base}:getIamPolicy"), &[])?;
-    let pos = policy.bindings.iter().position(|b| b.role == a.role);
+    let pos = policy.bindings.iter().position(|b| b.role == role);
     match (pos, add) {
         (Some(i), true) => {
             let b = &mut policy.bindings[i];
-            if !b.members.contains(&a.member) {
-                b.members.push(a.member.clone());
+            if !b.members.iter().any(|m| m == member) {
+                b.members.push(member.to_string());
             }
         }
         (None, true) => policy.bindings.push(skiff_model::Binding {
-            role: a.role.clone(),
-            members: vec![a.member.clone()],
+            role: role.to_string(),
+            members: vec![member.to_string()],
         }),
         (Some(i), false) => {
             let b = &mut policy.bindings[i];
             let before = b.members.len();
-            b.members.retain(|m| *m != a.member);
+            b.members.retain(|m| m != member);
             if b.members.len() == before {
-                bail!(
-                    "{} does not hold {} on service {}",
-                    a.member,
-                    a.role,
-                    a.service
-                );
+                bail!("{member} does not hold {role} on {what}");
             }
             if b.members.is_empty() {
                 policy.bindings.remove(i);
             }
         }
-        (None, false) => bail!(
-            "{} does not hold {} on service {}",
-            a.member,
-            a.role,
-            a.service
-        ),
+        (None, false) => bail!("{member} does not hold {role} on {what}"),
     }
     let updated: Policy = api.send_json(
         Method::POST,
         &format!("{base}:setIamPolicy"),
         &serde_json::json!({ "policy": policy }),
     )?;
-    eprintln!("Updated IAM policy for service [{}].", a.service);
+    eprintln!("Updated IAM policy for {what}.");
     print!("{}", serde_yaml::to_string(&updated)?);
     Ok(())
 }
 
 fn get_iam_policy(api: &Api, service: &str, format: Option<ListFormat>) -> Result<()> {
-    let policy: Policy = api.get(&format!("{}:getIamPolicy", iam_base(api, service)), &[])?;
+    show_policy(api, &iam_base(api, service), format)
+}
+
+/// Prints the IAM policy of the resource at API path `base` (YAML, or JSON with
+/// `--format json`).
+pub(crate) fn show_policy(api: &Api, base: &str, format: Option<ListFormat>) -> Result<()> {
+    let policy: Policy = api.get(&format!("{base}:getIamPolicy"), &[])?;
     match format {
         Some(ListFormat::Json) => println!("{}", serde_json::to_string_pretty(&policy)?),
         _ => print!("{}", serde_yaml::to_string(&policy)?),

@@ -21,6 +21,12 @@ pub enum PubsubError {
     /// The caller gave no credentials, or wrong ones.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller is known but lacks the IAM permission the call needs.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A `setIamPolicy` whose `etag` is not the current policy's (a concurrent change).
+    #[error("{0}")]
+    Aborted(String),
     /// The message store failed.
     #[error("message store: {0}")]
     Store(#[from] rusqlite::Error),
@@ -58,6 +64,8 @@ impl PubsubError {
             PubsubError::InvalidArgument(_) => tonic::Code::InvalidArgument,
             PubsubError::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
             PubsubError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            PubsubError::PermissionDenied(_) => tonic::Code::PermissionDenied,
+            PubsubError::Aborted(_) => tonic::Code::Aborted,
             PubsubError::Store(_) => tonic::Code::Internal,
             PubsubError::Unavailable(_) => tonic::Code::Unavailable,
         }
@@ -72,6 +80,8 @@ impl PubsubError {
             tonic::Code::InvalidArgument => S::BAD_REQUEST,
             tonic::Code::FailedPrecondition => S::BAD_REQUEST,
             tonic::Code::Unauthenticated => S::UNAUTHORIZED,
+            tonic::Code::PermissionDenied => S::FORBIDDEN,
+            tonic::Code::Aborted => S::CONFLICT,
             tonic::Code::Unavailable => S::SERVICE_UNAVAILABLE,
             _ => S::INTERNAL_SERVER_ERROR,
         }
@@ -85,6 +95,8 @@ impl PubsubError {
             tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
             tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
             tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+            tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+            tonic::Code::Aborted => "ABORTED",
             tonic::Code::Unavailable => "UNAVAILABLE",
             _ => "INTERNAL",
         }

@@ -63,6 +63,33 @@ fn project(p: &str) -> Result<String, Status> {
     }
 }
 
+/// The caller the listener recorded (see [`crate::iam`]); the admin when there is none.
+fn caller<T>(req: &Request<T>) -> crate::iam::Caller {
+    req.extensions()
+        .get::<crate::iam::Caller>()
+        .cloned()
+        .unwrap_or(crate::iam::Caller::Admin)
+}
+
+impl Grpc {
+    /// Checks that the caller of `req` holds `permission` on `resource` (`None`: a call on the
+    /// project, which only the admin makes).
+    fn allow<T>(
+        &self,
+        req: &Request<T>,
+        resource: Option<&str>,
+        permission: &str,
+    ) -> Result<(), Status> {
+        let who = caller(req);
+        match resource {
+            Some(r) => self.broker.authorize(&who, r, permission)?,
+            None if who == crate::iam::Caller::Admin => {}
+            None => return Err(crate::iam::denied(permission, "the project").into()),
+        }
+        Ok(())
+    }
+}
+
 fn mask(m: Option<prost_types::FieldMask>) -> Vec<String> {
     m.map(|m| m.paths).unwrap_or_default()
 }
@@ -70,11 +97,17 @@ fn mask(m: Option<prost_types::FieldMask>) -> Vec<String> {
 #[tonic::async_trait]
 impl Publisher for Grpc {
     async fn create_topic(&self, req: Request<Topic>) -> R<Topic> {
+        self.allow(&req, None, "pubsub.topics.create")?;
         Ok(Response::new(
             self.broker.create_topic(req.into_inner()).await?,
         ))
     }
     async fn update_topic(&self, req: Request<UpdateTopicRequest>) -> R<Topic> {
+        self.allow(
+            &req,
+            req.get_ref().topic.as_ref().map(|t| t.name.as_str()),
+            "pubsub.topics.update",
+        )?;
         let r = req.into_inner();
         let topic = r
             .topic
@@ -86,17 +119,20 @@ impl Publisher for Grpc {
         ))
     }
     async fn publish(&self, req: Request<PublishRequest>) -> R<PublishResponse> {
+        self.allow(&req, Some(&req.get_ref().topic), "pubsub.topics.publish")?;
         let r = req.into_inner();
         names::check(Kind::Topic, &r.topic)?;
         let message_ids = self.broker.publish(&r.topic, r.messages).await?;
         Ok(Response::new(PublishResponse { message_ids }))
     }
     async fn get_topic(&self, req: Request<GetTopicRequest>) -> R<Topic> {
+        self.allow(&req, Some(&req.get_ref().topic), "pubsub.topics.get")?;
         Ok(Response::new(
             self.broker.get_topic(&req.into_inner().topic)?,
         ))
     }
     async fn list_topics(&self, req: Request<ListTopicsRequest>) -> R<ListTopicsResponse> {
+        self.allow(&req, None, "pubsub.topics.list")?;
         let r = req.into_inner();
         let all = self.broker.list_topics(&project(&r.project)?);
         let (topics, next_page_token) = page(all, |t| &t.name, r.page_size, &r.page_token);
@@ -109,6 +145,7 @@ impl Publisher for Grpc {
         &self,
         req: Request<ListTopicSubscriptionsRequest>,
     ) -> R<ListTopicSubscriptionsResponse> {
+        self.allow(&req, Some(&req.get_ref().topic), "pubsub.topics.get")?;
         let r = req.into_inner();
         let all = self.broker.topic_subscriptions(&r.topic)?;
         let (subscriptions, next_page_token) = page(all, |s| s, r.page_size, &r.page_token);
@@ -121,6 +158,7 @@ impl Publisher for Grpc {
         &self,
         req: Request<ListTopicSnapshotsRequest>,
     ) -> R<ListTopicSnapshotsResponse> {
+        self.allow(&req, Some(&req.get_ref().topic), "pubsub.topics.get")?;
         let r = req.into_inner();
         let all = self.broker.topic_snapshots(&r.topic)?;
         let (snapshots, next_page_token) = page(all, |s| s, r.page_size, &r.page_token);
@@ -130,6 +168,7 @@ impl Publisher for Grpc {
         }))
     }
     async fn delete_topic(&self, req: Request<DeleteTopicRequest>) -> R<()> {
+        self.allow(&req, Some(&req.get_ref().topic), "pubsub.topics.delete")?;
         self.broker.delete_topic(&req.into_inner().topic).await?;
         Ok(Response::new(()))
     }
@@ -137,6 +176,7 @@ impl Publisher for Grpc {
         &self,
         req: Request<DetachSubscriptionRequest>,
     ) -> R<DetachSubscriptionResponse> {
+        self.allow(&req, None, "pubsub.topics.detachSubscription")?;
         self.broker
             .detach_subscription(&req.into_inner().subscription)
             .await?;
@@ -150,11 +190,17 @@ type PullStream =
 #[tonic::async_trait]
 impl Subscriber for Grpc {
     async fn create_subscription(&self, req: Request<Subscription>) -> R<Subscription> {
+        self.allow(&req, None, "pubsub.subscriptions.create")?;
         Ok(Response::new(
             self.broker.create_subscription(req.into_inner()).await?,
         ))
     }
     async fn get_subscription(&self, req: Request<GetSubscriptionRequest>) -> R<Subscription> {
+        self.allow(
+            &req,
+            Some(&req.get_ref().subscription),
+            "pubsub.subscriptions.get",
+        )?;
         Ok(Response::new(
             self.broker
                 .get_subscription(&req.into_inner().subscription)?,
@@ -164,6 +210,11 @@ impl Subscriber for Grpc {
         &self,
         req: Request<UpdateSubscriptionRequest>,
     ) -> R<Subscription> {
+        self.allow(
+            &req,
+            req.get_ref().subscription.as_ref().map(|s| s.name.as_str()),
+            "pubsub.subscriptions.update",
+        )?;
         let r = req.into_inner();
         let sub = r.subscription.ok_or_else(|| {
             PubsubError::invalid("UpdateSubscriptionRequest needs a subscription")
@@ -178,6 +229,7 @@ impl Subscriber for Grpc {
         &self,
         req: Request<ListSubscriptionsRequest>,
     ) -> R<ListSubscriptionsResponse> {
+        self.allow(&req, None, "pubsub.subscriptions.list")?;
         let r = req.into_inner();
         let all = self.broker.list_subscriptions(&project(&r.project)?);
         let (subscriptions, next_page_token) = page(all, |s| &s.name, r.page_size, &r.page_token);
@@ -187,23 +239,43 @@ impl Subscriber for Grpc {
         }))
     }
     async fn delete_subscription(&self, req: Request<DeleteSubscriptionRequest>) -> R<()> {
+        self.allow(
+            &req,
+            Some(&req.get_ref().subscription),
+            "pubsub.subscriptions.delete",
+        )?;
         self.broker
             .delete_subscription(&req.into_inner().subscription)
             .await?;
         Ok(Response::new(()))
     }
     async fn modify_ack_deadline(&self, req: Request<ModifyAckDeadlineRequest>) -> R<()> {
+        self.allow(
+            &req,
+            Some(&req.get_ref().subscription),
+            "pubsub.subscriptions.consume",
+        )?;
         let r = req.into_inner();
         self.broker
             .modify_ack_deadline(&r.subscription, &r.ack_ids, r.ack_deadline_seconds)?;
         Ok(Response::new(()))
     }
     async fn acknowledge(&self, req: Request<AcknowledgeRequest>) -> R<()> {
+        self.allow(
+            &req,
+            Some(&req.get_ref().subscription),
+            "pubsub.subscriptions.consume",
+        )?;
         let r = req.into_inner();
         self.broker.acknowledge(&r.subscription, &r.ack_ids).await?;
         Ok(Response::new(()))
     }
     async fn pull(&self, req: Request<PullRequest>) -> R<PullResponse> {
+        self.allow(
+            &req,
+            Some(&req.get_ref().subscription),
+            "pubsub.subscriptions.consume",
+        )?;
         #[allow(deprecated)]
         let immediate = req.get_ref().return_immediately;
         let r = req.into_inner();
@@ -225,12 +297,15 @@ impl Subscriber for Grpc {
         &self,
         req: Request<Streaming<StreamingPullRequest>>,
     ) -> R<Self::StreamingPullStream> {
+        let who = caller(&req);
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| PubsubError::invalid("StreamingPull needs an initial request"))?;
         let sub = first.subscription.clone();
+        self.broker
+            .authorize(&who, &sub, "pubsub.subscriptions.consume")?;
         self.broker.get_subscription(&sub)?;
         let deadline_s = match first.stream_ack_deadline_seconds {
             0 => None,
@@ -334,6 +409,11 @@ impl Subscriber for Grpc {
     }
 
     async fn modify_push_config(&self, req: Request<ModifyPushConfigRequest>) -> R<()> {
+        self.allow(
+            &req,
+            Some(&req.get_ref().subscription),
+            "pubsub.subscriptions.update",
+        )?;
         let r = req.into_inner();
         self.broker
             .modify_push_config(&r.subscription, r.push_config)
@@ -341,11 +421,13 @@ impl Subscriber for Grpc {
         Ok(Response::new(()))
     }
     async fn get_snapshot(&self, req: Request<GetSnapshotRequest>) -> R<Snapshot> {
+        self.allow(&req, Some(&req.get_ref().snapshot), "pubsub.snapshots.get")?;
         Ok(Response::new(
             self.broker.get_snapshot(&req.into_inner().snapshot)?,
         ))
     }
     async fn list_snapshots(&self, req: Request<ListSnapshotsRequest>) -> R<ListSnapshotsResponse> {
+        self.allow(&req, None, "pubsub.snapshots.list")?;
         let r = req.into_inner();
         let all = self.broker.list_snapshots(&project(&r.project)?);
         let (snapshots, next_page_token) = page(all, |s| &s.name, r.page_size, &r.page_token);
@@ -355,6 +437,7 @@ impl Subscriber for Grpc {
         }))
     }
     async fn create_snapshot(&self, req: Request<CreateSnapshotRequest>) -> R<Snapshot> {
+        self.allow(&req, None, "pubsub.snapshots.create")?;
         let r = req.into_inner();
         Ok(Response::new(
             self.broker
@@ -368,12 +451,22 @@ impl Subscriber for Grpc {
         ))
     }
     async fn delete_snapshot(&self, req: Request<DeleteSnapshotRequest>) -> R<()> {
+        self.allow(
+            &req,
+            Some(&req.get_ref().snapshot),
+            "pubsub.snapshots.delete",
+        )?;
         self.broker
             .delete_snapshot(&req.into_inner().snapshot)
             .await?;
         Ok(Response::new(()))
     }
     async fn seek(&self, req: Request<SeekRequest>) -> R<SeekResponse> {
+        self.allow(
+            &req,
+            Some(&req.get_ref().subscription),
+            "pubsub.subscriptions.consume",
+        )?;
         let r = req.into_inner();
         self.broker.seek(&r.subscription, r.target).await?;
         Ok(Response::new(SeekResponse {}))

@@ -8,13 +8,15 @@
 //! - `store.rs`: the database and its group-committing writer.
 //! - `filter.rs`: the subscription filter language.
 //! - [`grpc`]: the Publisher and Subscriber gRPC services; [`rest`]: the REST/JSON API;
-//!   [`listener`]: both on one port with the credential rule for emulator-style clients.
+//!   [`listener`]: both on one port with the credential rule for emulator-style clients;
+//!   [`iam`]: resource policies and the permission each call needs.
 
 pub mod broker;
 pub mod delivery;
 pub mod error;
 pub mod filter;
 pub mod grpc;
+pub mod iam;
 pub mod listener;
 pub mod metrics;
 pub mod names;

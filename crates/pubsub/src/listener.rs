@@ -10,6 +10,7 @@
 
 use crate::broker::Broker;
 use crate::grpc::Grpc;
+use crate::iam::Caller;
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
@@ -17,8 +18,10 @@ use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Decides whether a bearer token may call the API.
-pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// Decides who a bearer token stands for: `Some(Caller::Admin)` for the admin's,
+/// `Some(Caller::Account(email))` for a service account's (then checked against resource
+/// policies, see [`crate::iam`]), `None` for a token the server did not sign or that expired.
+pub type TokenCheck = Arc<dyn Fn(&str) -> Option<Caller> + Send + Sync>;
 
 /// Decides whether a connection may call without credentials, by `(local, peer)` address:
 /// the server passes one that recognises its instances (a source in the instance subnet,
@@ -90,20 +93,29 @@ async fn credentials(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token {
-        Some(t) if (auth.token)(t) => next.run(req).await,
-        Some(_) => refuse(
-            is_grpc(&req),
-            "the bearer token is neither the admin token nor an identity token of the admin",
-        ),
+    let caller = match token {
+        Some(t) => match (auth.token)(t) {
+            Some(c) => c,
+            None => {
+                return refuse(
+                    is_grpc(&req),
+                    "the bearer token is not one this server signed, or it expired: use the admin token, `skiff auth print-identity-token`, or a token from the metadata server",
+                )
+            }
+        },
         None if ends.peer.ip().is_loopback() || (auth.trusted)(ends.local, ends.peer) => {
-            next.run(req).await
+            Caller::Admin
         }
-        None => refuse(
-            is_grpc(&req),
-            "callers from other hosts need Authorization: Bearer <admin token> (DATA_DIR/admin.token) or `skiff auth print-identity-token`",
-        ),
-    }
+        None => {
+            return refuse(
+                is_grpc(&req),
+                "callers from other hosts need Authorization: Bearer <admin token> (DATA_DIR/admin.token) or `skiff auth print-identity-token`",
+            )
+        }
+    };
+    let mut req = req;
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }
 
 /// Serves the listener until `stop` resolves; `check` decides on bearer tokens, `trusted` on
@@ -145,7 +157,7 @@ mod tests {
         let broker = Broker::open(dir.path()).unwrap();
         let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let check: TokenCheck = Arc::new(|t: &str| t == "good");
+        let check: TokenCheck = Arc::new(|t: &str| (t == "good").then_some(Caller::Admin));
         let outside = outside_address();
         let trusted: PeerCheck = Arc::new(|_, _| false);
         let server = tokio::spawn(serve(

@@ -60,10 +60,145 @@ pub fn router(broker: Arc<Broker>) -> axum::Router {
             "/v1/projects/{project}/snapshots/{n}",
             get(get_snapshot)
                 .put(create_snapshot)
-                .delete(delete_snapshot),
+                .delete(delete_snapshot)
+                .post(snapshot_verb),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            broker.clone(),
+            authorize,
+        ))
         .with_state(broker)
 }
+
+/// The resource a REST call names and the IAM permission it needs there (see [`crate::iam`]);
+/// `None` for calls on a project (create, list), which only the admin makes, and for
+/// `testIamPermissions`, which anyone admitted may call.
+fn required(method: &http::Method, path: &str) -> Option<Option<(String, &'static str)>> {
+    let rest = path.strip_prefix("/v1/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    // projects/P/KIND[/NAME[/SUB]]
+    if parts.len() < 3 || parts[0] != "projects" {
+        return None;
+    }
+    let kind = parts[2];
+    let Some(seg) = parts.get(3) else {
+        return Some(None);
+    };
+    let (name, verb) = split_verb(seg);
+    let resource = format!("projects/{}/{kind}/{name}", parts[1]);
+    let singular = match kind {
+        "topics" => "topics",
+        "subscriptions" => "subscriptions",
+        "snapshots" => "snapshots",
+        _ => return None,
+    };
+    let perm = |p: &str| -> &'static str {
+        crate::iam::permissions_of("roles/pubsub.admin")
+            .iter()
+            .find(|x| **x == format!("pubsub.{singular}.{p}"))
+            .copied()
+            .unwrap_or("pubsub.admin")
+    };
+    if parts.len() > 4 {
+        // topics/T/subscriptions, topics/T/snapshots
+        return Some(Some((resource, perm("get"))));
+    }
+    let need = match (method.as_str(), verb) {
+        (_, Some("testIamPermissions")) => return Some(Some((resource, ""))),
+        (_, Some("getIamPolicy")) => perm("getIamPolicy"),
+        (_, Some("setIamPolicy")) => perm("setIamPolicy"),
+        ("GET", None) => perm("get"),
+        ("PATCH", None) => perm("update"),
+        ("DELETE", None) => perm("delete"),
+        ("PUT", None) => return Some(None),
+        ("POST", Some("publish")) => "pubsub.topics.publish",
+        ("POST", Some("pull" | "acknowledge" | "modifyAckDeadline" | "seek")) => {
+            "pubsub.subscriptions.consume"
+        }
+        ("POST", Some("modifyPushConfig")) => "pubsub.subscriptions.update",
+        _ => return Some(None),
+    };
+    Some(Some((resource, need)))
+}
+
+/// Checks a service account caller's permission before the handler runs: project-level calls
+/// are the admin's, resource calls need the resource policy's grant. Callers the listener
+/// marked as the admin, and requests with no caller (the control API, behind its admin
+/// token), pass.
+async fn authorize(
+    State(b): St,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let caller = req
+        .extensions()
+        .get::<crate::iam::Caller>()
+        .cloned()
+        .unwrap_or(crate::iam::Caller::Admin);
+    if caller != crate::iam::Caller::Admin {
+        match required(req.method(), req.uri().path()) {
+            Some(Some((_, ""))) => {}
+            Some(Some((resource, permission))) => {
+                if let Err(e) = b.authorize(&caller, &resource, permission) {
+                    return e.into_response();
+                }
+            }
+            Some(None) | None => {
+                let what = format!("{} {}", req.method(), req.uri().path());
+                return crate::iam::denied("on the project", &what).into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// The IAM verbs every resource has: `getIamPolicy`, `setIamPolicy` (`{"policy": {...}}`) and
+/// `testIamPermissions` (`{"permissions": [...]}`); `None` for other verbs.
+async fn iam_verb(
+    b: &Broker,
+    caller: &crate::iam::Caller,
+    resource: &str,
+    verb: Option<&str>,
+    v: &Value,
+) -> Option<Res> {
+    let r = match verb? {
+        "getIamPolicy" => b.get_iam_policy(resource).map(|p| Json(p).into_response()),
+        "setIamPolicy" => {
+            let policy: crate::iam::Policy = match serde_json::from_value(v["policy"].clone()) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Some(Err(PubsubError::invalid(format!(
+                        "Invalid value at 'policy': {e}"
+                    ))))
+                }
+            };
+            b.set_iam_policy(resource, policy)
+                .await
+                .map(|p| Json(p).into_response())
+        }
+        "testIamPermissions" => strings(v, "permissions").and_then(|perms| {
+            b.test_iam_permissions(caller, resource, &perms)
+                .map(|held| {
+                    let mut o = json!({});
+                    if !held.is_empty() {
+                        o["permissions"] = json!(held);
+                    }
+                    Json(o).into_response()
+                })
+        }),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// The caller the listener recorded (the admin when there is none: the control API).
+fn caller_of(ext: &Option<axum::Extension<crate::iam::Caller>>) -> crate::iam::Caller {
+    ext.as_ref()
+        .map(|e| e.0.clone())
+        .unwrap_or(crate::iam::Caller::Admin)
+}
+
+type Who = Option<axum::Extension<crate::iam::Caller>>;
 
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -444,12 +579,13 @@ async fn list_topics(State(b): St, Path(p): Path<String>, Query(q): Query<ListQu
     ok(v)
 }
 
-async fn get_topic(State(b): St, Path((p, t)): Path<(String, String)>) -> Res {
-    ok(topic_json(&b.get_topic(&names::full(
-        Kind::Topic,
-        &p,
-        &t,
-    ))?))
+async fn get_topic(State(b): St, who: Who, Path((p, seg)): Path<(String, String)>) -> Res {
+    let (t, verb) = split_verb(&seg);
+    let name = names::full(Kind::Topic, &p, t);
+    if let Some(r) = iam_verb(&b, &caller_of(&who), &name, verb, &json!({})).await {
+        return r;
+    }
+    ok(topic_json(&b.get_topic(&name)?))
 }
 
 async fn create_topic(
@@ -480,12 +616,16 @@ async fn delete_topic(State(b): St, Path((p, t)): Path<(String, String)>) -> Res
 
 async fn topic_verb(
     State(b): St,
+    who: Who,
     Path((p, seg)): Path<(String, String)>,
     raw: axum::body::Bytes,
 ) -> Res {
     let (t, verb) = split_verb(&seg);
     let name = names::full(Kind::Topic, &p, t);
     let v = body(&raw)?;
+    if let Some(r) = iam_verb(&b, &caller_of(&who), &name, verb, &v).await {
+        return r;
+    }
     match verb {
         Some("publish") => {
             names::check(Kind::Topic, &name)?;
@@ -518,7 +658,7 @@ async fn topic_verb(
             ok(json!({"messageIds": ids}))
         }
         _ => Err(PubsubError::invalid(format!(
-            "Unknown topic method {seg:?}: give TOPIC:publish"
+            "Unknown topic method {seg:?}: give TOPIC:publish, :getIamPolicy, :setIamPolicy or :testIamPermissions"
         ))),
     }
 }
@@ -561,12 +701,13 @@ async fn list_subscriptions(
     ok(v)
 }
 
-async fn get_subscription(State(b): St, Path((p, s)): Path<(String, String)>) -> Res {
-    ok(subscription_json(&b.get_subscription(&names::full(
-        Kind::Subscription,
-        &p,
-        &s,
-    ))?))
+async fn get_subscription(State(b): St, who: Who, Path((p, seg)): Path<(String, String)>) -> Res {
+    let (s, verb) = split_verb(&seg);
+    let name = names::full(Kind::Subscription, &p, s);
+    if let Some(r) = iam_verb(&b, &caller_of(&who), &name, verb, &json!({})).await {
+        return r;
+    }
+    ok(subscription_json(&b.get_subscription(&name)?))
 }
 
 async fn create_subscription(
@@ -600,6 +741,7 @@ async fn delete_subscription(State(b): St, Path((p, s)): Path<(String, String)>)
 
 async fn subscription_verb(
     State(b): St,
+    who: Who,
     Path((p, seg)): Path<(String, String)>,
     raw: axum::body::Bytes,
 ) -> Res {
@@ -607,6 +749,9 @@ async fn subscription_verb(
     let name = names::full(Kind::Subscription, &p, s);
     names::check(Kind::Subscription, &name)?;
     let v = body(&raw)?;
+    if let Some(r) = iam_verb(&b, &caller_of(&who), &name, verb, &v).await {
+        return r;
+    }
     match verb {
         Some("pull") => {
             let max = v["maxMessages"].as_i64().or_else(|| v["maxMessages"].as_str().and_then(|s| s.parse().ok())).unwrap_or(0);
@@ -656,12 +801,30 @@ async fn list_snapshots(State(b): St, Path(p): Path<String>) -> Res {
     )
 }
 
-async fn get_snapshot(State(b): St, Path((p, n)): Path<(String, String)>) -> Res {
-    ok(snapshot_json(&b.get_snapshot(&names::full(
-        Kind::Snapshot,
-        &p,
-        &n,
-    ))?))
+async fn get_snapshot(State(b): St, who: Who, Path((p, seg)): Path<(String, String)>) -> Res {
+    let (n, verb) = split_verb(&seg);
+    let name = names::full(Kind::Snapshot, &p, n);
+    if let Some(r) = iam_verb(&b, &caller_of(&who), &name, verb, &json!({})).await {
+        return r;
+    }
+    ok(snapshot_json(&b.get_snapshot(&name)?))
+}
+
+async fn snapshot_verb(
+    State(b): St,
+    who: Who,
+    Path((p, seg)): Path<(String, String)>,
+    raw: axum::body::Bytes,
+) -> Res {
+    let (n, verb) = split_verb(&seg);
+    let name = names::full(Kind::Snapshot, &p, n);
+    let v = body(&raw)?;
+    if let Some(r) = iam_verb(&b, &caller_of(&who), &name, verb, &v).await {
+        return r;
+    }
+    Err(PubsubError::invalid(format!(
+        "Unknown snapshot method {seg:?}: give SNAPSHOT:getIamPolicy, :setIamPolicy or :testIamPermissions"
+    )))
 }
 
 async fn create_snapshot(

@@ -7,7 +7,8 @@
 //! Tables: `topics`, `subscriptions` and `snapshots` hold the resources as protobuf bytes;
 //! `messages` one row per published message (`id` is its message id); `deliveries` one row
 //! per (subscription, message) fanned out at publish, with `acked` and `attempts`;
-//! `snapshot_messages` the messages a snapshot holds unacknowledged.
+//! `snapshot_messages` the messages a snapshot holds unacknowledged; `iam_policies` each
+//! resource's IAM policy as JSON.
 
 use crate::delivery::Message;
 use crate::error::{PubsubError, Result};
@@ -31,6 +32,7 @@ CREATE TABLE IF NOT EXISTS deliveries(subscription TEXT NOT NULL, msg INTEGER NO
     PRIMARY KEY(subscription, msg)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_by_msg ON deliveries(msg);
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages(publish_ms);
+CREATE TABLE IF NOT EXISTS iam_policies(name TEXT PRIMARY KEY, body TEXT NOT NULL);
 ";
 
 /// Opens (creating) the database with the broker's settings.

@@ -69,6 +69,23 @@ impl TokenKeys {
             .map(|d| d.claims.sub)
     }
 
+    /// The subject of an unexpired token signed by this server that names no audience (one
+    /// that stands for an access token, as the metadata server's `token` endpoint gives) or an
+    /// audience starting with `audience_prefix`; `None` for any other token, so an identity
+    /// token minted for one service cannot be replayed elsewhere.
+    pub fn access_subject(&self, token: &str, audience_prefix: &str) -> Option<String> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_issuer(&[ISSUER]);
+        v.validate_aud = false;
+        v.leeway = 5;
+        let claims = decode::<Claims>(token, &self.dec, &v).ok()?.claims;
+        match claims.aud.as_deref() {
+            None => Some(claims.sub),
+            Some(a) if a.starts_with(audience_prefix) => Some(claims.sub),
+            Some(_) => None,
+        }
+    }
+
     /// Checks an `Authorization` header value for a service answering at `host` (no port)
     /// whose `roles/run.invoker` members are `invokers`: the token must be signed by this
     /// server, unexpired, for this service's URL if it names an audience, and its subject the

@@ -322,6 +322,13 @@ impl Serving {
         self.keys.subject_of(token).as_deref() == Some(auth::ADMIN_SUBJECT)
     }
 
+    /// The caller a bearer token stands for at the Pub/Sub API: its subject when it is signed
+    /// by this server and names no audience or `https://pubsub.googleapis.com`.
+    pub fn pubsub_subject(&self, token: &str) -> Option<String> {
+        self.keys
+            .access_subject(token, "https://pubsub.googleapis.com")
+    }
+
     /// Mints a token for `subject` (a service account's email): an identity token when
     /// `audience` is given, else one that stands for an access token.
     pub fn mint_token_for(&self, subject: &str, audience: Option<&str>) -> String {

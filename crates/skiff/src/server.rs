@@ -488,7 +488,12 @@ async fn serve(
     let pubsub_task = tokio::spawn({
         let serving = serving.clone();
         let check: skiff_pubsub::listener::TokenCheck = Arc::new(move |t: &str| {
-            skiff_api::same_token(t, &admin_token) || serving.token_is_admin(t)
+            use skiff_pubsub::iam::Caller;
+            if skiff_api::same_token(t, &admin_token) || serving.token_is_admin(t) {
+                Some(Caller::Admin)
+            } else {
+                serving.pubsub_subject(t).map(Caller::Account)
+            }
         });
         let trusted: skiff_pubsub::listener::PeerCheck = {
             let network = network.clone();

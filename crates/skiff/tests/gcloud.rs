@@ -1723,6 +1723,35 @@ fn gcloud_pubsub_topics_push_and_pull_subscriptions() {
     // A name the API refuses fails with the reason.
     let e = env.fails(&["pubsub", "topics", "create", "goog-topic"]);
     assert!(e.contains("goog"), "{e}");
+    // IAM on a topic, as gcloud reads and writes it.
+    env.ok(&[
+        "pubsub",
+        "topics",
+        "add-iam-policy-binding",
+        "orders",
+        "--member",
+        "serviceAccount:pub@default.iam.gserviceaccount.com",
+        "--role",
+        "roles/pubsub.publisher",
+    ]);
+    let (policy, _) = env.ok(&[
+        "pubsub",
+        "topics",
+        "get-iam-policy",
+        "orders",
+        "--format",
+        "json",
+    ]);
+    let policy: Value = serde_json::from_str(&policy).unwrap();
+    assert_eq!(
+        policy["bindings"][0]["role"], "roles/pubsub.publisher",
+        "{policy}"
+    );
+    let policy = env.skiff(&["pubsub", "topics", "get-iam-policy", "orders"]);
+    assert!(
+        policy.contains("pub@default.iam.gserviceaccount.com"),
+        "{policy}"
+    );
 }
 
 #[test]

@@ -886,3 +886,201 @@ fn push_wakes_a_service_scaled_to_zero() {
         })
     });
 }
+
+/// A call to the Pub/Sub listener's REST API with a bearer token: `(status, body)`.
+fn call_as(s: &TestServer, token: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let c = reqwest::blocking::Client::new();
+    let url = format!("http://127.0.0.1:{}{path}", s.pubsub);
+    let r = c
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn service_account_tokens_get_what_resource_iam_policies_grant() {
+    let s = server();
+    s.ok(&["pubsub", "topics", "create", "orders"]);
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "billing",
+        "--topic",
+        "orders",
+    ]);
+    let pubber = "pubber@default.iam.gserviceaccount.com";
+    let token = |sa: &str| {
+        s.ok(&[
+            "auth",
+            "print-identity-token",
+            "--impersonate-service-account",
+            sa,
+        ])
+        .trim()
+        .to_string()
+    };
+    let t = token(pubber);
+    let publish = json!({"messages": [{"data": "aGk="}]});
+    let topic = "/v1/projects/default/topics/orders";
+    let (code, body) = call_as(&s, &t, "POST", &format!("{topic}:publish"), publish.clone());
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["error"]["status"], "PERMISSION_DENIED", "{body}");
+    assert!(body.to_string().contains("pubsub.topics.publish"), "{body}");
+
+    let out = s.ok(&[
+        "pubsub",
+        "topics",
+        "add-iam-policy-binding",
+        "orders",
+        "--member",
+        &format!("serviceAccount:{pubber}"),
+        "--role",
+        "roles/pubsub.publisher",
+    ]);
+    assert!(out.contains("roles/pubsub.publisher"), "{out}");
+    let policy = s.ok(&[
+        "pubsub",
+        "topics",
+        "get-iam-policy",
+        "orders",
+        "--format",
+        "json",
+    ]);
+    assert!(policy.contains(pubber), "{policy}");
+    // A role Pub/Sub does not have is refused, naming it.
+    let e = s.fails(&[
+        "pubsub",
+        "topics",
+        "add-iam-policy-binding",
+        "orders",
+        "--member",
+        &format!("serviceAccount:{pubber}"),
+        "--role",
+        "roles/run.invoker",
+    ]);
+    assert!(e.contains("roles/run.invoker"), "{e}");
+
+    let (code, body) = call_as(&s, &t, "POST", &format!("{topic}:publish"), publish.clone());
+    assert_eq!(code, 200, "{body}");
+    // The publisher role grants publishing only: not pulling, not the project's lists.
+    let (code, _) = call_as(
+        &s,
+        &t,
+        "POST",
+        "/v1/projects/default/subscriptions/billing:pull",
+        json!({"maxMessages": 1, "returnImmediately": true}),
+    );
+    assert_eq!(code, 403);
+    let (code, _) = call_as(&s, &t, "GET", "/v1/projects/default/topics", json!({}));
+    assert_eq!(code, 403);
+    // testIamPermissions says what the caller holds.
+    let (code, body) = call_as(
+        &s,
+        &t,
+        "POST",
+        &format!("{topic}:testIamPermissions"),
+        json!({"permissions": ["pubsub.topics.publish", "pubsub.topics.delete"]}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["permissions"], json!(["pubsub.topics.publish"]));
+    // Another account holds nothing; a token minted for a service's audience is not a
+    // Pub/Sub credential.
+    let (code, _) = call_as(
+        &s,
+        &token("other@default.iam.gserviceaccount.com"),
+        "POST",
+        &format!("{topic}:publish"),
+        publish.clone(),
+    );
+    assert_eq!(code, 403);
+    let for_service = s
+        .ok(&[
+            "auth",
+            "print-identity-token",
+            "--impersonate-service-account",
+            pubber,
+            "--audience",
+            "http://hello.localhost:8080",
+        ])
+        .trim()
+        .to_string();
+    let (code, _) = call_as(
+        &s,
+        &for_service,
+        "POST",
+        &format!("{topic}:publish"),
+        publish,
+    );
+    assert_eq!(code, 401);
+
+    // The same rule over gRPC, with Google's client sending the token as metadata.
+    let script = r#"
+import sys
+from google.cloud import pubsub_v1
+c = pubsub_v1.PublisherClient()
+try:
+    c.api.publish(request={"topic": sys.argv[1], "messages": [{"data": b"x"}]},
+                  metadata=[("authorization", "Bearer " + sys.argv[2])])
+    print("published")
+except Exception as e:
+    print(type(e).__name__)
+"#;
+    let grpc = |sa: &str| {
+        let out = Command::new(python())
+            .args(["-c", script, "projects/default/topics/orders", &token(sa)])
+            .env("PUBSUB_EMULATOR_HOST", format!("127.0.0.1:{}", s.pubsub))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(grpc(pubber), "published");
+    assert_eq!(
+        grpc("other@default.iam.gserviceaccount.com"),
+        "PermissionDenied"
+    );
+
+    // Removing the binding takes the grant back; a policy survives `kill -9` and a restart.
+    s.ok(&[
+        "pubsub",
+        "topics",
+        "remove-iam-policy-binding",
+        "orders",
+        "--member",
+        &format!("serviceAccount:{pubber}"),
+        "--role",
+        "roles/pubsub.publisher",
+    ]);
+    assert_eq!(grpc(pubber), "PermissionDenied");
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "add-iam-policy-binding",
+        "billing",
+        "--member",
+        &format!("serviceAccount:{pubber}"),
+        "--role",
+        "roles/pubsub.subscriber",
+    ]);
+    let t = token(pubber);
+    let mut s = s;
+    s.kill9();
+    s.restart();
+    let (code, body) = call_as(
+        &s,
+        &t,
+        "POST",
+        "/v1/projects/default/subscriptions/billing:pull",
+        json!({"maxMessages": 10, "returnImmediately": true}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["receivedMessages"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+}
