@@ -106,3 +106,37 @@ async fn authorized(Path(project): Path<String>) -> Result<Json<Value>> {
         "name": format!("projects/{project}/authorizedDomains/."),
     }]})))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        let ok = parse(br#"{"apiVersion":"domains.cloudrun.com/v1","kind":"DomainMapping",
+            "metadata":{"name":"www.example.com","annotations":{"run.googleapis.com/launch-stage":"BETA"}},
+            "spec":{"routeName":"hello","forceOverride":true},
+            "status":{"conditions":"not the client's to set"}}"#)
+        .unwrap();
+        assert_eq!(ok.metadata.name, "www.example.com");
+        assert_eq!(ok.spec.route_name, "hello");
+        assert!(ok.spec.force_override);
+        assert!(ok.status.is_none(), "a client's status is ignored");
+        let cases: &[(&[u8], &str)] = &[
+            (b"[]", "expected an object"),
+            (b"{", "invalid DomainMapping JSON"),
+            (
+                br#"{"spec":{"routeName":"a","route":"b"}}"#,
+                "spec.route: unknown field `route`",
+            ),
+            (
+                br#"{"spec":{"forceOverride":"yes"}}"#,
+                "spec.forceOverride: invalid type",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = parse(body).unwrap_err().to_string();
+            assert!(e.contains(want), "{}: {e}", String::from_utf8_lossy(body));
+        }
+    }
+}

@@ -652,6 +652,36 @@ async fn services_for_instances(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn public_addresses() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let cases: &[(&[&str], &str, &[&str])] = &[
+            (
+                &["203.0.113.7", "2001:db8::7"],
+                "0.0.0.0:80",
+                &["203.0.113.7", "2001:db8::7"],
+            ),
+            (&["203.0.113.7"], "198.51.100.1:80", &["203.0.113.7"]),
+            (&[], "198.51.100.1:80", &["198.51.100.1"]),
+            (&[], "127.0.0.1:8080", &["127.0.0.1"]),
+            (&[], "[2001:db8::1]:443", &["2001:db8::1"]),
+        ];
+        for (given, ingress, want) in cases {
+            let given: Vec<_> = given.iter().map(|s| ip(s)).collect();
+            let want: Vec<_> = want.iter().map(|s| ip(s)).collect();
+            assert_eq!(
+                super::public_addresses(&given, at(ingress)),
+                want,
+                "{ingress}"
+            );
+        }
+        // On every address: what the host's routes say, never a wildcard or loopback.
+        for found in super::public_addresses(&[], at("0.0.0.0:80")) {
+            assert!(!found.is_unspecified() && !found.is_loopback(), "{found}");
+        }
+    }
+
+    #[test]
     fn build_base_images() {
         assert_eq!(
             super::parse_base_image("python=registry.corp/py:3.12").unwrap(),
