@@ -1,6 +1,7 @@
 //! The control API: Cloud Run Admin API v1 (Knative `serving.knative.dev/v1` services and
 //! revisions, IAM policy calls, `run.googleapis.com/v1` jobs, executions and tasks), Cloud
-//! Scheduler jobs, Secret Manager v1 secrets, Eventarc v1 triggers, plus Skiff's own resources under `/skiff/v1` (images,
+//! Scheduler jobs, Secret Manager v1 secrets, Eventarc v1 triggers, domain mappings
+//! (`domains.cloudrun.com/v1`), plus Skiff's own resources under `/skiff/v1` (images,
 //! instances, logs, identity tokens), all behind the admin token.
 //!
 //! Handlers are thin: they parse, call the [`controller::Controller`], and shape responses.
@@ -41,6 +42,9 @@ pub struct ApiState {
     pub pubsub: Arc<skiff_pubsub::Broker>,
     /// Eventarc triggers, whose REST API is served here behind the admin token.
     pub triggers: Arc<skiff_events::Triggers>,
+    /// Domain mappings (`domains.cloudrun.com/v1`), whose REST API is served here behind the
+    /// admin token.
+    pub domains: Arc<skiff_domains::DomainMappings>,
 }
 
 impl ApiState {
@@ -111,6 +115,9 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
             axum::middleware::from_fn_with_state(state.clone(), require_admin),
         ))
         .merge(skiff_events::rest::router(state.triggers.clone()).layer(
+            axum::middleware::from_fn_with_state(state.clone(), require_admin),
+        ))
+        .merge(skiff_domains::rest::router(state.domains.clone()).layer(
             axum::middleware::from_fn_with_state(state.clone(), require_admin),
         ));
     // The OCI distribution API (`/v2/`) does its own auth (the admin token as a basic-auth

@@ -237,6 +237,31 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "/metrics",
         "Prometheus metrics (text exposition format)",
     ),
+    (
+        "get",
+        "/apis/domains.cloudrun.com/v1/namespaces/{namespace}/domainmappings",
+        "List domain mappings, each with its conditions and DNS records",
+    ),
+    (
+        "post",
+        "/apis/domains.cloudrun.com/v1/namespaces/{namespace}/domainmappings",
+        "Map a domain to a service (spec.routeName; spec.forceOverride takes it over)",
+    ),
+    (
+        "get",
+        "/apis/domains.cloudrun.com/v1/namespaces/{namespace}/domainmappings/{domain}",
+        "Get a domain mapping",
+    ),
+    (
+        "delete",
+        "/apis/domains.cloudrun.com/v1/namespaces/{namespace}/domainmappings/{domain}",
+        "Delete a domain mapping",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/authorizeddomains",
+        "Domains the admin may map: every domain (the DNS root)",
+    ),
 ];
 
 pub fn document() -> Value {

@@ -13,6 +13,7 @@ mod auth;
 mod billing;
 mod builds;
 mod deploy;
+mod domains;
 mod gcloud;
 mod images;
 mod instances;
@@ -174,6 +175,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: triggers::TriggersCommand,
     },
+    /// Custom domains routed to services (gcloud beta run domain-mappings' shape)
+    DomainMappings {
+        #[command(subcommand)]
+        command: domains::DomainMappingsCommand,
+    },
 }
 
 /// Runs one client command against the API `global` names.
@@ -197,6 +203,7 @@ pub fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Gcloud { command } => gcloud::run(&api, global, command),
         ClientCommand::Pubsub { command } => pubsub::run(&api, command),
         ClientCommand::Triggers { command } => triggers::run(&api, command),
+        ClientCommand::DomainMappings { command } => domains::run(&api, command),
     }
 }
 
@@ -212,6 +219,7 @@ fn precheck(cmd: &ClientCommand) -> anyhow::Result<()> {
             command: ServicesCommand::UpdateTraffic(args),
         } => args.edit().map(|_| ()),
         ClientCommand::Triggers { command } => triggers::precheck(command),
+        ClientCommand::DomainMappings { command } => domains::precheck(command),
         _ => Ok(()),
     }
 }

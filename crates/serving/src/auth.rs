@@ -86,11 +86,17 @@ impl TokenKeys {
         }
     }
 
-    /// Checks an `Authorization` header value for a service answering at `host` (no port)
-    /// whose `roles/run.invoker` members are `invokers`: the token must be signed by this
-    /// server, unexpired, for this service's URL if it names an audience, and its subject the
+    /// Checks an `Authorization` header value for a service answering at `hosts` (no port:
+    /// its own host name, and the custom domain the request came by, if any) whose
+    /// `roles/run.invoker` members are `invokers`: the token must be signed by this server,
+    /// unexpired, for one of the service's URLs if it names an audience, and its subject the
     /// admin or a member that may invoke.
-    pub fn verify(&self, authorization: Option<&str>, host: &str, invokers: &[String]) -> Verdict {
+    pub fn verify(
+        &self,
+        authorization: Option<&str>,
+        hosts: &[&str],
+        invokers: &[String],
+    ) -> Verdict {
         let Some(value) = authorization else {
             return Verdict::Missing;
         };
@@ -107,7 +113,7 @@ impl TokenKeys {
         };
         match claims.aud.as_deref() {
             None => {}
-            Some(aud) if audience_host(aud) == host => {}
+            Some(aud) if hosts.contains(&audience_host(aud).as_str()) => {}
             Some(aud) => {
                 return Verdict::Denied(format!("the token's audience {aud} is not this service"))
             }
@@ -162,23 +168,39 @@ mod tests {
             (Some("Basic abc"), "hello.localhost", false),
         ];
         for (header, host, allowed) in cases {
-            let v = keys.verify(*header, host, &[]);
+            let v = keys.verify(*header, &[host], &[]);
             assert_eq!(v == Verdict::Allowed, *allowed, "{header:?} {host}: {v:?}");
         }
-        assert_eq!(keys.verify(None, "hello.localhost", &[]), Verdict::Missing);
+        assert_eq!(
+            keys.verify(None, &["hello.localhost"], &[]),
+            Verdict::Missing
+        );
+        // A custom domain's URL is an audience of the service it maps to, beside its own.
+        let custom = format!(
+            "Bearer {}",
+            keys.mint("admin", Some("https://www.example.com/"))
+        );
+        assert_eq!(
+            keys.verify(Some(&custom), &["hello.localhost", "www.example.com"], &[]),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            keys.verify(Some(&custom), &["hello.localhost"], &[]),
+            Verdict::Denied(_)
+        ));
         let sa = format!("Bearer {}", keys.mint("a@p.iam.gserviceaccount.com", None));
         let member = vec!["serviceAccount:a@p.iam.gserviceaccount.com".to_string()];
         let other = vec!["serviceAccount:b@p.iam.gserviceaccount.com".to_string()];
         assert_eq!(
-            keys.verify(Some(&sa), "h.localhost", &member),
+            keys.verify(Some(&sa), &["h.localhost"], &member),
             Verdict::Allowed
         );
         assert!(matches!(
-            keys.verify(Some(&sa), "h.localhost", &other),
+            keys.verify(Some(&sa), &["h.localhost"], &other),
             Verdict::Denied(_)
         ));
         assert!(matches!(
-            keys.verify(Some(&sa), "h.localhost", &[]),
+            keys.verify(Some(&sa), &["h.localhost"], &[]),
             Verdict::Denied(_)
         ));
     }

@@ -91,6 +91,8 @@ impl Route {
 pub struct Serving {
     ctx: Arc<Ctx>,
     routes: RwLock<HashMap<(String, String), Arc<Route>>>,
+    /// Mapped custom domains: domain → (namespace, service).
+    domains: RwLock<Arc<HashMap<String, (String, String)>>>,
     pools: Mutex<HashMap<RevKey, Arc<Pool>>>,
     keys: auth::TokenKeys,
     host_dirs: Vec<PathBuf>,
@@ -115,6 +117,7 @@ impl Serving {
         let serving = Arc::new(Serving {
             ctx,
             routes: RwLock::new(HashMap::new()),
+            domains: RwLock::new(Arc::new(HashMap::new())),
             pools: Mutex::new(HashMap::new()),
             keys: auth::TokenKeys::new(&cfg.token_secret),
             host_dirs,
@@ -276,6 +279,29 @@ impl Serving {
             .insert((ns.to_string(), service.to_string()), route);
         self.refresh_serving(ns, service);
         Ok(())
+    }
+
+    /// Replaces the table of mapped custom domains (domain, lower case without a port →
+    /// `(namespace, service)`): a request whose `Host` is one goes to that service's route
+    /// as its own URL's would.
+    pub fn set_domains(&self, table: HashMap<String, (String, String)>) {
+        *self.domains.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+
+    /// The mapping of a `Host` header value (any case, with or without a port or a trailing
+    /// dot): `(domain, namespace, service)`.
+    fn mapped_domain(&self, host: &str) -> Option<(String, String, String)> {
+        let table = self
+            .domains
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if table.is_empty() {
+            return None;
+        }
+        let domain = skiff_tls::normalize_host(host);
+        let (ns, service) = table.get(&domain)?.clone();
+        Some((domain, ns, service))
     }
 
     pub fn remove_route(&self, ns: &str, service: &str) {

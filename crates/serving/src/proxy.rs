@@ -139,7 +139,13 @@ impl Serving {
             .or_else(|| req.uri().host())
             .unwrap_or_default()
             .to_string();
-        let Some((ns, service, tag)) = skiff_model::parse_service_host(&host) else {
+        // A mapped custom domain first (`skiff domain-mappings`), then a service's own host.
+        let custom = self.mapped_domain(&host);
+        let Some((ns, service, tag)) = custom
+            .as_ref()
+            .map(|(_, ns, svc)| (ns.clone(), svc.clone(), None))
+            .or_else(|| skiff_model::parse_service_host(&host))
+        else {
             return platform_response(
                 StatusCode::NOT_FOUND,
                 &format!("no service answers at host {host:?}"),
@@ -174,7 +180,11 @@ impl Serving {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            match self.keys.verify(auth, &bare_host, &route.invokers) {
+            let mut hosts = vec![bare_host.as_str()];
+            if let Some((domain, _, _)) = &custom {
+                hosts.push(domain.as_str());
+            }
+            match self.keys.verify(auth, &hosts, &route.invokers) {
                 Verdict::Allowed => {}
                 Verdict::Missing => {
                     return platform_response(

@@ -27,6 +27,11 @@ pub struct ServerArgs {
     /// Where the control API listens.
     #[arg(long, default_value = "127.0.0.1:8081")]
     api: String,
+    /// The addresses DNS records should point at for a domain mapping (`A` for IPv4, `AAAA`
+    /// for IPv6) [default: the --http address if it names one; for 0.0.0.0 or [::], the
+    /// address this host reaches the internet from].
+    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+    public_address: Vec<std::net::IpAddr>,
     /// Where the Pub/Sub API (gRPC and REST, as `PUBSUB_EMULATOR_HOST` clients call it)
     /// listens. Callers from loopback need no credentials; others need the admin token.
     #[arg(long, default_value = "127.0.0.1:8085")]
@@ -120,6 +125,43 @@ impl ServerArgs {
             ..Default::default()
         }
     }
+}
+
+/// What domain mappings tell users to point DNS at: `--public-address` if given; else the
+/// ingress's own address if it names one; else (0.0.0.0 or [::]) the local address of the
+/// host's route to the internet, found by connecting a UDP socket, which sends nothing.
+fn public_addresses(
+    given: &[std::net::IpAddr],
+    ingress: std::net::SocketAddr,
+) -> Vec<std::net::IpAddr> {
+    if !given.is_empty() {
+        return given.to_vec();
+    }
+    if !ingress.ip().is_unspecified() {
+        return vec![ingress.ip()];
+    }
+    // Documentation addresses (RFC 5737, RFC 3849): only the route to them is looked up.
+    let probes: &[(&str, &str)] = if ingress.is_ipv4() {
+        &[("0.0.0.0:0", "192.0.2.1:53")]
+    } else {
+        &[
+            ("0.0.0.0:0", "192.0.2.1:53"),
+            ("[::]:0", "[2001:db8::1]:53"),
+        ]
+    };
+    let found: Vec<std::net::IpAddr> = probes
+        .iter()
+        .filter_map(|(bind, to)| {
+            let sock = std::net::UdpSocket::bind(bind).ok()?;
+            sock.connect(to).ok()?;
+            let ip = sock.local_addr().ok()?.ip();
+            (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+        })
+        .collect();
+    if found.is_empty() {
+        tracing::warn!("domain mappings cannot say what DNS records to create: no route to the internet; pass --public-address IP");
+    }
+    found
 }
 
 /// A duration, also in days (`30d`).
@@ -362,6 +404,23 @@ async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("restoring services: {}", e.message))?;
     let triggers = skiff_events::Triggers::new(store.clone(), pubsub.clone(), ingress_port);
+    // The HTTPS ingress's certificates by host name; domain mappings report from it whether
+    // their certificate is there.
+    let certs = skiff_tls::CertStore::new();
+    let domains = skiff_domains::DomainMappings::new(
+        store.clone(),
+        certs.clone(),
+        skiff_domains::Settings {
+            addresses: public_addresses(&args.public_address, ingress_addr),
+            http_port: ingress_port,
+            https_port: None,
+        },
+        {
+            let serving = serving.clone();
+            Box::new(move |table| serving.set_domains(table))
+        },
+    )
+    .context("loading domain mappings")?;
     // Set before resuming, so executions a previous run left running are reported too.
     jobs.on_finished({
         let triggers = triggers.clone();
@@ -379,8 +438,13 @@ async fn serve(
         })
     });
     triggers.set_job_launcher({
-        let (store, jobs) = (store.clone(), jobs.clone());
+        // Weak: the jobs engine's finished hook holds the triggers, so a strong reference
+        // here would be a cycle that keeps both (and the log writer they feed) alive at exit.
+        let (store, jobs) = (store.clone(), Arc::downgrade(&jobs));
         Arc::new(move |ns: &str, job: &str, env: Vec<(String, String)>| {
+            let jobs = jobs
+                .upgrade()
+                .ok_or_else(|| "the server is stopping".to_string())?;
             let j: skiff_model::Job = store
                 .get_object(skiff_store::kind::JOB, ns, job)
                 .map_err(|e| e.to_string())?
@@ -444,6 +508,7 @@ async fn serve(
         builds: builds.clone(),
         pubsub: pubsub.clone(),
         triggers: triggers.clone(),
+        domains,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -646,6 +711,36 @@ async fn services_for_instances(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn public_addresses() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let cases: &[(&[&str], &str, &[&str])] = &[
+            (
+                &["203.0.113.7", "2001:db8::7"],
+                "0.0.0.0:80",
+                &["203.0.113.7", "2001:db8::7"],
+            ),
+            (&["203.0.113.7"], "198.51.100.1:80", &["203.0.113.7"]),
+            (&[], "198.51.100.1:80", &["198.51.100.1"]),
+            (&[], "127.0.0.1:8080", &["127.0.0.1"]),
+            (&[], "[2001:db8::1]:443", &["2001:db8::1"]),
+        ];
+        for (given, ingress, want) in cases {
+            let given: Vec<_> = given.iter().map(|s| ip(s)).collect();
+            let want: Vec<_> = want.iter().map(|s| ip(s)).collect();
+            assert_eq!(
+                super::public_addresses(&given, at(ingress)),
+                want,
+                "{ingress}"
+            );
+        }
+        // On every address: what the host's routes say, never a wildcard or loopback.
+        for found in super::public_addresses(&[], at("0.0.0.0:80")) {
+            assert!(!found.is_unspecified() && !found.is_loopback(), "{found}");
+        }
+    }
+
     #[test]
     fn build_base_images() {
         assert_eq!(

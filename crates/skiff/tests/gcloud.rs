@@ -1808,3 +1808,81 @@ fn gcloud_eventarc_creates_lists_describes_and_deletes_a_pubsub_trigger() {
     let subs = env.skiff(&["pubsub", "subscriptions", "list"]);
     assert!(!subs.contains("eventarc-"), "{subs}");
 }
+
+/// `gcloud beta run domain-mappings ARGS`.
+fn dm<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["beta", "run", "domain-mappings"];
+    v.extend_from_slice(args);
+    v
+}
+
+#[test]
+fn gcloud_beta_run_domain_mappings_create_list_describe_delete() {
+    let env = Env::with_server_args(&["--public-address", "203.0.113.7"]);
+    env.skiff(&[
+        "deploy",
+        "site",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+    ]);
+    let domain = "www.example.com";
+
+    // Create prints the DNS records to make (gcloud's NAME, RECORD TYPE, CONTENTS table).
+    let (out, err) = env.ok(&dm(&["create", "--service", "site", "--domain", domain]));
+    assert!(
+        out.contains(&format!("NAME RECORD TYPE CONTENTS {domain} A 203.0.113.7")),
+        "stdout: {out}\nstderr: {err}"
+    );
+    // The ingress routes the domain to the service.
+    let (code, body) = env.s.get(domain, "/", None);
+    assert_eq!(code, 200, "{body}");
+
+    let list = env.json(&dm(&["list"]));
+    assert_eq!(names(&list), [domain], "{list}");
+    assert_eq!(list[0]["spec"]["routeName"], "site");
+    let (table, _) = env.ok(&dm(&["list"]));
+    assert!(
+        table.contains(&format!("{domain} site us-central1")),
+        "{table}"
+    );
+
+    let m = env.json(&dm(&["describe", "--domain", domain]));
+    assert_eq!(m["apiVersion"], "domains.cloudrun.com/v1", "{m}");
+    assert_eq!(
+        m["status"]["resourceRecords"][0]["rrdata"], "203.0.113.7",
+        "{m}"
+    );
+    let cert = m["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "CertificateProvisioned")
+        .unwrap();
+    assert_eq!(cert["reason"], "CertificatePending", "{m}");
+    // The CLI sees what gcloud made.
+    assert!(env.skiff(&["domain-mappings", "list"]).contains(domain));
+
+    // Mapped once: gcloud reports the server's error; a missing service is named.
+    let err = env.fails(&dm(&["create", "--service", "site", "--domain", domain]));
+    assert!(err.contains("already"), "{err}");
+    let err = env.fails(&dm(&[
+        "create",
+        "--service",
+        "nope",
+        "--domain",
+        "api.example.com",
+    ]));
+    assert!(
+        err.contains("spec.routeName: service nope not found"),
+        "{err}"
+    );
+
+    let (_, err) = env.ok(&dm(&["delete", "--domain", domain]));
+    assert!(
+        err.contains(&format!("Mappings to [{domain}] now have been deleted")),
+        "{err}"
+    );
+    assert_eq!(env.s.get(domain, "/", None).0, 404);
+    assert_eq!(env.json(&dm(&["list"])), serde_json::json!([]));
+}
