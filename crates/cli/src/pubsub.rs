@@ -57,17 +57,8 @@ pub enum TopicsCommand {
         #[arg(long, value_name = "KEY")]
         ordering_key: Option<String>,
     },
-    /// Grant a role on it: --member serviceAccount:EMAIL --role roles/pubsub.publisher|subscriber|viewer|editor|admin
-    AddIamPolicyBinding(PolicyBinding),
-    /// Take a role binding away
-    RemoveIamPolicyBinding(PolicyBinding),
-    /// Show its IAM policy
-    GetIamPolicy {
-        name: String,
-        /// json or yaml (the default)
-        #[arg(long, value_name = "FORMAT")]
-        format: Option<ListFormat>,
-    },
+    #[command(flatten)]
+    Iam(IamCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -169,6 +160,14 @@ pub enum SubscriptionsCommand {
         #[arg(long, value_name = "SNAPSHOT")]
         snapshot: Option<String>,
     },
+    #[command(flatten)]
+    Iam(IamCommand),
+}
+
+/// The IAM verbs topics and subscriptions share (gcloud's `add-iam-policy-binding`,
+/// `remove-iam-policy-binding`, `get-iam-policy`).
+#[derive(clap::Subcommand, Debug)]
+pub enum IamCommand {
     /// Grant a role on it: --member serviceAccount:EMAIL --role roles/pubsub.publisher|subscriber|viewer|editor|admin
     AddIamPolicyBinding(PolicyBinding),
     /// Take a role binding away
@@ -195,29 +194,27 @@ pub struct PolicyBinding {
     role: String,
 }
 
-/// The IAM verbs of topics and subscriptions (`kind` is `topics` or `subscriptions`).
-fn iam(
-    api: &Api,
-    kind: &str,
-    b: Option<(PolicyBinding, bool)>,
-    show: Option<(String, Option<ListFormat>)>,
-) -> Result<()> {
+/// Runs an IAM verb on a topic or subscription (`kind` is `topics` or `subscriptions`).
+fn iam(api: &Api, kind: &str, cmd: IamCommand) -> Result<()> {
     let noun = &kind[..kind.len() - 1];
-    if let Some((b, add)) = b {
+    let change = |b: PolicyBinding, add: bool| {
         let what = format!("{noun} [{}]", full(api, kind, &b.name));
-        return crate::services::change_policy_binding(
+        crate::services::change_policy_binding(
             api,
             &path(api, kind, &b.name)?,
             &what,
             &b.member,
             &b.role,
             add,
-        );
+        )
+    };
+    match cmd {
+        IamCommand::AddIamPolicyBinding(b) => change(b, true),
+        IamCommand::RemoveIamPolicyBinding(b) => change(b, false),
+        IamCommand::GetIamPolicy { name, format } => {
+            crate::services::show_policy(api, &path(api, kind, &name)?, format)
+        }
     }
-    if let Some((name, format)) = show {
-        return crate::services::show_policy(api, &path(api, kind, &name)?, format);
-    }
-    Ok(())
 }
 
 fn path(api: &Api, kind: &str, name: &str) -> Result<String> {
@@ -277,11 +274,7 @@ pub fn run(api: &Api, cmd: PubsubCommand) -> Result<()> {
 
 fn topics(api: &Api, cmd: TopicsCommand) -> Result<()> {
     match cmd {
-        TopicsCommand::AddIamPolicyBinding(b) => iam(api, "topics", Some((b, true)), None)?,
-        TopicsCommand::RemoveIamPolicyBinding(b) => iam(api, "topics", Some((b, false)), None)?,
-        TopicsCommand::GetIamPolicy { name, format } => {
-            iam(api, "topics", None, Some((name, format)))?
-        }
+        TopicsCommand::Iam(c) => iam(api, "topics", c)?,
         TopicsCommand::Create {
             topic,
             message_retention_duration,
@@ -402,15 +395,7 @@ fn create_body(api: &Api, a: &CreateSubscription) -> Result<Value> {
 
 fn subscriptions(api: &Api, cmd: SubscriptionsCommand) -> Result<()> {
     match cmd {
-        SubscriptionsCommand::AddIamPolicyBinding(b) => {
-            iam(api, "subscriptions", Some((b, true)), None)?
-        }
-        SubscriptionsCommand::RemoveIamPolicyBinding(b) => {
-            iam(api, "subscriptions", Some((b, false)), None)?
-        }
-        SubscriptionsCommand::GetIamPolicy { name, format } => {
-            iam(api, "subscriptions", None, Some((name, format)))?
-        }
+        SubscriptionsCommand::Iam(c) => iam(api, "subscriptions", c)?,
         SubscriptionsCommand::Create(a) => {
             let body = create_body(api, &a)?;
             let s: Value = api.send_json(
