@@ -441,3 +441,22 @@ pub fn http_get(port: u16, host: &str, path: &str, token: Option<&str>) -> (u16,
         Err(e) => (0, e.to_string()),
     }
 }
+
+/// `POST http://127.0.0.1:port/path` with a JSON body; returns the status and body.
+pub fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> (u16, String) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    match client
+        .post(format!("http://127.0.0.1:{port}{path}"))
+        .json(body)
+        .send()
+    {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.text().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}

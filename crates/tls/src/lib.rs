@@ -98,11 +98,24 @@ pub fn normalize_host(host: &str) -> String {
 /// only [`ACME_TLS_ALPN`]; else the certificate stored for the exact SNI name; else the one
 /// stored for `*.PARENT` (one label replaced); else the default certificate, if any. With
 /// nothing found the handshake fails (rustls sends `unrecognized_name`/handshake failure).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CertStore {
     by_host: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     default: RwLock<Option<Arc<CertifiedKey>>>,
+    on_miss: RwLock<MissHook>,
+}
+
+/// Called with a host name a client asked for (SNI) that has no certificate of its own; see
+/// [`CertStore::set_on_miss`].
+pub type MissHook = Option<Arc<dyn Fn(&str) + Send + Sync>>;
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("hosts", &self.hosts())
+            .finish_non_exhaustive()
+    }
 }
 
 impl CertStore {
@@ -165,6 +178,14 @@ impl CertStore {
         }
     }
 
+    /// Sets (or with `None` clears) the hook called, without waiting, for each handshake
+    /// naming a host that has no certificate of its own (exact or wildcard); the handshake
+    /// itself goes on with the default certificate or fails. ACME uses it to order a
+    /// certificate on first need; the hook decides whether the name deserves one.
+    pub fn set_on_miss(&self, hook: MissHook) {
+        *write(&self.on_miss) = hook;
+    }
+
     /// Host names (and wildcards) with a stored certificate, sorted.
     pub fn hosts(&self) -> Vec<String> {
         let mut v: Vec<String> = read(&self.by_host).keys().cloned().collect();
@@ -188,7 +209,17 @@ impl ResolvesServerCert for CertStore {
                 .cloned();
         }
         match name {
-            Some(n) => self.lookup(&n),
+            Some(n) => {
+                let found = self.lookup_named(&n);
+                if found.is_some() {
+                    return found;
+                }
+                let hook = read(&self.on_miss).clone();
+                if let Some(hook) = hook {
+                    hook(&normalize_host(&n));
+                }
+                self.lookup(&n)
+            }
             None => self
                 .default
                 .read()
@@ -322,6 +353,45 @@ mod tests {
             leaf(&wild)
         );
         assert_eq!(store.hosts(), vec!["*.apps.example.com".to_string()]);
+    }
+
+    /// Sends a client hello naming `sni` to a server over `store`; returns whether the server
+    /// found a certificate to answer with.
+    fn hello(store: &Arc<CertStore>, sni: &str) -> bool {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::new(server_config(store.clone()))).unwrap();
+        let mut buf = Vec::new();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets().is_ok()
+    }
+
+    #[test]
+    fn handshake_for_unknown_host_calls_the_miss_hook() {
+        let store = CertStore::new();
+        let (c, k) = self_signed(&["known.example.com"]);
+        store.insert(
+            "known.example.com",
+            Arc::new(certified_key_from_pem(c.as_bytes(), k.as_bytes()).unwrap()),
+        );
+        let missed = Arc::new(RwLock::new(Vec::<String>::new()));
+        let m = missed.clone();
+        store.set_on_miss(Some(Arc::new(move |h: &str| {
+            m.write().unwrap().push(h.to_owned())
+        })));
+        assert!(hello(&store, "known.example.com"));
+        assert!(!hello(&store, "New.Example.com"));
+        assert_eq!(*missed.read().unwrap(), vec!["new.example.com".to_string()]);
+        store.set_on_miss(None);
+        assert!(!hello(&store, "other.example.com"));
+        assert_eq!(missed.read().unwrap().len(), 1);
     }
 
     #[test]
