@@ -2,6 +2,7 @@
 //! with the chosen challenge, wait for the order to be ready, finalize with a CSR for a fresh
 //! ECDSA P-256 key, and download the chain.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +19,22 @@ pub(crate) struct Issued {
     pub key_pem: String,
 }
 
-/// Takes down every challenge answer it set up when dropped, whatever happened.
+/// What answers challenges: the HTTP listener's tokens, the HTTPS listener's certificates,
+/// the DNS hook.
+pub(crate) struct Responders<'a> {
+    pub http01: &'a Http01Challenges,
+    pub store: &'a CertStore,
+    pub dns_hook: Option<&'a Path>,
+}
+
+/// Takes down every HTTP-01 and TLS-ALPN-01 answer it set up when dropped, whatever happened
+/// (DNS records are cleared by [`issue`] itself, since that runs a command).
 struct Answers<'a> {
     http01: &'a Http01Challenges,
     store: &'a CertStore,
     tokens: Vec<String>,
     alpn_hosts: Vec<String>,
+    dns_records: Vec<(String, String)>,
 }
 
 impl Drop for Answers<'_> {
@@ -52,17 +63,36 @@ pub(crate) async fn issue(
     account: &Account,
     host: &str,
     kind: ChallengeKind,
-    http01: &Http01Challenges,
-    store: &CertStore,
+    responders: &Responders<'_>,
 ) -> Result<Issued, AcmeError> {
-    let identifiers = [Identifier::Dns(host.to_owned())];
-    let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
     let mut answers = Answers {
-        http01,
-        store,
+        http01: responders.http01,
+        store: responders.store,
         tokens: Vec::new(),
         alpn_hosts: Vec::new(),
+        dns_records: Vec::new(),
     };
+    let result = run_order(account, host, kind, responders, &mut answers).await;
+    if let Some(hook) = responders.dns_hook {
+        for (name, value) in std::mem::take(&mut answers.dns_records) {
+            if let Err(e) = run_dns_hook(hook, "clear", &name, &value).await {
+                tracing::warn!(name, error = %e, "the DNS hook did not clear a record");
+            }
+        }
+    }
+    result
+}
+
+async fn run_order(
+    account: &Account,
+    host: &str,
+    kind: ChallengeKind,
+    responders: &Responders<'_>,
+    answers: &mut Answers<'_>,
+) -> Result<Issued, AcmeError> {
+    let (http01, store) = (responders.http01, responders.store);
+    let identifiers = [Identifier::Dns(host.to_owned())];
+    let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
     let mut auths = order.authorizations();
     while let Some(auth) = auths.next().await {
         let mut auth = auth?;
@@ -99,6 +129,16 @@ pub(crate) async fn issue(
                 store.set_alpn_challenge(host, Some(Arc::new(cert)));
                 answers.alpn_hosts.push(host.to_owned());
             }
+            ChallengeKind::Dns01 => {
+                let hook = responders.dns_hook.ok_or_else(|| AcmeError::Host {
+                    host: host.to_owned(),
+                    reason: "DNS-01 needs --acme-dns-hook".into(),
+                })?;
+                let name = format!("_acme-challenge.{}", host.trim_start_matches("*."));
+                let value = key_auth.dns_value();
+                answers.dns_records.push((name.clone(), value.clone()));
+                run_dns_hook(hook, "set", &name, &value).await?;
+            }
         }
         challenge
             .set_ready()
@@ -126,7 +166,6 @@ pub(crate) async fn issue(
             detail,
         });
     }
-    drop(answers);
 
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(vec![host.to_owned()])?;
@@ -138,6 +177,35 @@ pub(crate) async fn issue(
         chain_pem,
         key_pem: key.serialize_pem(),
     })
+}
+
+/// Runs `hook OP NAME VALUE` (at most two minutes).
+///
+/// Errors: [`AcmeError::DnsHook`] when it cannot run, exits non-zero or takes too long.
+async fn run_dns_hook(hook: &Path, op: &str, name: &str, value: &str) -> Result<(), AcmeError> {
+    let fail = |reason: String| AcmeError::DnsHook {
+        hook: hook.display().to_string(),
+        op: op.to_owned(),
+        name: name.to_owned(),
+        reason,
+    };
+    let run = tokio::process::Command::new(hook)
+        .args([op, name, value])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .map_err(|_| fail("did not finish within 2 minutes".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// The TLS-ALPN-01 validation certificate for `host` (RFC 8737 §3): self-signed, `host` as its

@@ -2,7 +2,8 @@
 //!
 //! [`AcmeManager`] keeps one account per directory URL, obtains a certificate per host name
 //! with the HTTP-01 (RFC 8555 §8.3) or TLS-ALPN-01 (RFC 8737) challenge — whichever the CA
-//! offers, HTTP-01 first, the other after a failed attempt —, stores it under
+//! offers, HTTP-01 first, the other after a failed attempt — or, for a wildcard, DNS-01
+//! (RFC 8555 §8.4) through a user's hook command, stores it under
 //! `DATA/acme/certs/HOST/` and puts it into the ingress's [`skiff_tls::CertStore`], renews it
 //! once less than a third of its lifetime is left, and backs off exponentially per host after
 //! a failure. Only host names the caller's [`HostFilter`] accepts (the hosts Skiff routes) are
@@ -55,6 +56,18 @@ pub enum AcmeError {
         host: String,
         /// The challenge types offered, comma-separated.
         offered: String,
+    },
+    /// The DNS-01 hook failed.
+    #[error("the ACME DNS hook `{hook} {op} {name} ...` failed: {reason}")]
+    DnsHook {
+        /// The command.
+        hook: String,
+        /// `set` or `clear`.
+        op: String,
+        /// The TXT record's name.
+        name: String,
+        /// How it failed.
+        reason: String,
     },
     /// The CA could not validate the challenge.
     #[error("the ACME CA could not validate {kind} for {host:?}: {detail}")]

@@ -35,6 +35,9 @@ pub enum ChallengeKind {
     /// `tls-alpn-01`: a self-signed certificate for a handshake offering `acme-tls/1`
     /// (RFC 8737), served by the HTTPS listener from [`CertStore`]; the CA connects to 443.
     TlsAlpn01,
+    /// `dns-01`: a TXT record at `_acme-challenge.DOMAIN` (RFC 8555 §8.4), set and cleared by
+    /// the [`AcmeConfig::dns_hook`] command; the only way to a wildcard (`*.DOMAIN`).
+    Dns01,
 }
 
 impl ChallengeKind {
@@ -42,6 +45,7 @@ impl ChallengeKind {
         match self {
             ChallengeKind::Http01 => ChallengeType::Http01,
             ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            ChallengeKind::Dns01 => ChallengeType::Dns01,
         }
     }
 }
@@ -51,6 +55,7 @@ impl fmt::Display for ChallengeKind {
         f.write_str(match self {
             ChallengeKind::Http01 => "http-01",
             ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
         })
     }
 }
@@ -74,6 +79,11 @@ pub struct AcmeConfig {
     pub max_in_flight: usize,
     /// How often stored certificates are checked for renewal.
     pub check_every: Duration,
+    /// The DNS-01 hook (`--acme-dns-hook CMD`), run as `CMD set NAME VALUE` before the CA is
+    /// asked to validate and `CMD clear NAME VALUE` after, NAME being
+    /// `_acme-challenge.DOMAIN` (no trailing dot) and VALUE the TXT record's text; it must
+    /// exit 0 once the record is published. Needed for wildcard names only.
+    pub dns_hook: Option<PathBuf>,
 }
 
 impl AcmeConfig {
@@ -88,6 +98,7 @@ impl AcmeConfig {
             challenges: vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
             max_in_flight: 4,
             check_every: Duration::from_secs(3600),
+            dns_hook: None,
         }
     }
 }
@@ -306,6 +317,9 @@ impl AcmeManager {
         if host.is_empty() || host.starts_with('[') || !(self.filter)(&host) {
             return false;
         }
+        if host.starts_with("*.") && self.cfg.dns_hook.is_none() {
+            return false;
+        }
         {
             let mut hosts = self.hosts();
             let s = hosts.entry(host.clone()).or_default();
@@ -379,8 +393,22 @@ impl AcmeManager {
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        let wildcard = host.starts_with("*.");
+        if wildcard && self.cfg.dns_hook.is_none() {
+            return Err(AcmeError::Host {
+                host,
+                reason:
+                    "a wildcard certificate needs the DNS-01 challenge; give --acme-dns-hook CMD"
+                        .into(),
+            });
+        }
+        let kinds = if wildcard {
+            vec![ChallengeKind::Dns01]
+        } else {
+            self.cfg.challenges.clone()
+        };
         let mut last = None;
-        for &kind in &self.cfg.challenges {
+        for kind in kinds {
             let mut attempt = self.issue_once(&host, kind).await;
             if attempt.as_ref().err().is_some_and(is_account_missing) {
                 // The CA forgot the account (a test CA restarted): register anew, once.
@@ -411,7 +439,12 @@ impl AcmeManager {
     ) -> Result<issue::Issued, AcmeError> {
         let account = self.account().await?;
         self.orders.fetch_add(1, Ordering::Relaxed);
-        issue::issue(&account, host, kind, &self.http01, &self.store).await
+        let responders = issue::Responders {
+            http01: &self.http01,
+            store: &self.store,
+            dns_hook: self.cfg.dns_hook.as_deref(),
+        };
+        issue::issue(&account, host, kind, &responders).await
     }
 
     fn install(&self, host: &str, issued: &issue::Issued) -> Result<CertInfo, AcmeError> {

@@ -311,3 +311,50 @@ fn a_handshake_for_a_routed_host_orders_its_certificate() {
     assert_eq!(m.status("other.example.test"), CertStatus::NotRouted);
     assert_eq!(s.pebble.issued(), 1);
 }
+
+#[test]
+fn a_wildcard_certificate_through_the_dns_hook() {
+    let s = setup(true);
+    let wildcard = "*.wild.example.test";
+    let hook = s.pebble.dns_hook(s.data.path());
+    let mut cfg = AcmeConfig::new(s.pebble.directory(), s.data.path().join("acme"));
+    cfg.ca_bundle = Some(s.pebble.https_ca_file());
+    let filter: HostFilter = Arc::new(move |h: &str| h == wildcard);
+    let without_hook = {
+        let _g = s.rt.enter();
+        AcmeManager::new(
+            cfg.clone(),
+            s.store.clone(),
+            s.http01.clone(),
+            filter.clone(),
+        )
+        .unwrap()
+    };
+    let err = s.rt.block_on(without_hook.obtain(wildcard)).unwrap_err();
+    assert!(err.to_string().contains("--acme-dns-hook"), "{err}");
+    assert_eq!(without_hook.orders_placed(), 0);
+
+    cfg.dns_hook = Some(hook);
+    let m = {
+        let _g = s.rt.enter();
+        AcmeManager::new(cfg, s.store.clone(), s.http01.clone(), filter).unwrap()
+    };
+    let info =
+        s.rt.block_on(m.obtain(wildcard))
+            .unwrap_or_else(|e| panic!("{e}\npebble log:\n{}", s.pebble.log()));
+    // Any one-label name under the domain gets it.
+    assert_eq!(s.served_serial("a.wild.example.test").unwrap(), info.serial);
+    assert_eq!(s.served_serial("b.wild.example.test").unwrap(), info.serial);
+    assert!(s.served_serial("a.b.wild.example.test").is_err());
+    // The record was set, then cleared.
+    let log = std::fs::read_to_string(s.data.path().join("hook.log")).unwrap();
+    assert_eq!(
+        log,
+        "set _acme-challenge.wild.example.test\nclear _acme-challenge.wild.example.test\n"
+    );
+    assert!(s
+        .data
+        .path()
+        .join("acme/certs/*.wild.example.test/cert.pem")
+        .exists());
+}

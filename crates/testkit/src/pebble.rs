@@ -134,6 +134,39 @@ impl Pebble {
         assert_eq!(status, 200, "challtestsrv /add-a: {text}");
     }
 
+    /// The port of challtestsrv's management API (`/set-txt`, `/clear-txt`, `/add-a`...).
+    pub fn dns_management_port(&self) -> u16 {
+        self.dns_mgmt_port
+    }
+
+    /// Writes an `--acme-dns-hook` command into `dir` that sets and clears TXT records in
+    /// challtestsrv (Python, `hook set|clear NAME VALUE`) and logs each call to `hook.log`
+    /// beside it; returns its path.
+    pub fn dns_hook(&self, dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("dns-hook");
+        let log = dir.join("hook.log");
+        let script = format!(
+            r#"#!/usr/bin/env python3
+import json, sys, urllib.request
+op, name, value = sys.argv[1:4]
+with open({log:?}, "a") as f:
+    f.write(f"{{op}} {{name}}\n")
+body = {{"host": name + "."}}
+if op == "set":
+    body["value"] = value
+path = "/set-txt" if op == "set" else "/clear-txt"
+req = urllib.request.Request("http://127.0.0.1:{port}" + path, data=json.dumps(body).encode(), method="POST")
+urllib.request.urlopen(req, timeout=30).read()
+"#,
+            log = log.display().to_string(),
+            port = self.dns_mgmt_port
+        );
+        std::fs::write(&path, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
     /// Pebble's issuing root (regenerated at each start), PEM, from its management API.
     pub fn root_pem(&self) -> String {
         let (status, body) = https_get(
