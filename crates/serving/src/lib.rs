@@ -94,7 +94,12 @@ pub struct Serving {
     pools: Mutex<HashMap<RevKey, Arc<Pool>>>,
     keys: auth::TokenKeys,
     host_dirs: Vec<PathBuf>,
+    route_hook: RwLock<Option<RouteHook>>,
 }
+
+/// Called with the host names a service answers at (its own and one per tag) each time its
+/// route is set; see [`Serving::set_route_hook`].
+pub type RouteHook = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 impl Serving {
     pub fn new(cfg: ServingConfig) -> Arc<Serving> {
@@ -118,6 +123,7 @@ impl Serving {
             pools: Mutex::new(HashMap::new()),
             keys: auth::TokenKeys::new(&cfg.token_secret),
             host_dirs,
+            route_hook: RwLock::new(None),
         });
         let weak = Arc::downgrade(&serving);
         tokio::spawn(async move {
@@ -275,7 +281,41 @@ impl Serving {
             .unwrap_or_else(|e| e.into_inner())
             .insert((ns.to_string(), service.to_string()), route);
         self.refresh_serving(ns, service);
+        let hook = self
+            .route_hook
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            let mut hosts = vec![skiff_model::service_host(ns, service, None)];
+            hosts.extend(
+                spec.tags
+                    .iter()
+                    .map(|(t, _)| skiff_model::service_host(ns, service, Some(t))),
+            );
+            hook(&hosts);
+        }
         Ok(())
+    }
+
+    /// Sets the hook told of a service's host names whenever its route is set (a deploy, a
+    /// traffic change, a restart's restore); the server uses it to order their certificates
+    /// as soon as a service exists. It must not block.
+    pub fn set_route_hook(&self, hook: Option<RouteHook>) {
+        *self.route_hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    /// Whether the ingress routes `host` (any case, with or without a port) to a service: the
+    /// host names a service (and tag, if any) that has a route. What ACME asks before ordering
+    /// a certificate for a name a client sent.
+    pub fn routes_host(&self, host: &str) -> bool {
+        let Some((ns, service, tag)) = skiff_model::parse_service_host(host) else {
+            return false;
+        };
+        match self.route(&ns, &service) {
+            Some(route) => tag.is_none_or(|t| route.tags.contains_key(&t)),
+            None => false,
+        }
     }
 
     pub fn remove_route(&self, ns: &str, service: &str) {
