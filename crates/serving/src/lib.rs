@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-pub use ingress::{serve_ingress, IngressLimits};
+pub use ingress::{serve_ingress, serve_ingress_tls, IngressLimits};
 pub use skiff_runtime::logs::{self, LogLine, LogResource, LogSink, LogSource};
 
 pub struct ServingConfig {
@@ -44,6 +44,31 @@ pub struct ServingConfig {
     pub secrets: Arc<skiff_secrets::SecretStore>,
     /// Host directories (canonical) that revisions and jobs may mount read-only.
     pub host_dirs: Vec<PathBuf>,
+    /// What the HTTPS listener serves and the HTTP listener redirects for.
+    pub https: HttpsConfig,
+}
+
+/// The HTTPS side of the ingress, shared by its listeners.
+#[derive(Clone)]
+pub struct HttpsConfig {
+    /// Certificates by host name (and the user's `--tls-cert` as the default): the HTTPS
+    /// listener's SNI resolver; a host they cover gets a redirect from plain HTTP.
+    pub certs: Arc<skiff_tls::CertStore>,
+    /// ACME HTTP-01 answers, served by the HTTP listener before any routing.
+    pub http01: Arc<skiff_tls::Http01Challenges>,
+    /// The HTTPS listener's port (`--https`), for redirects; `None`: no HTTPS listener, and
+    /// plain HTTP is never redirected.
+    pub port: Option<u16>,
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        HttpsConfig {
+            certs: skiff_tls::CertStore::new(),
+            http01: skiff_tls::Http01Challenges::new(),
+            port: None,
+        }
+    }
 }
 
 /// Where a service's traffic goes, as the control plane resolved it.
@@ -94,6 +119,9 @@ pub struct Serving {
     pools: Mutex<HashMap<RevKey, Arc<Pool>>>,
     keys: auth::TokenKeys,
     host_dirs: Vec<PathBuf>,
+    https: HttpsConfig,
+    /// Connections per client address, counted across the ingress listeners.
+    clients: Arc<ingress::PerClient>,
     route_hook: RwLock<Option<RouteHook>>,
 }
 
@@ -123,6 +151,8 @@ impl Serving {
             pools: Mutex::new(HashMap::new()),
             keys: auth::TokenKeys::new(&cfg.token_secret),
             host_dirs,
+            https: cfg.https,
+            clients: Arc::default(),
             route_hook: RwLock::new(None),
         });
         let weak = Arc::downgrade(&serving);
@@ -159,6 +189,17 @@ impl Serving {
     /// Host directories (canonical paths) revisions and jobs may mount, with what is below.
     pub fn host_dirs(&self) -> &[PathBuf] {
         &self.host_dirs
+    }
+
+    /// The ingress's certificates by host name (what the HTTPS listener serves; ACME puts
+    /// what it obtains here).
+    pub fn certs(&self) -> &Arc<skiff_tls::CertStore> {
+        &self.https.certs
+    }
+
+    /// The ACME HTTP-01 answers the HTTP listener serves.
+    pub fn http01(&self) -> &Arc<skiff_tls::Http01Challenges> {
+        &self.https.http01
     }
 
     /// The secret store instances resolve their secret references from.

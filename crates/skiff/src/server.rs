@@ -20,6 +20,18 @@ pub struct ServerArgs {
         default_value = "127.0.0.1:8080"
     )]
     ingress: String,
+    /// Where services are served over HTTPS (TLS 1.2/1.3, HTTP/2 or HTTP/1.1 by ALPN, the
+    /// certificate by SNI), e.g. 0.0.0.0:443 [default: no HTTPS]. Plain HTTP to a host that has
+    /// a certificate is then redirected here.
+    #[arg(long, value_name = "ADDR")]
+    https: Option<String>,
+    /// The certificate chain (PEM, leaf first) the HTTPS ingress serves by default, reloaded
+    /// when the file changes; needs --tls-key and --https.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
     /// A YAML file whose keys are these flags without their dashes (`api: 0.0.0.0:8081`);
     /// a flag on the command line wins over the file's key.
     #[arg(long, value_name = "FILE")]
@@ -196,6 +208,21 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
     })?;
 
     pubsub_addr(&args)?;
+    let https_addr = https_addr(&args)?;
+    // A bad pair stops start-up here, naming the files.
+    let user_cert = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            if https_addr.is_none() {
+                bail!("--tls-cert and --tls-key need --https ADDR (e.g. --https 0.0.0.0:443) to serve them on");
+            }
+            let mut user = skiff_tls::UserCertificate::new(cert.clone(), key.clone());
+            let certs = skiff_tls::CertStore::new();
+            user.install(&certs).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some((user, certs))
+        }
+        (None, None) => None,
+        _ => bail!("give both --tls-cert FILE and --tls-key FILE, or neither"),
+    };
 
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -220,26 +247,109 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
     rt.block_on(serve(
         data_dir,
         args,
-        ingress_addr,
-        api_addr,
+        Addrs {
+            ingress: ingress_addr,
+            https: https_addr,
+            api: api_addr,
+        },
+        user_cert,
         admin_token,
         signing_key,
         prices,
     ))
 }
 
+/// The listeners' addresses, checked.
+struct Addrs {
+    ingress: std::net::SocketAddr,
+    https: Option<std::net::SocketAddr>,
+    api: std::net::SocketAddr,
+}
+
+fn https_addr(args: &ServerArgs) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    args.https
+        .as_deref()
+        .map(|a| {
+            a.parse().with_context(|| {
+                format!("invalid --https {a:?}: use HOST:PORT like 0.0.0.0:443 or 127.0.0.1:8443")
+            })
+        })
+        .transpose()
+}
+
+/// How often `--tls-cert`/`--tls-key` are read again to see whether they changed.
+const USER_CERT_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the user's certificate when its files change, for as long as the server runs; a
+/// pair that does not load is logged (file names and the reason, never key material) and the
+/// certificate being served is kept.
+fn watch_user_certificate(
+    mut user: skiff_tls::UserCertificate,
+    certs: Arc<skiff_tls::CertStore>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(USER_CERT_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (u, c) = (user, certs.clone());
+            let (u, outcome) = match tokio::task::spawn_blocking(move || {
+                let mut u = u;
+                let r = u.reload_if_changed(&c);
+                (u, r)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            user = u;
+            match outcome {
+                Some(Ok(())) => tracing::info!("reloaded the --tls-cert certificate"),
+                Some(Err(e)) => {
+                    tracing::warn!("{e}; still serving the previous certificate")
+                }
+                None => {}
+            }
+        }
+    })
+}
+
 async fn serve(
     data_dir: std::path::PathBuf,
     args: ServerArgs,
-    ingress_addr: std::net::SocketAddr,
-    api_addr: std::net::SocketAddr,
+    addrs: Addrs,
+    user_cert: Option<(skiff_tls::UserCertificate, Arc<skiff_tls::CertStore>)>,
     admin_token: String,
     signing_key: String,
     prices: skiff_metering::Prices,
 ) -> anyhow::Result<()> {
+    let (ingress_addr, api_addr) = (addrs.ingress, addrs.api);
     let ingress = tokio::net::TcpListener::bind(ingress_addr)
         .await
         .with_context(|| format!("cannot listen on --http {ingress_addr}"))?;
+    let https_listener = match addrs.https {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on --https {a}"))?,
+        ),
+        None => None,
+    };
+    // One certificate store for the process: the user's certificate is its default, and
+    // ACME and domain mappings add theirs (through `Serving::certs`).
+    let (user_cert, certs) = match user_cert {
+        Some((user, certs)) => (Some(user), certs),
+        None => (None, skiff_tls::CertStore::new()),
+    };
+    let https = skiff_serving::HttpsConfig {
+        certs: certs.clone(),
+        http01: skiff_tls::Http01Challenges::new(),
+        port: match &https_listener {
+            Some(l) => Some(l.local_addr()?.port()),
+            None => None,
+        },
+    };
     let api = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;
@@ -313,7 +423,9 @@ async fn serve(
         token_secret: signing_key.into_bytes(),
         secrets: secrets.clone(),
         host_dirs,
+        https,
     });
+    let cert_watch = user_cert.map(|u| watch_user_certificate(u, certs.clone()));
     let platform = match &network {
         Some(net) => {
             match services_for_instances(
@@ -446,6 +558,16 @@ async fn serve(
         Duration::from_secs(30),
         args.ingress_limits(),
     ));
+    let https_task = https_listener.map(|listener| {
+        tokio::spawn(skiff_serving::serve_ingress_tls(
+            serving.clone(),
+            listener,
+            Arc::new(skiff_tls::server_config(certs.clone())),
+            wait_stop(stop_rx.clone()),
+            Duration::from_secs(30),
+            args.ingress_limits(),
+        ))
+    });
     pubsub.set_pusher(skiff_pubsub::push::starter(
         skiff_pubsub::push::PushSettings {
             ingress_port,
@@ -467,8 +589,12 @@ async fn serve(
             wait_stop(stop_rx.clone()),
         )
     });
+    let https_note = match addrs.https {
+        Some(a) => format!(" and https://{a}"),
+        None => String::new(),
+    };
     tracing::info!(
-        "serving: ingress http://{ingress_addr}, API http://{api_addr}, Pub/Sub {pubsub_addr}, data {}",
+        "serving: ingress http://{ingress_addr}{https_note}, API http://{api_addr}, Pub/Sub {pubsub_addr}, data {}",
         data_dir.display()
     );
 
@@ -479,7 +605,14 @@ async fn serve(
     }
     tracing::info!("shutting down: draining requests, stopping instances");
     let _ = stop_tx.send(true);
-    let _ = ingress_task.await;
+    if let Some(t) = cert_watch {
+        t.abort();
+    }
+    let _ = tokio::join!(ingress_task, async {
+        if let Some(t) = https_task {
+            let _ = t.await;
+        }
+    });
     // The API may hold a follow-mode log stream open forever: do not wait long for it.
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     // Streaming pulls stay open until their clients go: do not wait long for them.
