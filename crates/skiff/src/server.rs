@@ -32,6 +32,8 @@ pub struct ServerArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE")]
     tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    acme: crate::acme::AcmeArgs,
     /// A YAML file whose keys are these flags without their dashes (`api: 0.0.0.0:8081`);
     /// a flag on the command line wins over the file's key.
     #[arg(long, value_name = "FILE")]
@@ -209,6 +211,7 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
 
     pubsub_addr(&args)?;
     let https_addr = https_addr(&args)?;
+    args.acme.check(https_addr.is_some())?;
     // A bad pair stops start-up here, naming the files.
     let user_cert = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -426,6 +429,8 @@ async fn serve(
         https,
     });
     let cert_watch = user_cert.map(|u| watch_user_certificate(u, certs.clone()));
+    // Before the restore below sets the services' routes, so each gets its certificate.
+    let acme = crate::acme::start(&args.acme, &data_dir, &serving)?;
     let platform = match &network {
         Some(net) => {
             match services_for_instances(
@@ -608,6 +613,8 @@ async fn serve(
     if let Some(t) = cert_watch {
         t.abort();
     }
+    // Orders under way end with the runtime; what was issued is already on disk.
+    drop(acme);
     let _ = tokio::join!(ingress_task, async {
         if let Some(t) = https_task {
             let _ = t.await;
