@@ -46,6 +46,8 @@ pub struct ServingConfig {
     pub host_dirs: Vec<PathBuf>,
     /// What the HTTPS listener serves and the HTTP listener redirects for.
     pub https: HttpsConfig,
+    /// The host names services answer at (`--domain`).
+    pub urls: skiff_model::ServiceUrls,
 }
 
 /// The HTTPS side of the ingress, shared by its listeners.
@@ -120,6 +122,7 @@ pub struct Serving {
     keys: auth::TokenKeys,
     host_dirs: Vec<PathBuf>,
     https: HttpsConfig,
+    urls: skiff_model::ServiceUrls,
     /// Connections per client address, counted across the ingress listeners.
     clients: Arc<ingress::PerClient>,
 }
@@ -147,6 +150,7 @@ impl Serving {
             keys: auth::TokenKeys::new(&cfg.token_secret),
             host_dirs,
             https: cfg.https,
+            urls: cfg.urls,
             clients: Arc::default(),
         });
         let weak = Arc::downgrade(&serving);
@@ -189,6 +193,11 @@ impl Serving {
     /// what it obtains here).
     pub fn certs(&self) -> &Arc<skiff_tls::CertStore> {
         &self.https.certs
+    }
+
+    /// The host names and URLs services get.
+    pub fn urls(&self) -> &skiff_model::ServiceUrls {
+        &self.urls
     }
 
     /// The ACME HTTP-01 answers the HTTP listener serves.

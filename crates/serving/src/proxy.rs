@@ -207,21 +207,23 @@ impl Serving {
                 }
             }
         }
-        let Some((ns, service, tag)) = skiff_model::parse_service_host(&host) else {
+        let readings = self.urls.parse(&host);
+        if readings.is_empty() {
             return platform_response(
                 StatusCode::NOT_FOUND,
                 &format!("no service answers at host {host:?}"),
             );
+        }
+        let found = {
+            let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+            readings.iter().find_map(|(ns, service, tag)| {
+                routes
+                    .get(&(ns.clone(), service.clone()))
+                    .map(|r| (ns.clone(), service.clone(), tag.clone(), r.clone()))
+            })
         };
-        let key = (ns, service);
-        let route = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
-        let (ns, service) = key;
-        let Some(route) = route else {
+        let Some((ns, service, tag, route)) = found else {
+            let (ns, service, _) = &readings[0];
             return platform_response(
                 StatusCode::NOT_FOUND,
                 &format!("service {service} not found in project {ns}"),
@@ -237,12 +239,12 @@ impl Serving {
             );
         }
         if !route.public {
-            let bare_host = skiff_model::service_host(&ns, &service, tag.as_deref());
+            let hosts = self.urls.hosts(&ns, &service, tag.as_deref());
             let auth = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            match self.keys.verify(auth, &bare_host, &route.invokers) {
+            match self.keys.verify(auth, &hosts, &route.invokers) {
                 Verdict::Allowed => {}
                 Verdict::Missing => {
                     return platform_response(

@@ -25,6 +25,11 @@ pub struct ServerArgs {
     /// a certificate is then redirected here.
     #[arg(long, value_name = "ADDR")]
     https: Option<String>,
+    /// The DNS name services get their URLs under: `https://SERVICE.DOMAIN` (with --https;
+    /// `TAG---SERVICE-PROJECT.DOMAIN` for tags and projects other than `default`, so one
+    /// `*.DOMAIN` certificate covers all) [default: localhost, `http://SERVICE.localhost:PORT`].
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Option<String>,
     /// The certificate chain (PEM, leaf first) the HTTPS ingress serves by default, reloaded
     /// when the file changes; needs --tls-key and --https.
     #[arg(long, value_name = "FILE")]
@@ -209,6 +214,8 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
 
     pubsub_addr(&args)?;
     let https_addr = https_addr(&args)?;
+    skiff_model::ServiceUrls::new(args.domain.as_deref(), 0, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // A bad pair stops start-up here, naming the files.
     let user_cert = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -342,14 +349,21 @@ async fn serve(
         Some((user, certs)) => (Some(user), certs),
         None => (None, skiff_tls::CertStore::new()),
     };
+    let https_port = match &https_listener {
+        Some(l) => Some(l.local_addr()?.port()),
+        None => None,
+    };
     let https = skiff_serving::HttpsConfig {
         certs: certs.clone(),
         http01: skiff_tls::Http01Challenges::new(),
-        port: match &https_listener {
-            Some(l) => Some(l.local_addr()?.port()),
-            None => None,
-        },
+        port: https_port,
     };
+    let urls = skiff_model::ServiceUrls::new(
+        args.domain.as_deref(),
+        ingress.local_addr()?.port(),
+        https_port,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let api = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;
@@ -424,6 +438,7 @@ async fn serve(
         secrets: secrets.clone(),
         host_dirs,
         https,
+        urls: urls.clone(),
     });
     let cert_watch = user_cert.map(|u| watch_user_certificate(u, certs.clone()));
     let platform = match &network {
@@ -465,7 +480,7 @@ async fn serve(
             as skiff_jobs::scheduler::TokenMinter
     };
     let scheduler =
-        skiff_jobs::scheduler::Scheduler::new(store.clone(), jobs.clone(), ingress_port, minter);
+        skiff_jobs::scheduler::Scheduler::new(store.clone(), jobs.clone(), urls.clone(), minter);
     let checkpoints =
         skiff_api::usage::start_checkpoints(meters.clone(), store.clone(), metrics.clone());
     let controller = Controller::new(store.clone(), images, serving.clone(), ingress_port);
@@ -473,7 +488,7 @@ async fn serve(
         .restore()
         .await
         .map_err(|e| anyhow::anyhow!("restoring services: {}", e.message))?;
-    let triggers = skiff_events::Triggers::new(store.clone(), pubsub.clone(), ingress_port);
+    let triggers = skiff_events::Triggers::new(store.clone(), pubsub.clone(), urls.clone());
     // Set before resuming, so executions a previous run left running are reported too.
     jobs.on_finished({
         let triggers = triggers.clone();
@@ -571,6 +586,7 @@ async fn serve(
     pubsub.set_pusher(skiff_pubsub::push::starter(
         skiff_pubsub::push::PushSettings {
             ingress_port,
+            domain: urls.domain().map(str::to_string),
             mint: {
                 let serving = serving.clone();
                 Arc::new(move |account: &str, aud: &str| serving.mint_token_for(account, Some(aud)))
