@@ -407,7 +407,9 @@ async fn serve(
             skiff_network::NetworkConfig {
                 subnet: args.network_subnet,
                 deny: args.network_deny.clone(),
-                host_ports: vec![ingress_port],
+                // The ingress's ports on the gateway: HTTP, and HTTPS so that a service calls
+                // another by its `https://` URL under --domain.
+                host_ports: std::iter::once(ingress_port).chain(https_port).collect(),
                 prepared: args.network_prepared,
             },
         )
@@ -446,8 +448,11 @@ async fn serve(
             match services_for_instances(
                 net,
                 &serving,
-                ingress_addr,
-                ingress_port,
+                InstanceIngress {
+                    http: ingress_addr,
+                    https: addrs.https.zip(https_port),
+                    certs: certs.clone(),
+                },
                 args.ingress_limits(),
             )
             .await
@@ -664,17 +669,25 @@ impl InstanceServices {
     }
 }
 
+/// The ingress's listeners, as instances are to find them on the gateway.
+struct InstanceIngress {
+    http: std::net::SocketAddr,
+    /// The HTTPS listener's address (as given) and port (as bound).
+    https: Option<(std::net::SocketAddr, u16)>,
+    certs: Arc<skiff_tls::CertStore>,
+}
+
 async fn services_for_instances(
     net: &Arc<skiff_network::Network>,
     serving: &Arc<Serving>,
-    ingress_addr: std::net::SocketAddr,
-    ingress_port: u16,
+    ingress_at: InstanceIngress,
     limits: skiff_serving::IngressLimits,
 ) -> anyhow::Result<InstanceServices> {
     use skiff_network::dns::LocalAnswer;
     let gw = net.gateway();
+    let ingress_port = ingress_at.http.port();
     // An ingress on every address already answers on the gateway's.
-    let ingress = if ingress_addr.ip().is_unspecified() {
+    let ingress = if ingress_at.http.ip().is_unspecified() {
         None
     } else {
         Some(
@@ -683,13 +696,24 @@ async fn services_for_instances(
                 .with_context(|| format!("cannot listen for instances on {gw}:{ingress_port}"))?,
         )
     };
+    let https_ingress = match ingress_at.https {
+        Some((addr, port)) if !addr.ip().is_unspecified() => Some(
+            tokio::net::TcpListener::bind((gw, port))
+                .await
+                .with_context(|| format!("cannot listen for instances on {gw}:{port}"))?,
+        ),
+        _ => None,
+    };
+    let domain = serving.urls().domain().map(|d| format!(".{d}"));
     let metadata = tokio::net::TcpListener::bind((gw, 80))
         .await
         .with_context(|| format!("cannot listen for the metadata server on {gw}:80"))?;
     let answer: skiff_network::dns::Answerer = Arc::new(move |name: &str| {
         if name == "localhost" {
             LocalAnswer::A(std::net::Ipv4Addr::LOCALHOST)
-        } else if name.ends_with(".localhost") {
+        } else if name.ends_with(".localhost")
+            || domain.as_deref().is_some_and(|d| name.ends_with(d))
+        {
             // Service hosts: the ingress as instances see it.
             LocalAnswer::A(gw)
         } else if name == "metadata.google.internal" {
@@ -732,9 +756,23 @@ async fn services_for_instances(
             }
         }
     });
+    let https_task = https_ingress.map(|listener| {
+        tokio::spawn(skiff_serving::serve_ingress_tls(
+            serving.clone(),
+            listener,
+            Arc::new(skiff_tls::server_config(ingress_at.certs.clone())),
+            std::future::pending(),
+            Duration::from_secs(1),
+            limits.clone(),
+        ))
+    });
     Ok(InstanceServices {
         dns,
-        tasks: ingress_task.into_iter().chain([metadata_task]).collect(),
+        tasks: ingress_task
+            .into_iter()
+            .chain(https_task)
+            .chain([metadata_task])
+            .collect(),
     })
 }
 

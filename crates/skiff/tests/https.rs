@@ -4,7 +4,7 @@
 //! to HTTPS for the names the certificate covers, and start-up refusing a bad pair. They need
 //! root (the server does) and curl.
 
-use skiff_testkit::{TestCa, TestServer, TlsClient};
+use skiff_testkit::{busybox_image, ImageSpec, TestCa, TestServer, TlsClient};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -410,4 +410,50 @@ fn domain_urls_are_printed_routed_and_reached_by_curl_python_and_wrk() {
     );
     // The localhost names still answer.
     assert_eq!(s.get("hello.localhost", "/index.html", None).0, 200);
+
+    // Inside an instance the domain's names resolve to the ingress on the bridge: plain HTTP
+    // is served there (not redirected), and so is HTTPS at the printed URL.
+    let subnet = s.subnet.clone().expect("the test server's instance subnet");
+    let gw = subnet.replace(".0/24", ".1");
+    let looked_up = s.sh("hello", "nslookup hello-team-a.apps.test 2>&1");
+    assert!(
+        looked_up
+            .lines()
+            .skip_while(|l| !l.starts_with("Name:"))
+            .any(|l| l.contains(&gw)),
+        "{looked_up}"
+    );
+    let out = s.sh(
+        "hello",
+        &format!(
+            "{{ printf 'GET /index.html HTTP/1.0\\r\\nHost: hello-team-a.apps.test\\r\\n\\r\\n'; sleep 1; }} | nc -w 3 {gw} {}",
+            s.ingress
+        ),
+    );
+    assert!(
+        out.starts_with("HTTP/1.0 200") && out.contains("hello from skiff"),
+        "{out}"
+    );
+    // A service calling another at its printed https:// URL: curl (the host's, with the
+    // libraries it links) in an image of its own, trusting the test CA.
+    let img = tempfile::tempdir().unwrap();
+    let mut spec = ImageSpec {
+        binaries: vec!["/usr/bin/curl".into()],
+        ..ImageSpec::default()
+    };
+    spec.files.push(("ca.pem".into(), ca.pem(), 0o644));
+    let layout = busybox_image(&img.path().join("caller"), "caller", &spec);
+    s.ok(&["images", "import", layout.to_str().unwrap()]);
+    s.ok(&[
+        "deploy",
+        "caller",
+        "--image",
+        "caller",
+        "--allow-unauthenticated",
+    ]);
+    let out = s.sh(
+        "caller",
+        &format!("/app/curl -sS --max-time 60 --cacert /ca.pem {team_url}/index.html 2>&1"),
+    );
+    assert!(out.contains("hello from skiff"), "{out}");
 }
