@@ -408,6 +408,34 @@ fn domain_urls_are_printed_routed_and_reached_by_curl_python_and_wrk() {
             .contains(&format!("location: {url}/x")),
         "{head}"
     );
+    // A Pub/Sub push to the printed https:// URL reaches the service (through the local
+    // ingress, not redirected) and is logged as an HTTPS request.
+    s.ok(&["pubsub", "topics", "create", "orders"]);
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "to-hello",
+        "--topic",
+        "orders",
+        "--push-endpoint",
+        &format!("{url}/cgi-bin/env?pushed"),
+    ]);
+    s.ok(&["pubsub", "topics", "publish", "orders", "--message", "hi"]);
+    wait_until("the push in the request log", 120, || {
+        s.ok(&[
+            "logs",
+            "read",
+            "--service",
+            "hello",
+            "--limit",
+            "100",
+            "--format",
+            "json",
+        ])
+        .contains("https://hello.apps.test/cgi-bin/env?pushed")
+    });
+
     // The localhost names still answer.
     assert_eq!(s.get("hello.localhost", "/index.html", None).0, 200);
 
