@@ -611,3 +611,42 @@ impl Body for LeaseBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_keep_the_target_and_leave_out_port_443() {
+        let location = |host: &str, port: u16, target: &str| {
+            let uri: Uri = target.parse().unwrap();
+            let res = redirect_to_https(host, port, &uri);
+            assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+            res.headers()[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            location("Hello.Apps.Test:80", 443, "/a/b?c=d"),
+            "https://hello.apps.test/a/b?c=d"
+        );
+        assert_eq!(
+            location("hello.apps.test:8080", 8443, "/"),
+            "https://hello.apps.test:8443/"
+        );
+        assert_eq!(location("h.test", 443, "*"), "https://h.test/");
+        assert_eq!(
+            location("h.test", 443, "http://h.test/x?y"),
+            "https://h.test/x?y"
+        );
+    }
+
+    #[test]
+    fn forwarded_elements_name_the_scheme() {
+        let v4 = Peer::new("192.0.2.1:5000".parse().unwrap(), false, true);
+        assert_eq!(v4.forwarded, "for=192.0.2.1;proto=https");
+        let v6 = Peer::new("[2001:db8::1]:5000".parse().unwrap(), false, false);
+        assert_eq!(v6.forwarded, "for=\"[2001:db8::1]\";proto=http");
+    }
+}
