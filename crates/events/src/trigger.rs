@@ -137,7 +137,7 @@ struct Stored {
 pub struct Triggers {
     store: Arc<Store>,
     broker: Arc<Broker>,
-    ingress_port: u16,
+    urls: skiff_model::ServiceUrls,
 }
 
 /// The CloudEvents type of a Cloud Audit Logs entry, as Eventarc names it.
@@ -294,13 +294,17 @@ pub fn trigger_name(project: &str, location: &str, id: &str) -> String {
 }
 
 impl Triggers {
-    /// The engine over the server's store and broker; `ingress_port` is where service URLs
-    /// are reached.
-    pub fn new(store: Arc<Store>, broker: Arc<Broker>, ingress_port: u16) -> Arc<Triggers> {
+    /// The engine over the server's store and broker; `urls` makes the service URLs that
+    /// triggers push to.
+    pub fn new(
+        store: Arc<Store>,
+        broker: Arc<Broker>,
+        urls: skiff_model::ServiceUrls,
+    ) -> Arc<Triggers> {
         Arc::new(Triggers {
             store,
             broker,
-            ingress_port,
+            urls,
         })
     }
 
@@ -415,11 +419,7 @@ impl Triggers {
             "projects/{project}/subscriptions/eventarc-{location}-{id}-sub-{:03}",
             rand::random::<u16>() % 1000
         );
-        let endpoint = format!(
-            "http://{}:{}{path}",
-            skiff_model::service_host(project, &run.service, None),
-            self.ingress_port
-        );
+        let endpoint = format!("{}{path}", self.urls.url(project, &run.service, None));
         let mut labels = std::collections::HashMap::new();
         let format = match source {
             Source::Pubsub => CLOUDEVENTS_PUBSUB,

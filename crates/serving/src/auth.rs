@@ -69,11 +69,17 @@ impl TokenKeys {
             .map(|d| d.claims.sub)
     }
 
-    /// Checks an `Authorization` header value for a service answering at `host` (no port)
-    /// whose `roles/run.invoker` members are `invokers`: the token must be signed by this
-    /// server, unexpired, for this service's URL if it names an audience, and its subject the
-    /// admin or a member that may invoke.
-    pub fn verify(&self, authorization: Option<&str>, host: &str, invokers: &[String]) -> Verdict {
+    /// Checks an `Authorization` header value for a service answering at `hosts` (no port:
+    /// its `localhost` name and, under `--domain`, its domain name) whose `roles/run.invoker`
+    /// members are `invokers`: the token must be signed by this server, unexpired, for one of
+    /// this service's URLs if it names an audience, and its subject the admin or a member that
+    /// may invoke.
+    pub fn verify(
+        &self,
+        authorization: Option<&str>,
+        hosts: &[String],
+        invokers: &[String],
+    ) -> Verdict {
         let Some(value) = authorization else {
             return Verdict::Missing;
         };
@@ -90,7 +96,7 @@ impl TokenKeys {
         };
         match claims.aud.as_deref() {
             None => {}
-            Some(aud) if audience_host(aud) == host => {}
+            Some(aud) if hosts.contains(&audience_host(aud)) => {}
             Some(aud) => {
                 return Verdict::Denied(format!("the token's audience {aud} is not this service"))
             }
@@ -136,32 +142,43 @@ mod tests {
             keys.mint("admin", Some("http://hello.localhost:8080"))
         );
         let forged = format!("Bearer {}", other.mint("admin", None));
+        let domain_aud = format!(
+            "Bearer {}",
+            keys.mint("admin", Some("https://hello.apps.test/x"))
+        );
         let cases: &[(Option<&str>, &str, bool)] = &[
             (Some(&any), "hello.localhost", true),
             (Some(&aud), "hello.localhost", true),
             (Some(&aud), "other.localhost", false),
+            (Some(&domain_aud), "hello.localhost", true),
+            (Some(&domain_aud), "other.localhost", false),
             (Some(&forged), "hello.localhost", false),
             (Some("Bearer garbage"), "hello.localhost", false),
             (Some("Basic abc"), "hello.localhost", false),
         ];
         for (header, host, allowed) in cases {
-            let v = keys.verify(*header, host, &[]);
+            // A service's hosts: its localhost name and its name under the domain.
+            let domain_host = host.replace(".localhost", ".apps.test");
+            let v = keys.verify(*header, &[host.to_string(), domain_host], &[]);
             assert_eq!(v == Verdict::Allowed, *allowed, "{header:?} {host}: {v:?}");
         }
-        assert_eq!(keys.verify(None, "hello.localhost", &[]), Verdict::Missing);
+        assert_eq!(
+            keys.verify(None, &["hello.localhost".to_string()], &[]),
+            Verdict::Missing
+        );
         let sa = format!("Bearer {}", keys.mint("a@p.iam.gserviceaccount.com", None));
         let member = vec!["serviceAccount:a@p.iam.gserviceaccount.com".to_string()];
         let other = vec!["serviceAccount:b@p.iam.gserviceaccount.com".to_string()];
         assert_eq!(
-            keys.verify(Some(&sa), "h.localhost", &member),
+            keys.verify(Some(&sa), &["h.localhost".to_string()], &member),
             Verdict::Allowed
         );
         assert!(matches!(
-            keys.verify(Some(&sa), "h.localhost", &other),
+            keys.verify(Some(&sa), &["h.localhost".to_string()], &other),
             Verdict::Denied(_)
         ));
         assert!(matches!(
-            keys.verify(Some(&sa), "h.localhost", &[]),
+            keys.verify(Some(&sa), &["h.localhost".to_string()], &[]),
             Verdict::Denied(_)
         ));
     }

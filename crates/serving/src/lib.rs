@@ -46,6 +46,8 @@ pub struct ServingConfig {
     pub host_dirs: Vec<PathBuf>,
     /// What the HTTPS listener serves and the HTTP listener redirects for.
     pub https: HttpsConfig,
+    /// The host names services answer at (`--domain`).
+    pub urls: skiff_model::ServiceUrls,
 }
 
 /// The HTTPS side of the ingress, shared by its listeners.
@@ -120,6 +122,7 @@ pub struct Serving {
     keys: auth::TokenKeys,
     host_dirs: Vec<PathBuf>,
     https: HttpsConfig,
+    urls: skiff_model::ServiceUrls,
     /// Connections per client address, counted across the ingress listeners.
     clients: Arc<ingress::PerClient>,
     route_hook: RwLock<Option<RouteHook>>,
@@ -152,6 +155,7 @@ impl Serving {
             keys: auth::TokenKeys::new(&cfg.token_secret),
             host_dirs,
             https: cfg.https,
+            urls: cfg.urls,
             clients: Arc::default(),
             route_hook: RwLock::new(None),
         });
@@ -195,6 +199,11 @@ impl Serving {
     /// what it obtains here).
     pub fn certs(&self) -> &Arc<skiff_tls::CertStore> {
         &self.https.certs
+    }
+
+    /// The host names and URLs services get.
+    pub fn urls(&self) -> &skiff_model::ServiceUrls {
+        &self.urls
     }
 
     /// The ACME HTTP-01 answers the HTTP listener serves.
@@ -328,35 +337,40 @@ impl Serving {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if let Some(hook) = hook {
-            let mut hosts = vec![skiff_model::service_host(ns, service, None)];
+            let mut hosts = vec![self.urls.host(ns, service, None)];
             hosts.extend(
                 spec.tags
                     .iter()
-                    .map(|(t, _)| skiff_model::service_host(ns, service, Some(t))),
+                    .map(|(t, _)| self.urls.host(ns, service, Some(t))),
             );
             hook(&hosts);
         }
         Ok(())
     }
 
-    /// Sets the hook told of a service's host names whenever its route is set (a deploy, a
+    /// Sets the hook told of a service's URL host names (`--domain`'s, else `localhost`'s)
+    /// whenever its route is set (a deploy, a
     /// traffic change, a restart's restore); the server uses it to order their certificates
     /// as soon as a service exists. It must not block.
     pub fn set_route_hook(&self, hook: Option<RouteHook>) {
         *self.route_hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
     }
 
-    /// Whether the ingress routes `host` (any case, with or without a port) to a service: the
-    /// host names a service (and tag, if any) that has a route. What ACME asks before ordering
-    /// a certificate for a name a client sent.
+    /// Whether `host` (any case, with or without a port) is the URL host of a service (or of
+    /// one of its tags) that has a route: under `--domain` its `SERVICE.DOMAIN` name (the
+    /// `localhost` names it also answers at are left out), else its `localhost` name. What
+    /// ACME asks before ordering a certificate for a name a client sent.
     pub fn routes_host(&self, host: &str) -> bool {
-        let Some((ns, service, tag)) = skiff_model::parse_service_host(host) else {
-            return false;
-        };
-        match self.route(&ns, &service) {
-            Some(route) => tag.is_none_or(|t| route.tags.contains_key(&t)),
-            None => false,
-        }
+        let host = skiff_tls::normalize_host(host);
+        self.urls
+            .parse(&host)
+            .into_iter()
+            .any(|(ns, service, tag)| {
+                self.route(&ns, &service).is_some_and(|route| {
+                    tag.as_ref().is_none_or(|t| route.tags.contains_key(t))
+                        && self.urls.host(&ns, &service, tag.as_deref()) == host
+                })
+            })
     }
 
     pub fn remove_route(&self, ns: &str, service: &str) {

@@ -207,21 +207,23 @@ impl Serving {
                 }
             }
         }
-        let Some((ns, service, tag)) = skiff_model::parse_service_host(&host) else {
+        let readings = self.urls.parse(&host);
+        if readings.is_empty() {
             return platform_response(
                 StatusCode::NOT_FOUND,
                 &format!("no service answers at host {host:?}"),
             );
+        }
+        let found = {
+            let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+            readings.iter().find_map(|(ns, service, tag)| {
+                routes
+                    .get(&(ns.clone(), service.clone()))
+                    .map(|r| (ns.clone(), service.clone(), tag.clone(), r.clone()))
+            })
         };
-        let key = (ns, service);
-        let route = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
-        let (ns, service) = key;
-        let Some(route) = route else {
+        let Some((ns, service, tag, route)) = found else {
+            let (ns, service, _) = &readings[0];
             return platform_response(
                 StatusCode::NOT_FOUND,
                 &format!("service {service} not found in project {ns}"),
@@ -237,12 +239,12 @@ impl Serving {
             );
         }
         if !route.public {
-            let bare_host = skiff_model::service_host(&ns, &service, tag.as_deref());
+            let hosts = self.urls.hosts(&ns, &service, tag.as_deref());
             let auth = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            match self.keys.verify(auth, &bare_host, &route.invokers) {
+            match self.keys.verify(auth, &hosts, &route.invokers) {
                 Verdict::Allowed => {}
                 Verdict::Missing => {
                     return platform_response(
@@ -607,5 +609,44 @@ impl Body for LeaseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_keep_the_target_and_leave_out_port_443() {
+        let location = |host: &str, port: u16, target: &str| {
+            let uri: Uri = target.parse().unwrap();
+            let res = redirect_to_https(host, port, &uri);
+            assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+            res.headers()[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            location("Hello.Apps.Test:80", 443, "/a/b?c=d"),
+            "https://hello.apps.test/a/b?c=d"
+        );
+        assert_eq!(
+            location("hello.apps.test:8080", 8443, "/"),
+            "https://hello.apps.test:8443/"
+        );
+        assert_eq!(location("h.test", 443, "*"), "https://h.test/");
+        assert_eq!(
+            location("h.test", 443, "http://h.test/x?y"),
+            "https://h.test/x?y"
+        );
+    }
+
+    #[test]
+    fn forwarded_elements_name_the_scheme() {
+        let v4 = Peer::new("192.0.2.1:5000".parse().unwrap(), false, true);
+        assert_eq!(v4.forwarded, "for=192.0.2.1;proto=https");
+        let v6 = Peer::new("[2001:db8::1]:5000".parse().unwrap(), false, false);
+        assert_eq!(v6.forwarded, "for=\"[2001:db8::1]\";proto=http");
     }
 }

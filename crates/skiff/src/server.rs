@@ -25,6 +25,11 @@ pub struct ServerArgs {
     /// a certificate is then redirected here.
     #[arg(long, value_name = "ADDR")]
     https: Option<String>,
+    /// The DNS name services get their URLs under: `https://SERVICE.DOMAIN` (with --https;
+    /// `TAG---SERVICE-PROJECT.DOMAIN` for tags and projects other than `default`, so one
+    /// `*.DOMAIN` certificate covers all) [default: localhost, `http://SERVICE.localhost:PORT`].
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Option<String>,
     /// The certificate chain (PEM, leaf first) the HTTPS ingress serves by default, reloaded
     /// when the file changes; needs --tls-key and --https.
     #[arg(long, value_name = "FILE")]
@@ -212,6 +217,8 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
     pubsub_addr(&args)?;
     let https_addr = https_addr(&args)?;
     args.acme.check(https_addr.is_some())?;
+    skiff_model::ServiceUrls::new(args.domain.as_deref(), 0, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // A bad pair stops start-up here, naming the files.
     let user_cert = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -345,14 +352,21 @@ async fn serve(
         Some((user, certs)) => (Some(user), certs),
         None => (None, skiff_tls::CertStore::new()),
     };
+    let https_port = match &https_listener {
+        Some(l) => Some(l.local_addr()?.port()),
+        None => None,
+    };
     let https = skiff_serving::HttpsConfig {
         certs: certs.clone(),
         http01: skiff_tls::Http01Challenges::new(),
-        port: match &https_listener {
-            Some(l) => Some(l.local_addr()?.port()),
-            None => None,
-        },
+        port: https_port,
     };
+    let urls = skiff_model::ServiceUrls::new(
+        args.domain.as_deref(),
+        ingress.local_addr()?.port(),
+        https_port,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let api = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;
@@ -396,7 +410,9 @@ async fn serve(
             skiff_network::NetworkConfig {
                 subnet: args.network_subnet,
                 deny: args.network_deny.clone(),
-                host_ports: vec![ingress_port],
+                // The ingress's ports on the gateway: HTTP, and HTTPS so that a service calls
+                // another by its `https://` URL under --domain.
+                host_ports: std::iter::once(ingress_port).chain(https_port).collect(),
                 prepared: args.network_prepared,
             },
         )
@@ -427,6 +443,7 @@ async fn serve(
         secrets: secrets.clone(),
         host_dirs,
         https,
+        urls: urls.clone(),
     });
     let cert_watch = user_cert.map(|u| watch_user_certificate(u, certs.clone()));
     // Before the restore below sets the services' routes, so each gets its certificate.
@@ -436,8 +453,11 @@ async fn serve(
             match services_for_instances(
                 net,
                 &serving,
-                ingress_addr,
-                ingress_port,
+                InstanceIngress {
+                    http: ingress_addr,
+                    https: addrs.https.zip(https_port),
+                    certs: certs.clone(),
+                },
                 args.ingress_limits(),
             )
             .await
@@ -470,7 +490,7 @@ async fn serve(
             as skiff_jobs::scheduler::TokenMinter
     };
     let scheduler =
-        skiff_jobs::scheduler::Scheduler::new(store.clone(), jobs.clone(), ingress_port, minter);
+        skiff_jobs::scheduler::Scheduler::new(store.clone(), jobs.clone(), urls.clone(), minter);
     let checkpoints =
         skiff_api::usage::start_checkpoints(meters.clone(), store.clone(), metrics.clone());
     let controller = Controller::new(store.clone(), images, serving.clone(), ingress_port);
@@ -478,7 +498,7 @@ async fn serve(
         .restore()
         .await
         .map_err(|e| anyhow::anyhow!("restoring services: {}", e.message))?;
-    let triggers = skiff_events::Triggers::new(store.clone(), pubsub.clone(), ingress_port);
+    let triggers = skiff_events::Triggers::new(store.clone(), pubsub.clone(), urls.clone());
     // Set before resuming, so executions a previous run left running are reported too.
     jobs.on_finished({
         let triggers = triggers.clone();
@@ -576,6 +596,7 @@ async fn serve(
     pubsub.set_pusher(skiff_pubsub::push::starter(
         skiff_pubsub::push::PushSettings {
             ingress_port,
+            domain: urls.domain().map(str::to_string),
             mint: {
                 let serving = serving.clone();
                 Arc::new(move |account: &str, aud: &str| serving.mint_token_for(account, Some(aud)))
@@ -655,17 +676,25 @@ impl InstanceServices {
     }
 }
 
+/// The ingress's listeners, as instances are to find them on the gateway.
+struct InstanceIngress {
+    http: std::net::SocketAddr,
+    /// The HTTPS listener's address (as given) and port (as bound).
+    https: Option<(std::net::SocketAddr, u16)>,
+    certs: Arc<skiff_tls::CertStore>,
+}
+
 async fn services_for_instances(
     net: &Arc<skiff_network::Network>,
     serving: &Arc<Serving>,
-    ingress_addr: std::net::SocketAddr,
-    ingress_port: u16,
+    ingress_at: InstanceIngress,
     limits: skiff_serving::IngressLimits,
 ) -> anyhow::Result<InstanceServices> {
     use skiff_network::dns::LocalAnswer;
     let gw = net.gateway();
+    let ingress_port = ingress_at.http.port();
     // An ingress on every address already answers on the gateway's.
-    let ingress = if ingress_addr.ip().is_unspecified() {
+    let ingress = if ingress_at.http.ip().is_unspecified() {
         None
     } else {
         Some(
@@ -674,13 +703,24 @@ async fn services_for_instances(
                 .with_context(|| format!("cannot listen for instances on {gw}:{ingress_port}"))?,
         )
     };
+    let https_ingress = match ingress_at.https {
+        Some((addr, port)) if !addr.ip().is_unspecified() => Some(
+            tokio::net::TcpListener::bind((gw, port))
+                .await
+                .with_context(|| format!("cannot listen for instances on {gw}:{port}"))?,
+        ),
+        _ => None,
+    };
+    let domain = serving.urls().domain().map(|d| format!(".{d}"));
     let metadata = tokio::net::TcpListener::bind((gw, 80))
         .await
         .with_context(|| format!("cannot listen for the metadata server on {gw}:80"))?;
     let answer: skiff_network::dns::Answerer = Arc::new(move |name: &str| {
         if name == "localhost" {
             LocalAnswer::A(std::net::Ipv4Addr::LOCALHOST)
-        } else if name.ends_with(".localhost") {
+        } else if name.ends_with(".localhost")
+            || domain.as_deref().is_some_and(|d| name.ends_with(d))
+        {
             // Service hosts: the ingress as instances see it.
             LocalAnswer::A(gw)
         } else if name == "metadata.google.internal" {
@@ -723,9 +763,23 @@ async fn services_for_instances(
             }
         }
     });
+    let https_task = https_ingress.map(|listener| {
+        tokio::spawn(skiff_serving::serve_ingress_tls(
+            serving.clone(),
+            listener,
+            Arc::new(skiff_tls::server_config(ingress_at.certs.clone())),
+            std::future::pending(),
+            Duration::from_secs(1),
+            limits.clone(),
+        ))
+    });
     Ok(InstanceServices {
         dns,
-        tasks: ingress_task.into_iter().chain([metadata_task]).collect(),
+        tasks: ingress_task
+            .into_iter()
+            .chain(https_task)
+            .chain([metadata_task])
+            .collect(),
     })
 }
 

@@ -54,7 +54,7 @@ fn plain_get(port: u16, host: &str, path: &str) -> (u16, String) {
 fn service_host_certificate_from_pebble_is_served_renewed_and_kept_across_restarts() {
     let (http, https) = (free_port(), free_port());
     let pebble = Pebble::start(http, https);
-    let host = "hello.localhost";
+    let host = "hello.apps.example.test";
     pebble.add_a(host);
     let https_addr = format!("127.0.0.1:{https}");
     let directory = pebble.directory();
@@ -65,6 +65,8 @@ fn service_host_certificate_from_pebble_is_served_renewed_and_kept_across_restar
         &[
             "--https",
             &https_addr,
+            "--domain",
+            "apps.example.test",
             "--acme-directory",
             &directory,
             "--acme-email",
@@ -88,12 +90,17 @@ fn service_host_certificate_from_pebble_is_served_renewed_and_kept_across_restar
     assert_eq!(pebble.issued(), 0, "{}", logs());
 
     // Deploying orders it.
-    s.deploy_web("hello", &[]);
+    let out = s.deploy_web("hello", &[]);
+    assert!(out.contains(&format!("https://{host}:{https}")), "{out}");
     wait_until("the service host's certificate", 180, logs, || {
         tls_connect(https, host, &root, &[b"http/1.1"]).is_ok()
     });
     let first = peer_serial(&tls_connect(https, host, &root, &[b"http/1.1"]).unwrap());
     assert_eq!(pebble.issued(), 1);
+    // The service's localhost name (which it also answers at) is not its URL: no order.
+    assert!(tls_connect(https, "hello.localhost", &root, &[b"http/1.1"]).is_err());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pebble.issued(), 1, "{}", logs());
     let stored = s.data_dir.join("acme/certs").join(host);
     assert!(stored.join("cert.pem").is_file() && stored.join("key.pem").is_file());
 

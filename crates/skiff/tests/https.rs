@@ -4,7 +4,7 @@
 //! to HTTPS for the names the certificate covers, and start-up refusing a bad pair. They need
 //! root (the server does) and curl.
 
-use skiff_testkit::{TestCa, TestServer, TlsClient};
+use skiff_testkit::{busybox_image, ImageSpec, TestCa, TestServer, TlsClient};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -262,4 +262,226 @@ fn bad_certificate_flags_stop_start_up_with_a_clear_error() {
     // Not PEM at all.
     let e = server_fails(&["--https", &https, "--tls-cert", key, "--tls-key", key]);
     assert!(e.contains("error:") && e.contains("key.pem"), "{e}");
+}
+
+/// Runs `cmd` (a shell command line) in a private mount namespace whose `/etc/hosts` is
+/// `hosts` (bind-mounted there, gone with the process), so that clients resolve the test's
+/// names without the host's resolver being touched; returns (success, stdout, stderr).
+fn with_hosts(hosts: &Path, env: &[(&str, &str)], cmd: &str) -> (bool, String, String) {
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {} /etc/hosts && exec {cmd}",
+            hosts.display()
+        ))
+        .envs(env.iter().copied())
+        .output()
+        .expect("unshare");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn domain_urls_are_printed_routed_and_reached_by_curl_python_and_wrk() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_file = ca.write(dir.path());
+    ca.issue_to(dir.path(), &["*.apps.test"]);
+    let https = free_port();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let (s, _img) = TestServer::with_web_image(
+        Path::new(BIN),
+        &[
+            "--domain",
+            "apps.test",
+            "--https",
+            &format!("127.0.0.1:{https}"),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    // The URLs deploy and describe print: the service, a tag, another project.
+    let out = s.deploy_web("hello", &["--tag", "blue"]);
+    let url = format!("https://hello.apps.test:{https}");
+    let tag_url = format!("https://blue---hello.apps.test:{https}");
+    assert!(out.contains(&url) && out.contains(&tag_url), "{out}");
+    let out = s.ok(&["services", "describe", "hello"]);
+    assert!(out.contains(&url), "{out}");
+    let out = s.ok(&[
+        "deploy",
+        "hello",
+        "--image",
+        "web",
+        "--allow-unauthenticated",
+        "--project",
+        "team-a",
+    ]);
+    let team_url = format!("https://hello-team-a.apps.test:{https}");
+    assert!(out.contains(&team_url), "{out}");
+    let out = s.ok(&["deploy", "private", "--image", "web"]);
+    let private_url = format!("https://private.apps.test:{https}");
+    assert!(out.contains(&private_url), "{out}");
+
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n127.0.0.1 hello.apps.test blue---hello.apps.test hello-team-a.apps.test private.apps.test\n",
+    )
+    .unwrap();
+    let ca_env = ca_file.to_str().unwrap();
+
+    // curl, trusting the test CA, at each printed URL.
+    for (u, want) in [
+        (&url, "HTTP_HOST=hello.apps.test"),
+        (&tag_url, "HTTP_HOST=blue---hello.apps.test"),
+        (&team_url, "HTTP_HOST=hello-team-a.apps.test"),
+    ] {
+        let (ok, body, err) = with_hosts(
+            &hosts,
+            &[],
+            &format!("curl -sS --fail --max-time 60 --cacert {ca_env} {u}/cgi-bin/env"),
+        );
+        assert!(ok && body.contains(want), "{u}: {body} {err}");
+        assert!(body.contains("HTTP_X_FORWARDED_PROTO=https"), "{body}");
+    }
+    // A private service takes an identity token minted for the URL it printed.
+    let token = s.ok(&["auth", "print-identity-token", "--audience", &private_url]);
+    let (ok, body, err) = with_hosts(
+        &hosts,
+        &[],
+        &format!(
+            "curl -sS --max-time 60 --cacert {ca_env} -o /dev/null -w %{{http_code}} -H 'Authorization: Bearer {}' {private_url}/",
+            token.trim()
+        ),
+    );
+    assert!(ok && body == "200", "{body} {err}");
+    let other = s.ok(&["auth", "print-identity-token", "--audience", &url]);
+    let (_, body, _) = with_hosts(
+        &hosts,
+        &[],
+        &format!(
+            "curl -sS --max-time 60 --cacert {ca_env} -o /dev/null -w %{{http_code}} -H 'Authorization: Bearer {}' {private_url}/",
+            other.trim()
+        ),
+    );
+    assert_eq!(body, "403", "a token for another service's URL");
+
+    // Python's urllib, trusting the test CA through SSL_CERT_FILE.
+    let (ok, body, err) = with_hosts(
+        &hosts,
+        &[("SSL_CERT_FILE", ca_env)],
+        &format!(
+            "python3 -c \"import urllib.request; print(urllib.request.urlopen('{team_url}/index.html', timeout=60).read().decode())\""
+        ),
+    );
+    assert!(ok && body.contains("hello from skiff"), "{body} {err}");
+
+    // wrk (it resolves the name itself and does not verify the certificate).
+    let (ok, body, err) = with_hosts(
+        &hosts,
+        &[],
+        &format!("wrk -t1 -c4 -d2s --timeout 30s {url}/index.html"),
+    );
+    assert!(ok, "{body} {err}");
+    let requests: u64 = body
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(requests > 0, "{body}");
+    assert!(
+        !body.contains("Non-2xx") && !body.contains("Socket errors"),
+        "{body}"
+    );
+
+    // Plain HTTP to the domain names moves to HTTPS.
+    let (status, head) = plain_head(s.ingress, "hello.apps.test", "/x");
+    assert_eq!(status, 308, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("location: {url}/x")),
+        "{head}"
+    );
+    // A Pub/Sub push to the printed https:// URL reaches the service (through the local
+    // ingress, not redirected) and is logged as an HTTPS request.
+    s.ok(&["pubsub", "topics", "create", "orders"]);
+    s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "create",
+        "to-hello",
+        "--topic",
+        "orders",
+        "--push-endpoint",
+        &format!("{url}/cgi-bin/env?pushed"),
+    ]);
+    s.ok(&["pubsub", "topics", "publish", "orders", "--message", "hi"]);
+    wait_until("the push in the request log", 120, || {
+        s.ok(&[
+            "logs",
+            "read",
+            "--service",
+            "hello",
+            "--limit",
+            "100",
+            "--format",
+            "json",
+        ])
+        .contains("https://hello.apps.test/cgi-bin/env?pushed")
+    });
+
+    // The localhost names still answer.
+    assert_eq!(s.get("hello.localhost", "/index.html", None).0, 200);
+
+    // Inside an instance the domain's names resolve to the ingress on the bridge: plain HTTP
+    // is served there (not redirected), and so is HTTPS at the printed URL.
+    let subnet = s.subnet.clone().expect("the test server's instance subnet");
+    let gw = subnet.replace(".0/24", ".1");
+    let looked_up = s.sh("hello", "nslookup hello-team-a.apps.test 2>&1");
+    assert!(
+        looked_up
+            .lines()
+            .skip_while(|l| !l.starts_with("Name:"))
+            .any(|l| l.contains(&gw)),
+        "{looked_up}"
+    );
+    let out = s.sh(
+        "hello",
+        &format!(
+            "{{ printf 'GET /index.html HTTP/1.0\\r\\nHost: hello-team-a.apps.test\\r\\n\\r\\n'; sleep 1; }} | nc -w 3 {gw} {}",
+            s.ingress
+        ),
+    );
+    assert!(
+        out.starts_with("HTTP/1.0 200") && out.contains("hello from skiff"),
+        "{out}"
+    );
+    // A service calling another at its printed https:// URL: curl (the host's, with the
+    // libraries it links) in an image of its own, trusting the test CA.
+    let img = tempfile::tempdir().unwrap();
+    let mut spec = ImageSpec {
+        binaries: vec!["/usr/bin/curl".into()],
+        ..ImageSpec::default()
+    };
+    spec.files.push(("ca.pem".into(), ca.pem(), 0o644));
+    let layout = busybox_image(&img.path().join("caller"), "caller", &spec);
+    s.ok(&["images", "import", layout.to_str().unwrap()]);
+    s.ok(&[
+        "deploy",
+        "caller",
+        "--image",
+        "caller",
+        "--allow-unauthenticated",
+    ]);
+    let out = s.sh(
+        "caller",
+        &format!("/app/curl -sS --max-time 60 --cacert /ca.pem {team_url}/index.html 2>&1"),
+    );
+    assert!(out.contains("hello from skiff"), "{out}");
 }
