@@ -25,15 +25,22 @@ pub struct AcmeArgs {
     /// replaces the system's roots for talking to the directory.
     #[arg(long, value_name = "FILE")]
     pub acme_ca: Option<PathBuf>,
+    /// A command that publishes DNS-01 TXT records, run as `CMD set NAME VALUE` (it must exit
+    /// 0 once the record is live) and `CMD clear NAME VALUE`; needs --domain, and gets one
+    /// wildcard certificate for `*.DOMAIN` instead of one per service host.
+    #[arg(long, value_name = "CMD")]
+    pub acme_dns_hook: Option<PathBuf>,
 }
 
 impl AcmeArgs {
-    /// Checks the flags before anything starts; `https` says whether `--https` was given.
-    pub fn check(&self, https: bool) -> anyhow::Result<()> {
+    /// Checks the flags before anything starts; `https` and `domain` say whether `--https`
+    /// and `--domain` were given.
+    pub fn check(&self, https: bool, domain: bool) -> anyhow::Result<()> {
         let Some(dir) = &self.acme_directory else {
             for (given, flag) in [
                 (self.acme_email.is_some(), "--acme-email"),
                 (self.acme_ca.is_some(), "--acme-ca"),
+                (self.acme_dns_hook.is_some(), "--acme-dns-hook"),
             ] {
                 if given {
                     bail!("{flag} needs --acme-directory URL (the ACME CA's directory)");
@@ -60,6 +67,17 @@ impl AcmeArgs {
                 bail!("--acme-ca {}: no such file; give the PEM file of the CA that signs the directory's HTTPS", ca.display());
             }
         }
+        if let Some(hook) = &self.acme_dns_hook {
+            use std::os::unix::fs::PermissionsExt;
+            let executable = std::fs::metadata(hook)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            if !executable {
+                bail!("--acme-dns-hook {}: not an executable file", hook.display());
+            }
+            if !domain {
+                bail!("--acme-dns-hook needs --domain DOMAIN (the wildcard *.DOMAIN it obtains)");
+            }
+        }
         Ok(())
     }
 }
@@ -75,13 +93,23 @@ pub fn start(
     let Some(directory) = &args.acme_directory else {
         return Ok(None);
     };
+    // With the DNS hook, one `*.DOMAIN` certificate covers every service URL (each is one
+    // label under the domain), so only the wildcard is ordered.
+    let wildcard = match (&args.acme_dns_hook, serving.urls().domain()) {
+        (Some(_), Some(domain)) => Some(format!("*.{domain}")),
+        _ => None,
+    };
     let weak: Weak<Serving> = Arc::downgrade(serving);
-    let filter: HostFilter =
-        Arc::new(move |host: &str| weak.upgrade().is_some_and(|s| s.routes_host(host)));
+    let w = wildcard.clone();
+    let filter: HostFilter = Arc::new(move |host: &str| match &w {
+        Some(w) => host == w,
+        None => weak.upgrade().is_some_and(|s| s.routes_host(host)),
+    });
     let mut cfg = AcmeConfig::new(directory.clone(), data_dir.join("acme"));
     cfg.email = args.acme_email.clone();
     cfg.ca_bundle = args.acme_ca.clone();
     cfg.challenges = vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01];
+    cfg.dns_hook = args.acme_dns_hook.clone();
     let manager = AcmeManager::new(
         cfg,
         serving.certs().clone(),
@@ -108,6 +136,9 @@ pub fn start(
             }
         }
     })));
+    if let Some(w) = &wildcard {
+        manager.want(w);
+    }
     manager.spawn_renewals();
     spawn_sighup_renewal(&manager)?;
     Ok(Some(manager))
@@ -141,20 +172,31 @@ mod tests {
     #[test]
     fn flags_are_checked() {
         let ok = "https://acme.example.com/directory";
-        assert!(args(None).check(false).is_ok());
-        assert!(args(Some(ok)).check(true).is_ok());
-        let err = |a: AcmeArgs, https: bool| a.check(https).unwrap_err().to_string();
+        assert!(args(None).check(false, true).is_ok());
+        assert!(args(Some(ok)).check(true, true).is_ok());
+        let err = |a: AcmeArgs, https: bool| a.check(https, true).unwrap_err().to_string();
         assert!(err(args(Some(ok)), false).contains("needs --https"));
         assert!(err(args(Some("http://acme.example.com/dir")), true).contains("https://"));
         let mut a = args(None);
         a.acme_email = Some("ops@example.com".into());
         assert!(err(a.clone(), true).contains("--acme-email needs --acme-directory"));
         a.acme_directory = Some(ok.into());
-        assert!(a.check(true).is_ok());
+        assert!(a.check(true, true).is_ok());
         a.acme_email = Some("not an address".into());
         assert!(err(a.clone(), true).contains("not an email address"));
         a.acme_email = None;
         a.acme_ca = Some("/nonexistent/ca.pem".into());
         assert!(err(a.clone(), true).contains("no such file"));
+        a.acme_ca = None;
+        let dir = tempfile::tempdir().unwrap();
+        let hook = dir.path().join("hook");
+        std::fs::write(&hook, "#!/bin/sh\n").unwrap();
+        a.acme_dns_hook = Some(hook.clone());
+        assert!(err(a.clone(), true).contains("not an executable"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(a.check(true, true).is_ok());
+        let no_domain = a.check(true, false).unwrap_err().to_string();
+        assert!(no_domain.contains("needs --domain"), "{no_domain}");
     }
 }

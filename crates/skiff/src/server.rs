@@ -216,7 +216,8 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
 
     pubsub_addr(&args)?;
     let https_addr = https_addr(&args)?;
-    args.acme.check(https_addr.is_some())?;
+    args.acme
+        .check(https_addr.is_some(), args.domain.is_some())?;
     skiff_model::ServiceUrls::new(args.domain.as_deref(), 0, None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // A bad pair stops start-up here, naming the files.

@@ -164,6 +164,66 @@ fn service_host_certificate_from_pebble_is_served_renewed_and_kept_across_restar
     assert_eq!(pebble.issued(), 2, "{}", logs());
 }
 
+#[test]
+fn a_wildcard_certificate_by_dns01_through_the_hook_covers_every_service() {
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https);
+    let dir = tempfile::tempdir().unwrap();
+    let hook = pebble.dns_hook(dir.path());
+    let https_addr = format!("127.0.0.1:{https}");
+    let directory = pebble.directory();
+    let ca = pebble.https_ca_file();
+    let (s, _img) = TestServer::with_web_image_on(
+        Path::new(BIN),
+        Some(http),
+        &[
+            "--https",
+            &https_addr,
+            "--domain",
+            "wild.example.test",
+            "--acme-directory",
+            &directory,
+            "--acme-ca",
+            ca.to_str().unwrap(),
+            "--acme-dns-hook",
+            hook.to_str().unwrap(),
+        ],
+    );
+    let server_log = s.data_dir.with_extension("log");
+    let logs = || {
+        format!(
+            "server log:\n{}\npebble log:\n{}",
+            std::fs::read_to_string(&server_log).unwrap_or_default(),
+            pebble.log()
+        )
+    };
+    let root = pebble.root_pem();
+    s.deploy_web("hello", &[]);
+    s.deploy_web("bye", &[]);
+    let hello = "hello.wild.example.test";
+    wait_until("the wildcard certificate", 180, logs, || {
+        tls_connect(https, hello, &root, &[b"http/1.1"]).is_ok()
+    });
+    let serial = peer_serial(&tls_connect(https, hello, &root, &[b"http/1.1"]).unwrap());
+    let mut bye = tls_connect(https, "bye.wild.example.test", &root, &[b"http/1.1"]).unwrap();
+    assert_eq!(peer_serial(&bye), serial);
+    assert_eq!(
+        request_on(&mut bye, "bye.wild.example.test", "/index.html"),
+        (200, "hello from skiff\n".to_string())
+    );
+    // One order for the wildcard, none per service; the TXT record was set, then cleared.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pebble.issued(), 1, "{}", logs());
+    assert!(s
+        .data_dir
+        .join("acme/certs/*.wild.example.test/cert.pem")
+        .is_file());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("hook.log")).unwrap(),
+        "set _acme-challenge.wild.example.test\nclear _acme-challenge.wild.example.test\n"
+    );
+}
+
 /// `skiff server` with `flags`: must exit non-zero; returns its stderr.
 fn server_fails(flags: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
