@@ -186,12 +186,10 @@ impl Controller {
         m.lock_owned().await
     }
 
+    /// A service's (or tag's) URL, as `--domain` and the ingress's listeners make it
+    /// ([`skiff_model::ServiceUrls::url`]).
     pub fn url(&self, ns: &str, service: &str, tag: Option<&str>) -> String {
-        format!(
-            "http://{}:{}",
-            service_host(ns, service, tag),
-            self.ingress_port
-        )
+        self.serving.urls().url(ns, service, tag)
     }
 
     /// Creates (`existing` = false) or replaces a service. Returns the stored object.

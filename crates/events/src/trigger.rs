@@ -203,10 +203,10 @@ struct Stored {
 pub struct Triggers {
     store: Arc<Store>,
     broker: Arc<Broker>,
-    ingress_port: u16,
     launcher: std::sync::OnceLock<JobLauncher>,
     /// Subscriptions with a job delivery loop running.
     job_loops: std::sync::Mutex<std::collections::HashSet<String>>,
+    urls: skiff_model::ServiceUrls,
 }
 
 /// The CloudEvents type of a Cloud Audit Logs entry, as Eventarc names it.
@@ -371,15 +371,19 @@ pub fn trigger_name(project: &str, location: &str, id: &str) -> String {
 }
 
 impl Triggers {
-    /// The engine over the server's store and broker; `ingress_port` is where service URLs
-    /// are reached.
-    pub fn new(store: Arc<Store>, broker: Arc<Broker>, ingress_port: u16) -> Arc<Triggers> {
+    /// The engine over the server's store and broker; `urls` makes the service URLs that
+    /// triggers push to.
+    pub fn new(
+        store: Arc<Store>,
+        broker: Arc<Broker>,
+        urls: skiff_model::ServiceUrls,
+    ) -> Arc<Triggers> {
         Arc::new(Triggers {
             store,
             broker,
-            ingress_port,
             launcher: std::sync::OnceLock::new(),
             job_loops: Default::default(),
+            urls,
         })
     }
 
@@ -586,11 +590,7 @@ impl Triggers {
         // this engine's own delivery loop (see `job_delivery`).
         let push_config = match &target {
             Target::Service { service, path } => Some(PushConfig {
-                push_endpoint: format!(
-                    "http://{}:{}{path}",
-                    skiff_model::service_host(project, service, None),
-                    self.ingress_port
-                ),
+                push_endpoint: format!("{}{path}", self.urls.url(project, service, None)),
                 authentication_method: Some(push_config::AuthenticationMethod::OidcToken(
                     push_config::OidcToken {
                         service_account_email: account.clone(),

@@ -26,7 +26,8 @@ pub struct Scheduler {
     store: Arc<Store>,
     jobs: Arc<Jobs>,
     http: reqwest::Client,
-    ingress_port: u16,
+    /// Which URLs are Skiff's own services, and the ingress's port.
+    urls: skiff_model::ServiceUrls,
     mint: TokenMinter,
     /// Serializes read-modify-write of scheduler jobs between the API and the ticker.
     lock: tokio::sync::Mutex<()>,
@@ -108,7 +109,7 @@ impl Scheduler {
     pub fn new(
         store: Arc<Store>,
         jobs: Arc<Jobs>,
-        ingress_port: u16,
+        urls: skiff_model::ServiceUrls,
         mint: TokenMinter,
     ) -> Arc<Scheduler> {
         let http = reqwest::Client::builder()
@@ -119,7 +120,7 @@ impl Scheduler {
             store,
             jobs,
             http,
-            ingress_port,
+            urls,
             mint,
             lock: tokio::sync::Mutex::new(()),
         })
@@ -337,11 +338,14 @@ impl Scheduler {
     async fn call(&self, h: &skiff_model::HttpTarget) -> Result<String, String> {
         let url = reqwest::Url::parse(&h.uri).map_err(|e| format!("invalid uri {}: {e}", h.uri))?;
         let host = url.host_str().unwrap_or_default().to_string();
-        // Skiff services answer on the local ingress, by Host header.
-        let (target, host_header) = if host == "localhost" || host.ends_with(".localhost") {
+        // Skiff services answer on the local ingress, by Host header; an `https://` URL is
+        // passed on as such (`X-Forwarded-Proto`), so the ingress does not redirect it.
+        let forwarded_https = url.scheme() == "https";
+        let (target, host_header) = if self.urls.is_service_host(&host) {
             let mut u = url.clone();
+            let _ = u.set_scheme("http");
             let _ = u.set_host(Some("127.0.0.1"));
-            let _ = u.set_port(Some(self.ingress_port));
+            let _ = u.set_port(Some(self.urls.http_port()));
             (u, Some(host.clone()))
         } else {
             (url.clone(), None)
@@ -369,6 +373,9 @@ impl Scheduler {
             }
             if let Some(hh) = &host_header {
                 req = req.header(reqwest::header::HOST, hh);
+                if forwarded_https {
+                    req = req.header("x-forwarded-proto", "https");
+                }
                 if !h
                     .headers
                     .keys()

@@ -8,8 +8,10 @@
 //! success adds one (up to [`MAX_WINDOW`]) and each failure halves it, so a slow service or one
 //! scaled to zero gets one request (which wakes it) before a flood.
 //!
-//! A Skiff service URL (`http://SERVICE[.NS].localhost[:PORT]/...`) is sent to the local ingress
-//! with its Host header, carrying an identity token for `pushConfig.oidcToken`'s service
+//! A Skiff service URL (`http://SERVICE[.NS].localhost[:PORT]/...`, or any host under the
+//! server's `--domain`, over `http` or `https`) is sent to the local ingress's plain HTTP
+//! listener with its Host header (and `X-Forwarded-Proto: https` for an `https` URL, so the
+//! ingress does not redirect it), carrying an identity token for `pushConfig.oidcToken`'s service
 //! account and audience (default: the endpoint URL), minted by the closure the server passes in.
 //!
 //! Delivery format: a subscription labelled [`FORMAT_LABEL`]`=`[`CLOUDEVENTS_PUBSUB`] (as
@@ -34,8 +36,24 @@ pub type TokenMinter = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
 /// What push delivery needs from the server: where the ingress listens and how to mint tokens.
 #[derive(Clone)]
 pub struct PushSettings {
+    /// The ingress's plain HTTP port on loopback.
     pub ingress_port: u16,
+    /// The server's `--domain` (lower case), whose hosts are Skiff services too.
+    pub domain: Option<String>,
     pub mint: TokenMinter,
+}
+
+impl PushSettings {
+    /// Whether `host` names a Skiff service: `localhost`, `*.localhost` or `*.DOMAIN`.
+    pub fn is_local(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        host == "localhost"
+            || host.ends_with(".localhost")
+            || self
+                .domain
+                .as_deref()
+                .is_some_and(|d| host.ends_with(&format!(".{d}")))
+    }
 }
 
 /// The hook to give [`Broker::set_pusher`]: starts one push loop per subscription (a loop
@@ -272,9 +290,11 @@ async fn push_one(
         return "invalid";
     };
     let host = url.host_str().unwrap_or_default().to_string();
-    let local = host == "localhost" || host.ends_with(".localhost");
+    let local = settings.is_local(&host);
+    let https = url.scheme() == "https";
     let mut target = url.clone();
     if local {
+        let _ = target.set_scheme("http");
         let _ = target.set_host(Some("127.0.0.1"));
         let _ = target.set_port(Some(settings.ingress_port));
     }
@@ -294,6 +314,9 @@ async fn push_one(
     }
     if local {
         req = req.header(reqwest::header::HOST, host);
+        if https {
+            req = req.header("x-forwarded-proto", "https");
+        }
     }
     if let Some(push_config::AuthenticationMethod::OidcToken(o)) = &pc.authentication_method {
         let aud = if o.audience.is_empty() {
@@ -320,6 +343,26 @@ async fn push_one(
 mod tests {
     use super::*;
     use crate::proto::PubsubMessage;
+
+    #[test]
+    fn local_hosts() {
+        let s = PushSettings {
+            ingress_port: 8080,
+            domain: Some("apps.test".into()),
+            mint: Arc::new(|_: &str, _: &str| String::new()),
+        };
+        for (host, local) in [
+            ("localhost", true),
+            ("hello.localhost", true),
+            ("hello.apps.test", true),
+            ("HELLO.apps.test.", true),
+            ("apps.test", false),
+            ("hello.xapps.test", false),
+            ("example.com", false),
+        ] {
+            assert_eq!(s.is_local(host), local, "{host}");
+        }
+    }
 
     #[test]
     fn slow_start() {

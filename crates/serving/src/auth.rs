@@ -87,14 +87,14 @@ impl TokenKeys {
     }
 
     /// Checks an `Authorization` header value for a service answering at `hosts` (no port:
-    /// its own host name, and the custom domain the request came by, if any) whose
-    /// `roles/run.invoker` members are `invokers`: the token must be signed by this server,
-    /// unexpired, for one of the service's URLs if it names an audience, and its subject the
-    /// admin or a member that may invoke.
+    /// its `localhost` name, under `--domain` its domain name, and the custom domain the
+    /// request came by, if any) whose `roles/run.invoker` members are `invokers`: the token
+    /// must be signed by this server, unexpired, for one of this service's URLs if it names an
+    /// audience, and its subject the admin or a member that may invoke.
     pub fn verify(
         &self,
         authorization: Option<&str>,
-        hosts: &[&str],
+        hosts: &[String],
         invokers: &[String],
     ) -> Verdict {
         let Some(value) = authorization else {
@@ -113,7 +113,7 @@ impl TokenKeys {
         };
         match claims.aud.as_deref() {
             None => {}
-            Some(aud) if hosts.contains(&audience_host(aud).as_str()) => {}
+            Some(aud) if hosts.contains(&audience_host(aud)) => {}
             Some(aud) => {
                 return Verdict::Denied(format!("the token's audience {aud} is not this service"))
             }
@@ -159,20 +159,28 @@ mod tests {
             keys.mint("admin", Some("http://hello.localhost:8080"))
         );
         let forged = format!("Bearer {}", other.mint("admin", None));
+        let domain_aud = format!(
+            "Bearer {}",
+            keys.mint("admin", Some("https://hello.apps.test/x"))
+        );
         let cases: &[(Option<&str>, &str, bool)] = &[
             (Some(&any), "hello.localhost", true),
             (Some(&aud), "hello.localhost", true),
             (Some(&aud), "other.localhost", false),
+            (Some(&domain_aud), "hello.localhost", true),
+            (Some(&domain_aud), "other.localhost", false),
             (Some(&forged), "hello.localhost", false),
             (Some("Bearer garbage"), "hello.localhost", false),
             (Some("Basic abc"), "hello.localhost", false),
         ];
         for (header, host, allowed) in cases {
-            let v = keys.verify(*header, &[host], &[]);
+            // A service's hosts: its localhost name and its name under the domain.
+            let domain_host = host.replace(".localhost", ".apps.test");
+            let v = keys.verify(*header, &[host.to_string(), domain_host], &[]);
             assert_eq!(v == Verdict::Allowed, *allowed, "{header:?} {host}: {v:?}");
         }
         assert_eq!(
-            keys.verify(None, &["hello.localhost"], &[]),
+            keys.verify(None, &["hello.localhost".to_string()], &[]),
             Verdict::Missing
         );
         // A custom domain's URL is an audience of the service it maps to, beside its own.
@@ -181,26 +189,30 @@ mod tests {
             keys.mint("admin", Some("https://www.example.com/"))
         );
         assert_eq!(
-            keys.verify(Some(&custom), &["hello.localhost", "www.example.com"], &[]),
+            keys.verify(
+                Some(&custom),
+                &["hello.localhost".to_string(), "www.example.com".to_string()],
+                &[]
+            ),
             Verdict::Allowed
         );
         assert!(matches!(
-            keys.verify(Some(&custom), &["hello.localhost"], &[]),
+            keys.verify(Some(&custom), &["hello.localhost".to_string()], &[]),
             Verdict::Denied(_)
         ));
         let sa = format!("Bearer {}", keys.mint("a@p.iam.gserviceaccount.com", None));
         let member = vec!["serviceAccount:a@p.iam.gserviceaccount.com".to_string()];
         let other = vec!["serviceAccount:b@p.iam.gserviceaccount.com".to_string()];
         assert_eq!(
-            keys.verify(Some(&sa), &["h.localhost"], &member),
+            keys.verify(Some(&sa), &["h.localhost".to_string()], &member),
             Verdict::Allowed
         );
         assert!(matches!(
-            keys.verify(Some(&sa), &["h.localhost"], &other),
+            keys.verify(Some(&sa), &["h.localhost".to_string()], &other),
             Verdict::Denied(_)
         ));
         assert!(matches!(
-            keys.verify(Some(&sa), &["h.localhost"], &[]),
+            keys.verify(Some(&sa), &["h.localhost".to_string()], &[]),
             Verdict::Denied(_)
         ));
     }

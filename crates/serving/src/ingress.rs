@@ -1,7 +1,9 @@
-//! The ingress listener: accepts connections, holds each to the limits an internet-facing
-//! server needs ([`IngressLimits`]: header read timeout, header size, connections per client
-//! address, backing off when the process is out of file descriptors) and hands its requests
-//! to the proxy ([`crate::proxy`]).
+//! The ingress listeners, HTTP ([`serve_ingress`]) and HTTPS ([`serve_ingress_tls`]): they accept
+//! connections, hold each to the limits an internet-facing server needs ([`IngressLimits`]:
+//! header read timeout, which counts the TLS handshake, header size, connections per client
+//! address, backing off when the process is out of file descriptors) and hand their requests
+//! to the same proxy ([`crate::proxy`]), so that requests over TLS are routed, limited,
+//! counted and logged exactly as plain ones.
 
 use crate::{proxy, Serving};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -50,9 +52,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Open connections per client address.
+/// Open connections per client address, across the HTTP and HTTPS listeners (one table, held
+/// by [`Serving`]).
 #[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+pub(crate) struct PerClient(Mutex<HashMap<IpAddr, usize>>);
 
 /// One counted connection; dropping it gives its place back.
 struct ClientSlot {
@@ -97,12 +100,40 @@ fn out_of_resources(e: &std::io::Error) -> bool {
     )
 }
 
-/// Runs the ingress server (HTTP/1.1 with keep-alive, and HTTP/2 over cleartext with prior
+/// Runs the HTTP ingress (HTTP/1.1 with keep-alive, and HTTP/2 over cleartext with prior
 /// knowledge, told apart by the connection's first bytes) within `limits` until `shutdown`
 /// resolves, then lets in-flight requests finish (up to `drain`).
 pub async fn serve_ingress(
     serving: Arc<Serving>,
     listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+    limits: IngressLimits,
+) {
+    serve(serving, listener, None, shutdown, drain, limits).await
+}
+
+/// Runs the HTTPS ingress: TLS 1.2/1.3 with `tls` (see [`skiff_tls::server_config`]: the
+/// certificate by SNI, ALPN `h2` or `http/1.1`), then the same HTTP service as
+/// [`serve_ingress`], within the same `limits` (the handshake counts in the header read
+/// timeout). A connection that negotiated ALPN `acme-tls/1` (an ACME TLS-ALPN-01 validation,
+/// RFC 8737 §3) is closed right after its handshake.
+pub async fn serve_ingress_tls(
+    serving: Arc<Serving>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+    limits: IngressLimits,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve(serving, listener, Some(acceptor), shutdown, drain, limits).await
+}
+
+async fn serve(
+    serving: Arc<Serving>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
     limits: IngressLimits,
@@ -122,7 +153,7 @@ pub async fn serve_ingress(
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
     let builder = Arc::new(builder);
-    let per_client = Arc::new(PerClient::default());
+    let per_client = serving.clients.clone();
     // Shutdown is told to every connection through `stop`; each connection holds a clone of
     // `live`, so `done` ends once they all have. (hyper-util's `GracefulShutdown` does not
     // take connections that can switch protocols.)
@@ -166,7 +197,8 @@ pub async fn serve_ingress(
             (Some(net), Ok(local)) => net.from_instance(local.ip(), peer.ip()),
             _ => false,
         };
-        let peer = Arc::new(proxy::Peer::new(peer, internal));
+        let peer = Arc::new(proxy::Peer::new(peer, internal, tls.is_some()));
+        let peer_addr = peer.addr;
         // Set by the first request: until then the connection is on the header read clock,
         // also while hyper is still telling HTTP/1.1 from HTTP/2 by the first bytes.
         let asked = Arc::new(AtomicBool::new(false));
@@ -178,34 +210,46 @@ pub async fn serve_ingress(
                 async move { Ok::<_, std::convert::Infallible>(serving.handle(req, &peer).await) }
             })
         };
-        let builder = builder.clone();
-        let mut stopping = stopping.clone();
+        let conn = Conn {
+            builder: builder.clone(),
+            stopping: stopping.clone(),
+            first_deadline: tokio::time::Instant::now() + limits.header_read_timeout,
+            asked,
+        };
         let live = live.clone();
-        let first_deadline = limits.header_read_timeout;
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let first = tokio::time::sleep(first_deadline);
-            tokio::pin!(first);
-            let mut watching = true;
-            loop {
-                tokio::select! {
-                    _ = conn.as_mut() => return drop(live),
-                    _ = stopping.wait_for(|s| *s) => {
-                        conn.as_mut().graceful_shutdown();
-                        break;
+            match tls {
+                None => conn.serve(stream, svc).await,
+                Some(acceptor) => {
+                    let mut stopping = conn.stopping.clone();
+                    let handshake =
+                        tokio::time::timeout_at(conn.first_deadline, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!("ingress: TLS handshake with {peer_addr}: {e}");
+                                return drop(live);
+                            }
+                            Err(_) => return drop(live),
+                        },
+                        _ = stopping.wait_for(|s| *s) => return drop(live),
+                    };
+                    if stream.get_ref().1.alpn_protocol() == Some(skiff_tls::ACME_TLS_ALPN) {
+                        // The validation needed only the handshake (RFC 8737 §3).
+                        let mut stream = stream;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            tokio::io::AsyncWriteExt::shutdown(&mut stream),
+                        )
+                        .await;
+                        return drop(live);
                     }
-                    _ = first.as_mut(), if watching => {
-                        if !asked.load(Ordering::Relaxed) {
-                            // Dropping the connection closes the socket.
-                            return drop(live);
-                        }
-                        watching = false;
-                    }
+                    conn.serve(stream, svc).await
                 }
             }
-            let _ = conn.await;
             drop(live);
         });
     }
@@ -213,6 +257,60 @@ pub async fn serve_ingress(
     let _ = stop.send(true);
     drop(live);
     let _ = tokio::time::timeout(drain, done.recv()).await;
+}
+
+/// What serving one accepted connection needs, whatever its transport.
+struct Conn {
+    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    /// When the first request's head must have arrived (the accept plus the header read
+    /// timeout; a TLS handshake spends from it too).
+    first_deadline: tokio::time::Instant,
+    /// Set by the first request.
+    asked: Arc<AtomicBool>,
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 or HTTP/2 (told apart by the first bytes; over TLS the client sends the
+    /// HTTP/2 preface after negotiating `h2`) on `io` until the connection ends, the client
+    /// misses the first request's deadline, or shutdown has drained it.
+    async fn serve<I, S>(mut self, io: I, svc: S)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<proxy::ProxyBody>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let first = tokio::time::sleep_until(self.first_deadline);
+        tokio::pin!(first);
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = self.stopping.wait_for(|s| *s) => {
+                    conn.as_mut().graceful_shutdown();
+                    break;
+                }
+                _ = first.as_mut(), if watching => {
+                    if !self.asked.load(Ordering::Relaxed) {
+                        // Dropping the connection closes the socket.
+                        return;
+                    }
+                    watching = false;
+                }
+            }
+        }
+        let _ = conn.await;
+    }
 }
 
 #[cfg(test)]

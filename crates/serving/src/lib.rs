@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-pub use ingress::{serve_ingress, IngressLimits};
+pub use ingress::{serve_ingress, serve_ingress_tls, IngressLimits};
 pub use skiff_runtime::logs::{self, LogLine, LogResource, LogSink, LogSource};
 
 pub struct ServingConfig {
@@ -44,6 +44,33 @@ pub struct ServingConfig {
     pub secrets: Arc<skiff_secrets::SecretStore>,
     /// Host directories (canonical) that revisions and jobs may mount read-only.
     pub host_dirs: Vec<PathBuf>,
+    /// What the HTTPS listener serves and the HTTP listener redirects for.
+    pub https: HttpsConfig,
+    /// The host names services answer at (`--domain`).
+    pub urls: skiff_model::ServiceUrls,
+}
+
+/// The HTTPS side of the ingress, shared by its listeners.
+#[derive(Clone)]
+pub struct HttpsConfig {
+    /// Certificates by host name (and the user's `--tls-cert` as the default): the HTTPS
+    /// listener's SNI resolver; a host they cover gets a redirect from plain HTTP.
+    pub certs: Arc<skiff_tls::CertStore>,
+    /// ACME HTTP-01 answers, served by the HTTP listener before any routing.
+    pub http01: Arc<skiff_tls::Http01Challenges>,
+    /// The HTTPS listener's port (`--https`), for redirects; `None`: no HTTPS listener, and
+    /// plain HTTP is never redirected.
+    pub port: Option<u16>,
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        HttpsConfig {
+            certs: skiff_tls::CertStore::new(),
+            http01: skiff_tls::Http01Challenges::new(),
+            port: None,
+        }
+    }
 }
 
 /// Where a service's traffic goes, as the control plane resolved it.
@@ -96,7 +123,16 @@ pub struct Serving {
     pools: Mutex<HashMap<RevKey, Arc<Pool>>>,
     keys: auth::TokenKeys,
     host_dirs: Vec<PathBuf>,
+    https: HttpsConfig,
+    urls: skiff_model::ServiceUrls,
+    /// Connections per client address, counted across the ingress listeners.
+    clients: Arc<ingress::PerClient>,
+    route_hook: RwLock<Option<RouteHook>>,
 }
+
+/// Called with the host names a service answers at (its own and one per tag) each time its
+/// route is set; see [`Serving::set_route_hook`].
+pub type RouteHook = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 impl Serving {
     pub fn new(cfg: ServingConfig) -> Arc<Serving> {
@@ -121,6 +157,10 @@ impl Serving {
             pools: Mutex::new(HashMap::new()),
             keys: auth::TokenKeys::new(&cfg.token_secret),
             host_dirs,
+            https: cfg.https,
+            urls: cfg.urls,
+            clients: Arc::default(),
+            route_hook: RwLock::new(None),
         });
         let weak = Arc::downgrade(&serving);
         tokio::spawn(async move {
@@ -156,6 +196,22 @@ impl Serving {
     /// Host directories (canonical paths) revisions and jobs may mount, with what is below.
     pub fn host_dirs(&self) -> &[PathBuf] {
         &self.host_dirs
+    }
+
+    /// The ingress's certificates by host name (what the HTTPS listener serves; ACME puts
+    /// what it obtains here).
+    pub fn certs(&self) -> &Arc<skiff_tls::CertStore> {
+        &self.https.certs
+    }
+
+    /// The host names and URLs services get.
+    pub fn urls(&self) -> &skiff_model::ServiceUrls {
+        &self.urls
+    }
+
+    /// The ACME HTTP-01 answers the HTTP listener serves.
+    pub fn http01(&self) -> &Arc<skiff_tls::Http01Challenges> {
+        &self.https.http01
     }
 
     /// The secret store instances resolve their secret references from.
@@ -278,14 +334,46 @@ impl Serving {
             .unwrap_or_else(|e| e.into_inner())
             .insert((ns.to_string(), service.to_string()), route);
         self.refresh_serving(ns, service);
+        let hook = self
+            .route_hook
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            let mut hosts = vec![self.urls.host(ns, service, None)];
+            hosts.extend(
+                spec.tags
+                    .iter()
+                    .map(|(t, _)| self.urls.host(ns, service, Some(t))),
+            );
+            hook(&hosts);
+        }
         Ok(())
     }
 
     /// Replaces the table of mapped custom domains (domain, lower case without a port →
     /// `(namespace, service)`): a request whose `Host` is one goes to that service's route
     /// as its own URL's would.
+    /// The route hook (see [`Serving::set_route_hook`]) is told of the domains that are new
+    /// in the table, so their certificates are ordered as soon as they are mapped.
     pub fn set_domains(&self, table: HashMap<String, (String, String)>) {
-        *self.domains.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        let old = std::mem::replace(
+            &mut *self.domains.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(table.clone()),
+        );
+        let new: Vec<String> = table
+            .keys()
+            .filter(|d| !old.contains_key(*d))
+            .cloned()
+            .collect();
+        let hook = self
+            .route_hook
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let (Some(hook), false) = (hook, new.is_empty()) {
+            hook(&new);
+        }
     }
 
     /// The mapping of a `Host` header value (any case, with or without a port or a trailing
@@ -302,6 +390,35 @@ impl Serving {
         let domain = skiff_tls::normalize_host(host);
         let (ns, service) = table.get(&domain)?.clone();
         Some((domain, ns, service))
+    }
+
+    /// Sets the hook told of a service's URL host names (`--domain`'s, else `localhost`'s)
+    /// whenever its route is set (a deploy, a
+    /// traffic change, a restart's restore); the server uses it to order their certificates
+    /// as soon as a service exists. It must not block.
+    pub fn set_route_hook(&self, hook: Option<RouteHook>) {
+        *self.route_hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    /// Whether `host` (any case, with or without a port) is the URL host of a service (or of
+    /// one of its tags) that has a route: under `--domain` its `SERVICE.DOMAIN` name (the
+    /// `localhost` names it also answers at are left out), else its `localhost` name; or a
+    /// mapped custom domain. What ACME asks before ordering a certificate for a name a client
+    /// sent.
+    pub fn routes_host(&self, host: &str) -> bool {
+        if self.mapped_domain(host).is_some() {
+            return true;
+        }
+        let host = skiff_tls::normalize_host(host);
+        self.urls
+            .parse(&host)
+            .into_iter()
+            .any(|(ns, service, tag)| {
+                self.route(&ns, &service).is_some_and(|route| {
+                    tag.as_ref().is_none_or(|t| route.tags.contains_key(t))
+                        && self.urls.host(&ns, &service, tag.as_deref()) == host
+                })
+            })
     }
 
     pub fn remove_route(&self, ns: &str, service: &str) {

@@ -49,9 +49,11 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Its IP as an `X-Forwarded-For` value.
     pub ip: HeaderValue,
-    /// Its `Forwarded` element (RFC 7239 §4): `for=IP;proto=http`, an IPv6 address quoted
-    /// and bracketed (§6).
+    /// Its `Forwarded` element (RFC 7239 §4): `for=IP;proto=http` (or `https`), an IPv6
+    /// address quoted and bracketed (§6).
     pub forwarded: HeaderValue,
+    /// The connection came through the HTTPS listener (TLS).
+    pub https: bool,
     /// The connection came from one of Skiff's own instances or job tasks: from an address
     /// in the instance subnet to the bridge's gateway address. Only such requests reach a
     /// service whose ingress setting is internal.
@@ -59,21 +61,65 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, internal: bool) -> Peer {
+    /// The peer at `addr`; `internal` when it is one of Skiff's instances or job tasks, `https`
+    /// when it connected through TLS.
+    pub fn new(addr: SocketAddr, internal: bool, https: bool) -> Peer {
         let ip = addr.ip();
-        let node = match ip {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
         Peer {
             addr,
             ip: HeaderValue::from_str(&ip.to_string())
                 .expect("an IP address is a valid header value"),
-            forwarded: HeaderValue::from_str(&format!("for={node};proto=http"))
-                .expect("a forwarded element is a valid header value"),
+            forwarded: forwarded_element(ip, if https { "https" } else { "http" }),
             internal,
+            https,
         }
     }
+}
+
+/// `for=IP;proto=PROTO` (RFC 7239 §4, an IPv6 address quoted and bracketed, §6).
+fn forwarded_element(ip: std::net::IpAddr, proto: &str) -> HeaderValue {
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    HeaderValue::from_str(&format!("for={node};proto={proto}"))
+        .expect("a forwarded element is a valid header value")
+}
+
+/// Whether a plain-HTTP request says it was HTTPS before a proxy on this machine passed it
+/// on (`X-Forwarded-Proto: https` from a loopback peer: Skiff's own Pub/Sub pushes and
+/// scheduler calls to `https://` service URLs, or a TLS-terminating proxy in front of Skiff).
+/// Such a request is not redirected and the app is told `https`. From any other peer the
+/// header is not believed.
+fn forwarded_https(req: &Request<Incoming>, peer: &Peer) -> bool {
+    peer.addr.ip().is_loopback()
+        && req
+            .headers()
+            .get(X_FORWARDED_PROTO)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// `308 Permanent Redirect` to `https://HOST[:PORT]TARGET` (the port left out when 443),
+/// keeping the method and body (RFC 9110 §15.4.9).
+fn redirect_to_https(host: &str, port: u16, uri: &Uri) -> Response<ProxyBody> {
+    let name = skiff_tls::normalize_host(host);
+    let target = match uri.path_and_query().map(|p| p.as_str()) {
+        Some(pq) if pq.starts_with('/') => pq,
+        _ => "/",
+    };
+    let location = match port {
+        443 => format!("https://{name}{target}"),
+        p => format!("https://{name}:{p}{target}"),
+    };
+    let body = format!("308 Permanent Redirect: {location}\n");
+    let mut res = Response::builder()
+        .status(StatusCode::PERMANENT_REDIRECT)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res = res.header(header::LOCATION, v);
+    }
+    res.body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+        .expect("redirect response is valid")
 }
 
 pub fn platform_response(status: StatusCode, msg: &str) -> Response<ProxyBody> {
@@ -139,27 +185,50 @@ impl Serving {
             .or_else(|| req.uri().host())
             .unwrap_or_default()
             .to_string();
-        // A mapped custom domain first (`skiff domain-mappings`), then a service's own host.
+        let https = peer.https || forwarded_https(&req, peer);
+        if !https {
+            // ACME HTTP-01 validations come over plain HTTP, for any host (RFC 8555 §8.3).
+            if let Some(answer) = self.https.http01.answer(req.uri().path()) {
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "text/plain")
+                    .body(
+                        Full::new(Bytes::from(answer))
+                            .map_err(|e| match e {})
+                            .boxed(),
+                    )
+                    .expect("challenge response is valid");
+            }
+            // Once the host has a certificate, plain HTTP moves to HTTPS; Skiff's own
+            // instances keep plain HTTP (they reach the ingress on the bridge's HTTP port).
+            if let Some(port) = self.https.port {
+                if !peer.internal && self.https.certs.covers(&host) {
+                    return redirect_to_https(&host, port, req.uri());
+                }
+            }
+        }
+        // A mapped custom domain first (`skiff domain-mappings`), then a service's own names.
         let custom = self.mapped_domain(&host);
-        let Some((ns, service, tag)) = custom
-            .as_ref()
-            .map(|(_, ns, svc)| (ns.clone(), svc.clone(), None))
-            .or_else(|| skiff_model::parse_service_host(&host))
-        else {
+        let readings = match &custom {
+            Some((_, ns, svc)) => vec![(ns.clone(), svc.clone(), None)],
+            None => self.urls.parse(&host),
+        };
+        if readings.is_empty() {
             return platform_response(
                 StatusCode::NOT_FOUND,
                 &format!("no service answers at host {host:?}"),
             );
+        }
+        let found = {
+            let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+            readings.iter().find_map(|(ns, service, tag)| {
+                routes
+                    .get(&(ns.clone(), service.clone()))
+                    .map(|r| (ns.clone(), service.clone(), tag.clone(), r.clone()))
+            })
         };
-        let key = (ns, service);
-        let route = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
-        let (ns, service) = key;
-        let Some(route) = route else {
+        let Some((ns, service, tag, route)) = found else {
+            let (ns, service, _) = &readings[0];
             return platform_response(
                 StatusCode::NOT_FOUND,
                 &format!("service {service} not found in project {ns}"),
@@ -175,14 +244,13 @@ impl Serving {
             );
         }
         if !route.public {
-            let bare_host = skiff_model::service_host(&ns, &service, tag.as_deref());
+            let mut hosts = self.urls.hosts(&ns, &service, tag.as_deref());
             let auth = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            let mut hosts = vec![bare_host.as_str()];
             if let Some((domain, _, _)) = &custom {
-                hosts.push(domain.as_str());
+                hosts.push(domain.clone());
             }
             match self.keys.verify(auth, &hosts, &route.invokers) {
                 Verdict::Allowed => {}
@@ -216,7 +284,7 @@ impl Serving {
             },
         };
         let deadline = began + pool.settings.timeout;
-        let log = RequestLog::new(&req, &host, peer.addr.ip());
+        let log = RequestLog::new(&req, &host, peer.addr.ip(), https);
         // The platform's own answer to a request that reached the revision, counted in its
         // metrics and logged.
         let answer = |status: StatusCode, msg: &str| {
@@ -294,15 +362,22 @@ impl Serving {
         if let Some(v) = xff {
             headers.insert(X_FORWARDED_FOR, v);
         }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
+        let element = match https == peer.https {
+            true => peer.forwarded.clone(),
+            false => forwarded_element(peer.addr.ip(), "https"),
+        };
         let forwarded = match headers.get(header::FORWARDED) {
             Some(prev) => {
                 let mut v = prev.as_bytes().to_vec();
                 v.extend_from_slice(b", ");
-                v.extend_from_slice(peer.forwarded.as_bytes());
+                v.extend_from_slice(element.as_bytes());
                 HeaderValue::from_bytes(&v).ok()
             }
-            None => Some(peer.forwarded.clone()),
+            None => Some(element),
         };
         if let Some(v) = forwarded {
             headers.insert(header::FORWARDED, v);
@@ -542,5 +617,44 @@ impl Body for LeaseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_keep_the_target_and_leave_out_port_443() {
+        let location = |host: &str, port: u16, target: &str| {
+            let uri: Uri = target.parse().unwrap();
+            let res = redirect_to_https(host, port, &uri);
+            assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+            res.headers()[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            location("Hello.Apps.Test:80", 443, "/a/b?c=d"),
+            "https://hello.apps.test/a/b?c=d"
+        );
+        assert_eq!(
+            location("hello.apps.test:8080", 8443, "/"),
+            "https://hello.apps.test:8443/"
+        );
+        assert_eq!(location("h.test", 443, "*"), "https://h.test/");
+        assert_eq!(
+            location("h.test", 443, "http://h.test/x?y"),
+            "https://h.test/x?y"
+        );
+    }
+
+    #[test]
+    fn forwarded_elements_name_the_scheme() {
+        let v4 = Peer::new("192.0.2.1:5000".parse().unwrap(), false, true);
+        assert_eq!(v4.forwarded, "for=192.0.2.1;proto=https");
+        let v6 = Peer::new("[2001:db8::1]:5000".parse().unwrap(), false, false);
+        assert_eq!(v6.forwarded, "for=\"[2001:db8::1]\";proto=http");
     }
 }

@@ -15,9 +15,14 @@ use std::time::Duration;
 pub(crate) struct RequestLog(HttpRequest);
 
 impl RequestLog {
-    /// What `req` (arrived for `host` from `remote`) looks like before it is rewritten for
-    /// the instance.
-    pub(crate) fn new<B>(req: &Request<B>, host: &str, remote: std::net::IpAddr) -> RequestLog {
+    /// What `req` (arrived for `host` from `remote`, over HTTPS when `https`) looks like before
+    /// it is rewritten for the instance.
+    pub(crate) fn new<B>(
+        req: &Request<B>,
+        host: &str,
+        remote: std::net::IpAddr,
+        https: bool,
+    ) -> RequestLog {
         let h = req.headers();
         let text = |name: header::HeaderName| {
             h.get(name)
@@ -28,7 +33,7 @@ impl RequestLog {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         RequestLog(HttpRequest {
             request_method: req.method().to_string(),
-            request_url: format!("http://{host}{path}"),
+            request_url: format!("{}://{host}{path}", if https { "https" } else { "http" }),
             request_size: h
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())

@@ -201,6 +201,20 @@ mod tests {
                 "FILE",
             ],
         );
+        check(
+            "https: 0.0.0.0:443\nacme-directory: https://acme.example.com/dir\nacme-email: ops@example.com\nacme-ca: /etc/skiff/ca.pem\n",
+            &["skiff", "server", "--config", "FILE"],
+            &[
+                "skiff",
+                "server",
+                "--https=0.0.0.0:443",
+                "--acme-directory=https://acme.example.com/dir",
+                "--acme-email=ops@example.com",
+                "--acme-ca=/etc/skiff/ca.pem",
+                "--config",
+                "FILE",
+            ],
+        );
         // false leaves a switch off; an empty file adds nothing.
         check(
             "no-instance-network: false",

@@ -1,6 +1,7 @@
 //! The one `skiff` binary: `skiff server` runs the platform, every other subcommand is a client
 //! of its API, and the hidden `__shim` subcommand is the per-instance container helper.
 
+mod acme;
 mod config;
 mod server;
 

@@ -20,6 +20,25 @@ pub struct ServerArgs {
         default_value = "127.0.0.1:8080"
     )]
     ingress: String,
+    /// Where services are served over HTTPS (TLS 1.2/1.3, HTTP/2 or HTTP/1.1 by ALPN, the
+    /// certificate by SNI), e.g. 0.0.0.0:443 [default: no HTTPS]. Plain HTTP to a host that has
+    /// a certificate is then redirected here.
+    #[arg(long, value_name = "ADDR")]
+    https: Option<String>,
+    /// The DNS name services get their URLs under: `https://SERVICE.DOMAIN` (with --https;
+    /// `TAG---SERVICE-PROJECT.DOMAIN` for tags and projects other than `default`, so one
+    /// `*.DOMAIN` certificate covers all) [default: localhost, `http://SERVICE.localhost:PORT`].
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Option<String>,
+    /// The certificate chain (PEM, leaf first) the HTTPS ingress serves by default, reloaded
+    /// when the file changes; needs --tls-key and --https.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    acme: crate::acme::AcmeArgs,
     /// A YAML file whose keys are these flags without their dashes (`api: 0.0.0.0:8081`);
     /// a flag on the command line wins over the file's key.
     #[arg(long, value_name = "FILE")]
@@ -238,6 +257,25 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
     })?;
 
     pubsub_addr(&args)?;
+    let https_addr = https_addr(&args)?;
+    args.acme
+        .check(https_addr.is_some(), args.domain.is_some())?;
+    skiff_model::ServiceUrls::new(args.domain.as_deref(), 0, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A bad pair stops start-up here, naming the files.
+    let user_cert = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            if https_addr.is_none() {
+                bail!("--tls-cert and --tls-key need --https ADDR (e.g. --https 0.0.0.0:443) to serve them on");
+            }
+            let mut user = skiff_tls::UserCertificate::new(cert.clone(), key.clone());
+            let certs = skiff_tls::CertStore::new();
+            user.install(&certs).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some((user, certs))
+        }
+        (None, None) => None,
+        _ => bail!("give both --tls-cert FILE and --tls-key FILE, or neither"),
+    };
 
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -262,26 +300,116 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
     rt.block_on(serve(
         data_dir,
         args,
-        ingress_addr,
-        api_addr,
+        Addrs {
+            ingress: ingress_addr,
+            https: https_addr,
+            api: api_addr,
+        },
+        user_cert,
         admin_token,
         signing_key,
         prices,
     ))
 }
 
+/// The listeners' addresses, checked.
+struct Addrs {
+    ingress: std::net::SocketAddr,
+    https: Option<std::net::SocketAddr>,
+    api: std::net::SocketAddr,
+}
+
+fn https_addr(args: &ServerArgs) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    args.https
+        .as_deref()
+        .map(|a| {
+            a.parse().with_context(|| {
+                format!("invalid --https {a:?}: use HOST:PORT like 0.0.0.0:443 or 127.0.0.1:8443")
+            })
+        })
+        .transpose()
+}
+
+/// How often `--tls-cert`/`--tls-key` are read again to see whether they changed.
+const USER_CERT_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the user's certificate when its files change, for as long as the server runs; a
+/// pair that does not load is logged (file names and the reason, never key material) and the
+/// certificate being served is kept.
+fn watch_user_certificate(
+    mut user: skiff_tls::UserCertificate,
+    certs: Arc<skiff_tls::CertStore>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(USER_CERT_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (u, c) = (user, certs.clone());
+            let (u, outcome) = match tokio::task::spawn_blocking(move || {
+                let mut u = u;
+                let r = u.reload_if_changed(&c);
+                (u, r)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            user = u;
+            match outcome {
+                Some(Ok(())) => tracing::info!("reloaded the --tls-cert certificate"),
+                Some(Err(e)) => {
+                    tracing::warn!("{e}; still serving the previous certificate")
+                }
+                None => {}
+            }
+        }
+    })
+}
+
 async fn serve(
     data_dir: std::path::PathBuf,
     args: ServerArgs,
-    ingress_addr: std::net::SocketAddr,
-    api_addr: std::net::SocketAddr,
+    addrs: Addrs,
+    user_cert: Option<(skiff_tls::UserCertificate, Arc<skiff_tls::CertStore>)>,
     admin_token: String,
     signing_key: String,
     prices: skiff_metering::Prices,
 ) -> anyhow::Result<()> {
+    let (ingress_addr, api_addr) = (addrs.ingress, addrs.api);
     let ingress = tokio::net::TcpListener::bind(ingress_addr)
         .await
         .with_context(|| format!("cannot listen on --http {ingress_addr}"))?;
+    let https_listener = match addrs.https {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on --https {a}"))?,
+        ),
+        None => None,
+    };
+    // One certificate store for the process: the user's certificate is its default, and
+    // ACME and domain mappings add theirs (through `Serving::certs`).
+    let (user_cert, certs) = match user_cert {
+        Some((user, certs)) => (Some(user), certs),
+        None => (None, skiff_tls::CertStore::new()),
+    };
+    let https_port = match &https_listener {
+        Some(l) => Some(l.local_addr()?.port()),
+        None => None,
+    };
+    let https = skiff_serving::HttpsConfig {
+        certs: certs.clone(),
+        http01: skiff_tls::Http01Challenges::new(),
+        port: https_port,
+    };
+    let urls = skiff_model::ServiceUrls::new(
+        args.domain.as_deref(),
+        ingress.local_addr()?.port(),
+        https_port,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let api = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("cannot listen on --api {api_addr}"))?;
@@ -325,7 +453,12 @@ async fn serve(
             skiff_network::NetworkConfig {
                 subnet: args.network_subnet,
                 deny: args.network_deny.clone(),
-                host_ports: vec![ingress_port, pubsub_listener.local_addr()?.port()],
+                // The ingress's ports on the gateway: HTTP, and HTTPS so that a service calls
+                // another by its `https://` URL under --domain; and the Pub/Sub API.
+                host_ports: std::iter::once(ingress_port)
+                    .chain(https_port)
+                    .chain(Some(pubsub_listener.local_addr()?.port()))
+                    .collect(),
                 prepared: args.network_prepared,
             },
         )
@@ -355,14 +488,22 @@ async fn serve(
         token_secret: signing_key.into_bytes(),
         secrets: secrets.clone(),
         host_dirs,
+        https,
+        urls: urls.clone(),
     });
+    let cert_watch = user_cert.map(|u| watch_user_certificate(u, certs.clone()));
+    // Before the restore below sets the services' routes, so each gets its certificate.
+    let acme = crate::acme::start(&args.acme, &data_dir, &serving)?;
     let platform = match &network {
         Some(net) => {
             match services_for_instances(
                 net,
                 &serving,
-                ingress_addr,
-                ingress_port,
+                InstanceIngress {
+                    http: ingress_addr,
+                    https: addrs.https.zip(https_port),
+                    certs: certs.clone(),
+                },
                 args.ingress_limits(),
             )
             .await
@@ -395,7 +536,7 @@ async fn serve(
             as skiff_jobs::scheduler::TokenMinter
     };
     let scheduler =
-        skiff_jobs::scheduler::Scheduler::new(store.clone(), jobs.clone(), ingress_port, minter);
+        skiff_jobs::scheduler::Scheduler::new(store.clone(), jobs.clone(), urls.clone(), minter);
     let checkpoints =
         skiff_api::usage::start_checkpoints(meters.clone(), store.clone(), metrics.clone());
     let controller = Controller::new(store.clone(), images, serving.clone(), ingress_port);
@@ -403,17 +544,15 @@ async fn serve(
         .restore()
         .await
         .map_err(|e| anyhow::anyhow!("restoring services: {}", e.message))?;
-    let triggers = skiff_events::Triggers::new(store.clone(), pubsub.clone(), ingress_port);
-    // The HTTPS ingress's certificates by host name; domain mappings report from it whether
-    // their certificate is there.
-    let certs = skiff_tls::CertStore::new();
+    let triggers = skiff_events::Triggers::new(store.clone(), pubsub.clone(), urls.clone());
+    // Domain mappings report from the certificate store whether their certificate is there.
     let domains = skiff_domains::DomainMappings::new(
         store.clone(),
         certs.clone(),
         skiff_domains::Settings {
             addresses: public_addresses(&args.public_address, ingress_addr),
             http_port: ingress_port,
-            https_port: None,
+            https_port,
         },
         {
             let serving = serving.clone();
@@ -527,9 +666,20 @@ async fn serve(
         Duration::from_secs(30),
         args.ingress_limits(),
     ));
+    let https_task = https_listener.map(|listener| {
+        tokio::spawn(skiff_serving::serve_ingress_tls(
+            serving.clone(),
+            listener,
+            Arc::new(skiff_tls::server_config(certs.clone())),
+            wait_stop(stop_rx.clone()),
+            Duration::from_secs(30),
+            args.ingress_limits(),
+        ))
+    });
     pubsub.set_pusher(skiff_pubsub::push::starter(
         skiff_pubsub::push::PushSettings {
             ingress_port,
+            domain: urls.domain().map(str::to_string),
             mint: {
                 let serving = serving.clone();
                 Arc::new(move |account: &str, aud: &str| serving.mint_token_for(account, Some(aud)))
@@ -587,8 +737,12 @@ async fn serve(
             r
         }
     });
+    let https_note = match addrs.https {
+        Some(a) => format!(" and https://{a}"),
+        None => String::new(),
+    };
     tracing::info!(
-        "serving: ingress http://{ingress_addr}, API http://{api_addr}, Pub/Sub {pubsub_addr}, data {}",
+        "serving: ingress http://{ingress_addr}{https_note}, API http://{api_addr}, Pub/Sub {pubsub_addr}, data {}",
         data_dir.display()
     );
 
@@ -599,7 +753,16 @@ async fn serve(
     }
     tracing::info!("shutting down: draining requests, stopping instances");
     let _ = stop_tx.send(true);
-    let _ = ingress_task.await;
+    if let Some(t) = cert_watch {
+        t.abort();
+    }
+    // Orders under way end with the runtime; what was issued is already on disk.
+    drop(acme);
+    let _ = tokio::join!(ingress_task, async {
+        if let Some(t) = https_task {
+            let _ = t.await;
+        }
+    });
     // The API may hold a follow-mode log stream open forever: do not wait long for it.
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     // Streaming pulls stay open until their clients go: do not wait long for them.
@@ -635,17 +798,25 @@ impl InstanceServices {
     }
 }
 
+/// The ingress's listeners, as instances are to find them on the gateway.
+struct InstanceIngress {
+    http: std::net::SocketAddr,
+    /// The HTTPS listener's address (as given) and port (as bound).
+    https: Option<(std::net::SocketAddr, u16)>,
+    certs: Arc<skiff_tls::CertStore>,
+}
+
 async fn services_for_instances(
     net: &Arc<skiff_network::Network>,
     serving: &Arc<Serving>,
-    ingress_addr: std::net::SocketAddr,
-    ingress_port: u16,
+    ingress_at: InstanceIngress,
     limits: skiff_serving::IngressLimits,
 ) -> anyhow::Result<InstanceServices> {
     use skiff_network::dns::LocalAnswer;
     let gw = net.gateway();
+    let ingress_port = ingress_at.http.port();
     // An ingress on every address already answers on the gateway's.
-    let ingress = if ingress_addr.ip().is_unspecified() {
+    let ingress = if ingress_at.http.ip().is_unspecified() {
         None
     } else {
         Some(
@@ -654,13 +825,24 @@ async fn services_for_instances(
                 .with_context(|| format!("cannot listen for instances on {gw}:{ingress_port}"))?,
         )
     };
+    let https_ingress = match ingress_at.https {
+        Some((addr, port)) if !addr.ip().is_unspecified() => Some(
+            tokio::net::TcpListener::bind((gw, port))
+                .await
+                .with_context(|| format!("cannot listen for instances on {gw}:{port}"))?,
+        ),
+        _ => None,
+    };
+    let domain = serving.urls().domain().map(|d| format!(".{d}"));
     let metadata = tokio::net::TcpListener::bind((gw, 80))
         .await
         .with_context(|| format!("cannot listen for the metadata server on {gw}:80"))?;
     let answer: skiff_network::dns::Answerer = Arc::new(move |name: &str| {
         if name == "localhost" {
             LocalAnswer::A(std::net::Ipv4Addr::LOCALHOST)
-        } else if name.ends_with(".localhost") {
+        } else if name.ends_with(".localhost")
+            || domain.as_deref().is_some_and(|d| name.ends_with(d))
+        {
             // Service hosts: the ingress as instances see it.
             LocalAnswer::A(gw)
         } else if name == "metadata.google.internal" {
@@ -703,9 +885,23 @@ async fn services_for_instances(
             }
         }
     });
+    let https_task = https_ingress.map(|listener| {
+        tokio::spawn(skiff_serving::serve_ingress_tls(
+            serving.clone(),
+            listener,
+            Arc::new(skiff_tls::server_config(ingress_at.certs.clone())),
+            std::future::pending(),
+            Duration::from_secs(1),
+            limits.clone(),
+        ))
+    });
     Ok(InstanceServices {
         dns,
-        tasks: ingress_task.into_iter().chain([metadata_task]).collect(),
+        tasks: ingress_task
+            .into_iter()
+            .chain(https_task)
+            .chain([metadata_task])
+            .collect(),
     })
 }
 

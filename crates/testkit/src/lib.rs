@@ -3,21 +3,27 @@
 //! PyPI packages), converts them with the real `skopeo`, serves them from Debian's
 //! `docker-registry`, runs the real `skiff` binary as a server in a private data dir (cleaning
 //! up after itself even when a test fails),
-//! drives steady parallel load at its ingress, and reads block YAML without Skiff's own parser.
+//! drives steady parallel load at its ingress, makes a test certificate authority and speaks
+//! TLS to the HTTPS ingress, runs Debian's `pebble` ACME CA with `pebble-challtestsrv` as its
+//! DNS, and reads block YAML without Skiff's own parser.
 
 pub mod debian;
 pub mod image;
 pub mod load;
+pub mod pebble;
 pub mod registry;
 pub mod runc;
 pub mod server;
+pub mod tls;
 pub mod yaml;
 
 pub use debian::debian_image;
 pub use image::{app_path, busybox_image, ImageSpec};
 pub use load::{burst, Load, Report};
+pub use pebble::Pebble;
 pub use registry::{CuttingProxy, TestRegistry};
 pub use server::{http_get, TestServer};
+pub use tls::{TestCa, TlsClient};
 
 /// Runs a command and returns its stdout, panicking with its stderr on failure.
 pub fn run(cmd: &mut std::process::Command) -> String {

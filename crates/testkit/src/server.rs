@@ -47,6 +47,15 @@ fn route_destinations() -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Three distinct free loopback ports (all are held until all are chosen).
 fn free_ports() -> (u16, u16, u16) {
     let a = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -62,11 +71,18 @@ fn free_ports() -> (u16, u16, u16) {
 impl TestServer {
     /// Starts a server with extra `skiff server` flags, e.g. `["--scale-to-zero-after", "2s"]`.
     pub fn start(bin: &Path, args: &[&str]) -> TestServer {
+        TestServer::start_with_ingress(bin, None, args)
+    }
+
+    /// Like [`TestServer::start`], with the HTTP ingress on `127.0.0.1:ingress` when given
+    /// (for a peer that must know the port before the server starts, such as an ACME CA).
+    pub fn start_with_ingress(bin: &Path, ingress: Option<u16>, args: &[&str]) -> TestServer {
         let tmp = tempfile::Builder::new()
             .prefix("skiff-test-")
             .tempdir_in("/tmp")
             .unwrap();
-        let (ingress, api, pubsub) = free_ports();
+        let (free_ingress, api, pubsub) = free_ports();
+        let ingress = ingress.unwrap_or(free_ingress);
         let own_network = args
             .iter()
             .any(|a| *a == "--no-instance-network" || *a == "--network-subnet");
@@ -144,7 +160,16 @@ impl TestServer {
     /// [`crate::ImageSpec::default`]) imported as `web:latest`. The directory returned holds
     /// the image's layout; keep it as long as the test runs.
     pub fn with_web_image(bin: &Path, args: &[&str]) -> (TestServer, tempfile::TempDir) {
-        let s = TestServer::start(bin, args);
+        TestServer::with_web_image_on(bin, None, args)
+    }
+
+    /// [`TestServer::with_web_image`] with the HTTP ingress on a given port.
+    pub fn with_web_image_on(
+        bin: &Path,
+        ingress: Option<u16>,
+        args: &[&str],
+    ) -> (TestServer, tempfile::TempDir) {
+        let s = TestServer::start_with_ingress(bin, ingress, args);
         let tmp = tempfile::tempdir().unwrap();
         let layout =
             crate::busybox_image(&tmp.path().join("web"), "web", &crate::ImageSpec::default());
@@ -434,6 +459,25 @@ pub fn http_get(port: u16, host: &str, path: &str, token: Option<&str>) -> (u16,
         req = req.bearer_auth(t);
     }
     match req.send() {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.text().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// `POST http://127.0.0.1:port/path` with a JSON body; returns the status and body.
+pub fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> (u16, String) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    match client
+        .post(format!("http://127.0.0.1:{port}{path}"))
+        .json(body)
+        .send()
+    {
         Ok(r) => {
             let status = r.status().as_u16();
             (status, r.text().unwrap_or_default())

@@ -8,11 +8,14 @@
 //!   `/.well-known/acme-challenge/TOKEN` for ACME HTTP-01 validation (RFC 8555 §8.3).
 //! - [`certified_key_from_pem`]: a certificate chain and private key in PEM (the files
 //!   `--tls-cert`/`--tls-key` name, or what an ACME CA issued) made ready to serve.
+//! - [`UserCertificate`]: the `--tls-cert`/`--tls-key` pair, loaded as the store's default and
+//!   reloaded when either file changes.
 //!
 //! Every lookup takes a read lock only; replacing a certificate never touches connections
 //! already established, so renewals drop nothing.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
@@ -46,6 +49,24 @@ pub enum TlsError {
     /// The private key is not the key of the chain's first (leaf) certificate.
     #[error("the private key does not belong to the certificate: {0}")]
     Mismatch(rustls::Error),
+    /// A certificate or key file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A `--tls-cert`/`--tls-key` pair does not make a servable certificate.
+    #[error("--tls-cert {cert} with --tls-key {key}: {source}; give the certificate chain (leaf first) and its private key in PEM")]
+    Pair {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What is wrong with them.
+        source: Box<TlsError>,
+    },
 }
 
 /// Makes a servable certificate from PEM text: `cert_pem` holds the chain, leaf first (as
@@ -98,11 +119,24 @@ pub fn normalize_host(host: &str) -> String {
 /// only [`ACME_TLS_ALPN`]; else the certificate stored for the exact SNI name; else the one
 /// stored for `*.PARENT` (one label replaced); else the default certificate, if any. With
 /// nothing found the handshake fails (rustls sends `unrecognized_name`/handshake failure).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CertStore {
     by_host: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     default: RwLock<Option<Arc<CertifiedKey>>>,
+    on_miss: RwLock<MissHook>,
+}
+
+/// Called with a host name a client asked for (SNI) that has no certificate of its own; see
+/// [`CertStore::set_on_miss`].
+pub type MissHook = Option<Arc<dyn Fn(&str) + Send + Sync>>;
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("hosts", &self.hosts())
+            .finish_non_exhaustive()
+    }
 }
 
 impl CertStore {
@@ -149,6 +183,34 @@ impl CertStore {
         by_host.get(&format!("*.{parent}")).cloned()
     }
 
+    /// Whether a client naming `host` (a DNS name, any case, with or without `:port`) gets a
+    /// certificate valid for it: one stored for the name or its wildcard, or a default
+    /// certificate whose leaf names it (its subject alternative names, checked as a TLS client
+    /// would by `rustls-webpki`). Used to decide whether plain HTTP is redirected to HTTPS.
+    pub fn covers(&self, host: &str) -> bool {
+        if self.lookup_named(host).is_some() {
+            return true;
+        }
+        let default = self
+            .default
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(key) = default else {
+            return false;
+        };
+        let host = normalize_host(host);
+        let Ok(name) = rustls::pki_types::ServerName::try_from(host.as_str()) else {
+            return false;
+        };
+        let Some(leaf) = key.cert.first() else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(leaf)
+            .and_then(|c| c.verify_is_valid_for_subject_name(&name))
+            .is_ok()
+    }
+
     /// Sets (or with `None` clears) the TLS-ALPN-01 validation certificate for `host`
     /// (RFC 8737 §3: self-signed, with the `acmeIdentifier` extension), served only to
     /// handshakes that offer the `acme-tls/1` protocol alone.
@@ -163,6 +225,14 @@ impl CertStore {
                 map.remove(&host);
             }
         }
+    }
+
+    /// Sets (or with `None` clears) the hook called, without waiting, for each handshake
+    /// naming a host that has no certificate of its own (exact or wildcard); the handshake
+    /// itself goes on with the default certificate or fails. ACME uses it to order a
+    /// certificate on first need; the hook decides whether the name deserves one.
+    pub fn set_on_miss(&self, hook: MissHook) {
+        *write(&self.on_miss) = hook;
     }
 
     /// Host names (and wildcards) with a stored certificate, sorted.
@@ -188,7 +258,17 @@ impl ResolvesServerCert for CertStore {
                 .cloned();
         }
         match name {
-            Some(n) => self.lookup(&n),
+            Some(n) => {
+                let found = self.lookup_named(&n);
+                if found.is_some() {
+                    return found;
+                }
+                let hook = read(&self.on_miss).clone();
+                if let Some(hook) = hook {
+                    hook(&normalize_host(&n));
+                }
+                self.lookup(&n)
+            }
             None => self
                 .default
                 .read()
@@ -211,6 +291,84 @@ pub fn server_config(store: Arc<CertStore>) -> rustls::ServerConfig {
     .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     config
+}
+
+/// The certificate and key files a user gave (`--tls-cert`, `--tls-key`): the [`CertStore`]'s
+/// default certificate, reloaded when either file's content changes (read again on every look:
+/// a few kilobytes, and it catches a rewrite in place, a rename over the file and a
+/// `certbot`-style symlink swap alike, whatever the file system's timestamp resolution).
+#[derive(Debug)]
+pub struct UserCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    /// The two files' bytes as last read.
+    seen: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl UserCertificate {
+    /// The pair at `cert` (PEM chain, leaf first) and `key` (PEM private key); nothing is read
+    /// yet.
+    pub fn new(cert: PathBuf, key: PathBuf) -> Self {
+        UserCertificate {
+            cert,
+            key,
+            seen: None,
+        }
+    }
+
+    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| TlsError::Read {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        Ok((read(&self.cert)?, read(&self.key)?))
+    }
+
+    fn make(&self, (cert, key): &(Vec<u8>, Vec<u8>)) -> Result<CertifiedKey, TlsError> {
+        certified_key_from_pem(cert, key).map_err(|e| TlsError::Pair {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Reads both files and makes the certificate.
+    ///
+    /// Errors: [`TlsError::Read`] naming the file that cannot be read; [`TlsError::Pair`]
+    /// naming both files around what [`certified_key_from_pem`] refused.
+    pub fn load(&self) -> Result<CertifiedKey, TlsError> {
+        self.make(&self.read()?)
+    }
+
+    /// Loads the pair into `store` as its default certificate (at start-up: an error means
+    /// nothing was changed).
+    pub fn install(&mut self, store: &CertStore) -> Result<(), TlsError> {
+        let bytes = self.read()?;
+        let key = self.make(&bytes)?;
+        store.set_default(Some(Arc::new(key)));
+        self.seen = Some(bytes);
+        Ok(())
+    }
+
+    /// If either file changed since the last look, makes the pair again and, when it is good,
+    /// `store`'s default; established connections keep the certificate they got. Returns
+    /// `None` when nothing changed, else what the reload did (an error leaves the previous
+    /// certificate in place; it is tried again once a file changes again).
+    pub fn reload_if_changed(&mut self, store: &CertStore) -> Option<Result<(), TlsError>> {
+        let bytes = match self.read() {
+            Ok(b) => b,
+            // A file being replaced may be missing for a moment: report it once.
+            Err(e) => return self.seen.take().map(|_| Err(e)),
+        };
+        if self.seen.as_ref() == Some(&bytes) {
+            return None;
+        }
+        let made = self.make(&bytes);
+        self.seen = Some(bytes);
+        Some(made.map(|key| store.set_default(Some(Arc::new(key)))))
+    }
 }
 
 /// ACME HTTP-01 key authorizations by token, served by the HTTP listener at
@@ -322,6 +480,116 @@ mod tests {
             leaf(&wild)
         );
         assert_eq!(store.hosts(), vec!["*.apps.example.com".to_string()]);
+    }
+
+    /// Sends a client hello naming `sni` to a server over `store`; returns whether the server
+    /// found a certificate to answer with.
+    fn hello(store: &Arc<CertStore>, sni: &str) -> bool {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::new(server_config(store.clone()))).unwrap();
+        let mut buf = Vec::new();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets().is_ok()
+    }
+
+    #[test]
+    fn handshake_for_unknown_host_calls_the_miss_hook() {
+        let store = CertStore::new();
+        let (c, k) = self_signed(&["known.example.com"]);
+        store.insert(
+            "known.example.com",
+            Arc::new(certified_key_from_pem(c.as_bytes(), k.as_bytes()).unwrap()),
+        );
+        let missed = Arc::new(RwLock::new(Vec::<String>::new()));
+        let m = missed.clone();
+        store.set_on_miss(Some(Arc::new(move |h: &str| {
+            m.write().unwrap().push(h.to_owned())
+        })));
+        assert!(hello(&store, "known.example.com"));
+        assert!(!hello(&store, "New.Example.com"));
+        assert_eq!(*missed.read().unwrap(), vec!["new.example.com".to_string()]);
+        store.set_on_miss(None);
+        assert!(!hello(&store, "other.example.com"));
+        assert_eq!(missed.read().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn covers_stored_names_and_the_default_certificates_names() {
+        let store = CertStore::new();
+        let mk = |n: &[&str]| {
+            let (c, k) = self_signed(n);
+            Arc::new(certified_key_from_pem(c.as_bytes(), k.as_bytes()).unwrap())
+        };
+        assert!(!store.covers("hello.apps.test"));
+        store.set_default(Some(mk(&["*.apps.test", "apps.test"])));
+        for (host, want) in [
+            ("hello.apps.test", true),
+            ("HELLO.apps.test:8443", true),
+            ("apps.test", true),
+            ("a.b.apps.test", false),
+            ("hello.localhost", false),
+            ("127.0.0.1", false),
+            ("", false),
+        ] {
+            assert_eq!(store.covers(host), want, "{host}");
+        }
+        store.insert("only.example.com", mk(&["only.example.com"]));
+        assert!(store.covers("only.example.com"));
+    }
+
+    #[test]
+    fn user_certificate_loads_reloads_and_keeps_the_old_one_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let write = |names: &[&str]| {
+            let (c, k) = self_signed(names);
+            std::fs::write(&cert, c).unwrap();
+            std::fs::write(&key, k).unwrap();
+        };
+        let store = CertStore::new();
+        let mut user = UserCertificate::new(cert.clone(), key.clone());
+        let e = user.install(&store).unwrap_err().to_string();
+        assert!(
+            e.starts_with("cannot read ") && e.contains("cert.pem"),
+            "{e}"
+        );
+        write(&["one.test"]);
+        user.install(&store).unwrap();
+        let first = leaf(&store.lookup("any").unwrap());
+        assert!(user.reload_if_changed(&store).is_none());
+        // A new pair is served.
+        write(&["two.test", "three.test"]);
+        assert!(matches!(user.reload_if_changed(&store), Some(Ok(()))));
+        let second = leaf(&store.lookup("any").unwrap());
+        assert_ne!(first, second);
+        assert!(store.covers("three.test") && !store.covers("one.test"));
+        // A key that is not the certificate's: the error names both files, the old one stays.
+        let (_, other_key) = self_signed(&["x.test"]);
+        std::fs::write(&key, other_key).unwrap();
+        let e = user
+            .reload_if_changed(&store)
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cert.pem") && e.contains("key.pem") && e.contains("does not belong"),
+            "{e}"
+        );
+        assert_eq!(leaf(&store.lookup("any").unwrap()), second);
+        assert!(user.reload_if_changed(&store).is_none());
+        // Garbage in the certificate file at start-up: refused, naming it.
+        std::fs::write(&cert, "garbage").unwrap();
+        let mut fresh = UserCertificate::new(cert.clone(), key.clone());
+        let e = fresh.install(&CertStore::new()).unwrap_err().to_string();
+        assert!(e.contains("cert.pem") && e.contains("PEM"), "{e}");
     }
 
     #[test]
