@@ -410,6 +410,9 @@ pub enum ProbeAction {
         path: String,
         headers: Vec<(String, String)>,
     },
+    /// The gRPC Health Checking protocol's `grpc.health.v1.Health/Check` for `service` (the
+    /// empty name: the server as a whole), over HTTP/2 without TLS, answers `SERVING`.
+    Grpc { service: String },
 }
 
 /// A validated probe, Cloud Run's defaults filled in.
@@ -431,6 +434,12 @@ impl ProbeSettings {
         match &self.action {
             ProbeAction::Tcp => format!("TCP connection to port {}", self.port),
             ProbeAction::Http { path, .. } => format!("HTTP GET {path} on port {}", self.port),
+            ProbeAction::Grpc { service } if service.is_empty() => {
+                format!("gRPC health check on port {}", self.port)
+            }
+            ProbeAction::Grpc { service } => {
+                format!("gRPC health check of {service:?} on port {}", self.port)
+            }
         }
     }
 }
@@ -458,8 +467,8 @@ impl ProbeKind {
     }
 }
 
-/// Reads a probe as Cloud Run does: one of `httpGet` or `tcpSocket` (`tcpSocket` for startup
-/// probes only); `initialDelaySeconds` 0 (0..=240 for startup, 0..=3600 for liveness),
+/// Reads a probe as Cloud Run does: one of `httpGet`, `tcpSocket` (startup probes only) or
+/// `grpc` (`port`, `service`: the gRPC Health Checking protocol); `initialDelaySeconds` 0 (0..=240 for startup, 0..=3600 for liveness),
 /// `periodSeconds` 10 (1..=240 / 1..=3600), `timeoutSeconds` 1 (1..=the period),
 /// `failureThreshold` 3 (at least 1), `successThreshold` only 1; for a startup probe
 /// `failureThreshold × periodSeconds` at most 240. Errors name the field:
@@ -560,9 +569,14 @@ fn probe_settings(
         }
         (ProbeAction::Tcp, port("tcpSocket", t.port)?)
     } else {
-        return Err(InvalidInput::new(format!(
-            "{f}.grpc: gRPC probes are not supported by Skiff yet: use httpGet or tcpSocket"
-        )));
+        let g = p.grpc.as_ref().expect("one action is given");
+        let service = g.service.clone().unwrap_or_default();
+        if service.chars().any(char::is_control) {
+            return Err(InvalidInput::new(format!(
+                "{f}.grpc.service: {service:?} has control characters: give a service name like grpc.health.v1.Health"
+            )));
+        }
+        (ProbeAction::Grpc { service }, port("grpc", g.port)?)
     };
     let s = |n: i64| Duration::from_secs(n as u64);
     Ok(ProbeSettings {
@@ -992,6 +1006,20 @@ mod tests {
         );
         let s = with_probes(Some(r#"{"tcpSocket":{}}"#), None).unwrap();
         assert_eq!(s.startup_probe.unwrap().action, ProbeAction::Tcp);
+        let s = with_probes(
+            Some(r#"{"grpc":{}}"#),
+            Some(r#"{"grpc":{"port":9001,"service":"app"}}"#),
+        )
+        .unwrap();
+        let (st, l) = (s.startup_probe.unwrap(), s.liveness_probe.unwrap());
+        assert_eq!(
+            st.action,
+            ProbeAction::Grpc {
+                service: String::new()
+            }
+        );
+        assert_eq!(st.describe(), "gRPC health check on port 8080");
+        assert_eq!(l.describe(), "gRPC health check of \"app\" on port 9001");
         assert_eq!(with_probes(None, None).unwrap().startup_probe, None);
     }
 
@@ -1058,7 +1086,16 @@ mod tests {
                 None,
                 "startupProbe: give exactly one",
             ),
-            (Some(r#"{"grpc":{}}"#), None, "startupProbe.grpc"),
+            (
+                Some(r#"{"grpc":{"port":0}}"#),
+                None,
+                "startupProbe.grpc.port: 0 is not a port",
+            ),
+            (
+                None,
+                Some(r#"{"grpc":{"service":"a\nb"}}"#),
+                "livenessProbe.grpc.service",
+            ),
             (None, Some(r#"{"tcpSocket":{}}"#), "livenessProbe.tcpSocket"),
             (
                 None,

@@ -1391,6 +1391,34 @@ fn gcloud_deploys_probes_in_memory_volumes_and_http2() {
         "{err}"
     );
 
+    // A gRPC startup probe (grpc.port, grpc.service): busybox httpd speaks no gRPC, so the
+    // revision fails with the probe's result, and the service keeps its ready revision.
+    let out = e.gcloud(&[
+        "run",
+        "deploy",
+        "spec",
+        "--image",
+        "web",
+        "--startup-probe",
+        "grpc.port=8080,grpc.service=app,periodSeconds=1,failureThreshold=3",
+    ]);
+    assert!(!out.status.success());
+    let err = plain(&out.stderr);
+    assert!(
+        err.contains(
+            "the startup probe (gRPC health check of \"app\" on port 8080) failed 3 times in a row"
+        ),
+        "{err}"
+    );
+    let svc = e.skiff_json(&["services", "describe", "spec"]);
+    let latest = svc["status"]["latestCreatedRevisionName"].as_str().unwrap();
+    let rev = e.skiff_json(&["revisions", "describe", latest]);
+    let probe = &rev["spec"]["containers"][0]["startupProbe"];
+    assert_eq!(probe["grpc"]["port"], 8080, "{rev}");
+    assert_eq!(probe["grpc"]["service"], "app", "{rev}");
+    let (code, _) = s.get(&e.host("spec"), "/index.html", None);
+    assert_eq!(code, 200);
+
     // --use-http2 names the port h2c; --no-use-http2 takes the name away (HTTP/1.1 again).
     e.ok(&["run", "deploy", "h2", "--image", "web", "--use-http2"]);
     let svc = e.skiff_json(&["services", "describe", "h2"]);
