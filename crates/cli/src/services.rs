@@ -492,6 +492,7 @@ const ACTED_ON: &[&str] = &[
     ANN_MAX_SCALE,
     ANN_CPU_THROTTLING,
     skiff_model::ANN_EGRESS,
+    skiff_model::ANN_CONTAINER_DEPENDENCIES,
 ];
 /// Knative's autoscaler target (requests per instance) and window, checked here by name.
 const ANN_TARGET: &str = "autoscaling.knative.dev/target";
@@ -561,10 +562,13 @@ fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
     let c = match t.spec.containers.as_slice() {
         [] => bail!("{SPEC}.containers is empty: give one container with an image"),
         [c] => c,
-        _ => bail!(
-            "{SPEC}.containers has {} containers: Skiff runs one container per instance",
-            t.spec.containers.len()
-        ),
+        // An instance with sidecars: the containers are checked together (which one is the
+        // ingress container, names, the start order), by the server's own rules.
+        _ => {
+            return RevisionSettings::from_template(t)
+                .map(drop)
+                .map_err(|e| anyhow!("{}", skiff_model::template_error(&e)))
+        }
     };
     const C: &str = "spec.template.spec.containers[0]";
     if c.image.trim().is_empty() {
@@ -631,7 +635,11 @@ fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
         }
     }
     let ann = &t.metadata.annotations;
-    for key in ACTED_ON {
+    // The start order names containers, so it is checked with them, by the server.
+    let acted_on = ACTED_ON
+        .iter()
+        .filter(|k| **k != skiff_model::ANN_CONTAINER_DEPENDENCIES);
+    for key in acted_on.clone() {
         if let Some(v) = ann.get(*key) {
             alone(
                 &format!("spec.template.metadata.annotations[{key:?}]"),
@@ -642,7 +650,7 @@ fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
         }
     }
     alone("spec.template.metadata.annotations", &|o| {
-        for key in ACTED_ON {
+        for key in acted_on.clone() {
             if let Some(v) = ann.get(*key) {
                 o.metadata.annotations.insert(key.to_string(), v.clone());
             }
