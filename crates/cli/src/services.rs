@@ -367,6 +367,27 @@ pub fn settings_pairs(t: &RevisionTemplate) -> Vec<(&'static str, String)> {
             if s.use_http2 {
                 out.push(("HTTP/2", "end to end (port named h2c)".into()));
             }
+            if let Some(name) = s.container_name.as_ref().filter(|_| !s.sidecars.is_empty()) {
+                out.push(("Ingress container", name.clone()));
+            }
+            for c in &s.sidecars {
+                let after = s
+                    .container_dependencies
+                    .get(&c.name)
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!(", after {}", d.join(", ")))
+                    .unwrap_or_default();
+                out.push((
+                    "Sidecar",
+                    format!(
+                        "{} ({}, {}m CPU, {} MiB{after})",
+                        c.name,
+                        c.image,
+                        c.cpu_millis,
+                        c.memory_bytes >> 20
+                    ),
+                ));
+            }
             for v in &s.memory_volumes {
                 out.push((
                     "Volume",

@@ -112,6 +112,11 @@ fn a_sidecar_serves_the_app_on_localhost_in_dependency_order_with_its_own_logs()
             && logs.contains(&format!("{id}[app] stdout app started"))
     });
 
+    let text = s.ok(&["services", "describe", "pair"]);
+    for part in ["app", "side (web, 500m CPU, 256 MiB)"] {
+        assert!(text.contains(part), "{part:?} missing from\n{text}");
+    }
+
     // The whole set round-trips through the export and `services replace` byte for byte.
     let first = s.ok(&["services", "describe", "pair", "--format", "export"]);
     for part in [
