@@ -218,6 +218,19 @@ fn run_with_sidecars(
     slot: &mut Option<Container>,
 ) -> Result<(), RuntimeError> {
     private_mount_namespace()?;
+    // The sidecars' output pipes must not reach another container's process: close-on-exec
+    // until each is dup2-ed onto the stdio of its own container.
+    for i in 0..cfg.sidecars.len() as i32 {
+        for fd in [
+            crate::SIDECAR_OUTPUT_FD + 2 * i,
+            crate::SIDECAR_OUTPUT_FD + 2 * i + 1,
+        ] {
+            // SAFETY: fcntl on a descriptor the server handed this process.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
     for (name, size) in &cfg.shared_volumes {
         let dir = cfg.shared_volume_dir(name);
         std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;

@@ -189,6 +189,18 @@ fn bad_container_sets_are_refused_naming_what_is_wrong_and_change_nothing() {
         assert!(err.contains(want), "{want:?} missing from {err}");
         assert!(err.starts_with("error: "), "{err}");
     }
+    // A sidecar whose startup probe fails fails the revision, naming the container.
+    let wrong = pair
+        .replace("port: 9000", "port: 9001")
+        .replace("failureThreshold: 60", "failureThreshold: 2");
+    let out = replace(&s, tmp.path(), "bad", &wrong);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("container side: the startup probe (TCP connection to port 9001) failed 2 times in a row, last: connection refused"),
+        "{err}"
+    );
+    s.ok(&["services", "delete", "bad"]);
     // None of them made a service.
     let err = s.fails(&["services", "describe", "bad"]);
     assert!(err.contains("not found"), "{err}");
