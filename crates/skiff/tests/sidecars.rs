@@ -16,10 +16,11 @@ fn replace(s: &TestServer, dir: &Path, name: &str, yaml: &str) -> std::process::
     s.skiff(&["services", "replace", file.to_str().unwrap()])
 }
 
-/// A public service `name` of two containers from the test image `web`: `app`, the ingress
-/// container, and `side`, a sidecar on port 9000. `side` writes `/shared/flag` before it
-/// listens, then serves until `/shared/stop` appears, and exits with code 3; `app` starts
-/// after it (its startup probe passed) and copies the flag into what it serves.
+/// A service `name` of two containers from the test image `web`: `side`, a sidecar on port
+/// 9000, and `app`, the ingress container (second: its place does not matter). `side` writes
+/// `/shared/flag` before it listens, then serves until `/shared/stop` appears, and exits with
+/// code 3; `app` starts after it (its startup probe passed) and copies the flag into what it
+/// serves.
 fn pair_yaml(name: &str) -> String {
     format!(
         r#"apiVersion: serving.knative.dev/v1
@@ -35,15 +36,6 @@ spec:
         run.googleapis.com/container-dependencies: '{{"app":["side"]}}'
     spec:
       containers:
-      - name: app
-        image: web
-        args:
-        - cp /shared/flag /www/flag && echo app started && exec httpd -f -p $PORT -h /www
-        ports:
-        - containerPort: 8080
-        volumeMounts:
-        - name: shared
-          mountPath: /shared
       - name: side
         image: web
         args:
@@ -58,6 +50,15 @@ spec:
             port: 9000
           periodSeconds: 1
           failureThreshold: 60
+        volumeMounts:
+        - name: shared
+          mountPath: /shared
+      - name: app
+        image: web
+        args:
+        - cp /shared/flag /www/flag && echo app started && exec httpd -f -p $PORT -h /www
+        ports:
+        - containerPort: 8080
         volumeMounts:
         - name: shared
           mountPath: /shared
@@ -146,6 +147,15 @@ fn a_sidecar_serves_the_app_on_localhost_in_dependency_order_with_its_own_logs()
     });
     let (code, body) = s.get("pair.localhost", "/flag", None);
     assert_eq!((code, body.as_str()), (200, "side-ready\n"));
+
+    // `skiff deploy` flags change the ingress container, whatever its place in the list.
+    s.ok(&["deploy", "pair", "--set-env-vars", "MARK=ingress"]);
+    let svc: serde_json::Value =
+        serde_json::from_str(&s.ok(&["services", "describe", "pair", "--format", "json"])).unwrap();
+    let cs = &svc["spec"]["template"]["spec"]["containers"];
+    assert_eq!(cs[1]["env"][0]["value"], "ingress", "{svc}");
+    assert!(cs[0]["env"].is_null(), "{svc}");
+    assert_eq!(s.sh("pair", "echo $MARK"), "ingress\n");
 }
 
 #[test]
@@ -166,11 +176,11 @@ fn bad_container_sets_are_refused_naming_what_is_wrong_and_change_nothing() {
         ),
         (
             pair.replace(r#"{"app":["side"]}"#, r#"{"app":["proxy"]}"#),
-            "invalid annotation run.googleapis.com/container-dependencies: \"proxy\" is not a container of the revision (its containers: app, side)",
+            "invalid annotation run.googleapis.com/container-dependencies: \"proxy\" is not a container of the revision (its containers: side, app)",
         ),
         (
             pair.replace("      - name: side\n", "      - image: web\n        name: app\n      - name: side\n"),
-            "spec.template.spec.containers[1].name: \"app\" is used twice",
+            "spec.template.spec.containers[2].name: \"app\" is used twice",
         ),
         (
             {
