@@ -238,6 +238,7 @@ impl Controller {
             )),
             e => e.into(),
         })?;
+        let sidecar_images = self.sidecar_images(&settings)?;
         svc.metadata
             .labels
             .insert(LABEL_LOCATION.into(), REGION.into());
@@ -407,7 +408,8 @@ impl Controller {
             service: name.clone(),
             revision: rev_name,
         };
-        self.serving.add_revision(key.clone(), settings, image);
+        self.serving
+            .add_revision(key.clone(), settings, image, sidecar_images);
         drop(_guard);
         self.warm(key);
         Ok(svc)
@@ -770,6 +772,26 @@ impl Controller {
         Ok(self.store.get_policy(ns, name)?.unwrap_or_default())
     }
 
+    /// The images of a revision's sidecars, from the image store, in their order.
+    fn sidecar_images(
+        &self,
+        settings: &RevisionSettings,
+    ) -> ApiResult<Vec<skiff_image::ResolvedImage>> {
+        settings
+            .sidecars
+            .iter()
+            .map(|c| {
+                self.images.resolve(&c.image).map_err(|e| match e {
+                    skiff_image::ImageError::NotFound { .. } => ApiError::invalid(format!(
+                        "spec.template.spec.containers: sidecar {}: image {} is not in the image store: import it with `skiff images import PATH --name {}`",
+                        c.name, c.image, c.image
+                    )),
+                    e => e.into(),
+                })
+            })
+            .collect()
+    }
+
     /// Loads every stored service into the serving plane after a (re)start. Revisions whose
     /// deploy was interrupted are warmed again.
     pub async fn restore(self: &Arc<Self>) -> ApiResult<()> {
@@ -798,14 +820,16 @@ impl Controller {
                             .rsplit_once('@')
                             .map_or(pinned.as_str(), |(_, d)| d)
                             .to_string();
+                        let sidecars = self.sidecar_images(&s).map_err(|e| e.message)?;
                         self.images
                             .resolve(&digest)
-                            .map(|img| (s, img))
+                            .map(|img| (s, img, sidecars))
                             .map_err(|e| e.to_string())
                     });
                 match loaded {
-                    Ok((settings, image)) => {
-                        self.serving.add_revision(key.clone(), settings, image);
+                    Ok((settings, image, sidecars)) => {
+                        self.serving
+                            .add_revision(key.clone(), settings, image, sidecars);
                         if revision_ready(&rev).is_none() {
                             self.warm(key);
                         }

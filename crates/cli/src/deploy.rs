@@ -361,7 +361,17 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) -> Result<()> {
     if let Some(s) = ch.timeout_secs {
         t.spec.timeout_seconds = Some(s);
     }
-    let c = &mut t.spec.containers[0];
+    // With sidecars, the flags are the ingress container's (the one with ports).
+    let ingress = if t.spec.containers.len() > 1 {
+        t.spec
+            .containers
+            .iter()
+            .position(|c| !c.ports.is_empty())
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let c = &mut t.spec.containers[ingress];
     if let Some(i) = &ch.image {
         c.image = i.clone();
     }
@@ -417,7 +427,11 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) -> Result<()> {
     if let Some(a) = &ch.args {
         c.args = a.clone();
     }
-    crate::secretrefs::apply(&mut t.spec.containers[0], &mut t.spec.volumes, &ch.secrets)
+    crate::secretrefs::apply(
+        &mut t.spec.containers[ingress],
+        &mut t.spec.volumes,
+        &ch.secrets,
+    )
 }
 
 /// `--no-traffic`: the traffic the service serves now, pinned to revision names, so that the

@@ -57,7 +57,8 @@ pub fn query(a: &ReadArgs) -> Vec<(&'static str, String)> {
     q
 }
 
-/// One log record as printed: `TIME INSTANCE STREAM LINE`. A record that is not JSON is
+/// One log record as printed: `TIME INSTANCE STREAM LINE` (`INSTANCE[CONTAINER]` for a line of
+/// an instance with sidecars). A record that is not JSON is
 /// printed as it came; an `{"error": ...}` record ends the stream with that error.
 pub fn format_record(raw: &str) -> Result<String> {
     let v: Value = match serde_json::from_str(raw) {
@@ -80,10 +81,14 @@ pub fn format_record(raw: &str) -> Result<String> {
             .to_string()
     };
     let line = v.get("line").and_then(Value::as_str).unwrap_or("");
+    let mut who = field(&["instance", "task"]);
+    if let Some(c) = v.get("container").and_then(Value::as_str) {
+        who = format!("{who}[{c}]");
+    }
     Ok(format!(
         "{} {} {} {}",
         field(&["time", "timestamp"]),
-        field(&["instance", "task"]),
+        who,
         field(&["stream"]),
         line.trim_end_matches(['\n', '\r'])
     ))

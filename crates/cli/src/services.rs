@@ -380,6 +380,27 @@ pub fn settings_pairs(t: &RevisionTemplate) -> Vec<(&'static str, String)> {
             if s.use_http2 {
                 out.push(("HTTP/2", "end to end (port named h2c)".into()));
             }
+            if let Some(name) = s.container_name.as_ref().filter(|_| !s.sidecars.is_empty()) {
+                out.push(("Ingress container", name.clone()));
+            }
+            for c in &s.sidecars {
+                let after = s
+                    .container_dependencies
+                    .get(&c.name)
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!(", after {}", d.join(", ")))
+                    .unwrap_or_default();
+                out.push((
+                    "Sidecar",
+                    format!(
+                        "{} ({}, {}m CPU, {} MiB{after})",
+                        c.name,
+                        c.image,
+                        c.cpu_millis,
+                        c.memory_bytes >> 20
+                    ),
+                ));
+            }
             for v in &s.memory_volumes {
                 out.push((
                     "Volume",
@@ -505,6 +526,7 @@ const ACTED_ON: &[&str] = &[
     ANN_MAX_SCALE,
     ANN_CPU_THROTTLING,
     skiff_model::ANN_EGRESS,
+    skiff_model::ANN_CONTAINER_DEPENDENCIES,
 ];
 /// Knative's autoscaler target (requests per instance) and window, checked here by name.
 const ANN_TARGET: &str = "autoscaling.knative.dev/target";
@@ -574,10 +596,13 @@ fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
     let c = match t.spec.containers.as_slice() {
         [] => bail!("{SPEC}.containers is empty: give one container with an image"),
         [c] => c,
-        _ => bail!(
-            "{SPEC}.containers has {} containers: Skiff runs one container per instance",
-            t.spec.containers.len()
-        ),
+        // An instance with sidecars: the containers are checked together (which one is the
+        // ingress container, names, the start order), by the server's own rules.
+        _ => {
+            return RevisionSettings::from_template(t)
+                .map(drop)
+                .map_err(|e| anyhow!("{}", skiff_model::template_error(&e)))
+        }
     };
     const C: &str = "spec.template.spec.containers[0]";
     if c.image.trim().is_empty() {
@@ -644,7 +669,11 @@ fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
         }
     }
     let ann = &t.metadata.annotations;
-    for key in ACTED_ON {
+    // The start order names containers, so it is checked with them, by the server.
+    let acted_on = ACTED_ON
+        .iter()
+        .filter(|k| **k != skiff_model::ANN_CONTAINER_DEPENDENCIES);
+    for key in acted_on.clone() {
         if let Some(v) = ann.get(*key) {
             alone(
                 &format!("spec.template.metadata.annotations[{key:?}]"),
@@ -655,7 +684,7 @@ fn check_template(service: &str, t: &RevisionTemplate) -> Result<()> {
         }
     }
     alone("spec.template.metadata.annotations", &|o| {
-        for key in ACTED_ON {
+        for key in acted_on.clone() {
             if let Some(v) = ann.get(*key) {
                 o.metadata.annotations.insert(key.to_string(), v.clone());
             }

@@ -625,6 +625,12 @@ impl Jobs {
             host_volumes,
             secrets_on_fd: false,
             secrets: Default::default(),
+            name: String::new(),
+            sidecars: Vec::new(),
+            start_now: true,
+            cgroup: None,
+            shared_volumes: Vec::new(),
+            volume_binds: Vec::new(),
         }
     }
 

@@ -34,6 +34,9 @@ pub fn to_entry(l: &LogLine) -> Value {
     if !s.instance.is_empty() {
         labels.insert("instanceId".into(), json!(s.instance));
     }
+    if !s.container.is_empty() {
+        labels.insert("container_name".into(), json!(s.container));
+    }
     let resource = if s.job.is_empty() {
         json!({"type": "cloud_run_revision", "labels": {
             "service_name": s.service, "revision_name": s.revision,

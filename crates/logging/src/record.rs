@@ -20,6 +20,9 @@ pub struct LogSource {
     pub task: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u64>,
+    /// The container that wrote the line, in an instance with sidecars (empty otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
 }
 
 /// The resource whose logs are read: a service or a job.

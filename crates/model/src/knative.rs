@@ -17,6 +17,12 @@ pub const ANN_EGRESS: &str = "skiff.dev/egress";
 /// Who may reach a service, on the Service's own metadata as gcloud's `--ingress` writes it:
 /// `all` (the default), `internal` or `internal-and-cloud-load-balancing` ([`Ingress`]).
 pub const ANN_INGRESS: &str = "run.googleapis.com/ingress";
+/// The start order of a revision's containers, a JSON map from a container's name to the
+/// names of the containers it starts after (`{"app":["proxy"]}`): each of those must have
+/// started, and passed its startup probe if it has one, first. Without it all start at once.
+pub const ANN_CONTAINER_DEPENDENCIES: &str = "run.googleapis.com/container-dependencies";
+/// Cloud Run's most containers per instance: the ingress container and nine sidecars.
+pub const MAX_CONTAINERS: usize = 10;
 pub const ANN_CREATOR: &str = "serving.knative.dev/creator";
 pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
 pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";

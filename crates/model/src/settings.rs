@@ -74,9 +74,54 @@ pub struct RevisionSettings {
     /// The container's liveness probe, run once it has started; `None`: none.
     #[serde(default)]
     pub liveness_probe: Option<ProbeSettings>,
+    /// The ingress container's `name`, when the template gives one.
+    #[serde(default)]
+    pub container_name: Option<String>,
+    /// The revision's other containers (sidecars), in the template's order. They share the
+    /// instance's network namespace and in-memory volumes; each has its own root filesystem,
+    /// limits and logs.
+    #[serde(default)]
+    pub sidecars: Vec<SidecarSettings>,
+    /// The start order ([`crate::ANN_CONTAINER_DEPENDENCIES`]): a container's name to the
+    /// names of the containers it starts after. Checked: every name is a container of the
+    /// revision, and there is no cycle.
+    #[serde(default)]
+    pub container_dependencies: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// A sidecar: a container of an instance other than the ingress container, with no port of
+/// its own to serve requests on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SidecarSettings {
+    /// The container's `name` (required when a revision has more than one container).
+    pub name: String,
+    /// The image reference as the user gave it.
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    /// Its own CPU limit (millicores; Cloud Run's default 1 CPU).
+    pub cpu_millis: u64,
+    /// Its own memory limit (bytes; Cloud Run's default 512 MiB).
+    pub memory_bytes: u64,
+    /// The revision's in-memory volumes this container mounts.
+    pub memory_volumes: Vec<MemoryVolume>,
+    /// When it has started: containers that depend on it wait for this probe to pass.
+    pub startup_probe: Option<ProbeSettings>,
 }
 
 impl RevisionSettings {
+    /// The CPU of the whole instance (millicores): every container's limit added up, as Cloud
+    /// Run bills an instance with sidecars.
+    pub fn instance_cpu_millis(&self) -> u64 {
+        self.cpu_millis + self.sidecars.iter().map(|s| s.cpu_millis).sum::<u64>()
+    }
+    /// The memory of the whole instance (bytes), likewise.
+    pub fn instance_memory_bytes(&self) -> u64 {
+        self.memory_bytes + self.sidecars.iter().map(|s| s.memory_bytes).sum::<u64>()
+    }
+
     /// The longest a new instance may take to start before its startup probe gives up: 240 s
     /// for the default probe; `initialDelaySeconds + failureThreshold × periodSeconds` plus a
     /// last attempt's timeout for a probe the revision gives.
@@ -206,6 +251,7 @@ enum VolumeSource {
 fn volumes(
     t: &RevisionTemplate,
     c: &crate::Container,
+    index: usize,
     memory_bytes: u64,
 ) -> Result<Volumes, InvalidInput> {
     let mut sources = std::collections::BTreeMap::new();
@@ -236,7 +282,7 @@ fn volumes(
     let mut hosts: Vec<HostVolume> = Vec::new();
     let mut mounted: Vec<(String, String)> = Vec::new();
     for (i, m) in c.volume_mounts.iter().enumerate() {
-        let at = format!("containers[0].volumeMounts[{i}]");
+        let at = format!("containers[{index}].volumeMounts[{i}]");
         let Some(source) = sources.get(&m.name) else {
             return Err(InvalidInput::new(format!(
                 "{at}.name: no volume {:?} in spec.volumes: declare it there",
@@ -410,6 +456,9 @@ pub enum ProbeAction {
         path: String,
         headers: Vec<(String, String)>,
     },
+    /// The gRPC Health Checking protocol's `grpc.health.v1.Health/Check` for `service` (the
+    /// empty name: the server as a whole), over HTTP/2 without TLS, answers `SERVING`.
+    Grpc { service: String },
 }
 
 /// A validated probe, Cloud Run's defaults filled in.
@@ -431,6 +480,12 @@ impl ProbeSettings {
         match &self.action {
             ProbeAction::Tcp => format!("TCP connection to port {}", self.port),
             ProbeAction::Http { path, .. } => format!("HTTP GET {path} on port {}", self.port),
+            ProbeAction::Grpc { service } if service.is_empty() => {
+                format!("gRPC health check on port {}", self.port)
+            }
+            ProbeAction::Grpc { service } => {
+                format!("gRPC health check of {service:?} on port {}", self.port)
+            }
         }
     }
 }
@@ -458,8 +513,8 @@ impl ProbeKind {
     }
 }
 
-/// Reads a probe as Cloud Run does: one of `httpGet` or `tcpSocket` (`tcpSocket` for startup
-/// probes only); `initialDelaySeconds` 0 (0..=240 for startup, 0..=3600 for liveness),
+/// Reads a probe as Cloud Run does: one of `httpGet`, `tcpSocket` (startup probes only) or
+/// `grpc` (`port`, `service`: the gRPC Health Checking protocol); `initialDelaySeconds` 0 (0..=240 for startup, 0..=3600 for liveness),
 /// `periodSeconds` 10 (1..=240 / 1..=3600), `timeoutSeconds` 1 (1..=the period),
 /// `failureThreshold` 3 (at least 1), `successThreshold` only 1; for a startup probe
 /// `failureThreshold × periodSeconds` at most 240. Errors name the field:
@@ -560,9 +615,14 @@ fn probe_settings(
         }
         (ProbeAction::Tcp, port("tcpSocket", t.port)?)
     } else {
-        return Err(InvalidInput::new(format!(
-            "{f}.grpc: gRPC probes are not supported by Skiff yet: use httpGet or tcpSocket"
-        )));
+        let g = p.grpc.as_ref().expect("one action is given");
+        let service = g.service.clone().unwrap_or_default();
+        if service.chars().any(char::is_control) {
+            return Err(InvalidInput::new(format!(
+                "{f}.grpc.service: {service:?} has control characters: give a service name like grpc.health.v1.Health"
+            )));
+        }
+        (ProbeAction::Grpc { service }, port("grpc", g.port)?)
     };
     let s = |n: i64| Duration::from_secs(n as u64);
     Ok(ProbeSettings {
@@ -573,6 +633,215 @@ fn probe_settings(
         period: s(period),
         failure_threshold: failures as u32,
     })
+}
+
+/// The ingress container and its index: the only container, or, of several (at most
+/// [`crate::MAX_CONTAINERS`], each named, names unique), the one that has `ports`.
+fn ingress_container(
+    containers: &[crate::Container],
+) -> Result<(usize, &crate::Container), InvalidInput> {
+    match containers {
+        [] => {
+            return Err(InvalidInput::new(
+                "the revision template has no container: give one with an image",
+            ))
+        }
+        [c] => return Ok((0, c)),
+        _ => {}
+    }
+    if containers.len() > crate::MAX_CONTAINERS {
+        return Err(InvalidInput::new(format!(
+            "containers: {} containers: Cloud Run takes at most {} (the ingress container and up to {} sidecars)",
+            containers.len(),
+            crate::MAX_CONTAINERS,
+            crate::MAX_CONTAINERS - 1
+        )));
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for (i, c) in containers.iter().enumerate() {
+        let Some(name) = c.name.as_deref() else {
+            return Err(InvalidInput::new(format!(
+                "containers[{i}].name: a revision with several containers names each one: give it a name"
+            )));
+        };
+        crate::validate_name("container", name, 63)
+            .map_err(|e| InvalidInput::new(format!("containers[{i}].name: {e}")))?;
+        if names.contains(&name) {
+            return Err(InvalidInput::new(format!(
+                "containers[{i}].name: {name:?} is used twice: give each container its own name"
+            )));
+        }
+        names.push(name);
+    }
+    let with_ports: Vec<usize> = containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.ports.is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    match with_ports.as_slice() {
+        [i] => Ok((*i, &containers[*i])),
+        [] => Err(InvalidInput::new(
+            "containers: no container has ports: give the ingress container (the one that serves requests) a port, and the sidecars none",
+        )),
+        more => Err(InvalidInput::new(format!(
+            "containers: {} containers have ports ({}): only the ingress container has one, sidecars have none",
+            more.len(),
+            more.iter()
+                .map(|i| format!("containers[{i}]"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Reads and checks sidecar `containers[i]`: its image, command, args, literal env, limits,
+/// in-memory volume mounts and startup probe (which must name its port). Errors name the
+/// field from `containers[i]` on.
+fn sidecar(
+    t: &RevisionTemplate,
+    i: usize,
+    c: &crate::Container,
+) -> Result<SidecarSettings, InvalidInput> {
+    let at = |m: String| InvalidInput::new(format!("containers[{i}].{m}"));
+    let name = c.name.clone().unwrap_or_default();
+    if c.image.trim().is_empty() {
+        return Err(at(format!(
+            "image: sidecar {name:?} has no image: give one"
+        )));
+    }
+    let limits = c.resources.as_ref().map(|r| &r.limits);
+    let cpu_millis = match limits.and_then(|l| l.get("cpu")) {
+        Some(v) => parse_cpu(v).map_err(|e| at(format!("resources.limits.cpu: {e}")))?,
+        None => DEFAULT_CPU_MILLIS,
+    };
+    let memory_bytes = match limits.and_then(|l| l.get("memory")) {
+        Some(v) => parse_size(v).map_err(|e| at(format!("resources.limits.memory: {e}")))?,
+        None => DEFAULT_MEMORY,
+    };
+    if memory_bytes < MIN_MEMORY {
+        return Err(at(format!(
+            "resources.limits.memory: {memory_bytes} bytes is below the minimum: use at least 128Mi"
+        )));
+    }
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (j, e) in c.env.iter().enumerate() {
+        crate::parse_env_list(&format!("{}=x", e.name))
+            .map_err(|x| at(format!("env[{j}].name: {x}")))?;
+        if e.value_from.is_some() {
+            return Err(at(format!(
+                "env[{j}].valueFrom: Skiff gives secrets to the ingress container only: remove it from the sidecar"
+            )));
+        }
+        if env.iter().any(|(k, _)| *k == e.name) {
+            return Err(at(format!(
+                "env[{j}]: env var {} is given twice: give each variable once",
+                e.name
+            )));
+        }
+        env.push((e.name.clone(), e.value.clone()));
+    }
+    let v = volumes(t, c, i, memory_bytes)?;
+    if !v.secrets.is_empty() || !v.hosts.is_empty() {
+        return Err(at(
+            "volumeMounts: Skiff mounts only in-memory (emptyDir) volumes in sidecars: mount secret and nfs volumes in the ingress container".into(),
+        ));
+    }
+    if c.liveness_probe.is_some() {
+        return Err(at(
+            "livenessProbe: Skiff does not implement liveness probes of sidecars: remove it".into(),
+        ));
+    }
+    let startup_probe = match &c.startup_probe {
+        None => None,
+        Some(p) => {
+            let p = probe_settings(p, ProbeKind::Startup, 0).map_err(|e| at(e.0))?;
+            if p.port == 0 {
+                return Err(at(
+                    "startupProbe: a sidecar has no container port: give the port the probe checks (tcpSocket.port, httpGet.port or grpc.port)".into(),
+                ));
+            }
+            Some(p)
+        }
+    };
+    Ok(SidecarSettings {
+        name,
+        image: c.image.clone(),
+        command: c.command.clone(),
+        args: c.args.clone(),
+        env,
+        working_dir: c.working_dir.clone(),
+        cpu_millis,
+        memory_bytes,
+        memory_volumes: v.memory,
+        startup_probe,
+    })
+}
+
+/// Reads [`crate::ANN_CONTAINER_DEPENDENCIES`]: a JSON object from a container's name to the
+/// names it starts after, every name a container of the template, without cycles.
+fn container_dependencies(
+    t: &RevisionTemplate,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, InvalidInput> {
+    use std::collections::BTreeMap;
+    let key = crate::ANN_CONTAINER_DEPENDENCIES;
+    let Some(v) = t.metadata.annotations.get(key) else {
+        return Ok(BTreeMap::new());
+    };
+    let bad = |m: String| InvalidInput::new(format!("invalid annotation {key}: {m}"));
+    let deps: BTreeMap<String, Vec<String>> = serde_json::from_str(v).map_err(|e| {
+        bad(format!(
+            "{v:?} is not a JSON object of container names to lists of names ({e}): give one like {{\"app\":[\"sidecar\"]}}"
+        ))
+    })?;
+    let names: Vec<&str> = t
+        .spec
+        .containers
+        .iter()
+        .filter_map(|c| c.name.as_deref())
+        .collect();
+    for (c, after) in &deps {
+        for n in std::iter::once(c).chain(after) {
+            if !names.contains(&n.as_str()) {
+                return Err(bad(format!(
+                    "{n:?} is not a container of the revision (its containers: {}): name containers by their name",
+                    names.join(", ")
+                )));
+            }
+        }
+    }
+    // A depth-first walk; a name met again on the current path closes a cycle.
+    fn walk<'a>(
+        n: &'a str,
+        deps: &'a BTreeMap<String, Vec<String>>,
+        path: &mut Vec<&'a str>,
+        done: &mut Vec<&'a str>,
+    ) -> Result<(), String> {
+        if let Some(at) = path.iter().position(|p| *p == n) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(n);
+            return Err(cycle.join(" -> "));
+        }
+        if done.contains(&n) {
+            return Ok(());
+        }
+        path.push(n);
+        for d in deps.get(n).into_iter().flatten() {
+            walk(d, deps, path, done)?;
+        }
+        path.pop();
+        done.push(n);
+        Ok(())
+    }
+    let mut done = Vec::new();
+    for c in deps.keys() {
+        walk(c, &deps, &mut Vec::new(), &mut done).map_err(|cycle| {
+            bad(format!(
+                "the containers depend on each other in a cycle ({cycle}): remove one of these dependencies"
+            ))
+        })?;
+    }
+    Ok(deps)
 }
 
 /// A header name is a token (RFC 9110 §5.6.2) and its value has no control characters.
@@ -630,7 +899,7 @@ pub fn template_error(e: &InvalidInput) -> String {
     let m = &e.0;
     if m.starts_with("startupProbe") || m.starts_with("livenessProbe") {
         format!("spec.template.spec.containers[0].{m}")
-    } else if m.starts_with("volumes[") || m.starts_with("containers[") {
+    } else if m.starts_with("volumes[") || m.starts_with("containers") {
         format!("spec.template.spec.{m}")
     } else {
         format!("spec.template: {m}")
@@ -656,15 +925,7 @@ impl RevisionSettings {
     /// so that nothing invalid is ever stored.
     pub fn from_template(t: &RevisionTemplate) -> Result<Self, InvalidInput> {
         let spec = &t.spec;
-        let c = match spec.containers.as_slice() {
-            [c] => c,
-            [] => return Err(InvalidInput::new("the revision template has no container: give one with an image")),
-            _ => {
-                return Err(InvalidInput::new(
-                    "the revision template has more than one container: Skiff runs one container per instance",
-                ))
-            }
-        };
+        let (index, c) = ingress_container(&spec.containers)?;
         if c.image.trim().is_empty() {
             return Err(InvalidInput::new(
                 "the container has no image: pass --image NAME[:TAG]",
@@ -758,7 +1019,7 @@ impl RevisionSettings {
             match &e.value_from {
                 None => env.push((e.name.clone(), e.value.clone())),
                 Some(from) => {
-                    let at = format!("containers[0].env[{i}]");
+                    let at = format!("containers[{index}].env[{i}]");
                     let Some(r) = &from.secret_key_ref else {
                         return Err(InvalidInput::new(format!(
                             "{at}.valueFrom: give secretKeyRef: {{name: SECRET, key: VERSION}}"
@@ -795,17 +1056,31 @@ impl RevisionSettings {
             memory: memory_volumes,
             secrets: secret_volumes,
             hosts: host_volumes,
-        } = volumes(t, c, memory_bytes)?;
+        } = volumes(t, c, index, memory_bytes)?;
+        let in_container = |e: InvalidInput| match index {
+            0 => e,
+            i => InvalidInput::new(format!("containers[{i}].{}", e.0)),
+        };
         let startup_probe = c
             .startup_probe
             .as_ref()
             .map(|p| probe_settings(p, ProbeKind::Startup, port))
-            .transpose()?;
+            .transpose()
+            .map_err(in_container)?;
         let liveness_probe = c
             .liveness_probe
             .as_ref()
             .map(|p| probe_settings(p, ProbeKind::Liveness, port))
-            .transpose()?;
+            .transpose()
+            .map_err(in_container)?;
+        let sidecars = spec
+            .containers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(i, sc)| sidecar(t, i, sc))
+            .collect::<Result<Vec<_>, _>>()?;
+        let container_dependencies = container_dependencies(t)?;
         for (p, field) in [
             (&startup_probe, "startupProbe"),
             (&liveness_probe, "livenessProbe"),
@@ -837,6 +1112,9 @@ impl RevisionSettings {
             use_http2,
             startup_probe,
             liveness_probe,
+            container_name: c.name.clone(),
+            sidecars,
+            container_dependencies,
             cpu_throttling,
             image: c.image.clone(),
             port,
@@ -992,7 +1270,102 @@ mod tests {
         );
         let s = with_probes(Some(r#"{"tcpSocket":{}}"#), None).unwrap();
         assert_eq!(s.startup_probe.unwrap().action, ProbeAction::Tcp);
+        let s = with_probes(
+            Some(r#"{"grpc":{}}"#),
+            Some(r#"{"grpc":{"port":9001,"service":"app"}}"#),
+        )
+        .unwrap();
+        let (st, l) = (s.startup_probe.unwrap(), s.liveness_probe.unwrap());
+        assert_eq!(
+            st.action,
+            ProbeAction::Grpc {
+                service: String::new()
+            }
+        );
+        assert_eq!(st.describe(), "gRPC health check on port 8080");
+        assert_eq!(l.describe(), "gRPC health check of \"app\" on port 9001");
         assert_eq!(with_probes(None, None).unwrap().startup_probe, None);
+    }
+
+    fn containers(yaml: &str, deps: Option<&str>) -> Result<RevisionSettings, InvalidInput> {
+        let mut t = RevisionTemplate::default();
+        t.spec.containers = serde_json::from_str(yaml).unwrap();
+        if let Some(d) = deps {
+            t.metadata
+                .annotations
+                .insert(crate::ANN_CONTAINER_DEPENDENCIES.into(), d.into());
+        }
+        RevisionSettings::from_template(&t)
+    }
+
+    #[test]
+    fn sidecars_are_read_and_checked() {
+        let s = containers(
+            r#"[{"name":"proxy","image":"p","resources":{"limits":{"cpu":"500m","memory":"256Mi"}},
+                 "startupProbe":{"tcpSocket":{"port":9000}}},
+                {"name":"app","image":"a","ports":[{"containerPort":8081}]}]"#,
+            Some(r#"{"app":["proxy"]}"#),
+        )
+        .unwrap();
+        assert_eq!((s.image.as_str(), s.port), ("a", 8081));
+        assert_eq!(s.container_name.as_deref(), Some("app"));
+        assert_eq!(s.sidecars.len(), 1);
+        assert_eq!(s.sidecars[0].name, "proxy");
+        assert_eq!(s.sidecars[0].startup_probe.as_ref().unwrap().port, 9000);
+        assert_eq!(s.container_dependencies["app"], ["proxy"]);
+        assert_eq!(s.instance_cpu_millis(), 1500);
+        assert_eq!(s.instance_memory_bytes(), (512 + 256) << 20);
+
+        let two = r#"[{"name":"a","image":"a","ports":[{"containerPort":8080}]},{"name":"b","image":"b"}]"#;
+        let cases = [
+            (
+                r#"[{"name":"a","image":"a","ports":[{"containerPort":8080}]},{"name":"b","image":"b","ports":[{"containerPort":9000}]}]"#,
+                None,
+                "containers: 2 containers have ports (containers[0], containers[1])",
+            ),
+            (
+                r#"[{"name":"a","image":"a"},{"name":"b","image":"b"}]"#,
+                None,
+                "containers: no container has ports",
+            ),
+            (
+                r#"[{"image":"a","ports":[{"containerPort":8080}]},{"name":"b","image":"b"}]"#,
+                None,
+                "containers[0].name: a revision with several containers names each one",
+            ),
+            (
+                r#"[{"name":"a","image":"a","ports":[{"containerPort":8080}]},{"name":"a","image":"b"}]"#,
+                None,
+                "containers[1].name: \"a\" is used twice",
+            ),
+            (
+                r#"[{"name":"a","image":"a","ports":[{"containerPort":8080}]},{"name":"b","image":"b","startupProbe":{"tcpSocket":{}}}]"#,
+                None,
+                "containers[1].startupProbe: a sidecar has no container port",
+            ),
+            (
+                r#"[{"name":"a","image":"a","ports":[{"containerPort":8080}]},{"name":"b","image":"b","livenessProbe":{"httpGet":{"port":1}}}]"#,
+                None,
+                "containers[1].livenessProbe",
+            ),
+            (two, Some(r#"{"a":["c"]}"#), "invalid annotation run.googleapis.com/container-dependencies: \"c\" is not a container"),
+            (two, Some(r#"{"a":["b"],"b":["a"]}"#), "invalid annotation run.googleapis.com/container-dependencies: the containers depend on each other in a cycle (a -> b -> a)"),
+            (two, Some(r#"["a"]"#), "invalid annotation run.googleapis.com/container-dependencies: \"[\\\"a\\\"]\" is not a JSON object"),
+        ];
+        for (yaml, deps, want) in cases {
+            let e = containers(yaml, deps).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{yaml}: {e}");
+        }
+        let eleven: Vec<String> = (0..11)
+            .map(|i| format!(r#"{{"name":"c{i}","image":"x"}}"#))
+            .collect();
+        let e = containers(&format!("[{}]", eleven.join(",")), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("containers: 11 containers: Cloud Run takes at most 10"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1058,7 +1431,16 @@ mod tests {
                 None,
                 "startupProbe: give exactly one",
             ),
-            (Some(r#"{"grpc":{}}"#), None, "startupProbe.grpc"),
+            (
+                Some(r#"{"grpc":{"port":0}}"#),
+                None,
+                "startupProbe.grpc.port: 0 is not a port",
+            ),
+            (
+                None,
+                Some(r#"{"grpc":{"service":"a\nb"}}"#),
+                "livenessProbe.grpc.service",
+            ),
             (None, Some(r#"{"tcpSocket":{}}"#), "livenessProbe.tcpSocket"),
             (
                 None,

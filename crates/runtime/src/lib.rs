@@ -78,7 +78,40 @@ pub struct InstanceConfig {
     /// (and the OCI spec that holds the env) only into a tmpfs of its own mount namespace.
     #[serde(skip)]
     pub secrets: SecretMaterial,
+    /// The container's name: empty for the one container of a single-container instance.
+    #[serde(default)]
+    pub name: String,
+    /// The instance's other containers (sidecars), each with its own root filesystem (under
+    /// `dir`), cgroup and output pipes ([`SIDECAR_OUTPUT_FD`]); they share the instance's
+    /// network namespace and its [`InstanceConfig::shared_volumes`]. A sidecar's own
+    /// `sidecars`, `shared_volumes` and secrets are ignored.
+    #[serde(default)]
+    pub sidecars: Vec<InstanceConfig>,
+    /// Whether the shim starts this container at once; otherwise when the server sends
+    /// `start NAME` (a container that starts after others).
+    #[serde(default = "yes")]
+    pub start_now: bool,
+    /// The container's cgroup below [`CGROUP_PARENT`] when not `ID` itself: with sidecars,
+    /// every container has `ID/NAME`, so that `ID` holds the instance's total.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// In-memory volumes the instance's containers share: `(volume name, size in bytes)`,
+    /// each a tmpfs the shim mounts at `DIR/volumes/NAME` (instances with sidecars).
+    #[serde(default)]
+    pub shared_volumes: Vec<(String, u64)>,
+    /// The shared volumes this container mounts: `(volume name, path in the container,
+    /// read-only)`.
+    #[serde(default)]
+    pub volume_binds: Vec<(String, String, bool)>,
 }
+
+fn yes() -> bool {
+    true
+}
+
+/// The first file descriptor of the sidecars' output pipes: sidecar `i` writes its stdout
+/// to `SIDECAR_OUTPUT_FD + 2i` and its stderr to the next.
+pub const SIDECAR_OUTPUT_FD: i32 = 7;
 
 /// File descriptor on which the shim receives the network namespace to join.
 pub const NETNS_FD: i32 = 5;
@@ -146,7 +179,14 @@ impl InstanceConfig {
         self.dir.join(format!("etc-{name}"))
     }
     pub fn cgroup_path(&self) -> String {
-        format!("/{CGROUP_PARENT}/{}", self.id)
+        match &self.cgroup {
+            Some(c) => format!("/{CGROUP_PARENT}/{c}"),
+            None => format!("/{CGROUP_PARENT}/{}", self.id),
+        }
+    }
+    /// Where the shim mounts the shared in-memory volume `name`.
+    pub fn shared_volume_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("volumes").join(name)
     }
     pub fn load(dir: &Path) -> Result<Self, RuntimeError> {
         let path = dir.join(CONFIG_FILE);

@@ -42,13 +42,19 @@ pub const COMMAND_FD: i32 = 4;
 pub enum Event {
     Started {
         pid: i32,
+        /// The container's name (empty for the one container of a single-container instance).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        container: String,
     },
+    /// Every container has ended; `code`/`signal` are the first one's, `container` its name.
     Exited {
         code: Option<i32>,
         signal: Option<i32>,
         /// The cgroup's final reading, taken before the cgroup is removed.
         #[serde(default)]
         usage: Option<crate::cgroup::CgroupStats>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        container: String,
     },
     Error {
         message: String,
@@ -83,7 +89,11 @@ pub fn shim_main(dir: &Path) -> i32 {
         }
     };
     let mut container = None;
-    let result = run(&cfg, &mut events, commands, &mut container);
+    let result = if cfg.sidecars.is_empty() {
+        run(&cfg, &mut events, commands, &mut container)
+    } else {
+        run_with_sidecars(&cfg, &mut events, commands, &mut container)
+    };
     if let Err(e) = &result {
         events.send(&Event::Error {
             message: e.to_string(),
@@ -120,9 +130,14 @@ fn run(
             with_env.env.push(format!("{k}={v}"));
         }
         let mounts = write_secret_files(&dir, &secrets)?;
-        (dir.join("bundle"), spec::build(&with_env, &user, &mounts))
+        let binds = volume_binds(cfg, cfg);
+        (
+            dir.join("bundle"),
+            spec::build(&with_env, &user, &mounts, &binds),
+        )
     } else {
-        (cfg.dir.join("bundle"), spec::build(cfg, &user, &[]))
+        let binds = volume_binds(cfg, cfg);
+        (cfg.dir.join("bundle"), spec::build(cfg, &user, &[], &binds))
     };
     std::fs::create_dir_all(&bundle).map_err(|e| RuntimeError::io(&bundle, e))?;
     let config_json = bundle.join("config.json");
@@ -149,7 +164,10 @@ fn run(
     let pid = container
         .pid()
         .ok_or_else(|| RuntimeError::Start("the container has no init process".into()))?;
-    events.send(&Event::Started { pid: pid.as_raw() });
+    events.send(&Event::Started {
+        pid: pid.as_raw(),
+        container: cfg.name.clone(),
+    });
     let status = supervise(pid, commands)?;
     let (code, signal) = match status {
         WaitStatus::Exited(_, code) => (Some(code), None),
@@ -171,6 +189,341 @@ fn run(
         code,
         signal,
         usage,
+        container: String::new(),
+    });
+    Ok(())
+}
+
+/// `container`'s shared volume mounts as `(source dir, path, read-only)` for its spec.
+fn volume_binds(
+    instance: &InstanceConfig,
+    container: &InstanceConfig,
+) -> Vec<(std::path::PathBuf, String, bool)> {
+    container
+        .volume_binds
+        .iter()
+        .map(|(n, p, ro)| (instance.shared_volume_dir(n), p.clone(), *ro))
+        .collect()
+}
+
+/// An instance of several containers: the ingress container as [`run`] makes it, then each
+/// sidecar on its own root filesystem with its output on its own pipes, the shared in-memory
+/// volumes mounted once for all. Containers marked `start_now` start at once, the others on
+/// `start NAME`; when one ends the others are killed (Cloud Run replaces such an instance),
+/// and `exited` reports the first to end once all have.
+fn run_with_sidecars(
+    cfg: &InstanceConfig,
+    events: &mut Events,
+    commands: OwnedFd,
+    slot: &mut Option<Container>,
+) -> Result<(), RuntimeError> {
+    private_mount_namespace()?;
+    // The sidecars' output pipes must not reach another container's process: close-on-exec
+    // until each is dup2-ed onto the stdio of its own container.
+    for i in 0..cfg.sidecars.len() as i32 {
+        for fd in [
+            crate::SIDECAR_OUTPUT_FD + 2 * i,
+            crate::SIDECAR_OUTPUT_FD + 2 * i + 1,
+        ] {
+            // SAFETY: fcntl on a descriptor the server handed this process.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+    for (name, size) in &cfg.shared_volumes {
+        let dir = cfg.shared_volume_dir(name);
+        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+        mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=1777").as_str()),
+        )
+        .map_err(|e| {
+            RuntimeError::Sys(format!(
+                "cannot mount volume {name} at {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    // The ingress container is built (not started) first, as a single container would be.
+    let mut ingress = cfg.clone();
+    ingress.sidecars.clear();
+    let mut all: Vec<(InstanceConfig, Container)> = Vec::new();
+    build_ingress(cfg, slot)?;
+    let Some(c) = slot.take() else {
+        return Err(RuntimeError::Start(
+            "the ingress container was not built".into(),
+        ));
+    };
+    all.push((ingress, c));
+    for (i, sc) in cfg.sidecars.iter().enumerate() {
+        mount_rootfs(sc)?;
+        for (name, text) in [("hosts", &cfg.hosts), ("resolv.conf", &cfg.resolv_conf)] {
+            let path = sc.etc_file(name);
+            std::fs::write(&path, text).map_err(|e| RuntimeError::io(&path, e))?;
+        }
+        let user = user::resolve(&sc.rootfs(), sc.user.as_deref())?;
+        let spec = spec::build(sc, &user, &[], &volume_binds(cfg, sc));
+        let bundle = sc.dir.join("bundle");
+        std::fs::create_dir_all(&bundle).map_err(|e| RuntimeError::io(&bundle, e))?;
+        let config_json = bundle.join("config.json");
+        let spec = serde_json::to_vec(&spec).expect("spec serializes");
+        std::fs::write(&config_json, spec).map_err(|e| RuntimeError::io(&config_json, e))?;
+        let out = crate::SIDECAR_OUTPUT_FD + 2 * i as i32;
+        let built = with_stdio(out, out + 1, || build_container(sc, &bundle));
+        // SAFETY: the server's spawn dup2-ed the sidecar's pipes onto these fds for this
+        // process; the container has its own copies now, and the shim needs none.
+        unsafe {
+            libc::close(out);
+            libc::close(out + 1);
+        }
+        all.push((sc.clone(), built?));
+    }
+    supervise_all(cfg, all, events, commands)
+}
+
+/// Builds (creates, without starting) the ingress container of an instance with sidecars:
+/// its root filesystem, network, `/etc` files, secrets and bundle, as [`run`] does.
+fn build_ingress(cfg: &InstanceConfig, slot: &mut Option<Container>) -> Result<(), RuntimeError> {
+    mount_rootfs(cfg)?;
+    let user = user::resolve(&cfg.rootfs(), cfg.user.as_deref())?;
+    join_network(cfg)?;
+    for (name, text) in [("hosts", &cfg.hosts), ("resolv.conf", &cfg.resolv_conf)] {
+        let path = cfg.etc_file(name);
+        std::fs::write(&path, text).map_err(|e| RuntimeError::io(&path, e))?;
+    }
+    let binds = volume_binds(cfg, cfg);
+    let (bundle, spec) = if cfg.secrets_on_fd {
+        let secrets = read_secrets()?;
+        let dir = mount_secrets_dir(cfg, secrets.value_bytes())?;
+        let mut with_env = cfg.clone();
+        for (k, v) in &secrets.env {
+            with_env
+                .env
+                .retain(|kv| kv.split_once('=').map(|(n, _)| n) != Some(k));
+            with_env.env.push(format!("{k}={v}"));
+        }
+        let mounts = write_secret_files(&dir, &secrets)?;
+        (
+            dir.join("bundle"),
+            spec::build(&with_env, &user, &mounts, &binds),
+        )
+    } else {
+        (cfg.dir.join("bundle"), spec::build(cfg, &user, &[], &binds))
+    };
+    std::fs::create_dir_all(&bundle).map_err(|e| RuntimeError::io(&bundle, e))?;
+    let config_json = bundle.join("config.json");
+    let spec = serde_json::to_vec(&spec).expect("spec serializes");
+    std::fs::write(&config_json, spec).map_err(|e| RuntimeError::io(&config_json, e))?;
+    *slot = Some(build_container(cfg, &bundle)?);
+    Ok(())
+}
+
+/// Creates container `cfg.id` from `bundle` (its init waits for `start`).
+fn build_container(cfg: &InstanceConfig, bundle: &Path) -> Result<Container, RuntimeError> {
+    std::fs::create_dir_all(&cfg.state_root).map_err(|e| RuntimeError::io(&cfg.state_root, e))?;
+    ContainerBuilder::new(cfg.id.clone(), SyscallType::Linux)
+        .with_executor(DefaultExecutor {})
+        .with_root_path(&cfg.state_root)
+        .and_then(|b| b.validate_id())
+        .map(|b| {
+            b.as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+        })
+        .and_then(|r| r)
+        .map_err(|e| RuntimeError::Start(format!("container {}: {e}", cfg.name)))
+}
+
+/// Runs `f` with fds `out` and `err` as the process's stdout and stderr (what a container
+/// created meanwhile inherits), then puts the shim's own back.
+fn with_stdio<T>(out: i32, err: i32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: plain fd juggling on the single-threaded shim's own descriptors.
+    unsafe {
+        let saved = [
+            libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 100),
+            libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 100),
+        ];
+        libc::dup2(out, 1);
+        libc::dup2(err, 2);
+        let r = f();
+        for (fd, s) in [1, 2].into_iter().zip(saved) {
+            if s >= 0 {
+                libc::dup2(s, fd);
+                libc::close(s);
+            }
+        }
+        r
+    }
+}
+
+/// One container of an instance with sidecars, as the shim supervises it.
+struct Member {
+    cfg: InstanceConfig,
+    container: Container,
+    /// Set once started: its init's pid and pidfd.
+    running: Option<(Pid, OwnedFd)>,
+    done: bool,
+}
+
+/// Starts the containers marked `start_now`, then waits for exits and commands (`term`,
+/// `kill`, `start NAME`) until every container has ended, and reports the first exit.
+fn supervise_all(
+    cfg: &InstanceConfig,
+    all: Vec<(InstanceConfig, Container)>,
+    events: &mut Events,
+    commands: OwnedFd,
+) -> Result<(), RuntimeError> {
+    let mut members: Vec<Member> = all
+        .into_iter()
+        .map(|(cfg, container)| Member {
+            cfg,
+            container,
+            running: None,
+            done: false,
+        })
+        .collect();
+    let start = |m: &mut Member, events: &mut Events| -> Result<(), RuntimeError> {
+        m.container
+            .start()
+            .map_err(|e| RuntimeError::Start(format!("container {}: {e}", m.cfg.name)))?;
+        let pid = m.container.pid().ok_or_else(|| {
+            RuntimeError::Start(format!("container {} has no init process", m.cfg.name))
+        })?;
+        m.running = Some((pid, pidfd_open(pid)?));
+        events.send(&Event::Started {
+            pid: pid.as_raw(),
+            container: m.cfg.name.clone(),
+        });
+        Ok(())
+    };
+    // Kills every container still there: started ones with `sig`, ones never started with
+    // SIGKILL (reaped at once: nothing of them ever ran).
+    let stop_all = |members: &mut Vec<Member>, sig: Signal| {
+        for m in members.iter_mut().filter(|m| !m.done) {
+            match &m.running {
+                Some((pid, _)) => {
+                    let _ = kill(*pid, sig);
+                }
+                None => {
+                    if let Some(pid) = m.container.pid() {
+                        let _ = kill(pid, Signal::SIGKILL);
+                        let _ = waitpid(pid, None);
+                    }
+                    m.done = true;
+                }
+            }
+        }
+    };
+    for m in members.iter_mut().filter(|m| m.cfg.start_now) {
+        start(m, events)?;
+    }
+    let mut first: Option<(String, WaitStatus)> = None;
+    let mut commands = Some(File::from(commands));
+    let mut pending = Vec::new();
+    while members.iter().any(|m| !m.done) {
+        let live: Vec<usize> = (0..members.len())
+            .filter(|i| !members[*i].done && members[*i].running.is_some())
+            .collect();
+        let mut fds: Vec<PollFd> = live
+            .iter()
+            .map(|i| {
+                let (_, fd) = members[*i].running.as_ref().expect("live");
+                PollFd::new(fd.as_fd(), PollFlags::POLLIN)
+            })
+            .collect();
+        if let Some(c) = &commands {
+            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(RuntimeError::Sys(format!("poll: {e}"))),
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+        drop(fds);
+        let mut ended_now = false;
+        for (k, i) in live.iter().enumerate() {
+            if !ready[k] {
+                continue;
+            }
+            let (pid, _) = members[*i].running.as_ref().expect("live");
+            let status = loop {
+                match waitpid(*pid, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(RuntimeError::Sys(format!("waitpid: {e}"))),
+                    Ok(s) => break s,
+                }
+            };
+            members[*i].done = true;
+            if first.is_none() {
+                first = Some((members[*i].cfg.name.clone(), status));
+                ended_now = true;
+            }
+        }
+        if ended_now {
+            // One container ended: the instance is over; the others go at once.
+            stop_all(&mut members, Signal::SIGKILL);
+        }
+        if ready.len() > live.len() && ready[live.len()] {
+            let mut buf = [0u8; 256];
+            let n = commands
+                .as_mut()
+                .map_or(Ok(0), |c| c.read(&mut buf))
+                .unwrap_or(0);
+            if n == 0 {
+                commands = None;
+                stop_all(&mut members, Signal::SIGKILL);
+                continue;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(line.trim_ascii()).to_string();
+                match line.as_str() {
+                    "term" => stop_all(&mut members, Signal::SIGTERM),
+                    "kill" => stop_all(&mut members, Signal::SIGKILL),
+                    other => {
+                        let Some(name) = other.strip_prefix("start ") else {
+                            continue;
+                        };
+                        if first.is_some() {
+                            continue;
+                        }
+                        if let Some(m) = members
+                            .iter_mut()
+                            .find(|m| m.cfg.name == name && m.running.is_none() && !m.done)
+                        {
+                            start(m, events)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto the process's own stdout/stderr; nothing else uses them now.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
+    let (container, status) = first.unwrap_or((String::new(), WaitStatus::StillAlive));
+    let (code, signal) = match status {
+        WaitStatus::Exited(_, code) => (Some(code), None),
+        WaitStatus::Signaled(_, sig, _) => (None, Some(sig as i32)),
+        _ => (None, None),
+    };
+    let usage = crate::cgroup::stats(&cfg.id);
+    events.send(&Event::Exited {
+        code,
+        signal,
+        usage,
+        container,
     });
     Ok(())
 }
@@ -458,6 +811,19 @@ fn supervise(pid: Pid, commands: OwnedFd) -> Result<WaitStatus, RuntimeError> {
 /// Removes everything the instance had, in reverse order of creation. Each step tolerates
 /// the ones before it not having happened.
 pub fn cleanup(cfg: &InstanceConfig, container: Option<Container>) {
+    for sc in &cfg.sidecars {
+        if let Ok(mut c) = Container::load(sc.state_root.join(&sc.id)) {
+            if let Err(e) = c.delete(true) {
+                tracing::warn!(id = sc.id, "deleting container: {e}");
+            }
+        }
+        let _ = umount2(&sc.rootfs(), MntFlags::MNT_DETACH);
+        let _ = umount2(&writable_layer(sc), MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(sc.state_root.join(&sc.id));
+    }
+    for (name, _) in &cfg.shared_volumes {
+        let _ = umount2(&cfg.shared_volume_dir(name), MntFlags::MNT_DETACH);
+    }
     let container = container.or_else(|| Container::load(cfg.state_root.join(&cfg.id)).ok());
     if let Some(mut c) = container {
         if let Err(e) = c.delete(true) {
@@ -484,6 +850,14 @@ fn remove_cgroups(id: &str) {
     for d in dirs {
         let cg = d.join(crate::CGROUP_PARENT).join(id);
         if cg.exists() {
+            // With sidecars, each container's cgroup is below the instance's.
+            if let Ok(children) = std::fs::read_dir(&cg) {
+                for c in children.flatten() {
+                    if c.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = std::fs::remove_dir(c.path());
+                    }
+                }
+            }
             let _ = std::fs::remove_dir(&cg);
         }
     }

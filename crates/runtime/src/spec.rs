@@ -152,11 +152,13 @@ fn seccomp() -> Value {
 }
 
 /// The OCI runtime spec for `cfg`; `secret_mounts` are `(source dir, path in the container)`
-/// pairs, bind-mounted read-only.
+/// pairs, bind-mounted read-only; `shared_volumes` `(source dir, path, read-only)`, the
+/// instance's shared in-memory volumes, bind-mounted.
 pub fn build(
     cfg: &InstanceConfig,
     user: &ResolvedUser,
     secret_mounts: &[(std::path::PathBuf, String)],
+    shared_volumes: &[(std::path::PathBuf, String, bool)],
 ) -> Value {
     let caps = DEFAULT_CAPS;
     let tmp_size = cfg.memory_bytes.max(64 << 20);
@@ -234,6 +236,15 @@ pub fn build(
                 "destination": path, "type": "tmpfs", "source": "tmpfs", "options": options,
             }));
         }
+        for (source, path, read_only) in shared_volumes {
+            let mut options = vec!["rbind", "rprivate", "nosuid", "nodev"];
+            if *read_only {
+                options.push("ro");
+            }
+            mounts.push(json!({
+                "destination": path, "type": "bind", "source": source, "options": options,
+            }));
+        }
         for (source, path) in &cfg.host_volumes {
             mounts.push(json!({
                 "destination": path, "type": "bind", "source": source,
@@ -276,6 +287,12 @@ mod tests {
             host_volumes: vec![],
             secrets_on_fd: false,
             secrets: Default::default(),
+            name: String::new(),
+            sidecars: vec![],
+            start_now: true,
+            cgroup: None,
+            shared_volumes: vec![],
+            volume_binds: vec![],
         };
         let user = ResolvedUser {
             uid: 1,
@@ -286,6 +303,7 @@ mod tests {
             &cfg,
             &user,
             &[("/run/x/i1/secrets/v0".into(), "/secrets".into())],
+            &[],
         );
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v.clone()).unwrap();
         let linux = spec.linux().as_ref().unwrap();

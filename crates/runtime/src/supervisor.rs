@@ -48,12 +48,18 @@ pub struct Instance {
     usage: std::sync::Arc<std::sync::OnceLock<crate::cgroup::CgroupStats>>,
     /// Turns true when the shim has cleaned up and exited.
     gone: watch::Receiver<bool>,
+    /// Names of the containers started so far (instances with sidecars).
+    started: watch::Receiver<Vec<String>>,
+    /// The container whose end ended the instance (instances with sidecars).
+    ended_by: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 /// What the caller reads the container's output from.
 pub struct Output {
     pub stdout: ChildStdout,
     pub stderr: ChildStderr,
+    /// Each sidecar's output: `(name, stdout, stderr)`, in the config's order.
+    pub sidecars: Vec<(String, pipe::Receiver, pipe::Receiver)>,
 }
 
 fn pipe_pair() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
@@ -109,6 +115,21 @@ pub async fn spawn(
     let (event_r, event_w) = pipe_pair()?;
     let (cmd_r, cmd_w) = pipe_pair()?;
     let (event_w_raw, cmd_r_raw) = (event_w.as_raw_fd(), cmd_r.as_raw_fd());
+    // Each sidecar's stdout and stderr: the read ends stay here, the write ends go to the
+    // shim on SIDECAR_OUTPUT_FD + 2i and the next.
+    let mut sidecar_pipes = Vec::new();
+    for sc in &cfg.sidecars {
+        let (out_r, out_w) = pipe_pair()?;
+        let (err_r, err_w) = pipe_pair()?;
+        sidecar_pipes.push((sc.name.clone(), out_r, out_w, err_r, err_w));
+    }
+    let mut sources = vec![Some(event_w_raw), Some(cmd_r_raw), netns_raw, secrets_raw];
+    let mut targets = vec![EVENT_FD, COMMAND_FD, crate::NETNS_FD, crate::SECRETS_FD];
+    for (i, (_, _, out_w, _, err_w)) in sidecar_pipes.iter().enumerate() {
+        let fd = crate::SIDECAR_OUTPUT_FD + 2 * i as i32;
+        sources.extend([Some(out_w.as_raw_fd()), Some(err_w.as_raw_fd())]);
+        targets.extend([fd, fd + 1]);
+    }
     let mut cmd = Command::new(shim_exe);
     cmd.arg("__shim")
         .arg(&cfg.dir)
@@ -124,11 +145,11 @@ pub async fn spawn(
         cmd.pre_exec(move || {
             // Every source first moves above the targets, so that no dup2 below overwrites a
             // source that happens to sit on a target number.
-            let high = |fd: i32| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-            let sources = [Some(event_w_raw), Some(cmd_r_raw), netns_raw, secrets_raw];
-            let targets = [EVENT_FD, COMMAND_FD, crate::NETNS_FD, crate::SECRETS_FD];
-            for (src, dst) in sources.into_iter().zip(targets) {
-                let Some(src) = src else { continue };
+            let high = |fd: i32| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
+            for (src, dst) in sources.iter().zip(&targets) {
+                let (Some(src), dst) = (*src, *dst) else {
+                    continue;
+                };
                 let moved = high(src);
                 if moved < 0 || libc::dup2(moved, dst) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -141,6 +162,15 @@ pub async fn spawn(
         RuntimeError::Start(format!("cannot start the shim {}: {e}", shim_exe.display()))
     })?;
     drop((event_w, cmd_r, secrets));
+    let mut sidecar_out = Vec::new();
+    for (name, out_r, out_w, err_r, err_w) in sidecar_pipes {
+        drop((out_w, err_w));
+        let rx = |fd| {
+            pipe::Receiver::from_owned_fd(fd)
+                .map_err(|e| RuntimeError::Sys(format!("output pipe: {e}")))
+        };
+        sidecar_out.push((name, rx(out_r)?, rx(err_r)?));
+    }
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let events = pipe::Receiver::from_owned_fd(event_r)
@@ -150,8 +180,8 @@ pub async fn spawn(
     let mut lines = BufReader::new(events).lines();
 
     let first = lines.next_line().await.ok().flatten();
-    let pid = match first.as_deref().map(serde_json::from_str::<Event>) {
-        Some(Ok(Event::Started { pid })) => pid,
+    let (pid, first_started) = match first.as_deref().map(serde_json::from_str::<Event>) {
+        Some(Ok(Event::Started { pid, container })) => (pid, container),
         Some(Ok(Event::Error { message })) => {
             let _ = child.wait().await;
             return Err(RuntimeError::Start(message));
@@ -173,14 +203,26 @@ pub async fn spawn(
 
     let (exit_tx, exit_rx) = watch::channel(None);
     let (gone_tx, gone_rx) = watch::channel(false);
+    let (started_tx, started_rx) = watch::channel(vec![first_started]);
     let usage = std::sync::Arc::new(std::sync::OnceLock::new());
     let final_usage = usage.clone();
+    let ended_by = std::sync::Arc::new(std::sync::OnceLock::new());
+    let ended = ended_by.clone();
     tokio::spawn(async move {
         let mut exit = None;
         while let Ok(Some(line)) = lines.next_line().await {
             let event = serde_json::from_str::<Event>(&line);
             if let Ok(Event::Exited { usage: Some(u), .. }) = &event {
                 let _ = final_usage.set(*u);
+            }
+            match &event {
+                Ok(Event::Started { container, .. }) => {
+                    started_tx.send_modify(|s| s.push(container.clone()));
+                }
+                Ok(Event::Exited { container, .. }) if !container.is_empty() => {
+                    let _ = ended.set(container.clone());
+                }
+                _ => {}
             }
             let reported = match event {
                 Ok(Event::Exited { code: Some(c), .. }) => Some(Exit::Code(c)),
@@ -214,8 +256,14 @@ pub async fn spawn(
             exit: exit_rx,
             usage,
             gone: gone_rx,
+            started: started_rx,
+            ended_by,
         },
-        Output { stdout, stderr },
+        Output {
+            stdout,
+            stderr,
+            sidecars: sidecar_out,
+        },
     ))
 }
 
@@ -227,6 +275,34 @@ impl Instance {
                 *guard = None;
             }
         }
+    }
+
+    /// Tells the shim to start container `name` (one that starts after others).
+    pub async fn start_container(&self, name: &str) {
+        self.command(&format!("start {name}\n")).await;
+    }
+
+    /// Resolves when container `name` has started (true), or the instance has ended (false).
+    pub async fn wait_started(&self, name: &str) -> bool {
+        let mut rx = self.started.clone();
+        let mut exit = self.exit.clone();
+        loop {
+            if rx.borrow_and_update().iter().any(|n| n == name) {
+                return true;
+            }
+            if exit.borrow_and_update().is_some() {
+                return false;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return false },
+                r = exit.changed() => if r.is_err() { return false },
+            }
+        }
+    }
+
+    /// The container whose end ended an instance with sidecars, once it has ended.
+    pub fn ended_by(&self) -> Option<String> {
+        self.ended_by.get().cloned()
     }
 
     /// The exit, once the shim has reported it.

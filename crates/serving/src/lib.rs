@@ -237,17 +237,19 @@ impl Serving {
     }
 
     /// Registers a revision (idempotent) and returns its pool; no instance starts yet.
+    /// `sidecar_images` are the images of `settings.sidecars`, in their order.
     pub fn add_revision(
         &self,
         key: RevKey,
         settings: RevisionSettings,
         image: ResolvedImage,
+        sidecar_images: Vec<ResolvedImage>,
     ) -> Arc<Pool> {
         self.pools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(key.clone())
-            .or_insert_with(|| Pool::new(key, settings, image, self.ctx.clone()))
+            .or_insert_with(|| Pool::new(key, settings, image, sidecar_images, self.ctx.clone()))
             .clone()
     }
 

@@ -221,6 +221,8 @@ pub struct Pool {
     pub key: RevKey,
     pub settings: RevisionSettings,
     pub image: ResolvedImage,
+    /// The sidecars' images, in the order of `settings.sidecars`.
+    pub sidecar_images: Vec<ResolvedImage>,
     ctx: Arc<Ctx>,
     state: Mutex<PoolState>,
     /// Whether a route sends traffic here; only then does min-instances hold instances.
@@ -297,6 +299,7 @@ impl Pool {
         key: RevKey,
         settings: RevisionSettings,
         image: ResolvedImage,
+        sidecar_images: Vec<ResolvedImage>,
         ctx: Arc<Ctx>,
     ) -> Arc<Pool> {
         let kpa = kpa_settings(&settings, &ctx, false);
@@ -308,6 +311,7 @@ impl Pool {
             key,
             settings,
             image,
+            sidecar_images,
             ctx,
             state: Mutex::new(PoolState::default()),
             serving: AtomicBool::new(false),
@@ -585,8 +589,8 @@ impl Pool {
                 } else {
                     Billing::Instance
                 },
-                cpu_millis: self.settings.cpu_millis,
-                memory_bytes: self.settings.memory_bytes,
+                cpu_millis: self.settings.instance_cpu_millis(),
+                memory_bytes: self.settings.instance_memory_bytes(),
             },
             now_ms(),
         );
@@ -609,6 +613,80 @@ impl Pool {
         tokio::spawn(async move { pool.run_instance(inst).await });
     }
 
+    /// Adds the revision's sidecars to an instance's config: each container gets a name, a
+    /// cgroup `ID/NAME` below the instance's, its place in the start order, and the in-memory
+    /// volumes it mounts as binds of the instance's shared ones.
+    fn add_sidecars(&self, cfg: &mut InstanceConfig) {
+        let s = &self.settings;
+        if s.sidecars.is_empty() {
+            return;
+        }
+        let deps = &s.container_dependencies;
+        let starts_now = |name: &str| deps.get(name).is_none_or(|d| d.is_empty());
+        let binds = |vs: &[skiff_model::MemoryVolume]| -> Vec<(String, String, bool)> {
+            vs.iter()
+                .map(|v| (v.name.clone(), v.mount_path.clone(), v.read_only))
+                .collect()
+        };
+        let id = cfg.id.clone();
+        let name = s.container_name.clone().unwrap_or_default();
+        let mut shared: Vec<(String, u64)> = Vec::new();
+        for v in s
+            .memory_volumes
+            .iter()
+            .chain(s.sidecars.iter().flat_map(|c| &c.memory_volumes))
+        {
+            match shared.iter_mut().find(|(n, _)| *n == v.name) {
+                Some((_, size)) => *size = (*size).max(v.size_bytes),
+                None => shared.push((v.name.clone(), v.size_bytes)),
+            }
+        }
+        cfg.start_now = starts_now(&name);
+        cfg.cgroup = Some(format!("{id}/{name}"));
+        cfg.name = name;
+        cfg.memory_volumes.clear();
+        cfg.volume_binds = binds(&s.memory_volumes);
+        cfg.shared_volumes = shared;
+        let platform = [
+            ("K_SERVICE", self.key.service.clone()),
+            ("K_REVISION", self.key.revision.clone()),
+            ("K_CONFIGURATION", self.key.service.clone()),
+        ];
+        for (sc, img) in s.sidecars.iter().zip(&self.sidecar_images) {
+            cfg.sidecars.push(InstanceConfig {
+                id: format!("{id}-{}", sc.name),
+                dir: cfg.dir.join("containers").join(&sc.name),
+                state_root: cfg.state_root.clone(),
+                layers: img.layers.clone(),
+                args: skiff_runtime::process_args(&img.entrypoint, &img.cmd, &sc.command, &sc.args),
+                env: skiff_runtime::merge_env(&img.env, &sc.env, &platform),
+                cwd: sc
+                    .working_dir
+                    .clone()
+                    .or_else(|| img.working_dir.clone())
+                    .unwrap_or_else(|| "/".into()),
+                user: img.user.clone(),
+                hostname: cfg.hostname.clone(),
+                cpu_millis: sc.cpu_millis,
+                memory_bytes: sc.memory_bytes,
+                pids_limit: PIDS_LIMIT,
+                joins_netns: false,
+                hosts: String::new(),
+                resolv_conf: String::new(),
+                memory_volumes: Vec::new(),
+                host_volumes: Vec::new(),
+                secrets_on_fd: false,
+                secrets: Default::default(),
+                name: sc.name.clone(),
+                sidecars: Vec::new(),
+                start_now: starts_now(&sc.name),
+                cgroup: Some(format!("{id}/{}", sc.name)),
+                shared_volumes: Vec::new(),
+                volume_binds: binds(&sc.memory_volumes),
+            });
+        }
+    }
+
     fn instance_config(&self, id: &str) -> InstanceConfig {
         let s = &self.settings;
         let img = &self.image;
@@ -622,7 +700,7 @@ impl Pool {
         let env = skiff_runtime::merge_env(&img.env, &s.env, &platform);
         let (memory_volumes, host_volumes) =
             skiff_runtime::volume_mounts(&s.memory_volumes, &s.host_volumes);
-        InstanceConfig {
+        let mut cfg = InstanceConfig {
             id: id.to_string(),
             dir: self.ctx.instances_dir.join(id),
             state_root: self.ctx.state_root.clone(),
@@ -646,11 +724,27 @@ impl Pool {
             host_volumes,
             secrets_on_fd: false,
             secrets: Default::default(),
-        }
+            name: String::new(),
+            sidecars: Vec::new(),
+            start_now: true,
+            cgroup: None,
+            shared_volumes: Vec::new(),
+            volume_binds: Vec::new(),
+        };
+        self.add_sidecars(&mut cfg);
+        cfg
     }
 
     async fn run_instance(self: Arc<Self>, inst: Arc<Inst>) {
         let mut cfg = self.instance_config(&inst.id);
+        if let Some(c) = cfg.sidecars.iter().find(|c| c.args.is_empty()) {
+            let why = format!(
+                "the image of container {} has no entrypoint or command: give it a command",
+                c.name
+            );
+            self.start_failed(&inst, why).await;
+            return;
+        }
         if cfg.args.is_empty() {
             self.start_failed(
                 &inst,
@@ -720,17 +814,22 @@ impl Pool {
             .map(Arc::new);
         let rt = inst.rt.get_or_init(|| rt);
         if self.settings.cpu_throttling {
-            match CpuQuota::open(&inst.id, self.settings.cpu_millis) {
+            match CpuQuota::open(&inst.id, self.settings.instance_cpu_millis()) {
                 Ok(q) => {
                     let _ = inst.quota.set(q);
                 }
                 Err(e) => tracing::debug!(instance = inst.id, "cpu quota: {e}"),
             }
         }
-        let readers = [
-            self.read_output(&inst, out.stdout, "stdout"),
-            self.read_output(&inst, out.stderr, "stderr"),
+        let main_name = cfg.name.clone();
+        let mut readers = vec![
+            self.read_output(&inst, out.stdout, "stdout", &main_name),
+            self.read_output(&inst, out.stderr, "stderr", &main_name),
         ];
+        for (name, stdout, stderr) in out.sidecars {
+            readers.push(self.read_output(&inst, stdout, "stdout", &name));
+            readers.push(self.read_output(&inst, stderr, "stderr", &name));
+        }
         let Some(netns) = netns else {
             let exit = rt.wait().await;
             let _ =
@@ -753,7 +852,15 @@ impl Pool {
 
         let began = Instant::now();
         let mut interval = Duration::from_micros(500);
-        let ready = if let Some(p) = &self.settings.startup_probe {
+        // With sidecars, the containers start in their dependencies' order first.
+        let ordered = if self.settings.sidecars.is_empty() {
+            Ok(())
+        } else {
+            self.start_in_order(&inst, rt, &netns, &main_name).await
+        };
+        let ready = if let Err(why) = ordered {
+            Err(why)
+        } else if let Some(p) = &self.settings.startup_probe {
             self.startup_probe(&inst, rt, &netns, p).await
         } else {
             // Cloud Run's default startup probe: the port accepts a TCP connection.
@@ -816,9 +923,10 @@ impl Pool {
                 let crashed = inst.state() != InstState::Draining;
                 self.remove(&inst);
                 if crashed {
-                    let why = match self.oom(rt).as_str() {
-                        "" => exit.to_string(),
-                        oom => format!("{oom}the container {exit}"),
+                    let why = match (self.oom(rt).as_str(), rt.ended_by()) {
+                        ("", None) => exit.to_string(),
+                        (oom, None) => format!("{oom}the container {exit}"),
+                        (oom, Some(c)) => format!("{oom}container {c} {exit}: replacing it"),
                     };
                     self.log(&inst, format!("instance {} {why}", inst.id));
                     tracing::warn!(instance = inst.id, "instance {why}");
@@ -836,6 +944,89 @@ impl Pool {
                 let detail = format!("{why}{}", inst.last_output());
                 self.start_failed(&inst, detail).await;
             }
+        }
+    }
+
+    /// Starts an instance's containers in the order of the revision's
+    /// `run.googleapis.com/container-dependencies`: a container starts once every container it
+    /// depends on has started and passed its startup probe, if it has one (the shim started
+    /// those without dependencies already). Returns once the ingress container has started.
+    async fn start_in_order(
+        &self,
+        inst: &Inst,
+        rt: &supervisor::Instance,
+        netns: &Arc<std::fs::File>,
+        ingress: &str,
+    ) -> Result<(), String> {
+        let s = &self.settings;
+        let deps = &s.container_dependencies;
+        let mut healthy: Vec<String> = Vec::new();
+        let mut pending: Vec<String> = std::iter::once(ingress.to_string())
+            .chain(s.sidecars.iter().map(|c| c.name.clone()))
+            .filter(|n| deps.get(n).is_some_and(|d| !d.is_empty()))
+            .collect();
+        let mut order: Vec<String> = s.sidecars.iter().map(|c| c.name.clone()).collect();
+        order.push(ingress.to_string());
+        loop {
+            // Every container that something waits for: started, then its probe passed.
+            let needed: Vec<String> = order
+                .iter()
+                .filter(|n| !healthy.contains(n))
+                .filter(|n| pending.iter().any(|p| deps[p].contains(n)))
+                .cloned()
+                .collect();
+            for n in &needed {
+                if !pending.contains(n) {
+                    if !rt.wait_started(n).await {
+                        return Err(self.ended_while_starting(rt));
+                    }
+                    if let Some(p) = s
+                        .sidecars
+                        .iter()
+                        .find(|c| &c.name == n)
+                        .and_then(|c| c.startup_probe.as_ref())
+                    {
+                        self.startup_probe(inst, rt, netns, p)
+                            .await
+                            .map_err(|e| format!("container {n}: {e}"))?;
+                    }
+                    healthy.push(n.clone());
+                }
+            }
+            let ready: Vec<String> = pending
+                .iter()
+                .filter(|p| deps[*p].iter().all(|d| healthy.contains(d)))
+                .cloned()
+                .collect();
+            if ready.is_empty() && !pending.is_empty() {
+                return Err("the containers' start order could not be followed".into());
+            }
+            for n in &ready {
+                rt.start_container(n).await;
+                pending.retain(|p| p != n);
+            }
+            if pending.is_empty() {
+                break;
+            }
+        }
+        if rt.wait_started(ingress).await {
+            Ok(())
+        } else {
+            Err(self.ended_while_starting(rt))
+        }
+    }
+
+    /// Why an instance with sidecars ended before its ingress container was ready.
+    fn ended_while_starting(&self, rt: &supervisor::Instance) -> String {
+        match (rt.exit(), rt.ended_by()) {
+            (Some(exit), Some(c)) => {
+                format!(
+                    "{}container {c} {exit} while the instance started",
+                    self.oom(rt)
+                )
+            }
+            (Some(exit), None) => format!("{}the container {exit} while starting", self.oom(rt)),
+            (None, _) => "stopped while starting".into(),
         }
     }
 
@@ -993,15 +1184,14 @@ impl Pool {
         inst: &Arc<Inst>,
         r: R,
         stream: &'static str,
+        container: &str,
     ) -> tokio::task::JoinHandle<()> {
         let keep = inst.clone();
-        skiff_runtime::logs::capture(
-            self.ctx.logs.clone(),
-            self.source(inst),
-            stream,
-            r,
-            move |l| keep.remember(l),
-        )
+        let mut source = self.source(inst);
+        source.container = container.to_string();
+        skiff_runtime::logs::capture(self.ctx.logs.clone(), source, stream, r, move |l| {
+            keep.remember(l)
+        })
     }
 
     async fn start_failed(&self, inst: &Arc<Inst>, why: String) {

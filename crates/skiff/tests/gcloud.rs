@@ -1337,6 +1337,56 @@ fn gcloud_run_commands_walk() {
 }
 
 #[test]
+fn gcloud_deploys_sidecars_with_container_flags_and_depends_on() {
+    let e = Env::new();
+    let s = &e.s;
+    // `--container NAME` starts each container's flags; `--depends-on` writes the
+    // container-dependencies annotation.
+    e.ok(&[
+        "run",
+        "deploy",
+        "pair",
+        "--allow-unauthenticated",
+        "--container",
+        "app",
+        "--image",
+        "web",
+        "--port",
+        "8080",
+        "--depends-on",
+        "side",
+        "--container",
+        "side",
+        "--image",
+        "web",
+        "--args",
+        "httpd -f -p 9000 -h /www",
+        "--memory",
+        "256Mi",
+    ]);
+    let svc = e.skiff_json(&["services", "describe", "pair"]);
+    let t = &svc["spec"]["template"];
+    let names: Vec<&str> = t["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(names.contains(&"app") && names.contains(&"side"), "{svc}");
+    let deps = t["metadata"]["annotations"]["run.googleapis.com/container-dependencies"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(deps.contains("side"), "{svc}");
+    // The app reaches the sidecar on localhost.
+    let (code, body) = s.get(
+        &e.host("pair"),
+        "/cgi-bin/sh?wget%20-qO-%20http%3A%2F%2F127.0.0.1%3A9000%2Findex.html",
+        None,
+    );
+    assert_eq!((code, body.as_str()), (200, "hello from skiff\n"));
+}
+
+#[test]
 fn gcloud_deploys_probes_in_memory_volumes_and_http2() {
     let e = Env::new();
     let s = &e.s;
@@ -1390,6 +1440,34 @@ fn gcloud_deploys_probes_in_memory_volumes_and_http2() {
         err.contains("spec.template.spec.containers[0].startupProbe.failureThreshold: 3 × periodSeconds 100 is above 240 seconds"),
         "{err}"
     );
+
+    // A gRPC startup probe (grpc.port, grpc.service): busybox httpd speaks no gRPC, so the
+    // revision fails with the probe's result, and the service keeps its ready revision.
+    let out = e.gcloud(&[
+        "run",
+        "deploy",
+        "spec",
+        "--image",
+        "web",
+        "--startup-probe",
+        "grpc.port=8080,grpc.service=app,periodSeconds=1,failureThreshold=3",
+    ]);
+    assert!(!out.status.success());
+    let err = plain(&out.stderr);
+    assert!(
+        err.contains(
+            "the startup probe (gRPC health check of \"app\" on port 8080) failed 3 times in a row"
+        ),
+        "{err}"
+    );
+    let svc = e.skiff_json(&["services", "describe", "spec"]);
+    let latest = svc["status"]["latestCreatedRevisionName"].as_str().unwrap();
+    let rev = e.skiff_json(&["revisions", "describe", latest]);
+    let probe = &rev["spec"]["containers"][0]["startupProbe"];
+    assert_eq!(probe["grpc"]["port"], 8080, "{rev}");
+    assert_eq!(probe["grpc"]["service"], "app", "{rev}");
+    let (code, _) = s.get(&e.host("spec"), "/index.html", None);
+    assert_eq!(code, 200);
 
     // --use-http2 names the port h2c; --no-use-http2 takes the name away (HTTP/1.1 again).
     e.ok(&["run", "deploy", "h2", "--image", "web", "--use-http2"]);

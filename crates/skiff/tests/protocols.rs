@@ -1,5 +1,6 @@
 //! End-to-end tests of what travels between a client and an app through the ingress: the
-//! request target byte for byte, the forwarding and trace headers, WebSockets.
+//! request target byte for byte, the forwarding and trace headers, WebSockets, gRPC end to end
+//! and gRPC health checks as startup and liveness probes.
 //!
 //! The app is this very binary: with `SKIFF_TEST_APP` set (as the test image sets it) `main`
 //! serves on `$PORT` instead of running tests, so the image needs nothing but this file and
@@ -40,12 +41,29 @@ fn main() {
             "use_http2_sends_http2_to_the_container_and_grpc_streams_both_ways",
             use_http2_sends_http2_to_the_container_and_grpc_streams_both_ways,
         ),
+        Trial::test(
+            "grpc_startup_probes_pass_on_serving_and_fail_the_revision_otherwise",
+            grpc_startup_probes_pass_on_serving_and_fail_the_revision_otherwise,
+        ),
+        Trial::test(
+            "a_grpc_liveness_probe_that_turns_not_serving_restarts_the_instance",
+            a_grpc_liveness_probe_that_turns_not_serving_restarts_the_instance,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
 
 /// A server with the app image imported as `app:latest`, deployed as public service `name`.
 fn server_with_app(name: &str, deploy: &[&str]) -> (TestServer, tempfile::TempDir) {
+    let (s, tmp) = server_with_app_image();
+    let mut args = vec!["deploy", name, "--image", "app", "--allow-unauthenticated"];
+    args.extend_from_slice(deploy);
+    s.ok(&args);
+    (s, tmp)
+}
+
+/// A server with the app image imported as `app:latest`.
+fn server_with_app_image() -> (TestServer, tempfile::TempDir) {
     let s = TestServer::start(Path::new(BIN), &[]);
     let tmp = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
@@ -58,10 +76,32 @@ fn server_with_app(name: &str, deploy: &[&str]) -> (TestServer, tempfile::TempDi
     };
     let layout = busybox_image(&tmp.path().join("app"), "app", &spec);
     s.ok(&["images", "import", layout.to_str().unwrap()]);
-    let mut args = vec!["deploy", name, "--image", "app", "--allow-unauthenticated"];
-    args.extend_from_slice(deploy);
-    s.ok(&args);
     (s, tmp)
+}
+
+/// A public Knative Service running the app image, its container given `probes` (YAML lines
+/// indented for the container), applied with `services replace`.
+fn replace_with_probes(
+    s: &TestServer,
+    dir: &Path,
+    name: &str,
+    probes: &str,
+) -> std::process::Output {
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  template:
+    spec:
+      containers:
+      - image: app
+{probes}"
+    );
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    s.skiff(&["services", "replace", file.to_str().unwrap()])
 }
 
 /// Sends `head` (a request line and headers, without the blank line) on a new connection,
@@ -415,8 +455,152 @@ fn use_http2_sends_http2_to_the_container_and_grpc_streams_both_ways() -> Result
     Ok(())
 }
 
+fn grpc_startup_probes_pass_on_serving_and_fail_the_revision_otherwise() -> Result<(), Failed> {
+    let (s, tmp) = server_with_app_image();
+    // The app's health service answers SERVING for the server as a whole (service "").
+    let out = replace_with_probes(
+        &s,
+        tmp.path(),
+        "healthy",
+        "        startupProbe:
+          grpc: {}
+          periodSeconds: 1
+          failureThreshold: 5
+        livenessProbe:
+          grpc:
+            service: skiff.test.Echo
+          periodSeconds: 30
+",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    let token = s.ok(&["auth", "print-identity-token"]).trim().to_string();
+    let (code, _) = s.get("healthy.localhost", "/", Some(&token));
+    assert_eq!(code, 200);
+    let text = s.ok(&["services", "describe", "healthy"]);
+    for line in [
+        "gRPC health check on port 8080 every 1s (timeout 1s, 5 failures, first after 0s)",
+        "gRPC health check of \"skiff.test.Echo\" on port 8080 every 30s",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
+    // The probes round-trip through the export and `services replace` byte for byte.
+    let first = s.ok(&["services", "describe", "healthy", "--format", "export"]);
+    assert!(first.contains("grpc: {}"), "{first}");
+    assert!(first.contains("service: skiff.test.Echo"), "{first}");
+    let file = tmp.path().join("export.yaml");
+    std::fs::write(&file, &first).unwrap();
+    s.ok(&["services", "replace", file.to_str().unwrap()]);
+    assert_eq!(
+        first,
+        s.ok(&["services", "describe", "healthy", "--format", "export"])
+    );
+
+    // A service the health server reports NOT_SERVING fails the revision with that result.
+    // (Ten attempts a second apart: the last one finds the app listening, however slowly it
+    // starts on a busy machine.)
+    let out = replace_with_probes(
+        &s,
+        tmp.path(),
+        "unhealthy",
+        "        startupProbe:
+          grpc:
+            service: down
+          periodSeconds: 1
+          failureThreshold: 10
+",
+    );
+    assert!(!out.status.success(), "{}", s.log());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the startup probe (gRPC health check of \"down\" on port 8080) failed 10 times in a row, last: answered NOT_SERVING"),
+        "{err}"
+    );
+    // An unknown service is gRPC's NOT_FOUND, which is a failure too.
+    let out = replace_with_probes(
+        &s,
+        tmp.path(),
+        "unknown",
+        "        startupProbe:
+          grpc:
+            service: nothing.here
+          periodSeconds: 1
+          failureThreshold: 10
+",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "failed 10 times in a row, last: answered NotFound: unknown service nothing.here"
+        ),
+        "{err}"
+    );
+    // Nothing listens on the probe's port: refused, in the probe's time.
+    let out = replace_with_probes(
+        &s,
+        tmp.path(),
+        "elsewhere",
+        "        startupProbe:
+          grpc:
+            port: 9999
+          periodSeconds: 1
+          failureThreshold: 2
+",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "(gRPC health check on port 9999) failed 2 times in a row, last: connection refused"
+        ),
+        "{err}"
+    );
+    Ok(())
+}
+
+fn a_grpc_liveness_probe_that_turns_not_serving_restarts_the_instance() -> Result<(), Failed> {
+    let (s, tmp) = server_with_app_image();
+    let out = replace_with_probes(
+        &s,
+        tmp.path(),
+        "lively",
+        "        livenessProbe:
+          grpc: {}
+          periodSeconds: 1
+          failureThreshold: 2
+",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = s.ok(&["auth", "print-identity-token"]).trim().to_string();
+    let token = Some(token.as_str());
+    let (code, _) = s.get("lively.localhost", "/", token);
+    assert_eq!(code, 200);
+    let first = s.instances("lively")[0]["id"].as_str().unwrap().to_string();
+    // From now on this instance's health service answers NOT_SERVING.
+    let (code, _) = s.get("lively.localhost", "/sicken", token);
+    assert_eq!(code, 200);
+    s.wait_for("the liveness probe to restart the instance", 120, || {
+        s.ok(&["logs", "read", "--service", "lively"]).contains(&format!(
+            "instance {first} failed its liveness probe (gRPC health check on port 8080) 2 times in a row, last: answered NOT_SERVING; restarting it"
+        ))
+    });
+    s.wait_for("the instance to be gone", 60, || {
+        s.instances("lively")
+            .iter()
+            .all(|i| i["id"] != first.as_str())
+    });
+    let (code, _) = s.get("lively.localhost", "/", token);
+    assert_eq!(code, 200);
+    Ok(())
+}
+
 /// The app the test images run: a JSON echo of each request (method, target as received,
-/// version, headers in order) and a WebSocket echo at `/ws`.
+/// version, headers in order), a WebSocket echo at `/ws`, a gRPC echo service and the gRPC
+/// health service (`SERVING` for "" and `skiff.test.Echo` until `GET /sicken`, then
+/// `NOT_SERVING`; `NOT_SERVING` for `down`; `NOT_FOUND` for any other name).
 mod app {
     use bytes::Bytes;
     use futures::{SinkExt, StreamExt};
@@ -447,7 +631,33 @@ mod app {
         });
     }
 
+    /// Set by `GET /sicken`: the health service answers `NOT_SERVING` from then on.
+    static SICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
     type AppBody = http_body_util::combinators::UnsyncBoxBody<Bytes, tonic::Status>;
+
+    /// `grpc.health.v1.Health/Check`.
+    async fn health(req: Request<Incoming>) -> Response<AppBody> {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::Ordering;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+        let codec = tonic_prost::ProstCodec::<HealthCheckResponse, HealthCheckRequest>::default();
+        let check = tower::service_fn(|r: tonic::Request<HealthCheckRequest>| async move {
+            let status = match r.get_ref().service.as_str() {
+                "" | "skiff.test.Echo" if !SICK.load(Ordering::SeqCst) => ServingStatus::Serving,
+                "" | "skiff.test.Echo" | "down" => ServingStatus::NotServing,
+                other => return Err(tonic::Status::not_found(format!("unknown service {other}"))),
+            };
+            Ok(tonic::Response::new(HealthCheckResponse {
+                status: status as i32,
+            }))
+        });
+        tonic::server::Grpc::new(codec)
+            .unary(check, req)
+            .await
+            .map(|b| b.boxed_unsync())
+    }
 
     fn full(b: Bytes) -> AppBody {
         use http_body_util::BodyExt;
@@ -509,8 +719,14 @@ mod app {
             .headers()
             .get("content-type")
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if is_grpc && req.uri().path() == "/grpc.health.v1.Health/Check" {
+            return Ok(health(req).await);
+        }
         if is_grpc {
             return Ok(grpc(req).await);
+        }
+        if req.uri().path() == "/sicken" {
+            SICK.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         let wants_ws = req
             .headers()
