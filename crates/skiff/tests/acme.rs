@@ -255,3 +255,87 @@ fn bad_acme_flags_stop_start_up_with_a_clear_error() {
     ]);
     assert!(err.contains("is not an https:// URL"), "{err}");
 }
+
+#[test]
+fn a_domain_mapping_gets_its_certificate_and_reports_it_provisioned() {
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https);
+    let domain = "www.shop.example.test";
+    pebble.add_a(domain);
+    let https_addr = format!("127.0.0.1:{https}");
+    let directory = pebble.directory();
+    let ca = pebble.https_ca_file();
+    let (s, _img) = TestServer::with_web_image_on(
+        Path::new(BIN),
+        Some(http),
+        &[
+            "--https",
+            &https_addr,
+            "--acme-directory",
+            &directory,
+            "--acme-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let server_log = s.data_dir.with_extension("log");
+    let logs = || {
+        format!(
+            "server log:\n{}\npebble log:\n{}",
+            std::fs::read_to_string(&server_log).unwrap_or_default(),
+            pebble.log()
+        )
+    };
+    let root = pebble.root_pem();
+    s.deploy_web("shop", &[]);
+    // Not mapped yet: a handshake naming the domain orders nothing.
+    assert!(tls_connect(https, domain, &root, &[b"http/1.1"]).is_err());
+    std::thread::sleep(Duration::from_secs(1));
+    let before = pebble.issued();
+    assert_eq!(
+        s.ok(&["domain-mappings", "list"]).matches(domain).count(),
+        0
+    );
+
+    s.ok(&[
+        "domain-mappings",
+        "create",
+        "--service",
+        "shop",
+        "--domain",
+        domain,
+    ]);
+    wait_until("the mapped domain's certificate", 180, logs, || {
+        tls_connect(https, domain, &root, &[b"http/1.1"]).is_ok()
+    });
+    assert_eq!(pebble.issued(), before + 1, "{}", logs());
+    let mut conn = tls_connect(https, domain, &root, &[b"http/1.1"]).unwrap();
+    assert_eq!(
+        request_on(&mut conn, domain, "/index.html"),
+        (200, "hello from skiff\n".to_string())
+    );
+    // The mapping says its certificate is there, and is ready.
+    wait_until("CertificateProvisioned", 60, logs, || {
+        let v: serde_json::Value = serde_json::from_str(&s.ok(&[
+            "domain-mappings",
+            "describe",
+            "--domain",
+            domain,
+            "--format",
+            "json",
+        ]))
+        .unwrap();
+        let conditions = v["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let is_true = |t: &str| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == t && c["status"] == "True")
+        };
+        is_true("CertificateProvisioned") && is_true("Ready")
+    });
+    // Plain HTTP to the domain now redirects to HTTPS.
+    let (status, head) = plain_get(http, domain, "/index.html");
+    assert!(matches!(status, 301 | 308), "{status}\n{head}");
+}
