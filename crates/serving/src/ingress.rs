@@ -23,6 +23,11 @@ pub struct IngressLimits {
     /// first request within it. nginx's `client_header_timeout` is 60 s; Skiff's default is
     /// 10 s ([`IngressLimits::default`]).
     pub header_read_timeout: Duration,
+    /// How long a connection may go with no request in flight (none being handled, no
+    /// response body still streaming) before it is closed gracefully (HTTP/2: a GOAWAY).
+    /// HTTP/1.1 connections are closed sooner, by the header read timeout. Default 75 s,
+    /// nginx's `keepalive_timeout`.
+    pub idle_timeout: Duration,
     /// The largest request head in bytes (request line and headers for HTTP/1.1, the
     /// decoded header list for HTTP/2); a larger one is answered `431 Request Header Fields
     /// Too Large`. Default 64 KiB, the request header limit of Google's front ends.
@@ -36,6 +41,7 @@ impl Default for IngressLimits {
     fn default() -> Self {
         IngressLimits {
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
             max_header_bytes: 64 * 1024,
             max_connections_per_client: 256,
         }
@@ -202,12 +208,24 @@ async fn serve(
         // Set by the first request: until then the connection is on the header read clock,
         // also while hyper is still telling HTTP/1.1 from HTTP/2 by the first bytes.
         let asked = Arc::new(AtomicBool::new(false));
+        let activity = Arc::new(Activity::default());
         let svc = {
-            let asked = asked.clone();
+            let (asked, activity) = (asked.clone(), activity.clone());
             hyper::service::service_fn(move |req| {
                 asked.store(true, Ordering::Relaxed);
+                let busy = Activity::begin(&activity);
                 let (serving, peer) = (serving.clone(), peer.clone());
-                async move { Ok::<_, std::convert::Infallible>(serving.handle(req, &peer).await) }
+                async move {
+                    let res = serving.handle(req, &peer).await;
+                    // In flight until the response body has been sent (or dropped).
+                    let res = res.map(|b| {
+                        http_body_util::BodyExt::boxed(Guarded {
+                            inner: b,
+                            _busy: busy,
+                        })
+                    });
+                    Ok::<_, std::convert::Infallible>(res)
+                }
             })
         };
         let conn = Conn {
@@ -215,6 +233,8 @@ async fn serve(
             stopping: stopping.clone(),
             first_deadline: tokio::time::Instant::now() + limits.header_read_timeout,
             asked,
+            activity,
+            idle_timeout: limits.idle_timeout,
         };
         let live = live.clone();
         let tls = tls.clone();
@@ -268,6 +288,78 @@ struct Conn {
     first_deadline: tokio::time::Instant,
     /// Set by the first request.
     asked: Arc<AtomicBool>,
+    /// Requests in flight and when the last one ended.
+    activity: Arc<Activity>,
+    /// See [`IngressLimits::idle_timeout`].
+    idle_timeout: Duration,
+}
+
+/// A connection's requests in flight, and when it last had none.
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `EPOCH` at which the count last fell to zero.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+/// A request in flight; dropped when its response body is done.
+struct Busy(Arc<Activity>);
+
+static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn now_ms() -> u64 {
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl Activity {
+    fn begin(a: &Arc<Activity>) -> Busy {
+        a.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(a.clone())
+    }
+
+    /// How long the connection has had no request in flight (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(now_ms().saturating_sub(self.idle_since_ms.load(Ordering::SeqCst)))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.idle_since_ms.store(now_ms(), Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct Guarded {
+    inner: proxy::ProxyBody,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = proxy::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Conn {
@@ -293,12 +385,22 @@ impl Conn {
         let first = tokio::time::sleep_until(self.first_deadline);
         tokio::pin!(first);
         let mut watching = true;
+        self.activity
+            .idle_since_ms
+            .store(now_ms(), Ordering::SeqCst);
+        let check = (self.idle_timeout / 4).max(Duration::from_millis(100));
         loop {
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = self.stopping.wait_for(|s| *s) => {
                     conn.as_mut().graceful_shutdown();
                     break;
+                }
+                _ = tokio::time::sleep(check) => {
+                    if self.activity.idle_for() >= self.idle_timeout {
+                        conn.as_mut().graceful_shutdown();
+                        break;
+                    }
                 }
                 _ = first.as_mut(), if watching => {
                     if !self.asked.load(Ordering::Relaxed) {

@@ -89,6 +89,10 @@ pub struct ServerArgs {
     /// keep-alive connection is kept) before the ingress closes the connection.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
+    /// How long an HTTP/2 connection may go without a request in flight before the ingress
+    /// closes it (a GOAWAY, so nothing in progress is cut).
+    #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = parse_duration)]
+    idle_timeout: Duration,
     /// The most connections one client address may hold open on the ingress; those past it
     /// are closed at once. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 256)]
@@ -140,6 +144,7 @@ impl ServerArgs {
     fn ingress_limits(&self) -> skiff_serving::IngressLimits {
         skiff_serving::IngressLimits {
             header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
             max_connections_per_client: self.max_connections_per_client,
             ..Default::default()
         }

@@ -237,3 +237,43 @@ fn out_of_descriptors_the_ingress_waits_and_serves_again() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    // The header read timeout is long, so only the idle timeout can end the connection.
+    let s = TestServer::start(
+        Path::new(BIN),
+        &["--idle-timeout", "2s", "--header-read-timeout", "60s"],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.ingress))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let driver = tokio::spawn(conn);
+        let began = Instant::now();
+        for _ in 0..2 {
+            let req = http::Request::get("http://nothing.localhost/")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let res = send.send_request(req).await.unwrap();
+            assert_eq!(res.status(), 404);
+        }
+        // The client answers the server's pings, so only the idle timeout closes it (with a
+        // GOAWAY, which ends the client's connection task cleanly).
+        let ended = tokio::time::timeout(Duration::from_secs(50), driver).await;
+        assert!(
+            ended.is_ok(),
+            "the idle HTTP/2 connection was kept\nserver log: {}",
+            s.log()
+        );
+        assert!(began.elapsed() >= Duration::from_secs(2));
+        assert!(send.is_closed() || send.ready().await.is_err());
+    });
+}
