@@ -118,7 +118,7 @@ impl DomainMappings {
             &m,
             mapping::Observed {
                 service: service.as_ref(),
-                has_certificate: self.certs.lookup_named(&m.metadata.name).is_some(),
+                has_certificate: self.certs.covers(&m.metadata.name),
                 addresses: &self.settings.addresses,
                 url: &url,
             },

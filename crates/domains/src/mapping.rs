@@ -270,7 +270,7 @@ pub fn status(m: &DomainMapping, now: Observed<'_>) -> DomainMappingStatus {
             "Unknown",
             Some(reason::CERTIFICATE_PENDING),
             Some(format!(
-                "waiting for a certificate for {domain}: it is obtained once the DNS records point {domain} at this server"
+                "waiting for a certificate for {domain}: with ACME on (skiff server --https and --acme-directory) it is obtained once the DNS records point {domain} at this server; otherwise give the server a --tls-cert that covers it, or use --certificate-mode NONE"
             )),
         )
     };

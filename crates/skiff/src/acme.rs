@@ -94,16 +94,25 @@ pub fn start(
         return Ok(None);
     };
     // With the DNS hook, one `*.DOMAIN` certificate covers every service URL (each is one
-    // label under the domain), so only the wildcard is ordered.
+    // label under the domain), so the wildcard is ordered instead of them; routed hosts it
+    // does not cover (mapped custom domains) still get their own, by HTTP-01 or TLS-ALPN-01.
     let wildcard = match (&args.acme_dns_hook, serving.urls().domain()) {
         (Some(_), Some(domain)) => Some(format!("*.{domain}")),
         _ => None,
     };
     let weak: Weak<Serving> = Arc::downgrade(serving);
     let w = wildcard.clone();
-    let filter: HostFilter = Arc::new(move |host: &str| match &w {
-        Some(w) => host == w,
-        None => weak.upgrade().is_some_and(|s| s.routes_host(host)),
+    let filter: HostFilter = Arc::new(move |host: &str| {
+        let routed = || weak.upgrade().is_some_and(|s| s.routes_host(host));
+        match &w {
+            Some(w) => {
+                let under_wildcard = host
+                    .split_once('.')
+                    .is_some_and(|(_, parent)| Some(parent) == w.strip_prefix("*."));
+                host == w || (!under_wildcard && routed())
+            }
+            None => routed(),
+        }
     });
     let mut cfg = AcmeConfig::new(directory.clone(), data_dir.join("acme"));
     cfg.email = args.acme_email.clone();

@@ -289,6 +289,11 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+    if https_addr.is_some() && user_cert.is_none() && args.acme.acme_directory.is_none() {
+        tracing::warn!(
+            "--https has no certificate to serve yet: TLS handshakes fail until one exists; give --tls-cert and --tls-key, or --acme-directory to obtain them"
+        );
+    }
 
     // Before any thread exists: libcontainer's cleanup must not run on tokio threads.
     let swept = skiff_runtime::sweep::sweep(&Serving::instances_dir(&data_dir));

@@ -222,6 +222,21 @@ fn a_wildcard_certificate_by_dns01_through_the_hook_covers_every_service() {
         std::fs::read_to_string(dir.path().join("hook.log")).unwrap(),
         "set _acme-challenge.wild.example.test\nclear _acme-challenge.wild.example.test\n"
     );
+    // A mapped custom domain outside the wildcard still gets a certificate of its own.
+    let custom = "www.custom.example.test";
+    pebble.add_a(custom);
+    s.ok(&[
+        "domain-mappings",
+        "create",
+        "--service",
+        "hello",
+        "--domain",
+        custom,
+    ]);
+    wait_until("the mapped domain's certificate", 180, logs, || {
+        tls_connect(https, custom, &root, &[b"http/1.1"]).is_ok()
+    });
+    assert_eq!(pebble.issued(), 2, "{}", logs());
 }
 
 /// `skiff server` with `flags`: must exit non-zero; returns its stderr.

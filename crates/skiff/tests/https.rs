@@ -100,6 +100,36 @@ fn user_certificate_is_served_over_h2_and_http1_reloaded_and_plain_http_redirect
         ],
     );
     s.deploy_web("hello", &[]);
+    // A domain mapping the user's certificate covers reports its certificate provisioned; one
+    // it does not cover is still waiting.
+    let provisioned = |domain: &str| {
+        s.ok(&[
+            "domain-mappings",
+            "create",
+            "--service",
+            "hello",
+            "--domain",
+            domain,
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&s.ok(&[
+            "domain-mappings",
+            "describe",
+            "--domain",
+            domain,
+            "--format",
+            "json",
+        ]))
+        .unwrap();
+        v["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "CertificateProvisioned")
+            .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(provisioned("www.apps.test"), "True");
+    assert_eq!(provisioned("www.other.test"), "Unknown");
     // A client that never says hello: the handshake counts in the header read timeout.
     let mut silent = TcpStream::connect(("127.0.0.1", https)).unwrap();
     silent

@@ -36,7 +36,7 @@ pub enum TlsError {
     #[error("no certificate found in the certificate PEM")]
     NoCertificate,
     /// A PEM block could not be read.
-    #[error("{what} is not valid PEM: {source}")]
+    #[error("{what} is not valid PEM: {}", pem_problem(source))]
     Pem {
         /// "the certificate" or "the private key".
         what: &'static str,
@@ -67,6 +67,23 @@ pub enum TlsError {
         /// What is wrong with them.
         source: Box<TlsError>,
     },
+}
+
+/// The parser's error in words (its own display shows markers as byte lists).
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "a block has no `-----END {}-----` line (is the file cut short?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        E::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line `{}`", String::from_utf8_lossy(line))
+        }
+        E::Base64Decode(m) => format!("bad base64 inside a block ({m})"),
+        E::NoItemsFound => "no block of the expected kind".to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Makes a servable certificate from PEM text: `cert_pem` holds the chain, leaf first (as
@@ -438,6 +455,14 @@ mod tests {
             certified_key_from_pem(cert.as_bytes(), b"not a key"),
             Err(TlsError::Pem { .. })
         ));
+        let cut = &cert.as_bytes()[..cert.len() / 2];
+        let e = certified_key_from_pem(cut, key.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("-----END CERTIFICATE-----") && e.contains("cut short"),
+            "{e}"
+        );
         let (_, other_key) = self_signed(&["b.example.com"]);
         assert!(matches!(
             certified_key_from_pem(cert.as_bytes(), other_key.as_bytes()),
