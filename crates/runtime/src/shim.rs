@@ -110,39 +110,7 @@ fn run(
     slot: &mut Option<Container>,
 ) -> Result<(), RuntimeError> {
     private_mount_namespace()?;
-    mount_rootfs(cfg)?;
-    let user = user::resolve(&cfg.rootfs(), cfg.user.as_deref())?;
-    join_network(cfg)?;
-    for (name, text) in [("hosts", &cfg.hosts), ("resolv.conf", &cfg.resolv_conf)] {
-        let path = cfg.etc_file(name);
-        std::fs::write(&path, text).map_err(|e| RuntimeError::io(&path, e))?;
-    }
-    // With secrets, the OCI spec (which holds the env) and the secret files live on a tmpfs
-    // of the shim's own mount namespace: nothing of them reaches the disk.
-    let (bundle, spec) = if cfg.secrets_on_fd {
-        let secrets = read_secrets()?;
-        let dir = mount_secrets_dir(cfg, secrets.value_bytes())?;
-        let mut with_env = cfg.clone();
-        for (k, v) in &secrets.env {
-            with_env
-                .env
-                .retain(|kv| kv.split_once('=').map(|(n, _)| n) != Some(k));
-            with_env.env.push(format!("{k}={v}"));
-        }
-        let mounts = write_secret_files(&dir, &secrets)?;
-        let binds = volume_binds(cfg, cfg);
-        (
-            dir.join("bundle"),
-            spec::build(&with_env, &user, &mounts, &binds),
-        )
-    } else {
-        let binds = volume_binds(cfg, cfg);
-        (cfg.dir.join("bundle"), spec::build(cfg, &user, &[], &binds))
-    };
-    std::fs::create_dir_all(&bundle).map_err(|e| RuntimeError::io(&bundle, e))?;
-    let config_json = bundle.join("config.json");
-    let spec = serde_json::to_vec(&spec).expect("spec serializes");
-    std::fs::write(&config_json, spec).map_err(|e| RuntimeError::io(&config_json, e))?;
+    let bundle = write_bundle(cfg)?;
     std::fs::create_dir_all(&cfg.state_root).map_err(|e| RuntimeError::io(&cfg.state_root, e))?;
 
     let container = ContainerBuilder::new(cfg.id.clone(), SyscallType::Linux)
@@ -288,6 +256,16 @@ fn run_with_sidecars(
 /// Builds (creates, without starting) the ingress container of an instance with sidecars:
 /// its root filesystem, network, `/etc` files, secrets and bundle, as [`run`] does.
 fn build_ingress(cfg: &InstanceConfig, slot: &mut Option<Container>) -> Result<(), RuntimeError> {
+    let bundle = write_bundle(cfg)?;
+    *slot = Some(build_container(cfg, &bundle)?);
+    Ok(())
+}
+
+/// Mounts the container's root filesystem, joins the instance's network, writes its `/etc`
+/// files, and writes its OCI bundle; returns the bundle's directory. With secrets (read from
+/// fd 6), the OCI spec (which holds the env) and the secret files live on a tmpfs of the
+/// shim's own mount namespace: nothing of them reaches the disk.
+fn write_bundle(cfg: &InstanceConfig) -> Result<std::path::PathBuf, RuntimeError> {
     mount_rootfs(cfg)?;
     let user = user::resolve(&cfg.rootfs(), cfg.user.as_deref())?;
     join_network(cfg)?;
@@ -318,8 +296,7 @@ fn build_ingress(cfg: &InstanceConfig, slot: &mut Option<Container>) -> Result<(
     let config_json = bundle.join("config.json");
     let spec = serde_json::to_vec(&spec).expect("spec serializes");
     std::fs::write(&config_json, spec).map_err(|e| RuntimeError::io(&config_json, e))?;
-    *slot = Some(build_container(cfg, &bundle)?);
-    Ok(())
+    Ok(bundle)
 }
 
 /// Creates container `cfg.id` from `bundle` (its init waits for `start`).
