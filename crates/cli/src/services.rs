@@ -129,7 +129,7 @@ pub(crate) fn change_policy_binding(
 ) -> Result<()> {
     validate_member(member)?;
     if !role.starts_with("roles/") {
-        bail!("invalid --role {role:?}: give a role like roles/run.invoker");
+        bail!("invalid --role {role:?}: give a role's full name, starting with roles/ (like roles/run.invoker or roles/pubsub.publisher)");
     }
     let mut policy: Policy = api.get(&format!("{base}:getIamPolicy"), &[])?;
     let pos = policy.bindings.iter().position(|b| b.role == role);

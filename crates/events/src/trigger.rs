@@ -476,7 +476,13 @@ impl Triggers {
                                 self.broker.acknowledge(sub, ack).await
                             }
                             Err(e) => {
-                                tracing::warn!("event for job {job} in {project}: {e}");
+                                tracing::warn!(
+                                    "event {} for job {job} in {project} is retried later: {e}",
+                                    r.message
+                                        .as_ref()
+                                        .map(|m| m.message_id.as_str())
+                                        .unwrap_or("")
+                                );
                                 self.broker.record_push(sub, "invalid");
                                 self.broker.modify_ack_deadline(sub, ack, 0)
                             }
@@ -608,6 +614,18 @@ impl Triggers {
                 topic: topic.clone(),
                 labels,
                 push_config,
+                // Failed deliveries come back with exponential backoff (10 s doubling to
+                // 600 s, Pub/Sub's bounds), never at once.
+                retry_policy: Some(skiff_pubsub::proto::RetryPolicy {
+                    minimum_backoff: Some(prost_types::Duration {
+                        seconds: 10,
+                        nanos: 0,
+                    }),
+                    maximum_backoff: Some(prost_types::Duration {
+                        seconds: 600,
+                        nanos: 0,
+                    }),
+                }),
                 ..Default::default()
             })
             .await;

@@ -121,7 +121,7 @@ pub fn check_policy(p: &Policy) -> Result<()> {
     for b in &p.bindings {
         if permissions_of(&b.role).is_empty() {
             return Err(PubsubError::invalid(format!(
-                "Role {} is not supported for this resource: use roles/pubsub.publisher, roles/pubsub.subscriber, roles/pubsub.viewer, roles/pubsub.editor or roles/pubsub.admin",
+                "Role {} is not supported for this resource: use roles/pubsub.publisher, roles/pubsub.subscriber, roles/pubsub.viewer, roles/pubsub.editor or roles/pubsub.admin (or a basic role: roles/viewer, roles/editor, roles/owner)",
                 b.role
             )));
         }

@@ -99,7 +99,7 @@ async fn credentials(
             None => {
                 return refuse(
                     is_grpc(&req),
-                    "the bearer token is not one this server signed, or it expired: use the admin token, `skiff auth print-identity-token`, or a token from the metadata server",
+                    "the bearer token is not one this server signed, it expired, or it names another audience: use the admin token, `skiff auth print-identity-token` without --audience, or an access token from the metadata server",
                 )
             }
         },

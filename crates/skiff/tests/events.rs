@@ -573,10 +573,36 @@ fn pubsub_trigger_with_a_job_destination_starts_an_execution_per_event() {
         "json",
     ]);
     assert!(!pulled.contains("ackId"), "{pulled}");
-    // Deleted: the subscription goes, and later messages start nothing.
+    // The trigger's subscription backs off between failed deliveries: with the job gone, a
+    // new event is tried once, then again only after 10 s.
+    let d: Value = serde_json::from_str(&s.ok(&[
+        "pubsub",
+        "subscriptions",
+        "describe",
+        sub_id,
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(d["retryPolicy"]["minimumBackoff"], "10s", "{d}");
+    assert_eq!(d["retryPolicy"]["maximumBackoff"], "600s", "{d}");
+    s.ok(&["jobs", "delete", "handler"]);
+    s.ok(&[
+        "pubsub",
+        "topics",
+        "publish",
+        "orders",
+        "--message",
+        "orphan",
+    ]);
+    let retried = || s.log().matches("is retried later").count();
+    s.wait_for("the first failed start", 60, || retried() >= 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(retried(), 1, "{}", s.log());
+    // Deleted: the subscription goes, and later messages are not tried.
     s.ok(&["triggers", "delete", "on-order"]);
     assert!(!subscriptions(&s).iter().any(|x| x == sub));
     s.ok(&["pubsub", "topics", "publish", "orders", "--message", "late"]);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(job_event_logs(&s).len(), 3);
+    assert_eq!(retried(), 1, "{}", s.log());
 }
