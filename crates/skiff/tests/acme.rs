@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use skiff_testkit::pebble::{peer_serial, request_on, tls_connect};
-use skiff_testkit::server::free_port;
+use skiff_testkit::server::{free_port, get_head};
 use skiff_testkit::{Pebble, TestServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_skiff");
@@ -25,29 +25,6 @@ fn wait_until(what: &str, secs: u64, log: impl Fn() -> String, mut cond: impl Fn
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// A plain HTTP/1.1 request to the HTTP ingress, not following redirects: (status, head).
-fn plain_get(port: u16, host: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        out.split("\r\n\r\n").next().unwrap_or("").to_string(),
-    )
 }
 
 #[test]
@@ -126,7 +103,7 @@ fn service_host_certificate_from_pebble_is_served_renewed_and_kept_across_restar
     assert_eq!(text, "hello from skiff\n\n2");
 
     // Plain HTTP now redirects to HTTPS.
-    let (status, head) = plain_get(http, host, "/index.html");
+    let (status, head) = get_head(http, host, "/index.html");
     assert!(matches!(status, 301 | 308), "{status}\n{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -351,6 +328,6 @@ fn a_domain_mapping_gets_its_certificate_and_reports_it_provisioned() {
         is_true("CertificateProvisioned") && is_true("Ready")
     });
     // Plain HTTP to the domain now redirects to HTTPS.
-    let (status, head) = plain_get(http, domain, "/index.html");
+    let (status, head) = get_head(http, domain, "/index.html");
     assert!(matches!(status, 301 | 308), "{status}\n{head}");
 }

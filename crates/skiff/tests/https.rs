@@ -4,23 +4,15 @@
 //! to HTTPS for the names the certificate covers, and start-up refusing a bad pair. They need
 //! root (the server does) and curl.
 
+use skiff_testkit::server::{free_port, get_head};
 use skiff_testkit::{busybox_image, ImageSpec, TestCa, TestServer, TlsClient};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_skiff");
-
-/// A free loopback port for `--https`.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// curl over HTTPS to `https://HOST:PORT/PATH`, trusting `ca`, `host` resolved to loopback;
 /// returns (body, HTTP version curl used).
@@ -49,34 +41,6 @@ fn curl(ca: &Path, host: &str, port: u16, path: &str, version_flag: &str) -> (St
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, version) = text.rsplit_once('\n').unwrap();
     (body.to_string(), version.to_string())
-}
-
-/// A plain HTTP/1.1 request to the HTTP ingress, not following redirects: (status, headers).
-fn plain_head(port: u16, host: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let head = out.split("\r\n\r\n").next().unwrap_or("").to_string();
-    (status, head)
-}
-
-fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -158,7 +122,7 @@ fn user_certificate_is_served_over_h2_and_http1_reloaded_and_plain_http_redirect
     assert_eq!(body, "hello from skiff\n");
 
     // TLS requests are logged as HTTPS requests of the revision.
-    wait_until("the request log", 60, || {
+    s.wait_for("the request log", 60, || {
         s.ok(&[
             "logs",
             "read",
@@ -174,7 +138,7 @@ fn user_certificate_is_served_over_h2_and_http1_reloaded_and_plain_http_redirect
 
     // Plain HTTP to a host the certificate covers moves to HTTPS, keeping path and query;
     // a host it does not cover is served over plain HTTP.
-    let (status, head) = plain_head(s.ingress, "hello.localhost", "/a/b?c=d");
+    let (status, head) = get_head(s.ingress, "hello.localhost", "/a/b?c=d");
     assert_eq!(status, 308, "{head}");
     assert!(
         head.to_ascii_lowercase().contains(&format!(
@@ -182,7 +146,7 @@ fn user_certificate_is_served_over_h2_and_http1_reloaded_and_plain_http_redirect
         )),
         "{head}"
     );
-    let (status, head) = plain_head(s.ingress, "other.localhost", "/");
+    let (status, head) = get_head(s.ingress, "other.localhost", "/");
     assert_eq!(status, 404, "{head}");
 
     // A connection kept alive across the reload.
@@ -194,7 +158,7 @@ fn user_certificate_is_served_over_h2_and_http1_reloaded_and_plain_http_redirect
     // New files: new connections get the new certificate, without a restart.
     let second = ca.issue_to(dir.path(), &["hello.localhost", "*.apps.test"]);
     assert_ne!(second.leaf_der, first.leaf_der);
-    wait_until("the new certificate", 60, || {
+    s.wait_for("the new certificate", 60, || {
         TlsClient::connect(https, "hello.localhost", &ca.pem(), &["h2"])
             .is_ok_and(|c| c.peer_leaf() == second.leaf_der)
     });
@@ -206,7 +170,7 @@ fn user_certificate_is_served_over_h2_and_http1_reloaded_and_plain_http_redirect
 
     // A key that does not belong to the certificate: logged, and the last good one kept.
     std::fs::write(&key, ca.issue(&["x.test"]).key_pem).unwrap();
-    wait_until("the reload error in the log", 60, || {
+    s.wait_for("the reload error in the log", 60, || {
         s.log().contains("still serving the previous certificate")
     });
     let c = TlsClient::connect(https, "hello.localhost", &ca.pem(), &["h2"]).unwrap();
@@ -431,7 +395,7 @@ fn domain_urls_are_printed_routed_and_reached_by_curl_python_and_wrk() {
     );
 
     // Plain HTTP to the domain names moves to HTTPS.
-    let (status, head) = plain_head(s.ingress, "hello.apps.test", "/x");
+    let (status, head) = get_head(s.ingress, "hello.apps.test", "/x");
     assert_eq!(status, 308, "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -452,7 +416,7 @@ fn domain_urls_are_printed_routed_and_reached_by_curl_python_and_wrk() {
         &format!("{url}/cgi-bin/env?pushed"),
     ]);
     s.ok(&["pubsub", "topics", "publish", "orders", "--message", "hi"]);
-    wait_until("the push in the request log", 120, || {
+    s.wait_for("the push in the request log", 120, || {
         s.ok(&[
             "logs",
             "read",

@@ -8,7 +8,7 @@
 //! (Skiff's listeners), for names the test points there with [`Pebble::add_a`].
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -22,14 +22,6 @@ pub struct Pebble {
     port: u16,
     mgmt_port: u16,
     dns_mgmt_port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_listening(port: u16, what: &str, log: &std::path::Path) {
@@ -66,7 +58,7 @@ impl Pebble {
         std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
 
-        let (dns_port, dns_mgmt_port) = (free_port(), free_port());
+        let [dns_port, dns_mgmt_port, port, mgmt_port] = crate::server::free_ports::<4>();
         let dns_log = dir.path().join("challtestsrv.log");
         let dns = Command::new("pebble-challtestsrv")
             .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
@@ -77,7 +69,6 @@ impl Pebble {
             .stderr(Stdio::null())
             .spawn()
             .expect("pebble-challtestsrv (Debian package pebble; .ci/run installs it)");
-        let (port, mgmt_port) = (free_port(), free_port());
         let config = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{port}"),

@@ -49,23 +49,37 @@ fn route_destinations() -> Vec<(u32, u32)> {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
 }
 
-/// Three distinct free loopback ports (all are held until all are chosen).
-fn free_ports() -> (u16, u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = TcpListener::bind("127.0.0.1:0").unwrap();
-    let c = TcpListener::bind("127.0.0.1:0").unwrap();
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-        c.local_addr().unwrap().port(),
+/// A plain HTTP/1.1 GET to `127.0.0.1:port` with `Host: host`, on a connection of its own,
+/// not following redirects: `(status, head)` (status 0 when nothing parsable came back).
+pub fn get_head(port: u16, host: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let head = out.split("\r\n\r\n").next().unwrap_or("").to_string();
+    (status, head)
+}
+
+/// `N` distinct free loopback ports (all are held until all are chosen).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 impl TestServer {
@@ -81,7 +95,7 @@ impl TestServer {
             .prefix("skiff-test-")
             .tempdir_in("/tmp")
             .unwrap();
-        let (free_ingress, api, pubsub) = free_ports();
+        let [free_ingress, api, pubsub] = free_ports::<3>();
         let ingress = ingress.unwrap_or(free_ingress);
         let own_network = args
             .iter()
