@@ -82,7 +82,7 @@ pub enum ImageSource {
 }
 
 /// What a runtime needs to run an image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedImage {
     /// Manifest digest `sha256:...`.
     pub digest: String,
