@@ -13,6 +13,7 @@
 //! - [`sweep`] removes what a previous server run left behind.
 
 pub mod cgroup;
+pub mod handoff;
 pub mod logs;
 pub mod netns;
 pub mod shim;

@@ -74,8 +74,13 @@ impl Events {
 
 /// Entry point of `skiff __shim DIR`. Returns the process exit code.
 pub fn shim_main(dir: &Path) -> i32 {
-    // SAFETY: the server's spawn sets up fds 3 and 4 for this process and nothing else in the
-    // shim owns them.
+    // The server's descriptors arrive on stdin before anything else runs.
+    if let Err(e) = crate::handoff::receive() {
+        eprintln!("error: skiff __shim: receiving the server's descriptors: {e}");
+        return 1;
+    }
+    // SAFETY: the hand-off placed fds 3 and 4 for this process and nothing else in the shim
+    // owns them.
     let mut events = Events(unsafe { File::from_raw_fd(EVENT_FD) });
     // SAFETY: as above.
     let commands = unsafe { OwnedFd::from_raw_fd(COMMAND_FD) };

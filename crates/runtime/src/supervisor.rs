@@ -130,37 +130,36 @@ pub async fn spawn(
         sources.extend([Some(out_w.as_raw_fd()), Some(err_w.as_raw_fd())]);
         targets.extend([fd, fd + 1]);
     }
+    // The shim's stdin is one end of a socket pair: its descriptors come over it (see
+    // `handoff`), so no code runs between fork and exec and the spawn copies nothing.
+    let (handoff, shim_end) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| RuntimeError::Sys(format!("socket pair for the shim: {e}")))?;
     let mut cmd = Command::new(shim_exe);
     cmd.arg("__shim")
         .arg(&cfg.dir)
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(OwnedFd::from(shim_end)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false);
     // Its own process group: a Ctrl-C meant for the server must not reach instances directly;
     // the server stops them in order.
     cmd.as_std_mut().process_group(0);
-    // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2) are made.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Every source first moves above the targets, so that no dup2 below overwrites a
-            // source that happens to sit on a target number.
-            let high = |fd: i32| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
-            for (src, dst) in sources.iter().zip(&targets) {
-                let (Some(src), dst) = (*src, *dst) else {
-                    continue;
-                };
-                let moved = high(src);
-                if moved < 0 || libc::dup2(moved, dst) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
     let mut child = cmd.spawn().map_err(|e| {
         RuntimeError::Start(format!("cannot start the shim {}: {e}", shim_exe.display()))
     })?;
+    let fds: Vec<(i32, i32)> = sources
+        .iter()
+        .zip(&targets)
+        .filter_map(|(src, dst)| src.map(|s| (s, *dst)))
+        .collect();
+    if let Err(e) = crate::handoff::send(&handoff, &fds) {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(RuntimeError::Start(format!(
+            "cannot hand the shim its descriptors: {e}"
+        )));
+    }
+    drop(handoff);
     drop((event_w, cmd_r, secrets));
     let mut sidecar_out = Vec::new();
     for (name, out_r, out_w, err_r, err_w) in sidecar_pipes {
