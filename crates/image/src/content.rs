@@ -4,8 +4,9 @@
 //! are not images: signatures, SBOMs, attestations), all as verbatim blobs.
 //!
 //! The kinds follow the OCI image spec (`image-index.md`, `manifest.md`, `artifacts-guidance.md`):
-//! a manifest is an image when its config is an image config (OCI or Docker) and every layer is
-//! a tar layer, and it has no `artifactType`; anything else with a `config` is an artifact.
+//! a manifest is an image when its config is an image config (OCI or Docker), every layer (if
+//! any) is a tar layer, and it has no `artifactType`; anything else with a `config` is an
+//! artifact.
 
 use serde::Deserialize;
 
@@ -105,10 +106,7 @@ impl AnyManifest {
                 .as_deref()
                 .is_none_or(|t| IMAGE_LAYER_TYPES.contains(&t))
         });
-        let image = self.artifact_type.is_none()
-            && image_config
-            && tar_layers
-            && !self.layers.as_ref().is_none_or(Vec::is_empty);
+        let image = self.artifact_type.is_none() && image_config && tar_layers;
         Ok(if image {
             ManifestKind::Image
         } else {
@@ -185,7 +183,7 @@ mod tests {
         assert_eq!(kind(sig), Ok(ManifestKind::Artifact));
         let no_layers = serde_json::json!({"schemaVersion": 2,
             "config": desc(oci::MT_OCI_CONFIG), "layers": []});
-        assert_eq!(kind(no_layers), Ok(ManifestKind::Artifact));
+        assert_eq!(kind(no_layers), Ok(ManifestKind::Image));
         let docker = serde_json::json!({"schemaVersion": 2, "mediaType": oci::MT_DOCKER_MANIFEST,
             "config": desc(oci::MT_DOCKER_CONFIG),
             "layers": [desc("application/vnd.docker.image.rootfs.diff.tar.gzip")]});

@@ -1427,3 +1427,76 @@ fn artifacts_with_a_subject_are_listed_as_referrers_kept_by_prune_and_not_deploy
     ]);
     assert_eq!(s.get("app.localhost", "/", None), (200, "signed\n".into()));
 }
+
+#[test]
+fn buildah_manifest_push_all_of_a_docker_manifest_list_deploys_the_hosts_image() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let host_arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let foreign_arch = if host_arch == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let native = image_saying(&tmp.path().join("native"), "native list entry");
+    let foreign = image_saying(&tmp.path().join("foreign"), "foreign list entry");
+    let host = format!("127.0.0.1:{}", s.api);
+    let token = admin_token(&s);
+    let buildah = ContainerTool::new("buildah");
+    buildah.ok(&["manifest", "create", "skiff-list"]);
+    for (arch, layout) in [(host_arch, &native), (foreign_arch, &foreign)] {
+        buildah.ok(&[
+            "manifest",
+            "add",
+            "--os",
+            "linux",
+            "--arch",
+            arch,
+            "skiff-list",
+            &format!("oci:{}", layout.display()),
+        ]);
+    }
+    // As a Docker manifest list (v2s2), every entry pushed with it.
+    buildah.ok(&[
+        "manifest",
+        "push",
+        "--all",
+        "--format",
+        "v2s2",
+        "--tls-verify=false",
+        "--creds",
+        &format!("u:{token}"),
+        "skiff-list",
+        &format!("docker://{host}/team/list:v1"),
+    ]);
+    let r = reqwest::blocking::Client::new()
+        .get(format!("http://{host}/v2/team/list/manifests/v1"))
+        .basic_auth("u", Some(&token))
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let list: serde_json::Value = r.json().unwrap();
+    assert_eq!(list["manifests"].as_array().unwrap().len(), 2, "{list}");
+    s.ok(&[
+        "deploy",
+        "list",
+        "--image",
+        "team/list:v1",
+        "--allow-unauthenticated",
+    ]);
+    assert_eq!(
+        s.get("list.localhost", "/", None),
+        (200, "native list entry\n".into())
+    );
+}

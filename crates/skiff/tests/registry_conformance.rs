@@ -6,7 +6,7 @@
 //! uncompressed layers), a large manifest, an index, a nested index, an empty index, artifacts
 //! with and without layers, an artifact index, referrers of a manifest and of an index, a
 //! referrer whose subject is missing, a descriptor with `data`, non-distributable layers,
-//! custom fields, and a manifest whose digest does not match.
+//! an image without layers, custom fields, and a manifest whose digest does not match.
 
 use sha2::Digest as _;
 use skiff_testkit::TestServer;
@@ -442,6 +442,16 @@ fn data_sets() -> Vec<(&'static str, Data)> {
     ));
     d.tag = Some("non-distributable".into());
     sets.push(("non-distributable-layers", d));
+
+    let mut d = Data::default();
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []}});
+    let config = Data::with_type(d.blob(serde_json::to_vec(&config).unwrap()), MT_CONFIG);
+    d.manifests
+        .push(Manifest::new(serde_json::json!({"schemaVersion": 2,
+        "mediaType": MT_IMAGE, "config": config, "layers": []})));
+    d.tag = Some("no-layers".into());
+    sets.push(("no-layers", d));
 
     let mut d = Data::default();
     d.image(
