@@ -6,8 +6,9 @@
 //! download) and `DELETE` (of a blob nothing uses any longer); uploads by `POST` (monolithic with
 //! `?digest=`, cross-repository mounts with `?mount=&from=`, or a session), `PATCH` chunks,
 //! `PUT` to finish, `GET` status, `DELETE` to cancel; manifests by tag or digest (`HEAD`,
-//! `GET`, `PUT`, `DELETE`); `tags/list` (paged with `n` and `last`, a `Link` header to the next
-//! page); `referrers/{digest}` (with `?artifactType=`). A pushed image manifest is
+//! `GET`, `PUT` with optional `?tag=` parameters, `DELETE`); `tags/list` (paged with `n` and
+//! `last`, a `Link` header to the next page); `referrers/{digest}` (with `?artifactType=`).
+//! A pushed image manifest is
 //! imported (verified, layers unpacked) under `REPO:TAG` (or `REPO@sha256:...`), the same
 //! reference `skiff images list` shows and `skiff deploy` takes. Only container images are
 //! kept runnable (unpacked); image indexes, Docker manifest lists and artifacts (signatures,
@@ -359,7 +360,15 @@ async fn dispatch(
         (Target::Upload(_, id), Method::DELETE) => cancel_upload(&s, id).await,
         (Target::Manifest(n, r), Method::GET) => get_manifest(&s, n, r, true).await,
         (Target::Manifest(n, r), Method::HEAD) => get_manifest(&s, n, r, false).await,
-        (Target::Manifest(n, r), Method::PUT) => put_manifest(&s, n, r, req).await,
+        (Target::Manifest(n, r), Method::PUT) => {
+            // `?tag=A&tag=B`: more tags for a manifest pushed by digest.
+            let tags: Vec<String> =
+                form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k == "tag")
+                    .map(|(_, v)| v.into_owned())
+                    .collect();
+            put_manifest(&s, n, r, &tags, req).await
+        }
         (Target::Manifest(n, r), Method::DELETE) => delete_manifest(&s, n, r).await,
         (Target::Tags(n), Method::GET) => tags(&s, n, &q).await,
         (Target::Referrers(n, d), Method::GET) => {
@@ -867,10 +876,28 @@ fn named_digests(v: &serde_json::Value) -> (Vec<String>, Vec<String>, Option<Str
 /// manifests, are in the registry (distribution spec, "Pushing Manifests"). A container image
 /// is imported (verified, layers unpacked) so that it deploys; an index or an artifact, or an
 /// image whose layers do not unpack, is stored byte for byte. A `subject` need not exist yet;
-/// its digest is echoed in `OCI-Subject`. Errors: 413 over 4 MiB, `MANIFEST_INVALID`,
-/// `MANIFEST_BLOB_UNKNOWN`, `DIGEST_INVALID`.
-async fn put_manifest(s: &RegistryServer, name: &str, reference: &str, req: Request) -> Answer {
+/// its digest is echoed in `OCI-Subject`. Each of `tags` (the `tag` query parameters) also
+/// names it, and is listed in `OCI-Tag`. Errors: 413 over 4 MiB, `MANIFEST_INVALID`,
+/// `MANIFEST_BLOB_UNKNOWN`, `DIGEST_INVALID`, `TAG_INVALID`.
+async fn put_manifest(
+    s: &RegistryServer,
+    name: &str,
+    reference: &str,
+    tags: &[String],
+    req: Request,
+) -> Answer {
     let key = store_reference(name, reference)?;
+    let mut extra_keys = Vec::with_capacity(tags.len());
+    for t in tags {
+        if t.starts_with("sha256:") {
+            return Err(oci_error(
+                StatusCode::BAD_REQUEST,
+                "TAG_INVALID",
+                format!("tag {t:?} is a digest; a tag parameter names a tag"),
+            ));
+        }
+        extra_keys.push(store_reference(name, t)?);
+    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -980,6 +1007,14 @@ async fn put_manifest(s: &RegistryServer, name: &str, reference: &str, req: Requ
         })?;
         tracing::info!(reference = %key, %digest, media_type = %mt, "manifest pushed");
     }
+    for k in &extra_keys {
+        let store = s.store.clone();
+        let (k, d) = (k.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || store.tag(&k, &d, skiff_image::ImageSource::Pushed))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+    }
     // Finished uploads this manifest used are in the store now.
     for (d, _) in &found {
         if let Some(hex) = valid_digest(d) {
@@ -999,6 +1034,9 @@ async fn put_manifest(s: &RegistryServer, name: &str, reference: &str, req: Requ
     ];
     if let Some(subject) = subject {
         headers.push(("OCI-Subject", subject));
+    }
+    if !tags.is_empty() {
+        headers.push(("OCI-Tag", tags.join(", ")));
     }
     Ok(with_headers(r, &headers))
 }

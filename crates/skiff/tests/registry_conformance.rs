@@ -2,7 +2,8 @@
 //! conformance suite (pull, push, content discovery, content management) over plain HTTP, with
 //! the requests the spec describes and the answers it requires: status codes, `Location`,
 //! `Docker-Content-Digest`, `Content-Type`, `Content-Length`, `Range`, `Link`, `OCI-Subject`,
-//! `OCI-Filters-Applied` and the error codes. The data mirrors the suite's: an image (gzip and
+//! `OCI-Filters-Applied`, `OCI-Tag` (tags given as `?tag=` on a push by digest) and the error
+//! codes. The data mirrors the suite's: an image (gzip and
 //! uncompressed layers), a large manifest, an index, a nested index, an empty index, artifacts
 //! with and without layers, an artifact index, referrers of a manifest and of an index, a
 //! referrer whose subject is missing, a descriptor with `data`, non-distributable layers,
@@ -509,7 +510,54 @@ fn the_registry_answers_the_conformance_workflows_as_the_distribution_spec_requi
         push_pull_discover_delete(&reg, repo, name, &data);
     }
 
+    tag_parameters(&reg, repo);
     manifest_errors(&reg, repo);
+}
+
+/// A manifest pushed by digest with `?tag=` parameters gets those tags, listed in `OCI-Tag`.
+fn tag_parameters(reg: &Reg, repo: &str) {
+    let mut data = Data::default();
+    let m = data.image("tag parameters", true, none());
+    for blob in data.blobs.values() {
+        reg.push_blob(repo, blob);
+    }
+    // An invalid tag refuses the push: nothing is stored.
+    let url = format!("/v2/{repo}/manifests/{}", m.digest);
+    let a = reg.send(
+        "PUT",
+        &format!("{url}?tag=ok&tag=-bad"),
+        &[("Content-Type", MT_IMAGE)],
+        &m.bytes,
+    );
+    assert_eq!((a.status, a.code().as_str()), (400, "TAG_INVALID"));
+    assert_eq!(reg.send("HEAD", &url, &[], b"").status, 404);
+    let a = reg.send(
+        "PUT",
+        &format!("{url}?tag=tag-param-0&tag=tag-param-1"),
+        &[("Content-Type", MT_IMAGE)],
+        &m.bytes,
+    );
+    assert_eq!(a.status, 201);
+    let mut tags: Vec<String> = a
+        .headers
+        .get_all("oci-tag")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap().split(','))
+        .map(|t| t.trim().to_string())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["tag-param-0", "tag-param-1"]);
+    for tag in &tags {
+        let a = reg.send("GET", &format!("/v2/{repo}/manifests/{tag}"), &[], b"");
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body, m.bytes);
+    }
+    let a = reg.send("DELETE", &url, &[], b"");
+    assert_eq!(a.status, 202);
+    for tag in &tags {
+        let a = reg.send("HEAD", &format!("/v2/{repo}/manifests/{tag}"), &[], b"");
+        assert_eq!(a.status, 404, "{tag}");
+    }
 }
 
 /// Blob pushes every way the spec allows, pulls with ranges, mounts, cancels and deletes.
