@@ -753,12 +753,19 @@ impl ImageStore {
             }
             let dir = self.layer_path(diff_id);
             if !dir.is_dir() {
-                return Err(ImageError::NotRunnable {
-                    reference: reference.to_string(),
-                    reason: format!(
-                        "layer {diff_id} of image {digest} is not unpacked (a registry push keeps layers it cannot unpack as they are); push or import a valid image"
-                    ),
-                });
+                // A registry push keeps an image whose layers did not unpack as it came:
+                // unpack now, or say why it cannot run.
+                self.unpack_stored_layer(&manifest.layers[i], diff_id, &dir)
+                    .map_err(|e| match e {
+                        e @ ImageError::Io { .. } => e,
+                        e => ImageError::NotRunnable {
+                            reference: reference.to_string(),
+                            reason: format!(
+                                "layer {} of image {digest}: {e}",
+                                manifest.layers[i].digest
+                            ),
+                        },
+                    })?;
             }
             // Keep only the topmost occurrence of a repeated layer.
             if !diff_ids[i + 1..].contains(diff_id) {
@@ -776,6 +783,54 @@ impl ImageStore {
             working_dir: c.working_dir.filter(|w| !w.is_empty()),
             user: c.user.filter(|u| !u.is_empty()),
         })
+    }
+
+    /// Unpack the stored layer blob `layer` into `target` (the layer directory of `diff_id`),
+    /// verifying its diff_id, as an import does. Errors: `MissingContent` when the store does
+    /// not hold the blob (a non-distributable layer), the unpacker's, `DiffIdMismatch`.
+    fn unpack_stored_layer(
+        &self,
+        layer: &Descriptor,
+        diff_id: &str,
+        target: &Path,
+    ) -> Result<(), ImageError> {
+        parse_digest(&layer.digest)?;
+        let blob = self.blob_path(&layer.digest);
+        if !blob.is_file() {
+            return Err(ImageError::MissingContent {
+                what: "layer blob".into(),
+                digest: layer.digest.clone(),
+            });
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(LAYER_TMP_PREFIX)
+            .tempdir_in(self.layers_dir())
+            .ctx(|| {
+                format!(
+                    "cannot create a directory in {}",
+                    self.layers_dir().display()
+                )
+            })?;
+        let actual = unpack::unpack_layer(&blob, &layer.digest, tmp.path())?;
+        if actual != diff_id {
+            return Err(ImageError::DiffIdMismatch {
+                layer: layer.digest.clone(),
+                expected: diff_id.to_string(),
+                actual,
+            });
+        }
+        match fs::rename(tmp.path(), target) {
+            Ok(()) => {
+                let _ = tmp.keep();
+                Ok(())
+            }
+            // Unpacked by another caller meanwhile.
+            Err(_) if target.is_dir() => Ok(()),
+            Err(e) => Err(ImageError::io(
+                format!("cannot move layer into {}", target.display()),
+                e,
+            )),
+        }
     }
 
     /// Remove `reference` (`NAME[:TAG]`, `NAME@sha256:HEX` for every tag of NAME at that

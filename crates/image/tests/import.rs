@@ -1209,3 +1209,71 @@ fn indexes_and_artifacts_are_stored_verbatim_resolved_by_platform_and_kept_by_gc
     }
     assert_eq!(snapshot(&root), before);
 }
+
+#[test]
+fn a_manifest_stored_as_pushed_unpacks_on_resolve_or_says_why_it_cannot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let s = store(tmp.path());
+    // An image stored verbatim (what a push keeps when its import fails): its layers unpack
+    // when it is first resolved.
+    let good_dir = tmp.path().join("good");
+    let good = write_oci_layout(&good_dir, &small_image());
+    let handed = |dir: &Path, w: &Written| -> Vec<(String, PathBuf)> {
+        std::iter::once(&w.config)
+            .chain(&w.layers)
+            .map(|d| (d.clone(), blob_file(dir, d)))
+            .collect()
+    };
+    let bytes = fs::read(blob_file(&good_dir, &good.manifest)).unwrap();
+    s.put_content(
+        "kept:good",
+        &bytes,
+        &handed(&good_dir, &good),
+        skiff_image::ImageSource::Pushed,
+    )
+    .unwrap();
+    assert!(!root.join("layers").join(hex_of(&good.diff_ids[0])).exists());
+    let resolved = s.resolve("kept:good").unwrap();
+    assert_eq!(resolved.digest, good.manifest);
+    assert_eq!(
+        fs::read(resolved.layers[0].join("hello")).unwrap(),
+        b"hello"
+    );
+
+    // One whose layer climbs out of its root: resolving names the entry and stores nothing.
+    let evil = TarWriter::new()
+        .raw(Raw {
+            name: b"../../escaped",
+            data: b"x",
+            ..Default::default()
+        })
+        .finish();
+    let bad_dir = tmp.path().join("bad");
+    let bad = write_oci_layout(
+        &bad_dir,
+        &Image {
+            layers: vec![(evil, Comp::Gzip)],
+            run: default_run_config(),
+            ref_name: None,
+        },
+    );
+    let bytes = fs::read(blob_file(&bad_dir, &bad.manifest)).unwrap();
+    s.put_content(
+        "kept:bad",
+        &bytes,
+        &handed(&bad_dir, &bad),
+        skiff_image::ImageSource::Pushed,
+    )
+    .unwrap();
+    let layers_before = names(&root.join("layers"));
+    let e = s.resolve("kept:bad").unwrap_err();
+    assert!(matches!(e, ImageError::NotRunnable { .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains("kept:bad is not a runnable container image") && e.contains("../../escaped"),
+        "{e}"
+    );
+    assert_eq!(names(&root.join("layers")), layers_before);
+    assert!(!tmp.path().join("escaped").exists());
+}
