@@ -114,6 +114,19 @@ pub enum ImageError {
     #[error("no image {reference:?} in the image store; import it first or check `images list`")]
     NotFound { reference: String },
 
+    /// The reference names something the store keeps but cannot run: an artifact (signature,
+    /// SBOM...), or an index without an image for this machine.
+    #[error("{reference} is not a runnable container image: {reason}")]
+    NotRunnable { reference: String, reason: String },
+
+    /// A blob cannot be deleted while a reference or a pinned digest reaches it.
+    #[error("blob {digest} is in use by {user}; delete the manifests that name it first")]
+    InUse { digest: String, user: String },
+
+    /// A manifest pushed into the store names a blob or manifest the store lacks.
+    #[error("{what} {digest} is not in the image store; push it first")]
+    MissingContent { what: String, digest: String },
+
     /// The store on disk is inconsistent (a blob or layer it should hold is gone).
     #[error("image store {root}: {reason}")]
     Corrupt { root: String, reason: String },

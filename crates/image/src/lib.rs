@@ -8,7 +8,9 @@
 //!   stored);
 //! - `layers/<diff_id-hex>/`: every layer unpacked once, shared by all images, ready to be an
 //!   overlayfs lowerdir (whiteouts already in overlayfs form);
-//! - `refs.json`: `NAME:TAG` -> manifest digest, replaced atomically;
+//! - `refs.json`: `NAME:TAG` -> manifest digest, replaced atomically; a reference may name a
+//!   runnable image, an image index (resolved to this machine's platform) or an artifact
+//!   (kept verbatim, never run);
 //! - `tmp/`: staging for imports in progress; `gc.lock`, `refs.lock`: `flock` locks.
 //!
 //! Imports accept an OCI image layout directory, an OCI archive, or a docker archive (both the
@@ -16,6 +18,7 @@
 //! gzip/zstd compressed; layers may be plain, gzip or zstd tar streams.
 
 mod compression;
+mod content;
 mod digest;
 mod error;
 mod import;
@@ -28,6 +31,7 @@ mod unpack;
 
 use serde::{Deserialize, Serialize};
 
+pub use content::{manifest_kind, manifest_media_type, ManifestKind};
 pub use error::ImageError;
 
 /// Unpack one layer blob (a tar stream, plain, gzip or zstd) at `blob` into the existing empty

@@ -39,6 +39,22 @@ impl Descriptor {
         self.annotations.as_ref()?.get(key).map(String::as_str)
     }
 
+    /// True when the descriptor names an image manifest (or does not say what it names).
+    pub(crate) fn is_image_manifest(&self) -> bool {
+        matches!(
+            self.media_type.as_deref(),
+            None | Some(MT_OCI_MANIFEST) | Some(MT_DOCKER_MANIFEST)
+        )
+    }
+
+    /// True for a non-distributable ("foreign") layer, which a registry need not hold.
+    pub(crate) fn is_non_distributable(&self) -> bool {
+        self.media_type.as_deref().is_some_and(|t| {
+            t.starts_with("application/vnd.oci.image.layer.nondistributable.")
+                || t == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        })
+    }
+
     pub(crate) fn is_index(&self) -> bool {
         matches!(
             self.media_type.as_deref(),

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 use crate::compression::{self, Compression};
+use crate::content::{AnyManifest, ManifestKind, EMPTY_DIGEST};
 use crate::digest::{hex_of, is_hex64, sha256_digest, HashingReader, HashingWriter};
 use crate::error::{ImageError, IoContext};
 use crate::import::{self, LayerPlan, ManifestPlan, Plan};
@@ -221,6 +222,131 @@ impl ImageStore {
                 )
             })?;
         Ok(Staging { dir, _lock: lock })
+    }
+
+    /// Store the manifest or index `bytes` verbatim under `reference` (`NAME:TAG` or
+    /// `NAME@sha256:HEX`, which must then be the digest of `bytes`), for what a registry push
+    /// brings that is not imported as a runnable image: image indexes and Docker manifest
+    /// lists, artifacts, and images whose layers are kept without unpacking. Every manifest an
+    /// index lists must already be in the store; every blob a manifest names must be in the
+    /// store, in `blobs` (digest, path of its verified content, hashed again as it is copied
+    /// in) or be the OCI empty descriptor `{}`. A `subject` need not exist (the distribution
+    /// spec lets referrers be pushed before their subject). Errors: `MissingContent`,
+    /// `DigestMismatch`, `NotAnImage` for a document that is no manifest, `InvalidReference`.
+    pub fn put_content(
+        &self,
+        reference: &str,
+        bytes: &[u8],
+        blobs: &[(String, PathBuf)],
+        source: ImageSource,
+    ) -> Result<ImportedImage, ImageError> {
+        let r = parse_reference(reference)?;
+        let key = r.normalized();
+        let digest = sha256_digest(bytes);
+        if let Some(want) = &r.digest {
+            if *want != digest {
+                return Err(ImageError::DigestMismatch {
+                    what: "manifest".into(),
+                    digest: want.clone(),
+                    actual: digest,
+                });
+            }
+        }
+        let not_manifest = |reason: String| ImageError::NotAnImage {
+            path: key.clone(),
+            reason,
+        };
+        let m = AnyManifest::parse(bytes).map_err(&not_manifest)?;
+        let kind = m.kind().map_err(&not_manifest)?;
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        let staging = tempfile::Builder::new()
+            .prefix("content-")
+            .tempdir_in(self.tmp_dir())
+            .ctx(|| {
+                format!(
+                    "cannot create a staging directory in {}",
+                    self.tmp_dir().display()
+                )
+            })?;
+        let mut staged: Vec<StagedBlob> = Vec::new();
+        if kind == ManifestKind::Index {
+            for child in m.children() {
+                parse_digest(&child.digest)?;
+                if !self.blob_path(&child.digest).is_file() {
+                    return Err(ImageError::MissingContent {
+                        what: "manifest".into(),
+                        digest: child.digest.clone(),
+                    });
+                }
+            }
+        } else {
+            for (i, d) in m.blobs().into_iter().enumerate() {
+                parse_digest(&d.digest)?;
+                if self.blob_path(&d.digest).is_file() || d.is_non_distributable() {
+                    continue;
+                }
+                let dest = staging.path().join(format!("blob-{i}"));
+                let (actual, size) = if d.digest == EMPTY_DIGEST {
+                    fs::write(&dest, b"{}").ctx(|| format!("cannot write {}", dest.display()))?;
+                    (EMPTY_DIGEST.to_string(), 2)
+                } else {
+                    let Some((_, src)) = blobs.iter().find(|(bd, _)| *bd == d.digest) else {
+                        return Err(ImageError::MissingContent {
+                            what: "blob".into(),
+                            digest: d.digest.clone(),
+                        });
+                    };
+                    let f = File::open(src).ctx(|| format!("cannot open {}", src.display()))?;
+                    write_hashed(f, &dest).ctx(|| format!("cannot copy {}", src.display()))?
+                };
+                if actual != d.digest {
+                    return Err(ImageError::DigestMismatch {
+                        what: "blob".into(),
+                        digest: d.digest.clone(),
+                        actual,
+                    });
+                }
+                staged.push(StagedBlob {
+                    digest: actual,
+                    size,
+                    compression: Compression::None,
+                    path: dest,
+                    staged: true,
+                });
+            }
+        }
+        staged.push(self.stage_bytes(bytes, &staging.path().join("manifest"))?);
+        for blob in &staged {
+            let dest = self.blob_path(&blob.digest);
+            if blob.staged && !dest.exists() {
+                fs::rename(&blob.path, &dest)
+                    .ctx(|| format!("cannot store blob {}", blob.digest))?;
+            }
+        }
+        self.sync()?;
+        {
+            let _refs = refs::lock(&self.root, REFS_LOCK, true)?;
+            let mut table = refs::load(&self.root)?;
+            table.insert(key.clone(), digest.clone());
+            refs::save_with_source(&self.root, &table, Some((&key, source)))?;
+        }
+        tracing::info!(reference = %key, %digest, ?kind, "stored manifest");
+        Ok(ImportedImage {
+            reference: key,
+            digest,
+        })
+    }
+
+    /// The kind of the manifest stored under `reference` (a `NAME[:TAG]`, `NAME@sha256:HEX` or
+    /// bare digest), with its bytes. Errors: `NotFound`, `InvalidReference`, `Corrupt`.
+    pub fn manifest(&self, reference: &str) -> Result<(ManifestKind, Vec<u8>), ImageError> {
+        let _gc = refs::lock(&self.root, GC_LOCK, false)?;
+        let digest = self.lookup(reference)?;
+        let bytes = self.read_blob(&digest, "manifest")?;
+        let kind = AnyManifest::parse(&bytes)
+            .and_then(|m| m.kind())
+            .map_err(|e| self.corrupt(format!("manifest {digest}: {e}")))?;
+        Ok((kind, bytes))
     }
 
     fn apply(
@@ -487,12 +613,20 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// Size (the manifest and what it names, as their descriptors give it) and creation time
+    /// (an image config's `created`) of a stored manifest or index.
     fn describe(&self, digest: &str) -> Result<(u64, Option<String>), ImageError> {
-        let (manifest, manifest_len) = self.read_manifest(digest)?;
+        let bytes = self.read_blob(digest, "manifest")?;
+        let m = AnyManifest::parse(&bytes)
+            .map_err(|e| self.corrupt(format!("manifest {digest}: {e}")))?;
+        let named: u64 = m.blobs().iter().map(|d| d.size).sum::<u64>()
+            + m.children().iter().map(|d| d.size).sum::<u64>();
+        let size = bytes.len() as u64 + named;
+        if m.kind() != Ok(ManifestKind::Image) {
+            return Ok((size, None));
+        }
+        let (manifest, _) = self.read_manifest(digest)?;
         let config = self.read_config(&manifest.config)?;
-        let size = manifest_len
-            + manifest.config.size
-            + manifest.layers.iter().map(|l| l.size).sum::<u64>();
         Ok((size, config.created))
     }
 
@@ -559,7 +693,49 @@ impl ImageStore {
     /// layer directories and run configuration.
     pub fn resolve(&self, reference: &str) -> Result<ResolvedImage, ImageError> {
         let _gc = refs::lock(&self.root, GC_LOCK, false)?;
-        let digest = self.lookup(reference)?;
+        let mut digest = self.lookup(reference)?;
+        // An index resolves to its entry for this machine's platform (one level, as an index
+        // of indexes is not something image tools write for runnable images).
+        let bytes = self.read_blob(&digest, "manifest")?;
+        let m = AnyManifest::parse(&bytes)
+            .map_err(|e| self.corrupt(format!("manifest {digest}: {e}")))?;
+        let not_runnable = |reason: String| ImageError::NotRunnable {
+            reference: reference.to_string(),
+            reason,
+        };
+        let kind = m.kind().map_err(&not_runnable)?;
+        if kind == ManifestKind::Index {
+            let child = oci::choose_platform(m.children()).map_err(&not_runnable)?;
+            if !child.is_image_manifest() {
+                return Err(not_runnable(format!(
+                    "its entry {} is a {}, not an image manifest",
+                    child.digest,
+                    child
+                        .media_type
+                        .as_deref()
+                        .unwrap_or("document of unknown type")
+                )));
+            }
+            digest = child.digest.clone();
+            let bytes = self.read_blob(&digest, "manifest")?;
+            let kind = AnyManifest::parse(&bytes)
+                .and_then(|m| m.kind())
+                .map_err(|e| self.corrupt(format!("manifest {digest}: {e}")))?;
+            if kind != ManifestKind::Image {
+                return Err(not_runnable(format!(
+                    "its entry for this platform, {digest}, is not a container image"
+                )));
+            }
+        } else if kind == ManifestKind::Artifact {
+            let what = m
+                .artifact_type
+                .clone()
+                .or_else(|| m.config.as_ref().and_then(|c| c.media_type.clone()))
+                .unwrap_or_else(|| "unknown".into());
+            return Err(not_runnable(format!(
+                "it is an artifact of type {what}, kept by the registry but not deployable"
+            )));
+        }
         let (manifest, _) = self.read_manifest(&digest)?;
         let config = self.read_config(&manifest.config)?;
         let diff_ids = config.diff_ids();
@@ -577,9 +753,19 @@ impl ImageStore {
             }
             let dir = self.layer_path(diff_id);
             if !dir.is_dir() {
-                return Err(
-                    self.corrupt(format!("layer {diff_id} of image {digest} is not unpacked"))
-                );
+                // A registry push keeps an image whose layers did not unpack as it came:
+                // unpack now, or say why it cannot run.
+                self.unpack_stored_layer(&manifest.layers[i], diff_id, &dir)
+                    .map_err(|e| match e {
+                        e @ ImageError::Io { .. } => e,
+                        e => ImageError::NotRunnable {
+                            reference: reference.to_string(),
+                            reason: format!(
+                                "layer {} of image {digest}: {e}",
+                                manifest.layers[i].digest
+                            ),
+                        },
+                    })?;
             }
             // Keep only the topmost occurrence of a repeated layer.
             if !diff_ids[i + 1..].contains(diff_id) {
@@ -597,6 +783,54 @@ impl ImageStore {
             working_dir: c.working_dir.filter(|w| !w.is_empty()),
             user: c.user.filter(|u| !u.is_empty()),
         })
+    }
+
+    /// Unpack the stored layer blob `layer` into `target` (the layer directory of `diff_id`),
+    /// verifying its diff_id, as an import does. Errors: `MissingContent` when the store does
+    /// not hold the blob (a non-distributable layer), the unpacker's, `DiffIdMismatch`.
+    fn unpack_stored_layer(
+        &self,
+        layer: &Descriptor,
+        diff_id: &str,
+        target: &Path,
+    ) -> Result<(), ImageError> {
+        parse_digest(&layer.digest)?;
+        let blob = self.blob_path(&layer.digest);
+        if !blob.is_file() {
+            return Err(ImageError::MissingContent {
+                what: "layer blob".into(),
+                digest: layer.digest.clone(),
+            });
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(LAYER_TMP_PREFIX)
+            .tempdir_in(self.layers_dir())
+            .ctx(|| {
+                format!(
+                    "cannot create a directory in {}",
+                    self.layers_dir().display()
+                )
+            })?;
+        let actual = unpack::unpack_layer(&blob, &layer.digest, tmp.path())?;
+        if actual != diff_id {
+            return Err(ImageError::DiffIdMismatch {
+                layer: layer.digest.clone(),
+                expected: diff_id.to_string(),
+                actual,
+            });
+        }
+        match fs::rename(tmp.path(), target) {
+            Ok(()) => {
+                let _ = tmp.keep();
+                Ok(())
+            }
+            // Unpacked by another caller meanwhile.
+            Err(_) if target.is_dir() => Ok(()),
+            Err(e) => Err(ImageError::io(
+                format!("cannot move layer into {}", target.display()),
+                e,
+            )),
+        }
     }
 
     /// Remove `reference` (`NAME[:TAG]`, `NAME@sha256:HEX` for every tag of NAME at that
@@ -650,36 +884,7 @@ impl ImageStore {
         pinned: &[String],
     ) -> Result<PruneReport, ImageError> {
         let mut report = PruneReport::default();
-        let mut keep_blobs: HashSet<String> = HashSet::new();
-        let mut keep_layers: HashSet<String> = HashSet::new();
-        for digest in table.values().chain(pinned) {
-            if !self.blob_path(digest).is_file() {
-                continue;
-            }
-            keep_blobs.insert(hex_of(digest).to_string());
-            let manifest = match self.read_manifest(digest) {
-                Ok((m, _)) => m,
-                Err(e @ ImageError::Io { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(%digest, error = %e, "unreadable manifest kept as is");
-                    continue;
-                }
-            };
-            keep_blobs.insert(hex_of(&manifest.config.digest).to_string());
-            keep_blobs.extend(
-                manifest
-                    .layers
-                    .iter()
-                    .map(|l| hex_of(&l.digest).to_string()),
-            );
-            match self.read_config(&manifest.config) {
-                Ok(config) => {
-                    keep_layers.extend(config.diff_ids().iter().map(|d| hex_of(d).to_string()))
-                }
-                Err(e @ ImageError::Io { .. }) => return Err(e),
-                Err(e) => tracing::warn!(%digest, error = %e, "unreadable image config"),
-            }
-        }
+        let (keep_blobs, keep_layers) = self.reachable(table, pinned)?;
         let blobs_dir = self.root.join("blobs").join("sha256");
         for (is_blob, dir, keep) in [
             (true, blobs_dir, &keep_blobs),
@@ -707,6 +912,94 @@ impl ImageStore {
             remove_any(&entry.path())?;
         }
         Ok(report)
+    }
+
+    /// Delete the blob `digest` (a config, layer or manifest blob) when no reference and no
+    /// digest in `pinned` reaches it: what a registry's blob `DELETE` does. Returns whether
+    /// the store held it. Errors: `InUse` when something still reaches it.
+    pub fn delete_blob(&self, digest: &str, pinned: &[String]) -> Result<bool, ImageError> {
+        parse_digest(digest)?;
+        let _gc = refs::lock(&self.root, GC_LOCK, true)?;
+        let path = self.blob_path(digest);
+        if !path.is_file() {
+            return Ok(false);
+        }
+        let table = refs::load(&self.root)?;
+        let (keep, _) = self.reachable(&table, pinned)?;
+        if keep.contains(hex_of(digest)) {
+            let user = table
+                .iter()
+                .find(|(_, d)| {
+                    let one = BTreeMap::from([(String::new(), (*d).clone())]);
+                    self.reachable(&one, &[])
+                        .is_ok_and(|(k, _)| k.contains(hex_of(digest)))
+                })
+                .map(|(r, _)| r.clone())
+                .unwrap_or_else(|| "a deployed revision or job".into());
+            return Err(ImageError::InUse {
+                digest: digest.to_string(),
+                user,
+            });
+        }
+        remove_any(&path)?;
+        tracing::info!(%digest, "deleted blob");
+        Ok(true)
+    }
+
+    /// Hex digests of the blobs, and of the unpacked layers, that `table`'s references and
+    /// `pinned` reach.
+    fn reachable(
+        &self,
+        table: &BTreeMap<String, String>,
+        pinned: &[String],
+    ) -> Result<(HashSet<String>, HashSet<String>), ImageError> {
+        let mut keep_blobs: HashSet<String> = HashSet::new();
+        let mut keep_layers: HashSet<String> = HashSet::new();
+        // Everything a reference or pin reaches: an index its manifests, a manifest its
+        // config and layers, an image its unpacked layers.
+        let mut work: Vec<String> = table.values().chain(pinned).cloned().collect();
+        while let Some(digest) = work.pop() {
+            if !self.blob_path(&digest).is_file() || !keep_blobs.insert(hex_of(&digest).to_string())
+            {
+                continue;
+            }
+            let bytes = match self.read_blob(&digest, "manifest") {
+                Ok(b) => b,
+                Err(e @ ImageError::Io { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "unreadable manifest kept as is");
+                    continue;
+                }
+            };
+            let m = match AnyManifest::parse(&bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "unreadable manifest kept as is");
+                    continue;
+                }
+            };
+            work.extend(
+                m.children()
+                    .iter()
+                    .filter(|c| parse_digest(&c.digest).is_ok())
+                    .map(|c| c.digest.clone()),
+            );
+            keep_blobs.extend(m.blobs().iter().map(|b| hex_of(&b.digest).to_string()));
+            if m.kind() != Ok(ManifestKind::Image) {
+                continue;
+            }
+            let Some(config_desc) = m.config.as_ref() else {
+                continue;
+            };
+            match self.read_config(config_desc) {
+                Ok(config) => {
+                    keep_layers.extend(config.diff_ids().iter().map(|d| hex_of(d).to_string()))
+                }
+                Err(e @ ImageError::Io { .. }) => return Err(e),
+                Err(e) => tracing::warn!(%digest, error = %e, "unreadable image config"),
+            }
+        }
+        Ok((keep_blobs, keep_layers))
     }
 }
 

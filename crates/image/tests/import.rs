@@ -1068,3 +1068,212 @@ fn umoci_insert_at_the_root_imports() {
     let r = s.resolve("rooted:1").unwrap();
     assert_busybox_image(&r, false);
 }
+
+#[test]
+fn indexes_and_artifacts_are_stored_verbatim_resolved_by_platform_and_kept_by_gc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let s = store(tmp.path());
+    let host = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let other = if host == "amd64" { "arm64" } else { "amd64" };
+    let native_dir = tmp.path().join("native");
+    let native = write_oci_layout(&native_dir, &small_image().named(Some("multi:native")));
+    let foreign_dir = tmp.path().join("foreign");
+    let extra = TarWriter::new().file("srv/foreign", 0o644, b"f").finish();
+    let foreign = write_oci_layout(
+        &foreign_dir,
+        &small_image()
+            .layer(extra, Comp::Gzip)
+            .named(Some("multi:foreign")),
+    );
+    s.import(&native_dir, Some("multi:n")).unwrap();
+    s.import(&foreign_dir, Some("multi:f")).unwrap();
+    let size = |dir: &Path, d: &str| fs::metadata(blob_file(dir, d)).unwrap().len();
+    let index = serde_json::to_vec(&json!({
+    "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+    "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": foreign.manifest,
+         "size": size(&foreign_dir, &foreign.manifest),
+         "platform": {"os": "linux", "architecture": other}},
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": native.manifest,
+         "size": size(&native_dir, &native.manifest),
+         "platform": {"os": "linux", "architecture": host}},
+    ]}))
+    .unwrap();
+    let stored = s
+        .put_content("multi:v1", &index, &[], skiff_image::ImageSource::Pushed)
+        .unwrap();
+    assert_eq!(stored.digest, sha(&index));
+    assert_eq!(
+        fs::read(root.join("blobs/sha256").join(hex_of(&stored.digest))).unwrap(),
+        index
+    );
+    // The index resolves to this machine's image.
+    assert_eq!(s.resolve("multi:v1").unwrap().digest, native.manifest);
+    let (kind, bytes) = s.manifest("multi:v1").unwrap();
+    assert_eq!(
+        (kind, bytes),
+        (skiff_image::ManifestKind::Index, index.clone())
+    );
+
+    // An artifact: its layer comes from a file given with it, its empty config is known.
+    let sbom_file = tmp.path().join("sbom");
+    fs::write(&sbom_file, b"sbom").unwrap();
+    let sbom = sha(b"sbom");
+    let artifact = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.sbom",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+                   "size": 2},
+        "layers": [{"mediaType": "application/vnd.example.sbom", "digest": sbom, "size": 4}],
+        "subject": {"mediaType": "application/vnd.oci.image.index.v1+json",
+                    "digest": stored.digest, "size": index.len()}}))
+    .unwrap();
+    let a = s
+        .put_content(
+            &format!("multi@{}", sha(&artifact)),
+            &artifact,
+            &[(sbom.clone(), sbom_file.clone())],
+            skiff_image::ImageSource::Pushed,
+        )
+        .unwrap();
+    let e = s.resolve(&a.reference).unwrap_err().to_string();
+    assert!(
+        e.contains("not a runnable container image") && e.contains("application/vnd.example.sbom"),
+        "{e}"
+    );
+    let listed = s.list().unwrap();
+    assert!(listed
+        .iter()
+        .any(|i| i.reference == "multi:v1" && i.size > index.len() as u64));
+
+    // Garbage collection keeps what the index reaches after the per-platform tags go.
+    s.delete("multi:n", &[]).unwrap();
+    s.delete("multi:f", &[]).unwrap();
+    s.gc(&[]).unwrap();
+    for d in [
+        &foreign.manifest,
+        &foreign.config,
+        &foreign.layers[1],
+        &sbom,
+    ] {
+        assert!(root.join("blobs/sha256").join(hex_of(d)).is_file(), "{d}");
+    }
+    assert!(root
+        .join("layers")
+        .join(hex_of(&foreign.diff_ids[1]))
+        .is_dir());
+    assert_eq!(s.resolve("multi:v1").unwrap().digest, native.manifest);
+    // A blob in use cannot be deleted; once nothing reaches it, it can.
+    let e = s.delete_blob(&sbom, &[]).unwrap_err().to_string();
+    assert!(e.contains("in use by multi@"), "{e}");
+    s.delete(&a.reference, &[]).unwrap();
+    assert!(
+        !s.delete_blob(&sbom, &[]).unwrap(),
+        "collected with its manifest"
+    );
+
+    // Refused: an index naming a manifest the store lacks, an artifact without its blob, a
+    // pinned digest the bytes do not have, schema 1.
+    let missing = format!("sha256:{}", "5".repeat(64));
+    let pinned_elsewhere = format!("multi@{missing}");
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (
+            serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": missing, "size": 1}]}))
+            .unwrap(),
+            "multi:bad",
+            "is not in the image store",
+        ),
+        (
+            serde_json::to_vec(&json!({"schemaVersion": 2, "artifactType": "x/y",
+                "config": {"mediaType": "x/y", "digest": missing, "size": 1}}))
+            .unwrap(),
+            "multi:bad",
+            "is not in the image store",
+        ),
+        (index.clone(), &pinned_elsewhere, "digest"),
+        (br#"{"schemaVersion":1}"#.to_vec(), "multi:bad", "schema 1"),
+    ];
+    let before = snapshot(&root);
+    for (bytes, reference, needle) in cases {
+        let e = s
+            .put_content(reference, &bytes, &[], skiff_image::ImageSource::Pushed)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    assert_eq!(snapshot(&root), before);
+}
+
+#[test]
+fn a_manifest_stored_as_pushed_unpacks_on_resolve_or_says_why_it_cannot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let s = store(tmp.path());
+    // An image stored verbatim (what a push keeps when its import fails): its layers unpack
+    // when it is first resolved.
+    let good_dir = tmp.path().join("good");
+    let good = write_oci_layout(&good_dir, &small_image());
+    let handed = |dir: &Path, w: &Written| -> Vec<(String, PathBuf)> {
+        std::iter::once(&w.config)
+            .chain(&w.layers)
+            .map(|d| (d.clone(), blob_file(dir, d)))
+            .collect()
+    };
+    let bytes = fs::read(blob_file(&good_dir, &good.manifest)).unwrap();
+    s.put_content(
+        "kept:good",
+        &bytes,
+        &handed(&good_dir, &good),
+        skiff_image::ImageSource::Pushed,
+    )
+    .unwrap();
+    assert!(!root.join("layers").join(hex_of(&good.diff_ids[0])).exists());
+    let resolved = s.resolve("kept:good").unwrap();
+    assert_eq!(resolved.digest, good.manifest);
+    assert_eq!(
+        fs::read(resolved.layers[0].join("hello")).unwrap(),
+        b"hello"
+    );
+
+    // One whose layer climbs out of its root: resolving names the entry and stores nothing.
+    let evil = TarWriter::new()
+        .raw(Raw {
+            name: b"../../escaped",
+            data: b"x",
+            ..Default::default()
+        })
+        .finish();
+    let bad_dir = tmp.path().join("bad");
+    let bad = write_oci_layout(
+        &bad_dir,
+        &Image {
+            layers: vec![(evil, Comp::Gzip)],
+            run: default_run_config(),
+            ref_name: None,
+        },
+    );
+    let bytes = fs::read(blob_file(&bad_dir, &bad.manifest)).unwrap();
+    s.put_content(
+        "kept:bad",
+        &bytes,
+        &handed(&bad_dir, &bad),
+        skiff_image::ImageSource::Pushed,
+    )
+    .unwrap();
+    let layers_before = names(&root.join("layers"));
+    let e = s.resolve("kept:bad").unwrap_err();
+    assert!(matches!(e, ImageError::NotRunnable { .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains("kept:bad is not a runnable container image") && e.contains("../../escaped"),
+        "{e}"
+    );
+    assert_eq!(names(&root.join("layers")), layers_before);
+    assert!(!tmp.path().join("escaped").exists());
+}

@@ -3,14 +3,17 @@
 //! and `buildah push` can push images that `skiff deploy --image REPO:TAG` then runs.
 //!
 //! What it serves: `GET /v2/`; blob `HEAD`/`GET` (with `Range: bytes=N-[M]` for a resumed
-//! download); uploads by `POST` (monolithic with
+//! download) and `DELETE` (of a blob nothing uses any longer); uploads by `POST` (monolithic with
 //! `?digest=`, cross-repository mounts with `?mount=&from=`, or a session), `PATCH` chunks,
 //! `PUT` to finish, `GET` status, `DELETE` to cancel; manifests by tag or digest (`HEAD`,
-//! `GET`, `PUT`, `DELETE`); `tags/list` (paged with `n` and `last`, a `Link` header to the next
-//! page); `referrers/{digest}`. A pushed image manifest is
+//! `GET`, `PUT` with optional `?tag=` parameters, `DELETE`); `tags/list` (paged with `n` and
+//! `last`, a `Link` header to the next page); `referrers/{digest}` (with `?artifactType=`).
+//! A pushed image manifest is
 //! imported (verified, layers unpacked) under `REPO:TAG` (or `REPO@sha256:...`), the same
 //! reference `skiff images list` shows and `skiff deploy` takes. Only container images are
-//! kept: other artifacts are refused with `MANIFEST_INVALID`.
+//! kept runnable (unpacked); image indexes, Docker manifest lists and artifacts (signatures,
+//! SBOMs...) are stored byte for byte, an index picked by platform on deploy, and listed by
+//! `referrers/` when they name a `subject`.
 //!
 //! Uploads are written under `images/uploads/` (outside what the store's garbage collection
 //! sweeps): a session's data in `sessions/<uuid>`, a finished blob in `blobs/<hex>` until a
@@ -43,9 +46,10 @@ use skiff_image::{ImageError, ImageStore};
 use tokio::io::AsyncWriteExt;
 
 const API_VERSION: &str = "registry/2.0";
-const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The OCI empty descriptor's digest: `sha256` of `{}`, the config of many artifacts.
+const EMPTY_DIGEST: &str =
+    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 /// Largest manifest accepted.
 const MANIFEST_LIMIT: usize = 4 << 20;
 
@@ -231,6 +235,8 @@ struct Params {
     from: Option<String>,
     n: Option<usize>,
     last: Option<String>,
+    #[serde(rename = "artifactType")]
+    artifact_type: Option<String>,
 }
 
 /// What a `/v2/<name>/...` path asks for.
@@ -346,11 +352,7 @@ async fn dispatch(
             get_blob(&s, d, true, range.as_deref()).await
         }
         (Target::Blob(_, d), Method::HEAD) => get_blob(&s, d, false, None).await,
-        (Target::Blob(_, _), Method::DELETE) => Ok(oci_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-            "blobs are deleted with the images that use them: delete the manifest, then `skiff images prune`",
-        )),
+        (Target::Blob(_, d), Method::DELETE) => delete_blob(&s, d).await,
         (Target::Uploads(n), Method::POST) => start_upload(&s, n, &q, req).await,
         (Target::Upload(n, id), Method::PATCH) => patch_upload(&s, n, id, req).await,
         (Target::Upload(n, id), Method::PUT) => finish_upload(&s, n, id, &q, req).await,
@@ -358,10 +360,20 @@ async fn dispatch(
         (Target::Upload(_, id), Method::DELETE) => cancel_upload(&s, id).await,
         (Target::Manifest(n, r), Method::GET) => get_manifest(&s, n, r, true).await,
         (Target::Manifest(n, r), Method::HEAD) => get_manifest(&s, n, r, false).await,
-        (Target::Manifest(n, r), Method::PUT) => put_manifest(&s, n, r, req).await,
+        (Target::Manifest(n, r), Method::PUT) => {
+            // `?tag=A&tag=B`: more tags for a manifest pushed by digest.
+            let tags: Vec<String> =
+                form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k == "tag")
+                    .map(|(_, v)| v.into_owned())
+                    .collect();
+            put_manifest(&s, n, r, &tags, req).await
+        }
         (Target::Manifest(n, r), Method::DELETE) => delete_manifest(&s, n, r).await,
         (Target::Tags(n), Method::GET) => tags(&s, n, &q).await,
-        (Target::Referrers(n, d), Method::GET) => referrers(&s, n, d).await,
+        (Target::Referrers(n, d), Method::GET) => {
+            referrers(&s, n, d, q.artifact_type.as_deref()).await
+        }
         (_, m) => Ok(oci_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
@@ -608,26 +620,43 @@ async fn patch_upload(s: &RegistryServer, name: &str, id: &str, req: Request) ->
     let Some(path) = session_path(s, id).filter(|p| p.is_file()) else {
         return Err(upload_unknown(id));
     };
-    // A chunk must start where the upload stands.
-    if let Some(range) = req
+    let range = req
         .headers()
         .get(header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
-    {
-        let have = tokio::fs::metadata(&path).await.map_err(internal)?.len();
-        let start = range
-            .trim_start_matches("bytes ")
-            .split(['-', '/'])
-            .next()
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if start != Some(have) {
-            let mut r = upload_answer(StatusCode::RANGE_NOT_SATISFIABLE, name, id, have);
-            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-            return Err(r);
-        }
-    }
+        .map(str::to_string);
+    check_chunk_start(&path, name, id, range).await?;
     let len = append_body(&path, req).await?;
     Ok(upload_answer(StatusCode::ACCEPTED, name, id, len))
+}
+
+/// A chunk (`PATCH`, or the closing `PUT` with a body) must start where the upload stands:
+/// `Content-Range: START-END` with START the bytes received so far, else 416 with the
+/// upload's `Range`.
+async fn check_chunk_start(
+    path: &Path,
+    name: &str,
+    id: &str,
+    range: Option<String>,
+) -> Result<(), Response> {
+    let Some(range) = range else {
+        return Ok(());
+    };
+    let have = tokio::fs::metadata(path).await.map_err(internal)?.len();
+    let start = range
+        .trim_start_matches("bytes ")
+        .split(['-', '/'])
+        .next()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if start != Some(have) {
+        return Err(upload_answer(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            name,
+            id,
+            have,
+        ));
+    }
+    Ok(())
 }
 
 async fn finish_upload(
@@ -647,9 +676,58 @@ async fn finish_upload(
             "finish an upload with ?digest=sha256:...",
         ));
     };
+    let range = req
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    check_chunk_start(&path, name, id, range).await?;
     append_body(&path, req).await?;
     commit_blob(s, &path, &d).await?;
     Ok(blob_created(name, &d))
+}
+
+/// `DELETE /v2/<name>/blobs/<digest>`: an unclaimed upload, or a stored blob that no
+/// image, index, artifact, revision or job reaches any longer (202); 404 when there is no
+/// such blob; 405 while something still uses it.
+async fn delete_blob(s: &RegistryServer, digest: &str) -> Answer {
+    let Some(hex) = valid_digest(digest) else {
+        return Err(digest_invalid(digest));
+    };
+    let upload = s.uploads.join("blobs").join(hex);
+    let mut found = match tokio::fs::remove_file(&upload).await {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(internal(e)),
+    };
+    let pinned: Vec<String> = (s.pinned)();
+    let store = s.store.clone();
+    let d = digest.to_string();
+    match tokio::task::spawn_blocking(move || store.delete_blob(&d, &pinned))
+        .await
+        .map_err(internal)?
+    {
+        Ok(stored) => found |= stored,
+        Err(e @ ImageError::InUse { .. }) => {
+            return Err(oci_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UNSUPPORTED",
+                e.to_string(),
+            ))
+        }
+        Err(e) => return Err(internal(e)),
+    }
+    if !found {
+        return Err(oci_error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            format!("blob {digest} is not in this registry"),
+        ));
+    }
+    Ok(with_headers(
+        StatusCode::ACCEPTED.into_response(),
+        &[("Docker-Content-Digest", digest.to_string())],
+    ))
 }
 
 async fn upload_status(s: &RegistryServer, name: &str, id: &str) -> Answer {
@@ -732,10 +810,7 @@ fn repo_of(reference: &str) -> Option<&str> {
 }
 
 fn media_type_of(bytes: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(bytes)
-        .ok()
-        .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
-        .unwrap_or_else(|| MT_OCI_MANIFEST.to_string())
+    skiff_image::manifest_media_type(bytes)
 }
 
 async fn get_manifest(s: &RegistryServer, name: &str, reference: &str, body: bool) -> Answer {
@@ -755,30 +830,105 @@ async fn get_manifest(s: &RegistryServer, name: &str, reference: &str, body: boo
     Ok(with_headers(r, &[("Docker-Content-Digest", digest)]))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ManifestDoc {
-    media_type: Option<String>,
-    config: Option<BlobDoc>,
-    #[serde(default)]
-    layers: Vec<BlobDoc>,
-    manifests: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct BlobDoc {
-    digest: String,
-}
-
 fn manifest_invalid(reason: impl Into<String>) -> Response {
     oci_error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", reason)
 }
 
-async fn put_manifest(s: &RegistryServer, name: &str, reference: &str, req: Request) -> Answer {
+fn blob_unknown_in_manifest(what: &str, digest: &str) -> Response {
+    oci_error(
+        StatusCode::BAD_REQUEST,
+        "MANIFEST_BLOB_UNKNOWN",
+        format!("{what} {digest} is not in this registry: push it first"),
+    )
+}
+
+/// True for a non-distributable ("foreign") layer, which registries do not hold (OCI image
+/// spec, `layer.md`): a manifest may name one the registry lacks.
+fn non_distributable(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+}
+
+/// The digests a manifest names: blobs in `config` and `layers` (without non-distributable
+/// layers), manifests in `manifests`, and its `subject`'s.
+fn named_digests(v: &serde_json::Value) -> (Vec<String>, Vec<String>, Option<String>) {
+    let digests = |key: &str| -> Vec<String> {
+        let one = |d: &serde_json::Value| -> Option<String> {
+            if non_distributable(d["mediaType"].as_str().unwrap_or_default()) {
+                return None;
+            }
+            Some(d["digest"].as_str().unwrap_or_default().to_string())
+        };
+        match &v[key] {
+            serde_json::Value::Array(a) => a.iter().filter_map(one).collect(),
+            serde_json::Value::Null => Vec::new(),
+            d => one(d).into_iter().collect(),
+        }
+    };
+    let mut blobs = digests("config");
+    blobs.extend(digests("layers"));
+    let subject = v["subject"]["digest"].as_str().map(str::to_string);
+    (blobs, digests("manifests"), subject)
+}
+
+/// `PUT /v2/<name>/manifests/<reference>`: any well-formed image manifest, image index
+/// (or Docker manifest list) or artifact manifest whose blobs, and for an index whose
+/// manifests, are in the registry (distribution spec, "Pushing Manifests"). A container image
+/// is imported (verified, layers unpacked) so that it deploys; an index or an artifact, or an
+/// image whose layers do not unpack, is stored byte for byte. A `subject` need not exist yet;
+/// its digest is echoed in `OCI-Subject`. Each of `tags` (the `tag` query parameters) also
+/// names it, and is listed in `OCI-Tag`. Errors: 413 over 4 MiB, `MANIFEST_INVALID`,
+/// `MANIFEST_BLOB_UNKNOWN`, `DIGEST_INVALID`, `TAG_INVALID`.
+async fn put_manifest(
+    s: &RegistryServer,
+    name: &str,
+    reference: &str,
+    tags: &[String],
+    req: Request,
+) -> Answer {
     let key = store_reference(name, reference)?;
-    let bytes: Bytes = axum::body::to_bytes(req.into_body(), MANIFEST_LIMIT)
-        .await
-        .map_err(|e| manifest_invalid(format!("cannot read the manifest (at most 4 MiB): {e}")))?;
+    let mut extra_keys = Vec::with_capacity(tags.len());
+    for t in tags {
+        if t.starts_with("sha256:") {
+            return Err(oci_error(
+                StatusCode::BAD_REQUEST,
+                "TAG_INVALID",
+                format!("tag {t:?} is a digest; a tag parameter names a tag"),
+            ));
+        }
+        extra_keys.push(store_reference(name, t)?);
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    let too_large = || {
+        let mut r = oci_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MANIFEST_INVALID",
+            "the manifest is larger than 4 MiB, the most this registry accepts",
+        );
+        // The rest of the body is not read: the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MANIFEST_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let bytes: Bytes = match axum::body::to_bytes(req.into_body(), MANIFEST_LIMIT).await {
+        Ok(b) => b,
+        Err(e) if format!("{e:?}").contains("LengthLimit") => return Err(too_large()),
+        Err(e) => return Err(manifest_invalid(format!("cannot read the manifest: {e}"))),
+    };
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
     if reference.starts_with("sha256:") && reference != digest {
         return Err(oci_error(
@@ -787,79 +937,86 @@ async fn put_manifest(s: &RegistryServer, name: &str, reference: &str, req: Requ
             format!("the manifest has digest {digest}, not {reference}"),
         ));
     }
-    let doc: ManifestDoc = serde_json::from_slice(&bytes)
+    let kind = skiff_image::manifest_kind(&bytes).map_err(manifest_invalid)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| manifest_invalid(format!("the manifest is not valid JSON: {e}")))?;
-    let mt = doc
-        .media_type
-        .clone()
-        .unwrap_or_else(|| MT_OCI_MANIFEST.to_string());
-    if doc.manifests.is_some() || mt == MT_OCI_INDEX || mt.contains("manifest.list") {
-        return Err(manifest_invalid(
-            "Skiff's registry keeps single-platform container images; push the linux image itself (skopeo copy without --all picks it)",
-        ));
-    }
-    if mt != MT_OCI_MANIFEST && mt != MT_DOCKER_MANIFEST {
-        return Err(manifest_invalid(format!(
-            "manifest media type {mt:?} is not a container image manifest"
-        )));
-    }
-    let Some(config) = doc.config else {
-        return Err(manifest_invalid("the manifest has no config"));
-    };
-    // Stage an OCI layout of the manifest and its blobs (hard links) and import it: the same
-    // verification and unpacking as any image.
-    let staging = tempfile::Builder::new()
-        .prefix("push-")
-        .tempdir_in(&s.uploads)
-        .map_err(internal)?;
-    let layout = staging.path();
-    let blobs_dir = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs_dir).map_err(internal)?;
-    for d in std::iter::once(&config.digest).chain(doc.layers.iter().map(|l| &l.digest)) {
-        let Some(hex) = valid_digest(d) else {
+    let mt = skiff_image::manifest_media_type(&bytes);
+    if let (Some(ct), Some(declared)) = (&content_type, v["mediaType"].as_str()) {
+        if ct != declared {
             return Err(manifest_invalid(format!(
-                "the manifest names the blob {d:?}; only sha256 digests are supported"
+                "Content-Type {ct} differs from the manifest's mediaType {declared}: send the manifest with Content-Type {declared}"
             )));
-        };
-        let Some(src) = find_blob(s, d) else {
-            return Err(oci_error(
-                StatusCode::BAD_REQUEST,
-                "MANIFEST_BLOB_UNKNOWN",
-                format!("blob {d} is not in this registry: push it first"),
-            ));
-        };
-        let dest = blobs_dir.join(hex);
-        if !dest.exists() {
-            std::fs::hard_link(&src, &dest)
-                .or_else(|_| std::fs::copy(&src, &dest).map(|_| ()))
-                .map_err(internal)?;
         }
     }
-    std::fs::write(blobs_dir.join(&digest["sha256:".len()..]), &bytes).map_err(internal)?;
-    std::fs::write(
-        layout.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .map_err(internal)?;
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [
-        {"mediaType": mt, "digest": digest, "size": bytes.len()}]});
-    std::fs::write(layout.join("index.json"), index.to_string()).map_err(internal)?;
+    let (blob_digests, manifest_digests, subject) = named_digests(&v);
+    for d in blob_digests
+        .iter()
+        .chain(&manifest_digests)
+        .chain(subject.iter())
+    {
+        if valid_digest(d).is_none() {
+            return Err(manifest_invalid(format!(
+                "the manifest names {d:?}; only sha256 digests (sha256: and 64 lower-case hex digits) are supported"
+            )));
+        }
+    }
+    // Every blob must be here (the empty descriptor `{}` is written by the store if missing),
+    // and every manifest an index lists.
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    for d in &blob_digests {
+        match find_blob(s, d) {
+            Some(p) => found.push((d.clone(), p)),
+            None if d == EMPTY_DIGEST => {}
+            None => return Err(blob_unknown_in_manifest("blob", d)),
+        }
+    }
+    for d in &manifest_digests {
+        if s.store.stored_blob(d).is_none() {
+            return Err(blob_unknown_in_manifest("manifest", d));
+        }
+    }
 
-    let store = s.store.clone();
-    let imported = tokio::task::spawn_blocking(move || {
-        let r = store.import_pulled(staging.path(), &key, skiff_image::ImageSource::Pushed);
-        drop(staging);
-        r
-    })
-    .await
-    .map_err(internal)?
-    .map_err(|e| match e {
-        ImageError::Io { .. } => internal(e),
-        e => manifest_invalid(e.to_string()),
-    })?;
-    tracing::info!(reference = %imported.reference, digest = %imported.digest, "image pushed");
-    // Finished uploads this image used are in the store now.
-    for d in std::iter::once(&config.digest).chain(doc.layers.iter().map(|l| &l.digest)) {
+    let mut stored = false;
+    if kind == skiff_image::ManifestKind::Image {
+        match import_image(s, &key, &digest, &mt, &bytes, &found).await {
+            Ok(()) => stored = true,
+            Err(ImageError::Io { .. }) | Err(ImageError::Corrupt { .. }) => {
+                return Err(internal("cannot store the image"))
+            }
+            // Kept as pushed: a registry stores what it is given; deploying it says why not.
+            Err(e) => {
+                tracing::warn!(reference = %key, error = %e, "pushed image kept without unpacking")
+            }
+        }
+    }
+    if !stored {
+        let store = s.store.clone();
+        let (key2, bytes2, found2) = (key.clone(), bytes.to_vec(), found.clone());
+        tokio::task::spawn_blocking(move || {
+            store.put_content(&key2, &bytes2, &found2, skiff_image::ImageSource::Pushed)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| match e {
+            ImageError::MissingContent { what, digest } => blob_unknown_in_manifest(&what, &digest),
+            ImageError::DigestMismatch { .. } => {
+                oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
+            }
+            ImageError::Io { .. } | ImageError::Corrupt { .. } => internal(e),
+            e => manifest_invalid(e.to_string()),
+        })?;
+        tracing::info!(reference = %key, %digest, media_type = %mt, "manifest pushed");
+    }
+    for k in &extra_keys {
+        let store = s.store.clone();
+        let (k, d) = (k.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || store.tag(&k, &d, skiff_image::ImageSource::Pushed))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+    }
+    // Finished uploads this manifest used are in the store now.
+    for (d, _) in &found {
         if let Some(hex) = valid_digest(d) {
             if s.store.stored_blob(d).is_some() {
                 let _ = std::fs::remove_file(s.uploads.join("blobs").join(hex));
@@ -871,13 +1028,71 @@ async fn put_manifest(s: &RegistryServer, name: &str, reference: &str, req: Requ
         .header(header::CONTENT_LENGTH, 0)
         .body(Body::empty())
         .map_err(internal)?;
-    Ok(with_headers(
-        r,
-        &[
-            ("Location", format!("/v2/{name}/manifests/{digest}")),
-            ("Docker-Content-Digest", digest),
-        ],
-    ))
+    let mut headers = vec![
+        ("Location", format!("/v2/{name}/manifests/{digest}")),
+        ("Docker-Content-Digest", digest),
+    ];
+    if let Some(subject) = subject {
+        headers.push(("OCI-Subject", subject));
+    }
+    if !tags.is_empty() {
+        headers.push(("OCI-Tag", tags.join(", ")));
+    }
+    Ok(with_headers(r, &headers))
+}
+
+/// Import a pushed container image: stage an OCI layout of the manifest and its blobs (hard
+/// links) and import it, the same verification and unpacking as any image.
+async fn import_image(
+    s: &RegistryServer,
+    key: &str,
+    digest: &str,
+    mt: &str,
+    bytes: &[u8],
+    blobs: &[(String, PathBuf)],
+) -> Result<(), ImageError> {
+    let io = |e: std::io::Error| ImageError::Io {
+        context: "cannot stage the pushed image".into(),
+        source: e,
+    };
+    let staging = tempfile::Builder::new()
+        .prefix("push-")
+        .tempdir_in(&s.uploads)
+        .map_err(io)?;
+    let layout = staging.path();
+    let blobs_dir = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs_dir).map_err(io)?;
+    for (d, src) in blobs {
+        let dest = blobs_dir.join(&d["sha256:".len()..]);
+        if !dest.exists() {
+            std::fs::hard_link(src, &dest)
+                .or_else(|_| std::fs::copy(src, &dest).map(|_| ()))
+                .map_err(io)?;
+        }
+    }
+    std::fs::write(blobs_dir.join(&digest["sha256:".len()..]), bytes).map_err(io)?;
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .map_err(io)?;
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": mt, "digest": digest, "size": bytes.len()}]});
+    std::fs::write(layout.join("index.json"), index.to_string()).map_err(io)?;
+    let store = s.store.clone();
+    let key = key.to_string();
+    let imported = tokio::task::spawn_blocking(move || {
+        let r = store.import_pulled(staging.path(), &key, skiff_image::ImageSource::Pushed);
+        drop(staging);
+        r
+    })
+    .await
+    .map_err(|e| ImageError::Io {
+        context: "the import task failed".into(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    tracing::info!(reference = %imported.reference, digest = %imported.digest, "image pushed");
+    Ok(())
 }
 
 async fn delete_manifest(s: &RegistryServer, name: &str, reference: &str) -> Answer {
@@ -939,8 +1154,17 @@ async fn tags(s: &RegistryServer, name: &str, q: &Params) -> Answer {
     })
 }
 
-/// Manifests of `name` whose `subject` is `digest`, as an image index.
-async fn referrers(s: &RegistryServer, name: &str, digest: &str) -> Answer {
+/// `GET /v2/<name>/referrers/<digest>[?artifactType=T]`: the manifests and indexes of `name`
+/// whose `subject` is `digest`, as an image index of descriptors carrying each one's
+/// `artifactType` (a manifest's config media type when it has none) and annotations
+/// (distribution spec v1.1, "Listing Referrers"). An empty index when there are none, never
+/// 404; with `artifactType`, only that type and the header `OCI-Filters-Applied: artifactType`.
+async fn referrers(
+    s: &RegistryServer,
+    name: &str,
+    digest: &str,
+    artifact_type: Option<&str>,
+) -> Answer {
     if valid_digest(digest).is_none() {
         return Err(digest_invalid(digest));
     }
@@ -978,17 +1202,26 @@ async fn referrers(s: &RegistryServer, name: &str, digest: &str) -> Answer {
             if let Some(a) = v.get("annotations") {
                 d["annotations"] = a.clone();
             }
+            if artifact_type.is_some_and(|t| d["artifactType"].as_str() != Some(t)) {
+                continue;
+            }
             manifests.push(d);
         }
     }
     let body =
         serde_json::json!({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": manifests});
-    let r = Response::builder()
+    let mut r = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, MT_OCI_INDEX)
         .body(Body::from(body.to_string()))
         .map_err(internal)?;
-    Ok(r)
+    if artifact_type.is_some() {
+        r.headers_mut().insert(
+            "OCI-Filters-Applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(with_headers(r, &[]))
 }
 
 #[cfg(test)]

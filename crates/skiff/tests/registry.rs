@@ -1033,3 +1033,470 @@ fn a_resumed_download_with_wrong_bytes_fails_its_digest_check_and_stores_nothing
     ]);
     assert_eq!(s.get("app.localhost", "/", None), (200, "checked\n".into()));
 }
+
+/// An OCI layout at `dir` whose `multi` tag is an image index of two images: one for this
+/// machine's platform saying "native", one for another architecture saying "foreign".
+/// Returns the layout and the index's bytes.
+fn multi_arch_layout(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let host = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let foreign = if host == "amd64" { "arm64" } else { "amd64" };
+    let out = dir.join("multi");
+    let blobs = out.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let mut entries = Vec::new();
+    for (arch, greeting) in [(host, "native"), (foreign, "foreign")] {
+        let layout = image_saying(&dir.join(arch), greeting);
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let manifest_digest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let read = |d: &str| std::fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap();
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&read(&manifest_digest)).unwrap();
+        // The image's config says its architecture, as `buildah build --arch` writes it.
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&read(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+        config["architecture"] = arch.into();
+        let config = serde_json::to_vec(&config).unwrap();
+        std::fs::write(blobs.join(sha256_hex(&config)), &config).unwrap();
+        manifest["config"]["digest"] = format!("sha256:{}", sha256_hex(&config)).into();
+        manifest["config"]["size"] = config.len().into();
+        for l in manifest["layers"].as_array().unwrap() {
+            let d = l["digest"].as_str().unwrap();
+            std::fs::write(blobs.join(&d[7..]), read(d)).unwrap();
+        }
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        std::fs::write(blobs.join(sha256_hex(&manifest)), &manifest).unwrap();
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", sha256_hex(&manifest)), "size": manifest.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .unwrap();
+    std::fs::write(blobs.join(sha256_hex(&index)), &index).unwrap();
+    std::fs::write(out.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": format!("sha256:{}", sha256_hex(&index)), "size": index.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "multi"},
+    }]});
+    std::fs::write(out.join("index.json"), top.to_string()).unwrap();
+    (out, index)
+}
+
+#[test]
+fn a_multi_platform_index_pushed_with_skopeo_all_deploys_the_hosts_image_and_keeps_the_rest() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, index) = multi_arch_layout(tmp.path());
+    let host = format!("127.0.0.1:{}", s.api);
+    let token = admin_token(&s);
+    let creds = format!("anyone:{token}");
+    let (ok, err) = skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &format!("oci:{}:multi", layout.display()),
+        &format!("docker://{host}/team/multi:v1"),
+    ]);
+    assert!(ok, "{err}\n{}", s.log());
+
+    // Served back byte for byte with its media type.
+    let http = reqwest::blocking::Client::new();
+    let auth = |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("u", Some(&token));
+    let r = auth(http.get(format!("http://{host}/v2/team/multi/manifests/v1")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let index_digest = format!("sha256:{}", sha256_hex(&index));
+    assert_eq!(r.headers()["docker-content-digest"], index_digest.as_str());
+    assert_eq!(r.bytes().unwrap().to_vec(), index);
+    let list = s.ok(&["images", "list"]);
+    assert!(list.contains("team/multi:v1"), "{list}");
+
+    // Deploy by the index's name runs this machine's image.
+    s.ok(&[
+        "deploy",
+        "multi",
+        "--image",
+        "team/multi:v1",
+        "--allow-unauthenticated",
+    ]);
+    assert_eq!(
+        s.get("multi.localhost", "/", None),
+        (200, "native\n".into())
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let native = parsed["manifests"][0]["digest"].as_str().unwrap();
+    let foreign = parsed["manifests"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(revision_digest(&s, "multi"), format!("team/multi@{native}"));
+
+    // Prune keeps everything the index reaches, the foreign image included; a copy out with
+    // --all gets the whole index back.
+    s.ok(&["images", "prune"]);
+    let r = auth(http.get(format!("http://{host}/v2/team/multi/manifests/{foreign}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let foreign_manifest: serde_json::Value = r.json().unwrap();
+    for d in std::iter::once(&foreign_manifest["config"])
+        .chain(foreign_manifest["layers"].as_array().unwrap())
+    {
+        let d = d["digest"].as_str().unwrap();
+        let r = auth(http.head(format!("http://{host}/v2/team/multi/blobs/{d}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{d}");
+    }
+    let out = tmp.path().join("out");
+    let (ok, err) = skopeo(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &format!("docker://{host}/team/multi:v1"),
+        &format!("oci:{}:back", out.display()),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(out.join("blobs/sha256").join(&index_digest[7..])).unwrap(),
+        index
+    );
+
+    // Skiff's own puller picks the same image from the index in Skiff's registry.
+    s.ok(&["registries", "login", &host, "-u", "x", "-p", &token]);
+    let pulled = s.ok(&["images", "pull", &format!("{host}/team/multi:v1")]);
+    assert!(pulled.contains(native), "{pulled}");
+
+    // An index whose entries are not here is refused, naming the missing manifest.
+    let missing = format!("sha256:{}", "2".repeat(64));
+    let bad = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": missing, "size": 10}]});
+    let r = auth(http.put(format!("http://{host}/v2/team/multi/manifests/bad")))
+        .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+        .body(bad.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().unwrap();
+    assert!(
+        body.contains("MANIFEST_BLOB_UNKNOWN") && body.contains(&missing),
+        "{body}"
+    );
+}
+
+/// PUT a manifest; returns (status, headers, body).
+fn put_manifest(
+    host: &str,
+    token: &str,
+    path: &str,
+    manifest: &serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = reqwest::blocking::Client::new()
+        .put(format!("http://{host}/v2/{path}"))
+        .basic_auth("u", Some(token))
+        .header(
+            "Content-Type",
+            manifest["mediaType"]
+                .as_str()
+                .unwrap_or("application/vnd.oci.image.manifest.v1+json"),
+        )
+        .body(manifest.to_string())
+        .send()
+        .unwrap();
+    let (code, headers) = (r.status().as_u16(), r.headers().clone());
+    (code, headers, r.text().unwrap())
+}
+
+#[test]
+fn artifacts_with_a_subject_are_listed_as_referrers_kept_by_prune_and_not_deployable() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = image_saying(&tmp.path().join("a"), "signed");
+    let host = format!("127.0.0.1:{}", s.api);
+    let token = admin_token(&s);
+    let (ok, err) = skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &format!("u:{token}"),
+        &format!("oci:{}", layout.display()),
+        &format!("docker://{host}/team/app:v1"),
+    ]);
+    assert!(ok, "{err}");
+    let http = reqwest::blocking::Client::new();
+    let auth = |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("u", Some(&token));
+    let subject = auth(http.head(format!("http://{host}/v2/team/app/manifests/v1")))
+        .send()
+        .unwrap();
+    let subject_digest = subject.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let subject_size: u64 = subject.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Two artifacts naming the image as their subject: an SBOM (its config the empty
+    // descriptor, never uploaded: the registry knows `{}`) and a signature.
+    let mut pushed = Vec::new();
+    for (artifact_type, content) in [
+        ("application/vnd.example.sbom.v1", &b"{\"packages\":[]}"[..]),
+        (
+            "application/vnd.example.signature.v1",
+            &b"signature bytes"[..],
+        ),
+    ] {
+        let d = format!("sha256:{}", sha256_hex(content));
+        let r = auth(http.post(format!(
+            "http://{host}/v2/team/app/blobs/uploads/?digest={d}"
+        )))
+        .body(content.to_vec())
+        .send()
+        .unwrap();
+        assert_eq!(r.status(), 201);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": artifact_type,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                       "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+                       "size": 2},
+            "layers": [{"mediaType": artifact_type, "digest": d, "size": content.len()}],
+            "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": subject_digest, "size": subject_size},
+            "annotations": {"org.example.kind": artifact_type},
+        });
+        let digest = format!("sha256:{}", sha256_hex(manifest.to_string().as_bytes()));
+        let (code, headers, body) = put_manifest(
+            &host,
+            &token,
+            &format!("team/app/manifests/{digest}"),
+            &manifest,
+        );
+        assert_eq!(code, 201, "{body}");
+        assert_eq!(headers["oci-subject"], subject_digest.as_str());
+        assert_eq!(headers["docker-content-digest"], digest.as_str());
+        pushed.push((artifact_type, digest, d));
+    }
+
+    let referrers = |query: &str| {
+        let r = auth(http.get(format!(
+            "http://{host}/v2/team/app/referrers/{subject_digest}{query}"
+        )))
+        .send()
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/vnd.oci.image.index.v1+json"
+        );
+        let filtered = r
+            .headers()
+            .get("oci-filters-applied")
+            .map(|v| v.to_str().unwrap().to_string());
+        let index: serde_json::Value = r.json().unwrap();
+        (filtered, index)
+    };
+    let (filtered, all) = referrers("");
+    assert_eq!(filtered, None);
+    let mut listed: Vec<(String, String)> = all["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["annotations"]["org.example.kind"], d["artifactType"]);
+            (
+                d["artifactType"].as_str().unwrap().to_string(),
+                d["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    let mut want: Vec<(String, String)> = pushed
+        .iter()
+        .map(|(t, d, _)| (t.to_string(), d.clone()))
+        .collect();
+    want.sort();
+    assert_eq!(listed, want);
+    let (filtered, sboms) = referrers("?artifactType=application/vnd.example.sbom.v1");
+    assert_eq!(filtered.as_deref(), Some("artifactType"));
+    assert_eq!(sboms["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(sboms["manifests"][0]["digest"], pushed[0].1.as_str());
+    let (_, none) = referrers("?artifactType=application/vnd.example.other");
+    assert_eq!(none["manifests"], serde_json::json!([]));
+    // A subject with no referrers, or one not pushed yet: an empty index, not 404.
+    let (_, empty) = {
+        let r = auth(http.get(format!(
+            "http://{host}/v2/team/app/referrers/sha256:{}",
+            "3".repeat(64)
+        )))
+        .send()
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        ((), r.json::<serde_json::Value>().unwrap())
+    };
+    assert_eq!(empty["manifests"], serde_json::json!([]));
+
+    // Served back byte for byte; not deployable, saying why.
+    let r = auth(http.get(format!(
+        "http://{host}/v2/team/app/manifests/{}",
+        pushed[0].1
+    )))
+    .send()
+    .unwrap();
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&r.bytes().unwrap())),
+        pushed[0].1
+    );
+    let err = s.fails(&[
+        "deploy",
+        "sbom",
+        "--image",
+        &format!("team/app@{}", pushed[0].1),
+    ]);
+    assert!(
+        err.contains("not a runnable container image")
+            && err.contains("application/vnd.example.sbom.v1"),
+        "{err}"
+    );
+
+    // Prune keeps artifacts and their blobs; a blob in use cannot be deleted.
+    s.ok(&["images", "prune"]);
+    for (_, _, blob) in &pushed {
+        let r = auth(http.head(format!("http://{host}/v2/team/app/blobs/{blob}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let sig_blob = &pushed[1].2;
+    let r = auth(http.delete(format!("http://{host}/v2/team/app/blobs/{sig_blob}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.text().unwrap().contains("in use by team/app@"));
+    // Deleting the signature leaves the SBOM listed; its blob then goes with a blob DELETE
+    // (or the store's garbage collection got there first: 404).
+    let r = auth(http.delete(format!(
+        "http://{host}/v2/team/app/manifests/{}",
+        pushed[1].1
+    )))
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let (_, after) = referrers("");
+    assert_eq!(after["manifests"].as_array().unwrap().len(), 1);
+    let r = auth(http.delete(format!("http://{host}/v2/team/app/blobs/{sig_blob}")))
+        .send()
+        .unwrap();
+    assert!([202, 404].contains(&r.status().as_u16()), "{}", r.status());
+    let r = auth(http.head(format!("http://{host}/v2/team/app/blobs/{sig_blob}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The image itself still deploys.
+    s.ok(&[
+        "deploy",
+        "app",
+        "--image",
+        "team/app:v1",
+        "--allow-unauthenticated",
+    ]);
+    assert_eq!(s.get("app.localhost", "/", None), (200, "signed\n".into()));
+}
+
+#[test]
+fn buildah_manifest_push_all_of_a_docker_manifest_list_deploys_the_hosts_image() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let host_arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let foreign_arch = if host_arch == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let native = image_saying(&tmp.path().join("native"), "native list entry");
+    let foreign = image_saying(&tmp.path().join("foreign"), "foreign list entry");
+    let host = format!("127.0.0.1:{}", s.api);
+    let token = admin_token(&s);
+    let buildah = ContainerTool::new("buildah");
+    buildah.ok(&["manifest", "create", "skiff-list"]);
+    for (arch, layout) in [(host_arch, &native), (foreign_arch, &foreign)] {
+        buildah.ok(&[
+            "manifest",
+            "add",
+            "--os",
+            "linux",
+            "--arch",
+            arch,
+            "skiff-list",
+            &format!("oci:{}", layout.display()),
+        ]);
+    }
+    // As a Docker manifest list (v2s2), every entry pushed with it.
+    buildah.ok(&[
+        "manifest",
+        "push",
+        "--all",
+        "--format",
+        "v2s2",
+        "--tls-verify=false",
+        "--creds",
+        &format!("u:{token}"),
+        "skiff-list",
+        &format!("docker://{host}/team/list:v1"),
+    ]);
+    let r = reqwest::blocking::Client::new()
+        .get(format!("http://{host}/v2/team/list/manifests/v1"))
+        .basic_auth("u", Some(&token))
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let list: serde_json::Value = r.json().unwrap();
+    assert_eq!(list["manifests"].as_array().unwrap().len(), 2, "{list}");
+    s.ok(&[
+        "deploy",
+        "list",
+        "--image",
+        "team/list:v1",
+        "--allow-unauthenticated",
+    ]);
+    assert_eq!(
+        s.get("list.localhost", "/", None),
+        (200, "native list entry\n".into())
+    );
+}
