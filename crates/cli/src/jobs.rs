@@ -440,6 +440,9 @@ pub fn run(api: &Api, cmd: JobsCommand) -> Result<()> {
     }
 }
 
+/// Tasks `executions describe` shows in its table (Cloud Run allows 10 000 per execution).
+const DESCRIBE_TASKS: usize = 100;
+
 fn wait_done(api: &Api, name: &str) -> Result<Execution> {
     let p = path(api, "executions", Some(name));
     let deadline = Instant::now() + Duration::from_secs(7 * 24 * 3600);
@@ -503,12 +506,22 @@ fn executions(api: &Api, cmd: ExecutionsCommand) -> Result<()> {
         ExecutionsCommand::Describe { execution, format } => {
             let v: Value = api.get(&path(api, "executions", Some(&execution)), &[])?;
             let sel = format!("{LABEL_EXECUTION}={execution}");
-            let tasks: Value = api.get(&path(api, "tasks", None), &[("labelSelector", &sel)])?;
+            let tasks_path = path(api, "tasks", None);
             if let Some(f) = format {
+                let tasks: Value = api.get(&tasks_path, &[("labelSelector", &sel)])?;
                 let mut all = v.clone();
                 all["tasks"] = tasks["items"].clone();
                 return print_machine(&all, f == DescribeFormat::Yaml);
             }
+            // The table shows the first tasks; the machine formats list them all.
+            let shown = DESCRIBE_TASKS.to_string();
+            let tasks: Value = api.get(
+                &tasks_path,
+                &[("labelSelector", &sel), ("limit", shown.as_str())],
+            )?;
+            let more = tasks["metadata"]["continue"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty());
             let e: Execution =
                 serde_json::from_value(v).map_err(|e| anyhow!("unexpected execution: {e}"))?;
             let st = e.status.clone().unwrap_or_default();
@@ -575,6 +588,13 @@ fn executions(api: &Api, cmd: ExecutionsCommand) -> Result<()> {
                 ],
                 &rows,
             );
+            if more {
+                println!(
+                    "(the first {DESCRIBE_TASKS} of {} tasks; `skiff jobs executions describe {} --format json` lists them all)",
+                    e.spec.task_count.unwrap_or(1),
+                    e.metadata.name
+                );
+            }
             Ok(())
         }
         ExecutionsCommand::Cancel { execution } => {

@@ -121,6 +121,51 @@ fn parallel_tasks_retry_and_respect_parallelism() {
         );
         assert_eq!(t["status"]["state"], "Succeeded", "task {i}");
     }
+    // The execution's counts (kept as tasks change) agree with its tasks.
+    let e = json(
+        &s,
+        &["jobs", "executions", "describe", &exec, "--format", "json"],
+    );
+    assert_eq!(e["status"]["succeededCount"], 6, "{e}");
+    assert_eq!(e["status"]["retriedCount"], 2, "{e}");
+    assert_eq!(e["status"]["failedCount"].as_u64().unwrap_or(0), 0, "{e}");
+    // tasks.list in pages (Cloud Run's `limit` and `continue`), and filtered by state.
+    let list = |query: &str| -> (u16, serde_json::Value) {
+        let (code, body) = s.api(
+            "GET",
+            &format!("/apis/run.googleapis.com/v1/namespaces/default/tasks?labelSelector=run.googleapis.com/execution%3D{exec}{query}"),
+            None,
+        );
+        (code, serde_json::from_str(&body).unwrap_or_default())
+    };
+    let (code, first) = list("&limit=4");
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(first["kind"], "TaskList");
+    assert_eq!(first["items"].as_array().unwrap().len(), 4, "{first}");
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    let (_, second) = list(&format!("&limit=4&continue={token}"));
+    assert_eq!(second["items"].as_array().unwrap().len(), 2, "{second}");
+    assert!(second["metadata"]["continue"].is_null(), "{second}");
+    let mut names: Vec<&str> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["items"].as_array().unwrap())
+        .map(|t| t["metadata"]["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 6, "every task once: {names:?}");
+    let (_, running) = list(",run.googleapis.com/runningState%3DRunning");
+    assert!(running["items"].as_array().unwrap().is_empty(), "{running}");
+    let (code, body) = list("&continue=not-a-token");
+    assert_eq!(code, 400, "{body}");
+    let describe = s.ok(&["jobs", "executions", "describe", &exec]);
+    assert!(
+        !describe.contains("the first"),
+        "all six are shown: {describe}"
+    );
+    assert_eq!(describe.matches("Succeeded").count(), 7, "{describe}");
     // The logs carry every task's CLOUD_RUN_* values, tagged with task and attempt.
     let lines = log_lines(&s, "six");
     for i in 0..6 {

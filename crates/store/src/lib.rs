@@ -312,6 +312,31 @@ impl Store {
         rows.map(|r| decode(r?)).collect()
     }
 
+    /// One page of objects of a kind, as their stored JSON text with each its sequence
+    /// number: those in `ns` (all when `None`) of `parent` (all when `None`) with a sequence
+    /// number above `after`, oldest first, at most `limit` (all when `None`). Serving the text
+    /// as stored spares a parse and a serialization per object, which is most of the cost of
+    /// listing the 10 000 tasks of an execution.
+    pub fn list_object_bodies(
+        &self,
+        kind: &str,
+        ns: Option<&str>,
+        parent: Option<&str>,
+        after: i64,
+        limit: Option<usize>,
+    ) -> Result<Vec<(i64, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, body FROM objects WHERE kind = ?1 AND (?2 IS NULL OR namespace = ?2)
+             AND (?3 IS NULL OR parent = ?3) AND seq > ?4 ORDER BY seq LIMIT ?5",
+        )?;
+        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let rows = stmt.query_map(params![kind, ns, parent, after, limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
     /// Writes objects in one transaction (an execution with all its tasks, say). A new object
     /// gets the next sequence number; a rewritten one keeps its own.
     pub fn put_objects<T: Serialize>(&self, rows: &[ObjectRow<'_, T>]) -> Result<()> {
@@ -476,6 +501,23 @@ mod tests {
             .list_objects(kind::EXECUTION, Some("default"), Some("j1"))
             .unwrap();
         assert_eq!(of_j1, ["e1 again", "e2"], "rewrites keep their place");
+        // Pages of stored text, resumed after the last sequence number seen.
+        let page = s
+            .list_object_bodies(kind::EXECUTION, Some("default"), Some("j1"), 0, Some(1))
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].1, "\"e1 again\"");
+        let rest = s
+            .list_object_bodies(
+                kind::EXECUTION,
+                Some("default"),
+                Some("j1"),
+                page[0].0,
+                None,
+            )
+            .unwrap();
+        let rest: Vec<&str> = rest.iter().map(|(_, b)| b.as_str()).collect();
+        assert_eq!(rest, ["\"e2\""]);
         assert_eq!(
             s.list_objects::<String>(kind::EXECUTION, None, None)
                 .unwrap()
