@@ -456,3 +456,108 @@ fn a_sidecar_gets_its_secrets_and_liveness_probe_and_keeps_its_pinned_digest() {
         "{err}"
     );
 }
+
+#[test]
+fn skiff_deploy_container_groups_make_and_update_sidecars() {
+    let (s, _tmp) = TestServer::with_web_image(Path::new(BIN), &[]);
+    s.ok(&[
+        "deploy",
+        "grp",
+        "--allow-unauthenticated",
+        "--container",
+        "app",
+        "--image",
+        "web",
+        "--port",
+        "8080",
+        "--set-env-vars",
+        "WHO=app",
+        "--depends-on",
+        "side",
+        "--container",
+        "side",
+        "--image",
+        "web",
+        "--args",
+        "echo side up; exec httpd -f -p 9000 -h /www",
+        "--set-env-vars",
+        "WHO=side",
+        "--memory",
+        "256Mi",
+    ]);
+    // The app reaches the sidecar on localhost; each container has its own env.
+    assert_eq!(
+        s.sh("grp", "wget -qO- http://127.0.0.1:9000/index.html"),
+        "hello from skiff\n"
+    );
+    assert_eq!(s.sh("grp", "echo $WHO"), "app\n");
+    let containers = |s: &TestServer| -> serde_json::Value {
+        let svc: serde_json::Value =
+            serde_json::from_str(&s.ok(&["services", "describe", "grp", "--format", "json"]))
+                .unwrap();
+        svc["spec"]["template"].clone()
+    };
+    let t = containers(&s);
+    let cs = &t["spec"]["containers"];
+    assert_eq!(
+        (cs[0]["name"].as_str(), cs[1]["name"].as_str()),
+        (Some("app"), Some("side")),
+        "{t}"
+    );
+    assert_eq!(cs[1]["env"][0]["value"], "side", "{t}");
+    assert_eq!(cs[1]["resources"]["limits"]["memory"], "256Mi", "{t}");
+    assert!(cs[1]["ports"].is_null(), "{t}");
+    assert_eq!(
+        t["metadata"]["annotations"]["run.googleapis.com/container-dependencies"],
+        r#"{"app":["side"]}"#
+    );
+
+    // An update names one container; the other keeps its settings.
+    s.ok(&[
+        "deploy",
+        "grp",
+        "--container",
+        "side",
+        "--update-env-vars",
+        "MORE=1",
+    ]);
+    let t = containers(&s);
+    let cs = &t["spec"]["containers"];
+    assert_eq!(cs[0]["env"].as_array().unwrap().len(), 1, "{t}");
+    assert_eq!(cs[1]["env"][1]["name"], "MORE", "{t}");
+    assert_eq!(
+        s.sh("grp", "wget -qO- http://127.0.0.1:9000/index.html"),
+        "hello from skiff\n"
+    );
+
+    // Bad groups are refused before anything is sent, and change nothing.
+    let before = s.ok(&["services", "describe", "grp", "--format", "json"]);
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--image", "web", "--container", "side", "--cpu", "1"],
+            "error: --image is a container flag: with --container, give it after the --container NAME it is for",
+        ),
+        (
+            &["--container", "side", "--port", "9000"],
+            "error: containers app and side would both have ports",
+        ),
+        (
+            &["--container", "side", "--cpu", "1", "--no-traffic"],
+            "error: --no-traffic after --container side: it is not a container flag: give it before the first --container",
+        ),
+        (
+            &["--container", "a", "--image", "web", "--port", "1", "--container", "b", "--image", "web", "--port", "2"],
+            "error: --port is given for containers a and b: only the ingress container has a port",
+        ),
+    ];
+    for (flags, want) in cases {
+        let mut args = vec!["deploy", "grp"];
+        args.extend_from_slice(flags);
+        let err = s.fails(&args);
+        assert!(err.starts_with(want), "{flags:?}: {err}");
+    }
+    assert_eq!(
+        s.ok(&["services", "describe", "grp", "--format", "json"]),
+        before
+    );
+}
