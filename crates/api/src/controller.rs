@@ -127,8 +127,8 @@ impl Controller {
             .store
             .list_revisions(None, None)?
             .iter()
-            .filter_map(|r| r.status.as_ref()?.image_digest.clone())
-            .filter_map(|d| d.rsplit_once('@').map(|(_, d)| d.to_string()))
+            .filter_map(|r| r.status.as_ref())
+            .flat_map(RevisionStatus::pinned_digests)
             .collect();
         let executions: Vec<skiff_model::Execution> =
             self.store
@@ -223,7 +223,7 @@ impl Controller {
         )?;
         crate::secrets::check_host_dirs(
             self.serving.host_dirs(),
-            &settings.host_volumes,
+            &settings.all_host_volumes(),
             "spec.template.spec",
         )?;
         let pulled = self
@@ -238,7 +238,9 @@ impl Controller {
             )),
             e => e.into(),
         })?;
-        let sidecar_images = self.sidecar_images(&settings)?;
+        let (sidecar_images, container_statuses) = self
+            .pull_sidecar_images(&settings, &svc.spec.template)
+            .await?;
         svc.metadata
             .labels
             .insert(LABEL_LOCATION.into(), REGION.into());
@@ -250,6 +252,7 @@ impl Controller {
                 ..Default::default()
             }];
         }
+        let pinned_ingress = format!("{}@{}", image_name(&settings.image), image.digest);
         let _guard = self.lock(ns, &name).await;
         let old = self.store.get_service(ns, &name)?;
         match (&old, create) {
@@ -268,13 +271,19 @@ impl Controller {
         let revisions = self.store.list_revisions(Some(ns), Some(&name))?;
         // A registry tag that now names another image than the latest revision runs is a new
         // revision, as `gcloud run deploy --image` of a moved tag is on Cloud Run.
-        let tag_moved = was_pulled
-            && old
-                .as_ref()
-                .and_then(|o| o.status.as_ref()?.latest_created_revision_name.clone())
-                .and_then(|latest| revisions.iter().find(|r| r.metadata.name == latest))
-                .and_then(|r| r.status.as_ref()?.image_digest.clone())
-                .is_some_and(|d| d.rsplit_once('@').map(|(_, d)| d) != Some(image.digest.as_str()));
+        // Likewise a sidecar's.
+        let latest = old
+            .as_ref()
+            .and_then(|o| o.status.as_ref()?.latest_created_revision_name.clone())
+            .and_then(|latest| revisions.iter().find(|r| r.metadata.name == latest))
+            .and_then(|r| r.status.as_ref());
+        let tag_moved = latest.is_some_and(|st| {
+            let ingress_moved = was_pulled && st.image_digest.as_deref() != Some(&*pinned_ingress);
+            let sidecar_moved = container_statuses.iter().any(|c| {
+                c.pulled && st.container_digest(&c.status.name) != c.status.image_digest.as_deref()
+            });
+            ingress_moved || sidecar_moved
+        });
         // Replacing a service with what it already is (say, its own export) changes nothing,
         // as in Kubernetes: no new generation, no new revision, no route change.
         if let Some(o) = old.as_ref().filter(|o| {
@@ -385,8 +394,9 @@ impl Controller {
             status: Some(RevisionStatus {
                 observed_generation: 1,
                 conditions: vec![Condition::new("Ready", "Unknown", Some("Deploying"), None)],
-                image_digest: Some(format!("{}@{}", image_name(&settings.image), image.digest)),
+                image_digest: Some(pinned_ingress),
                 log_url: None,
+                container_statuses: container_statuses.into_iter().map(|c| c.status).collect(),
             }),
         };
         rev.metadata
@@ -772,24 +782,54 @@ impl Controller {
         Ok(self.store.get_policy(ns, name)?.unwrap_or_default())
     }
 
-    /// The images of a revision's sidecars, from the image store, in their order.
-    fn sidecar_images(
+    /// The images of a revision's sidecars, in their order: each pulled first when it names a
+    /// registry (a tag resolves to what the registry has now), then taken from the image
+    /// store; with the digest each is pinned to, for the revision's `containerStatuses`.
+    async fn pull_sidecar_images(
         &self,
         settings: &RevisionSettings,
-    ) -> ApiResult<Vec<skiff_image::ResolvedImage>> {
-        settings
-            .sidecars
-            .iter()
-            .map(|c| {
-                self.images.resolve(&c.image).map_err(|e| match e {
-                    skiff_image::ImageError::NotFound { .. } => ApiError::invalid(format!(
-                        "spec.template.spec.containers: sidecar {}: image {} is not in the image store: import it with `skiff images import PATH --name {}`",
-                        c.name, c.image, c.image
-                    )),
-                    e => e.into(),
-                })
-            })
-            .collect()
+        template: &RevisionTemplate,
+    ) -> ApiResult<(Vec<skiff_image::ResolvedImage>, Vec<PinnedSidecar>)> {
+        let mut images = Vec::new();
+        let mut pinned = Vec::new();
+        for c in &settings.sidecars {
+            let index = template
+                .spec
+                .containers
+                .iter()
+                .position(|t| t.name.as_deref() == Some(c.name.as_str()))
+                .unwrap_or_default();
+            let field = format!("spec.template.spec.containers[{index}].image");
+            let pulled = self.pull_if_remote(&c.image, &field).await?;
+            let was_pulled = pulled.is_some();
+            let wanted = pulled.map_or(c.image.clone(), |p| p.digest);
+            let img = self.sidecar_image(&c.name, &c.image, &wanted)?;
+            pinned.push(PinnedSidecar {
+                status: ContainerStatus {
+                    name: c.name.clone(),
+                    image_digest: Some(format!("{}@{}", image_name(&c.image), img.digest)),
+                },
+                pulled: was_pulled,
+            });
+            images.push(img);
+        }
+        Ok((images, pinned))
+    }
+
+    /// Sidecar `name`'s image `wanted` (its reference `image`, or the digest it is pinned
+    /// to) from the image store.
+    fn sidecar_image(
+        &self,
+        name: &str,
+        image: &str,
+        wanted: &str,
+    ) -> ApiResult<skiff_image::ResolvedImage> {
+        self.images.resolve(wanted).map_err(|e| match e {
+            skiff_image::ImageError::NotFound { .. } => ApiError::invalid(format!(
+                "spec.template.spec.containers: sidecar {name}: image {image} is not in the image store: import it with `skiff images import PATH --name {image}`"
+            )),
+            e => e.into(),
+        })
     }
 
     /// Loads every stored service into the serving plane after a (re)start. Revisions whose
@@ -820,7 +860,21 @@ impl Controller {
                             .rsplit_once('@')
                             .map_or(pinned.as_str(), |(_, d)| d)
                             .to_string();
-                        let sidecars = self.sidecar_images(&s).map_err(|e| e.message)?;
+                        // Each sidecar runs the digest its revision pinned, never a moved tag.
+                        let sidecars = s
+                            .sidecars
+                            .iter()
+                            .map(|c| {
+                                let pinned = rev
+                                    .status
+                                    .as_ref()
+                                    .and_then(|st| st.container_digest(&c.name))
+                                    .and_then(|d| d.rsplit_once('@'))
+                                    .map_or(c.image.as_str(), |(_, d)| d);
+                                self.sidecar_image(&c.name, &c.image, pinned)
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| e.message)?;
                         self.images
                             .resolve(&digest)
                             .map(|img| (s, img, sidecars))
@@ -878,6 +932,13 @@ fn template_settings(t: &RevisionTemplate) -> ApiResult<RevisionSettings> {
         }
         ApiError::invalid(skiff_model::template_error(&e))
     })
+}
+
+/// A sidecar's image as a new revision pins it, and whether it was pulled from a registry
+/// for this deploy (a pulled tag that now names another digest makes a new revision).
+struct PinnedSidecar {
+    status: ContainerStatus,
+    pulled: bool,
 }
 
 /// `name:tag` → `name` (the part a digest is appended to).

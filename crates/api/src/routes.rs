@@ -479,8 +479,8 @@ async fn delete_image(State(st): St, Path(reference): Path<String>) -> ApiResult
         .store
         .list_revisions(None, None)?
         .iter()
-        .filter_map(|r| r.status.as_ref()?.image_digest.clone())
-        .filter_map(|d| d.rsplit_once('@').map(|(_, d)| d.to_string()))
+        .filter_map(|r| r.status.as_ref())
+        .flat_map(skiff_model::RevisionStatus::pinned_digests)
         .collect();
     let images = st.controller.images.clone();
     tokio::task::spawn_blocking(move || images.delete(&reference, &pinned))

@@ -163,6 +163,20 @@ pub struct DeployArgs {
     /// Require an identity token to invoke the service
     #[arg(long)]
     pub no_allow_unauthenticated: bool,
+
+    /// Starts the flags of container NAME, as gcloud's --container does: the container flags
+    /// after it (--image, --port, --cpu, --memory, --command, --args, the env and secret
+    /// flags, --[no-]use-http2, --depends-on CONTAINER,...) are that container's, up to the
+    /// next --container. Give the service's own flags before the first one. A container not
+    /// named keeps its settings; a new one needs --image; the one with --port is the ingress
+    /// container
+    #[arg(
+        long,
+        value_name = "NAME [FLAGS]",
+        num_args = 1..,
+        allow_hyphen_values = true
+    )]
+    pub container: Vec<String>,
 }
 
 /// `--min-instances`/`--max-instances`: a number, or `default` to drop the setting.
@@ -233,11 +247,24 @@ pub struct Changes {
     pub egress: Option<String>,
     pub use_http2: Option<bool>,
     pub secrets: crate::secretrefs::SecretFlags,
+    /// The `--container NAME` groups, in order (empty: the flags above are the ingress
+    /// container's).
+    pub containers: Vec<crate::containers::ContainerChanges>,
 }
 
 impl DeployArgs {
     /// Checks every flag's syntax; nothing is sent before this passes.
     pub fn changes(&self) -> Result<Changes> {
+        let containers = if self.container.is_empty() {
+            Vec::new()
+        } else {
+            if let Some(f) = crate::containers::top_level_container_flags(self).first() {
+                bail!(
+                    "{f} is a container flag: with --container, give it after the --container NAME it is for"
+                );
+            }
+            crate::containers::parse_groups(&self.container)?
+        };
         let timeout_secs = match &self.timeout {
             None => None,
             Some(t) => {
@@ -313,13 +340,14 @@ impl DeployArgs {
                 self.remove_secrets.as_deref(),
                 self.clear_secrets,
             )?,
+            containers,
         })
     }
 }
 
 /// Applies the flags given to a revision template, keeping every setting not mentioned.
 pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) -> Result<()> {
-    if t.spec.containers.is_empty() {
+    if t.spec.containers.is_empty() && ch.containers.is_empty() {
         t.spec.containers.push(Container::default());
     }
     for (key, v) in [
@@ -361,6 +389,9 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) -> Result<()> {
     if let Some(s) = ch.timeout_secs {
         t.spec.timeout_seconds = Some(s);
     }
+    if !ch.containers.is_empty() {
+        return crate::containers::apply_groups(t, &ch.containers);
+    }
     // With sidecars, the flags are the ingress container's (the one with ports).
     let ingress = if t.spec.containers.len() > 1 {
         t.spec
@@ -371,7 +402,13 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) -> Result<()> {
     } else {
         0
     };
-    let c = &mut t.spec.containers[ingress];
+    apply_container(&mut t.spec, ingress, ch)
+}
+
+/// Applies the container flags of `ch` (image, port, HTTP/2, limits, env, command, args,
+/// secrets) to `spec.containers[i]`, keeping what they do not mention.
+pub fn apply_container(spec: &mut skiff_model::RevisionSpec, i: usize, ch: &Changes) -> Result<()> {
+    let c = &mut spec.containers[i];
     if let Some(i) = &ch.image {
         c.image = i.clone();
     }
@@ -427,11 +464,7 @@ pub fn apply_changes(t: &mut RevisionTemplate, ch: &Changes) -> Result<()> {
     if let Some(a) = &ch.args {
         c.args = a.clone();
     }
-    crate::secretrefs::apply(
-        &mut t.spec.containers[ingress],
-        &mut t.spec.volumes,
-        &ch.secrets,
-    )
+    crate::secretrefs::apply(&mut spec.containers[i], &mut spec.volumes, &ch.secrets)
 }
 
 /// `--no-traffic`: the traffic the service serves now, pinned to revision names, so that the
@@ -519,7 +552,7 @@ pub fn build_service(
             svc
         }
         None => {
-            if ch.image.is_none() {
+            if ch.image.is_none() && ch.containers.is_empty() {
                 bail!("service {name} does not exist yet: pass --image NAME[:TAG] or --source DIR to create it");
             }
             if args.no_traffic {
@@ -601,7 +634,12 @@ pub fn run(api: &Api, args: DeployArgs) -> Result<()> {
     }
     let svc = build_service(existing.as_ref(), &api.project, &args, &ch)?;
 
-    if let Some(image) = ch.image.as_deref().filter(|i| is_registry_reference(i)) {
+    let images = ch.image.iter().chain(
+        ch.containers
+            .iter()
+            .filter_map(|g| g.changes.image.as_ref()),
+    );
+    for image in images.filter(|i| is_registry_reference(i)) {
         // Pulled first so that the user sees it; the deploy then finds it in the store.
         crate::images::pull(api, image)?;
     }

@@ -12,6 +12,7 @@ mod api;
 mod auth;
 mod billing;
 mod builds;
+mod containers;
 mod deploy;
 mod domains;
 mod gcloud;

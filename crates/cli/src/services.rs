@@ -400,6 +400,21 @@ pub fn settings_pairs(t: &RevisionTemplate) -> Vec<(&'static str, String)> {
                         c.memory_bytes >> 20
                     ),
                 ));
+                let of = format!(" (container {})", c.name);
+                let env: Vec<String> = c
+                    .secret_env
+                    .iter()
+                    .map(|e| format!("{}=secret {}:{}", e.name, e.secret, e.version))
+                    .collect();
+                if !env.is_empty() {
+                    out.push(("Secret env", format!("{}{of}", env.join(", "))));
+                }
+                for v in &c.secret_volumes {
+                    out.push(("Volume", format!("{}{of}", secret_volume_line(v))));
+                }
+                if let Some(p) = &c.liveness_probe {
+                    out.push(("Liveness probe", format!("{}{of}", probe(p))));
+                }
             }
             for v in &s.memory_volumes {
                 out.push((
@@ -422,21 +437,7 @@ pub fn settings_pairs(t: &RevisionTemplate) -> Vec<(&'static str, String)> {
                 out.push(("Secret env", secret_env.join(", ")));
             }
             for v in &s.secret_volumes {
-                let files: Vec<String> = v
-                    .files
-                    .iter()
-                    .map(|(version, path)| format!("{path}={}:{version}", v.secret))
-                    .collect();
-                out.push((
-                    "Volume",
-                    format!(
-                        "{} at {}: secret {}, read-only ({})",
-                        v.name,
-                        v.mount_path,
-                        v.secret,
-                        files.join(", ")
-                    ),
-                ));
+                out.push(("Volume", secret_volume_line(v)));
             }
             for v in &s.host_volumes {
                 out.push((
@@ -454,6 +455,22 @@ pub fn settings_pairs(t: &RevisionTemplate) -> Vec<(&'static str, String)> {
         }
     }
     out
+}
+
+/// A secret volume as `describe` shows it: `NAME at PATH: secret S, read-only (FILE=S:V, ...)`.
+fn secret_volume_line(v: &skiff_model::SecretVolume) -> String {
+    let files: Vec<String> = v
+        .files
+        .iter()
+        .map(|(version, path)| format!("{path}={}:{version}", v.secret))
+        .collect();
+    format!(
+        "{} at {}: secret {}, read-only ({})",
+        v.name,
+        v.mount_path,
+        v.secret,
+        files.join(", ")
+    )
 }
 
 pub fn traffic_table(traffic: &[TrafficTarget]) -> String {

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
-/// How long a stopped task gets between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopped task gets between SIGTERM and SIGKILL (Cloud Run's, as for instances).
+const STOP_GRACE: Duration = skiff_runtime::STOP_GRACE;
 /// Executions kept per job; older ones are deleted when a new one starts.
 const KEEP_EXECUTIONS: usize = 1000;
 

@@ -465,6 +465,45 @@ pub struct RevisionStatus {
     pub image_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_url: Option<String>,
+    /// Each sidecar's image as deployed, pinned to its digest (Knative's
+    /// `status.containerStatuses`; the ingress container's is `imageDigest`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+}
+
+/// One container of a revision as it runs (Knative's `ContainerStatus`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// The container's `name`.
+    pub name: String,
+    /// Its image pinned to the digest deployed (`NAME@sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+}
+
+impl RevisionStatus {
+    /// The manifest digests (`sha256:...`) the revision runs: the ingress container's, then
+    /// each sidecar's.
+    pub fn pinned_digests(&self) -> Vec<String> {
+        self.image_digest
+            .iter()
+            .chain(
+                self.container_statuses
+                    .iter()
+                    .filter_map(|c| c.image_digest.as_ref()),
+            )
+            .filter_map(|d| d.rsplit_once('@').map(|(_, d)| d.to_string()))
+            .collect()
+    }
+    /// The pinned image (`NAME@sha256:...`) of sidecar `name`, if recorded.
+    pub fn container_digest(&self, name: &str) -> Option<&str> {
+        self.container_statuses
+            .iter()
+            .find(|c| c.name == name)?
+            .image_digest
+            .as_deref()
+    }
 }
 
 /// The `Ready` condition's status, if any (`"True"`, `"False"`, `"Unknown"`).

@@ -109,6 +109,27 @@ pub struct SidecarSettings {
     pub memory_volumes: Vec<MemoryVolume>,
     /// When it has started: containers that depend on it wait for this probe to pass.
     pub startup_probe: Option<ProbeSettings>,
+    /// Checked once the instance is ready; failing it restarts the instance, as the ingress
+    /// container's does. Its port is the sidecar's own (given in the probe).
+    #[serde(default)]
+    pub liveness_probe: Option<ProbeSettings>,
+    /// Its environment variables whose values are secret versions, resolved at each
+    /// instance start (`valueFrom.secretKeyRef`).
+    #[serde(default)]
+    pub secret_env: Vec<SecretEnv>,
+    /// The secret volumes it mounts, resolved at each instance start, read-only.
+    #[serde(default)]
+    pub secret_volumes: Vec<SecretVolume>,
+    /// The host directories it mounts read-only.
+    #[serde(default)]
+    pub host_volumes: Vec<HostVolume>,
+}
+
+impl SidecarSettings {
+    /// Whether the container takes secret values at instance start.
+    pub fn has_secrets(&self) -> bool {
+        !self.secret_env.is_empty() || !self.secret_volumes.is_empty()
+    }
 }
 
 impl RevisionSettings {
@@ -169,20 +190,66 @@ pub struct SecretVolume {
 }
 
 impl RevisionSettings {
-    /// Every secret reference, `(secret, version)`, in the order given (env, then volumes).
+    /// Every secret reference, `(secret, version)`, in the order given: the ingress
+    /// container's (env, then volumes), then each sidecar's likewise.
     pub fn secret_refs(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
-            .secret_env
-            .iter()
-            .map(|e| (e.secret.clone(), e.version.clone()))
-            .collect();
-        for v in &self.secret_volumes {
-            for (version, _) in &v.files {
-                out.push((v.secret.clone(), version.clone()));
+        let mut out = Vec::new();
+        let all = std::iter::once((&self.secret_env, &self.secret_volumes)).chain(
+            self.sidecars
+                .iter()
+                .map(|c| (&c.secret_env, &c.secret_volumes)),
+        );
+        for (env, volumes) in all {
+            out.extend(env.iter().map(|e| (e.secret.clone(), e.version.clone())));
+            for v in volumes {
+                for (version, _) in &v.files {
+                    out.push((v.secret.clone(), version.clone()));
+                }
             }
         }
         out
     }
+    /// Whether any container of an instance takes secret values at its start.
+    pub fn has_secrets(&self) -> bool {
+        !self.secret_env.is_empty()
+            || !self.secret_volumes.is_empty()
+            || self.sidecars.iter().any(SidecarSettings::has_secrets)
+    }
+    /// Every host directory mounted by any container of an instance.
+    pub fn all_host_volumes(&self) -> Vec<HostVolume> {
+        self.host_volumes
+            .iter()
+            .chain(self.sidecars.iter().flat_map(|c| &c.host_volumes))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Reads `containers[index].env[i]`'s `valueFrom` (a `secretKeyRef`) as Cloud Run does: the
+/// variable `name` takes version `key` of secret `name`. Errors name the field.
+fn secret_env_var(
+    index: usize,
+    i: usize,
+    e: &crate::EnvVar,
+    from: &crate::EnvVarSource,
+) -> Result<SecretEnv, InvalidInput> {
+    let at = format!("containers[{index}].env[{i}]");
+    let Some(r) = &from.secret_key_ref else {
+        return Err(InvalidInput::new(format!(
+            "{at}.valueFrom: give secretKeyRef: {{name: SECRET, key: VERSION}}"
+        )));
+    };
+    if !e.value.is_empty() {
+        return Err(InvalidInput::new(format!(
+            "{at}: give value or valueFrom, not both"
+        )));
+    }
+    secret_ref(&format!("{at}.valueFrom.secretKeyRef"), &r.name, &r.key)?;
+    Ok(SecretEnv {
+        name: e.name.clone(),
+        secret: r.name.clone(),
+        version: r.key.clone(),
+    })
 }
 
 /// Checks a secret reference's name and version as Cloud Run reads them: a secret id (letters,
@@ -695,9 +762,9 @@ fn ingress_container(
     }
 }
 
-/// Reads and checks sidecar `containers[i]`: its image, command, args, literal env, limits,
-/// in-memory volume mounts and startup probe (which must name its port). Errors name the
-/// field from `containers[i]` on.
+/// Reads and checks sidecar `containers[i]`: its image, command, args, env (literal and
+/// secret), limits, volume mounts, and startup and liveness probes (which must name their
+/// port). Errors name the field from `containers[i]` on.
 fn sidecar(
     t: &RevisionTemplate,
     i: usize,
@@ -725,43 +792,43 @@ fn sidecar(
         )));
     }
     let mut env: Vec<(String, String)> = Vec::new();
+    let mut secret_env: Vec<SecretEnv> = Vec::new();
     for (j, e) in c.env.iter().enumerate() {
         crate::parse_env_list(&format!("{}=x", e.name))
             .map_err(|x| at(format!("env[{j}].name: {x}")))?;
-        if e.value_from.is_some() {
-            return Err(at(format!(
-                "env[{j}].valueFrom: Skiff gives secrets to the ingress container only: remove it from the sidecar"
-            )));
-        }
-        if env.iter().any(|(k, _)| *k == e.name) {
+        if env.iter().any(|(k, _)| *k == e.name) || secret_env.iter().any(|s| s.name == e.name) {
             return Err(at(format!(
                 "env[{j}]: env var {} is given twice: give each variable once",
                 e.name
             )));
         }
-        env.push((e.name.clone(), e.value.clone()));
+        match &e.value_from {
+            None => env.push((e.name.clone(), e.value.clone())),
+            Some(from) => secret_env.push(secret_env_var(i, j, e, from)?),
+        }
     }
     let v = volumes(t, c, i, memory_bytes)?;
-    if !v.secrets.is_empty() || !v.hosts.is_empty() {
-        return Err(at(
-            "volumeMounts: Skiff mounts only in-memory (emptyDir) volumes in sidecars: mount secret and nfs volumes in the ingress container".into(),
-        ));
-    }
-    if c.liveness_probe.is_some() {
-        return Err(at(
-            "livenessProbe: Skiff does not implement liveness probes of sidecars: remove it".into(),
-        ));
-    }
+    // A sidecar has no container port: its probes name the port they check.
+    let own_port = |p: ProbeSettings, field: &str| {
+        if p.port == 0 {
+            return Err(at(format!(
+                "{field}: a sidecar has no container port: give the port the probe checks (tcpSocket.port, httpGet.port or grpc.port)"
+            )));
+        }
+        Ok(p)
+    };
     let startup_probe = match &c.startup_probe {
         None => None,
         Some(p) => {
             let p = probe_settings(p, ProbeKind::Startup, 0).map_err(|e| at(e.0))?;
-            if p.port == 0 {
-                return Err(at(
-                    "startupProbe: a sidecar has no container port: give the port the probe checks (tcpSocket.port, httpGet.port or grpc.port)".into(),
-                ));
-            }
-            Some(p)
+            Some(own_port(p, "startupProbe")?)
+        }
+    };
+    let liveness_probe = match &c.liveness_probe {
+        None => None,
+        Some(p) => {
+            let p = probe_settings(p, ProbeKind::Liveness, 0).map_err(|e| at(e.0))?;
+            Some(own_port(p, "livenessProbe")?)
         }
     };
     Ok(SidecarSettings {
@@ -775,6 +842,10 @@ fn sidecar(
         memory_bytes,
         memory_volumes: v.memory,
         startup_probe,
+        liveness_probe,
+        secret_env,
+        secret_volumes: v.secrets,
+        host_volumes: v.hosts,
     })
 }
 
@@ -1018,25 +1089,7 @@ impl RevisionSettings {
             }
             match &e.value_from {
                 None => env.push((e.name.clone(), e.value.clone())),
-                Some(from) => {
-                    let at = format!("containers[{index}].env[{i}]");
-                    let Some(r) = &from.secret_key_ref else {
-                        return Err(InvalidInput::new(format!(
-                            "{at}.valueFrom: give secretKeyRef: {{name: SECRET, key: VERSION}}"
-                        )));
-                    };
-                    if !e.value.is_empty() {
-                        return Err(InvalidInput::new(format!(
-                            "{at}: give value or valueFrom, not both"
-                        )));
-                    }
-                    secret_ref(&format!("{at}.valueFrom.secretKeyRef"), &r.name, &r.key)?;
-                    secret_env.push(SecretEnv {
-                        name: e.name.clone(),
-                        secret: r.name.clone(),
-                        version: r.key.clone(),
-                    });
-                }
+                Some(from) => secret_env.push(secret_env_var(index, i, e, from)?),
             }
         }
         let cpu_throttling = match t.metadata.annotations.get(ANN_CPU_THROTTLING) {
@@ -1316,6 +1369,30 @@ mod tests {
         assert_eq!(s.instance_cpu_millis(), 1500);
         assert_eq!(s.instance_memory_bytes(), (512 + 256) << 20);
 
+        // A sidecar takes secrets (env and volumes) and a liveness probe on its own port.
+        let t = RevisionTemplate {
+            spec: serde_json::from_str(
+            r#"{"containers":[{"name":"app","image":"a","ports":[{"containerPort":8080}]},
+                {"name":"proxy","image":"p",
+                 "env":[{"name":"TOKEN","valueFrom":{"secretKeyRef":{"name":"tok","key":"latest"}}}],
+                 "volumeMounts":[{"name":"certs","mountPath":"/certs"}],
+                 "livenessProbe":{"httpGet":{"path":"/healthz","port":9000},"periodSeconds":2}}],
+               "volumes":[{"name":"certs","secret":{"secretName":"cert","items":[{"key":"2","path":"tls.pem"}]}}]}"#,
+            )
+            .unwrap(),
+            ..Default::default()
+        };
+        let s = RevisionSettings::from_template(&t).unwrap();
+        let p = &s.sidecars[0];
+        assert_eq!(p.liveness_probe.as_ref().unwrap().port, 9000);
+        assert_eq!(p.secret_env[0].secret, "tok");
+        assert_eq!(p.secret_volumes[0].mount_path, "/certs");
+        assert!(s.has_secrets() && s.secret_env.is_empty());
+        assert_eq!(
+            s.secret_refs(),
+            [("tok".into(), "latest".into()), ("cert".into(), "2".into())]
+        );
+
         let two = r#"[{"name":"a","image":"a","ports":[{"containerPort":8080}]},{"name":"b","image":"b"}]"#;
         let cases = [
             (
@@ -1344,9 +1421,14 @@ mod tests {
                 "containers[1].startupProbe: a sidecar has no container port",
             ),
             (
-                r#"[{"name":"a","image":"a","ports":[{"containerPort":8080}]},{"name":"b","image":"b","livenessProbe":{"httpGet":{"port":1}}}]"#,
+                r#"[{"name":"a","image":"a","ports":[{"containerPort":8080}]},{"name":"b","image":"b","livenessProbe":{"httpGet":{}}}]"#,
                 None,
-                "containers[1].livenessProbe",
+                "containers[1].livenessProbe: a sidecar has no container port",
+            ),
+            (
+                r#"[{"name":"a","image":"a","ports":[{"containerPort":8080}]},{"name":"b","image":"b","env":[{"name":"K","valueFrom":{"secretKeyRef":{"name":"s","key":"x"}}}]}]"#,
+                None,
+                "containers[1].env[0].valueFrom.secretKeyRef: version \"x\" of secret s",
             ),
             (two, Some(r#"{"a":["c"]}"#), "invalid annotation run.googleapis.com/container-dependencies: \"c\" is not a container"),
             (two, Some(r#"{"a":["b"],"b":["a"]}"#), "invalid annotation run.googleapis.com/container-dependencies: the containers depend on each other in a cycle (a -> b -> a)"),

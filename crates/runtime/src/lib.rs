@@ -25,6 +25,11 @@ mod user;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Cloud Run's grace period between SIGTERM and SIGKILL: for an instance scaled down or
+/// replaced, for a task stopped, and for the other containers of an instance one of whose
+/// containers has ended.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Name of the per-instance config file inside the instance directory.
 pub const CONFIG_FILE: &str = "instance.json";
 /// cgroup parent under every v1 hierarchy (and the v2 root when that is in use).
@@ -85,7 +90,8 @@ pub struct InstanceConfig {
     /// The instance's other containers (sidecars), each with its own root filesystem (under
     /// `dir`), cgroup and output pipes ([`SIDECAR_OUTPUT_FD`]); they share the instance's
     /// network namespace and its [`InstanceConfig::shared_volumes`]. A sidecar's own
-    /// `sidecars`, `shared_volumes` and secrets are ignored.
+    /// `sidecars` and `shared_volumes` are ignored; its secrets come with the instance's
+    /// ([`SecretMaterial::sidecars`]).
     #[serde(default)]
     pub sidecars: Vec<InstanceConfig>,
     /// Whether the shim starts this container at once; otherwise when the server sends
@@ -127,6 +133,9 @@ pub struct SecretMaterial {
     pub env: Vec<(String, String)>,
     /// Secret volumes, each a read-only directory in the container.
     pub volumes: Vec<SecretFiles>,
+    /// The sidecars' own secret values, by container name (instances with sidecars).
+    #[serde(default)]
+    pub sidecars: Vec<(String, SecretMaterial)>,
 }
 
 /// One secret volume: files (relative path, contents) mounted read-only at `mount_path`.
@@ -138,9 +147,11 @@ pub struct SecretFiles {
 
 impl SecretMaterial {
     pub fn is_empty(&self) -> bool {
-        self.env.is_empty() && self.volumes.is_empty()
+        self.env.is_empty()
+            && self.volumes.is_empty()
+            && self.sidecars.iter().all(|(_, m)| m.is_empty())
     }
-    /// Bytes of values held (env values and file contents).
+    /// Bytes of values held (env values and file contents), the sidecars' included.
     pub fn value_bytes(&self) -> usize {
         self.env.iter().map(|(_, v)| v.len()).sum::<usize>()
             + self
@@ -149,6 +160,18 @@ impl SecretMaterial {
                 .flat_map(|v| &v.files)
                 .map(|(_, d)| d.len())
                 .sum::<usize>()
+            + self
+                .sidecars
+                .iter()
+                .map(|(_, m)| m.value_bytes())
+                .sum::<usize>()
+    }
+    /// The values of sidecar `name` (none when it has none).
+    pub fn of_sidecar(&self, name: &str) -> Option<&SecretMaterial> {
+        self.sidecars
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m)
     }
 }
 
@@ -167,6 +190,7 @@ impl std::fmt::Debug for SecretMaterial {
         f.debug_struct("SecretMaterial")
             .field("env", &env)
             .field("files", &files)
+            .field("sidecars", &self.sidecars)
             .finish()
     }
 }

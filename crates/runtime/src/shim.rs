@@ -46,6 +46,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         container: String,
     },
+    /// The first container of an instance with sidecars has ended (`code`/`signal` are its
+    /// own): the others have been sent SIGTERM, and get SIGKILL after [`crate::STOP_GRACE`].
+    Stopping {
+        code: Option<i32>,
+        signal: Option<i32>,
+        container: String,
+    },
     /// Every container has ended; `code`/`signal` are the first one's, `container` its name.
     Exited {
         code: Option<i32>,
@@ -115,7 +122,7 @@ fn run(
     slot: &mut Option<Container>,
 ) -> Result<(), RuntimeError> {
     private_mount_namespace()?;
-    let bundle = write_bundle(cfg)?;
+    let (bundle, _secrets) = write_bundle(cfg)?;
     std::fs::create_dir_all(&cfg.state_root).map_err(|e| RuntimeError::io(&cfg.state_root, e))?;
 
     let container = ContainerBuilder::new(cfg.id.clone(), SyscallType::Linux)
@@ -142,11 +149,7 @@ fn run(
         container: cfg.name.clone(),
     });
     let status = supervise(pid, commands)?;
-    let (code, signal) = match status {
-        WaitStatus::Exited(_, code) => (Some(code), None),
-        WaitStatus::Signaled(_, sig, _) => (None, Some(sig as i32)),
-        _ => (None, None),
-    };
+    let (code, signal) = exit_status(status);
     // The container is gone: let go of its output pipes, so the server's readers end now
     // rather than after the cleanup below.
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
@@ -182,8 +185,9 @@ fn volume_binds(
 /// An instance of several containers: the ingress container as [`run`] makes it, then each
 /// sidecar on its own root filesystem with its output on its own pipes, the shared in-memory
 /// volumes mounted once for all. Containers marked `start_now` start at once, the others on
-/// `start NAME`; when one ends the others are killed (Cloud Run replaces such an instance),
-/// and `exited` reports the first to end once all have.
+/// `start NAME`; when one ends (`stopping`) the others get SIGTERM, then SIGKILL after
+/// [`crate::STOP_GRACE`] (Cloud Run replaces such an instance), and `exited` reports the
+/// first to end once all have.
 fn run_with_sidecars(
     cfg: &InstanceConfig,
     events: &mut Events,
@@ -225,7 +229,7 @@ fn run_with_sidecars(
     let mut ingress = cfg.clone();
     ingress.sidecars.clear();
     let mut all: Vec<(InstanceConfig, Container)> = Vec::new();
-    build_ingress(cfg, slot)?;
+    let secrets = build_ingress(cfg, slot)?;
     let Some(c) = slot.take() else {
         return Err(RuntimeError::Start(
             "the ingress container was not built".into(),
@@ -233,18 +237,11 @@ fn run_with_sidecars(
     };
     all.push((ingress, c));
     for (i, sc) in cfg.sidecars.iter().enumerate() {
-        mount_rootfs(sc)?;
-        for (name, text) in [("hosts", &cfg.hosts), ("resolv.conf", &cfg.resolv_conf)] {
-            let path = sc.etc_file(name);
-            std::fs::write(&path, text).map_err(|e| RuntimeError::io(&path, e))?;
-        }
-        let user = user::resolve(&sc.rootfs(), sc.user.as_deref())?;
-        let spec = spec::build(sc, &user, &[], &volume_binds(cfg, sc));
-        let bundle = sc.dir.join("bundle");
-        std::fs::create_dir_all(&bundle).map_err(|e| RuntimeError::io(&bundle, e))?;
-        let config_json = bundle.join("config.json");
-        let spec = serde_json::to_vec(&spec).expect("spec serializes");
-        std::fs::write(&config_json, spec).map_err(|e| RuntimeError::io(&config_json, e))?;
+        let own = secrets.as_ref().and_then(|s| {
+            let m = s.material.of_sidecar(&sc.name).filter(|m| !m.is_empty())?;
+            Some((m, s.dir.join("containers").join(&sc.name)))
+        });
+        let bundle = container_bundle(cfg, sc, own.as_ref().map(|(m, d)| (*m, d.as_path())))?;
         let out = crate::SIDECAR_OUTPUT_FD + 2 * i as i32;
         let built = with_stdio(out, out + 1, || build_container(sc, &bundle));
         // SAFETY: the server's spawn dup2-ed the sidecar's pipes onto these fds for this
@@ -259,43 +256,81 @@ fn run_with_sidecars(
 }
 
 /// Builds (creates, without starting) the ingress container of an instance with sidecars:
-/// its root filesystem, network, `/etc` files, secrets and bundle, as [`run`] does.
-fn build_ingress(cfg: &InstanceConfig, slot: &mut Option<Container>) -> Result<(), RuntimeError> {
-    let bundle = write_bundle(cfg)?;
+/// its root filesystem, network, `/etc` files, secrets and bundle, as [`run`] does. Returns
+/// the instance's secrets, for the sidecars.
+fn build_ingress(
+    cfg: &InstanceConfig,
+    slot: &mut Option<Container>,
+) -> Result<Option<Secrets>, RuntimeError> {
+    let (bundle, secrets) = write_bundle(cfg)?;
     *slot = Some(build_container(cfg, &bundle)?);
-    Ok(())
+    Ok(secrets)
 }
 
-/// Mounts the container's root filesystem, joins the instance's network, writes its `/etc`
-/// files, and writes its OCI bundle; returns the bundle's directory. With secrets (read from
-/// fd 6), the OCI spec (which holds the env) and the secret files live on a tmpfs of the
-/// shim's own mount namespace: nothing of them reaches the disk.
-fn write_bundle(cfg: &InstanceConfig) -> Result<std::path::PathBuf, RuntimeError> {
-    mount_rootfs(cfg)?;
-    let user = user::resolve(&cfg.rootfs(), cfg.user.as_deref())?;
+/// An instance's secret values (read from fd 6) and the tmpfs of the shim's own mount
+/// namespace they are written to.
+struct Secrets {
+    material: crate::SecretMaterial,
+    dir: std::path::PathBuf,
+}
+
+/// Joins the instance's network, reads its secrets, and writes the bundle of its first (or
+/// only) container with [`container_bundle`]; returns the bundle's directory and the
+/// secrets.
+fn write_bundle(
+    cfg: &InstanceConfig,
+) -> Result<(std::path::PathBuf, Option<Secrets>), RuntimeError> {
     join_network(cfg)?;
-    for (name, text) in [("hosts", &cfg.hosts), ("resolv.conf", &cfg.resolv_conf)] {
-        let path = cfg.etc_file(name);
+    let secrets = if cfg.secrets_on_fd {
+        let material = read_secrets()?;
+        let dir = mount_secrets_dir(cfg, material.value_bytes())?;
+        Some(Secrets { material, dir })
+    } else {
+        None
+    };
+    let bundle = container_bundle(
+        cfg,
+        cfg,
+        secrets.as_ref().map(|s| (&s.material, s.dir.as_path())),
+    )?;
+    Ok((bundle, secrets))
+}
+
+/// Mounts container `c`'s root filesystem (`c` is `instance` itself or one of its sidecars),
+/// writes its `/etc` files and its OCI bundle; returns the bundle's directory. With
+/// `secrets` (the container's values and a directory on the secrets tmpfs), the OCI spec
+/// (which holds the env) and the secret files live there: nothing of them reaches the disk.
+fn container_bundle(
+    instance: &InstanceConfig,
+    c: &InstanceConfig,
+    secrets: Option<(&crate::SecretMaterial, &Path)>,
+) -> Result<std::path::PathBuf, RuntimeError> {
+    mount_rootfs(c)?;
+    let user = user::resolve(&c.rootfs(), c.user.as_deref())?;
+    for (name, text) in [
+        ("hosts", &instance.hosts),
+        ("resolv.conf", &instance.resolv_conf),
+    ] {
+        let path = c.etc_file(name);
         std::fs::write(&path, text).map_err(|e| RuntimeError::io(&path, e))?;
     }
-    let binds = volume_binds(cfg, cfg);
-    let (bundle, spec) = if cfg.secrets_on_fd {
-        let secrets = read_secrets()?;
-        let dir = mount_secrets_dir(cfg, secrets.value_bytes())?;
-        let mut with_env = cfg.clone();
-        for (k, v) in &secrets.env {
-            with_env
-                .env
-                .retain(|kv| kv.split_once('=').map(|(n, _)| n) != Some(k));
-            with_env.env.push(format!("{k}={v}"));
+    let binds = volume_binds(instance, c);
+    let (bundle, spec) = match secrets {
+        Some((material, dir)) => {
+            let mut with_env = c.clone();
+            for (k, v) in &material.env {
+                with_env
+                    .env
+                    .retain(|kv| kv.split_once('=').map(|(n, _)| n) != Some(k));
+                with_env.env.push(format!("{k}={v}"));
+            }
+            let mounts = write_secret_files(dir, material)?;
+            (
+                dir.join("bundle"),
+                spec::build(&with_env, &user, &mounts, &binds),
+            )
         }
-        let mounts = write_secret_files(&dir, &secrets)?;
-        (
-            dir.join("bundle"),
-            spec::build(&with_env, &user, &mounts, &binds),
-        )
-    } else {
-        (cfg.dir.join("bundle"), spec::build(cfg, &user, &[], &binds))
+        None => (c.dir.join("bundle"), spec::build(c, &user, &[], &binds)),
     };
     std::fs::create_dir_all(&bundle).map_err(|e| RuntimeError::io(&bundle, e))?;
     let config_json = bundle.join("config.json");
@@ -405,9 +440,15 @@ fn supervise_all(
         start(m, events)?;
     }
     let mut first: Option<(String, WaitStatus)> = None;
+    // When the containers still running after the first one ended get SIGKILL.
+    let mut kill_at: Option<std::time::Instant> = None;
     let mut commands = Some(File::from(commands));
     let mut pending = Vec::new();
     while members.iter().any(|m| !m.done) {
+        if kill_at.is_some_and(|t| t <= std::time::Instant::now()) {
+            kill_at = None;
+            stop_all(&mut members, Signal::SIGKILL);
+        }
         let live: Vec<usize> = (0..members.len())
             .filter(|i| !members[*i].done && members[*i].running.is_some())
             .collect();
@@ -421,7 +462,17 @@ fn supervise_all(
         if let Some(c) = &commands {
             fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = match kill_at {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                let ms = t
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_millis()
+                    + 1;
+                PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::NONE)
+            }
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(RuntimeError::Sys(format!("poll: {e}"))),
         }
@@ -442,13 +493,21 @@ fn supervise_all(
             };
             members[*i].done = true;
             if first.is_none() {
+                let (code, signal) = exit_status(status);
+                events.send(&Event::Stopping {
+                    code,
+                    signal,
+                    container: members[*i].cfg.name.clone(),
+                });
                 first = Some((members[*i].cfg.name.clone(), status));
                 ended_now = true;
             }
         }
         if ended_now {
-            // One container ended: the instance is over; the others go at once.
-            stop_all(&mut members, Signal::SIGKILL);
+            // One container ended: the instance is over. The others get SIGTERM and Cloud
+            // Run's grace period before SIGKILL, as an instance scaled down does.
+            stop_all(&mut members, Signal::SIGTERM);
+            kill_at = Some(std::time::Instant::now() + crate::STOP_GRACE);
         }
         if ready.len() > live.len() && ready[live.len()] {
             let mut buf = [0u8; 256];
@@ -495,11 +554,7 @@ fn supervise_all(
         }
     }
     let (container, status) = first.unwrap_or((String::new(), WaitStatus::StillAlive));
-    let (code, signal) = match status {
-        WaitStatus::Exited(_, code) => (Some(code), None),
-        WaitStatus::Signaled(_, sig, _) => (None, Some(sig as i32)),
-        _ => (None, None),
-    };
+    let (code, signal) = exit_status(status);
     let usage = crate::cgroup::stats(&cfg.id);
     events.send(&Event::Exited {
         code,
@@ -508,6 +563,15 @@ fn supervise_all(
         container,
     });
     Ok(())
+}
+
+/// A wait status as `(exit code, signal)`.
+fn exit_status(status: WaitStatus) -> (Option<i32>, Option<i32>) {
+    match status {
+        WaitStatus::Exited(_, code) => (Some(code), None),
+        WaitStatus::Signaled(_, sig, _) => (None, Some(sig as i32)),
+        _ => (None, None),
+    }
 }
 
 /// Reads the [`crate::SecretMaterial`] the server handed over on [`crate::SECRETS_FD`].

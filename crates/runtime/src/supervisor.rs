@@ -50,6 +50,9 @@ pub struct Instance {
     gone: watch::Receiver<bool>,
     /// Names of the containers started so far (instances with sidecars).
     started: watch::Receiver<Vec<String>>,
+    /// Turns true when a container of an instance with sidecars has ended and the others
+    /// are being stopped.
+    stopping: watch::Receiver<bool>,
     /// The container whose end ended the instance (instances with sidecars).
     ended_by: std::sync::Arc<std::sync::OnceLock<String>>,
 }
@@ -203,6 +206,7 @@ pub async fn spawn(
     let (exit_tx, exit_rx) = watch::channel(None);
     let (gone_tx, gone_rx) = watch::channel(false);
     let (started_tx, started_rx) = watch::channel(vec![first_started]);
+    let (stopping_tx, stopping_rx) = watch::channel(false);
     let usage = std::sync::Arc::new(std::sync::OnceLock::new());
     let final_usage = usage.clone();
     let ended_by = std::sync::Arc::new(std::sync::OnceLock::new());
@@ -220,6 +224,10 @@ pub async fn spawn(
                 }
                 Ok(Event::Exited { container, .. }) if !container.is_empty() => {
                     let _ = ended.set(container.clone());
+                }
+                Ok(Event::Stopping { container, .. }) => {
+                    let _ = ended.set(container.clone());
+                    let _ = stopping_tx.send(true);
                 }
                 _ => {}
             }
@@ -256,6 +264,7 @@ pub async fn spawn(
             usage,
             gone: gone_rx,
             started: started_rx,
+            stopping: stopping_rx,
             ended_by,
         },
         Output {
@@ -295,6 +304,22 @@ impl Instance {
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return false },
                 r = exit.changed() => if r.is_err() { return false },
+            }
+        }
+    }
+
+    /// Resolves when one container of an instance with sidecars has ended (the others then
+    /// have [`crate::STOP_GRACE`] to finish), or when the instance has ended.
+    pub async fn wait_stopping(&self) {
+        let mut rx = self.stopping.clone();
+        let mut exit = self.exit.clone();
+        loop {
+            if *rx.borrow_and_update() || exit.borrow_and_update().is_some() {
+                return;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                r = exit.changed() => if r.is_err() { return },
             }
         }
     }

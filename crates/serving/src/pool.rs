@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 /// default startup probe).
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(240);
 /// SIGTERM, then SIGKILL after this long.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
+pub const STOP_GRACE: Duration = skiff_runtime::STOP_GRACE;
 /// Lines of an instance's output kept to explain a failed start.
 const LAST_LINES: usize = 5;
 /// A queued request looks at the pool at least this often (to notice max-instances, a passed
@@ -674,7 +674,7 @@ impl Pool {
                 hosts: String::new(),
                 resolv_conf: String::new(),
                 memory_volumes: Vec::new(),
-                host_volumes: Vec::new(),
+                host_volumes: skiff_runtime::volume_mounts(&[], &sc.host_volumes).1,
                 secrets_on_fd: false,
                 secrets: Default::default(),
                 name: sc.name.clone(),
@@ -754,11 +754,20 @@ impl Pool {
             return;
         }
         // Secret references resolve now, at each instance start (`latest` moves on).
-        if !self.settings.secret_env.is_empty() || !self.settings.secret_volumes.is_empty() {
+        if self.settings.has_secrets() {
             let secrets = self.ctx.secrets.clone();
             let (ns, s) = (self.key.namespace.clone(), self.settings.clone());
             let resolved = tokio::task::spawn_blocking(move || {
-                secrets.material(&ns, &s.secret_env, &s.secret_volumes)
+                let mut m = secrets
+                    .material(&ns, &s.secret_env, &s.secret_volumes)
+                    .map_err(|e| e.to_string())?;
+                for c in s.sidecars.iter().filter(|c| c.has_secrets()) {
+                    let own = secrets
+                        .material(&ns, &c.secret_env, &c.secret_volumes)
+                        .map_err(|e| format!("container {}: {e}", c.name))?;
+                    m.sidecars.push((c.name.clone(), own));
+                }
+                Ok::<_, String>(m)
             })
             .await;
             match resolved {
@@ -914,13 +923,34 @@ impl Pool {
                 });
                 self.metrics.started(inst.created.elapsed());
                 tracing::info!(instance = inst.id, "ready in {:?}", began.elapsed());
-                if let Some(p) = self.settings.liveness_probe.clone() {
+                let probes = std::iter::once((None, self.settings.liveness_probe.clone())).chain(
+                    self.settings
+                        .sidecars
+                        .iter()
+                        .map(|c| (Some(c.name.clone()), c.liveness_probe.clone())),
+                );
+                for (container, p) in probes {
+                    let Some(p) = p else { continue };
                     let (pool, inst, netns) = (self.clone(), inst.clone(), netns.clone());
-                    tokio::spawn(async move { pool.liveness_probe(&inst, &netns, &p).await });
+                    tokio::spawn(async move {
+                        pool.liveness_probe(&inst, &netns, &p, container.as_deref())
+                            .await
+                    });
+                }
+                // With sidecars, one container's end stops the instance: it takes no new
+                // requests while the others have their grace period.
+                rt.wait_stopping().await;
+                let crashed = {
+                    let _st = self.lock();
+                    let crashed = inst.state() != InstState::Draining;
+                    inst.set_state(InstState::Draining);
+                    crashed
+                };
+                if crashed && rt.exit().is_none() {
+                    self.reconcile();
                 }
                 let exit = rt.wait().await;
                 inst.ended();
-                let crashed = inst.state() != InstState::Draining;
                 self.remove(&inst);
                 if crashed {
                     let why = match (self.oom(rt).as_str(), rt.ended_by()) {
@@ -1109,6 +1139,7 @@ impl Pool {
         inst: &Arc<Inst>,
         netns: &Arc<std::fs::File>,
         p: &skiff_model::ProbeSettings,
+        container: Option<&str>,
     ) {
         if !self.sleep_while_running(inst, p.initial_delay).await {
             return;
@@ -1124,8 +1155,11 @@ impl Pool {
                         if inst.state() == InstState::Draining {
                             return;
                         }
+                        let whose = container
+                            .map(|c| format!(" container {c}"))
+                            .unwrap_or_default();
                         let msg = format!(
-                            "instance {} failed its liveness probe ({}) {failures} time{} in a row, last: {why}; restarting it",
+                            "instance {}{whose} failed its liveness probe ({}) {failures} time{} in a row, last: {why}; restarting it",
                             inst.id,
                             p.describe(),
                             if failures == 1 { "" } else { "s" }

@@ -1,7 +1,8 @@
 //! Images from registries, end to end with the real `skiff` binary and Debian's
 //! `docker-registry` (the reference registry) on loopback, images pushed with `skopeo`:
 //! deploy by name, a tag moved after deploy, restarts that never pull again, a password-
-//! protected registry with `skiff registries login`, jobs, and errors that say what to do;
+//! protected registry with `skiff registries login`, jobs, a sidecar's image pinned like the
+//! ingress container's, and errors that say what to do;
 //! pushes into Skiff's own registry with `skopeo`, `podman` and `buildah`, then deploys.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestRegistry, TestServer};
@@ -1499,4 +1500,91 @@ fn buildah_manifest_push_all_of_a_docker_manifest_list_deploys_the_hosts_image()
         s.get("list.localhost", "/", None),
         (200, "native list entry\n".into())
     );
+}
+
+#[test]
+fn a_sidecar_image_is_pulled_and_pinned_and_a_moved_tag_does_not_change_it() {
+    let registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let side = registry.push(
+        &image_saying(&tmp.path().join("a"), "first"),
+        "team/side:v1",
+    );
+    let (mut s, _web) = TestServer::with_web_image(Path::new(BIN), &[]);
+    let deploy = |s: &TestServer, extra: &[&str]| {
+        let mut args = vec!["deploy", "rs", "--allow-unauthenticated"];
+        args.extend_from_slice(extra);
+        let out = s.skiff(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}\n{}", s.log());
+        err
+    };
+    let err = deploy(
+        &s,
+        &[
+            "--container",
+            "app",
+            "--image",
+            "web",
+            "--port",
+            "8080",
+            "--container",
+            "side",
+            "--image",
+            &side,
+            "--args",
+            "exec httpd -f -p 9000 -h /www",
+        ],
+    );
+    assert!(err.contains(&format!("Pulling {side}...")), "{err}");
+    let sidecar_page = |s: &TestServer| s.sh("rs", "wget -qO- http://127.0.0.1:9000/index.html");
+    // The containers start together: the sidecar may listen a moment after the app.
+    let serves = |s: &TestServer, want: &str| {
+        s.wait_for(&format!("the sidecar to serve {want:?}"), 120, || {
+            sidecar_page(s) == format!("{want}\n")
+        })
+    };
+    serves(&s, "first");
+    let digest = |s: &TestServer| -> String {
+        let svc: serde_json::Value =
+            serde_json::from_str(&s.ok(&["services", "describe", "rs", "--format", "json"]))
+                .unwrap();
+        let rev = svc["status"]["latestReadyRevisionName"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (_, body) = s.api(
+            "GET",
+            &format!("/apis/serving.knative.dev/v1/namespaces/default/revisions/{rev}"),
+            None,
+        );
+        let rev: serde_json::Value = serde_json::from_str(&body).unwrap();
+        rev["status"]["containerStatuses"][0]["imageDigest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let pinned = digest(&s);
+    assert!(
+        pinned.starts_with(&format!("{}/team/side@sha256:", registry.host)),
+        "{pinned}"
+    );
+
+    // The tag moves; a restart keeps the sidecar on its digest.
+    registry.push(
+        &image_saying(&tmp.path().join("b"), "second"),
+        "team/side:v1",
+    );
+    s.stop();
+    s.restart();
+    s.wait_for("the service after the restart", 120, || {
+        s.get("rs.localhost", "/", None).0 == 200
+    });
+    serves(&s, "first");
+    assert_eq!(digest(&s), pinned);
+
+    // A new deploy resolves the tag again, as for the ingress container.
+    deploy(&s, &["--container", "side", "--update-env-vars", "X=1"]);
+    serves(&s, "second");
+    assert_ne!(digest(&s), pinned);
 }
