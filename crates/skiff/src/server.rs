@@ -304,10 +304,12 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
     let admin_token = secret(&data_dir.join("admin.token"))?;
     let signing_key = secret(&data_dir.join("signing.key"))?;
 
+    let run_dir = data_dir.join("run");
+    skiff_runtime::sweep::mount_run_dir(&run_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(
+    let served = rt.block_on(serve(
         data_dir,
         args,
         Addrs {
@@ -319,7 +321,11 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
         admin_token,
         signing_key,
         prices,
-    ))
+    ));
+    // Every instance has ended (or none started, when serving failed).
+    drop(rt);
+    skiff_runtime::sweep::unmount_run_dir(&run_dir);
+    served
 }
 
 /// The listeners' addresses, checked.

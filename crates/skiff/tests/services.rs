@@ -421,12 +421,15 @@ fn kill_9_and_restart_lose_nothing_and_sigterm_leaves_nothing() {
     assert!(!s.instances("durable").is_empty());
     s.kill9();
     // Without its server, every instance is killed and cleaned by its shim.
-    // Its bridge and rules stay until the next start sweeps them; instances' links go now
-    // (the namespaces die with their last process).
+    // Its bridge, rules and the tmpfs at DATA/run stay until the next start sweeps them;
+    // instances' links go now (the namespaces die with their last process).
+    let run_mount = format!(" {}/run ", s.data_dir.display());
     s.wait_for("instances of the killed server to go", 15, || {
-        s.leftovers()
-            .iter()
-            .all(|l| l.starts_with("link: skiff") || l.starts_with("nftables"))
+        s.leftovers().iter().all(|l| {
+            l.starts_with("link: skiff")
+                || l.starts_with("nftables")
+                || (l.starts_with("mount: ") && l.contains(&run_mount))
+        })
     });
     s.restart();
     let list = s.ok(&["services", "list"]);

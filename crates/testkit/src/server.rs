@@ -418,9 +418,13 @@ impl TestServer {
     /// [`Self::leftovers`] of instances only: while the server runs, its bridge, rules and the
     /// network sandboxes it made ahead are there by design.
     pub fn instance_leftovers(&self) -> Vec<String> {
+        // The tmpfs the server keeps at DATA/run while it runs is the instances' home, not an
+        // instance's.
+        let run = format!(" {}/run ", self.data_dir.display());
         self.leftovers()
             .into_iter()
             .filter(|l| !l.starts_with("link: ") && !l.starts_with("nftables: "))
+            .filter(|l| !(l.starts_with("mount: ") && l.contains(&run)))
             .collect()
     }
 
@@ -456,6 +460,11 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
         self.sweep_network();
+        // A server killed and not restarted leaves its run tmpfs mounted.
+        let _ = nix::mount::umount2(
+            &self.data_dir.join("run"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
         let _ = std::fs::remove_file(self.data_dir.with_extension("log"));
     }
 }
