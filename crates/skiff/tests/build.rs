@@ -6,7 +6,8 @@
 //! to the same digest by a second server whose base image comes from the first's registry), a
 //! directory with nothing to build, the time limit, cancel, and a build a killed server left
 //! behind; and a Python app without a Dockerfile whose `requirements.txt` installs Flask from
-//! PyPI through the build's sandbox, on a Debian base made with `mmdebstrap`.
+//! PyPI through the build's sandbox, on a Debian base made with `mmdebstrap`; and a job
+//! deployed from source, run, rebuilt after a failed build that left it.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -507,4 +508,131 @@ fn python_app_without_a_dockerfile_installs_flask_from_pypi() {
     assert!(body.starts_with("hello from flask "), "{body}");
     let b = &builds(&s)[0];
     assert_eq!(b["plan"]["kind"], "python", "{b}");
+}
+
+/// The job's image as stored.
+fn job_image(s: &TestServer, name: &str) -> String {
+    let out = s.ok(&["jobs", "describe", name, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["spec"]["template"]["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Runs an execution of `job` to its end and waits until its log holds every line of `want`.
+fn execute_and_read(s: &TestServer, job: &str, want: &[&str]) {
+    s.ok(&["jobs", "execute", job, "--wait"]);
+    s.wait_for("the execution's log", 60, || {
+        let out = s.ok(&["logs", "read", "--job", job, "--limit", "1000"]);
+        want.iter().all(|w| out.contains(w))
+    });
+}
+
+#[test]
+fn job_deploys_from_source_runs_the_built_program_and_a_failed_build_leaves_it() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = push_base(&s, tmp.path());
+    let src = tmp.path().join("src");
+    let dockerfile = format!(
+        "FROM {base}\n\
+         ARG WHO=unset\n\
+         RUN echo \"built for $WHO\" > /msg.txt\n\
+         COPY run.sh /run.sh\n\
+         ENTRYPOINT [\"/bin/sh\", \"/run.sh\"]\n"
+    );
+    write(&src, "Dockerfile", &dockerfile);
+    write(
+        &src,
+        "run.sh",
+        "echo \"job ran: $(cat /msg.txt) task=$CLOUD_RUN_TASK_INDEX\"\n",
+    );
+    let src_arg = src.to_str().unwrap();
+
+    // Nothing to create it from: an error, and no job.
+    let err = s.fails(&["jobs", "deploy", "nightly"]);
+    assert!(
+        err.contains("pass --image NAME[:TAG] or --source DIR"),
+        "{err}"
+    );
+    let err = s.fails(&["jobs", "deploy", "nightly", "--base-image", "x"]);
+    assert!(err.contains("add --source DIR"), "{err}");
+    assert!(!s.ok(&["jobs", "list"]).contains("nightly"));
+
+    // Created from source: the build's log streams, the job runs the built program.
+    let out = s.skiff(&[
+        "jobs",
+        "deploy",
+        "nightly",
+        "--source",
+        src_arg,
+        "--set-build-env-vars",
+        "WHO=skiff",
+        "--tasks",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "jobs deploy --source failed: {stderr}\nserver log: {}",
+        s.log()
+    );
+    assert!(stderr.contains("STEP"), "{stderr}");
+    assert!(
+        stderr.contains("Built image default/cloud-run-source-deploy/nightly:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Job [nightly] has successfully been deployed."),
+        "{stderr}"
+    );
+    let first = job_image(&s, "nightly");
+    assert!(
+        first.starts_with("default/cloud-run-source-deploy/nightly:"),
+        "{first}"
+    );
+    execute_and_read(
+        &s,
+        "nightly",
+        &[
+            "job ran: built for skiff task=0",
+            "job ran: built for skiff task=1",
+        ],
+    );
+
+    // The build is the job's: listed under it, not under a service.
+    let out = s.ok(&["builds", "list", "--job", "nightly", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let list = v["builds"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{out}");
+    assert_eq!(list[0]["job"], "nightly");
+    assert!(list[0].get("service").is_none(), "{out}");
+    assert!(s.ok(&["builds", "list"]).contains("job/nightly"));
+
+    // A failed build leaves the job as it was.
+    write(&src, "Dockerfile", &format!("{dockerfile}RUN exit 3\n"));
+    let err = s.fails(&["jobs", "deploy", "nightly", "--source", src_arg]);
+    assert!(err.contains("FAILURE"), "{err}");
+    assert_eq!(job_image(&s, "nightly"), first);
+    assert_eq!(builds(&s).len(), 2);
+
+    // Deployed again from changed source: updated in place, its other settings kept.
+    write(&src, "Dockerfile", &dockerfile);
+    write(
+        &src,
+        "run.sh",
+        "echo \"second build ran task=$CLOUD_RUN_TASK_INDEX\"\n",
+    );
+    s.ok(&["jobs", "deploy", "nightly", "--source", src_arg]);
+    let second = job_image(&s, "nightly");
+    assert_ne!(second, first);
+    let out = s.ok(&["jobs", "describe", "nightly", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["spec"]["template"]["spec"]["taskCount"], 2, "{out}");
+    execute_and_read(
+        &s,
+        "nightly",
+        &["second build ran task=0", "second build ran task=1"],
+    );
 }
