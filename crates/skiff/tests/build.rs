@@ -6,8 +6,9 @@
 //! to the same digest by a second server whose base image comes from the first's registry), a
 //! directory with nothing to build, the time limit, cancel, and a build a killed server left
 //! behind; and a Python app without a Dockerfile whose `requirements.txt` installs Flask from
-//! PyPI through the build's sandbox, on a Debian base made with `mmdebstrap`; and a job
-//! deployed from source, run, rebuilt after a failed build that left it.
+//! PyPI through the build's sandbox, on a Debian base made with `mmdebstrap`; a Node.js app
+//! without a Dockerfile whose `package.json` installs a package from npm, on Debian's nodejs
+//! and npm; and a job deployed from source, run, rebuilt after a failed build that left it.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -508,6 +509,98 @@ fn python_app_without_a_dockerfile_installs_flask_from_pypi() {
     assert!(body.starts_with("hello from flask "), "{body}");
     let b = &builds(&s)[0];
     assert_eq!(b["plan"]["kind"], "python", "{b}");
+}
+
+/// Pushes `layout` (an OCI layout) into the server's registry as `reference`.
+fn push_layout(s: &TestServer, layout: &Path, reference: &str) {
+    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("skiff:{}", token.trim()),
+            &format!("oci:{}", layout.display()),
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn node_app_without_a_dockerfile_installs_a_package_from_npm() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // The base: Debian's nodejs and npm (from `mmdebstrap`), trusting the host's CA bundle
+    // too (the machine may reach npm's registry through a TLS proxy of its own).
+    let ca = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+    let spec = ImageSpec {
+        entrypoint: vec![],
+        cmd: vec![],
+        env: vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            "NODE_EXTRA_CA_CERTS=/etc/skiff-test-ca.pem".into(),
+            "npm_config_update_notifier=false".into(),
+            "npm_config_fund=false".into(),
+            "npm_config_audit=false".into(),
+        ],
+        files: vec![("etc/skiff-test-ca.pem".into(), ca, 0o644)],
+        user: None,
+        binaries: vec![],
+    };
+    let layout = skiff_testkit::debian_image(
+        &tmp.path().join("node"),
+        "node",
+        &["nodejs", "npm"],
+        &[],
+        &spec,
+    );
+    let base = format!("127.0.0.1:{}/base/node:22", s.api);
+    push_layout(&s, &layout, &base);
+
+    let app = tmp.path().join("app");
+    write(
+        &app,
+        "package.json",
+        "{\"name\": \"nodeapp\", \"version\": \"1.0.0\", \"main\": \"server.js\",\n \
+         \"scripts\": {\"start\": \"node server.js\"},\n \
+         \"dependencies\": {\"ms\": \"^2.1.3\"}}\n",
+    );
+    write(
+        &app,
+        "server.js",
+        "const http = require('http');\nconst ms = require('ms');\n\
+         http.createServer((req, res) => {\n  res.end('hello from node, 2h is ' + ms('2h') + ' ms\\n');\n\
+         }).listen(process.env.PORT);\n",
+    );
+    let out = s.skiff(&[
+        "deploy",
+        "nodeapp",
+        "--source",
+        app.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--allow-unauthenticated",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "deploy --source failed: {stderr}\nserver log: {}",
+        s.log()
+    );
+    assert!(stderr.contains("Generated Dockerfile (nodejs)"), "{stderr}");
+    assert!(stderr.contains("RUN npm install"), "{stderr}");
+    assert!(stderr.contains("added 1 package"), "{stderr}");
+    let (code, body) = s.get("nodeapp.localhost", "/", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "hello from node, 2h is 7200000 ms\n");
+    let b = &builds(&s)[0];
+    assert_eq!(b["plan"]["kind"], "nodejs", "{b}");
 }
 
 /// The job's image as stored.
