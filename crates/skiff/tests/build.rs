@@ -8,7 +8,8 @@
 //! behind; and a Python app without a Dockerfile whose `requirements.txt` installs Flask from
 //! PyPI through the build's sandbox, on a Debian base made with `mmdebstrap`; a Node.js app
 //! without a Dockerfile whose `package.json` installs a package from npm, on Debian's nodejs
-//! and npm; and a job deployed from source, run, rebuilt after a failed build that left it.
+//! and npm; a Go app without a Dockerfile built into a static binary on a busybox base; and a
+//! job deployed from source, run, rebuilt after a failed build that left it.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -601,6 +602,69 @@ fn node_app_without_a_dockerfile_installs_a_package_from_npm() {
     assert_eq!(body, "hello from node, 2h is 7200000 ms\n");
     let b = &builds(&s)[0];
     assert_eq!(b["plan"]["kind"], "nodejs", "{b}");
+}
+
+#[test]
+fn go_app_without_a_dockerfile_builds_a_static_binary_on_a_small_base() {
+    let mut s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // The build stage: Debian's golang-go, using only the toolchain it has (no module proxy
+    // is reachable). The run stage: the busybox test image, set as the server's go-run base.
+    let spec = ImageSpec {
+        entrypoint: vec![],
+        cmd: vec![],
+        env: vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            "GOTOOLCHAIN=local".into(),
+        ],
+        files: vec![],
+        user: None,
+        binaries: vec![],
+    };
+    let layout =
+        skiff_testkit::debian_image(&tmp.path().join("go"), "go", &["golang-go"], &[], &spec);
+    let go_base = format!("127.0.0.1:{}/base/golang:1", s.api);
+    push_layout(&s, &layout, &go_base);
+    let run_base = push_base(&s, tmp.path());
+    s.stop();
+    let flag = format!("go-run={run_base}");
+    s.restart_with(&["--build-base-image", &flag]);
+    s.wait_for("the server to answer", 60, || {
+        s.skiff(&["services", "list"]).status.success()
+    });
+
+    let app = tmp.path().join("app");
+    write(&app, "go.mod", "module example.com/hello\n\ngo 1.19\n");
+    write(
+        &app,
+        "main.go",
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n\t\"os\"\n\t\"runtime\"\n)\n\n\
+         func main() {\n\thttp.HandleFunc(\"/\", func(w http.ResponseWriter, r *http.Request) {\n\
+         \t\tfmt.Fprintf(w, \"hello from go, compiled by %s\\n\", runtime.Compiler)\n\t})\n\
+         \thttp.ListenAndServe(\":\"+os.Getenv(\"PORT\"), nil)\n}\n",
+    );
+    let out = s.skiff(&[
+        "deploy",
+        "goapp",
+        "--source",
+        app.to_str().unwrap(),
+        "--base-image",
+        &go_base,
+        "--allow-unauthenticated",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "deploy --source failed: {stderr}\nserver log: {}",
+        s.log()
+    );
+    assert!(stderr.contains("Generated Dockerfile (go)"), "{stderr}");
+    assert!(stderr.contains(&format!("FROM {run_base}")), "{stderr}");
+    let (code, body) = s.get("goapp.localhost", "/", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "hello from go, compiled by gc\n");
+    let b = &builds(&s)[0];
+    assert_eq!(b["plan"]["kind"], "go", "{b}");
 }
 
 /// The job's image as stored.
