@@ -50,6 +50,7 @@ fn build_error(e: BuildError) -> ApiError {
 #[serde(rename_all = "camelCase")]
 struct SubmitQuery {
     service: Option<String>,
+    job: Option<String>,
     image: Option<String>,
     /// `K=V,...`
     build_args: Option<String>,
@@ -66,6 +67,9 @@ async fn submit(
     skiff_model::validate_namespace(&ns).map_err(|e| ApiError::invalid(e.0))?;
     if let Some(s) = &q.service {
         skiff_model::validate_service_name(s).map_err(|e| ApiError::invalid(e.0))?;
+    }
+    if let Some(j) = &q.job {
+        skiff_model::validate_name("job", j, 63).map_err(|e| ApiError::invalid(e.0))?;
     }
     let timeout = q
         .timeout
@@ -129,6 +133,7 @@ async fn submit(
     let digest = format!("sha256:{}", hex::encode(hash.finalize()));
     let req = BuildRequest {
         service: q.service,
+        job: q.job,
         image: q.image,
         build_args,
         base_image: q.base_image,
@@ -160,6 +165,7 @@ async fn submit(
 #[derive(Deserialize)]
 struct ListQuery {
     service: Option<String>,
+    job: Option<String>,
 }
 
 async fn list_builds(
@@ -169,7 +175,7 @@ async fn list_builds(
 ) -> ApiResult<Json<Value>> {
     let all = st
         .builds
-        .list(&ns, q.service.as_deref())
+        .list(&ns, q.service.as_deref(), q.job.as_deref())
         .map_err(build_error)?;
     Ok(Json(json!({ "builds": all })))
 }

@@ -154,12 +154,12 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     (
         "post",
         "/skiff/v1/namespaces/{namespace}/builds",
-        "Build a source tar.gz (the body, at most `--build-max-source`, 512Mi by default, else 413) into an image (?service=S or ?image=NAME[:TAG], &buildArgs=K=V,...&baseImage=REF&timeout=DUR); answers with NDJSON: the build, its log lines, the build as it ended",
+        "Build a source tar.gz (the body, at most `--build-max-source`, 512Mi by default, else 413) into an image (?service=S, ?job=J or ?image=NAME[:TAG], &buildArgs=K=V,...&baseImage=REF&timeout=DUR); answers with NDJSON: the build, its log lines, the build as it ended",
     ),
     (
         "get",
         "/skiff/v1/namespaces/{namespace}/builds",
-        "List builds, newest first (?service=S)",
+        "List builds, newest first (?service=S or ?job=J)",
     ),
     (
         "get",

@@ -93,6 +93,9 @@ pub struct Build {
     /// The service the build deploys, for `deploy --source`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The job the build deploys, for `jobs deploy --source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     pub status: BuildStatus,
     /// Why a build failed, timed out or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +126,10 @@ pub struct BuildRequest {
     /// `NS/cloud-run-source-deploy/SERVICE:ID` and `...:latest` (Cloud Run's
     /// `cloud-run-source-deploy` repository).
     pub service: Option<String>,
+    /// The job to build for (`jobs deploy --source`); the image is named as for a service,
+    /// `NS/cloud-run-source-deploy/JOB:ID` and `...:latest`. At most one of `service` and
+    /// `job`.
+    pub job: Option<String>,
     /// The image name to store the result under (`NAME[:TAG]`), for `builds submit --tag`.
     pub image: Option<String>,
     /// `--build-arg` values; for detected languages also the build environment
@@ -253,7 +260,7 @@ impl Builds {
             KIND,
             &b.project_id,
             &b.id,
-            b.service.as_deref().unwrap_or(""),
+            &parent(b.service.as_deref(), b.job.as_deref()),
             b,
         )?;
         Ok(())
@@ -266,9 +273,15 @@ impl Builds {
             .ok_or_else(|| BuildError::NotFound(id.to_string()))
     }
 
-    /// The builds of a namespace, newest first, optionally of one service.
-    pub fn list(&self, ns: &str, service: Option<&str>) -> Result<Vec<Build>, BuildError> {
-        let mut all: Vec<Build> = self.store.list_objects(KIND, Some(ns), service)?;
+    /// The builds of a namespace, newest first, optionally of one service or one job.
+    pub fn list(
+        &self,
+        ns: &str,
+        service: Option<&str>,
+        job: Option<&str>,
+    ) -> Result<Vec<Build>, BuildError> {
+        let owner = (service.is_some() || job.is_some()).then(|| parent(service, job));
+        let mut all: Vec<Build> = self.store.list_objects(KIND, Some(ns), owner.as_deref())?;
         all.reverse();
         Ok(all)
     }
@@ -299,7 +312,12 @@ impl Builds {
         bytes: u64,
     ) -> Result<(Build, tokio::sync::mpsc::UnboundedReceiver<String>), BuildError> {
         let id = skiff_model::new_uuid();
-        let images = match (&req.service, &req.image) {
+        if req.service.is_some() && req.job.is_some() {
+            return Err(BuildError::Invalid(
+                "a build is for a service or for a job, not both".into(),
+            ));
+        }
+        let images = match (req.service.as_ref().or(req.job.as_ref()), &req.image) {
             (_, Some(name)) => {
                 let r = skiff_image::parse_reference(name).map_err(|e| {
                     BuildError::Invalid(format!("invalid image name {name:?}: {e}"))
@@ -333,6 +351,7 @@ impl Builds {
             id: id.clone(),
             project_id: ns.to_string(),
             service: req.service.clone(),
+            job: req.job.clone(),
             status: BuildStatus::Queued,
             status_detail: None,
             source: BuildSource { digest, bytes },
@@ -647,4 +666,14 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The store parent of a build: the service's name (as builds were always stored), or
+/// `job:NAME` for a job's (a `:` is in no service name, so the two never meet), or empty.
+fn parent(service: Option<&str>, job: Option<&str>) -> String {
+    match (service, job) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(j)) => format!("job:{j}"),
+        (None, None) => String::new(),
+    }
 }

@@ -29,8 +29,11 @@ pub enum BuildsCommand {
     /// List builds, newest first
     List {
         /// Only the builds of this service
-        #[arg(long, value_name = "SERVICE")]
+        #[arg(long, value_name = "SERVICE", conflicts_with = "job")]
         service: Option<String>,
+        /// Only the builds of this job
+        #[arg(long, value_name = "JOB")]
+        job: Option<String>,
         /// Print the API's answer as JSON or YAML instead of a table
         #[arg(long, value_name = "FORMAT")]
         format: Option<ListFormat>,
@@ -84,16 +87,21 @@ impl SourceOptions {
     }
 }
 
-/// Packs `dir`, uploads it as a build for `service` or named `image`, prints its log to
-/// stderr as it runs, and returns the build as it ended. A build that did not succeed is an
-/// error naming its status and what to do.
-pub fn submit(
-    api: &Api,
-    dir: &Path,
-    service: Option<&str>,
-    image: Option<&str>,
-    opts: &SourceOptions,
-) -> Result<Build> {
+/// What a build is for: it names the built image.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// `deploy SERVICE --source`: `NS/cloud-run-source-deploy/SERVICE:ID`.
+    Service(&'a str),
+    /// `jobs deploy JOB --source`: `NS/cloud-run-source-deploy/JOB:ID`.
+    Job(&'a str),
+    /// `builds submit --tag NAME[:TAG]`.
+    Image(&'a str),
+}
+
+/// Packs `dir`, uploads it as a build for `target`, prints its log to stderr as it runs, and
+/// returns the build as it ended. A build that did not succeed is an error naming its status
+/// and what to do.
+pub fn submit(api: &Api, dir: &Path, target: Target, opts: &SourceOptions) -> Result<Build> {
     opts.check()?;
     let mut archive = tempfile::tempfile().context("cannot create a temporary file")?;
     let packed = skiff_build::source::pack(dir, &mut archive).map_err(|e| anyhow!("{e}"))?;
@@ -106,13 +114,11 @@ pub fn submit(
     );
     use std::io::Seek;
     archive.rewind().context("cannot read the packed source")?;
-    let mut query: Vec<(&str, &str)> = Vec::new();
-    if let Some(s) = service {
-        query.push(("service", s));
-    }
-    if let Some(i) = image {
-        query.push(("image", i));
-    }
+    let mut query: Vec<(&str, &str)> = vec![match target {
+        Target::Service(s) => ("service", s),
+        Target::Job(j) => ("job", j),
+        Target::Image(i) => ("image", i),
+    }];
     if let Some(a) = &opts.set_build_env_vars {
         query.push(("buildArgs", a));
     }
@@ -178,22 +184,22 @@ pub fn submit(
     }
 }
 
-/// The id of the latest earlier successful build (of the same service, or to the same image
-/// name) that made an image with the digest `b` made, if any.
+/// The id of the latest earlier successful build (of the same service or job, or to the same
+/// image name) that made an image with the digest `b` made, if any.
 fn same_as_before(api: &Api, b: &Build) -> Option<String> {
     let digest = &b.results.as_ref()?.images.first()?.digest;
-    let query: Vec<(&str, &str)> = b
-        .service
-        .as_deref()
-        .map(|s| vec![("service", s)])
-        .unwrap_or_default();
+    let query: Vec<(&str, &str)> = match (&b.service, &b.job) {
+        (Some(s), _) => vec![("service", s.as_str())],
+        (None, Some(j)) => vec![("job", j.as_str())],
+        (None, None) => Vec::new(),
+    };
     let v: serde_json::Value = api.get(&api.skiff_ns("builds"), &query).ok()?;
     let list: Vec<Build> = serde_json::from_value(v["builds"].clone()).ok()?;
     list.into_iter()
         .filter(|o| {
             o.id != b.id
                 && o.status == BuildStatus::Success
-                && (b.service.is_some() || o.images == b.images)
+                && (b.service.is_some() || b.job.is_some() || o.images == b.images)
         })
         .find(|o| {
             o.results
@@ -202,6 +208,15 @@ fn same_as_before(api: &Api, b: &Build) -> Option<String> {
                 .is_some_and(|i| &i.digest == digest)
         })
         .map(|o| o.id)
+}
+
+/// `SERVICE`, `job/JOB` or `-`: what a build was for, in a table.
+fn target_name(b: &Build) -> String {
+    match (&b.service, &b.job) {
+        (Some(s), _) => s.clone(),
+        (None, Some(j)) => format!("job/{j}"),
+        (None, None) => "-".into(),
+    }
 }
 
 fn status_name(s: BuildStatus) -> String {
@@ -229,7 +244,7 @@ pub fn rows(list: &[Build]) -> Vec<Vec<String>> {
             vec![
                 b.id.clone(),
                 status_name(b.status),
-                or_dash(b.service.as_deref()),
+                target_name(b),
                 b.images.first().cloned().unwrap_or_default(),
                 b.create_time.clone(),
                 duration(b),
@@ -241,17 +256,24 @@ pub fn rows(list: &[Build]) -> Vec<Vec<String>> {
 pub fn run(api: &Api, cmd: BuildsCommand) -> Result<()> {
     match cmd {
         BuildsCommand::Submit { source, tag, opts } => {
-            let b = submit(api, &source, None, Some(&tag), &opts)?;
+            let b = submit(api, &source, Target::Image(&tag), &opts)?;
             for i in b.results.map(|r| r.images).unwrap_or_default() {
                 println!("{}@{}", i.name, i.digest);
             }
             Ok(())
         }
-        BuildsCommand::List { service, format } => {
-            let query: Vec<(&str, &str)> = service
-                .as_deref()
-                .map(|s| vec![("service", s)])
-                .unwrap_or_default();
+        BuildsCommand::List {
+            service,
+            job,
+            format,
+        } => {
+            let mut query: Vec<(&str, &str)> = Vec::new();
+            if let Some(s) = &service {
+                query.push(("service", s));
+            }
+            if let Some(j) = &job {
+                query.push(("job", j));
+            }
             let v: serde_json::Value = api.get(&api.skiff_ns("builds"), &query)?;
             if let Some(f) = format {
                 return print_machine(&v, f == ListFormat::Yaml);
@@ -259,7 +281,7 @@ pub fn run(api: &Api, cmd: BuildsCommand) -> Result<()> {
             let list: Vec<Build> = serde_json::from_value(v["builds"].clone())
                 .map_err(|e| anyhow!("unexpected build list from the Skiff API: {e}"))?;
             print_table(
-                &["ID", "STATUS", "SERVICE", "IMAGE", "CREATED", "DURATION"],
+                &["ID", "STATUS", "FOR", "IMAGE", "CREATED", "DURATION"],
                 &rows(&list),
             );
             Ok(())
@@ -289,7 +311,7 @@ pub fn run(api: &Api, cmd: BuildsCommand) -> Result<()> {
                     ("id", b.id.clone()),
                     ("status", status_name(b.status)),
                     ("detail", or_dash(b.status_detail.as_deref())),
-                    ("service", or_dash(b.service.as_deref())),
+                    ("for", target_name(&b)),
                     (
                         "source",
                         format!("{} ({} bytes)", b.source.digest, b.source.bytes)

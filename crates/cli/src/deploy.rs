@@ -624,7 +624,8 @@ pub fn run(api: &Api, args: DeployArgs) -> Result<()> {
         let mut check = ch.clone();
         check.image = Some("source-build".into());
         build_service(existing.as_ref(), &api.project, &args, &check)?;
-        let built = crate::builds::submit(api, dir, Some(&name), None, &args.build)?;
+        let built =
+            crate::builds::submit(api, dir, crate::builds::Target::Service(&name), &args.build)?;
         let image = built
             .results
             .and_then(|r| r.images.into_iter().next())

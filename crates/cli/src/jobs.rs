@@ -1,5 +1,6 @@
-//! `skiff jobs ...`: create, update, list, describe, delete and execute jobs; list, describe
-//! and cancel executions — Cloud Run Jobs over `run.googleapis.com/v1`.
+//! `skiff jobs ...`: create, update, deploy (create or update, from an image or a source
+//! directory), list, describe, delete and execute jobs; list, describe and cancel executions —
+//! Cloud Run Jobs over `run.googleapis.com/v1`.
 
 use crate::api::Api;
 use crate::deploy::{parse_env, split_list};
@@ -73,12 +74,28 @@ pub struct JobArgs {
     pub service_account: Option<String>,
 }
 
+/// `skiff jobs deploy`: the job flags, and the image or a source directory to build it from
+/// (gcloud's `run jobs deploy JOB --image REF | --source DIR`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct JobDeployArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Build the image from this source directory (its Dockerfile, or a detected language:
+    /// Python, Node.js, Go, a static site) and run the job with it
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
+    pub source: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub build: crate::builds::SourceOptions,
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum JobsCommand {
     /// Create a job
     Create(JobArgs),
     /// Change a job (only the flags given)
     Update(JobArgs),
+    /// Create a job, or change it if it exists, from --image or from --source DIR
+    Deploy(Box<JobDeployArgs>),
     /// List jobs
     List {
         #[arg(long, value_name = "FORMAT")]
@@ -278,8 +295,74 @@ fn pull_first(api: &Api, a: &JobArgs) -> Result<()> {
     Ok(())
 }
 
+/// `jobs deploy`: checks every flag (against the stored job, if any) before building, so a
+/// build is not wasted on a deploy that would be refused; builds `--source` under the job's
+/// name; then creates or updates the job with the image as `--image` would. A failed build
+/// leaves the job as it was.
+fn deploy(api: &Api, d: JobDeployArgs) -> Result<()> {
+    let mut a = d.job.clone();
+    validate_name("job", &a.job, 63).map_err(|e| anyhow!("{e}"))?;
+    if let Some(dir) = &d.source {
+        if !dir.is_dir() {
+            bail!(
+                "--source {}: no such directory: give the directory that holds the source",
+                dir.display()
+            );
+        }
+        d.build.check()?;
+    } else if d.build.set_build_env_vars.is_some()
+        || d.build.base_image.is_some()
+        || d.build.build_timeout.is_some()
+    {
+        bail!("--set-build-env-vars, --base-image and --build-timeout apply to --source builds: add --source DIR");
+    }
+    let p = path(api, "jobs", Some(&a.job));
+    let existing: Option<Job> = api.get_opt(&p)?;
+    if existing.is_none() && a.image.is_none() && d.source.is_none() {
+        bail!(
+            "job {} does not exist yet: pass --image NAME[:TAG] or --source DIR to create it",
+            a.job
+        );
+    }
+    let write = |a: &JobArgs| -> Result<Job> {
+        match &existing {
+            Some(old) => {
+                let mut job = old.clone();
+                job.status = None;
+                apply(&mut job, a)?;
+                Ok(job)
+            }
+            None => new_job(&api.project, a),
+        }
+    };
+    if let Some(dir) = &d.source {
+        let mut check = a.clone();
+        check.image = Some("source-build".into());
+        write(&check)?;
+        let built = crate::builds::submit(api, dir, crate::builds::Target::Job(&a.job), &d.build)?;
+        let image = built
+            .results
+            .and_then(|r| r.images.into_iter().next())
+            .ok_or_else(|| anyhow!("build {} succeeded without an image", built.id))?;
+        eprintln!("Built image {}@{}.", image.name, image.digest);
+        a.image = Some(image.name);
+    }
+    let job = write(&a)?;
+    pull_first(api, &a)?;
+    eprintln!("Deploying job [{}] in project [{}]...", a.job, api.project);
+    if existing.is_some() {
+        let _: Job = api.send_json(Method::PUT, &p, &job)?;
+    } else {
+        let _: Job = api.send_json(Method::POST, &path(api, "jobs", None), &job)?;
+    }
+    eprintln!("Job [{}] has successfully been deployed.", a.job);
+    eprintln!("To execute this job, use: skiff jobs execute {}", a.job);
+    Ok(())
+}
+
 pub fn run(api: &Api, cmd: JobsCommand) -> Result<()> {
     match cmd {
+        JobsCommand::Deploy(d) => deploy(api, *d),
         JobsCommand::Create(a) => {
             let job = new_job(&api.project, &a)?;
             pull_first(api, &a)?;

@@ -310,6 +310,9 @@ mod tests {
             "skiff deploy hello --source . --set-build-env-vars A=1 --base-image python:3.12",
             "skiff builds submit dir --tag app:v1 --build-timeout 5m",
             "skiff builds list --service hello --format json",
+            "skiff builds list --job nightly",
+            "skiff jobs deploy nightly --source . --tasks 2 --base-image python:3.12",
+            "skiff jobs deploy nightly --image busybox --args=-c,true",
             "skiff builds describe abc --format yaml",
             "skiff builds log abc",
             "skiff builds cancel abc",
@@ -331,6 +334,8 @@ mod tests {
             "skiff deploy hello --set-env-vars A=1 --update-env-vars B=2",
             "skiff deploy hello --image x --source .",
             "skiff builds submit dir",
+            "skiff jobs deploy nightly --image x --source .",
+            "skiff builds list --service a --job b",
         ];
         for line in bad {
             assert!(Cli::try_parse_from(line.split(' ')).is_err(), "{line}");

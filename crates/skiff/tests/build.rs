@@ -6,7 +6,10 @@
 //! to the same digest by a second server whose base image comes from the first's registry), a
 //! directory with nothing to build, the time limit, cancel, and a build a killed server left
 //! behind; and a Python app without a Dockerfile whose `requirements.txt` installs Flask from
-//! PyPI through the build's sandbox, on a Debian base made with `mmdebstrap`.
+//! PyPI through the build's sandbox, on a Debian base made with `mmdebstrap`; a Node.js app
+//! without a Dockerfile whose `package.json` installs a package from npm, on Debian's nodejs
+//! and npm; a Go app without a Dockerfile built into a static binary on a busybox base; and a
+//! job deployed from source, run, rebuilt after a failed build that left it.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -507,4 +510,286 @@ fn python_app_without_a_dockerfile_installs_flask_from_pypi() {
     assert!(body.starts_with("hello from flask "), "{body}");
     let b = &builds(&s)[0];
     assert_eq!(b["plan"]["kind"], "python", "{b}");
+}
+
+/// Pushes `layout` (an OCI layout) into the server's registry as `reference`.
+fn push_layout(s: &TestServer, layout: &Path, reference: &str) {
+    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("skiff:{}", token.trim()),
+            &format!("oci:{}", layout.display()),
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn node_app_without_a_dockerfile_installs_a_package_from_npm() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // The base: Debian's nodejs and npm (from `mmdebstrap`), trusting the host's CA bundle
+    // too (the machine may reach npm's registry through a TLS proxy of its own).
+    let ca = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+    let spec = ImageSpec {
+        entrypoint: vec![],
+        cmd: vec![],
+        env: vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            "NODE_EXTRA_CA_CERTS=/etc/skiff-test-ca.pem".into(),
+            "npm_config_update_notifier=false".into(),
+            "npm_config_fund=false".into(),
+            "npm_config_audit=false".into(),
+        ],
+        files: vec![("etc/skiff-test-ca.pem".into(), ca, 0o644)],
+        user: None,
+        binaries: vec![],
+    };
+    let layout = skiff_testkit::debian_image(
+        &tmp.path().join("node"),
+        "node",
+        &["nodejs", "npm"],
+        &[],
+        &spec,
+    );
+    let base = format!("127.0.0.1:{}/base/node:22", s.api);
+    push_layout(&s, &layout, &base);
+
+    let app = tmp.path().join("app");
+    write(
+        &app,
+        "package.json",
+        "{\"name\": \"nodeapp\", \"version\": \"1.0.0\", \"main\": \"server.js\",\n \
+         \"scripts\": {\"start\": \"node server.js\"},\n \
+         \"dependencies\": {\"ms\": \"^2.1.3\"}}\n",
+    );
+    write(
+        &app,
+        "server.js",
+        "const http = require('http');\nconst ms = require('ms');\n\
+         http.createServer((req, res) => {\n  res.end('hello from node, 2h is ' + ms('2h') + ' ms\\n');\n\
+         }).listen(process.env.PORT);\n",
+    );
+    let out = s.skiff(&[
+        "deploy",
+        "nodeapp",
+        "--source",
+        app.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--allow-unauthenticated",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "deploy --source failed: {stderr}\nserver log: {}",
+        s.log()
+    );
+    assert!(stderr.contains("Generated Dockerfile (nodejs)"), "{stderr}");
+    assert!(stderr.contains("RUN npm install"), "{stderr}");
+    assert!(stderr.contains("added 1 package"), "{stderr}");
+    let (code, body) = s.get("nodeapp.localhost", "/", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "hello from node, 2h is 7200000 ms\n");
+    let b = &builds(&s)[0];
+    assert_eq!(b["plan"]["kind"], "nodejs", "{b}");
+}
+
+#[test]
+fn go_app_without_a_dockerfile_builds_a_static_binary_on_a_small_base() {
+    let mut s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // The build stage: Debian's golang-go, using only the toolchain it has (no module proxy
+    // is reachable). The run stage: the busybox test image, set as the server's go-run base.
+    let spec = ImageSpec {
+        entrypoint: vec![],
+        cmd: vec![],
+        env: vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            "GOTOOLCHAIN=local".into(),
+        ],
+        files: vec![],
+        user: None,
+        binaries: vec![],
+    };
+    let layout =
+        skiff_testkit::debian_image(&tmp.path().join("go"), "go", &["golang-go"], &[], &spec);
+    let go_base = format!("127.0.0.1:{}/base/golang:1", s.api);
+    push_layout(&s, &layout, &go_base);
+    let run_base = push_base(&s, tmp.path());
+    s.stop();
+    let flag = format!("go-run={run_base}");
+    s.restart_with(&["--build-base-image", &flag]);
+    s.wait_for("the server to answer", 60, || {
+        s.skiff(&["services", "list"]).status.success()
+    });
+
+    let app = tmp.path().join("app");
+    write(&app, "go.mod", "module example.com/hello\n\ngo 1.19\n");
+    write(
+        &app,
+        "main.go",
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n\t\"os\"\n\t\"runtime\"\n)\n\n\
+         func main() {\n\thttp.HandleFunc(\"/\", func(w http.ResponseWriter, r *http.Request) {\n\
+         \t\tfmt.Fprintf(w, \"hello from go, compiled by %s\\n\", runtime.Compiler)\n\t})\n\
+         \thttp.ListenAndServe(\":\"+os.Getenv(\"PORT\"), nil)\n}\n",
+    );
+    let out = s.skiff(&[
+        "deploy",
+        "goapp",
+        "--source",
+        app.to_str().unwrap(),
+        "--base-image",
+        &go_base,
+        "--allow-unauthenticated",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "deploy --source failed: {stderr}\nserver log: {}",
+        s.log()
+    );
+    assert!(stderr.contains("Generated Dockerfile (go)"), "{stderr}");
+    assert!(stderr.contains(&format!("FROM {run_base}")), "{stderr}");
+    let (code, body) = s.get("goapp.localhost", "/", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "hello from go, compiled by gc\n");
+    let b = &builds(&s)[0];
+    assert_eq!(b["plan"]["kind"], "go", "{b}");
+}
+
+/// The job's image as stored.
+fn job_image(s: &TestServer, name: &str) -> String {
+    let out = s.ok(&["jobs", "describe", name, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["spec"]["template"]["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Runs an execution of `job` to its end and waits until its log holds every line of `want`.
+fn execute_and_read(s: &TestServer, job: &str, want: &[&str]) {
+    s.ok(&["jobs", "execute", job, "--wait"]);
+    s.wait_for("the execution's log", 60, || {
+        let out = s.ok(&["logs", "read", "--job", job, "--limit", "1000"]);
+        want.iter().all(|w| out.contains(w))
+    });
+}
+
+#[test]
+fn job_deploys_from_source_runs_the_built_program_and_a_failed_build_leaves_it() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = push_base(&s, tmp.path());
+    let src = tmp.path().join("src");
+    let dockerfile = format!(
+        "FROM {base}\n\
+         ARG WHO=unset\n\
+         RUN echo \"built for $WHO\" > /msg.txt\n\
+         COPY run.sh /run.sh\n\
+         ENTRYPOINT [\"/bin/sh\", \"/run.sh\"]\n"
+    );
+    write(&src, "Dockerfile", &dockerfile);
+    write(
+        &src,
+        "run.sh",
+        "echo \"job ran: $(cat /msg.txt) task=$CLOUD_RUN_TASK_INDEX\"\n",
+    );
+    let src_arg = src.to_str().unwrap();
+
+    // Nothing to create it from: an error, and no job.
+    let err = s.fails(&["jobs", "deploy", "nightly"]);
+    assert!(
+        err.contains("pass --image NAME[:TAG] or --source DIR"),
+        "{err}"
+    );
+    let err = s.fails(&["jobs", "deploy", "nightly", "--base-image", "x"]);
+    assert!(err.contains("add --source DIR"), "{err}");
+    assert!(!s.ok(&["jobs", "list"]).contains("nightly"));
+
+    // Created from source: the build's log streams, the job runs the built program.
+    let out = s.skiff(&[
+        "jobs",
+        "deploy",
+        "nightly",
+        "--source",
+        src_arg,
+        "--set-build-env-vars",
+        "WHO=skiff",
+        "--tasks",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "jobs deploy --source failed: {stderr}\nserver log: {}",
+        s.log()
+    );
+    assert!(stderr.contains("STEP"), "{stderr}");
+    assert!(
+        stderr.contains("Built image default/cloud-run-source-deploy/nightly:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Job [nightly] has successfully been deployed."),
+        "{stderr}"
+    );
+    let first = job_image(&s, "nightly");
+    assert!(
+        first.starts_with("default/cloud-run-source-deploy/nightly:"),
+        "{first}"
+    );
+    execute_and_read(
+        &s,
+        "nightly",
+        &[
+            "job ran: built for skiff task=0",
+            "job ran: built for skiff task=1",
+        ],
+    );
+
+    // The build is the job's: listed under it, not under a service.
+    let out = s.ok(&["builds", "list", "--job", "nightly", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let list = v["builds"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{out}");
+    assert_eq!(list[0]["job"], "nightly");
+    assert!(list[0].get("service").is_none(), "{out}");
+    assert!(s.ok(&["builds", "list"]).contains("job/nightly"));
+
+    // A failed build leaves the job as it was.
+    write(&src, "Dockerfile", &format!("{dockerfile}RUN exit 3\n"));
+    let err = s.fails(&["jobs", "deploy", "nightly", "--source", src_arg]);
+    assert!(err.contains("FAILURE"), "{err}");
+    assert_eq!(job_image(&s, "nightly"), first);
+    assert_eq!(builds(&s).len(), 2);
+
+    // Deployed again from changed source: updated in place, its other settings kept.
+    write(&src, "Dockerfile", &dockerfile);
+    write(
+        &src,
+        "run.sh",
+        "echo \"second build ran task=$CLOUD_RUN_TASK_INDEX\"\n",
+    );
+    s.ok(&["jobs", "deploy", "nightly", "--source", src_arg]);
+    let second = job_image(&s, "nightly");
+    assert_ne!(second, first);
+    let out = s.ok(&["jobs", "describe", "nightly", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["spec"]["template"]["spec"]["taskCount"], 2, "{out}");
+    execute_and_read(
+        &s,
+        "nightly",
+        &["second build ran task=0", "second build ran task=1"],
+    );
 }

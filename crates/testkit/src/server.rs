@@ -332,6 +332,13 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Starts the server again on the same data dir and ports with other extra arguments
+    /// (for flags that name the server's own ports, such as a base image in its registry).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
     /// What of this server is still on the machine: processes that mention the data dir,
     /// mounts under it, and cgroups of its instances.
     pub fn leftovers(&self) -> Vec<String> {
