@@ -525,7 +525,13 @@ fn pubsub_trigger_with_a_job_destination_starts_an_execution_per_event() {
     let deadline = Instant::now() + Duration::from_secs(180);
     let logs = loop {
         let logs = job_event_logs(&s);
-        if logs.len() == 3 && logs.iter().all(|l| l.contains("CE_DATA=")) {
+        // `env | sort` prints CE_DATA first and CE_TYPE last: wait for each execution's last
+        // line, not its first.
+        if logs.len() == 3
+            && logs
+                .iter()
+                .all(|l| l.contains("CE_DATA=") && l.contains("CE_TYPE="))
+        {
             break logs;
         }
         assert!(
