@@ -545,6 +545,101 @@ fn push_into_skiffs_own_registry_then_deploy() {
     assert_eq!(s.get("app.localhost", "/", None), (200, "pushed\n".into()));
 }
 
+/// The name of the service's latest created revision.
+fn latest_revision(s: &TestServer, service: &str) -> String {
+    let (code, body) = s.api(
+        "GET",
+        &format!("/apis/serving.knative.dev/v1/namespaces/default/services/{service}"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let svc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    svc["status"]["latestCreatedRevisionName"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_new_deploy_of_a_tag_moved_in_skiffs_own_store_makes_a_new_revision() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let host = format!("127.0.0.1:{}", s.api);
+    let creds = format!("anyone:{}", admin_token(&s));
+    let push = |dir: &str, greeting: &str| {
+        let layout = image_saying(&tmp.path().join(dir), greeting);
+        let (ok, err) = skopeo(&[
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &creds,
+            &format!("oci:{}", layout.display()),
+            &format!("docker://{host}/team/app:v2"),
+        ]);
+        assert!(ok, "{err}");
+    };
+    push("a", "first");
+    let out = s.skiff(&[
+        "deploy",
+        "svc2",
+        "--image",
+        "team/app:v2",
+        "--allow-unauthenticated",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    assert!(err.contains("Creating revision"), "{err}");
+    assert_eq!(s.get("svc2.localhost", "/", None), (200, "first\n".into()));
+    let first_rev = latest_revision(&s, "svc2");
+    let first_digest = revision_digest(&s, "svc2");
+
+    // The same deploy again: nothing changed, no revision, and the CLI says so.
+    let out = s.skiff(&["deploy", "svc2", "--image", "team/app:v2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("Creating revision"), "{err}");
+    assert!(err.contains("No change"), "{err}");
+    assert_eq!(latest_revision(&s, "svc2"), first_rev);
+
+    // Other content pushed to the same tag: the next deploy resolves the tag again and makes
+    // a new revision pinned to the new digest, as a moved registry tag does.
+    push("b", "second");
+    let out = s.skiff(&["deploy", "svc2", "--image", "team/app:v2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    assert!(err.contains("Creating revision"), "{err}");
+    let second_rev = latest_revision(&s, "svc2");
+    assert_ne!(second_rev, first_rev);
+    let second_digest = revision_digest(&s, "svc2");
+    assert_ne!(second_digest, first_digest);
+    assert!(
+        second_digest.starts_with("team/app@sha256:"),
+        "{second_digest}"
+    );
+    assert_eq!(s.get("svc2.localhost", "/", None), (200, "second\n".into()));
+
+    // An import to the same name moves the tag too; a replace of the service as it is
+    // (the API's PUT, as `services replace` sends) makes a new revision for it.
+    let third = image_saying(&tmp.path().join("c"), "third");
+    s.ok(&[
+        "images",
+        "import",
+        third.to_str().unwrap(),
+        "--name",
+        "team/app:v2",
+    ]);
+    let path = "/apis/serving.knative.dev/v1/namespaces/default/services/svc2";
+    let (code, body) = s.api("GET", path, None);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = s.api("PUT", path, Some(&body));
+    assert_eq!(code, 200, "{body}");
+    s.wait_for("the third image", 120, || {
+        s.get("svc2.localhost", "/", None) == (200, "third\n".into())
+    });
+    assert_ne!(latest_revision(&s, "svc2"), second_rev);
+    assert_ne!(revision_digest(&s, "svc2"), second_digest);
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
