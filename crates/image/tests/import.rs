@@ -1113,6 +1113,43 @@ fn indexes_and_artifacts_are_stored_verbatim_resolved_by_platform_and_kept_by_gc
     );
     // The index resolves to this machine's image.
     assert_eq!(s.resolve("multi:v1").unwrap().digest, native.manifest);
+
+    // An index whose only entry is for another platform is refused as containerd refuses it,
+    // with the message the two-entry case gives; the only entry without a platform is taken.
+    let one = |platform: Option<serde_json::Value>| {
+        let mut entry = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": foreign.manifest, "size": size(&foreign_dir, &foreign.manifest)});
+        if let Some(p) = platform {
+            entry["platform"] = p;
+        }
+        serde_json::to_vec(&json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [entry]}))
+        .unwrap()
+    };
+    s.put_content(
+        "single:foreign",
+        &one(Some(json!({"os": "linux", "architecture": other}))),
+        &[],
+        skiff_image::ImageSource::Pushed,
+    )
+    .unwrap();
+    let e = s.resolve("single:foreign").unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "the index has no linux/{host} image (it offers: linux/{other}); export the image for linux/{host}"
+        )),
+        "{e}"
+    );
+    s.put_content(
+        "single:bare",
+        &one(None),
+        &[],
+        skiff_image::ImageSource::Pushed,
+    )
+    .unwrap();
+    assert_eq!(s.resolve("single:bare").unwrap().digest, foreign.manifest);
+    s.delete("single:foreign", &[]).unwrap();
+    s.delete("single:bare", &[]).unwrap();
     let (kind, bytes) = s.manifest("multi:v1").unwrap();
     assert_eq!(
         (kind, bytes),

@@ -588,6 +588,13 @@ fn choose_platform(bytes: &[u8], reference: &str) -> Result<String, RegistryErro
             reference: reference.to_string(),
             reason: format!("its image index does not parse ({e})"),
         })?;
+    // The only entry naming no platform is taken, as containerd takes it; one naming
+    // another platform is refused, even when it is the only one.
+    if let [only] = index.manifests.as_slice() {
+        if only.platform.is_none() {
+            return Ok(only.digest.clone());
+        }
+    }
     let arch = host_arch();
     index
         .manifests
@@ -817,6 +824,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("linux/s390x") && e.contains(arch), "{e}");
+        let bare = r#"{"manifests":[{"digest":"sha256:dd"}]}"#;
+        assert_eq!(choose_platform(bare.as_bytes(), "r").unwrap(), "sha256:dd");
         let v1 = r#"{"schemaVersion":1,"name":"x"}"#;
         assert!(media_type(v1.as_bytes(), "r")
             .unwrap_err()
