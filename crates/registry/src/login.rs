@@ -40,7 +40,7 @@ fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
 }
 
 /// Check that `settings`' credentials (or anonymous access, without any) are accepted by
-/// `registry`. Errors: `Unreachable`, `Unauthorized` with the registry's reason.
+/// `registry`. Errors: `Unreachable`, `LoginRefused` with the registry's reason.
 pub async fn check_login(registry: &str, settings: &RegistrySettings) -> Result<(), RegistryError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -64,9 +64,8 @@ pub async fn check_login(registry: &str, settings: &RegistrySettings) -> Result<
         registry: registry.to_string(),
         reason: crate::pull::chain(&e),
     };
-    let refused = |reason: String| RegistryError::Unauthorized {
+    let refused = |reason: String| RegistryError::LoginRefused {
         registry: registry.to_string(),
-        reference: registry.to_string(),
         reason,
     };
     let with_auth = |req: reqwest::RequestBuilder| match (&settings.username, &settings.password) {
@@ -95,7 +94,7 @@ pub async fn check_login(registry: &str, settings: &RegistrySettings) -> Result<
         .and_then(bearer_challenge);
     let Some((realm, service)) = challenge else {
         return Err(refused(if settings.username.is_some() {
-            "the user name or password is wrong".into()
+            "the password was refused for that user name".into()
         } else {
             "it wants a user name and password".into()
         }));
