@@ -251,6 +251,65 @@ fn password_protected_registry_with_registries_login() {
     assert!(err.contains("refused access"), "{err}");
 }
 
+#[test]
+fn a_tls_registry_on_loopback_is_reached_over_https_with_its_ca_or_as_an_insecure_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = skiff_testkit::TestCa::new();
+    let ca_file = ca.write(tmp.path());
+    ca.issue_to(tmp.path(), &["127.0.0.1"]);
+    let registry =
+        TestRegistry::with_tls(&tmp.path().join("cert.pem"), &tmp.path().join("key.pem"));
+    let r = registry.push(&image_saying(&tmp.path().join("a"), "over tls"), "app:v1");
+    let s = TestServer::start(Path::new(BIN), &[]);
+
+    // With the CA file: HTTPS verified against it.
+    let out = s.skiff(&[
+        "registries",
+        "login",
+        &registry.host,
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    let list = s.ok(&["registries", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&registry.host))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(row.contains(" no ") && row.contains("ca.pem"), "{list}");
+    s.ok(&["deploy", "tls", "--image", &r, "--allow-unauthenticated"]);
+    assert_eq!(
+        s.get("tls.localhost", "/", None),
+        (200, "over tls\n".into())
+    );
+
+    // A CA file that did not sign the registry's certificate: refused, naming the registry.
+    std::fs::create_dir(tmp.path().join("other")).unwrap();
+    let other = skiff_testkit::TestCa::new().write(&tmp.path().join("other"));
+    let err = s.fails(&[
+        "registries",
+        "login",
+        &registry.host,
+        "--ca-file",
+        other.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(&format!("cannot reach the registry {}", registry.host)),
+        "{err}"
+    );
+
+    // Without settings a loopback registry is insecure, as in Docker: HTTPS is tried first
+    // and its certificate is not checked.
+    s.ok(&["registries", "logout", &registry.host]);
+    let out = s.skiff(&["images", "pull", &r]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    s.ok(&["registries", "login", &registry.host]);
+    let list = s.ok(&["registries", "list"]);
+    assert!(list.contains("yes (loopback)"), "{list}");
+}
+
 fn admin_token(s: &TestServer) -> String {
     std::fs::read_to_string(s.data_dir.join("admin.token"))
         .unwrap()
