@@ -1364,6 +1364,30 @@ fn a_multi_platform_index_pushed_with_skopeo_all_deploys_the_hosts_image_and_kee
         body.contains("MANIFEST_BLOB_UNKNOWN") && body.contains(&missing),
         "{body}"
     );
+
+    // The entries skopeo pushed by digest live as long as the index: with the index's tag
+    // and the revision gone, prune removes them, references and blobs alike.
+    let list = s.ok(&["images", "list"]);
+    assert!(list.contains(&format!("team/multi@{foreign}")), "{list}");
+    s.ok(&["services", "delete", "multi"]);
+    s.ok(&["images", "delete", "team/multi:v1"]);
+    s.ok(&["images", "delete", &format!("{host}/team/multi:v1")]);
+    s.ok(&["images", "prune"]);
+    let list = s.ok(&["images", "list"]);
+    assert!(!list.contains("team/multi"), "{list}");
+    for d in [native, foreign.as_str(), index_digest.as_str()] {
+        let r = auth(http.get(format!("http://{host}/v2/team/multi/manifests/{d}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404, "{d}");
+        assert!(
+            !s.data_dir
+                .join("images/blobs/sha256")
+                .join(&d[7..])
+                .exists(),
+            "{d}"
+        );
+    }
 }
 
 /// PUT a manifest; returns (status, headers, body).
