@@ -152,6 +152,90 @@ fn a_new_deploy_follows_the_moved_tag_and_pulls_only_new_blobs() {
     assert_eq!(s.get("svc.localhost", "/", None), (200, "one\n".into()));
 }
 
+/// The digest `reference` names in its registry now, as skopeo reads it.
+fn registry_digest(reference: &str) -> String {
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["Digest"].as_str().unwrap().to_string()
+}
+
+/// The image digests the job's executions pinned, oldest first.
+fn execution_digests(s: &TestServer) -> Vec<String> {
+    let (code, body) = s.api(
+        "GET",
+        "/apis/run.googleapis.com/v1/namespaces/default/executions",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut items: Vec<(String, String)> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                e["metadata"]["annotations"]["skiff.dev/image-digest"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    items.sort();
+    items.into_iter().map(|(_, d)| d).collect()
+}
+
+#[test]
+fn each_job_execution_resolves_a_registry_tag_again() {
+    let registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let r = registry.push(&image_saying(&tmp.path().join("a"), "one"), "job:v1");
+    let first = registry_digest(&r);
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let job = |verb: &[&str]| {
+        let out = s.skiff(verb);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}\n{}", s.log());
+    };
+    job(&[
+        "jobs",
+        "create",
+        "j",
+        "--image",
+        &r,
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,cat /www/index.html",
+    ]);
+    job(&["jobs", "execute", "j", "--wait"]);
+    assert_eq!(execution_digests(&s), vec![first.clone()]);
+
+    // The tag moves in the registry: the next execution runs what it names now, as on Cloud
+    // Run, without a `jobs update`; the first execution keeps its digest.
+    registry.push(&image_saying(&tmp.path().join("b"), "two"), "job:v1");
+    let second = registry_digest(&r);
+    assert_ne!(second, first);
+    job(&["jobs", "execute", "j", "--wait"]);
+    assert_eq!(execution_digests(&s), vec![first, second]);
+}
+
 #[test]
 fn password_protected_registry_with_registries_login() {
     let registry = TestRegistry::with_password("alice", "s3cret");
