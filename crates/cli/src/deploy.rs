@@ -661,7 +661,9 @@ pub fn run(api: &Api, args: DeployArgs) -> Result<()> {
         .as_ref()
         .is_some_and(|e| e.metadata.generation == written.metadata.generation);
     if unchanged {
-        eprintln!("No change: the service already has these settings and image.");
+        eprintln!(
+            "No new revision: the service already has these settings, and its image names the digest its latest revision runs."
+        );
     } else if existing.is_some() && latest(existing.as_ref()) == latest(Some(&written)) {
         eprintln!("Routing traffic...");
     } else {

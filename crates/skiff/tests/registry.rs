@@ -744,7 +744,7 @@ fn a_new_deploy_of_a_tag_moved_in_skiffs_own_store_makes_a_new_revision() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("Creating revision"), "{err}");
-    assert!(err.contains("No change"), "{err}");
+    assert!(err.contains("No new revision"), "{err}");
     assert_eq!(latest_revision(&s, "svc2"), first_rev);
 
     // Other content pushed to the same tag: the next deploy resolves the tag again and makes
