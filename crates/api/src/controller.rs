@@ -269,18 +269,22 @@ impl Controller {
             _ => {}
         }
         let revisions = self.store.list_revisions(Some(ns), Some(&name))?;
-        // A registry tag that now names another image than the latest revision runs is a new
-        // revision, as `gcloud run deploy --image` of a moved tag is on Cloud Run.
-        // Likewise a sidecar's.
+        // A tag that now names another image than the latest revision runs is a new revision,
+        // as `gcloud run deploy --image` of a moved tag is on Cloud Run: a registry tag just
+        // pulled, or a tag in the store that a push to Skiff's registry or an import moved.
+        // Likewise a sidecar's. A revision stored without a pinned digest is compared only
+        // when its image was pulled (it cannot tell whether a store tag moved).
         let latest = old
             .as_ref()
             .and_then(|o| o.status.as_ref()?.latest_created_revision_name.clone())
             .and_then(|latest| revisions.iter().find(|r| r.metadata.name == latest))
             .and_then(|r| r.status.as_ref());
         let tag_moved = latest.is_some_and(|st| {
-            let ingress_moved = was_pulled && st.image_digest.as_deref() != Some(&*pinned_ingress);
+            let ingress_moved = (was_pulled || st.image_digest.is_some())
+                && st.image_digest.as_deref() != Some(&*pinned_ingress);
             let sidecar_moved = container_statuses.iter().any(|c| {
-                c.pulled && st.container_digest(&c.status.name) != c.status.image_digest.as_deref()
+                let pinned = st.container_digest(&c.status.name);
+                (c.pulled || pinned.is_some()) && pinned != c.status.image_digest.as_deref()
             });
             ingress_moved || sidecar_moved
         });

@@ -187,8 +187,9 @@ fn check_job(job: &Job) -> ApiResult<()> {
     Ok(())
 }
 
-/// Pull the job's image when it names a registry, so that the store holds it (executions run
-/// what was pulled when the job was created or replaced, never pulling again).
+/// Pull the job's image when it names a registry, so that the store holds what the tag names
+/// now: when the job is created or replaced, and for each execution. An execution's tasks all
+/// run the digest it pinned (`skiff.dev/image-digest`).
 async fn pull_job_image(st: &crate::ApiState, job: &Job) -> ApiResult<()> {
     check_job(job)?;
     let image = &job.spec.template.spec.template.spec.containers[0].image;
@@ -332,6 +333,9 @@ async fn job_verb(
             o.env = c.env.into_iter().map(|e| (e.name, e.value)).collect();
         }
     }
+    // A registry tag is resolved again for each execution, as Cloud Run resolves a job's
+    // tag to a digest when the job is executed; a store tag is resolved by the executor.
+    pull_job_image(&st, &job).await?;
     Ok(Json(st.jobs.execute(&ns, &job, &o)?))
 }
 

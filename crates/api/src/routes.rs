@@ -455,10 +455,21 @@ async fn import_image(
         ));
     }
     let images = st.controller.images.clone();
+    // The store's errors name the file they read, here the server's spool file: the client
+    // names the user's own path instead (`cannot import ./app-layout: ...`).
+    let spooled = spool.path().display().to_string();
     let imported =
         tokio::task::spawn_blocking(move || images.import(spool.path(), q.name.as_deref()))
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| {
+                let mut e = ApiError::from(e);
+                e.message = e
+                    .message
+                    .replace(&format!("{spooled}: "), "")
+                    .replace(&spooled, "the archive");
+                e
+            })?;
     Ok(Json(
         json!({"reference": imported.reference, "digest": imported.digest}),
     ))

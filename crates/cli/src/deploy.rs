@@ -653,7 +653,23 @@ pub fn run(api: &Api, args: DeployArgs) -> Result<()> {
     if args.allow_unauthenticated || args.no_allow_unauthenticated {
         set_public(api, &name, args.allow_unauthenticated)?;
     }
-    eprintln!("Creating revision and routing traffic...");
+    // Said only of what the server did: a new revision, only traffic, or nothing (the same
+    // settings and an image whose tag still names the digest the latest revision runs).
+    let latest = |s: Option<&Service>| {
+        s.and_then(|s| s.status.as_ref()?.latest_created_revision_name.clone())
+    };
+    let unchanged = existing
+        .as_ref()
+        .is_some_and(|e| e.metadata.generation == written.metadata.generation);
+    if unchanged {
+        eprintln!(
+            "No new revision: the service already has these settings, and its image names the digest its latest revision runs."
+        );
+    } else if existing.is_some() && latest(existing.as_ref()) == latest(Some(&written)) {
+        eprintln!("Routing traffic...");
+    } else {
+        eprintln!("Creating revision and routing traffic...");
+    }
     let done = wait_ready(api, &path, &name, written.metadata.generation)?;
     eprintln!("Done.");
     for line in deployed_lines(&done, args.tag.as_deref()) {

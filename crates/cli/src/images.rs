@@ -195,12 +195,7 @@ pub fn pull(api: &Api, reference: &str) -> Result<String> {
         let mut err = std::io::stderr().lock();
         match ev.event.as_str() {
             "resolved" if ev.blobs > ev.cached => {
-                let _ = writeln!(
-                    err,
-                    "  {} of {} blobs to download, the rest already in the store",
-                    ev.blobs - ev.cached,
-                    ev.blobs
-                );
+                let _ = writeln!(err, "  {}", to_download(ev.blobs - ev.cached, ev.blobs));
             }
             "blob" if tty => {
                 let state = if ev.done { "done" } else { "downloading" };
@@ -258,14 +253,29 @@ pub fn pull(api: &Api, reference: &str) -> Result<String> {
         eprintln!("Pulled image [{}]: already in the store.", out.reference);
     } else {
         eprintln!(
-            "Pulled image [{}]: {} of {} blobs downloaded ({}), the rest already in the store.",
+            "Pulled image [{}]: {} of {} blobs downloaded ({}){}.",
             out.reference,
             out.downloaded,
             out.blobs,
-            human_size(out.downloaded_bytes)
+            human_size(out.downloaded_bytes),
+            if out.downloaded < out.blobs {
+                ", the rest already in the store"
+            } else {
+                ""
+            }
         );
     }
     Ok(out.digest)
+}
+
+/// What a pull has to download: `"2 of 3 blobs to download, the rest already in the store"`,
+/// or `"2 blobs to download"` when the store holds none of them.
+fn to_download(missing: usize, blobs: usize) -> String {
+    if missing < blobs {
+        format!("{missing} of {blobs} blobs to download, the rest already in the store")
+    } else {
+        format!("{missing} blobs to download")
+    }
 }
 
 /// Tars an OCI layout directory (entries relative to its root) into an unnamed temp file.
@@ -364,6 +374,15 @@ mod tests {
     use super::*;
     use crate::output::table;
     use std::io::Read;
+
+    #[test]
+    fn the_rest_is_named_only_when_there_is_one() {
+        assert_eq!(to_download(2, 2), "2 blobs to download");
+        assert_eq!(
+            to_download(1, 3),
+            "1 of 3 blobs to download, the rest already in the store"
+        );
+    }
 
     #[test]
     fn table_rows() {

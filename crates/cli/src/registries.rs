@@ -31,7 +31,8 @@ pub enum RegistriesCommand {
             conflicts_with = "password_stdin"
         )]
         password: Option<String>,
-        /// Reach the registry over plain HTTP (loopback registries always are)
+        /// Treat the registry as insecure, as Docker does: HTTPS accepting any certificate,
+        /// else plain HTTP (loopback registries without --ca-file are insecure already)
         #[arg(long)]
         insecure: bool,
         /// PEM file of CA certificates to trust for this registry (a path on the server)
@@ -108,11 +109,11 @@ pub fn run(api: &Api, cmd: RegistriesCommand) -> Result<()> {
                     vec![
                         r["host"].as_str().unwrap_or_default().to_string(),
                         or_dash(r["username"].as_str()),
-                        if r["insecure"].as_bool() == Some(true) {
-                            "yes".into()
-                        } else {
-                            "no".into()
-                        },
+                        insecure_column(
+                            r["host"].as_str().unwrap_or_default(),
+                            r["insecure"].as_bool() == Some(true),
+                            r["caFile"].as_str().is_some(),
+                        ),
                         or_dash(r["caFile"].as_str()),
                     ]
                 })
@@ -125,5 +126,35 @@ pub fn run(api: &Api, cmd: RegistriesCommand) -> Result<()> {
             eprintln!("Removed login credentials for [{host}].");
             Ok(())
         }
+    }
+}
+
+/// The INSECURE column of `skiff registries list`: `yes` for a registry marked `--insecure`,
+/// `yes (loopback)` for a loopback one without a CA file (insecure by default, as in Docker:
+/// HTTPS accepting any certificate, else plain HTTP), `no` for HTTPS with verified
+/// certificates.
+fn insecure_column(host: &str, insecure: bool, ca_file: bool) -> String {
+    if insecure {
+        "yes".into()
+    } else if !ca_file && skiff_registry::is_loopback(host) {
+        "yes (loopback)".into()
+    } else {
+        "no".into()
+    }
+}
+
+#[cfg(test)]
+mod insecure_tests {
+    use super::insecure_column;
+
+    #[test]
+    fn loopback_is_insecure_unless_a_ca_file_is_given() {
+        assert_eq!(
+            insecure_column("127.0.0.1:5000", false, false),
+            "yes (loopback)"
+        );
+        assert_eq!(insecure_column("localhost:5000", false, true), "no");
+        assert_eq!(insecure_column("10.0.0.5:5000", true, false), "yes");
+        assert_eq!(insecure_column("registry.example.com", false, false), "no");
     }
 }

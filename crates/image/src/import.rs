@@ -215,10 +215,12 @@ fn select_top<'a>(
                 .collect(),
         ));
     }
-    if candidates.len() == 1 {
-        return Ok(candidates[0]);
+    if let [only] = candidates.as_slice() {
+        if only.platform.is_none() {
+            return Ok(only);
+        }
     }
-    // Several entries under one name: platform variants of one image.
+    // Entries naming their platform (one or several under one name): the host's is taken.
     let owned: Vec<Descriptor> = candidates.iter().map(|d| (*d).clone()).collect();
     let chosen = oci::choose_platform(&owned).map_err(|reason| ImageError::Unsupported {
         what: src.display.clone(),

@@ -179,12 +179,18 @@ fn is_attestation(d: &Descriptor) -> bool {
         || d.platform.as_ref().is_some_and(|p| p.os == "unknown")
 }
 
-/// Pick the manifest for this machine (linux/<host arch>) from index entries, or the only one.
+/// Pick the manifest for this machine (linux/<host arch>) from index entries. An entry is
+/// never taken for another platform, even when it is the only one, as containerd's and
+/// Docker's pulls refuse it ("no match for platform in manifest"); the only entry without a
+/// `platform` field (what umoci and skopeo write into a single-image OCI layout) is taken, as
+/// containerd's `images.Manifest` takes a child whose descriptor names no platform.
 /// The error lists the platforms on offer.
 pub(crate) fn choose_platform(descs: &[Descriptor]) -> Result<&Descriptor, String> {
     let runnable: Vec<&Descriptor> = descs.iter().filter(|d| !is_attestation(d)).collect();
-    if runnable.len() == 1 {
-        return Ok(runnable[0]);
+    if let [only] = runnable.as_slice() {
+        if only.platform.is_none() {
+            return Ok(only);
+        }
     }
     let arch = host_arch();
     if let Some(d) = runnable.iter().find(|d| {
@@ -241,8 +247,28 @@ mod tests {
             choose_platform(&list).unwrap().digest,
             format!("sha256:linux{host}")
         );
-        let only = vec![desc("linux", "s390x"), desc("unknown", "unknown")];
-        assert_eq!(choose_platform(&only).unwrap().digest, "sha256:linuxs390x");
+        // The only runnable entry, for another platform: refused as two entries would be.
+        let foreign = if host == "s390x" { "riscv64" } else { "s390x" };
+        let only = vec![desc("linux", foreign), desc("unknown", "unknown")];
+        assert_eq!(
+            choose_platform(&only).unwrap_err(),
+            format!(
+                "the index has no linux/{host} image (it offers: linux/{foreign}); export the image for linux/{host}"
+            )
+        );
+        let only_host = vec![desc("linux", host)];
+        assert_eq!(
+            choose_platform(&only_host).unwrap().digest,
+            format!("sha256:linux{host}")
+        );
+        // The only entry without a platform field is taken (single-image OCI layouts).
+        let mut bare = desc("linux", host);
+        bare.platform = None;
+        bare.digest = "sha256:bare".into();
+        assert_eq!(
+            choose_platform(std::slice::from_ref(&bare)).unwrap().digest,
+            "sha256:bare"
+        );
         let none = vec![desc("linux", "s390x"), desc("windows", "mips")];
         let err = choose_platform(&none).unwrap_err();
         assert!(

@@ -3,7 +3,7 @@
 //! (temporary file, fsync, rename, fsync of the directory), and the `flock` locks that
 //! serialize store mutations between threads and processes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
@@ -25,6 +25,11 @@ struct RefsFile {
     /// recorded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     sources: BTreeMap<String, ImageSource>,
+    /// `NAME@DIGEST` references that were pushed by digest and then listed by an index
+    /// pushed to the same repository: they are kept only while something else (the index, a
+    /// tag, a pin) reaches their digest.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    index_children: BTreeSet<String>,
 }
 
 /// Load the reference table; a missing file is an empty table.
@@ -61,23 +66,55 @@ pub(crate) fn save(root: &Path, refs: &BTreeMap<String, String>) -> Result<(), I
     save_with_source(root, refs, None)
 }
 
-/// [`save`], recording `source` for the reference `key` too.
+/// The `NAME@DIGEST` references marked as an index's children (see [`mark_index_children`]).
+pub(crate) fn load_index_children(root: &Path) -> Result<BTreeSet<String>, ImageError> {
+    Ok(load_file(root)?.index_children)
+}
+
+/// [`save`], recording `source` for the reference `key` too (a reference written again by
+/// a push or import of its own is no longer an index's child).
 pub(crate) fn save_with_source(
     root: &Path,
     refs: &BTreeMap<String, String>,
     source: Option<(&str, ImageSource)>,
 ) -> Result<(), ImageError> {
+    write_file(root, refs, source, &[])
+}
+
+/// [`save_with_source`], marking `children` (`NAME@DIGEST` keys in `refs`) as children of an
+/// index just stored.
+pub(crate) fn mark_index_children(
+    root: &Path,
+    refs: &BTreeMap<String, String>,
+    source: Option<(&str, ImageSource)>,
+    children: &[String],
+) -> Result<(), ImageError> {
+    write_file(root, refs, source, children)
+}
+
+fn write_file(
+    root: &Path,
+    refs: &BTreeMap<String, String>,
+    source: Option<(&str, ImageSource)>,
+    children: &[String],
+) -> Result<(), ImageError> {
     let tmp = root.join(REFS_TMP);
     let path = root.join(REFS_FILE);
-    let mut sources = load_file(root)?.sources;
+    let old = load_file(root)?;
+    let mut sources = old.sources;
     sources.retain(|k, _| refs.contains_key(k));
+    let mut index_children = old.index_children;
     if let Some((key, s)) = source {
         sources.insert(key.to_string(), s);
+        index_children.remove(key);
     }
+    index_children.extend(children.iter().cloned());
+    index_children.retain(|k| refs.contains_key(k));
     let body = serde_json::to_vec_pretty(&RefsFile {
         version: 1,
         refs: refs.clone(),
         sources,
+        index_children,
     })
     .map_err(|source| ImageError::Json {
         what: "the reference table".into(),

@@ -328,7 +328,18 @@ impl ImageStore {
             let _refs = refs::lock(&self.root, REFS_LOCK, true)?;
             let mut table = refs::load(&self.root)?;
             table.insert(key.clone(), digest.clone());
-            refs::save_with_source(&self.root, &table, Some((&key, source)))?;
+            // The index's entries pushed by digest to its repository live as long as
+            // something reaches them (the index, while it is kept), not on their own.
+            let children: Vec<String> = if kind == ManifestKind::Index {
+                m.children()
+                    .iter()
+                    .map(|c| format!("{}@{}", r.name, c.digest))
+                    .filter(|k| *k != key && table.contains_key(k))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            refs::mark_index_children(&self.root, &table, Some((&key, source)), &children)?;
         }
         tracing::info!(reference = %key, %digest, ?kind, "stored manifest");
         Ok(ImportedImage {
@@ -859,9 +870,38 @@ impl ImageStore {
                 reference: reference.to_string(),
             });
         }
+        self.drop_unreached_children(&mut table, pinned)?;
         refs::save(&self.root, &table)?;
         tracing::info!(%reference, "deleted image reference");
         self.collect(&table, pinned).map(|_| ())
+    }
+
+    /// Remove from `table` the references marked as an index's children (pushed by digest,
+    /// then listed by an index of their repository) whose digest nothing else reaches: no
+    /// other reference, no index still kept, no digest in `pinned`. As docker-registry's
+    /// garbage collection with `--delete-untagged` removes untagged manifests; a manifest
+    /// pushed by digest that no index lists stays. Returns whether any went.
+    fn drop_unreached_children(
+        &self,
+        table: &mut BTreeMap<String, String>,
+        pinned: &[String],
+    ) -> Result<bool, ImageError> {
+        let children = refs::load_index_children(&self.root)?;
+        if children.is_empty() {
+            return Ok(false);
+        }
+        let roots: BTreeMap<String, String> = table
+            .iter()
+            .filter(|(k, _)| !children.contains(*k))
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect();
+        let (keep, _) = self.reachable(&roots, pinned)?;
+        let before = table.len();
+        table.retain(|k, d| !children.contains(k) || keep.contains(hex_of(d)));
+        for k in children.iter().filter(|k| !table.contains_key(*k)) {
+            tracing::info!(reference = %k, "removed an index's child that nothing reaches");
+        }
+        Ok(table.len() != before)
     }
 
     /// Garbage-collect without removing a reference: drop every blob and unpacked layer that
@@ -872,7 +912,14 @@ impl ImageStore {
             parse_digest(p)?;
         }
         let _gc = refs::lock(&self.root, GC_LOCK, true)?;
-        let table = refs::load(&self.root)?;
+        let table = {
+            let _refs = refs::lock(&self.root, REFS_LOCK, true)?;
+            let mut table = refs::load(&self.root)?;
+            if self.drop_unreached_children(&mut table, pinned)? {
+                refs::save(&self.root, &table)?;
+            }
+            table
+        };
         self.collect(&table, pinned)
     }
 

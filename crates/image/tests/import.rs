@@ -1113,6 +1113,43 @@ fn indexes_and_artifacts_are_stored_verbatim_resolved_by_platform_and_kept_by_gc
     );
     // The index resolves to this machine's image.
     assert_eq!(s.resolve("multi:v1").unwrap().digest, native.manifest);
+
+    // An index whose only entry is for another platform is refused as containerd refuses it,
+    // with the message the two-entry case gives; the only entry without a platform is taken.
+    let one = |platform: Option<serde_json::Value>| {
+        let mut entry = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": foreign.manifest, "size": size(&foreign_dir, &foreign.manifest)});
+        if let Some(p) = platform {
+            entry["platform"] = p;
+        }
+        serde_json::to_vec(&json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [entry]}))
+        .unwrap()
+    };
+    s.put_content(
+        "single:foreign",
+        &one(Some(json!({"os": "linux", "architecture": other}))),
+        &[],
+        skiff_image::ImageSource::Pushed,
+    )
+    .unwrap();
+    let e = s.resolve("single:foreign").unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "the index has no linux/{host} image (it offers: linux/{other}); export the image for linux/{host}"
+        )),
+        "{e}"
+    );
+    s.put_content(
+        "single:bare",
+        &one(None),
+        &[],
+        skiff_image::ImageSource::Pushed,
+    )
+    .unwrap();
+    assert_eq!(s.resolve("single:bare").unwrap().digest, foreign.manifest);
+    s.delete("single:foreign", &[]).unwrap();
+    s.delete("single:bare", &[]).unwrap();
     let (kind, bytes) = s.manifest("multi:v1").unwrap();
     assert_eq!(
         (kind, bytes),
@@ -1276,4 +1313,87 @@ fn a_manifest_stored_as_pushed_unpacks_on_resolve_or_says_why_it_cannot() {
     );
     assert_eq!(names(&root.join("layers")), layers_before);
     assert!(!tmp.path().join("escaped").exists());
+}
+
+#[test]
+fn an_indexs_entries_pushed_by_digest_live_as_long_as_the_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    let native_dir = tmp.path().join("native");
+    let native = write_oci_layout(&native_dir, &small_image().named(Some("kids:native")));
+    let foreign_dir = tmp.path().join("foreign");
+    let extra = TarWriter::new().file("srv/foreign", 0o644, b"f").finish();
+    let foreign = write_oci_layout(
+        &foreign_dir,
+        &small_image()
+            .layer(extra, Comp::Gzip)
+            .named(Some("kids:foreign")),
+    );
+    s.import(&native_dir, Some("base:n")).unwrap();
+    s.import(&foreign_dir, Some("base:f")).unwrap();
+    let bytes = |dir: &Path, d: &str| fs::read(blob_file(dir, d)).unwrap();
+    let pushed = skiff_image::ImageSource::Pushed;
+    // As `skopeo copy --all` pushes: each entry by digest, then the index by tag.
+    for (dir, d) in [
+        (&native_dir, &native.manifest),
+        (&foreign_dir, &foreign.manifest),
+    ] {
+        s.put_content(&format!("kids@{d}"), &bytes(dir, d), &[], pushed)
+            .unwrap();
+    }
+    // A manifest pushed by digest on purpose, which no index lists.
+    s.put_content(
+        &format!("loner@{}", foreign.manifest),
+        &bytes(&foreign_dir, &foreign.manifest),
+        &[],
+        pushed,
+    )
+    .unwrap();
+    let index = serde_json::to_vec(&json!({
+    "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+    "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": native.manifest,
+         "size": bytes(&native_dir, &native.manifest).len(),
+         "platform": {"os": "linux", "architecture": "s390x"}},
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": foreign.manifest,
+         "size": bytes(&foreign_dir, &foreign.manifest).len(),
+         "platform": {"os": "linux", "architecture": "riscv64"}},
+    ]}))
+    .unwrap();
+    s.put_content("kids:v1", &index, &[], pushed).unwrap();
+    s.delete("base:n", &[]).unwrap();
+    s.delete("base:f", &[]).unwrap();
+    let refs = |s: &ImageStore| -> Vec<String> {
+        s.list().unwrap().into_iter().map(|i| i.reference).collect()
+    };
+
+    // While the index is kept, prune keeps its entries and their references.
+    s.gc(&[]).unwrap();
+    let listed = refs(&s);
+    for want in [
+        format!("kids@{}", native.manifest),
+        format!("kids@{}", foreign.manifest),
+        format!("loner@{}", foreign.manifest),
+        "kids:v1".to_string(),
+    ] {
+        assert!(listed.contains(&want), "{want} in {listed:?}");
+    }
+
+    // Past its index, an entry stays while a pin (a revision's) or another reference
+    // reaches its digest; the native one goes with its pin, the foreign one stays while the
+    // manifest pushed on purpose to another repository names the same digest.
+    s.delete("kids:v1", std::slice::from_ref(&native.manifest))
+        .unwrap();
+    let kept = vec![
+        format!("kids@{}", foreign.manifest),
+        format!("loner@{}", foreign.manifest),
+    ];
+    let mut with_pin = vec![format!("kids@{}", native.manifest)];
+    with_pin.extend(kept.iter().cloned());
+    with_pin.sort();
+    assert_eq!(refs(&s), with_pin);
+    s.gc(&[]).unwrap();
+    assert_eq!(refs(&s), kept);
+    assert!(!blob_file(&tmp.path().join("store"), &native.manifest).exists());
+    assert!(blob_file(&tmp.path().join("store"), &foreign.manifest).exists());
 }

@@ -19,6 +19,9 @@ pub enum RegistryError {
         reference: String,
         reason: String,
     },
+    /// `skiff registries login`: the registry refused the credentials given (nothing is saved).
+    #[error("the registry {registry} refused the login: {reason}; nothing was saved: give the right credentials with `skiff registries login {registry} -u USER --password-stdin` (or --password)")]
+    LoginRefused { registry: String, reason: String },
     /// The registry has no such repository, tag or digest.
     #[error("the registry has no image {reference}: check the repository and tag (push it first)")]
     NotFound { reference: String },

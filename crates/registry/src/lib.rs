@@ -18,6 +18,8 @@ pub mod serve;
 pub mod settings;
 
 pub use error::RegistryError;
-pub use login::check_login;
-pub use pull::{is_registry_reference, ProgressSink, PullProgress, Pulled, Puller, PROGRESS_STEP};
+pub use login::{check_login, is_insecure};
+pub use pull::{
+    is_loopback, is_registry_reference, ProgressSink, PullProgress, Pulled, Puller, PROGRESS_STEP,
+};
 pub use settings::{Credentials, Registries, RegistrySettings};

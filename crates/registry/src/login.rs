@@ -9,12 +9,54 @@ use crate::error::RegistryError;
 use crate::pull::is_loopback;
 use crate::settings::RegistrySettings;
 
-/// The URL scheme for `registry` under `settings`: plain HTTP for loopback and insecure ones.
-pub(crate) fn scheme(registry: &str, settings: &RegistrySettings) -> &'static str {
-    if settings.insecure || is_loopback(registry) {
-        "http"
-    } else {
-        "https"
+/// How a registry is reached: over HTTPS (verifying its certificate against the system's
+/// roots and the registry's CA file, or, for an insecure registry, accepting any certificate)
+/// or over plain HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// HTTPS; `verify` false accepts any certificate (insecure registries only).
+    Https { verify: bool },
+    /// Plain HTTP (an insecure registry that does not speak HTTPS).
+    Http,
+}
+
+impl Transport {
+    /// `"https"` or `"http"`.
+    pub(crate) fn scheme(self) -> &'static str {
+        match self {
+            Transport::Https { .. } => "https",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// Whether `registry` is insecure as Docker counts it: marked `--insecure`, or on loopback
+/// (Docker's `insecure-registries` holds 127.0.0.0/8 by default) without a CA file given.
+pub fn is_insecure(registry: &str, settings: &RegistrySettings) -> bool {
+    settings.insecure || (is_loopback(registry) && settings.ca_file.is_none())
+}
+
+/// The transport for `registry` under `settings`, by Docker's rule for insecure registries
+/// ("Test an insecure registry" in Docker's docs): HTTPS first, tolerating certificate errors,
+/// and plain HTTP only when HTTPS is not answered at all. A registry with a CA file (and not
+/// marked insecure) and every other registry is HTTPS, verified. The probe is one
+/// `GET https://REGISTRY/v2/` (any HTTP answer, 401 included, means HTTPS is served).
+pub(crate) async fn transport(registry: &str, settings: &RegistrySettings) -> Transport {
+    if !is_insecure(registry, settings) {
+        return Transport::Https { verify: true };
+    }
+    let probe = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let Ok(probe) = probe else {
+        return Transport::Http;
+    };
+    match probe.get(format!("https://{registry}/v2/")).send().await {
+        Ok(_) => Transport::Https { verify: false },
+        Err(_) => Transport::Http,
     }
 }
 
@@ -40,9 +82,11 @@ fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
 }
 
 /// Check that `settings`' credentials (or anonymous access, without any) are accepted by
-/// `registry`. Errors: `Unreachable`, `Unauthorized` with the registry's reason.
+/// `registry`. Errors: `Unreachable`, `LoginRefused` with the registry's reason.
 pub async fn check_login(registry: &str, settings: &RegistrySettings) -> Result<(), RegistryError> {
+    let transport = transport(registry, settings).await;
     let mut builder = reqwest::Client::builder()
+        .danger_accept_invalid_certs(transport == Transport::Https { verify: false })
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
         .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")));
@@ -64,16 +108,15 @@ pub async fn check_login(registry: &str, settings: &RegistrySettings) -> Result<
         registry: registry.to_string(),
         reason: crate::pull::chain(&e),
     };
-    let refused = |reason: String| RegistryError::Unauthorized {
+    let refused = |reason: String| RegistryError::LoginRefused {
         registry: registry.to_string(),
-        reference: registry.to_string(),
         reason,
     };
     let with_auth = |req: reqwest::RequestBuilder| match (&settings.username, &settings.password) {
         (Some(u), p) => req.basic_auth(u, p.as_ref()),
         _ => req,
     };
-    let url = format!("{}://{registry}/v2/", scheme(registry, settings));
+    let url = format!("{}://{registry}/v2/", transport.scheme());
     let resp = with_auth(http.get(&url))
         .send()
         .await
@@ -95,7 +138,7 @@ pub async fn check_login(registry: &str, settings: &RegistrySettings) -> Result<
         .and_then(bearer_challenge);
     let Some((realm, service)) = challenge else {
         return Err(refused(if settings.username.is_some() {
-            "the user name or password is wrong".into()
+            "the password was refused for that user name".into()
         } else {
             "it wants a user name and password".into()
         }));

@@ -58,9 +58,10 @@ pub fn is_registry_reference(reference: &str) -> bool {
         && first != "index.docker.io"
 }
 
-/// Whether `registry` (`HOST[:PORT]`) is on the loopback interface, which is reached over
-/// plain HTTP without being told, as Docker does.
-pub(crate) fn is_loopback(registry: &str) -> bool {
+/// Whether `registry` (`HOST[:PORT]`) is on the loopback interface, which is an insecure
+/// registry without being told (HTTPS accepting any certificate, else plain HTTP), as in
+/// Docker.
+pub fn is_loopback(registry: &str) -> bool {
     let host = match registry.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
         _ => registry,
@@ -239,7 +240,8 @@ impl Puller {
         })?;
         let registry = r.resolve_registry().to_string();
         let settings = self.registries.settings_for(&registry)?;
-        let client = client_for(&registry, &settings)?;
+        let transport = crate::login::transport(&registry, &settings).await;
+        let client = client_for(&registry, &settings, transport)?;
         let auth = match (&settings.username, &settings.password) {
             (Some(u), Some(p)) => RegistryAuth::Basic(u.clone(), p.clone()),
             _ => RegistryAuth::Anonymous,
@@ -516,12 +518,17 @@ async fn download_blob(
     Ok(())
 }
 
-/// An `oci-client` client for one registry: plain HTTP for loopback registries and those
-/// marked insecure, HTTPS otherwise with the registry's CA file trusted too.
-fn client_for(registry: &str, s: &RegistrySettings) -> Result<Client, RegistryError> {
-    let protocol = match crate::login::scheme(registry, s) {
-        "http" => ClientProtocol::Http,
-        _ => ClientProtocol::Https,
+/// An `oci-client` client for one registry over `transport` ([`crate::login::transport`]):
+/// HTTPS with the registry's CA file trusted too, HTTPS accepting any certificate for an
+/// insecure registry that serves HTTPS, or plain HTTP.
+fn client_for(
+    registry: &str,
+    s: &RegistrySettings,
+    transport: crate::login::Transport,
+) -> Result<Client, RegistryError> {
+    let (protocol, accept_invalid_certificates) = match transport {
+        crate::login::Transport::Http => (ClientProtocol::Http, false),
+        crate::login::Transport::Https { verify } => (ClientProtocol::Https, !verify),
     };
     let mut extra_root_certificates = Vec::new();
     if let Some(ca) = &s.ca_file {
@@ -541,6 +548,7 @@ fn client_for(registry: &str, s: &RegistrySettings) -> Result<Client, RegistryEr
     }
     Ok(Client::new(ClientConfig {
         protocol,
+        accept_invalid_certificates,
         extra_root_certificates,
         platform_resolver: None,
         max_concurrent_download: CONCURRENT_DOWNLOADS,
@@ -588,6 +596,13 @@ fn choose_platform(bytes: &[u8], reference: &str) -> Result<String, RegistryErro
             reference: reference.to_string(),
             reason: format!("its image index does not parse ({e})"),
         })?;
+    // The only entry naming no platform is taken, as containerd takes it; one naming
+    // another platform is refused, even when it is the only one.
+    if let [only] = index.manifests.as_slice() {
+        if only.platform.is_none() {
+            return Ok(only.digest.clone());
+        }
+    }
     let arch = host_arch();
     index
         .manifests
@@ -817,6 +832,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("linux/s390x") && e.contains(arch), "{e}");
+        let bare = r#"{"manifests":[{"digest":"sha256:dd"}]}"#;
+        assert_eq!(choose_platform(bare.as_bytes(), "r").unwrap(), "sha256:dd");
         let v1 = r#"{"schemaVersion":1,"name":"x"}"#;
         assert!(media_type(v1.as_bytes(), "r")
             .unwrap_err()

@@ -152,6 +152,90 @@ fn a_new_deploy_follows_the_moved_tag_and_pulls_only_new_blobs() {
     assert_eq!(s.get("svc.localhost", "/", None), (200, "one\n".into()));
 }
 
+/// The digest `reference` names in its registry now, as skopeo reads it.
+fn registry_digest(reference: &str) -> String {
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["Digest"].as_str().unwrap().to_string()
+}
+
+/// The image digests the job's executions pinned, oldest first.
+fn execution_digests(s: &TestServer) -> Vec<String> {
+    let (code, body) = s.api(
+        "GET",
+        "/apis/run.googleapis.com/v1/namespaces/default/executions",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut items: Vec<(String, String)> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                e["metadata"]["annotations"]["skiff.dev/image-digest"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    items.sort();
+    items.into_iter().map(|(_, d)| d).collect()
+}
+
+#[test]
+fn each_job_execution_resolves_a_registry_tag_again() {
+    let registry = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let r = registry.push(&image_saying(&tmp.path().join("a"), "one"), "job:v1");
+    let first = registry_digest(&r);
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let job = |verb: &[&str]| {
+        let out = s.skiff(verb);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}\n{}", s.log());
+    };
+    job(&[
+        "jobs",
+        "create",
+        "j",
+        "--image",
+        &r,
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,cat /www/index.html",
+    ]);
+    job(&["jobs", "execute", "j", "--wait"]);
+    assert_eq!(execution_digests(&s), vec![first.clone()]);
+
+    // The tag moves in the registry: the next execution runs what it names now, as on Cloud
+    // Run, without a `jobs update`; the first execution keeps its digest.
+    registry.push(&image_saying(&tmp.path().join("b"), "two"), "job:v1");
+    let second = registry_digest(&r);
+    assert_ne!(second, first);
+    job(&["jobs", "execute", "j", "--wait"]);
+    assert_eq!(execution_digests(&s), vec![first, second]);
+}
+
 #[test]
 fn password_protected_registry_with_registries_login() {
     let registry = TestRegistry::with_password("alice", "s3cret");
@@ -177,7 +261,10 @@ fn password_protected_registry_with_registries_login() {
         "wrong",
     ]);
     assert!(
-        err.contains("refused access") && err.contains("wrong"),
+        err.contains(&format!(
+            "the registry {} refused the login: the password was refused for that user name; nothing was saved: give the right credentials with `skiff registries login {} -u USER --password-stdin` (or --password)",
+            registry.host, registry.host
+        )),
         "{err}"
     );
     let list = s.ok(&["registries", "list", "--format", "json"]);
@@ -246,6 +333,65 @@ fn password_protected_registry_with_registries_login() {
     s.ok(&["registries", "logout", &registry.host]);
     let err = s.fails(&["images", "pull", &r]);
     assert!(err.contains("refused access"), "{err}");
+}
+
+#[test]
+fn a_tls_registry_on_loopback_is_reached_over_https_with_its_ca_or_as_an_insecure_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = skiff_testkit::TestCa::new();
+    let ca_file = ca.write(tmp.path());
+    ca.issue_to(tmp.path(), &["127.0.0.1"]);
+    let registry =
+        TestRegistry::with_tls(&tmp.path().join("cert.pem"), &tmp.path().join("key.pem"));
+    let r = registry.push(&image_saying(&tmp.path().join("a"), "over tls"), "app:v1");
+    let s = TestServer::start(Path::new(BIN), &[]);
+
+    // With the CA file: HTTPS verified against it.
+    let out = s.skiff(&[
+        "registries",
+        "login",
+        &registry.host,
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    let list = s.ok(&["registries", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&registry.host))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(row.contains(" no ") && row.contains("ca.pem"), "{list}");
+    s.ok(&["deploy", "tls", "--image", &r, "--allow-unauthenticated"]);
+    assert_eq!(
+        s.get("tls.localhost", "/", None),
+        (200, "over tls\n".into())
+    );
+
+    // A CA file that did not sign the registry's certificate: refused, naming the registry.
+    std::fs::create_dir(tmp.path().join("other")).unwrap();
+    let other = skiff_testkit::TestCa::new().write(&tmp.path().join("other"));
+    let err = s.fails(&[
+        "registries",
+        "login",
+        &registry.host,
+        "--ca-file",
+        other.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(&format!("cannot reach the registry {}", registry.host)),
+        "{err}"
+    );
+
+    // Without settings a loopback registry is insecure, as in Docker: HTTPS is tried first
+    // and its certificate is not checked.
+    s.ok(&["registries", "logout", &registry.host]);
+    let out = s.skiff(&["images", "pull", &r]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    s.ok(&["registries", "login", &registry.host]);
+    let list = s.ok(&["registries", "list"]);
+    assert!(list.contains("yes (loopback)"), "{list}");
 }
 
 fn admin_token(s: &TestServer) -> String {
@@ -543,6 +689,101 @@ fn push_into_skiffs_own_registry_then_deploy() {
     );
     // The deployed revision pinned its digest: it still answers.
     assert_eq!(s.get("app.localhost", "/", None), (200, "pushed\n".into()));
+}
+
+/// The name of the service's latest created revision.
+fn latest_revision(s: &TestServer, service: &str) -> String {
+    let (code, body) = s.api(
+        "GET",
+        &format!("/apis/serving.knative.dev/v1/namespaces/default/services/{service}"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let svc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    svc["status"]["latestCreatedRevisionName"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_new_deploy_of_a_tag_moved_in_skiffs_own_store_makes_a_new_revision() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let host = format!("127.0.0.1:{}", s.api);
+    let creds = format!("anyone:{}", admin_token(&s));
+    let push = |dir: &str, greeting: &str| {
+        let layout = image_saying(&tmp.path().join(dir), greeting);
+        let (ok, err) = skopeo(&[
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &creds,
+            &format!("oci:{}", layout.display()),
+            &format!("docker://{host}/team/app:v2"),
+        ]);
+        assert!(ok, "{err}");
+    };
+    push("a", "first");
+    let out = s.skiff(&[
+        "deploy",
+        "svc2",
+        "--image",
+        "team/app:v2",
+        "--allow-unauthenticated",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    assert!(err.contains("Creating revision"), "{err}");
+    assert_eq!(s.get("svc2.localhost", "/", None), (200, "first\n".into()));
+    let first_rev = latest_revision(&s, "svc2");
+    let first_digest = revision_digest(&s, "svc2");
+
+    // The same deploy again: nothing changed, no revision, and the CLI says so.
+    let out = s.skiff(&["deploy", "svc2", "--image", "team/app:v2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("Creating revision"), "{err}");
+    assert!(err.contains("No new revision"), "{err}");
+    assert_eq!(latest_revision(&s, "svc2"), first_rev);
+
+    // Other content pushed to the same tag: the next deploy resolves the tag again and makes
+    // a new revision pinned to the new digest, as a moved registry tag does.
+    push("b", "second");
+    let out = s.skiff(&["deploy", "svc2", "--image", "team/app:v2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", s.log());
+    assert!(err.contains("Creating revision"), "{err}");
+    let second_rev = latest_revision(&s, "svc2");
+    assert_ne!(second_rev, first_rev);
+    let second_digest = revision_digest(&s, "svc2");
+    assert_ne!(second_digest, first_digest);
+    assert!(
+        second_digest.starts_with("team/app@sha256:"),
+        "{second_digest}"
+    );
+    assert_eq!(s.get("svc2.localhost", "/", None), (200, "second\n".into()));
+
+    // An import to the same name moves the tag too; a replace of the service as it is
+    // (the API's PUT, as `services replace` sends) makes a new revision for it.
+    let third = image_saying(&tmp.path().join("c"), "third");
+    s.ok(&[
+        "images",
+        "import",
+        third.to_str().unwrap(),
+        "--name",
+        "team/app:v2",
+    ]);
+    let path = "/apis/serving.knative.dev/v1/namespaces/default/services/svc2";
+    let (code, body) = s.api("GET", path, None);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = s.api("PUT", path, Some(&body));
+    assert_eq!(code, 200, "{body}");
+    s.wait_for("the third image", 120, || {
+        s.get("svc2.localhost", "/", None) == (200, "third\n".into())
+    });
+    assert_ne!(latest_revision(&s, "svc2"), second_rev);
+    assert_ne!(revision_digest(&s, "svc2"), second_digest);
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -940,7 +1181,8 @@ fn a_download_cut_off_part_way_resumes_with_a_range_request_and_deploy_shows_pro
     assert!(out.status.success(), "{err}\n{}", s.log());
     assert_eq!(proxy.cuts(), 1, "{:?}", proxy.requests());
     assert!(err.contains(&format!("Pulling {image}...")), "{err}");
-    assert!(err.contains("2 of 2 blobs to download"), "{err}");
+    assert!(err.contains("  2 blobs to download\n"), "{err}");
+    assert!(!err.contains("the rest"), "nothing was in the store: {err}");
     assert!(
         err.contains(": downloading ") && err.contains(": done ("),
         "{err}"
@@ -1206,6 +1448,30 @@ fn a_multi_platform_index_pushed_with_skopeo_all_deploys_the_hosts_image_and_kee
         body.contains("MANIFEST_BLOB_UNKNOWN") && body.contains(&missing),
         "{body}"
     );
+
+    // The entries skopeo pushed by digest live as long as the index: with the index's tag
+    // and the revision gone, prune removes them, references and blobs alike.
+    let list = s.ok(&["images", "list"]);
+    assert!(list.contains(&format!("team/multi@{foreign}")), "{list}");
+    s.ok(&["services", "delete", "multi"]);
+    s.ok(&["images", "delete", "team/multi:v1"]);
+    s.ok(&["images", "delete", &format!("{host}/team/multi:v1")]);
+    s.ok(&["images", "prune"]);
+    let list = s.ok(&["images", "list"]);
+    assert!(!list.contains("team/multi"), "{list}");
+    for d in [native, foreign.as_str(), index_digest.as_str()] {
+        let r = auth(http.get(format!("http://{host}/v2/team/multi/manifests/{d}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404, "{d}");
+        assert!(
+            !s.data_dir
+                .join("images/blobs/sha256")
+                .join(&d[7..])
+                .exists(),
+            "{d}"
+        );
+    }
 }
 
 /// PUT a manifest; returns (status, headers, body).

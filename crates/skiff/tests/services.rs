@@ -64,6 +64,27 @@ fn images_from_real_tools_deploy_and_answer() {
         last.contains("junk.tar"),
         "the error names the user's file: {err}"
     );
+    // A layout that does not name its image, imported without --name: the error names the
+    // user's path, not the server's spool file, and says to pass --name.
+    let unnamed = busybox_image(&tmp.path().join("unnamed"), "x", &ImageSpec::default());
+    let index_path = unnamed.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    index["manifests"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    let err = s.fails(&["images", "import", unnamed.to_str().unwrap()]);
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        format!(
+            "error: cannot import {}: the archive does not name its image; pass --name NAME[:TAG]",
+            unnamed.display()
+        ),
+        "{err}"
+    );
 }
 
 /// A server that refuses an upload before reading it (401 for a wrong token) closes the

@@ -28,7 +28,24 @@ impl TestRegistry {
         Self::start_with(Some((user.to_string(), password.to_string())))
     }
 
+    /// Starts an open registry that serves HTTPS only, with `cert` (PEM chain) and `key`
+    /// (docker-registry's `http.tls.certificate` and `http.tls.key`).
+    pub fn with_tls(cert: &Path, key: &Path) -> TestRegistry {
+        Self::start_configured(
+            None,
+            &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+    }
+
     fn start_with(creds: Option<(String, String)>) -> TestRegistry {
+        Self::start_configured(creds, "")
+    }
+
+    fn start_configured(creds: Option<(String, String)>, http_extra: &str) -> TestRegistry {
         let dir = tempfile::Builder::new()
             .prefix("skiff-registry-")
             .tempdir_in("/tmp")
@@ -49,7 +66,7 @@ impl TestRegistry {
             None => String::new(),
         };
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{http_extra}{auth}",
             dir.path().join("storage").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -222,6 +239,11 @@ fn proxy_one(
     use std::io::{BufRead, BufReader, Read, Write};
     client.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut reader = BufReader::new(client.try_clone()?);
+    // A TLS handshake (a client checking for HTTPS first, as Docker's rule for loopback
+    // registries does): this proxy speaks plain HTTP only, so the connection is closed.
+    if reader.fill_buf()?.first() == Some(&0x16) {
+        return Ok(());
+    }
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let request_line = line.trim_end().to_string();
