@@ -468,10 +468,7 @@ impl Drop for TestServer {
         self.stop();
         self.sweep_network();
         // A server killed and not restarted leaves its run tmpfs mounted.
-        let _ = nix::mount::umount2(
-            &self.data_dir.join("run"),
-            nix::mount::MntFlags::MNT_DETACH,
-        );
+        let _ = nix::mount::umount2(&self.data_dir.join("run"), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(self.data_dir.with_extension("log"));
     }
 }
