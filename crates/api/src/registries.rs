@@ -105,7 +105,11 @@ async fn pull_image(
 }
 
 async fn prune_images(State(st): St) -> ApiResult<Json<Value>> {
-    Ok(Json(st.controller.prune_images().await?))
+    let mut v = st.controller.prune_images().await?;
+    let cache = st.builds.prune_cache().await;
+    v["buildCacheImages"] = cache.images.into();
+    v["buildCacheBytes"] = cache.bytes.into();
+    Ok(Json(v))
 }
 
 async fn list_registries(State(st): St) -> ApiResult<Json<Value>> {

@@ -559,9 +559,207 @@ pub async fn remove_containers(cfg: &BuildahConfig, auth_dir: &Path) {
     let _ = cfg.command(auth_dir).args(["rm", "--all"]).output().await;
 }
 
+/// The repository under which buildah's own storage keeps the layer cache of one owner
+/// (`KEY` is `NS/service-NAME`, `NS/job-NAME` or `NS/image-HASH`): one tag `stage-N` per
+/// stage of the owner's newest build, on that stage's last image. Tagged images and the
+/// images they descend from survive [`prune_dangling`]; everything else is cache no build
+/// will use again.
+pub fn cache_repository(key: &str) -> String {
+    format!("localhost/skiff-cache/{key}")
+}
+
+/// The ids of the last image of each stage of a `buildah bud --layers` run, from its log
+/// lines: a stage ends where the next one's `[K/N] STEP 1/...` begins, and the build with
+/// its last `--> ID` (or `--> Using cache ID`) line. Ids may be abbreviated, as buildah prints
+/// them.
+pub fn stage_images(lines: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut last: Option<String> = None;
+    for l in lines {
+        let l = l.trim();
+        if l.starts_with('[') && l.contains("] STEP 1/") {
+            if let Some(id) = last.take() {
+                out.push(id);
+            }
+        } else if let Some(rest) = l.strip_prefix("--> ") {
+            let rest = rest.strip_prefix("Using cache ").unwrap_or(rest);
+            if let Some(id) = rest.split_whitespace().next() {
+                if id.len() >= 6 && id.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    last = Some(id.to_string());
+                }
+            }
+        }
+    }
+    out.extend(last);
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|id| seen.insert(id.clone()));
+    out
+}
+
+/// The cache tags in buildah's storage: `(repository:tag)` names under `localhost/skiff-cache/`.
+pub async fn cache_tags(cfg: &BuildahConfig, auth_dir: &Path) -> Vec<String> {
+    if !cfg.root.join("storage").is_dir() {
+        return Vec::new();
+    }
+    let Ok(out) = cfg
+        .command(auth_dir)
+        .args(["images", "--noheading", "--format", "{{.Name}}:{{.Tag}}"])
+        .output()
+        .await
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with("localhost/skiff-cache/"))
+        .map(String::from)
+        .collect()
+}
+
+/// Moves the cache tags of `key` onto `ids` (the stages of its newest build, see
+/// [`stage_images`]) and removes the tags of stages that build no longer has.
+pub async fn keep_cache(
+    cfg: &BuildahConfig,
+    auth_dir: &Path,
+    key: &str,
+    ids: &[String],
+) -> Result<(), BuildError> {
+    let repo = cache_repository(key);
+    let mut kept = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let name = format!("{repo}:stage-{i}");
+        let out = cfg
+            .command(auth_dir)
+            .args(["tag", id, &name])
+            .output()
+            .await
+            .map_err(BuildError::io("cannot start buildah tag"))?;
+        if !out.status.success() {
+            return Err(BuildError::Io {
+                what: format!(
+                    "keeping the layer cache: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                source: std::io::Error::other("buildah tag failed"),
+            });
+        }
+        kept.push(name);
+    }
+    let prefix = format!("{repo}:");
+    for t in cache_tags(cfg, auth_dir).await {
+        if t.starts_with(&prefix) && !kept.contains(&t) {
+            let _ = cfg.command(auth_dir).args(["rmi", &t]).output().await;
+        }
+    }
+    Ok(())
+}
+
+/// How many images (tagged or not, cached steps included) buildah's storage holds.
+pub async fn image_count(cfg: &BuildahConfig, auth_dir: &Path) -> usize {
+    if !cfg.root.join("storage").is_dir() {
+        return 0;
+    }
+    match cfg
+        .command(auth_dir)
+        .args(["images", "--all", "--quiet", "--no-trunc"])
+        .output()
+        .await
+    {
+        Ok(out) => {
+            let ids: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            ids.len()
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Removes a cache tag (the image itself goes at the next [`prune_dangling`]).
+pub async fn drop_cache_tag(cfg: &BuildahConfig, auth_dir: &Path, name: &str) {
+    let _ = cfg.command(auth_dir).args(["rmi", name]).output().await;
+}
+
+/// Removes the images nothing tagged descends from, repeating `buildah rmi --prune` (which
+/// removes only untagged images without children) until a pass removes none. Returns how
+/// many images went.
+pub async fn prune_dangling(cfg: &BuildahConfig, auth_dir: &Path) -> usize {
+    if !cfg.root.join("storage").is_dir() {
+        return 0;
+    }
+    let mut n = 0;
+    // A chain of cached steps loses one image per pass; Dockerfiles have far fewer steps.
+    for _ in 0..1000 {
+        let Ok(out) = cfg
+            .command(auth_dir)
+            .args(["rmi", "--prune"])
+            .output()
+            .await
+        else {
+            break;
+        };
+        let removed = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count();
+        if removed == 0 || !out.status.success() {
+            break;
+        }
+        n += removed;
+    }
+    n
+}
+
+/// Bytes of the files under buildah's storage (`DATA/builds/storage`), as `du` counts
+/// allocated blocks; 0 when there is none.
+pub fn storage_bytes(cfg: &BuildahConfig) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            n += m.blocks() * 512;
+            if m.is_dir() {
+                n += walk(&e.path());
+            }
+        }
+        n
+    }
+    walk(&cfg.root.join("storage"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_images_from_a_log() {
+        let log: Vec<String> = [
+            "[1/2] STEP 1/2: FROM busybox AS build",
+            "[1/2] STEP 2/2: RUN echo hi > /x",
+            "--> Using cache 0123456789abcdef0123",
+            "--> 0123456789ab",
+            "[2/2] STEP 1/2: FROM busybox",
+            "[2/2] STEP 2/2: COPY --from=build /x /x",
+            "[2/2] COMMIT localhost/skiff-build/1",
+            "--> fedcba987654",
+            "Successfully tagged localhost/skiff-build/1:latest",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(stage_images(&log), ["0123456789ab", "fedcba987654"]);
+        let one: Vec<String> = ["STEP 1/1: FROM busybox", "COMMIT t", "--> abcdef123456"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(stage_images(&one), ["abcdef123456"]);
+        assert!(stage_images(&[]).is_empty());
+    }
 
     #[test]
     fn hosts_in_from_lines() {

@@ -163,6 +163,17 @@ pub struct BuildsConfig {
     pub max_archive_bytes: u64,
 }
 
+/// What [`Builds::prune_cache`] removed from buildah's layer cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CachePrune {
+    /// Images (cached steps) removed: how many fewer buildah's storage holds.
+    pub images: usize,
+    /// Cache tags dropped because their service or job no longer exists.
+    pub stages: usize,
+    /// Bytes the storage shrank by.
+    pub bytes: u64,
+}
+
 /// The server's builds: submission, the queue, cancellation, logs, recovery.
 pub struct Builds {
     cfg: BuildsConfig,
@@ -253,6 +264,57 @@ impl Builds {
     pub async fn shutdown(&self) {
         buildah::sweep_cgroups(&self.buildah).await;
         buildah::remove_containers(&self.buildah, &self.cfg.root.join("auth")).await;
+    }
+
+    /// Prunes buildah's layer cache (part of `skiff images prune`): drops the cache of every
+    /// service and job that no longer exists, then removes every image no kept cache tag
+    /// descends from. Waits for the running build, if any.
+    pub async fn prune_cache(&self) -> CachePrune {
+        let _permit = self
+            .queue
+            .acquire()
+            .await
+            .expect("the queue is never closed");
+        let auth_dir = self.cfg.root.join("auth");
+        if buildah::write_registry_files(&auth_dir, &[]).is_err() {
+            return CachePrune::default();
+        }
+        let before = buildah::storage_bytes(&self.buildah);
+        let images_before = buildah::image_count(&self.buildah, &auth_dir).await;
+        let repo = buildah::cache_repository("");
+        let mut owners = 0;
+        for t in buildah::cache_tags(&self.buildah, &auth_dir).await {
+            let Some(key) = t.strip_prefix(&repo).and_then(|k| k.split(':').next()) else {
+                continue;
+            };
+            let Some((ns, owner)) = key.split_once('/') else {
+                continue;
+            };
+            let gone = if let Some(s) = owner.strip_prefix("service-") {
+                matches!(self.store.get_service(ns, s), Ok(None))
+            } else if let Some(j) = owner.strip_prefix("job-") {
+                matches!(
+                    self.store
+                        .get_object::<serde_json::Value>(skiff_store::kind::JOB, ns, j),
+                    Ok(None)
+                )
+            } else {
+                false
+            };
+            if gone {
+                buildah::drop_cache_tag(&self.buildah, &auth_dir, &t).await;
+                owners += 1;
+            }
+        }
+        buildah::prune_dangling(&self.buildah, &auth_dir).await;
+        let images =
+            images_before.saturating_sub(buildah::image_count(&self.buildah, &auth_dir).await);
+        let after = buildah::storage_bytes(&self.buildah);
+        CachePrune {
+            images,
+            stages: owners,
+            bytes: before.saturating_sub(after),
+        }
     }
 
     fn put(&self, b: &Build) -> Result<(), BuildError> {
@@ -551,7 +613,14 @@ impl Builds {
             auth_dir: auth_dir.clone(),
             timeout,
         };
-        let outcome = buildah::bud(&self.buildah, &job, log, cancel)
+        let mut lines = Vec::new();
+        let mut tee = |l: String| {
+            if l.starts_with("-->") || l.starts_with('[') {
+                lines.push(l.clone());
+            }
+            log(l)
+        };
+        let outcome = buildah::bud(&self.buildah, &job, &mut tee, cancel)
             .await
             .map_err(fail)?;
         drop(lease);
@@ -605,14 +674,37 @@ impl Builds {
             .await
             .expect("import does not panic")
             .map_err(fail)?;
-        // buildah's own copy of the result is not needed: the layer cache is kept in its
-        // intermediate images.
-        let _ = self
-            .buildah
-            .command(&auth_dir)
-            .args(["rmi", &tag])
-            .output()
-            .await;
+        // buildah's own copy of the result is not needed once the cache tags are on it.
+        // The cache this build made stays (tagged per service, job or image name); what
+        // earlier builds of the same owner made and this one did not use goes.
+        let key = cache_key(b);
+        match buildah::keep_cache(
+            &self.buildah,
+            &auth_dir,
+            &key,
+            &buildah::stage_images(&lines),
+        )
+        .await
+        {
+            Ok(()) => {
+                let _ = self
+                    .buildah
+                    .command(&auth_dir)
+                    .args(["rmi", &tag])
+                    .output()
+                    .await;
+                buildah::prune_dangling(&self.buildah, &auth_dir).await;
+            }
+            Err(e) => {
+                log(format!("warning: {e}"));
+                let _ = self
+                    .buildah
+                    .command(&auth_dir)
+                    .args(["rmi", &tag])
+                    .output()
+                    .await;
+            }
+        }
         for i in &imported {
             log(format!("Built image {} {}", i.name, i.digest));
         }
@@ -666,6 +758,22 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The key of a build's layer cache in buildah's storage (see [`buildah::cache_repository`]):
+/// `NS/service-NAME`, `NS/job-NAME`, or `NS/image-HASH` (the first 16 hex digits of the
+/// SHA-256 of the image name) for `builds submit --tag`.
+fn cache_key(b: &Build) -> String {
+    match (&b.service, &b.job) {
+        (Some(s), _) => format!("{}/service-{s}", b.project_id),
+        (None, Some(j)) => format!("{}/job-{j}", b.project_id),
+        (None, None) => {
+            use sha2::Digest;
+            let name = b.images.first().map(String::as_str).unwrap_or("");
+            let h = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+            format!("{}/image-{}", b.project_id, &h[..16])
+        }
+    }
 }
 
 /// The store parent of a build: the service's name (as builds were always stored), or

@@ -19,7 +19,7 @@ pub mod builds;
 pub mod detect;
 pub mod source;
 
-pub use builds::{Build, BuildRequest, BuildStatus, Builds, BuildsConfig};
+pub use builds::{Build, BuildRequest, BuildStatus, Builds, BuildsConfig, CachePrune};
 
 /// Errors of source builds. Messages are one line that says what to do.
 #[derive(Debug, thiserror::Error)]

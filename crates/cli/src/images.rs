@@ -83,6 +83,11 @@ pub fn run(api: &Api, cmd: ImagesCommand) -> Result<()> {
                 n("layers"),
                 n("uploads")
             );
+            eprintln!(
+                "Deleted {} build cache images ({}).",
+                n("buildCacheImages"),
+                human_size(n("buildCacheBytes"))
+            );
             Ok(())
         }
         ImagesCommand::Pull { reference } => {

@@ -9,7 +9,8 @@
 //! PyPI through the build's sandbox, on a Debian base made with `mmdebstrap`; a Node.js app
 //! without a Dockerfile whose `package.json` installs a package from npm, on Debian's nodejs
 //! and npm; a Go app without a Dockerfile built into a static binary on a busybox base; and a
-//! job deployed from source, run, rebuilt after a failed build that left it.
+//! job deployed from source, run, rebuilt after a failed build that left it; and the layer
+//! cache kept per service across builds and pruned when the service goes.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -791,5 +792,119 @@ fn job_deploys_from_source_runs_the_built_program_and_a_failed_build_leaves_it()
         &s,
         "nightly",
         &["second build ran task=0", "second build ran task=1"],
+    );
+}
+
+/// `(id, name:tag)` of every image in the server's buildah storage (untagged ones with an
+/// empty name).
+fn buildah_images(s: &TestServer) -> Vec<(String, String)> {
+    let b = s.data_dir.join("builds");
+    let out = std::process::Command::new("buildah")
+        .arg("--root")
+        .arg(b.join("storage"))
+        .arg("--runroot")
+        .arg(b.join("run"))
+        .args([
+            "--storage-driver",
+            "overlay",
+            "images",
+            "--all",
+            "--noheading",
+        ])
+        .args(["--no-trunc", "--format", "{{.ID}} {{.Name}}:{{.Tag}}"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "buildah images: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (id, name) = l.trim().split_once(' ')?;
+            let name = name.trim();
+            let name = if name.starts_with("<none>") { "" } else { name };
+            Some((id.to_string(), name.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn layer_cache_is_kept_per_service_and_pruned_when_the_service_goes() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = push_base(&s, tmp.path());
+    // Two stages per service; stage one's RUN prints `ran-N` only when it runs (its STEP line
+    // shows the unexpanded `$((...))`), so a rebuild shows whether stage one came from cache.
+    for (name, n) in [("cache-a", 1), ("cache-b", 2)] {
+        let src = tmp.path().join(name);
+        write(
+            &src,
+            "Dockerfile",
+            &format!(
+                "FROM {base} AS one\n\
+                 RUN echo ran-$((1+{n})) && busybox mkdir -p /out && echo {name} > /out/who\n\
+                 FROM {base}\n\
+                 COPY --from=one /out/who /www/who\n"
+            ),
+        );
+        let out = s.skiff(&["deploy", name, "--source", src.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "deploy --source {name}: {stderr}");
+        assert!(stderr.contains(&format!("ran-{}", 1 + n)), "{stderr}");
+    }
+    let images = buildah_images(&s);
+    let tagged = |svc: &str| -> Vec<String> {
+        let prefix = format!("localhost/skiff-cache/default/service-{svc}:");
+        images
+            .iter()
+            .filter(|(_, n)| n.starts_with(&prefix))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    // One cache tag per stage, for each service.
+    let a_ids = tagged("cache-a");
+    assert_eq!(a_ids.len(), 2, "{images:?}");
+    assert_eq!(tagged("cache-b").len(), 2, "{images:?}");
+
+    // A rebuild of the newest service still hits the cache of both stages after the pruning
+    // the builds did.
+    let src_b = tmp.path().join("cache-b");
+    let out = s.skiff(&["deploy", "cache-b", "--source", src_b.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rebuild: {stderr}");
+    assert!(stderr.contains("Using cache"), "{stderr}");
+    assert!(!stderr.contains("ran-3"), "stage one ran again: {stderr}");
+
+    // The service goes; `skiff images prune` drops its cache and says what it freed.
+    s.ok(&["services", "delete", "cache-a"]);
+    let out = s.skiff(&["images", "prune"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "images prune: {stderr}");
+    let freed = stderr
+        .lines()
+        .find(|l| l.contains("build cache images"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(!freed.contains("Deleted 0 build cache images"), "{stderr}");
+    let after = buildah_images(&s);
+    for id in &a_ids {
+        assert!(
+            !after.iter().any(|(i, _)| i == id),
+            "{id} of the deleted service is still in buildah's storage: {after:?}"
+        );
+    }
+    let b_prefix = "localhost/skiff-cache/default/service-cache-b:";
+    assert_eq!(
+        after
+            .iter()
+            .filter(|(_, n)| n.starts_with(b_prefix))
+            .count(),
+        2,
+        "{after:?}"
+    );
+    assert!(
+        !after.iter().any(|(_, n)| n.contains("service-cache-a")),
+        "{after:?}"
     );
 }
