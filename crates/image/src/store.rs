@@ -114,6 +114,19 @@ impl ImageStore {
         self.root.join("tmp")
     }
 
+    /// A new directory under the store's `tmp`, named `PREFIX...`, removed when dropped.
+    fn staging_dir(&self, prefix: &str) -> Result<tempfile::TempDir, ImageError> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.tmp_dir())
+            .ctx(|| {
+                format!(
+                    "cannot create a staging directory in {}",
+                    self.tmp_dir().display()
+                )
+            })
+    }
+
     /// The store lost something an image needs; the fix is to import the image again.
     fn corrupt(&self, reason: impl Into<String>) -> ImageError {
         ImageError::Corrupt {
@@ -212,15 +225,7 @@ impl ImageStore {
     /// the guard removes the directory.
     pub fn staging(&self, prefix: &str) -> Result<Staging, ImageError> {
         let lock = refs::lock(&self.root, GC_LOCK, false)?;
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(self.tmp_dir())
-            .ctx(|| {
-                format!(
-                    "cannot create a staging directory in {}",
-                    self.tmp_dir().display()
-                )
-            })?;
+        let dir = self.staging_dir(prefix)?;
         Ok(Staging { dir, _lock: lock })
     }
 
@@ -259,15 +264,7 @@ impl ImageStore {
         let m = AnyManifest::parse(bytes).map_err(&not_manifest)?;
         let kind = m.kind().map_err(&not_manifest)?;
         let _gc = refs::lock(&self.root, GC_LOCK, false)?;
-        let staging = tempfile::Builder::new()
-            .prefix("content-")
-            .tempdir_in(self.tmp_dir())
-            .ctx(|| {
-                format!(
-                    "cannot create a staging directory in {}",
-                    self.tmp_dir().display()
-                )
-            })?;
+        let staging = self.staging_dir("content-")?;
         let mut staged: Vec<StagedBlob> = Vec::new();
         if kind == ManifestKind::Index {
             for child in m.children() {
@@ -367,15 +364,7 @@ impl ImageStore {
         want_digest: Option<&str>,
         source: ImageSource,
     ) -> Result<ImportedImage, ImageError> {
-        let staging = tempfile::Builder::new()
-            .prefix("import-")
-            .tempdir_in(self.tmp_dir())
-            .ctx(|| {
-                format!(
-                    "cannot create a staging directory in {}",
-                    self.tmp_dir().display()
-                )
-            })?;
+        let staging = self.staging_dir("import-")?;
 
         // 1. Copy every layer blob, verifying digest and size.
         let mut blobs = Vec::with_capacity(plan.layers.len());

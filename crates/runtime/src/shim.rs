@@ -244,7 +244,7 @@ fn run_with_sidecars(
         let bundle = container_bundle(cfg, sc, own.as_ref().map(|(m, d)| (*m, d.as_path())))?;
         let out = crate::SIDECAR_OUTPUT_FD + 2 * i as i32;
         let built = with_stdio(out, out + 1, || build_container(sc, &bundle));
-        // SAFETY: the server's spawn dup2-ed the sidecar's pipes onto these fds for this
+        // SAFETY: the hand-off from the server placed the sidecar's pipes onto these fds for this
         // process; the container has its own copies now, and the shim needs none.
         unsafe {
             libc::close(out);
@@ -576,7 +576,7 @@ fn exit_status(status: WaitStatus) -> (Option<i32>, Option<i32>) {
 
 /// Reads the [`crate::SecretMaterial`] the server handed over on [`crate::SECRETS_FD`].
 fn read_secrets() -> Result<crate::SecretMaterial, RuntimeError> {
-    // SAFETY: the server's spawn dup2-ed the secrets memfd onto this fd for this process.
+    // SAFETY: the hand-off from the server placed the secrets memfd onto this fd for this process.
     let mut f = unsafe { File::from_raw_fd(crate::SECRETS_FD) };
     let mut data = Vec::new();
     f.read_to_end(&mut data)
@@ -738,7 +738,7 @@ fn mount_rootfs(cfg: &InstanceConfig) -> Result<(), RuntimeError> {
 /// makes one with only loopback up when the instance has no network.
 fn join_network(cfg: &InstanceConfig) -> Result<(), RuntimeError> {
     if cfg.joins_netns {
-        // SAFETY: the server's spawn dup2-ed the namespace onto this fd for this process.
+        // SAFETY: the hand-off from the server placed the namespace onto this fd for this process.
         let ns = unsafe { OwnedFd::from_raw_fd(crate::NETNS_FD) };
         return nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
             RuntimeError::Sys(format!("cannot join the instance's network namespace: {e}"))
