@@ -52,6 +52,10 @@ const EMPTY_DIGEST: &str =
     "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 /// Largest manifest accepted.
 const MANIFEST_LIMIT: usize = 4 << 20;
+/// A manifest push declared larger than [`MANIFEST_LIMIT`] but not than this is read to its
+/// end (and dropped) before it is refused, so that the client sees the 413; a larger one is
+/// refused at once and its connection closed.
+const MANIFEST_DRAIN_LIMIT: u64 = 64 << 20;
 
 /// Digests (`sha256:...`) that must not be garbage-collected: those deployed revisions and
 /// jobs pin. Called when a manifest is deleted.
@@ -921,8 +925,23 @@ async fn put_manifest(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MANIFEST_LIMIT as u64) {
-        return Err(too_large());
+    if let Some(n) = declared.filter(|n| *n > MANIFEST_LIMIT as u64) {
+        if n > MANIFEST_DRAIN_LIMIT {
+            return Err(too_large());
+        }
+        // Read and drop the body first: a client that sends the whole body before it reads
+        // the answer (most do) would otherwise meet a closed connection, not the 413.
+        let mut body = req.into_body().into_data_stream();
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+        return Err(oci_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MANIFEST_INVALID",
+            "the manifest is larger than 4 MiB, the most this registry accepts",
+        ));
     }
     let bytes: Bytes = match axum::body::to_bytes(req.into_body(), MANIFEST_LIMIT).await {
         Ok(b) => b,
