@@ -114,6 +114,20 @@ impl ImageStore {
         self.root.join("tmp")
     }
 
+    /// A new directory under `layers/` for a layer being unpacked (renamed into place when
+    /// done), removed when dropped.
+    fn layer_tmp_dir(&self) -> Result<tempfile::TempDir, ImageError> {
+        tempfile::Builder::new()
+            .prefix(LAYER_TMP_PREFIX)
+            .tempdir_in(self.layers_dir())
+            .ctx(|| {
+                format!(
+                    "cannot create a directory in {}",
+                    self.layers_dir().display()
+                )
+            })
+    }
+
     /// A new directory under the store's `tmp`, named `PREFIX...`, removed when dropped.
     fn staging_dir(&self, prefix: &str) -> Result<tempfile::TempDir, ImageError> {
         tempfile::Builder::new()
@@ -385,15 +399,7 @@ impl ImageStore {
             let actual = if done.contains(&layer.diff_id) || target.is_dir() {
                 unpack::diff_id(&blob.path, &blob.digest)?
             } else {
-                let tmp = tempfile::Builder::new()
-                    .prefix(LAYER_TMP_PREFIX)
-                    .tempdir_in(self.layers_dir())
-                    .ctx(|| {
-                        format!(
-                            "cannot create a directory in {}",
-                            self.layers_dir().display()
-                        )
-                    })?;
+                let tmp = self.layer_tmp_dir()?;
                 let actual = unpack::unpack_layer(&blob.path, &blob.digest, tmp.path())?;
                 unpacked.push((tmp, target));
                 actual
@@ -802,15 +808,7 @@ impl ImageStore {
                 digest: layer.digest.clone(),
             });
         }
-        let tmp = tempfile::Builder::new()
-            .prefix(LAYER_TMP_PREFIX)
-            .tempdir_in(self.layers_dir())
-            .ctx(|| {
-                format!(
-                    "cannot create a directory in {}",
-                    self.layers_dir().display()
-                )
-            })?;
+        let tmp = self.layer_tmp_dir()?;
         let actual = unpack::unpack_layer(&blob, &layer.digest, tmp.path())?;
         if actual != diff_id {
             return Err(ImageError::DiffIdMismatch {
