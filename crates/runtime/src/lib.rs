@@ -95,7 +95,9 @@ pub struct InstanceConfig {
     #[serde(default)]
     pub sidecars: Vec<InstanceConfig>,
     /// Whether the shim starts this container at once; otherwise when the server sends
-    /// `start NAME` (a container that starts after others).
+    /// `start NAME` (a container that starts after others), or, for the one container of a
+    /// single-container instance, `start` (an instance created ahead of demand, which
+    /// reports `created` first).
     #[serde(default = "yes")]
     pub start_now: bool,
     /// The container's cgroup below [`CGROUP_PARENT`] when not `ID` itself: with sidecars,

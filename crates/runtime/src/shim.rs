@@ -7,7 +7,9 @@
 //! 2. joins the network namespace the server made for the instance, or unshares one with only
 //!    loopback up (the container inherits it), and writes `/etc/hosts` and `/etc/resolv.conf`
 //!    for it into the instance dir (bind-mounted, so the image's layers stay untouched),
-//! 3. creates and starts the container through libcontainer, reporting `started` on fd 3,
+//! 3. creates and starts the container through libcontainer, reporting `started` on fd 3
+//!    (with `start_now` false, it reports `created` once the container exists and starts it
+//!    only on `start`: an instance made ahead of demand),
 //! 4. waits on a pidfd for the container and on fd 4 for commands (`term`, `kill`); end of
 //!    file on fd 4 means the server is gone, and the container is killed,
 //! 5. reports `exited`, then deletes the container (cgroups, state), unmounts and removes the
@@ -40,8 +42,20 @@ pub const COMMAND_FD: i32 = 4;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Event {
+    /// The container is created (namespaces, mounts, cgroup, network) and its init waits
+    /// for `start` on fd 4: a single-container instance with `start_now` false, made ahead
+    /// of demand. `pid` is the init process, which becomes the app's.
+    Created {
+        pid: i32,
+        /// How long each step took so far: `(step, microseconds)` ([`Phases`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        phases: Vec<(String, u64)>,
+    },
     Started {
         pid: i32,
+        /// How long each step took since the previous event: `(step, microseconds)`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        phases: Vec<(String, u64)>,
         /// The container's name (empty for the one container of a single-container instance).
         #[serde(default, skip_serializing_if = "String::is_empty")]
         container: String,
@@ -70,6 +84,37 @@ pub enum Event {
 
 struct Events(File);
 
+/// The steps of a single-container start, timed: `handoff` (the shim's own start until it
+/// holds the server's descriptors), `rootfs` (mount namespace, network, overlay root, `/etc`
+/// files, OCI bundle), `create` (libcontainer's create: the init's namespaces, cgroup, mounts,
+/// `pivot_root`), `start` (the init told to exec the app).
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(String, u64)>,
+}
+
+impl Phases {
+    fn new(since: std::time::Instant) -> Phases {
+        Phases {
+            last: since,
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends step `name` now.
+    fn mark(&mut self, name: &str) {
+        let now = std::time::Instant::now();
+        let us = now.duration_since(self.last).as_micros() as u64;
+        self.done.push((name.to_string(), us));
+        self.last = now;
+    }
+
+    /// The steps ended since the last call.
+    fn take(&mut self) -> Vec<(String, u64)> {
+        std::mem::take(&mut self.done)
+    }
+}
+
 impl Events {
     fn send(&mut self, e: &Event) {
         let mut line = serde_json::to_vec(e).unwrap_or_default();
@@ -81,6 +126,7 @@ impl Events {
 
 /// Entry point of `skiff __shim DIR`. Returns the process exit code.
 pub fn shim_main(dir: &Path) -> i32 {
+    let mut phases = Phases::new(std::time::Instant::now());
     // The server's descriptors arrive on stdin before anything else runs.
     if let Err(e) = crate::handoff::receive() {
         eprintln!("error: skiff __shim: receiving the server's descriptors: {e}");
@@ -100,9 +146,10 @@ pub fn shim_main(dir: &Path) -> i32 {
             return 1;
         }
     };
+    phases.mark("handoff");
     let mut container = None;
     let result = if cfg.sidecars.is_empty() {
-        run(&cfg, &mut events, commands, &mut container)
+        run(&cfg, &mut events, commands, &mut container, phases)
     } else {
         run_with_sidecars(&cfg, &mut events, commands, &mut container)
     };
@@ -120,9 +167,11 @@ fn run(
     events: &mut Events,
     commands: OwnedFd,
     slot: &mut Option<Container>,
+    mut phases: Phases,
 ) -> Result<(), RuntimeError> {
     private_mount_namespace()?;
     let (bundle, _secrets) = write_bundle(cfg)?;
+    phases.mark("rootfs");
     std::fs::create_dir_all(&cfg.state_root).map_err(|e| RuntimeError::io(&cfg.state_root, e))?;
 
     let container = ContainerBuilder::new(cfg.id.clone(), SyscallType::Linux)
@@ -138,17 +187,35 @@ fn run(
         .and_then(|r| r)
         .map_err(|e| RuntimeError::Start(e.to_string()))?;
     let container = slot.insert(container);
+    phases.mark("create");
+    let mut commands = File::from(commands);
+    if !cfg.start_now {
+        let pid = container
+            .pid()
+            .ok_or_else(|| RuntimeError::Start("the container has no init process".into()))?;
+        events.send(&Event::Created {
+            pid: pid.as_raw(),
+            phases: phases.take(),
+        });
+        if !wait_for_start(&mut commands) {
+            // Stopped (or the server went away) before it was needed: nothing ran in it.
+            return Ok(());
+        }
+        phases = Phases::new(std::time::Instant::now());
+    }
     container
         .start()
         .map_err(|e| RuntimeError::Start(e.to_string()))?;
+    phases.mark("start");
     let pid = container
         .pid()
         .ok_or_else(|| RuntimeError::Start("the container has no init process".into()))?;
     events.send(&Event::Started {
         pid: pid.as_raw(),
+        phases: phases.take(),
         container: cfg.name.clone(),
     });
-    let status = supervise(pid, commands)?;
+    let status = supervise(pid, OwnedFd::from(commands))?;
     let (code, signal) = exit_status(status);
     // The container is gone: let go of its output pipes, so the server's readers end now
     // rather than after the cleanup below.
@@ -414,6 +481,7 @@ fn supervise_all(
         m.running = Some((pid, pidfd_open(pid)?));
         events.send(&Event::Started {
             pid: pid.as_raw(),
+            phases: Vec::new(),
             container: m.cfg.name.clone(),
         });
         Ok(())
@@ -800,6 +868,30 @@ fn pidfd_open(pid: Pid) -> Result<OwnedFd, RuntimeError> {
     }
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Reads commands until `start` (true); `term`, `kill` or the end of the pipe (the server is
+/// gone) mean the created container is not wanted (false). Reads a byte at a time, so that
+/// nothing after the line is taken from [`supervise`].
+fn wait_for_start(commands: &mut File) -> bool {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match commands.read(&mut byte) {
+            Ok(0) => return false,
+            Ok(_) if byte[0] == b'\n' => {
+                let cmd = std::mem::take(&mut line);
+                match cmd.trim_ascii() {
+                    b"term" | b"kill" => return false,
+                    c if c == b"start" || c.starts_with(b"start ") => return true,
+                    _ => {}
+                }
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Waits for the container's init to exit while obeying commands on fd 4.

@@ -55,6 +55,10 @@ pub struct Instance {
     stopping: watch::Receiver<bool>,
     /// The container whose end ended the instance (instances with sidecars).
     ended_by: std::sync::Arc<std::sync::OnceLock<String>>,
+    /// The start's steps as timed so far: `spawn` (from [`spawn`]'s call to the shim's first
+    /// report, less the shim's own steps: the shim's fork and exec), then the shim's
+    /// (`handoff`, `rootfs`, `create`, `start`; see the shim's `Phases`).
+    phases: std::sync::Arc<std::sync::Mutex<Vec<(String, Duration)>>>,
 }
 
 /// What the caller reads the container's output from.
@@ -86,7 +90,9 @@ fn secrets_memfd(secrets: &crate::SecretMaterial) -> Result<OwnedFd, RuntimeErro
 }
 
 /// Writes the instance config, starts `SHIM_EXE __shim DIR` and waits until the container's
-/// process exists (not until the app listens: that is the caller's startup probe).
+/// process exists (not until the app listens: that is the caller's startup probe). A
+/// single-container instance with `start_now` false is only created: its app starts on
+/// [`Instance::start`].
 ///
 /// `netns`, when given, is the network namespace the container joins (`cfg.joins_netns` must
 /// say so); the shim gets it on [`crate::NETNS_FD`].
@@ -100,6 +106,7 @@ pub async fn spawn(
             "joins_netns and the namespace given disagree".into(),
         ));
     }
+    let began = std::time::Instant::now();
     let netns_raw = netns.map(|fd| fd.as_raw_fd());
     std::fs::create_dir_all(&cfg.dir).map_err(|e| RuntimeError::io(&cfg.dir, e))?;
     let config_path = cfg.dir.join(CONFIG_FILE);
@@ -182,19 +189,25 @@ pub async fn spawn(
     let mut lines = BufReader::new(events).lines();
 
     let first = lines.next_line().await.ok().flatten();
-    let (pid, first_started) = match first.as_deref().map(serde_json::from_str::<Event>) {
-        Some(Ok(Event::Started { pid, container })) => (pid, container),
-        Some(Ok(Event::Error { message })) => {
-            let _ = child.wait().await;
-            return Err(RuntimeError::Start(message));
-        }
-        other => {
-            let _ = child.wait().await;
-            return Err(RuntimeError::Start(format!(
-                "the shim ended without starting the container ({other:?})"
-            )));
-        }
-    };
+    let (pid, first_started, shim_phases) =
+        match first.as_deref().map(serde_json::from_str::<Event>) {
+            Some(Ok(Event::Started {
+                pid,
+                phases,
+                container,
+            })) => (pid, Some(container), phases),
+            Some(Ok(Event::Created { pid, phases })) => (pid, None, phases),
+            Some(Ok(Event::Error { message })) => {
+                let _ = child.wait().await;
+                return Err(RuntimeError::Start(message));
+            }
+            other => {
+                let _ = child.wait().await;
+                return Err(RuntimeError::Start(format!(
+                    "the shim ended without starting the container ({other:?})"
+                )));
+            }
+        };
     // The shim made the namespace and the container shares it; the shim lives until the
     // container is gone, so its handle is the steadier one. Both may be gone already when the
     // container exited at once: then there is no namespace to reach, only an exit to report.
@@ -205,7 +218,15 @@ pub async fn spawn(
 
     let (exit_tx, exit_rx) = watch::channel(None);
     let (gone_tx, gone_rx) = watch::channel(false);
-    let (started_tx, started_rx) = watch::channel(vec![first_started]);
+    let (started_tx, started_rx) = watch::channel(first_started.into_iter().collect::<Vec<_>>());
+    let in_shim: Duration = shim_phases
+        .iter()
+        .map(|(_, us)| Duration::from_micros(*us))
+        .sum();
+    let mut timed = vec![("spawn".to_string(), began.elapsed().saturating_sub(in_shim))];
+    timed.extend(micros(shim_phases));
+    let phases = std::sync::Arc::new(std::sync::Mutex::new(timed));
+    let more_phases = phases.clone();
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let usage = std::sync::Arc::new(std::sync::OnceLock::new());
     let final_usage = usage.clone();
@@ -219,7 +240,13 @@ pub async fn spawn(
                 let _ = final_usage.set(*u);
             }
             match &event {
-                Ok(Event::Started { container, .. }) => {
+                Ok(Event::Started {
+                    container, phases, ..
+                }) => {
+                    more_phases
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(micros(phases.clone()));
                     started_tx.send_modify(|s| s.push(container.clone()));
                 }
                 Ok(Event::Exited { container, .. }) if !container.is_empty() => {
@@ -266,6 +293,7 @@ pub async fn spawn(
             started: started_rx,
             stopping: stopping_rx,
             ended_by,
+            phases,
         },
         Output {
             stdout,
@@ -275,7 +303,23 @@ pub async fn spawn(
     ))
 }
 
+/// The shim's `(step, microseconds)` as durations.
+fn micros(phases: Vec<(String, u64)>) -> impl Iterator<Item = (String, Duration)> {
+    phases
+        .into_iter()
+        .map(|(n, us)| (n, Duration::from_micros(us)))
+}
+
 impl Instance {
+    /// The start's steps timed so far, in order: `spawn`, then the shim's `handoff`,
+    /// `rootfs`, `create` and `start` (single-container instances).
+    pub fn phases(&self) -> Vec<(String, Duration)> {
+        self.phases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     async fn command(&self, c: &str) {
         let mut guard = self.commands.lock().await;
         if let Some(tx) = guard.as_mut() {
@@ -283,6 +327,12 @@ impl Instance {
                 *guard = None;
             }
         }
+    }
+
+    /// Starts the container of an instance spawned with `start_now` false (created ahead of
+    /// demand); [`Instance::wait_started`]`("")` then says when it has started.
+    pub async fn start(&self) {
+        self.command("start\n").await;
     }
 
     /// Tells the shim to start container `name` (one that starts after others).

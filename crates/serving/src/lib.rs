@@ -48,6 +48,8 @@ pub struct ServingConfig {
     pub https: HttpsConfig,
     /// The host names services answer at (`--domain`).
     pub urls: skiff_model::ServiceUrls,
+    /// How many revisions keep an instance made ahead of demand (`--prepared-instances`).
+    pub prepared_instances: usize,
 }
 
 /// The HTTPS side of the ingress, shared by its listeners.
@@ -148,6 +150,8 @@ impl Serving {
             metrics: cfg.metrics,
             network: cfg.network,
             secrets: cfg.secrets,
+            prepared_max: cfg.prepared_instances,
+            prepared_used: Default::default(),
         });
         let host_dirs = cfg.host_dirs;
         let serving = Arc::new(Serving {

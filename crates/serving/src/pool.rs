@@ -51,7 +51,54 @@ pub struct Ctx {
     pub network: Option<Arc<skiff_network::Network>>,
     /// Where secret references resolve at each instance start.
     pub secrets: Arc<skiff_secrets::SecretStore>,
+    /// Instances kept created ahead of demand, one per serving revision, at most this many
+    /// across the server (`--prepared-instances`).
+    pub prepared_max: usize,
+    /// How many are made or being made now.
+    pub prepared_used: std::sync::atomic::AtomicUsize,
 }
+
+impl Ctx {
+    /// Takes a place for an instance made ahead of demand, if one is free.
+    fn take_prepared_place(&self) -> bool {
+        self.prepared_used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.prepared_max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release_prepared_place(&self) {
+        let _ = self
+            .prepared_used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+}
+
+/// An instance made ahead of demand: its shim has created the container (mount and network
+/// namespaces, root filesystem, cgroup, `/etc` files), whose init waits for `start`. Taking
+/// it leaves only the app's exec and its first accept on the request's path.
+struct Prepared {
+    id: String,
+    cfg: InstanceConfig,
+    /// Its network, held until the instance ends.
+    lease: Option<skiff_network::Lease>,
+    rt: supervisor::Instance,
+    out: supervisor::Output,
+}
+
+impl Prepared {
+    /// Removes it: the shim is told to stop, deletes the container and exits; the network
+    /// goes once it has.
+    async fn discard(self) {
+        self.rt.stop(Duration::ZERO).await;
+        drop(self.lease);
+    }
+}
+
+/// How long a revision waits before making an instance ahead of demand again after failing
+/// to.
+const PREPARE_RETRY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RevKey {
@@ -197,6 +244,12 @@ struct PoolState {
     consecutive_failures: u32,
     backoff_until: Option<Instant>,
     closed: bool,
+    /// The instance made ahead of demand, if there is one ready to be taken.
+    prepared: Option<Prepared>,
+    /// Whether one is being made.
+    preparing: bool,
+    /// No instance is made ahead of demand before this (after a failure).
+    prepare_after: Option<Instant>,
 }
 
 impl PoolState {
@@ -575,7 +628,14 @@ impl Pool {
     }
 
     fn start_instance(self: &Arc<Self>, st: &mut PoolState) {
-        let id = format!("{}-{}", self.key.revision, random_suffix());
+        let prepared = st.prepared.take();
+        if prepared.is_some() {
+            self.ctx.release_prepared_place();
+        }
+        let id = match &prepared {
+            Some(p) => p.id.clone(),
+            None => format!("{}-{}", self.key.revision, random_suffix()),
+        };
         let meter = self.ctx.meters.start(
             skiff_metering::InstanceInfo {
                 id: id.clone(),
@@ -610,7 +670,135 @@ impl Pool {
         });
         st.instances.push(inst.clone());
         let pool = self.clone();
-        tokio::spawn(async move { pool.run_instance(inst).await });
+        tokio::spawn(async move { pool.run_instance(inst, prepared).await });
+    }
+
+    /// Whether this revision's instances can be made ahead of demand: one container, no
+    /// secrets (they resolve at each start, so `latest` moves on), and instances made ahead
+    /// are allowed at all.
+    fn preparable(&self) -> bool {
+        self.ctx.prepared_max > 0
+            && self.settings.sidecars.is_empty()
+            && !self.settings.has_secrets()
+            && !skiff_runtime::process_args(
+                &self.image.entrypoint,
+                &self.image.cmd,
+                &self.settings.command,
+                &self.settings.args,
+            )
+            .is_empty()
+    }
+
+    /// Keeps one instance made ahead of demand while the revision serves traffic (and a place
+    /// is free); returns the one to discard when it no longer should have one.
+    fn keep_prepared(self: &Arc<Self>, st: &mut PoolState) -> Option<Prepared> {
+        if st.closed || !self.serving.load(Ordering::SeqCst) || !self.preparable() {
+            return self.take_prepared(st);
+        }
+        if st.prepared.is_none()
+            && !st.preparing
+            && st.prepare_after.is_none_or(|t| t <= Instant::now())
+            && self.ctx.take_prepared_place()
+        {
+            st.preparing = true;
+            let pool = self.clone();
+            tokio::spawn(async move { pool.prepare().await });
+        }
+        None
+    }
+
+    /// Takes the instance made ahead of demand out of the pool (to discard it).
+    fn take_prepared(&self, st: &mut PoolState) -> Option<Prepared> {
+        let gone = st.prepared.take();
+        if gone.is_some() {
+            self.ctx.release_prepared_place();
+        }
+        gone
+    }
+
+    /// Makes an instance ahead of demand: everything but the app's start.
+    async fn prepare(self: Arc<Self>) {
+        let id = format!("{}-{}", self.key.revision, random_suffix());
+        let mut cfg = self.instance_config(&id);
+        cfg.start_now = false;
+        let made = self.sandbox(&id, &mut cfg).await;
+        let unwanted = {
+            let mut st = self.lock();
+            st.preparing = false;
+            match made {
+                Ok((lease, rt, out, _)) => {
+                    let p = Prepared {
+                        id,
+                        cfg,
+                        lease,
+                        rt,
+                        out,
+                    };
+                    if st.closed || !self.serving.load(Ordering::SeqCst) {
+                        Some(p)
+                    } else {
+                        tracing::info!(instance = p.id, "instance made ahead of demand");
+                        st.prepared = Some(p);
+                        None
+                    }
+                }
+                Err(e) => {
+                    st.prepare_after = Some(Instant::now() + PREPARE_RETRY);
+                    self.ctx.release_prepared_place();
+                    tracing::debug!(
+                        revision = self.key.revision,
+                        "making an instance ahead: {e}"
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(p) = unwanted {
+            self.ctx.release_prepared_place();
+            p.discard().await;
+        }
+    }
+
+    /// The instance's network (held until the instance ends: dropping the lease removes its
+    /// interface), its shim, which has created the container (and started it, unless
+    /// `cfg.start_now` is false), and how long taking the network took.
+    async fn sandbox(
+        &self,
+        id: &str,
+        cfg: &mut InstanceConfig,
+    ) -> Result<
+        (
+            Option<skiff_network::Lease>,
+            supervisor::Instance,
+            supervisor::Output,
+            Duration,
+        ),
+        String,
+    > {
+        let began = Instant::now();
+        let lease = match self.ctx.network.as_ref().filter(|_| self.settings.egress) {
+            None => None,
+            Some(net) => {
+                let owner = skiff_network::Owner::new(
+                    &self.key.namespace,
+                    id,
+                    self.settings.service_account.as_deref(),
+                );
+                Some(
+                    net.acquire(owner)
+                        .await
+                        .map_err(|e| format!("no network for the instance: {e}"))?,
+                )
+            }
+        };
+        (cfg.hosts, cfg.resolv_conf) = skiff_network::etc_files(lease.as_ref(), &cfg.hostname);
+        cfg.joins_netns = lease.is_some();
+        let network = began.elapsed();
+        let netns = lease.as_ref().map(|l| l.netns());
+        let (rt, out) = supervisor::spawn(&self.ctx.shim_exe, cfg, netns)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((lease, rt, out, network))
     }
 
     /// Adds the revision's sidecars to an instance's config: each container gets a name, a
@@ -735,23 +923,25 @@ impl Pool {
         cfg
     }
 
-    async fn run_instance(self: Arc<Self>, inst: Arc<Inst>) {
+    /// A new instance's config, with its secrets resolved; `None` when it cannot start (the
+    /// failure is recorded).
+    async fn start_config(&self, inst: &Arc<Inst>) -> Option<InstanceConfig> {
         let mut cfg = self.instance_config(&inst.id);
         if let Some(c) = cfg.sidecars.iter().find(|c| c.args.is_empty()) {
             let why = format!(
                 "the image of container {} has no entrypoint or command: give it a command",
                 c.name
             );
-            self.start_failed(&inst, why).await;
-            return;
+            self.start_failed(inst, why).await;
+            return None;
         }
         if cfg.args.is_empty() {
             self.start_failed(
-                &inst,
+                inst,
                 "the image has no entrypoint or command: pass --command".into(),
             )
             .await;
-            return;
+            return None;
         }
         // Secret references resolve now, at each instance start (`latest` moves on).
         if self.settings.has_secrets() {
@@ -773,31 +963,39 @@ impl Pool {
             match resolved {
                 Ok(Ok(m)) => cfg.secrets = m,
                 Ok(Err(e)) => {
-                    self.start_failed(&inst, format!("cannot resolve a secret: {e}"))
+                    self.start_failed(inst, format!("cannot resolve a secret: {e}"))
                         .await;
-                    return;
+                    return None;
                 }
                 Err(e) => {
-                    self.start_failed(&inst, format!("cannot resolve secrets: {e}"))
+                    self.start_failed(inst, format!("cannot resolve secrets: {e}"))
                         .await;
-                    return;
+                    return None;
                 }
             }
         }
-        // Held until the instance has ended: dropping it removes the instance's interface.
-        let lease = match self.ctx.network.as_ref().filter(|_| self.settings.egress) {
-            None => None,
-            Some(net) => {
-                let owner = skiff_network::Owner::new(
-                    &self.key.namespace,
-                    &inst.id,
-                    self.settings.service_account.as_deref(),
-                );
-                match net.acquire(owner).await {
-                    Ok(l) => Some(l),
+        Some(cfg)
+    }
+
+    async fn run_instance(self: Arc<Self>, inst: Arc<Inst>, prepared: Option<Prepared>) {
+        let ahead = if prepared.is_some() {
+            " (made ahead of demand)"
+        } else {
+            ""
+        };
+        let (cfg, lease, rt, out, network) = match prepared {
+            Some(p) => {
+                p.rt.start().await;
+                (p.cfg, p.lease, p.rt, p.out, None)
+            }
+            None => {
+                let Some(mut cfg) = self.start_config(&inst).await else {
+                    return;
+                };
+                match self.sandbox(&inst.id, &mut cfg).await {
+                    Ok((lease, rt, out, net)) => (cfg, lease, rt, out, Some(net)),
                     Err(e) => {
-                        self.start_failed(&inst, format!("no network for the instance: {e}"))
-                            .await;
+                        self.start_failed(&inst, e).await;
                         return;
                     }
                 }
@@ -806,16 +1004,6 @@ impl Pool {
         if let Some(l) = &lease {
             inst.meter.set_net_reader(l.net_reader());
         }
-        (cfg.hosts, cfg.resolv_conf) = skiff_network::etc_files(lease.as_ref(), &cfg.hostname);
-        cfg.joins_netns = lease.is_some();
-        let netns = lease.as_ref().map(|l| l.netns());
-        let (rt, out) = match supervisor::spawn(&self.ctx.shim_exe, &cfg, netns).await {
-            Ok(x) => x,
-            Err(e) => {
-                self.start_failed(&inst, e.to_string()).await;
-                return;
-            }
-        };
         let netns = rt
             .netns
             .as_ref()
@@ -922,7 +1110,12 @@ impl Pool {
                     m.ready(t);
                 });
                 self.metrics.started(inst.created.elapsed());
-                tracing::info!(instance = inst.id, "ready in {:?}", began.elapsed());
+                tracing::info!(
+                    instance = inst.id,
+                    "ready in {}{ahead}: {}",
+                    ms(inst.created.elapsed()),
+                    start_steps(network, &rt.phases(), began.elapsed())
+                );
                 let probes = std::iter::once((None, self.settings.liveness_probe.clone())).chain(
                     self.settings
                         .sidecars
@@ -1265,6 +1458,7 @@ impl Pool {
         // A lease handed out since the last sample (a deploy's warm-up, say) is activity too.
         self.sample();
         let mut to_stop = Vec::new();
+        let discard;
         {
             let mut st = self.lock();
             let (sum, n) =
@@ -1305,6 +1499,10 @@ impl Pool {
             // Requests waiting right now are served without waiting for the averages.
             self.scale_up(&mut st);
             self.dispatch(&mut st);
+            discard = self.keep_prepared(&mut st);
+        }
+        if let Some(p) = discard {
+            tokio::spawn(p.discard());
         }
         for inst in to_stop {
             self.log(&inst, format!("instance {} stopping: scaled down", inst.id));
@@ -1328,8 +1526,12 @@ impl Pool {
                 });
             }
             self.fail_queue(&mut st, &AcquireError::Closed);
-            st.instances.clone()
+            (st.instances.clone(), self.take_prepared(&mut st))
         };
+        let (insts, prepared) = insts;
+        if let Some(p) = prepared {
+            p.discard().await;
+        }
         let stops = insts.iter().map(|i| async move {
             // A starting instance notices Draining and stops itself; wait for its runtime.
             for _ in 0..200 {
@@ -1347,6 +1549,32 @@ impl Pool {
         });
         futures::future::join_all(stops).await;
     }
+}
+
+/// `d` in milliseconds, to a tenth.
+fn ms(d: Duration) -> String {
+    format!("{:.1}ms", d.as_secs_f64() * 1000.0)
+}
+
+/// An instance start's steps for the log: `network` (taking a network sandbox; `None` when
+/// the instance was made ahead of demand), the runtime's `phases` after it (only `start` for
+/// an instance made ahead: the rest was done before the request), and `probed`, the time from
+/// the container's creation (or the `start` sent) to the port's first accept.
+fn start_steps(
+    network: Option<Duration>,
+    phases: &[(String, Duration)],
+    probed: Duration,
+) -> String {
+    let mut steps: Vec<String> = Vec::new();
+    if let Some(n) = network {
+        steps.push(format!("network {}", ms(n)));
+    }
+    let shown = phases
+        .iter()
+        .filter(|(name, _)| network.is_some() || name == "start");
+    steps.extend(shown.map(|(name, d)| format!("{name} {}", ms(*d))));
+    steps.push(format!("until first accept {}", ms(probed)));
+    steps.join(", ")
 }
 
 fn random_suffix() -> String {

@@ -76,6 +76,11 @@ pub struct ServerArgs {
     /// Network sandboxes kept made ahead of demand, so that a cold start does not wait for one.
     #[arg(long, value_name = "N", default_value_t = 4)]
     network_prepared: usize,
+    /// Revisions that keep one instance made ahead of demand (container created: namespaces,
+    /// root filesystem, cgroup, network), so that a start from zero runs only the app; each
+    /// holds a shim process, a network sandbox and its mounts. 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    prepared_instances: usize,
     /// How long log entries are kept (Cloud Logging's default bucket keeps 30 days).
     #[arg(long, default_value = "30d", value_parser = parse_days)]
     log_retention: Duration,
@@ -506,6 +511,7 @@ async fn serve(
         host_dirs,
         https,
         urls: urls.clone(),
+        prepared_instances: args.prepared_instances,
     });
     let cert_watch = user_cert.map(|u| watch_user_certificate(u, certs.clone()));
     // Before the restore below sets the services' routes, so each gets its certificate.

@@ -685,3 +685,81 @@ fn queued_requests_are_served_in_order_and_the_queue_is_bounded() {
         assert_eq!(h.join().unwrap().0, 200);
     }
 }
+
+/// Instance directories under the server's run tmpfs: running instances and those made ahead.
+fn instance_dirs(s: &TestServer) -> Vec<String> {
+    std::fs::read_dir(s.data_dir.join("run/i"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn instances_made_ahead_serve_starts_from_zero_and_go_with_their_revision() {
+    let (s, _tmp) =
+        server_with_image(&["--scale-to-zero-after", "1s", "--prepared-instances", "1"]);
+    deploy(&s, "ahead", &[]);
+    s.wait_for("scale to zero", 20, || s.instances("ahead").is_empty());
+    s.wait_for("an instance made ahead of demand", 20, || {
+        instance_dirs(&s).len() == 1
+    });
+    let made = instance_dirs(&s).remove(0);
+    assert!(made.starts_with("ahead-"), "{made}");
+    // A second service serves too, but the server keeps one instance made ahead in all.
+    deploy(&s, "second", &[]);
+    s.wait_for("scale to zero", 20, || s.instances("second").is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(instance_dirs(&s), vec![made.clone()]);
+
+    // A request at zero instances takes it: the instance that answers is the one made ahead.
+    let (code, body) = s.get(&host("ahead"), "/", None);
+    assert_eq!((code, body.as_str()), (200, "hello from skiff\n"));
+    let running = s.instances("ahead");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0]["id"], made.as_str());
+    // The log gives each start's steps: the whole start for the deploy's first instance, only
+    // the app's start for the one made ahead.
+    let log = s.log();
+    let ready: Vec<&str> = log.lines().filter(|l| l.contains(" ready in ")).collect();
+    eprintln!("{}", ready.join("\n"));
+    let steps = [
+        "network ",
+        "spawn ",
+        "rootfs ",
+        "create ",
+        "start ",
+        "until first accept ",
+    ];
+    assert!(
+        ready
+            .iter()
+            .any(|l| steps.iter().all(|step| l.contains(step))),
+        "{log}"
+    );
+    assert!(
+        ready
+            .iter()
+            .any(|l| l.contains("(made ahead of demand): start ")
+                && l.contains("until first accept ")
+                && !l.contains("create ")),
+        "{log}"
+    );
+    // Its output is captured like any instance's.
+    s.wait_for("the app's output in the log", 10, || {
+        s.ok(&["logs", "read", "--service", "ahead"])
+            .contains("listening on 8080")
+    });
+    // It scales to zero like any other, and another is made ahead in its place.
+    s.wait_for("scale to zero", 20, || s.instances("ahead").is_empty());
+    s.wait_for("another instance made ahead", 20, || {
+        let dirs = instance_dirs(&s);
+        dirs.len() == 1 && dirs[0] != made
+    });
+    // Deleting the services removes the instance made ahead with everything it held.
+    s.ok(&["services", "delete", "ahead"]);
+    s.ok(&["services", "delete", "second"]);
+    s.wait_for("no instance left", 20, || s.instance_leftovers().is_empty());
+}

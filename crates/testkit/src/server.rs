@@ -145,6 +145,18 @@ impl TestServer {
             .arg("--pubsub")
             .arg(format!("127.0.0.1:{}", self.pubsub))
             .args(&self.args)
+            // Instances made ahead of demand hold a shim, a cgroup and a network sandbox per
+            // revision, which tests counting what an instance leaves behind would see; a test
+            // that wants them names the flag.
+            .args(
+                (!self
+                    .args
+                    .iter()
+                    .any(|a| a.starts_with("--prepared-instances")))
+                .then_some(["--prepared-instances", "0"])
+                .into_iter()
+                .flatten(),
+            )
             .args(
                 self.subnet
                     .iter()
