@@ -109,6 +109,12 @@ pub struct ServerArgs {
     /// Memory limit of a source build (buildah and its RUN steps together).
     #[arg(long, default_value = "4Gi", value_parser = parse_size)]
     build_memory: u64,
+    /// The most disk buildah's storage (the source builds' layer cache and the base images
+    /// they pulled) may take; past it, after a build or `skiff images prune`, whole services',
+    /// jobs' and image names' caches are dropped, least recently built first, never the one
+    /// the build just made or used. 0: no layer cache is kept.
+    #[arg(long, value_name = "SIZE", default_value = "10Gi", value_parser = parse_size)]
+    build_cache_max: u64,
     /// The base image source builds of a language use when no Dockerfile is given:
     /// LANG=REF with LANG one of python, nodejs, go, go-run (what a Go binary runs on),
     /// static [default: python:3.12-slim, node:22-slim, golang:1.23,
@@ -639,6 +645,7 @@ async fn serve(
             base_images,
             max_source_bytes: 8 << 30,
             max_archive_bytes: args.build_max_source,
+            cache_max_bytes: args.build_cache_max,
         },
         store.clone(),
         controller.images.clone(),

@@ -10,7 +10,8 @@
 //! without a Dockerfile whose `package.json` installs a package from npm, on Debian's nodejs
 //! and npm; a Go app without a Dockerfile built into a static binary on a busybox base; and a
 //! job deployed from source, run, rebuilt after a failed build that left it; and the layer
-//! cache kept per service across builds and pruned when the service goes.
+//! cache kept per service across builds, pruned when the service goes, and bounded by
+//! `--build-cache-max` (the least recently built service's cache goes first).
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -907,4 +908,80 @@ fn layer_cache_is_kept_per_service_and_pruned_when_the_service_goes() {
         !after.iter().any(|(_, n)| n.contains("service-cache-a")),
         "{after:?}"
     );
+}
+
+/// Writes a two-stage Dockerfile for `name` whose first stage's RUN prints `ran-{n+1}` only
+/// when it runs and leaves `mib` MiB of random bytes in that stage's cached layer.
+fn big_stage_source(tmp: &Path, base: &str, name: &str, n: u32, mib: u32) -> std::path::PathBuf {
+    let src = tmp.join(name);
+    write(
+        &src,
+        "Dockerfile",
+        &format!(
+            "FROM {base} AS one\n\
+             RUN echo ran-$((1+{n})) && busybox mkdir -p /out && echo {name} > /out/who && \
+                 busybox dd if=/dev/urandom of=/out/blob bs=1048576 count={mib} 2>/dev/null\n\
+             FROM {base}\n\
+             COPY --from=one /out/who /www/{name}\n"
+        ),
+    );
+    src
+}
+
+#[test]
+fn build_cache_over_its_limit_drops_the_least_recently_built_owner() {
+    // Each service's first stage caches 32 MiB; the limit holds one such cache (and the base
+    // image), not two.
+    let s = TestServer::start(Path::new(BIN), &["--build-cache-max", "48Mi"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = push_base(&s, tmp.path());
+    let deploy = |name: &str, src: &Path| -> String {
+        let out = s.skiff(&["deploy", name, "--source", src.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success(),
+            "deploy --source {name}: {stderr}\nserver log: {}",
+            s.log()
+        );
+        stderr
+    };
+    let src_a = big_stage_source(tmp.path(), &base, "cache-a", 1, 32);
+    let src_b = big_stage_source(tmp.path(), &base, "cache-b", 2, 32);
+    let first = deploy("cache-a", &src_a);
+    assert!(first.contains("ran-2"), "{first}");
+    assert!(!first.contains("Dropped the layer cache"), "{first}");
+    let tags = |svc: &str| -> usize {
+        let prefix = format!("localhost/skiff-cache/default/service-{svc}:");
+        buildah_images(&s)
+            .iter()
+            .filter(|(_, n)| n.starts_with(&prefix))
+            .count()
+    };
+    assert_eq!(tags("cache-a"), 2, "{:?}", buildah_images(&s));
+
+    // The second service's build takes the storage over the limit: the first's cache goes
+    // (the build's log and the server's say so), the second's stays.
+    let second = deploy("cache-b", &src_b);
+    assert!(second.contains("ran-3"), "{second}");
+    assert!(
+        second.contains("Dropped the layer cache of default/service-cache-a"),
+        "{second}"
+    );
+    assert!(
+        s.log().contains("dropped a build layer cache"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(tags("cache-a"), 0, "{:?}", buildah_images(&s));
+    assert_eq!(tags("cache-b"), 2, "{:?}", buildah_images(&s));
+
+    // The second's rebuild comes from its cache and drops nothing; the first's runs its steps
+    // again.
+    let again_b = deploy("cache-b", &src_b);
+    assert!(again_b.contains("Using cache"), "{again_b}");
+    assert!(!again_b.contains("ran-3"), "stage one ran again: {again_b}");
+    assert!(!again_b.contains("Dropped the layer cache"), "{again_b}");
+    let again_a = deploy("cache-a", &src_a);
+    assert!(!again_a.contains("Using cache"), "{again_a}");
+    assert!(again_a.contains("ran-2"), "{again_a}");
 }
