@@ -173,7 +173,7 @@ pub struct BuildsConfig {
 pub struct CachePrune {
     /// Images (cached steps) removed: how many fewer buildah's storage holds.
     pub images: usize,
-    /// Cache tags dropped because their service or job no longer exists.
+    /// Cache tags dropped because their service, job or image name no longer exists.
     pub stages: usize,
     /// Owners (`NS/service-NAME`, `NS/job-NAME`, `NS/image-HASH`) whose caches were dropped
     /// because buildah's storage was over `--build-cache-max`, in the order dropped.
@@ -275,8 +275,11 @@ impl Builds {
     }
 
     /// Prunes buildah's layer cache (part of `skiff images prune`): drops the cache of every
-    /// service and job that no longer exists, then removes every image no kept cache tag
-    /// descends from. Waits for the running build, if any.
+    /// service and job that no longer exists and of every `builds submit --tag` name Skiff's
+    /// image store no longer holds (the image deleted, or collected by the same prune before
+    /// this runs), then removes every image no kept cache tag descends from, then keeps the
+    /// storage within `--build-cache-max` (see [`Builds::limit_cache`]). Waits for the running
+    /// build, if any.
     pub async fn prune_cache(&self) -> CachePrune {
         let _permit = self
             .queue
@@ -290,6 +293,24 @@ impl Builds {
         let before = buildah::storage_bytes(&self.buildah);
         let images_before = buildah::image_count(&self.buildah, &auth_dir).await;
         let mut owners = 0;
+        // The image names of `builds submit --tag` builds by cache key, and the names Skiff's
+        // store holds (`None` when it cannot be read: then no such cache is dropped).
+        let tag_names: HashMap<String, String> = self
+            .store
+            .list_objects::<Build>(KIND, None, None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|b| b.service.is_none() && b.job.is_none())
+            .filter_map(|b| Some((cache_key(&b), b.images.first()?.clone())))
+            .collect();
+        let kept_images: Option<BTreeSet<String>> = {
+            let images = self.images.clone();
+            tokio::task::spawn_blocking(move || images.list())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|l| l.into_iter().map(|i| i.reference).collect())
+        };
         for t in buildah::cache_tags(&self.buildah, &auth_dir).await {
             let Some(key) = cache_owner(&t) else {
                 continue;
@@ -305,6 +326,14 @@ impl Builds {
                         .get_object::<serde_json::Value>(skiff_store::kind::JOB, ns, j),
                     Ok(None)
                 )
+            } else if owner.starts_with("image-") {
+                // A `builds submit --tag` cache lives as long as its image name does in
+                // Skiff's store (`images delete`, or collected by this prune).
+                match (&kept_images, tag_names.get(key)) {
+                    (Some(refs), Some(name)) => !refs.contains(name),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                }
             } else {
                 false
             };

@@ -11,7 +11,8 @@
 //! and npm; a Go app without a Dockerfile built into a static binary on a busybox base; and a
 //! job deployed from source, run, rebuilt after a failed build that left it; and the layer
 //! cache kept per service across builds, pruned when the service goes, and bounded by
-//! `--build-cache-max` (the least recently built service's cache goes first).
+//! `--build-cache-max` (the least recently built service's cache goes first); and the cache of
+//! a `builds submit --tag` image dropped by the prune after the image is deleted.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -984,4 +985,53 @@ fn build_cache_over_its_limit_drops_the_least_recently_built_owner() {
     let again_a = deploy("cache-a", &src_a);
     assert!(!again_a.contains("Using cache"), "{again_a}");
     assert!(again_a.contains("ran-2"), "{again_a}");
+}
+
+#[test]
+fn builds_submit_tag_cache_goes_when_its_image_is_deleted() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = push_base(&s, tmp.path());
+    let submit = |src: &Path, tag: &str| -> String {
+        let out = s.skiff(&["builds", "submit", src.to_str().unwrap(), "--tag", tag]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success(),
+            "builds submit --tag {tag}: {stderr}\nserver log: {}",
+            s.log()
+        );
+        stderr
+    };
+    let keep = big_stage_source(tmp.path(), &base, "keep", 1, 1);
+    let gone = big_stage_source(tmp.path(), &base, "gone", 2, 1);
+    submit(&keep, "keep:v1");
+    submit(&gone, "gone:v1");
+    let owners = || -> std::collections::BTreeSet<String> {
+        buildah_images(&s)
+            .into_iter()
+            .filter_map(|(_, n)| {
+                let rest = n.strip_prefix("localhost/skiff-cache/default/image-")?;
+                Some(rest.split(':').next()?.to_string())
+            })
+            .collect()
+    };
+    assert_eq!(owners().len(), 2, "{:?}", buildah_images(&s));
+
+    // While its image is in Skiff's store, a prune keeps a `--tag` build's cache.
+    s.ok(&["images", "prune"]);
+    assert_eq!(owners().len(), 2, "{:?}", buildah_images(&s));
+
+    // Deleting the image lets the next prune drop its cache, and only its.
+    s.ok(&["images", "delete", "gone:v1"]);
+    let out = s.skiff(&["images", "prune"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "images prune: {stderr}");
+    assert!(!stderr.contains("Deleted 0 build cache images"), "{stderr}");
+    assert_eq!(owners().len(), 1, "{:?}", buildah_images(&s));
+    let again_keep = submit(&keep, "keep:v1");
+    assert!(again_keep.contains("Using cache"), "{again_keep}");
+    assert!(!again_keep.contains("ran-2"), "{again_keep}");
+    let again_gone = submit(&gone, "gone:v1");
+    assert!(!again_gone.contains("Using cache"), "{again_gone}");
+    assert!(again_gone.contains("ran-3"), "{again_gone}");
 }
