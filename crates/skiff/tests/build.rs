@@ -11,8 +11,8 @@
 //! and npm; a Go app without a Dockerfile built into a static binary on a busybox base; and a
 //! job deployed from source, run, rebuilt after a failed build that left it; and the layer
 //! cache kept per service across builds, pruned when the service goes, and bounded by
-//! `--build-cache-max` (the least recently built service's cache goes first); and the cache of
-//! a `builds submit --tag` image dropped by the prune after the image is deleted.
+//! `--build-cache-max` (the least recently built service's cache goes first; 0 keeps none); and
+//! the cache of a `builds submit --tag` image dropped by the prune after the image is deleted.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -1034,4 +1034,42 @@ fn builds_submit_tag_cache_goes_when_its_image_is_deleted() {
     let again_gone = submit(&gone, "gone:v1");
     assert!(!again_gone.contains("Using cache"), "{again_gone}");
     assert!(again_gone.contains("ran-3"), "{again_gone}");
+}
+
+#[test]
+fn build_cache_max_zero_keeps_no_cache() {
+    let mut s = TestServer::start(Path::new(BIN), &["--build-cache-max", "0"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = push_base(&s, tmp.path());
+    let src = big_stage_source(tmp.path(), &base, "nocache", 1, 1);
+    for _ in 0..2 {
+        let out = s.skiff(&["deploy", "nocache", "--source", src.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "deploy --source: {stderr}");
+        assert!(stderr.contains("ran-2"), "{stderr}");
+        assert!(!stderr.contains("Using cache"), "{stderr}");
+        assert!(
+            stderr.contains("Dropped the layer cache of default/service-nocache"),
+            "{stderr}"
+        );
+        let images = buildah_images(&s);
+        assert!(
+            !images
+                .iter()
+                .any(|(_, n)| n.starts_with("localhost/skiff-cache/")),
+            "{images:?}"
+        );
+    }
+    s.stop();
+
+    // A size that is not one is refused, naming the flag.
+    let out = std::process::Command::new(BIN)
+        .args(["server", "--build-cache-max", "lots"])
+        .env("SKIFF_DATA_DIR", tmp.path().join("unused"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--build-cache-max"), "{err}");
+    assert!(!tmp.path().join("unused").exists());
 }
