@@ -985,6 +985,20 @@ fn build_cache_over_its_limit_drops_the_least_recently_built_owner() {
     let again_a = deploy("cache-a", &src_a);
     assert!(!again_a.contains("Using cache"), "{again_a}");
     assert!(again_a.contains("ran-2"), "{again_a}");
+
+    // A cache over the limit on its own stays after its build, which made it, and goes at the
+    // next `images prune`, which says so.
+    let src_c = big_stage_source(tmp.path(), &base, "cache-c", 3, 64);
+    deploy("cache-c", &src_c);
+    assert_eq!(tags("cache-c"), 2, "{:?}", buildah_images(&s));
+    let out = s.skiff(&["images", "prune"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "images prune: {stderr}");
+    assert!(
+        stderr.contains("Dropped the layer cache of default/service-cache-c"),
+        "{stderr}"
+    );
+    assert_eq!(tags("cache-c"), 0, "{:?}", buildah_images(&s));
 }
 
 #[test]
