@@ -294,15 +294,18 @@ impl Builds {
         let images_before = buildah::image_count(&self.buildah, &auth_dir).await;
         let mut owners = 0;
         // The image names of `builds submit --tag` builds by cache key, and the names Skiff's
-        // store holds (`None` when it cannot be read: then no such cache is dropped).
-        let tag_names: HashMap<String, String> = self
+        // store holds (`None` when either cannot be read: then no such cache is dropped).
+        let tag_names: Option<HashMap<String, String>> = self
             .store
             .list_objects::<Build>(KIND, None, None)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|b| b.service.is_none() && b.job.is_none())
-            .filter_map(|b| Some((cache_key(&b), b.images.first()?.clone())))
-            .collect();
+            .map_err(|e| tracing::warn!("cannot read builds to prune the build cache: {e}"))
+            .ok()
+            .map(|all| {
+                all.into_iter()
+                    .filter(|b| b.service.is_none() && b.job.is_none())
+                    .filter_map(|b| Some((cache_key(&b), b.images.first()?.clone())))
+                    .collect()
+            });
         let kept_images: Option<BTreeSet<String>> = {
             let images = self.images.clone();
             tokio::task::spawn_blocking(move || images.list())
@@ -329,10 +332,9 @@ impl Builds {
             } else if owner.starts_with("image-") {
                 // A `builds submit --tag` cache lives as long as its image name does in
                 // Skiff's store (`images delete`, or collected by this prune).
-                match (&kept_images, tag_names.get(key)) {
-                    (Some(refs), Some(name)) => !refs.contains(name),
-                    (Some(_), None) => true,
-                    (None, _) => false,
+                match (&kept_images, &tag_names) {
+                    (Some(refs), Some(names)) => names.get(key).is_none_or(|n| !refs.contains(n)),
+                    _ => false,
                 }
             } else {
                 false
