@@ -8,7 +8,8 @@ RESULTS.md is the table `bench/run` writes (bench/results.md): rows of
 heading, a table of `| figure | column | label | target |`: a result row whose figure starts
 with `figure` is checked by taking, in its `column` cell (`skiff`, `anchor` or `ratio`), the
 first number after `label` (or the cell's first number when `label` is `-`), and comparing it
-with `target` (`≥ X` or `≤ X`).
+with `target` (`≥ X` or `≤ X`). A target of `—` names a figure that is reported (and recorded)
+but has no goal: it is never below target, and its absence from a run is not a failure.
 
 Prints one line per target (`ok`, `BELOW TARGET` or `missing` when the run had no such row or
 no number there) and exits 1 when any target is not met, 0 otherwise.
@@ -57,10 +58,14 @@ def targets(benchmarks_md):
         if len(cells) != 4:
             sys.exit(f"error: a Targets row needs 4 cells (figure, column, label, target): {cells}")
         figure, column, label, target = cells
+        label = None if label == "-" else label
+        if column in COLUMNS and target == "—":
+            out.append((figure, column, label, None, None))
+            continue
         m = re.fullmatch(r"([≥≤])\s*(-?[0-9.]+)", target)
         if column not in COLUMNS or not m:
-            sys.exit(f"error: bad Targets row {cells}: column is skiff|anchor|ratio, target is '≥ X' or '≤ X'")
-        out.append((figure, column, None if label == "-" else label, m.group(1), float(m.group(2))))
+            sys.exit(f"error: bad Targets row {cells}: column is skiff|anchor|ratio, target is '≥ X', '≤ X' or '—'")
+        out.append((figure, column, label, m.group(1), float(m.group(2))))
     return out
 
 
@@ -97,7 +102,11 @@ def main(argv):
         name = f"{figure} [{column}{', ' + label if label else ''}]"
         if v is None:
             print(f"missing       {name}: no figure in this run")
-            failed = True
+            failed |= op is not None
+            continue
+        if op is None:
+            checked.append(f"{figure}{' ' + label if label else ''} {v:g}")
+            print(f"{'reported':<13} {name}: {v:g} (no target)")
             continue
         ok = v >= target if op == "≥" else v <= target
         failed |= not ok

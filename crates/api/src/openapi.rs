@@ -132,7 +132,7 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     (
         "post",
         "/skiff/v1/images:prune",
-        "Delete blobs and layers no image, revision or execution uses, and abandoned pushes",
+        "Delete blobs and layers no image, revision or execution uses, and abandoned pushes; drop the build cache of deleted services, jobs and `builds submit --tag` images, and what is over `--build-cache-max` (buildCacheImages, buildCacheBytes, buildCacheDropped: the owners dropped over the limit)",
     ),
     ("get", "/skiff/v1/registries", "List registry settings (without passwords)"),
     (

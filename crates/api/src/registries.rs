@@ -109,6 +109,7 @@ async fn prune_images(State(st): St) -> ApiResult<Json<Value>> {
     let cache = st.builds.prune_cache().await;
     v["buildCacheImages"] = cache.images.into();
     v["buildCacheBytes"] = cache.bytes.into();
+    v["buildCacheDropped"] = cache.over_limit.into();
     Ok(Json(v))
 }
 

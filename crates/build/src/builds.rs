@@ -15,7 +15,7 @@ use crate::{now_rfc3339, BuildError};
 use serde::{Deserialize, Serialize};
 use skiff_image::ImageStore;
 use skiff_store::Store;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -161,6 +161,11 @@ pub struct BuildsConfig {
     pub max_source_bytes: u64,
     /// Most bytes of an uploaded source archive (compressed).
     pub max_archive_bytes: u64,
+    /// Most bytes buildah's storage (`DATA/builds/storage`: the layer cache and the base
+    /// images builds pulled) may hold after a build or an `images prune`; past it whole
+    /// owners' caches are dropped, the owner whose newest build is oldest first (see
+    /// [`Builds::limit_cache`]). 0: no layer cache is kept.
+    pub cache_max_bytes: u64,
 }
 
 /// What [`Builds::prune_cache`] removed from buildah's layer cache.
@@ -168,8 +173,11 @@ pub struct BuildsConfig {
 pub struct CachePrune {
     /// Images (cached steps) removed: how many fewer buildah's storage holds.
     pub images: usize,
-    /// Cache tags dropped because their service or job no longer exists.
+    /// Cache tags dropped because their service, job or image name no longer exists.
     pub stages: usize,
+    /// Owners (`NS/service-NAME`, `NS/job-NAME`, `NS/image-HASH`) whose caches were dropped
+    /// because buildah's storage was over `--build-cache-max`, in the order dropped.
+    pub over_limit: Vec<String>,
     /// Bytes the storage shrank by.
     pub bytes: u64,
 }
@@ -267,8 +275,11 @@ impl Builds {
     }
 
     /// Prunes buildah's layer cache (part of `skiff images prune`): drops the cache of every
-    /// service and job that no longer exists, then removes every image no kept cache tag
-    /// descends from. Waits for the running build, if any.
+    /// service and job that no longer exists and of every `builds submit --tag` name Skiff's
+    /// image store no longer holds (the image deleted, or collected by the same prune before
+    /// this runs), then removes every image no kept cache tag descends from, then keeps the
+    /// storage within `--build-cache-max` (see [`Builds::limit_cache`]). Waits for the running
+    /// build, if any.
     pub async fn prune_cache(&self) -> CachePrune {
         let _permit = self
             .queue
@@ -281,10 +292,30 @@ impl Builds {
         }
         let before = buildah::storage_bytes(&self.buildah);
         let images_before = buildah::image_count(&self.buildah, &auth_dir).await;
-        let repo = buildah::cache_repository("");
         let mut owners = 0;
+        // The image names of `builds submit --tag` builds by cache key, and the names Skiff's
+        // store holds (`None` when either cannot be read: then no such cache is dropped).
+        let tag_names: Option<HashMap<String, String>> = self
+            .store
+            .list_objects::<Build>(KIND, None, None)
+            .map_err(|e| tracing::warn!("cannot read builds to prune the build cache: {e}"))
+            .ok()
+            .map(|all| {
+                all.into_iter()
+                    .filter(|b| b.service.is_none() && b.job.is_none())
+                    .filter_map(|b| Some((cache_key(&b), b.images.first()?.clone())))
+                    .collect()
+            });
+        let kept_images: Option<BTreeSet<String>> = {
+            let images = self.images.clone();
+            tokio::task::spawn_blocking(move || images.list())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|l| l.into_iter().map(|i| i.reference).collect())
+        };
         for t in buildah::cache_tags(&self.buildah, &auth_dir).await {
-            let Some(key) = t.strip_prefix(&repo).and_then(|k| k.split(':').next()) else {
+            let Some(key) = cache_owner(&t) else {
                 continue;
             };
             let Some((ns, owner)) = key.split_once('/') else {
@@ -298,6 +329,13 @@ impl Builds {
                         .get_object::<serde_json::Value>(skiff_store::kind::JOB, ns, j),
                     Ok(None)
                 )
+            } else if owner.starts_with("image-") {
+                // A `builds submit --tag` cache lives as long as its image name does in
+                // Skiff's store (`images delete`, or collected by this prune).
+                match (&kept_images, &tag_names) {
+                    (Some(refs), Some(names)) => names.get(key).is_none_or(|n| !refs.contains(n)),
+                    _ => false,
+                }
             } else {
                 false
             };
@@ -307,14 +345,89 @@ impl Builds {
             }
         }
         buildah::prune_dangling(&self.buildah, &auth_dir).await;
+        let over = self.limit_cache(&auth_dir, None).await;
         let images =
             images_before.saturating_sub(buildah::image_count(&self.buildah, &auth_dir).await);
         let after = buildah::storage_bytes(&self.buildah);
         CachePrune {
             images,
             stages: owners,
+            over_limit: over,
             bytes: before.saturating_sub(after),
         }
+    }
+
+    /// Keeps buildah's storage within `--build-cache-max` ([`BuildsConfig::cache_max_bytes`]):
+    /// while it holds more bytes than that, drops the whole cache of one more owner (a
+    /// service, job or image name, see [`cache_key`]), the owner whose newest build was
+    /// created longest ago first (the build objects' times, so the order survives a restart;
+    /// buildah's own image times are all 0 under `--timestamp 0`), never `keep`, and removes
+    /// what no kept tag stands on after each. Returns the owners dropped (`NS/service-NAME`,
+    /// ...), each also logged. The caller holds the build queue.
+    async fn limit_cache(&self, auth_dir: &Path, keep: Option<&str>) -> Vec<String> {
+        let max = self.cfg.cache_max_bytes;
+        if self.storage_bytes().await <= max {
+            return Vec::new();
+        }
+        let tags = buildah::cache_tags(&self.buildah, auth_dir).await;
+        let owners: BTreeSet<String> = tags
+            .iter()
+            .filter_map(|t| cache_owner(t))
+            .map(String::from)
+            .collect();
+        let newest = match self.newest_builds() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("cannot read builds to limit the build cache: {e}");
+                return Vec::new();
+            }
+        };
+        let mut dropped = Vec::new();
+        for owner in drop_order(&owners, &newest, keep) {
+            let before = self.storage_bytes().await;
+            if before <= max {
+                break;
+            }
+            for t in tags
+                .iter()
+                .filter(|t| cache_owner(t) == Some(owner.as_str()))
+            {
+                buildah::drop_cache_tag(&self.buildah, auth_dir, t).await;
+            }
+            let images = buildah::prune_dangling(&self.buildah, auth_dir).await;
+            let after = self.storage_bytes().await;
+            tracing::info!(
+                owner = %owner,
+                images,
+                freed_bytes = before.saturating_sub(after),
+                storage_bytes = after,
+                cache_max_bytes = max,
+                "dropped a build layer cache: buildah's storage was over --build-cache-max"
+            );
+            dropped.push(owner);
+        }
+        dropped
+    }
+
+    /// [`buildah::storage_bytes`], walked off the async threads.
+    async fn storage_bytes(&self) -> u64 {
+        let cfg = self.buildah.clone();
+        tokio::task::spawn_blocking(move || buildah::storage_bytes(&cfg))
+            .await
+            .unwrap_or(0)
+    }
+
+    /// The creation time (RFC 3339, UTC) of each cache owner's newest build, by
+    /// [`cache_key`].
+    fn newest_builds(&self) -> Result<HashMap<String, String>, BuildError> {
+        let mut out: HashMap<String, String> = HashMap::new();
+        for b in self.store.list_objects::<Build>(KIND, None, None)? {
+            let t = out.entry(cache_key(&b)).or_default();
+            if b.create_time > *t {
+                *t = b.create_time;
+            }
+        }
+        Ok(out)
     }
 
     fn put(&self, b: &Build) -> Result<(), BuildError> {
@@ -705,6 +818,16 @@ impl Builds {
                     .await;
             }
         }
+        // Within `--build-cache-max`: other owners' caches go, least recently built first;
+        // this build's own stays unless no cache is to be kept at all.
+        let keep = (self.cfg.cache_max_bytes > 0).then_some(key.as_str());
+        for owner in self.limit_cache(&auth_dir, keep).await {
+            log(format!(
+                "Dropped the layer cache of {owner}: buildah's storage was over the server's \
+                 --build-cache-max of {} bytes",
+                self.cfg.cache_max_bytes
+            ));
+        }
         for i in &imported {
             log(format!("Built image {} {}", i.name, i.digest));
         }
@@ -776,6 +899,26 @@ fn cache_key(b: &Build) -> String {
     }
 }
 
+/// The owner key (`NS/service-NAME`, ...) of a cache tag `localhost/skiff-cache/KEY:stage-N`.
+fn cache_owner(tag: &str) -> Option<&str> {
+    let rest = tag.strip_prefix(&buildah::cache_repository(""))?;
+    let (key, _) = rest.rsplit_once(':')?;
+    Some(key)
+}
+
+/// The order in which owners' caches go when buildah's storage is over the limit: the owner
+/// whose newest build (`newest`, RFC 3339 UTC times, which sort as text) is oldest first, an
+/// owner without a stored build before any, ties by key; `keep` never.
+fn drop_order(
+    owners: &BTreeSet<String>,
+    newest: &HashMap<String, String>,
+    keep: Option<&str>,
+) -> Vec<String> {
+    let mut out: Vec<&String> = owners.iter().filter(|o| Some(o.as_str()) != keep).collect();
+    out.sort_by_key(|o| (newest.get(*o).map(String::as_str).unwrap_or(""), o.as_str()));
+    out.into_iter().cloned().collect()
+}
+
 /// The store parent of a build: the service's name (as builds were always stored), or
 /// `job:NAME` for a job's (a `:` is in no service name, so the two never meet), or empty.
 fn parent(service: Option<&str>, job: Option<&str>) -> String {
@@ -783,5 +926,85 @@ fn parent(service: Option<&str>, job: Option<&str>) -> String {
         (Some(s), _) => s.to_string(),
         (None, Some(j)) => format!("job:{j}"),
         (None, None) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_owners_of_tags() {
+        for (tag, want) in [
+            (
+                "localhost/skiff-cache/default/service-a:stage-0",
+                Some("default/service-a"),
+            ),
+            (
+                "localhost/skiff-cache/ns/image-0123456789abcdef:stage-2",
+                Some("ns/image-0123456789abcdef"),
+            ),
+            ("localhost/skiff-build/x:latest", None),
+            ("localhost/skiff-cache/default/job-j", None),
+        ] {
+            assert_eq!(cache_owner(tag), want, "{tag}");
+        }
+    }
+
+    #[test]
+    fn least_recently_built_owner_goes_first_never_the_kept_one() {
+        let owners: BTreeSet<String> = ["d/service-a", "d/service-b", "d/job-c", "d/image-x"]
+            .map(String::from)
+            .into();
+        let newest: HashMap<String, String> = [
+            ("d/service-a", "2026-01-02T00:00:00.000000000Z"),
+            ("d/service-b", "2026-01-01T00:00:00.000000000Z"),
+            ("d/job-c", "2026-01-03T00:00:00.000000000Z"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        // No stored build (d/image-x) counts as oldest.
+        assert_eq!(
+            drop_order(&owners, &newest, None),
+            ["d/image-x", "d/service-b", "d/service-a", "d/job-c"]
+        );
+        assert_eq!(
+            drop_order(&owners, &newest, Some("d/service-b")),
+            ["d/image-x", "d/service-a", "d/job-c"]
+        );
+        assert!(drop_order(&BTreeSet::new(), &newest, None).is_empty());
+    }
+
+    fn build(service: Option<&str>, job: Option<&str>, image: &str) -> Build {
+        Build {
+            id: "1".into(),
+            project_id: "ns".into(),
+            service: service.map(String::from),
+            job: job.map(String::from),
+            status: BuildStatus::Success,
+            status_detail: None,
+            source: BuildSource::default(),
+            plan: None,
+            images: vec![image.into()],
+            results: None,
+            build_args: BTreeMap::new(),
+            timeout: "600s".into(),
+            create_time: String::new(),
+            start_time: None,
+            finish_time: None,
+        }
+    }
+
+    #[test]
+    fn cache_keys() {
+        assert_eq!(cache_key(&build(Some("s"), None, "x")), "ns/service-s");
+        assert_eq!(cache_key(&build(None, Some("j"), "x")), "ns/job-j");
+        let a = cache_key(&build(None, None, "ns/app:1"));
+        let b = cache_key(&build(None, None, "ns/app:2"));
+        assert!(
+            a.starts_with("ns/image-") && a.len() == "ns/image-".len() + 16,
+            "{a}"
+        );
+        assert_ne!(a, b);
     }
 }

@@ -88,6 +88,17 @@ pub fn run(api: &Api, cmd: ImagesCommand) -> Result<()> {
                 n("buildCacheImages"),
                 human_size(n("buildCacheBytes"))
             );
+            let dropped: Vec<&str> = v["buildCacheDropped"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if !dropped.is_empty() {
+                eprintln!(
+                    "Dropped the layer cache of {}: buildah's storage was over the server's \
+                     --build-cache-max.",
+                    dropped.join(", ")
+                );
+            }
             Ok(())
         }
         ImagesCommand::Pull { reference } => {

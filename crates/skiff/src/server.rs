@@ -114,6 +114,12 @@ pub struct ServerArgs {
     /// Memory limit of a source build (buildah and its RUN steps together).
     #[arg(long, default_value = "4Gi", value_parser = parse_size)]
     build_memory: u64,
+    /// The most disk buildah's storage (the source builds' layer cache and the base images
+    /// they pulled) may take; past it, after a build or `skiff images prune`, whole services',
+    /// jobs' and image names' caches are dropped, least recently built first, never the one
+    /// the build just made or used. 0: no layer cache is kept.
+    #[arg(long, value_name = "SIZE", default_value = "10Gi", value_parser = parse_size_or_zero)]
+    build_cache_max: u64,
     /// The base image source builds of a language use when no Dockerfile is given:
     /// LANG=REF with LANG one of python, nodejs, go, go-run (what a Go binary runs on),
     /// static [default: python:3.12-slim, node:22-slim, golang:1.23,
@@ -203,6 +209,14 @@ fn parse_days(s: &str) -> Result<Duration, String> {
 
 fn parse_size(s: &str) -> Result<u64, String> {
     skiff_model::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// A size as [`parse_size`] reads it, or `0` (for limits where 0 means "keep nothing").
+fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(s).map_err(|e| format!("{e} (or 0)"))
 }
 
 /// Reads `--prices FILE`; an error names the file and the field.
@@ -645,6 +659,7 @@ async fn serve(
             base_images,
             max_source_bytes: 8 << 30,
             max_archive_bytes: args.build_max_source,
+            cache_max_bytes: args.build_cache_max,
         },
         store.clone(),
         controller.images.clone(),
@@ -929,6 +944,17 @@ async fn services_for_instances(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes_that_may_be_zero() {
+        assert_eq!(super::parse_size_or_zero("0"), Ok(0));
+        assert_eq!(super::parse_size_or_zero(" 0 "), Ok(0));
+        assert_eq!(super::parse_size_or_zero("10Gi"), Ok(10 << 30));
+        for bad in ["", "lots", "-1", "0.1", "1Q"] {
+            let e = super::parse_size_or_zero(bad).unwrap_err();
+            assert!(e.contains("512Mi") && e.ends_with("(or 0)"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn public_addresses() {
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();

@@ -10,7 +10,9 @@
 //! without a Dockerfile whose `package.json` installs a package from npm, on Debian's nodejs
 //! and npm; a Go app without a Dockerfile built into a static binary on a busybox base; and a
 //! job deployed from source, run, rebuilt after a failed build that left it; and the layer
-//! cache kept per service across builds and pruned when the service goes.
+//! cache kept per service across builds, pruned when the service goes, and bounded by
+//! `--build-cache-max` (the least recently built service's cache goes first; 0 keeps none); and
+//! the cache of a `builds submit --tag` image dropped by the prune after the image is deleted.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -907,4 +909,181 @@ fn layer_cache_is_kept_per_service_and_pruned_when_the_service_goes() {
         !after.iter().any(|(_, n)| n.contains("service-cache-a")),
         "{after:?}"
     );
+}
+
+/// Writes a two-stage Dockerfile for `name` whose first stage's RUN prints `ran-{n+1}` only
+/// when it runs and leaves `mib` MiB of random bytes in that stage's cached layer.
+fn big_stage_source(tmp: &Path, base: &str, name: &str, n: u32, mib: u32) -> std::path::PathBuf {
+    let src = tmp.join(name);
+    write(
+        &src,
+        "Dockerfile",
+        &format!(
+            "FROM {base} AS one\n\
+             RUN echo ran-$((1+{n})) && busybox mkdir -p /out && echo {name} > /out/who && \
+                 busybox dd if=/dev/urandom of=/out/blob bs=1048576 count={mib} 2>/dev/null\n\
+             FROM {base}\n\
+             COPY --from=one /out/who /www/{name}\n"
+        ),
+    );
+    src
+}
+
+#[test]
+fn build_cache_over_its_limit_drops_the_least_recently_built_owner() {
+    // Each service's first stage caches 32 MiB; the limit holds one such cache (and the base
+    // image), not two.
+    let s = TestServer::start(Path::new(BIN), &["--build-cache-max", "48Mi"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = push_base(&s, tmp.path());
+    let deploy = |name: &str, src: &Path| -> String {
+        let out = s.skiff(&["deploy", name, "--source", src.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success(),
+            "deploy --source {name}: {stderr}\nserver log: {}",
+            s.log()
+        );
+        stderr
+    };
+    let src_a = big_stage_source(tmp.path(), &base, "cache-a", 1, 32);
+    let src_b = big_stage_source(tmp.path(), &base, "cache-b", 2, 32);
+    let first = deploy("cache-a", &src_a);
+    assert!(first.contains("ran-2"), "{first}");
+    assert!(!first.contains("Dropped the layer cache"), "{first}");
+    let tags = |svc: &str| -> usize {
+        let prefix = format!("localhost/skiff-cache/default/service-{svc}:");
+        buildah_images(&s)
+            .iter()
+            .filter(|(_, n)| n.starts_with(&prefix))
+            .count()
+    };
+    assert_eq!(tags("cache-a"), 2, "{:?}", buildah_images(&s));
+
+    // The second service's build takes the storage over the limit: the first's cache goes
+    // (the build's log and the server's say so), the second's stays.
+    let second = deploy("cache-b", &src_b);
+    assert!(second.contains("ran-3"), "{second}");
+    assert!(
+        second.contains("Dropped the layer cache of default/service-cache-a"),
+        "{second}"
+    );
+    assert!(
+        s.log().contains("dropped a build layer cache"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(tags("cache-a"), 0, "{:?}", buildah_images(&s));
+    assert_eq!(tags("cache-b"), 2, "{:?}", buildah_images(&s));
+
+    // The second's rebuild comes from its cache and drops nothing; the first's runs its steps
+    // again.
+    let again_b = deploy("cache-b", &src_b);
+    assert!(again_b.contains("Using cache"), "{again_b}");
+    assert!(!again_b.contains("ran-3"), "stage one ran again: {again_b}");
+    assert!(!again_b.contains("Dropped the layer cache"), "{again_b}");
+    let again_a = deploy("cache-a", &src_a);
+    assert!(!again_a.contains("Using cache"), "{again_a}");
+    assert!(again_a.contains("ran-2"), "{again_a}");
+
+    // A cache over the limit on its own stays after its build, which made it, and goes at the
+    // next `images prune`, which says so.
+    let src_c = big_stage_source(tmp.path(), &base, "cache-c", 3, 64);
+    deploy("cache-c", &src_c);
+    assert_eq!(tags("cache-c"), 2, "{:?}", buildah_images(&s));
+    let out = s.skiff(&["images", "prune"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "images prune: {stderr}");
+    assert!(
+        stderr.contains("Dropped the layer cache of default/service-cache-c"),
+        "{stderr}"
+    );
+    assert_eq!(tags("cache-c"), 0, "{:?}", buildah_images(&s));
+}
+
+#[test]
+fn builds_submit_tag_cache_goes_when_its_image_is_deleted() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = push_base(&s, tmp.path());
+    let submit = |src: &Path, tag: &str| -> String {
+        let out = s.skiff(&["builds", "submit", src.to_str().unwrap(), "--tag", tag]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success(),
+            "builds submit --tag {tag}: {stderr}\nserver log: {}",
+            s.log()
+        );
+        stderr
+    };
+    let keep = big_stage_source(tmp.path(), &base, "keep", 1, 1);
+    let gone = big_stage_source(tmp.path(), &base, "gone", 2, 1);
+    submit(&keep, "keep:v1");
+    submit(&gone, "gone:v1");
+    let owners = || -> std::collections::BTreeSet<String> {
+        buildah_images(&s)
+            .into_iter()
+            .filter_map(|(_, n)| {
+                let rest = n.strip_prefix("localhost/skiff-cache/default/image-")?;
+                Some(rest.split(':').next()?.to_string())
+            })
+            .collect()
+    };
+    assert_eq!(owners().len(), 2, "{:?}", buildah_images(&s));
+
+    // While its image is in Skiff's store, a prune keeps a `--tag` build's cache.
+    s.ok(&["images", "prune"]);
+    assert_eq!(owners().len(), 2, "{:?}", buildah_images(&s));
+
+    // Deleting the image lets the next prune drop its cache, and only its.
+    s.ok(&["images", "delete", "gone:v1"]);
+    let out = s.skiff(&["images", "prune"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "images prune: {stderr}");
+    assert!(!stderr.contains("Deleted 0 build cache images"), "{stderr}");
+    assert_eq!(owners().len(), 1, "{:?}", buildah_images(&s));
+    let again_keep = submit(&keep, "keep:v1");
+    assert!(again_keep.contains("Using cache"), "{again_keep}");
+    assert!(!again_keep.contains("ran-2"), "{again_keep}");
+    let again_gone = submit(&gone, "gone:v1");
+    assert!(!again_gone.contains("Using cache"), "{again_gone}");
+    assert!(again_gone.contains("ran-3"), "{again_gone}");
+}
+
+#[test]
+fn build_cache_max_zero_keeps_no_cache() {
+    let mut s = TestServer::start(Path::new(BIN), &["--build-cache-max", "0"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = push_base(&s, tmp.path());
+    let src = big_stage_source(tmp.path(), &base, "nocache", 1, 1);
+    for _ in 0..2 {
+        let out = s.skiff(&["deploy", "nocache", "--source", src.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "deploy --source: {stderr}");
+        assert!(stderr.contains("ran-2"), "{stderr}");
+        assert!(!stderr.contains("Using cache"), "{stderr}");
+        assert!(
+            stderr.contains("Dropped the layer cache of default/service-nocache"),
+            "{stderr}"
+        );
+        let images = buildah_images(&s);
+        assert!(
+            !images
+                .iter()
+                .any(|(_, n)| n.starts_with("localhost/skiff-cache/")),
+            "{images:?}"
+        );
+    }
+    s.stop();
+
+    // A size that is not one is refused, naming the flag.
+    let out = std::process::Command::new(BIN)
+        .args(["server", "--build-cache-max", "lots"])
+        .env("SKIFF_DATA_DIR", tmp.path().join("unused"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--build-cache-max"), "{err}");
+    assert!(!tmp.path().join("unused").exists());
 }
