@@ -1,6 +1,7 @@
 //! Burst from zero: N requests of 100 ms each, all at once, to a service with concurrency 1 and
 //! max-instances M. Prints errors, the time until the last response, p50/p99 latency and the
-//! peak number of instances. Also prints the server's idle footprint (RSS) with 100 services
+//! peak number of instances, and the median of each step of the instances' starts (from the
+//! server's `ready in` log lines). Also prints the server's idle footprint (RSS) with 100 services
 //! deployed and no instance running.
 //!
 //! `sudo cargo bench -p skiff --bench burst [-- REQUESTS [MAX_INSTANCES]]`
@@ -39,6 +40,49 @@ fn status(port: u16, host: &str, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// The median of each step over the server log's `ready in TOTAL: STEP Xms, ...` lines.
+fn start_steps(log: &str) -> String {
+    let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut n = 0;
+    for line in log.lines() {
+        let Some(rest) = line.split(" ready in ").nth(1) else {
+            continue;
+        };
+        n += 1;
+        let (total, detail) = rest.split_once(": ").unwrap_or((rest, ""));
+        // Up to the log line's fields (`instance=...`, perhaps in colour).
+        let detail = detail.split([' ', '\x1b']).collect::<Vec<_>>();
+        let detail = detail
+            .iter()
+            .take_while(|w| !w.is_empty() && !w.starts_with("instance"))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let parts =
+            std::iter::once(format!("ready {total}")).chain(detail.split(", ").map(str::to_string));
+        for part in parts {
+            let Some((name, v)) = part.trim().rsplit_once(' ') else {
+                continue;
+            };
+            let Some(ms) = v.split("ms").next().and_then(|x| x.parse::<f64>().ok()) else {
+                continue;
+            };
+            match steps.iter_mut().find(|(s, _)| s == name) {
+                Some((_, v)) => v.push(ms),
+                None => steps.push((name.to_string(), vec![ms])),
+            }
+        }
+    }
+    let medians: Vec<String> = steps
+        .into_iter()
+        .map(|(name, mut v)| {
+            v.sort_by(f64::total_cmp);
+            format!("{name} {:.1}", v[v.len() / 2])
+        })
+        .collect();
+    format!("{n}, median ms: {}", medians.join(", "))
+}
+
 fn main() {
     let nums: Vec<u64> = std::env::args()
         .skip(1)
@@ -50,7 +94,17 @@ fn main() {
     let layout = busybox_image(&tmp.path().join("image"), "burst", &ImageSpec::default());
     let s = TestServer::start(
         Path::new(env!("CARGO_BIN_EXE_skiff")),
-        &["--scale-to-zero-after", "2s"],
+        // The burst stands for a thousand clients, but all come from 127.0.0.1: lift the
+        // per-client connection limit (256 by default).
+        &[
+            "--scale-to-zero-after",
+            "2s",
+            "--max-connections-per-client",
+            "0",
+            // The server's default (the test kit turns it off unless given).
+            "--prepared-instances",
+            "8",
+        ],
     );
     s.ok(&["images", "import", layout.to_str().unwrap()]);
     s.ok(&[
@@ -117,10 +171,12 @@ fn main() {
         .collect();
     let mut latencies = Vec::new();
     let mut errors = 0;
+    let mut codes = std::collections::BTreeMap::new();
     for h in handles {
         let (code, d) = h.join().unwrap();
         if code != 200 {
             errors += 1;
+            *codes.entry(code).or_insert(0) += 1;
         }
         latencies.push(d);
     }
@@ -139,6 +195,21 @@ fn main() {
         p(0.99).as_secs_f64() * 1000.0,
         peak.load(Ordering::SeqCst)
     );
+    println!("  instance starts: {}", start_steps(&s.log()));
+    if errors > 0 {
+        // Which answers they were (0: no answer), and what the server said about them.
+        println!("  error answers by status: {codes:?}");
+        let log = s.log();
+        let mut seen = std::collections::BTreeSet::new();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        {
+            if seen.len() < 5 && seen.insert(l.split("instance").next().unwrap_or(l).to_string()) {
+                println!("  server: {l}");
+            }
+        }
+    }
 
     // Footprint: 100 services deployed, all scaled to zero.
     for i in 0..100 {
