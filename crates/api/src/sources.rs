@@ -7,7 +7,9 @@
 //! - Cloud Storage JSON API v1: `GET /storage/v1/b/B`, `POST /storage/v1/b?project=P`,
 //!   `GET /storage/v1/b?project=P&prefix=X` (gcloud's bucket ownership check),
 //!   `GET /storage/v1/b/B/o/O`, and `POST /upload/storage/v1/b/B/o?uploadType=multipart|media`
-//!   (the source zip, at most `--build-max-source` bytes).
+//!   (the source zip, at most `--build-max-source` bytes), or `uploadType=resumable` (gcloud's
+//!   choice past 5 MiB, at `/resumable/upload/...`: the session URL in `Location`, then `PUT`s of `Content-Range` chunks,
+//!   308 with `Range` until the last one).
 //! - Cloud Build v1: `GET /v1/projects/P/locations/L/defaultServiceAccount` (the legacy
 //!   `NUMBER@cloudbuild.gserviceaccount.com`, which gcloud does not look up further) and
 //!   `GET /v1/projects/P/locations/L/operations/ID`, a build as a long-running operation:
@@ -70,7 +72,15 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/storage/v1/b", get(list_buckets).post(insert_bucket))
         .route("/storage/v1/b/{bucket}", get(get_bucket))
         .route("/storage/v1/b/{bucket}/o/{*object}", get(get_object))
-        .route("/upload/storage/v1/b/{bucket}/o", post(upload_object))
+        .route(
+            "/upload/storage/v1/b/{bucket}/o",
+            post(upload_object).put(resumable_chunk),
+        )
+        // The resumable upload path of Cloud Storage's discovery document.
+        .route(
+            "/resumable/upload/storage/v1/b/{bucket}/o",
+            post(upload_object).put(resumable_chunk),
+        )
 }
 
 fn staging_error(e: StagingError) -> ApiError {
@@ -464,6 +474,240 @@ async fn get_object(
 struct UploadQuery {
     upload_type: Option<String>,
     name: Option<String>,
+    /// The resumable session (Cloud Storage spells it in snake case).
+    #[serde(rename = "upload_id")]
+    upload_id: Option<String>,
+}
+
+/// A resumable upload session, kept as `ID.json` beside its data `ID.data`.
+#[derive(serde::Serialize, Deserialize)]
+struct Session {
+    bucket: String,
+    name: String,
+    content_type: String,
+    /// `X-Upload-Content-Length`, when the client gave it.
+    total: Option<u64>,
+}
+
+/// Starts a resumable upload (`uploadType=resumable`): answers 200 with the session URL in
+/// `Location`, where the data is then `PUT` in one or more chunks.
+async fn start_resumable(
+    st: &ApiState,
+    bucket: &str,
+    name: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .map_err(|e| ApiError::invalid(format!("reading the upload's metadata: {e}")))?;
+    let meta: ObjectMeta = if body.is_empty() {
+        ObjectMeta::default()
+    } else {
+        crate::routes::parse_body(&body)?
+    };
+    let header = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let Some(name) = name.or(meta.name).filter(|n| !n.is_empty()) else {
+        return Err(ApiError::invalid(
+            "name: give the object's name as ?name=NAME or in the metadata",
+        ));
+    };
+    skiff_build::staging::validate_object_name(&name).map_err(staging_error)?;
+    let total = header("x-upload-content-length").and_then(|v| v.parse().ok());
+    if let Some(t) = total {
+        let max = st.builds.max_archive_bytes();
+        if t > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the object is larger than the server's limit of {max} bytes \
+                     (skiff server --build-max-source): leave large files out with .gcloudignore"
+                ),
+            ));
+        }
+    }
+    let session = Session {
+        bucket: bucket.to_string(),
+        name,
+        content_type: meta
+            .content_type
+            .or_else(|| header("x-upload-content-type"))
+            .unwrap_or_default(),
+        total,
+    };
+    let dir = st.builds.staging().uploads_dir().map_err(staging_error)?;
+    let id = skiff_model::new_uuid();
+    std::fs::write(dir.join(format!("{id}.data")), b"")
+        .map_err(|e| ApiError::internal(format!("starting the upload: {e}")))?;
+    std::fs::write(
+        dir.join(format!("{id}.json")),
+        serde_json::to_vec(&session).expect("serializes"),
+    )
+    .map_err(|e| ApiError::internal(format!("starting the upload: {e}")))?;
+    let host = header("host").unwrap_or_else(|| "storage.skiff".into());
+    let location =
+        format!("http://{host}/upload/storage/v1/b/{bucket}/o?uploadType=resumable&upload_id={id}");
+    Ok((
+        StatusCode::OK,
+        [(http::header::LOCATION, location)],
+        Json(json!({})),
+    )
+        .into_response())
+}
+
+/// A chunk's first and last byte.
+type Span = (u64, u64);
+
+/// `Content-Range: bytes START-END/TOTAL` (or `bytes */TOTAL`, or `.../*`): the chunk's first
+/// and last byte, and the total when known.
+fn content_range(v: &str) -> Option<(Option<Span>, Option<u64>)> {
+    let r = v.trim().strip_prefix("bytes ")?;
+    let (span, total) = r.split_once('/')?;
+    let total = if total == "*" {
+        None
+    } else {
+        Some(total.parse().ok()?)
+    };
+    if span == "*" {
+        return Some((None, total));
+    }
+    let (a, b) = span.split_once('-')?;
+    Some((Some((a.parse().ok()?, b.parse().ok()?)), total))
+}
+
+/// `PUT` of a resumable upload's data: appends the chunk at its offset; answers 308 with the
+/// `Range` received so far until the last byte is in, then stores the object and answers
+/// with it, as Cloud Storage does.
+async fn resumable_chunk(
+    State(st): St,
+    Path(bucket): Path<String>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let session_id = |i: &String| {
+        (1..=64).contains(&i.len()) && i.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+    };
+    let Some(id) = q.upload_id.filter(session_id) else {
+        return Err(ApiError::invalid(
+            "upload_id: give the session id the resumable upload's start answered with",
+        ));
+    };
+    let dir = st.builds.staging().uploads_dir().map_err(staging_error)?;
+    let (meta_path, data_path) = (
+        dir.join(format!("{id}.json")),
+        dir.join(format!("{id}.data")),
+    );
+    let session: Session = std::fs::read(&meta_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|s: &Session| s.bucket == bucket)
+        .ok_or_else(|| ApiError::not_found(format!("no such upload session: {id}")))?;
+    let have = std::fs::metadata(&data_path).map(|m| m.len()).unwrap_or(0);
+    let range = headers
+        .get(http::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            content_range(v)
+                .ok_or_else(|| ApiError::invalid(format!("invalid Content-Range {v:?}")))
+        })
+        .transpose()?;
+    let (span, total) = range.unwrap_or((None, None));
+    let total = total.or(session.total);
+    let max = st.builds.max_archive_bytes();
+    if let Some((start, end)) = span {
+        if start != have || end < start {
+            return Err(ApiError::invalid(format!(
+                "the chunk starts at byte {start}, but the session holds {have} bytes: resume from byte {have}"
+            )));
+        }
+        if end + 1 > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the object is larger than the server's limit of {max} bytes \
+                     (skiff server --build-max-source): leave large files out with .gcloudignore"
+                ),
+            ));
+        }
+        let want = end + 1 - start;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&data_path)
+            .map_err(|e| ApiError::internal(format!("the upload's data: {e}")))?;
+        let mut stream = body.into_data_stream();
+        let mut got = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::invalid(format!("reading the upload: {e}")))?;
+            got += chunk.len() as u64;
+            if got > want {
+                let _ = file.set_len(have);
+                return Err(ApiError::invalid(format!(
+                    "the chunk holds more than the {want} bytes its Content-Range names"
+                )));
+            }
+            file.write_all(&chunk)
+                .map_err(|e| ApiError::internal(format!("the upload's data: {e}")))?;
+        }
+        if got != want {
+            let _ = file.set_len(have);
+            return Err(ApiError::invalid(format!(
+                "the chunk holds {got} bytes, but its Content-Range names {want}"
+            )));
+        }
+    }
+    let now = std::fs::metadata(&data_path).map(|m| m.len()).unwrap_or(0);
+    if total != Some(now) {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        if now > 0 {
+            r.headers_mut().insert(
+                http::header::RANGE,
+                http::HeaderValue::from_str(&format!("bytes=0-{}", now - 1))
+                    .expect("a valid header"),
+            );
+        }
+        return Ok(r);
+    }
+    // Complete: hash it and store it as the object.
+    let spool = st
+        .builds
+        .staging()
+        .spool()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let digest = {
+        let data_path = data_path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut f = std::fs::File::open(&data_path)?;
+            let mut h = sha2::Sha256::new();
+            std::io::copy(&mut f, &mut h)?;
+            Ok(format!("sha256:{}", hex::encode(h.finalize())))
+        })
+        .await
+        .expect("hashing does not panic")
+        .map_err(|e| ApiError::internal(format!("the upload's data: {e}")))?
+    };
+    std::fs::rename(&data_path, spool.path())
+        .map_err(|e| ApiError::internal(format!("the upload's data: {e}")))?;
+    let _ = std::fs::remove_file(&meta_path);
+    let o = st
+        .builds
+        .staging()
+        .insert_object(
+            &session.bucket,
+            &session.name,
+            &session.content_type,
+            spool,
+            now,
+            digest,
+        )
+        .map_err(staging_error)?;
+    Ok(Json(json!(o)).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -599,6 +843,7 @@ async fn upload_object(
         .get_bucket(&bucket)
         .map_err(staging_error)?;
     let (meta, spooled) = match q.upload_type.as_deref().unwrap_or("media") {
+        "resumable" => return start_resumable(&st, &bucket, q.name, &headers, body).await,
         "media" => {
             let s = spool_stream(&st, body.into_data_stream()).await?;
             let meta = ObjectMeta {
@@ -661,7 +906,7 @@ async fn upload_object(
         }
         other => {
             return Err(ApiError::invalid(format!(
-                "uploadType={other} is not served: Skiff takes uploadType=media or multipart (sources up to 5 MiB as gcloud sends them; leave large files out with .gcloudignore)"
+                "uploadType={other} is not served: use uploadType=media, multipart or resumable"
             )))
         }
     };
@@ -689,6 +934,20 @@ async fn upload_object(
 #[cfg(test)]
 mod tests {
     use super::split_multipart;
+
+    #[test]
+    fn content_ranges() {
+        use super::content_range;
+        assert_eq!(
+            content_range("bytes 0-9/10"),
+            Some((Some((0, 9)), Some(10)))
+        );
+        assert_eq!(content_range("bytes */10"), Some((None, Some(10))));
+        assert_eq!(content_range("bytes 5-9/*"), Some((Some((5, 9)), None)));
+        for bad in ["0-9/10", "bytes 0-x/10", "bytes 0-9"] {
+            assert_eq!(content_range(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn multipart_with_lf_or_crlf() {

@@ -155,6 +155,14 @@ impl Staging {
         tempfile::NamedTempFile::new_in(&tmp).map_err(io(tmp.display()))
     }
 
+    /// The directory of resumable upload sessions (`.uploads`): per session `ID.json` (the
+    /// bucket, object name and content type it will make) and `ID.data` (the bytes so far).
+    pub fn uploads_dir(&self) -> Result<PathBuf, StagingError> {
+        let dir = self.root.join(".uploads");
+        std::fs::create_dir_all(&dir).map_err(io(dir.display()))?;
+        Ok(dir)
+    }
+
     fn bucket_dir(&self, bucket: &str) -> PathBuf {
         self.root.join(bucket)
     }

@@ -1987,10 +1987,22 @@ fn gcloud_deploys_services_and_jobs_from_source() {
         &src,
         "Dockerfile",
         &format!(
-            "FROM {base}\nCOPY page.txt /www/page.txt\nRUN echo built v1 > /www/version.txt\n"
+            "FROM {base}\nCOPY page.txt /www/page.txt\nCOPY big.bin /big.bin\n\
+             RUN echo built v1 > /www/version.txt && busybox wc -c < /big.bin > /www/big.txt\n"
         ),
     );
     write_file(&src, "page.txt", "from the zip\n");
+    // Past 5 MiB (incompressible) gcloud uploads the zip in a resumable session.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let big: Vec<u8> = (0..6 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(src.join("big.bin"), &big).unwrap();
     write_file(&src, ".gcloudignore", "secret.txt\n");
     write_file(&src, "secret.txt", "not uploaded\n");
     let src_arg = src.to_str().unwrap();
@@ -2013,6 +2025,10 @@ fn gcloud_deploys_services_and_jobs_from_source() {
     assert_eq!(
         e.s.get(&e.host("hello"), "/page.txt", None),
         (200, "from the zip\n".into())
+    );
+    assert_eq!(
+        e.s.get(&e.host("hello"), "/big.txt", None),
+        (200, format!("{}\n", 6 << 20))
     );
 
     // The build is Skiff's own: listed, with its log, its image in the store, and the
