@@ -6,7 +6,8 @@
 //! gcloud's HTTP proxy as well as its Cloud Run endpoint: every request then arrives at the API
 //! in absolute form (`GET http://us-central1-run.skiff:PORT/apis/...`), which the API routes by
 //! path, whatever the host. Resource Manager (the project lookup `gcloud run ... replace`
-//! makes) and Cloud Logging (log reads) point at Skiff the same way, and the API refuses `CONNECT`, so gcloud talks to
+//! makes), Cloud Logging (log reads), and Cloud Storage, Artifact Registry and Cloud Build
+//! (`gcloud run deploy --source`) point at Skiff the same way, and the API refuses `CONNECT`, so gcloud talks to
 //! nothing but Skiff. Nothing on the machine (DNS, hosts file) changes. The properties file
 //! is written directly (gcloud reads `CONFIG_DIR/configurations/config_NAME`), so gcloud need
 //! not be installed yet.
