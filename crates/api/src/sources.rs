@@ -369,6 +369,9 @@ async fn submit_build(
             src.generation.as_deref(),
             spool.path(),
         )
+        // A missing source is the request's fault (400), not a 404: gcloud reads a 404 from
+        // `builds:submit` as "this API is not enabled" and falls back to Cloud Build's
+        // `builds.create`, which Skiff does not serve.
         .map_err(|e| match e {
             StagingError::NotFound(m) => ApiError::invalid(format!("storageSource: {m}")),
             e => staging_error(e),

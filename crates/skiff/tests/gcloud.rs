@@ -2141,3 +2141,100 @@ fn gcloud_deploys_services_and_jobs_from_source() {
         "{builds}"
     );
 }
+
+/// The source-deploy APIs refuse bad input in Google's error shape, naming what is wrong, and
+/// start no build.
+#[test]
+fn source_deploy_apis_refuse_bad_input_and_start_nothing() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let check = |method: &str, path: &str, body: Option<&str>, code: u16, want: &str| {
+        let (got, text) = s.api(method, path, body);
+        assert_eq!(got, code, "{method} {path}: {text}");
+        if code >= 400 {
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            let msg = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(msg.contains(want), "{method} {path}: {text}");
+            assert_eq!(v["error"]["code"], code, "{text}");
+        }
+    };
+    let submit = "/v2/projects/demo/locations/us-central1/builds:submit";
+    check(
+        "POST",
+        submit,
+        Some(
+            r#"{"storageSource":{"bucket":"run-sources-demo-us-central1","object":"services/web/x.zip"},"imageUri":"us-central1-docker.pkg.dev/demo/cloud-run-source-deploy/web","dockerBuild":{},"tags":["service_web"]}"#,
+        ),
+        400,
+        "storageSource: the specified bucket does not exist",
+    );
+    check(
+        "POST",
+        "/storage/v1/b?project=demo",
+        Some(r#"{"name":"Bad_Name"}"#),
+        400,
+        "invalid bucket name",
+    );
+    check(
+        "POST",
+        "/storage/v1/b?project=demo",
+        Some(r#"{"name":"run-sources-demo-us-central1","location":"us-central1"}"#),
+        200,
+        "",
+    );
+    check(
+        "POST",
+        "/storage/v1/b?project=demo",
+        Some(r#"{"name":"run-sources-demo-us-central1"}"#),
+        409,
+        "exists already",
+    );
+    check(
+        "POST",
+        submit,
+        Some(
+            r#"{"storageSource":{"bucket":"run-sources-demo-us-central1","object":"services/web/x.zip"},"imageUri":"x/web","dockerBuild":{},"tags":["service_web"]}"#,
+        ),
+        400,
+        "storageSource: no such object",
+    );
+    check(
+        "POST",
+        submit,
+        Some(
+            r#"{"storageSource":{"bucket":"b","object":"o"},"imageUri":"x/web","buildpackBuild":{"functionTarget":"f"},"tags":["service_web"]}"#,
+        ),
+        400,
+        "remove --function",
+    );
+    check(
+        "POST",
+        "/upload/storage/v1/b/run-sources-none/o?uploadType=media&name=x.zip",
+        Some("{}"),
+        404,
+        "bucket does not exist",
+    );
+    check(
+        "POST",
+        "/upload/storage/v1/b/run-sources-demo-us-central1/o?uploadType=media&name=../x.zip",
+        Some("PK"),
+        400,
+        "invalid object name",
+    );
+    check(
+        "GET",
+        "/v1/projects/demo/locations/us-central1/operations/nothing",
+        None,
+        404,
+        "no such operation",
+    );
+    check(
+        "POST",
+        "/v1/projects/demo/locations/us-central1/repositories?repositoryId=Bad",
+        Some("{}"),
+        400,
+        "invalid repository id",
+    );
+    let out = s.ok(&["builds", "list", "--format", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["builds"], serde_json::json!([]), "{out}");
+}
