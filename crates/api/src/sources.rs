@@ -543,6 +543,10 @@ async fn start_resumable(
             .unwrap_or_default(),
         total,
     };
+    // Sessions a client left unfinished for a day are dropped as new ones start.
+    st.builds
+        .staging()
+        .sweep_uploads(std::time::Duration::from_secs(24 * 3600));
     let dir = st.builds.staging().uploads_dir().map_err(staging_error)?;
     let id = skiff_model::new_uuid();
     std::fs::write(dir.join(format!("{id}.data")), b"")

@@ -163,6 +163,27 @@ impl Staging {
         Ok(dir)
     }
 
+    /// Removes resumable upload sessions untouched for longer than `max_age` (a client that
+    /// went away mid-upload leaves one). Returns how many files it removed.
+    pub fn sweep_uploads(&self, max_age: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.root.join(".uploads")) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= max_age);
+            if old && std::fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     fn bucket_dir(&self, bucket: &str) -> PathBuf {
         self.root.join(bucket)
     }
@@ -573,6 +594,19 @@ mod tests {
     fn upload_err(s: &Staging, bucket: &str, name: &str) -> StagingError {
         s.insert_object(bucket, name, "", s.spool().unwrap(), 0, String::new())
             .unwrap_err()
+    }
+
+    #[test]
+    fn abandoned_upload_sessions_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Staging::new(dir.path().join("staging"));
+        assert_eq!(s.sweep_uploads(std::time::Duration::ZERO), 0);
+        let up = s.uploads_dir().unwrap();
+        std::fs::write(up.join("a.json"), "{}").unwrap();
+        std::fs::write(up.join("a.data"), "x").unwrap();
+        assert_eq!(s.sweep_uploads(std::time::Duration::from_secs(3600)), 0);
+        assert_eq!(s.sweep_uploads(std::time::Duration::ZERO), 2);
+        assert_eq!(std::fs::read_dir(&up).unwrap().count(), 0);
     }
 
     #[test]
