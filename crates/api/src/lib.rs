@@ -1,7 +1,9 @@
 //! The control API: Cloud Run Admin API v1 (Knative `serving.knative.dev/v1` services and
 //! revisions, IAM policy calls, `run.googleapis.com/v1` jobs, executions and tasks), Cloud
 //! Scheduler jobs, Secret Manager v1 secrets, Eventarc v1 triggers, domain mappings
-//! (`domains.cloudrun.com/v1`), plus Skiff's own resources under `/skiff/v1` (images,
+//! (`domains.cloudrun.com/v1`), what `gcloud run deploy --source` calls (Cloud Storage staging
+//! buckets, Artifact Registry repositories, Cloud Run v2 `builds:submit`, Cloud Build
+//! operations; `sources.rs`), plus Skiff's own resources under `/skiff/v1` (images,
 //! instances, logs, identity tokens), all behind the admin token.
 //!
 //! Handlers are thin: they parse, call the [`controller::Controller`], and shape responses.
@@ -16,6 +18,7 @@ mod openapi;
 mod registries;
 mod routes;
 mod secrets;
+mod sources;
 pub mod usage;
 
 use axum::extract::{Request, State};

@@ -262,6 +262,52 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "/v1/projects/{project}/authorizeddomains",
         "Domains the admin may map: every domain (the DNS root)",
     ),
+    (
+        "get",
+        "/v1/projects/{project}/locations/{location}/repositories/{repository}",
+        "Get an Artifact Registry repository (gcloud's check for cloud-run-source-deploy)",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/locations/{location}/repositories",
+        "Create a DOCKER repository (?repositoryId=R); answers with a done long-running operation",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/locations/{location}/operations/{operation}",
+        "A long-running operation: a source build (Cloud Build: done once the build ended, response the Build or error why), a repository creation, an Eventarc trigger change",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/locations/{location}/defaultServiceAccount",
+        "Cloud Build's default service account (the legacy NUMBER@cloudbuild.gserviceaccount.com)",
+    ),
+    (
+        "post",
+        "/v2/projects/{project}/locations/{location}/builds:submit",
+        "Cloud Run v2 SubmitBuild: build a staged source object (storageSource) for the service or job its tags name; answers with the build's operation",
+    ),
+    (
+        "get",
+        "/storage/v1/b",
+        "List the staging buckets of ?project=P (&prefix=X)",
+    ),
+    (
+        "post",
+        "/storage/v1/b",
+        "Create a staging bucket (?project=P; body: name, location)",
+    ),
+    ("get", "/storage/v1/b/{bucket}", "Get a staging bucket"),
+    (
+        "get",
+        "/storage/v1/b/{bucket}/o/{object}",
+        "Get a staged object's metadata",
+    ),
+    (
+        "post",
+        "/upload/storage/v1/b/{bucket}/o",
+        "Upload a source object (?uploadType=media|multipart&name=O, at most --build-max-source bytes); a bucket keeps its 16 newest, a build takes (deletes) the one it builds",
+    ),
 ];
 
 pub fn document() -> Value {

@@ -70,6 +70,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .merge(crate::registries::routes())
         .merge(crate::builds::routes())
         .merge(crate::secrets::routes())
+        .merge(crate::sources::routes())
         .fallback(|| async { ApiError::not_found("no such API path: see /openapi.json") })
 }
 

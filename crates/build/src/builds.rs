@@ -24,6 +24,10 @@ use std::time::Duration;
 /// The store kind of builds.
 pub const KIND: &str = "builds";
 
+/// A build's source archive in its directory: the uploaded tar.gz, or the zip gcloud staged
+/// (see [`crate::source::unpack_file`]).
+const SOURCE_FILE: &str = "source.archive";
+
 /// Cloud Build's build statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -190,6 +194,7 @@ pub struct Builds {
     images: Arc<ImageStore>,
     network: Option<Arc<skiff_network::Network>>,
     registries: Arc<skiff_registry::Registries>,
+    staging: crate::staging::Staging,
     queue: tokio::sync::Semaphore,
     running: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
 }
@@ -210,6 +215,7 @@ impl Builds {
             cgroup_parent: buildah::cgroup_parent(cfg.root.parent().unwrap_or(&cfg.root)),
         };
         Arc::new(Builds {
+            staging: crate::staging::Staging::new(cfg.root.join("staging")),
             cfg,
             buildah,
             store,
@@ -223,6 +229,11 @@ impl Builds {
 
     fn dir(&self, id: &str) -> PathBuf {
         self.cfg.root.join(id)
+    }
+
+    /// The staging buckets gcloud uploads sources to (`DATA/builds/staging`).
+    pub fn staging(&self) -> &crate::staging::Staging {
+        &self.staging
     }
 
     /// The largest source archive taken, in bytes.
@@ -262,6 +273,7 @@ impl Builds {
             b.finish_time = Some(now_rfc3339());
             self.put(&b)?;
             let _ = std::fs::remove_dir_all(self.dir(&b.id).join("context"));
+            let _ = std::fs::remove_file(self.dir(&b.id).join(SOURCE_FILE));
             n += 1;
         }
         Ok(n)
@@ -541,7 +553,7 @@ impl Builds {
         };
         let dir = self.dir(&id);
         std::fs::create_dir_all(&dir).map_err(BuildError::io(dir.display().to_string()))?;
-        let archive = dir.join("source.tar.gz");
+        let archive = dir.join(SOURCE_FILE);
         source
             .persist(&archive)
             .map_err(|e| BuildError::io(archive.display().to_string())(e.error))?;
@@ -603,7 +615,7 @@ impl Builds {
         let dir = self.dir(&b.id);
         let _ = std::fs::remove_dir_all(dir.join("context"));
         let _ = std::fs::remove_dir_all(dir.join("image"));
-        let _ = std::fs::remove_file(dir.join("source.tar.gz"));
+        let _ = std::fs::remove_file(dir.join(SOURCE_FILE));
         // `log` (and with it the channel's sender) is dropped here: the stream ends after
         // the final state is stored.
     }
@@ -636,13 +648,11 @@ impl Builds {
             .map_err(BuildError::io(context.display().to_string()))
             .map_err(fail)?;
         {
-            let archive = dir.join("source.tar.gz");
+            let archive = dir.join(SOURCE_FILE);
             let context = context.clone();
             let max = self.cfg.max_source_bytes;
             tokio::task::spawn_blocking(move || {
-                let mut f = std::fs::File::open(&archive)
-                    .map_err(BuildError::io(archive.display().to_string()))?;
-                crate::source::unpack(&mut f, &context, max)
+                crate::source::unpack_file(&archive, &context, max)
             })
             .await
             .expect("unpack does not panic")

@@ -13,11 +13,14 @@
 //! - [`builds`]: builds as stored objects (kind `builds`, Cloud Build's `Build` resource
 //!   shape and status names), one at a time in arrival order, cancellable, each with its log
 //!   in `DATA/builds/ID/log`; the built image is imported into Skiff's image store.
+//! - [`staging`]: Cloud Storage–style staging buckets, where gcloud uploads the zip of a
+//!   `gcloud run deploy --source` before it submits the build.
 
 pub mod buildah;
 pub mod builds;
 pub mod detect;
 pub mod source;
+pub mod staging;
 
 pub use builds::{Build, BuildRequest, BuildStatus, Builds, BuildsConfig, CachePrune};
 

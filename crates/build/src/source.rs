@@ -10,10 +10,13 @@
 //!
 //! [`unpack`] is the server's half: only regular files, directories and symbolic links, each
 //! name relative and inside the context (`..` refused), and at most a given number of bytes.
+//! [`unpack_zip`] does the same for the zip gcloud uploads to its staging bucket
+//! (`gcloud run deploy --source`), and [`unpack_file`] picks between them by the file's first
+//! bytes.
 
 use crate::BuildError;
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Component, Path};
 
 /// What [`pack`] wrote.
@@ -204,6 +207,80 @@ pub fn unpack(archive: &mut dyn Read, dest: &Path, max_bytes: u64) -> Result<u64
     Ok(total)
 }
 
+/// Unpacks the source archive at `path`, a tar.gz or a zip (told apart by their first bytes:
+/// gzip's `1f 8b`, zip's `PK`), into `dest` as [`unpack`] or [`unpack_zip`] do.
+pub fn unpack_file(path: &Path, dest: &Path, max_bytes: u64) -> Result<u64, BuildError> {
+    let shown = path.display().to_string();
+    let mut f = std::fs::File::open(path).map_err(BuildError::io(shown.clone()))?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(BuildError::io(shown.clone()))?;
+    f.rewind().map_err(BuildError::io(shown))?;
+    if n == 2 && magic == *b"PK" {
+        unpack_zip(f, dest, max_bytes)
+    } else {
+        unpack(&mut f, dest, max_bytes)
+    }
+}
+
+/// Unpacks the zip `archive` into the directory `dest` (which must exist), with the checks
+/// [`unpack`] makes: every name relative and inside `dest` (zip's `enclosed_name`, which
+/// refuses absolute names and `..`), only files and directories (a symbolic link, which a zip
+/// marks in its Unix mode, is refused: gcloud's zips hold none), the Unix permission bits kept
+/// when the zip records them, and at most `max_bytes` unpacked in all (counted as the bytes
+/// are written, not as the headers claim). Errors name the entry ([`BuildError::Source`]).
+pub fn unpack_zip(
+    archive: impl Read + Seek,
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<u64, BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut zip = zip::ZipArchive::new(archive)
+        .map_err(|e| BuildError::Source(format!("not a zip archive: {e}")))?;
+    let mut total = 0u64;
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| BuildError::Source(format!("not a zip archive: {e}")))?;
+        let shown = entry.name().to_string();
+        let Some(rel) = entry.enclosed_name() else {
+            return Err(BuildError::Source(format!(
+                "entry {shown:?} is not a relative path inside the source directory"
+            )));
+        };
+        let mode = entry.unix_mode();
+        if mode.is_some_and(|m| m & 0o170000 == 0o120000) {
+            return Err(BuildError::Source(format!(
+                "entry {shown:?} is a symbolic link: only files and directories are taken from a zip"
+            )));
+        }
+        let out = dest.join(&rel);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&out).map_err(BuildError::io(out.display().to_string()))?;
+            continue;
+        }
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(BuildError::io(parent.display().to_string()))?;
+        }
+        let mut file =
+            std::fs::File::create(&out).map_err(BuildError::io(out.display().to_string()))?;
+        let left = max_bytes.saturating_sub(total);
+        let n = std::io::copy(&mut (&mut entry).take(left + 1), &mut file)
+            .map_err(|e| BuildError::Source(format!("entry {shown:?}: {e}")))?;
+        total += n;
+        if total > max_bytes {
+            return Err(BuildError::Source(format!(
+                "the source unpacks to more than {max_bytes} bytes: leave large files out with .gcloudignore"
+            )));
+        }
+        if let Some(m) = mode {
+            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(m & 0o777))
+                .map_err(BuildError::io(out.display().to_string()))?;
+        }
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +317,73 @@ mod tests {
         got.sort();
         assert_eq!(got, want, "files {files:?}");
         assert_eq!(packed.files, want.len());
+    }
+
+    /// A zip of `entries` (name, text, Unix mode).
+    fn zip_of(entries: &[(&str, &str, u32)]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, text, mode) in entries {
+            let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode & 0o777);
+            if *mode & 0o170000 == 0o120000 {
+                w.add_symlink(*name, *text, opts).unwrap();
+            } else if name.ends_with('/') {
+                w.add_directory(*name, opts).unwrap();
+            } else {
+                w.start_file(*name, opts).unwrap();
+                w.write_all(text.as_bytes()).unwrap();
+            }
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn zips_unpack_inside_the_context() {
+        let out = tempfile::tempdir().unwrap();
+        let z = zip_of(&[
+            ("Dockerfile", "FROM x", 0o644),
+            ("bin/", "", 0o755),
+            ("bin/run", "#!/bin/sh", 0o755),
+        ]);
+        let p = out.path().join("src.zip");
+        std::fs::write(&p, &z).unwrap();
+        let ctx = out.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        assert_eq!(unpack_file(&p, &ctx, 1 << 20).unwrap(), 15);
+        assert_eq!(
+            std::fs::read_to_string(ctx.join("Dockerfile")).unwrap(),
+            "FROM x"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(ctx.join("bin/run"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+
+        for (bad, want) in [
+            ("../evil", "not a relative path"),
+            ("/etc/evil", "not a relative path"),
+            ("a/../../evil", "not a relative path"),
+        ] {
+            let dest = tempfile::tempdir().unwrap();
+            let z = zip_of(&[(bad, "x", 0o644)]);
+            let err = unpack_zip(std::io::Cursor::new(z), dest.path(), 1 << 20)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{bad}: {err}");
+            assert!(!out.path().join("evil").exists());
+        }
+        let dest = tempfile::tempdir().unwrap();
+        let z = zip_of(&[("link", "/etc/passwd", 0o120777)]);
+        let err = unpack_zip(std::io::Cursor::new(z), dest.path(), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        let z = zip_of(&[("big", "0123456789", 0o644)]);
+        let err = unpack_zip(std::io::Cursor::new(z), dest.path(), 5)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than 5 bytes"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! gcloud's HTTP proxy as well as its Cloud Run endpoint: every request then arrives at the API
 //! in absolute form (`GET http://us-central1-run.skiff:PORT/apis/...`), which the API routes by
 //! path, whatever the host. Resource Manager (the project lookup `gcloud run ... replace`
-//! makes) and Cloud Logging (log reads) point at Skiff the same way, and the API refuses `CONNECT`, so gcloud talks to
+//! makes), Cloud Logging (log reads), and Cloud Storage, Artifact Registry and Cloud Build
+//! (`gcloud run deploy --source`) point at Skiff the same way, and the API refuses `CONNECT`, so gcloud talks to
 //! nothing but Skiff. Nothing on the machine (DNS, hosts file) changes. The properties file
 //! is written directly (gcloud reads `CONFIG_DIR/configurations/config_NAME`), so gcloud need
 //! not be installed yet.
@@ -35,6 +36,15 @@ pub const PUBSUB_HOST: &str = "pubsub.skiff";
 /// The host name gcloud's `eventarc` endpoint is set to (`gcloud eventarc triggers ...`): the
 /// control API serves the Eventarc v1 REST API too, behind the admin token.
 pub const EVENTARC_HOST: &str = "eventarc.skiff";
+/// The host names gcloud's `storage`, `artifactregistry` and `cloudbuild` endpoints are set to:
+/// `gcloud run deploy --source` and `gcloud run jobs deploy --source` stage the source in a
+/// bucket, check the `cloud-run-source-deploy` repository and follow the build, all answered
+/// by the control API (from Skiff's own builds).
+pub const STORAGE_HOST: &str = "storage.skiff";
+/// See [`STORAGE_HOST`].
+pub const ARTIFACT_REGISTRY_HOST: &str = "artifactregistry.skiff";
+/// See [`STORAGE_HOST`].
+pub const CLOUD_BUILD_HOST: &str = "cloudbuild.skiff";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum GcloudCommand {
@@ -143,6 +153,23 @@ pub fn properties(
             "api_endpoint_overrides",
             "eventarc",
             format!("http://{EVENTARC_HOST}:{port}/"),
+        ),
+        // `run deploy --source` and `run jobs deploy --source`: the staging bucket, the
+        // image repository and the build.
+        (
+            "api_endpoint_overrides",
+            "storage",
+            format!("http://{STORAGE_HOST}:{port}/"),
+        ),
+        (
+            "api_endpoint_overrides",
+            "artifactregistry",
+            format!("http://{ARTIFACT_REGISTRY_HOST}:{port}/"),
+        ),
+        (
+            "api_endpoint_overrides",
+            "cloudbuild",
+            format!("http://{CLOUD_BUILD_HOST}:{port}/"),
         ),
         ("proxy", "type", "http".into()),
         ("proxy", "address", host.to_string()),
@@ -388,6 +415,18 @@ mod tests {
         assert_eq!(
             get("api_endpoint_overrides", "secretmanager").as_deref(),
             Some("http://secretmanager.skiff:8081/")
+        );
+        assert_eq!(
+            get("api_endpoint_overrides", "storage").as_deref(),
+            Some("http://storage.skiff:8081/")
+        );
+        assert_eq!(
+            get("api_endpoint_overrides", "artifactregistry").as_deref(),
+            Some("http://artifactregistry.skiff:8081/")
+        );
+        assert_eq!(
+            get("api_endpoint_overrides", "cloudbuild").as_deref(),
+            Some("http://cloudbuild.skiff:8081/")
         );
         assert_eq!(
             get("api_endpoint_overrides", "pubsub").as_deref(),

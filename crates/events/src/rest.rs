@@ -1,7 +1,8 @@
 //! The Eventarc v1 REST API (`eventarc.googleapis.com/v1`), as `gcloud eventarc triggers`
 //! calls it: `POST /v1/projects/P/locations/L/triggers?triggerId=T` and `DELETE .../T` return a
 //! long-running `Operation` that is already done (with the trigger in `response`); `GET` one
-//! trigger or the list; `GET /v1/projects/P/locations/L/operations/OP` answers gcloud's poll.
+//! trigger or the list; [`operation`] answers gcloud's poll (the API serves that path, shared
+//! with Cloud Build's and Artifact Registry's operations).
 //! Callers put it behind the admin token.
 
 use crate::error::EventsError;
@@ -32,10 +33,6 @@ pub fn router(triggers: Arc<Triggers>) -> axum::Router {
         .route(
             "/v1/projects/{project}/locations/{location}/triggers/{trigger}",
             get(describe).delete(delete),
-        )
-        .route(
-            "/v1/projects/{project}/locations/{location}/operations/{operation}",
-            get(operation),
         )
         .with_state(triggers)
 }
@@ -102,15 +99,14 @@ async fn delete(
     )?))
 }
 
-async fn operation(
-    State(t): State<Arc<Triggers>>,
-    Path((project, location, op)): Path<(String, String, String)>,
-) -> Result<Json<Value>> {
+/// The operation `op` (`operation-HEX`) a trigger's create or delete answered with, for
+/// `GET /v1/projects/P/locations/L/operations/OP`. That path is shared with the other
+/// long-running operations the control API serves (Cloud Build's, Artifact Registry's), so
+/// the API's one handler for it asks here for Eventarc's. `None`: no such operation.
+pub fn operation(t: &Triggers, project: &str, location: &str, op: &str) -> Result<Option<Value>> {
     let name = format!("projects/{project}/locations/{location}/operations/{op}");
-    t.store()
-        .get_object::<Value>(OPERATION_KIND, &project, &name)?
-        .map(Json)
-        .ok_or_else(|| EventsError::NotFound(name))
+    Ok(t.store()
+        .get_object::<Value>(OPERATION_KIND, project, &name)?)
 }
 
 /// A finished `google.longrunning.Operation` for `verb` on `trigger`, kept in the store so

@@ -231,7 +231,28 @@ impl Puller {
                 let _ = tx.send(p);
             }
         };
-        let stored = skiff_image::parse_reference(reference)?.normalized();
+        let parsed = skiff_image::parse_reference(reference)?;
+        let stored = parsed.normalized();
+        if let Some(d) = &parsed.digest {
+            // A digest names one content: when the store holds it (built, pushed, imported
+            // or pulled before) there is nothing to fetch, and the registry is not asked. This
+            // is how an image built by `gcloud run deploy --source`, which gcloud names
+            // `REGION-docker.pkg.dev/P/cloud-run-source-deploy/NAME@DIGEST`, is found.
+            if self.store.resolve(d).is_ok() {
+                report(PullProgress::Resolved {
+                    digest: d.clone(),
+                    blobs: 0,
+                    cached: 0,
+                });
+                return Ok(Pulled {
+                    reference: stored,
+                    digest: d.clone(),
+                    blobs: 0,
+                    downloaded: 0,
+                    downloaded_bytes: 0,
+                });
+            }
+        }
         let r: Reference = reference.parse().map_err(|e: oci_client::ParseError| {
             RegistryError::InvalidReference {
                 input: reference.to_string(),

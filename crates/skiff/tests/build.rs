@@ -23,25 +23,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_skiff");
 /// `base/busybox:latest`; returns its reference there.
 fn push_base(s: &TestServer, tmp: &Path) -> String {
     let layout = busybox_image(&tmp.join("base"), "busybox", &ImageSpec::default());
-    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
-    let reference = format!("127.0.0.1:{}/base/busybox:latest", s.api);
-    let out = std::process::Command::new("skopeo")
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &format!("skiff:{}", token.trim()),
-            &format!("oci:{}", layout.display()),
-            &format!("docker://{reference}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    reference
+    s.push_layout(&layout, "base/busybox:latest")
 }
 
 fn write(dir: &Path, rel: &str, text: &str) {
@@ -515,27 +497,6 @@ fn python_app_without_a_dockerfile_installs_flask_from_pypi() {
     assert_eq!(b["plan"]["kind"], "python", "{b}");
 }
 
-/// Pushes `layout` (an OCI layout) into the server's registry as `reference`.
-fn push_layout(s: &TestServer, layout: &Path, reference: &str) {
-    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
-    let out = std::process::Command::new("skopeo")
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &format!("skiff:{}", token.trim()),
-            &format!("oci:{}", layout.display()),
-            &format!("docker://{reference}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn node_app_without_a_dockerfile_installs_a_package_from_npm() {
     let s = TestServer::start(Path::new(BIN), &[]);
@@ -564,8 +525,7 @@ fn node_app_without_a_dockerfile_installs_a_package_from_npm() {
         &[],
         &spec,
     );
-    let base = format!("127.0.0.1:{}/base/node:22", s.api);
-    push_layout(&s, &layout, &base);
+    let base = s.push_layout(&layout, "base/node:22");
 
     let app = tmp.path().join("app");
     write(
@@ -626,8 +586,7 @@ fn go_app_without_a_dockerfile_builds_a_static_binary_on_a_small_base() {
     };
     let layout =
         skiff_testkit::debian_image(&tmp.path().join("go"), "go", &["golang-go"], &[], &spec);
-    let go_base = format!("127.0.0.1:{}/base/golang:1", s.api);
-    push_layout(&s, &layout, &go_base);
+    let go_base = s.push_layout(&layout, "base/golang:1");
     let run_base = push_base(&s, tmp.path());
     s.stop();
     let flag = format!("go-run={run_base}");

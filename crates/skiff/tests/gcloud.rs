@@ -1964,3 +1964,277 @@ fn gcloud_beta_run_domain_mappings_create_list_describe_delete() {
     assert_eq!(env.s.get(domain, "/", None).0, 404);
     assert_eq!(env.json(&dm(&["list"])), serde_json::json!([]));
 }
+
+fn write_file(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// `gcloud run deploy --source` and `gcloud run jobs deploy --source`: gcloud creates the
+/// `cloud-run-source-deploy` repository and the staging bucket, uploads the zip, submits the
+/// build through Cloud Run's `builds:submit`, follows the Cloud Build operation and deploys the
+/// digest, all against Skiff, which builds it as any source build (busybox base pushed into its
+/// own registry, so the build is offline).
+#[test]
+fn gcloud_deploys_services_and_jobs_from_source() {
+    let e = Env::new();
+    let tmp = e._tmp.path();
+    let layout = busybox_image(&tmp.join("base"), "busybox", &ImageSpec::default());
+    let base = e.s.push_layout(&layout, "base/busybox:latest");
+    let src = tmp.join("src");
+    write_file(
+        &src,
+        "Dockerfile",
+        &format!(
+            "FROM {base}\nCOPY page.txt /www/page.txt\nCOPY big.bin /big.bin\n\
+             RUN echo built v1 > /www/version.txt && busybox wc -c < /big.bin > /www/big.txt\n"
+        ),
+    );
+    write_file(&src, "page.txt", "from the zip\n");
+    // Past 5 MiB (incompressible) gcloud uploads the zip in a resumable session.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let big: Vec<u8> = (0..6 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    write_file(&src, ".gcloudignore", "secret.txt\n");
+    write_file(&src, "secret.txt", "not uploaded\n");
+    let src_arg = src.to_str().unwrap();
+    let (_, err) = e.ok(&[
+        "run",
+        "deploy",
+        "hello",
+        "--source",
+        src_arg,
+        "--allow-unauthenticated",
+    ]);
+    assert!(
+        err.contains(&format!("Service URL: {}", e.url("hello"))),
+        "{err}"
+    );
+    assert_eq!(
+        e.s.get(&e.host("hello"), "/version.txt", None),
+        (200, "built v1\n".into())
+    );
+    assert_eq!(
+        e.s.get(&e.host("hello"), "/page.txt", None),
+        (200, "from the zip\n".into())
+    );
+    assert_eq!(
+        e.s.get(&e.host("hello"), "/big.txt", None),
+        (200, format!("{}\n", 6 << 20))
+    );
+
+    // The build is Skiff's own: listed, with its log, its image in the store, and the
+    // service's revision pins that image's digest.
+    let builds = e.skiff_json(&["builds", "list"]);
+    let builds = builds["builds"].as_array().unwrap().clone();
+    assert_eq!(builds.len(), 1, "{builds:?}");
+    let b = &builds[0];
+    assert_eq!(b["status"], "SUCCESS", "{b}");
+    assert_eq!(b["service"], "hello", "{b}");
+    assert_eq!(b["plan"]["kind"], "dockerfile", "{b}");
+    let id = b["id"].as_str().unwrap();
+    let digest = b["results"]["images"][0]["digest"].as_str().unwrap();
+    let log = e.skiff(&["builds", "log", id]);
+    assert!(log.contains("STEP") && log.contains("DONE"), "{log}");
+    let images = e.skiff(&["images", "list"]);
+    assert!(
+        images.contains(&format!("{PROJECT}/cloud-run-source-deploy/hello:{id}")),
+        "{images}"
+    );
+    let rev = e.json(&["run", "revisions", "list", "--service", "hello"]);
+    assert_eq!(rev.as_array().unwrap().len(), 1, "{rev}");
+    let image = rev[0]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        image,
+        format!("us-central1-docker.pkg.dev/{PROJECT}/cloud-run-source-deploy/hello@{digest}"),
+        "{rev}"
+    );
+    // gcloud made the repository and the bucket; the staged zip is gone once the build took it.
+    let (code, body) = e.s.api(
+        "GET",
+        &format!(
+            "/v1/projects/{PROJECT}/locations/us-central1/repositories/cloud-run-source-deploy"
+        ),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let bucket = format!("run-sources-{PROJECT}-us-central1");
+    let (code, body) = e.s.api("GET", &format!("/storage/v1/b/{bucket}"), None);
+    assert_eq!(code, 200, "{body}");
+    let objects =
+        e.s.data_dir
+            .join("builds/staging")
+            .join(&bucket)
+            .join("objects");
+    assert_eq!(
+        std::fs::read_dir(&objects).unwrap().count(),
+        0,
+        "staged objects left in {objects:?}"
+    );
+
+    // A build that fails: gcloud says why and where the log is, and the service is as it was.
+    write_file(
+        &src,
+        "Dockerfile",
+        &format!("FROM {base}\nRUN echo about to fail && exit 3\n"),
+    );
+    let err = e.fails(&["run", "deploy", "hello", "--source", src_arg]);
+    assert!(
+        err.contains("Build failed") && err.contains("skiff builds log"),
+        "{err}"
+    );
+    let rev = e.json(&["run", "revisions", "list", "--service", "hello"]);
+    assert_eq!(rev.as_array().unwrap().len(), 1, "{rev}");
+    assert_eq!(
+        e.s.get(&e.host("hello"), "/version.txt", None),
+        (200, "built v1\n".into())
+    );
+    let builds = e.skiff_json(&["builds", "list"]);
+    let failed: Vec<&Value> = builds["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "FAILURE")
+        .collect();
+    assert_eq!(failed.len(), 1, "{builds}");
+    let log = e.skiff(&["builds", "log", failed[0]["id"].as_str().unwrap()]);
+    assert!(log.contains("about to fail"), "{log}");
+
+    // A job from source, then executed.
+    let job_src = tmp.join("job");
+    write_file(
+        &job_src,
+        "Dockerfile",
+        &format!("FROM {base}\nCMD [\"echo job built from source ran\"]\n"),
+    );
+    e.ok(&[
+        "run",
+        "jobs",
+        "deploy",
+        "nightly",
+        "--source",
+        job_src.to_str().unwrap(),
+        "--max-retries",
+        "0",
+    ]);
+    let (_, err) = e.ok(&["run", "jobs", "execute", "nightly", "--wait"]);
+    assert!(err.contains("has successfully completed"), "{err}");
+    let logs = e.skiff(&["logs", "read", "--job", "nightly", "--limit", "50"]);
+    assert!(logs.contains("job built from source ran"), "{logs}");
+    let builds = e.skiff_json(&["builds", "list"]);
+    assert!(
+        builds["builds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["job"] == "nightly" && b["status"] == "SUCCESS"),
+        "{builds}"
+    );
+}
+
+/// The source-deploy APIs refuse bad input in Google's error shape, naming what is wrong, and
+/// start no build.
+#[test]
+fn source_deploy_apis_refuse_bad_input_and_start_nothing() {
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let check = |method: &str, path: &str, body: Option<&str>, code: u16, want: &str| {
+        let (got, text) = s.api(method, path, body);
+        assert_eq!(got, code, "{method} {path}: {text}");
+        if code >= 400 {
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            let msg = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(msg.contains(want), "{method} {path}: {text}");
+            assert_eq!(v["error"]["code"], code, "{text}");
+        }
+    };
+    let submit = "/v2/projects/demo/locations/us-central1/builds:submit";
+    check(
+        "POST",
+        submit,
+        Some(
+            r#"{"storageSource":{"bucket":"run-sources-demo-us-central1","object":"services/web/x.zip"},"imageUri":"us-central1-docker.pkg.dev/demo/cloud-run-source-deploy/web","dockerBuild":{},"tags":["service_web"]}"#,
+        ),
+        400,
+        "storageSource: the specified bucket does not exist",
+    );
+    check(
+        "POST",
+        "/storage/v1/b?project=demo",
+        Some(r#"{"name":"Bad_Name"}"#),
+        400,
+        "invalid bucket name",
+    );
+    check(
+        "POST",
+        "/storage/v1/b?project=demo",
+        Some(r#"{"name":"run-sources-demo-us-central1","location":"us-central1"}"#),
+        200,
+        "",
+    );
+    check(
+        "POST",
+        "/storage/v1/b?project=demo",
+        Some(r#"{"name":"run-sources-demo-us-central1"}"#),
+        409,
+        "exists already",
+    );
+    check(
+        "POST",
+        submit,
+        Some(
+            r#"{"storageSource":{"bucket":"run-sources-demo-us-central1","object":"services/web/x.zip"},"imageUri":"x/web","dockerBuild":{},"tags":["service_web"]}"#,
+        ),
+        400,
+        "storageSource: no such object",
+    );
+    check(
+        "POST",
+        submit,
+        Some(
+            r#"{"storageSource":{"bucket":"b","object":"o"},"imageUri":"x/web","buildpackBuild":{"functionTarget":"f"},"tags":["service_web"]}"#,
+        ),
+        400,
+        "remove --function",
+    );
+    check(
+        "POST",
+        "/upload/storage/v1/b/run-sources-none/o?uploadType=media&name=x.zip",
+        Some("{}"),
+        404,
+        "bucket does not exist",
+    );
+    check(
+        "POST",
+        "/upload/storage/v1/b/run-sources-demo-us-central1/o?uploadType=media&name=../x.zip",
+        Some("PK"),
+        400,
+        "invalid object name",
+    );
+    check(
+        "GET",
+        "/v1/projects/demo/locations/us-central1/operations/nothing",
+        None,
+        404,
+        "no such operation",
+    );
+    check(
+        "POST",
+        "/v1/projects/demo/locations/us-central1/repositories?repositoryId=Bad",
+        Some("{}"),
+        400,
+        "invalid repository id",
+    );
+    let out = s.ok(&["builds", "list", "--format", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["builds"], serde_json::json!([]), "{out}");
+}

@@ -261,6 +261,31 @@ impl TestServer {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// Pushes the OCI layout `layout` into the server's own registry as `name` (`REPO:TAG`)
+    /// with `skopeo`, as a user would push a base image; returns its reference there
+    /// (`127.0.0.1:API/REPO:TAG`). Panics if the push fails.
+    pub fn push_layout(&self, layout: &Path, name: &str) -> String {
+        let token = std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap();
+        let reference = format!("127.0.0.1:{}/{name}", self.api);
+        let out = Command::new("skopeo")
+            .args([
+                "copy",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                &format!("skiff:{}", token.trim()),
+                &format!("oci:{}", layout.display()),
+                &format!("docker://{reference}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reference
+    }
+
     /// An ingress request: `(status, body)`.
     pub fn get(&self, host: &str, path: &str, token: Option<&str>) -> (u16, String) {
         http_get(self.ingress, host, path, token)
