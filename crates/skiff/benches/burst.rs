@@ -40,49 +40,6 @@ fn status(port: u16, host: &str, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// The median of each step over the server log's `ready in TOTAL: STEP Xms, ...` lines.
-fn start_steps(log: &str) -> String {
-    let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
-    let mut n = 0;
-    for line in log.lines() {
-        let Some(rest) = line.split(" ready in ").nth(1) else {
-            continue;
-        };
-        n += 1;
-        let (total, detail) = rest.split_once(": ").unwrap_or((rest, ""));
-        // Up to the log line's fields (`instance=...`, perhaps in colour).
-        let detail = detail.split([' ', '\x1b']).collect::<Vec<_>>();
-        let detail = detail
-            .iter()
-            .take_while(|w| !w.is_empty() && !w.starts_with("instance"))
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" ");
-        let parts =
-            std::iter::once(format!("ready {total}")).chain(detail.split(", ").map(str::to_string));
-        for part in parts {
-            let Some((name, v)) = part.trim().rsplit_once(' ') else {
-                continue;
-            };
-            let Some(ms) = v.split("ms").next().and_then(|x| x.parse::<f64>().ok()) else {
-                continue;
-            };
-            match steps.iter_mut().find(|(s, _)| s == name) {
-                Some((_, v)) => v.push(ms),
-                None => steps.push((name.to_string(), vec![ms])),
-            }
-        }
-    }
-    let medians: Vec<String> = steps
-        .into_iter()
-        .map(|(name, mut v)| {
-            v.sort_by(f64::total_cmp);
-            format!("{name} {:.1}", v[v.len() / 2])
-        })
-        .collect();
-    format!("{n}, median ms: {}", medians.join(", "))
-}
-
 fn main() {
     let nums: Vec<u64> = std::env::args()
         .skip(1)
@@ -195,7 +152,10 @@ fn main() {
         p(0.99).as_secs_f64() * 1000.0,
         peak.load(Ordering::SeqCst)
     );
-    println!("  instance starts: {}", start_steps(&s.log()));
+    println!(
+        "  instance starts: {}",
+        skiff_testkit::start_step_medians(&s.log())
+    );
     if errors > 0 {
         // Which answers they were (0: no answer), and what the server said about them.
         println!("  error answers by status: {codes:?}");

@@ -77,6 +77,10 @@ fn skiff_cold_starts(layout: &Path, rounds: usize, extra: &[&str]) -> Vec<Durati
         );
         out.push(t.elapsed());
     }
+    println!(
+        "  steps of the starts with {extra:?}: {}",
+        skiff_testkit::start_step_medians(&s.log())
+    );
     out
 }
 

@@ -22,7 +22,7 @@ pub use image::{app_path, busybox_image, ImageSpec};
 pub use load::{burst, Load, Report};
 pub use pebble::Pebble;
 pub use registry::{CuttingProxy, TestRegistry};
-pub use server::{http_get, TestServer};
+pub use server::{http_get, start_step_medians, TestServer};
 pub use tls::{TestCa, TlsClient};
 
 /// Runs a command and returns its stdout, panicking with its stderr on failure.

@@ -549,3 +549,53 @@ pub fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> (u16, 
         Err(e) => (0, e.to_string()),
     }
 }
+
+/// The median of each step of instance starts over a server log's `ready in TOTAL: STEP Xms,
+/// ...` lines, as `N, median ms: ready T, network A, spawn B, ...` (N: the lines read); the
+/// starts of instances made ahead of demand count apart, their steps named `ahead: ...`.
+pub fn start_step_medians(log: &str) -> String {
+    let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut n = 0;
+    for line in log.lines() {
+        let Some(rest) = line.split(" ready in ").nth(1) else {
+            continue;
+        };
+        n += 1;
+        let (total, detail) = rest.split_once(": ").unwrap_or((rest, ""));
+        let (total, group) = match total.strip_suffix(" (made ahead of demand)") {
+            Some(t) => (t, "ahead: "),
+            None => (total, ""),
+        };
+        // Up to the log line's fields (`instance=...`, perhaps in colour).
+        let detail = detail.split([' ', '\x1b']).collect::<Vec<_>>();
+        let detail = detail
+            .iter()
+            .take_while(|w| !w.is_empty() && !w.starts_with("instance"))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let parts =
+            std::iter::once(format!("ready {total}")).chain(detail.split(", ").map(str::to_string));
+        for part in parts {
+            let Some((name, v)) = part.trim().rsplit_once(' ') else {
+                continue;
+            };
+            let Some(ms) = v.split("ms").next().and_then(|x| x.parse::<f64>().ok()) else {
+                continue;
+            };
+            let name = format!("{group}{name}");
+            match steps.iter_mut().find(|(s, _)| *s == name) {
+                Some((_, v)) => v.push(ms),
+                None => steps.push((name, vec![ms])),
+            }
+        }
+    }
+    let medians: Vec<String> = steps
+        .into_iter()
+        .map(|(name, mut v)| {
+            v.sort_by(f64::total_cmp);
+            format!("{name} {:.1}", v[v.len() / 2])
+        })
+        .collect();
+    format!("{n}, median ms: {}", medians.join(", "))
+}
