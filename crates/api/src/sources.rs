@@ -354,7 +354,10 @@ async fn submit_build(
         }
         let _ = (bp.enable_automatic_updates, &bp.project_descriptor);
         build_args.extend(bp.environment_variables.clone());
-        base_image = bp.base_image.clone().filter(|b| !b.is_empty());
+        base_image = bp
+            .base_image
+            .clone()
+            .filter(|b| !b.is_empty() && !google_run_image(b));
     }
     let builds = st.builds.clone();
     let spool = builds
@@ -393,6 +396,14 @@ async fn submit_build(
         "buildOperation": build_operation(&build, &location),
         "baseImageUri": "",
     })))
+}
+
+/// Whether `image` is one of Google's own buildpacks run images (`gcr.io/buildpacks/...`,
+/// `...-docker.pkg.dev/serverless-runtimes/...`), which gcloud sends as `baseImage` when the
+/// user gave none: Skiff's own defaults (`--build-base-image`) stand in for them, as the
+/// images users would pick, where Google's hold no language runtime Skiff's plans use.
+fn google_run_image(image: &str) -> bool {
+    image.starts_with("gcr.io/buildpacks/") || image.contains("docker.pkg.dev/serverless-runtimes/")
 }
 
 // ---- Cloud Storage ----
@@ -940,6 +951,16 @@ async fn upload_object(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn googles_run_images_give_way_to_skiffs_defaults() {
+        assert!(super::google_run_image("gcr.io/buildpacks/google-22/run"));
+        assert!(super::google_run_image(
+            "us-central1-docker.pkg.dev/serverless-runtimes/google-22/runtimes/python312"
+        ));
+        assert!(!super::google_run_image("127.0.0.1:8081/base/busybox:1"));
+        assert!(!super::google_run_image("python:3.12-slim"));
+    }
+
     use super::split_multipart;
 
     #[test]

@@ -60,6 +60,9 @@ impl BuildahConfig {
 
     /// A `buildah` command with Skiff's storage and environment.
     pub fn command(&self, auth_dir: &Path) -> tokio::process::Command {
+        // buildah fails at once when its TMPDIR is missing (after a restart, before any
+        // build made it).
+        let _ = std::fs::create_dir_all(self.root.join("tmp"));
         let mut c = tokio::process::Command::new("buildah");
         c.args(self.global_args())
             .env("TMPDIR", self.root.join("tmp"))

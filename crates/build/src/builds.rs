@@ -406,11 +406,10 @@ impl Builds {
             {
                 buildah::drop_cache_tag(&self.buildah, auth_dir, t).await;
             }
-            let images = buildah::prune_dangling(&self.buildah, auth_dir).await;
+            buildah::prune_dangling(&self.buildah, auth_dir).await;
             let after = self.storage_bytes().await;
             tracing::info!(
                 owner = %owner,
-                images,
                 freed_bytes = before.saturating_sub(after),
                 storage_bytes = after,
                 cache_max_bytes = max,
@@ -752,10 +751,11 @@ impl Builds {
             BudOutcome::Failed(code) => Err(Ended(
                 BuildStatus::Failure,
                 match code {
-                    Some(c) => {
-                        format!("the build failed (buildah exited with {c}): see the log above")
+                    Some(c) => format!("the build failed: buildah exited with {c}"),
+                    None => {
+                        "the build was killed by a signal (its memory limit, or the server stopping)"
+                            .into()
                     }
-                    None => "the build was killed (out of memory?): see the log above".into(),
                 },
             )),
             BudOutcome::TimedOut => Err(Ended(
