@@ -962,10 +962,10 @@ fn build_cache_over_its_limit_drops_the_least_recently_built_owner() {
 
 #[test]
 fn builds_submit_tag_cache_goes_when_its_image_is_deleted() {
-    let s = TestServer::start(Path::new(BIN), &[]);
+    let mut s = TestServer::start(Path::new(BIN), &[]);
     let tmp = tempfile::tempdir().unwrap();
     let base = push_base(&s, tmp.path());
-    let submit = |src: &Path, tag: &str| -> String {
+    let submit = |s: &TestServer, src: &Path, tag: &str| -> String {
         let out = s.skiff(&["builds", "submit", src.to_str().unwrap(), "--tag", tag]);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(
@@ -977,10 +977,10 @@ fn builds_submit_tag_cache_goes_when_its_image_is_deleted() {
     };
     let keep = big_stage_source(tmp.path(), &base, "keep", 1, 1);
     let gone = big_stage_source(tmp.path(), &base, "gone", 2, 1);
-    submit(&keep, "keep:v1");
-    submit(&gone, "gone:v1");
-    let owners = || -> std::collections::BTreeSet<String> {
-        buildah_images(&s)
+    submit(&s, &keep, "keep:v1");
+    submit(&s, &gone, "gone:v1");
+    let owners = |s: &TestServer| -> std::collections::BTreeSet<String> {
+        buildah_images(s)
             .into_iter()
             .filter_map(|(_, n)| {
                 let rest = n.strip_prefix("localhost/skiff-cache/default/image-")?;
@@ -988,23 +988,26 @@ fn builds_submit_tag_cache_goes_when_its_image_is_deleted() {
             })
             .collect()
     };
-    assert_eq!(owners().len(), 2, "{:?}", buildah_images(&s));
+    assert_eq!(owners(&s).len(), 2, "{:?}", buildah_images(&s));
 
     // While its image is in Skiff's store, a prune keeps a `--tag` build's cache.
     s.ok(&["images", "prune"]);
-    assert_eq!(owners().len(), 2, "{:?}", buildah_images(&s));
+    assert_eq!(owners(&s).len(), 2, "{:?}", buildah_images(&s));
 
     // Deleting the image lets the next prune drop its cache, and only its.
     s.ok(&["images", "delete", "gone:v1"]);
+    // Also after a restart, before any build has run.
+    s.stop();
+    s.restart();
     let out = s.skiff(&["images", "prune"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "images prune: {stderr}");
     assert!(!stderr.contains("Deleted 0 build cache images"), "{stderr}");
-    assert_eq!(owners().len(), 1, "{:?}", buildah_images(&s));
-    let again_keep = submit(&keep, "keep:v1");
+    assert_eq!(owners(&s).len(), 1, "{:?}", buildah_images(&s));
+    let again_keep = submit(&s, &keep, "keep:v1");
     assert!(again_keep.contains("Using cache"), "{again_keep}");
     assert!(!again_keep.contains("ran-2"), "{again_keep}");
-    let again_gone = submit(&gone, "gone:v1");
+    let again_gone = submit(&s, &gone, "gone:v1");
     assert!(!again_gone.contains("Using cache"), "{again_gone}");
     assert!(again_gone.contains("ran-3"), "{again_gone}");
 }
