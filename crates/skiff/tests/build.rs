@@ -446,24 +446,7 @@ fn python_app_without_a_dockerfile_installs_flask_from_pypi() {
         &[],
         &spec,
     );
-    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
-    let base = format!("127.0.0.1:{}/base/python:3", s.api);
-    let out = std::process::Command::new("skopeo")
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &format!("skiff:{}", token.trim()),
-            &format!("oci:{}", layout.display()),
-            &format!("docker://{base}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let base = s.push_layout(&layout, "base/python:3");
 
     let app = tmp.path().join("app");
     write(&app, "requirements.txt", "flask\n");
