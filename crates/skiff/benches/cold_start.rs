@@ -4,6 +4,9 @@
 //! (`--prepared-instances 0`), and created on the request without instance networking
 //! (`--no-instance-network`); beside `runc run` of the same image to its first response,
 //! measured in the same run. Prints median and p99 of each and the ratio of the first to runc.
+//! Then the same for a Python app (`python3 -m http.server` on a Debian image), beside the
+//! app alone: the same command from the image's root file system under `chroot`, with no
+//! container, to its first response (the floor no runtime can beat).
 //!
 //! `sudo cargo bench -p skiff --bench cold_start [-- ROUNDS]` (needs busybox-static, runc).
 
@@ -121,6 +124,44 @@ fn runc_cold_starts(layout: &Path, rounds: usize) -> Vec<Duration> {
     out
 }
 
+/// `python3 -m http.server` run straight from the image's root file system (`chroot`, on the
+/// host's network, no container), to its first response, `rounds` times: the Python app's own
+/// start, the floor no runtime can beat.
+fn python_alone(layout: &Path, rounds: usize) -> Vec<Duration> {
+    let bundle = tempfile::tempdir().unwrap();
+    skiff_testkit::runc::bundle(layout, bundle.path(), &[], false, true);
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = Instant::now();
+        let mut child = Command::new("/usr/sbin/chroot")
+            .arg(bundle.path().join("rootfs"))
+            .args(["python3", "-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chroot");
+        while !request(port, "localhost") {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "python never answered"
+            );
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        out.push(t.elapsed());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    out
+}
+
 fn main() {
     let rounds: usize = std::env::args()
         .skip(1)
@@ -165,5 +206,50 @@ fn main() {
         "  ratio skiff/runc: median {:.2}  p99 {:.2}   (target: skiff median ≤ 10 ms, ≤ 0.3 × runc)",
         sm.as_secs_f64() / rm.as_secs_f64(),
         sp.as_secs_f64() / rp.as_secs_f64()
+    );
+
+    // A Python app: its interpreter's start dominates, and is the floor.
+    let spec = ImageSpec {
+        entrypoint: vec!["/bin/sh".into(), "-c".into()],
+        cmd: vec!["exec python3 -m http.server $PORT".into()],
+        env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()],
+        files: vec![],
+        user: None,
+        binaries: vec![],
+    };
+    let python = skiff_testkit::debian_image(
+        &tmp.path().join("python"),
+        "bench",
+        &["python3", "python3-pip"],
+        &[],
+        &spec,
+    );
+    let py_rounds = rounds.min(10);
+    let (pm, pp) = stats(skiff_cold_starts(&python, py_rounds, &[]));
+    let (qm, qp) = stats(skiff_cold_starts(
+        &python,
+        py_rounds,
+        &["--prepared-instances", "0"],
+    ));
+    let (hm, hp) = stats(python_alone(&python, py_rounds));
+    println!("cold start, python3 -m http.server on Debian, {py_rounds} rounds each");
+    println!(
+        "  skiff, made ahead:            median {}  p99 {}",
+        ms(pm),
+        ms(pp)
+    );
+    println!(
+        "  skiff, created on the request: median {}  p99 {}",
+        ms(qm),
+        ms(qp)
+    );
+    println!(
+        "  the app alone (chroot, no container): median {}  p99 {}",
+        ms(hm),
+        ms(hp)
+    );
+    println!(
+        "  skiff made ahead above the app alone: median {:+.1} ms",
+        (pm.as_secs_f64() - hm.as_secs_f64()) * 1000.0
     );
 }
