@@ -801,7 +801,7 @@ impl Builds {
         // The cache this build made stays (tagged per service, job or image name); what
         // earlier builds of the same owner made and this one did not use goes.
         let key = cache_key(b);
-        match buildah::keep_cache(
+        let cached = match buildah::keep_cache(
             &self.buildah,
             &auth_dir,
             &key,
@@ -809,24 +809,20 @@ impl Builds {
         )
         .await
         {
-            Ok(()) => {
-                let _ = self
-                    .buildah
-                    .command(&auth_dir)
-                    .args(["rmi", &tag])
-                    .output()
-                    .await;
-                buildah::prune_dangling(&self.buildah, &auth_dir).await;
-            }
+            Ok(()) => true,
             Err(e) => {
                 log(format!("warning: {e}"));
-                let _ = self
-                    .buildah
-                    .command(&auth_dir)
-                    .args(["rmi", &tag])
-                    .output()
-                    .await;
+                false
             }
+        };
+        let _ = self
+            .buildah
+            .command(&auth_dir)
+            .args(["rmi", &tag])
+            .output()
+            .await;
+        if cached {
+            buildah::prune_dangling(&self.buildah, &auth_dir).await;
         }
         // Within `--build-cache-max`: other owners' caches go, least recently built first;
         // this build's own stays unless no cache is to be kept at all.

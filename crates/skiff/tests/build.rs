@@ -326,16 +326,7 @@ fn static_site_nothing_to_build_time_limit_cancel_and_a_killed_server() {
     // nothing is built.
     let before = builds(&s).len();
     let big = tmp.path().join("big");
-    // xorshift64: bytes gzip cannot shrink.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let noise: Vec<u8> = (0..256 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let noise = skiff_testkit::incompressible(256 * 1024);
     std::fs::create_dir_all(&big).unwrap();
     std::fs::write(big.join("noise.bin"), noise).unwrap();
     write(&big, "index.html", "x\n");

@@ -1993,15 +1993,7 @@ fn gcloud_deploys_services_and_jobs_from_source() {
     );
     write_file(&src, "page.txt", "from the zip\n");
     // Past 5 MiB (incompressible) gcloud uploads the zip in a resumable session.
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    let big: Vec<u8> = (0..6 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = skiff_testkit::incompressible(6 << 20);
     std::fs::write(src.join("big.bin"), &big).unwrap();
     write_file(&src, ".gcloudignore", "secret.txt\n");
     write_file(&src, "secret.txt", "not uploaded\n");

@@ -25,6 +25,20 @@ pub use registry::{CuttingProxy, TestRegistry};
 pub use server::{http_get, start_step_medians, TestServer};
 pub use tls::{TestCa, TlsClient};
 
+/// `len` pseudo-random bytes (xorshift64 from a fixed seed) that gzip cannot shrink: for
+/// sources and uploads that must stay as large as they are.
+pub fn incompressible(len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// Runs a command and returns its stdout, panicking with its stderr on failure.
 pub fn run(cmd: &mut std::process::Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| {
