@@ -133,7 +133,7 @@ fn service_host_certificate_from_pebble_is_served_renewed_and_kept_across_restar
     s.stop();
     s.restart();
     wait_until("the HTTPS listener after the restart", 60, logs, || {
-        std::net::TcpStream::connect(("127.0.0.1", https)).is_ok()
+        skiff_testkit::listening(https)
     });
     let after = peer_serial(&tls_connect(https, host, &root, &[b"http/1.1"]).unwrap());
     assert_eq!(after, renewed);

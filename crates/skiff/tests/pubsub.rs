@@ -89,7 +89,7 @@ fn python_client_against_the_official_emulator() {
         .expect("start the emulator");
     let _emulator = Emulator(child);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !skiff_testkit::listening(port) {
         assert!(Instant::now() < deadline, "the emulator did not listen");
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -22,7 +22,7 @@ pub use image::{app_path, busybox_image, ImageSpec};
 pub use load::{burst, Load, Report};
 pub use pebble::Pebble;
 pub use registry::{CuttingProxy, TestRegistry};
-pub use server::{http_get, start_step_medians, TestServer};
+pub use server::{http_get, listening, start_step_medians, TestServer};
 pub use tls::{TestCa, TlsClient};
 
 /// `len` pseudo-random bytes (xorshift64 from a fixed seed) that gzip cannot shrink: for

@@ -26,7 +26,7 @@ pub struct Pebble {
 
 fn wait_listening(port: u16, what: &str, log: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !crate::server::listening(port) {
         assert!(
             Instant::now() < deadline,
             "{what} did not listen on {port}: {}",

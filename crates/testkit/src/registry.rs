@@ -87,7 +87,7 @@ impl TestRegistry {
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !crate::server::listening(port) {
             if let Some(status) = r.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("docker-registry exited with {status}: {}", r.log());
             }

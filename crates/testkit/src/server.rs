@@ -52,6 +52,14 @@ pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
 
+/// Whether a listener accepts on `127.0.0.1:port`. A connection that reached itself does not
+/// count: a loopback connect to a free port in the ephemeral range can pick that very port as
+/// its source, and TCP's simultaneous open then connects it to itself.
+pub fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|c| c.local_addr().ok() != c.peer_addr().ok())
+}
+
 /// A plain HTTP/1.1 GET to `127.0.0.1:port` with `Host: host`, on a connection of its own,
 /// not following redirects: `(status, head)` (status 0 when nothing parsable came back).
 pub fn get_head(port: u16, host: &str, path: &str) -> (u16, String) {
@@ -169,7 +177,7 @@ impl TestServer {
             .expect("start skiff server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.api)).is_err() {
+        while !self.api_listening() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("skiff server exited with {status}: {}", self.log());
             }
@@ -180,6 +188,12 @@ impl TestServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether this server's API accepts connections. The server writes its admin token before
+    /// it listens, so a listener without the token is not this server.
+    fn api_listening(&self) -> bool {
+        listening(self.api) && self.data_dir.join("admin.token").exists()
     }
 
     /// Starts a server with the default test image (busybox httpd with its CGI scripts,
