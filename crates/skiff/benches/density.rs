@@ -4,8 +4,10 @@
 //! instance: the PSS, private and RSS memory of every process Skiff adds per instance (the
 //! shim; not the app), summed from `/proc/PID/smaps_rollup` and divided by N, with the shim's
 //! private memory by mapping (from `/proc/PID/smaps`); and the server's RSS growth per
-//! instance. Beside it, in the same run, the per-container cost of conmon (with runc) and of
-//! containerd-shim-runc-v2 (containerd, through `ctr`), each running the same image.
+//! instance. Then what an instance made ahead of demand holds while it waits (its shim and the
+//! container's waiting init), with five of them. Beside it, in the same run, the per-container
+//! cost of conmon (with runc) and of containerd-shim-runc-v2 (containerd, through `ctr`), each
+//! running the same image.
 //!
 //! `sudo cargo bench -p skiff --bench density [-- N [ANCHOR_CONTAINERS]]` (N defaults to 1000,
 //! the anchors to 30 containers each; needs busybox-static, runc, conmon, skopeo, and installs
@@ -575,6 +577,10 @@ fn containerd(layout: &Path, dir: &Path, k: usize) -> Option<Mem> {
         .output()
         .is_err()
     {
+        let _ = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .stdout(Stdio::null())
+            .status();
         let ok = Command::new("apt-get")
             .args(["install", "-y", "-q", "containerd"])
             .env("DEBIAN_FRONTEND", "noninteractive")
