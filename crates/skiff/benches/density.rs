@@ -493,6 +493,9 @@ struct Containerd {
     dir: PathBuf,
     child: std::process::Child,
     ids: Vec<String>,
+    /// Whether `/run/containerd` (where the shims keep their sockets, fifos and runc's state
+    /// whatever containerd's own state dir) was made by this run, to be removed with it.
+    made_run_dir: bool,
 }
 
 impl Containerd {
@@ -563,6 +566,12 @@ impl Drop for Containerd {
             let _ = std::fs::remove_dir(d.path().join(NAMESPACE));
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(NAMESPACE));
+        let run = Path::new("/run/containerd");
+        if self.made_run_dir {
+            let _ = std::fs::remove_dir_all(run);
+        } else {
+            let _ = std::fs::remove_dir_all(run.join("runc").join(NAMESPACE));
+        }
     }
 }
 
@@ -614,6 +623,7 @@ fn containerd(layout: &Path, dir: &Path, k: usize) -> Option<Mem> {
         ),
     )
     .unwrap();
+    let made_run_dir = !Path::new("/run/containerd").exists();
     let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
     let child = Command::new("containerd")
         .arg("--config")
@@ -627,6 +637,7 @@ fn containerd(layout: &Path, dir: &Path, k: usize) -> Option<Mem> {
         dir: dir.to_path_buf(),
         child,
         ids: Vec::new(),
+        made_run_dir,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !c
