@@ -135,8 +135,12 @@ struct State {
     released: VecDeque<u32>,
     ready: VecDeque<Sandbox>,
     owners: HashMap<Ipv4Addr, Owner>,
-    /// Sandboxes being made right now (counted towards `prepared`).
+    /// 1 while the maker is making a sandbox, else 0.
     making: usize,
+    /// Making one ahead of demand failed: none is made ahead until a start asks for one.
+    ahead_failed: bool,
+    /// Starts waiting for a sandbox, oldest first, when none was ready.
+    waiting: VecDeque<tokio::sync::oneshot::Sender<Result<Sandbox, NetworkError>>>,
     /// Set by [`Network::stop`]: no sandbox is made after it.
     stopped: bool,
 }
@@ -156,6 +160,15 @@ pub struct Network {
     /// The egress counters as last read, and when: one `nft` call serves every instance's
     /// reading within [`EGRESS_READ_EVERY`].
     egress: Mutex<Option<(std::time::Instant, HashMap<Ipv4Addr, u64>)>>,
+    /// Wakes the sandbox maker's thread.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        // The maker's thread finds the network gone and ends.
+        self.wake.notify_one();
+    }
 }
 
 /// The short id that names this server's bridge, veths and tables: 8 hex digits of the
@@ -186,6 +199,23 @@ const FORWARDING_SAVED: &str = "/run/skiff/ip_forward.before";
 /// interface) waits, so that it does not compete with the instance start that set it off.
 const BACKGROUND_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// The bridge's MAC address, set when it is made, as Docker sets its bridge's: a bridge without
+/// one takes the lowest of its ports' addresses, so each new instance's veth would make it
+/// recompute its address (and could change it, which every instance's ARP entry for the gateway
+/// then misses). Locally administered (`02:42`), then the gateway's IPv4 address.
+fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+/// The loopback interface's index in every network namespace (the kernel's `LOOPBACK_IFINDEX`).
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// How often, and how many times, a let-go sandbox's interface is looked for before its
+/// address is handed out again (10 s in all).
+const LINK_GONE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+const LINK_GONE_POLLS: u32 = 200;
+
 /// How long one reading of the egress counters serves.
 const EGRESS_READ_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -214,7 +244,12 @@ impl Network {
         let gateway = cfg.subnet.hosts().next().expect("a /29 has hosts");
         handle
             .link()
-            .add(rtnetlink::LinkBridge::new(&bridge).up().build())
+            .add(
+                rtnetlink::LinkBridge::new(&bridge)
+                    .address(bridge_mac(gateway).to_vec())
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(netlink(format!("creating the bridge {bridge}")))?;
@@ -266,12 +301,19 @@ impl Network {
                 ready: VecDeque::new(),
                 owners: HashMap::new(),
                 making: 0,
+                ahead_failed: false,
+                waiting: VecDeque::new(),
                 stopped: false,
             }),
             seq: AtomicU32::new(0),
             egress: Mutex::new(None),
+            wake: Arc::new(tokio::sync::Notify::new()),
         });
         if let Err(e) = firewall::apply(&rules) {
+            network.stop().await;
+            return Err(e);
+        }
+        if let Err(e) = Network::start_maker(&network) {
             network.stop().await;
             return Err(e);
         }
@@ -313,11 +355,20 @@ impl Network {
             if st.stopped {
                 return Err(NetworkError::Config("the server is stopping".into()));
             }
-            st.ready.pop_front()
+            st.ahead_failed = false;
+            st.ready.pop_front().ok_or_else(|| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                st.waiting.push_back(tx);
+                rx
+            })
         };
         let sandbox = match ready {
-            Some(s) => s,
-            None => self.make().await?,
+            Ok(s) => s,
+            Err(rx) => {
+                self.refill();
+                rx.await
+                    .map_err(|_| NetworkError::Config("the server is stopping".into()))??
+            }
         };
         // Making a namespace is CPU-heavy for the kernel: while sandboxes are left, the refill
         // waits until the start that took this one is likely done, not to slow it down.
@@ -363,30 +414,103 @@ impl Network {
             .unwrap_or(0)
     }
 
-    /// Starts making sandboxes in the background until `prepared` are ready.
-    fn refill(self: &Arc<Self>) {
-        let missing = {
-            let mut st = self.lock();
-            if st.stopped {
-                return;
-            }
-            let have = st.ready.len() + st.making;
-            let n = self.prepared.saturating_sub(have);
-            st.making += n;
-            n
-        };
-        for _ in 0..missing {
-            let this = Arc::downgrade(self);
-            tokio::spawn(async move {
-                let Some(net) = this.upgrade() else { return };
-                let made = net.make().await;
-                let mut st = net.lock();
-                st.making -= 1;
-                match made {
-                    Ok(s) => st.ready.push_back(s),
-                    Err(e) => tracing::warn!("preparing a network sandbox: {e}"),
+    /// Wakes the sandbox maker (see [`Network::start_maker`]).
+    fn refill(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Starts the thread that makes every sandbox: one after another, each given to the oldest
+    /// start waiting for one, and while none waits until `prepared` are ready. The kernel
+    /// makes namespaces and links one at a time anyway (under the routing netlink lock): two
+    /// hundred made at once queued there and on the CPU for more than a second each, where
+    /// one after another take about 2 ms each and the first start waiting gets the first.
+    /// The thread has a runtime and a netlink connection of its own, so that in a burst of
+    /// starts its steps do not wait behind the server's other tasks, and it runs at a higher
+    /// priority than the server's other threads (nice -5), since every start from zero waits
+    /// for it. It ends when the network stops or is dropped.
+    fn start_maker(net: &Arc<Network>) -> Result<(), NetworkError> {
+        let weak = Arc::downgrade(net);
+        let wake = net.wake.clone();
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(sys("opening a netlink socket"))?;
+        std::thread::Builder::new()
+            .name("skiff-sandboxes".into())
+            .spawn(move || {
+                // SAFETY: plain system calls on this thread's own id.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -5);
                 }
-            });
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("the network sandbox maker cannot start: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    tokio::spawn(conn);
+                    loop {
+                        wake.notified().await;
+                        loop {
+                            let Some(net) = weak.upgrade() else { return };
+                            match net.wanted() {
+                                None => return,
+                                Some(false) => break,
+                                Some(true) => net.make_one(&handle).await,
+                            }
+                        }
+                    }
+                });
+            })
+            .map_err(sys("starting the network sandbox maker"))?;
+        Ok(())
+    }
+
+    /// Whether the maker has a sandbox to make; `None` once the network stops.
+    fn wanted(&self) -> Option<bool> {
+        let mut st = self.lock();
+        if st.stopped {
+            return None;
+        }
+        let wanted = !st.waiting.is_empty() || (!st.ahead_failed && st.ready.len() < self.prepared);
+        st.making = usize::from(wanted);
+        Some(wanted)
+    }
+
+    /// Makes a sandbox and gives it to the oldest start waiting, or to the ready ones; a
+    /// failure goes to the oldest start waiting, or to the log (and the maker waits for the
+    /// next wake-up, not to fail in a loop).
+    async fn make_one(&self, handle: &Handle) {
+        let made = self.make(handle).await;
+        let mut st = self.lock();
+        st.making = 0;
+        match made {
+            Ok(sandbox) => {
+                let mut sandbox = Some(sandbox);
+                // A start that stopped waiting leaves its sender behind: the next one.
+                while let Some(tx) = st.waiting.pop_front() {
+                    match tx.send(Ok(sandbox.take().expect("kept until sent"))) {
+                        Ok(()) => break,
+                        Err(back) => sandbox = back.ok(),
+                    }
+                }
+                if let Some(s) = sandbox {
+                    st.ready.push_back(s);
+                }
+            }
+            Err(e) => match st.waiting.pop_front() {
+                Some(tx) => {
+                    let _ = tx.send(Err(e));
+                }
+                None => {
+                    tracing::warn!("preparing a network sandbox: {e}");
+                    // None is made ahead again until a start asks for one.
+                    st.ahead_failed = true;
+                }
+            },
         }
     }
 
@@ -415,7 +539,7 @@ impl Network {
     /// Makes one sandbox: a new network namespace (with a netlink connection of its own
     /// inside), a veth pair whose peer is created straight inside it as `eth0`, then loopback
     /// up, the address and the default route, configured from inside.
-    async fn make(&self) -> Result<Sandbox, NetworkError> {
+    async fn make(&self, handle: &Handle) -> Result<Sandbox, NetworkError> {
         let offset = self.allocate()?;
         let ip = Ipv4Addr::from(u32::from(self.subnet.network()) + offset);
         let host_if = format!(
@@ -423,42 +547,49 @@ impl Network {
             self.veth_prefix,
             self.seq.fetch_add(1, Ordering::Relaxed) & 0x0fff_ffff
         );
-        let result = self.configure(ip, &host_if).await;
+        let result = self.configure(handle, ip, &host_if).await;
         if result.is_err() {
-            let _ = self.delete_link(&host_if).await;
+            let _ = delete_link(handle, &host_if).await;
             self.release(offset);
         }
         result
     }
 
-    async fn configure(&self, ip: Ipv4Addr, host_if: &str) -> Result<Sandbox, NetworkError> {
-        let (netns, inner) =
-            tokio::task::spawn_blocking(new_netns)
-                .await
-                .map_err(|e| NetworkError::Sys {
-                    what: "making a network namespace".into(),
-                    source: std::io::Error::other(e),
-                })??;
+    async fn configure(
+        &self,
+        handle: &Handle,
+        ip: Ipv4Addr,
+        host_if: &str,
+    ) -> Result<Sandbox, NetworkError> {
+        // On the maker's own thread: it leaves the namespace before anything else runs there.
+        let (netns, inner) = new_netns()?;
+        // One queue each way on both ends, said outright: a veth made without these gets one
+        // queue per CPU, then cut down to one, and each cut waits for an expedited RCU grace
+        // period, which in a burst of starts (every CPU busy) took most of the time a sandbox
+        // took to make.
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name("eth0".to_string())
             .setns_by_fd(netns.as_raw_fd())
+            .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+            .append_extra_attribute(LinkAttribute::NumRxQueues(1))
             .build();
         let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host_if.to_string())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+            .append_extra_attribute(LinkAttribute::NumRxQueues(1))
             .controller(self.bridge_index)
             .up()
             .build();
-        self.handle
+        handle
             .link()
             .add(veth)
             .execute()
             .await
             .map_err(netlink(format!("creating the veth pair {host_if}")))?;
-        let lo = link_index(&inner, "lo").await?;
         inner
             .link()
-            .set(LinkUnspec::new_with_index(lo).up().build())
+            .set(LinkUnspec::new_with_index(LOOPBACK_IFINDEX).up().build())
             .execute()
             .await
             .map_err(netlink("bringing up loopback"))?;
@@ -493,22 +624,20 @@ impl Network {
     }
 
     async fn delete_link(&self, name: &str) -> Result<(), NetworkError> {
-        let Ok(index) = link_index(&self.handle, name).await else {
-            return Ok(());
-        };
-        self.handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(netlink(format!("deleting {name}")))
+        delete_link(&self.handle, name).await
     }
 
     /// Removes the bridge, every veth of this server, the rules, and the sandboxes made ahead;
     /// puts IPv4 forwarding back as it was before any Skiff server turned it on, unless another
     /// server's bridge is left.
     pub async fn stop(&self) {
-        self.lock().stopped = true;
+        {
+            let mut st = self.lock();
+            st.stopped = true;
+            // Starts still waiting learn that the server is stopping.
+            st.waiting.clear();
+        }
+        self.refill();
         // Sandboxes being made finish first (a few milliseconds), so that the sweep below
         // sees their interfaces.
         for _ in 0..200 {
@@ -639,23 +768,38 @@ impl Drop for Lease {
         };
         rt.spawn(async move {
             tokio::time::sleep(BACKGROUND_DELAY).await;
-            // The interface goes first, so the address is free of it before anyone reuses it.
-            if let Err(e) = net.delete_link(&sandbox.host_if).await {
-                tracing::warn!("{e}");
+            // Closing the namespace deletes the veth pair with it once its last process is
+            // gone: the kernel tears dead namespaces down in batches, each batch waiting once
+            // for RCU, where deleting the interface here would hold the routing netlink lock
+            // (and so every other sandbox being made) for one such wait per instance. The
+            // interface goes before the address is handed out again; one that outlives the
+            // wait (a process still in the namespace) is deleted here.
+            let host_if = sandbox.host_if.clone();
+            let ip = sandbox.ip;
+            drop(sandbox);
+            let gone = || !Path::new("/sys/class/net").join(&host_if).exists();
+            for _ in 0..LINK_GONE_POLLS {
+                if gone() {
+                    break;
+                }
+                tokio::time::sleep(LINK_GONE_POLL).await;
+            }
+            if !gone() {
+                if let Err(e) = net.delete_link(&host_if).await {
+                    tracing::warn!("{e}");
+                }
             }
             // The counter exists only if the instance sent something out (deleting a missing
             // element is an error that nft reports on its standard error).
             let counted = firewall::egress_counters(&net.table)
-                .map(|c| c.contains_key(&sandbox.ip))
+                .map(|c| c.contains_key(&ip))
                 .unwrap_or(true);
             if counted {
-                if let Err(e) = firewall::forget_egress(&net.table, sandbox.ip) {
-                    tracing::warn!("forgetting the egress counter of {}: {e}", sandbox.ip);
+                if let Err(e) = firewall::forget_egress(&net.table, ip) {
+                    tracing::warn!("forgetting the egress counter of {ip}: {e}");
                 }
             }
-            let offset = net.offset(sandbox.ip);
-            drop(sandbox);
-            net.release(offset);
+            net.release(net.offset(ip));
         });
     }
 }
@@ -687,6 +831,12 @@ fn new_netns() -> Result<(OwnedFd, Handle), NetworkError> {
         source: e.into(),
     })?;
     let inside = (|| {
+        // Interfaces registered in the namespace from now on (its `eth0`) get no IPv6: an
+        // instance's network is IPv4, and IPv6's link-local address, duplicate address
+        // detection, router solicitations and multicast listener reports would be flooded by
+        // the bridge to every other instance. Loopback exists already and keeps `::1`.
+        // Without IPv6 in the kernel the file is missing, and there is nothing to turn off.
+        disable_ipv6("/proc/sys/net/ipv6/conf/default/disable_ipv6")?;
         let ns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
             .map_err(sys("opening the new namespace"))?
             .into();
@@ -701,6 +851,27 @@ fn new_netns() -> Result<(OwnedFd, Handle), NetworkError> {
         std::process::abort();
     }
     inside
+}
+
+/// Writes `1` to an IPv6 `disable_ipv6` sysctl file of the calling thread's namespace; a missing
+/// file (a kernel without IPv6) is not an error.
+fn disable_ipv6(path: &str) -> Result<(), NetworkError> {
+    match std::fs::write(path, "1") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(sys(format!("writing {path}"))),
+    }
+}
+
+async fn delete_link(handle: &Handle, name: &str) -> Result<(), NetworkError> {
+    let Ok(index) = link_index(handle, name).await else {
+        return Ok(());
+    };
+    handle
+        .link()
+        .del(index)
+        .execute()
+        .await
+        .map_err(netlink(format!("deleting {name}")))
 }
 
 async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
