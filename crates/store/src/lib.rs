@@ -178,10 +178,15 @@ impl Store {
         limit: Option<usize>,
     ) -> Result<Vec<(String, String)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT name, body FROM services WHERE namespace = ?1 AND (?2 IS NULL OR name > ?2)
-             ORDER BY name LIMIT ?3",
-        )?;
+        // Two statements: SQLite does not seek the index for `?2 IS NULL OR name > ?2`, so a
+        // page after the first would read the namespace from its start.
+        let mut stmt = conn.prepare_cached(if after.is_some() {
+            "SELECT name, body FROM services WHERE namespace = ?1 AND name > ?2
+             ORDER BY name LIMIT ?3"
+        } else {
+            "SELECT name, body FROM services WHERE namespace = ?1 AND ?2 IS NULL
+             ORDER BY name LIMIT ?3"
+        })?;
         let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
         let rows = stmt.query_map(params![ns, after, limit], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
@@ -248,11 +253,22 @@ impl Store {
     /// newest generation first.
     pub fn list_revisions(&self, ns: Option<&str>, service: Option<&str>) -> Result<Vec<Revision>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT body FROM revisions
-             WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR service = ?2)
-             ORDER BY namespace, service, name DESC",
-        )?;
+        // One service's revisions through the `revisions_by_service` index, named: SQLite
+        // uses no index for `?1 IS NULL OR namespace = ?1`, and given the namespace alone it
+        // prefers the primary key (already in name order) and reads every revision of the
+        // namespace. Either way a deploy, and the restore of each of N services, cost O(N).
+        let mut stmt = match (ns, service) {
+            (Some(_), Some(_)) => conn.prepare_cached(
+                "SELECT body FROM revisions INDEXED BY revisions_by_service
+                 WHERE namespace = ?1 AND service = ?2
+                 ORDER BY name DESC",
+            )?,
+            _ => conn.prepare_cached(
+                "SELECT body FROM revisions
+                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR service = ?2)
+                 ORDER BY namespace, service, name DESC",
+            )?,
+        };
         let rows = stmt.query_map(params![ns, service], |r| r.get::<_, String>(0))?;
         rows.map(|r| decode(r?)).collect()
     }
