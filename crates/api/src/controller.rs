@@ -32,7 +32,17 @@ pub struct Controller {
     pub ingress_port: u16,
     /// One lock per service: read-modify-write of a service never interleaves.
     locks: Mutex<HashMap<(String, String), ServiceLock>>,
+    /// Deploy checks (a new revision's first instance) running at once: see
+    /// [`DEPLOY_CHECKS`].
+    checks: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many new revisions may start their first instance at once. A burst of deploys (10 000
+/// services created through the API in a minute, say) would otherwise start as many
+/// instances together: each would wait seconds for its network sandbox, and past the
+/// instance subnet's size they would fail for want of an address. The others wait their turn
+/// (their Ready condition stays Unknown meanwhile, as it does while an instance starts).
+pub const DEPLOY_CHECKS: usize = 16;
 
 /// Run [`Controller::prune_images`] every `every`, first after one period.
 pub fn start_pruning(controller: Arc<Controller>, every: Duration) {
@@ -85,6 +95,7 @@ impl Controller {
             serving,
             ingress_port,
             locks: Mutex::new(HashMap::new()),
+            checks: Arc::new(tokio::sync::Semaphore::new(DEPLOY_CHECKS)),
         })
     }
 
@@ -494,6 +505,9 @@ impl Controller {
     fn warm(self: &Arc<Self>, key: RevKey) {
         let this = self.clone();
         tokio::spawn(async move {
+            let Ok(_permit) = this.checks.clone().acquire_owned().await else {
+                return;
+            };
             let Some(pool) = this.serving.pool(&key) else {
                 return;
             };

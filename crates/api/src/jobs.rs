@@ -418,15 +418,15 @@ struct TaskListQuery {
 
 /// Only what a label selector reads of a stored task.
 #[derive(Deserialize)]
-struct LabelsOnly {
+pub(crate) struct LabelsOnly {
     #[serde(default)]
-    metadata: LabelsMeta,
+    pub(crate) metadata: LabelsMeta,
 }
 
 #[derive(Deserialize, Default)]
-struct LabelsMeta {
+pub(crate) struct LabelsMeta {
     #[serde(default)]
-    labels: std::collections::BTreeMap<String, String>,
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Tasks, oldest first, as stored (an execution of 10 000 tasks is served without a parse and

@@ -8,7 +8,7 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     (
         "get",
         "/apis/serving.knative.dev/v1/namespaces/{namespace}/services",
-        "List services (labelSelector: any Kubernetes label selector)",
+        "List services, by name (labelSelector: any Kubernetes label selector; limit=N: a page, with metadata.continue to pass back as continue for the next)",
     ),
     (
         "post",

@@ -365,6 +365,32 @@ fn https_addr(args: &ServerArgs) -> anyhow::Result<Option<std::net::SocketAddr>>
         .transpose()
 }
 
+/// How often the server hands freed heap memory back to the system (see [`trim_heap`]).
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(30);
+
+/// Hands the heap's free pages back to the system every [`HEAP_TRIM_EVERY`]. glibc's malloc
+/// keeps what a burst freed (10 000 deploys, each starting and stopping an instance, leave
+/// the control plane with a fraction of the memory they touched) in per-thread arenas, where
+/// it counts in the server's RSS until the same thread allocates again; `malloc_trim` returns
+/// it. A walk of the free lists, a few milliseconds at most, off the async workers.
+fn trim_heap() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEAP_TRIM_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+            let trimmed = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+            #[cfg(not(target_env = "gnu"))]
+            let trimmed: Result<(), tokio::task::JoinError> = Ok(());
+            if trimmed.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// How often `--tls-cert`/`--tls-key` are read again to see whether they changed.
 const USER_CERT_POLL: Duration = Duration::from_secs(2);
 
@@ -528,6 +554,7 @@ async fn serve(
         prepared_instances: args.prepared_instances,
     });
     let cert_watch = user_cert.map(|u| watch_user_certificate(u, certs.clone()));
+    let heap_trim = trim_heap();
     // Before the restore below sets the services' routes, so each gets its certificate.
     let acme = crate::acme::start(&args.acme, &data_dir, &serving)?;
     let platform = match &network {
@@ -793,6 +820,7 @@ async fn serve(
     if let Some(t) = cert_watch {
         t.abort();
     }
+    heap_trim.abort();
     // Orders under way end with the runtime; what was issued is already on disk.
     drop(acme);
     let _ = tokio::join!(ingress_task, async {

@@ -763,3 +763,89 @@ fn instances_made_ahead_serve_starts_from_zero_and_go_with_their_revision() {
     s.ok(&["services", "delete", "second"]);
     s.wait_for("no instance left", 20, || s.instance_leftovers().is_empty());
 }
+
+/// `namespaces.services.list` pages with Cloud Run's `limit` and `continue`, in name order,
+/// leaves out what a label selector does not match without counting it toward the limit,
+/// and refuses a bad limit or token; `skiff services list` shows every service.
+#[test]
+fn services_list_pages_by_name() {
+    let (s, _tmp) = server_with_image(&[]);
+    for name in ["cherry", "apple", "banana"] {
+        deploy(&s, name, &[]);
+    }
+    let knative = "/apis/serving.knative.dev/v1/namespaces/default/services";
+    let (_, banana) = s.api("GET", &format!("{knative}/banana"), None);
+    let mut banana: serde_json::Value = serde_json::from_str(&banana).unwrap();
+    banana["metadata"]["labels"]["fruit"] = "yellow".into();
+    let (code, body) = s.api(
+        "PUT",
+        &format!("{knative}/banana"),
+        Some(&banana.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+    let page = |query: &str| -> (Vec<String>, Option<String>) {
+        let (code, body) = s.api("GET", &format!("{knative}?{query}"), None);
+        assert_eq!(code, 200, "{query}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["kind"], "ServiceList", "{body}");
+        let names = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        (names, v["metadata"]["continue"].as_str().map(String::from))
+    };
+    assert_eq!(page("").0, ["apple", "banana", "cherry"]);
+    assert_eq!(page("").1, None);
+    let (first, next) = page("limit=2");
+    assert_eq!(first, ["apple", "banana"]);
+    let next = next.expect("a continue token while more follow");
+    assert_eq!(
+        page(&format!("limit=2&continue={next}")),
+        (vec!["cherry".to_string()], None)
+    );
+    assert_eq!(
+        page("limit=3"),
+        (vec!["apple".into(), "banana".into(), "cherry".into()], None)
+    );
+    // The selector's misses do not fill the page; as in Kubernetes, a token may lead to an
+    // empty last page when what is left does not match.
+    let sel = "labelSelector=fruit%3Dyellow";
+    assert_eq!(
+        page(&format!("limit=1&{sel}")),
+        (vec!["banana".to_string()], Some("banana".to_string()))
+    );
+    assert_eq!(
+        page(&format!("limit=1&{sel}&continue=banana")),
+        (vec![], None)
+    );
+    assert_eq!(page(sel), (vec!["banana".to_string()], None));
+    // Each item is the service as `services.get` answers it.
+    let (_, one) = s.api("GET", &format!("{knative}/apple"), None);
+    let (_, list) = s.api("GET", &format!("{knative}?limit=1"), None);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        list["items"][0],
+        serde_json::from_str::<serde_json::Value>(&one).unwrap()
+    );
+    for (query, says) in [
+        ("limit=0", "limit must be at least 1"),
+        ("continue=Not_A_Name", "is not a token from an earlier page"),
+    ] {
+        let (code, body) = s.api("GET", &format!("{knative}?{query}"), None);
+        assert_eq!(code, 400, "{query}: {body}");
+        assert!(body.contains(says), "{query}: {body}");
+    }
+    let table = s.ok(&["services", "list"]);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(
+        rows[0].starts_with("apple ") && rows[0].ends_with("True"),
+        "{table}"
+    );
+    assert!(
+        rows[1].starts_with("banana ") && rows[1].contains("banana-00001-"),
+        "{table}"
+    );
+}
