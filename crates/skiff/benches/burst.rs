@@ -13,15 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// One HTTP/1.1 request on a fresh connection; its status code (0 if none came).
 fn status(port: u16, host: &str, path: &str) -> u16 {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -184,6 +175,6 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     println!(
         "footprint: server RSS with 100 services and 0 instances: {} MiB",
-        rss_kib(s.pid().unwrap()) / 1024
+        skiff_testkit::server::rss_kib(s.pid().unwrap()) / 1024
     );
 }

@@ -96,15 +96,6 @@ fn private_by_mapping(pid: u32) -> BTreeMap<String, u64> {
     out
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The pids whose command line (NUL-separated) satisfies `matches`.
 fn pids_where(matches: impl Fn(&[&str]) -> bool) -> Vec<u32> {
     let mut out = Vec::new();
@@ -142,18 +133,7 @@ fn served(port: u16, host: &str) -> bool {
 /// A /20 for the instances' addresses that none of the host's routes covers (1 000
 /// instances need more than a /24).
 fn free_subnet() -> String {
-    let routes: Vec<(u32, u32)> = std::fs::read_to_string("/proc/net/route")
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let dst = u32::from_str_radix(f.get(1)?, 16).ok()?;
-            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
-            Some((u32::from_be(dst), u32::from_be(mask)))
-        })
-        .filter(|(_, mask)| *mask != 0)
-        .collect();
+    let routes = skiff_testkit::server::route_destinations();
     // Below the test kit's 10.200.0.0/13 range, so a test running at the same time never
     // collides with it.
     (0..16u32)
@@ -204,7 +184,7 @@ fn skiff(layout: &Path, n: usize) -> Mem {
     s.ok(&["images", "import", layout.to_str().unwrap()]);
     let server = s.pid().unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let rss_before = rss_kib(server);
+    let rss_before = skiff_testkit::server::rss_kib(server);
     let began = Instant::now();
     let deployed = parallel(n, 4, |i| {
         s.skiff(&[
@@ -244,7 +224,7 @@ fn skiff(layout: &Path, n: usize) -> Mem {
     for p in &pids {
         total += rollup(*p);
     }
-    let rss_after = rss_kib(server);
+    let rss_after = skiff_testkit::server::rss_kib(server);
     println!(
         "skiff: {n} services with one instance each ready in {:.1} s; services list answered in {:.0} ms ({listed} listed); the ingress served {served_n}/{n}",
         ready_in.as_secs_f64(),

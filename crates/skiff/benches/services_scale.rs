@@ -27,15 +27,6 @@ use std::time::{Duration, Instant};
 
 const SERVICES: &str = "/apis/serving.knative.dev/v1/namespaces/default/services";
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The process's CPU time so far (user + system), from `/proc/PID/stat` fields 14 and 15.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -255,7 +246,7 @@ fn main() {
     s.ok(&["images", "import", layout.to_str().unwrap()]);
     let pid = s.pid().expect("server running");
     std::thread::sleep(Duration::from_secs(3));
-    let empty = rss_kib(pid);
+    let empty = skiff_testkit::server::rss_kib(pid);
 
     // Deploy: `clients` threads take the next index until all N are created.
     let next = Arc::new(AtomicUsize::new(0));
@@ -299,7 +290,7 @@ fn main() {
     let cpu0 = cpu_time(pid);
     std::thread::sleep(quiet);
     let idle_cpu = (cpu_time(pid) - cpu0).as_secs_f64() / quiet.as_secs_f64() * 100.0;
-    let full = rss_kib(pid);
+    let full = skiff_testkit::server::rss_kib(pid);
     println!("services scale: {n} services of the busybox image, no instance, {clients} clients");
     println!(
         "  deploy: all created in {:.1} s ({:.0} services/s), all Ready with no instance after {:.1} s",
@@ -381,7 +372,7 @@ fn main() {
     let relisted = t.elapsed();
     let pid = s.pid().expect("server running");
     std::thread::sleep(Duration::from_secs(5));
-    let restarted = rss_kib(pid);
+    let restarted = skiff_testkit::server::rss_kib(pid);
 
     println!(
         "  restart: all {n} listed Ready {:.1} s after the start, RSS {:.1} MiB",

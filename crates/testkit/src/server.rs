@@ -31,8 +31,9 @@ fn test_subnet(data_dir: &Path, attempt: u32) -> String {
     format!("10.{}.{}.0/24", 200 + n / 256, n % 256)
 }
 
-/// The host's IPv4 routes' destinations (`/proc/net/route`), to avoid.
-fn route_destinations() -> Vec<(u32, u32)> {
+/// The host's IPv4 routes as `(destination, mask)` in host byte order (`/proc/net/route`),
+/// default routes left out: what an instance subnet must not overlap.
+pub fn route_destinations() -> Vec<(u32, u32)> {
     std::fs::read_to_string("/proc/net/route")
         .unwrap_or_default()
         .lines()
@@ -45,6 +46,16 @@ fn route_destinations() -> Vec<(u32, u32)> {
         })
         .filter(|(_, mask)| *mask != 0)
         .collect()
+}
+
+/// A process's resident set size in KiB (`VmRSS` of `/proc/PID/status`); 0 if it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A free loopback port.
