@@ -58,10 +58,22 @@ async fn sandboxes_reach_only_allowed_gateway_ports() {
     // Another instance: nothing listens there, but the attempt must not even reach it.
     let host_if = a.host_interface().to_string();
     drop(a);
+    // A let-go sandbox's namespace goes with its last reference, and takes the veth pair
+    // with it: nothing of the lease (its netlink connection inside, say) may keep it.
+    let link = std::path::PathBuf::from(format!("/sys/class/net/{host_if}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while link.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let gone_before_stop = !link.exists();
     drop(b);
     net.stop().await;
     assert!(ok, "the allowed gateway port is reachable");
     assert!(!blocked, "another host port is not");
-    assert!(!std::path::Path::new(&format!("/sys/class/net/{host_if}")).exists());
+    assert!(
+        gone_before_stop,
+        "the veth of a let-go sandbox goes with its namespace"
+    );
+    assert!(!link.exists());
     let _ = Ipv4Addr::LOCALHOST;
 }
