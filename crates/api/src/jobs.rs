@@ -478,27 +478,12 @@ async fn list_tasks(
             break;
         }
     }
-    let mut out =
-        String::with_capacity(items.iter().map(|(_, b)| b.len() + 1).sum::<usize>() + 128);
-    out.push_str(&format!(
-        r#"{{"apiVersion":{},"kind":"TaskList","metadata":{},"items":["#,
-        json!(RUN_API_VERSION),
-        match next {
-            Some(seq) => json!({ "continue": seq.to_string() }),
-            None => json!({}),
-        }
-    ));
-    for (i, (_, body)) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(body);
-    }
-    out.push_str("]}");
-    Ok(axum::response::Response::builder()
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(axum::body::Body::from(out))
-        .expect("a valid response"))
+    Ok(crate::routes::stored_list(
+        RUN_API_VERSION,
+        "TaskList",
+        next.map(|seq| seq.to_string()),
+        items.iter().map(|(_, body)| body.as_str()),
+    ))
 }
 
 async fn get_task(

@@ -193,26 +193,42 @@ async fn list_services(
     })
     .await
     .map_err(|e| ApiError::internal(format!("listing services: {e}")))??;
-    let mut out =
-        String::with_capacity(items.iter().map(|(_, b)| b.len() + 1).sum::<usize>() + 128);
+    Ok(stored_list(
+        "serving.knative.dev/v1",
+        "ServiceList",
+        next,
+        items.iter().map(|(_, body)| body.as_str()),
+    ))
+}
+
+/// A Kubernetes-style list answer (`{"apiVersion","kind","metadata":{"continue"?},"items"}`)
+/// spliced from items' stored JSON as they are, without parsing them again; `next` becomes
+/// `metadata.continue` when more are left.
+pub(crate) fn stored_list<'a>(
+    api_version: &str,
+    kind: &str,
+    next: Option<String>,
+    items: impl Iterator<Item = &'a str> + Clone,
+) -> Response {
+    let len = items.clone().map(|b| b.len() + 1).sum::<usize>();
+    let metadata = match next {
+        Some(token) => json!({ "continue": token }),
+        None => json!({}),
+    };
+    let mut out = String::with_capacity(len + 128);
     out.push_str(&format!(
-        r#"{{"apiVersion":"serving.knative.dev/v1","kind":"ServiceList","metadata":{},"items":["#,
-        match next {
-            Some(name) => json!({ "continue": name }),
-            None => json!({}),
-        }
+        r#"{{"apiVersion":{},"kind":{},"metadata":{metadata},"items":["#,
+        json!(api_version),
+        json!(kind),
     ));
-    for (i, (_, body)) in items.iter().enumerate() {
+    for (i, body) in items.enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push_str(body);
     }
     out.push_str("]}");
-    Response::builder()
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Body::from(out))
-        .map_err(|e| ApiError::internal(format!("listing services: {e}")))
+    ([(http::header::CONTENT_TYPE, "application/json")], out).into_response()
 }
 
 /// `GET /v1/projects/{p}/locations/{l}/services`: what gcloud lists without a region

@@ -195,8 +195,8 @@ const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
 /// `ip_forward`'s value from before the first Skiff server on the machine turned it on.
 const FORWARDING_SAVED: &str = "/run/skiff/ip_forward.before";
 
-/// How long background network work (refilling sandboxes, removing an ended instance's
-/// interface) waits, so that it does not compete with the instance start that set it off.
+/// How long background network work (refilling sandboxes, letting an ended instance's sandbox
+/// go) waits, so that it does not compete with the instance start that set it off.
 const BACKGROUND_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The bridge's MAC address, set when it is made, as Docker sets its bridge's: a bridge without

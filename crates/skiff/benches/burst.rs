@@ -7,29 +7,10 @@
 //! `sudo cargo bench -p skiff --bench burst [-- REQUESTS [MAX_INSTANCES]]`
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// One HTTP/1.1 request on a fresh connection; its status code (0 if none came).
-fn status(port: u16, host: &str, path: &str) -> u16 {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    std::str::from_utf8(buf.get(9..12).unwrap_or_default())
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
 
 fn main() {
     let nums: Vec<u64> = std::env::args()
@@ -110,7 +91,12 @@ fn main() {
                 .spawn(move || {
                     let t = Instant::now();
                     (
-                        status(port, "burst.localhost", "/cgi-bin/sleep?0.1"),
+                        skiff_testkit::server::status_of(
+                            port,
+                            "burst.localhost",
+                            "/cgi-bin/sleep?0.1",
+                            Duration::from_secs(120),
+                        ),
                         t.elapsed(),
                     )
                 })

@@ -11,25 +11,13 @@
 //! `sudo cargo bench -p skiff --bench cold_start [-- ROUNDS]` (needs busybox-static, runc).
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One HTTP/1.1 request on a fresh connection; true if the answer is `200`.
+/// One GET / on a fresh connection; true if the answer is `200`.
 fn request(port: u16, host: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")
+    skiff_testkit::server::status_of(port, host, "/", Duration::from_secs(30)) == 200
 }
 
 fn stats(mut v: Vec<Duration>) -> (Duration, Duration) {

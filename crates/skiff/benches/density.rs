@@ -15,7 +15,6 @@
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -115,21 +114,6 @@ fn pids_where(matches: impl Fn(&[&str]) -> bool) -> Vec<u32> {
     out
 }
 
-/// One HTTP/1.1 request on a fresh connection; true if the answer is `200`.
-fn served(port: u16, host: &str) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")
-}
-
 /// A /20 for the instances' addresses that none of the host's routes covers (1 000
 /// instances need more than a /24).
 fn free_subnet() -> String {
@@ -218,7 +202,14 @@ fn skiff(layout: &Path, n: usize) -> Mem {
     let list = s.ok(&["services", "list"]);
     let list_took = t.elapsed();
     let listed = list.lines().filter(|l| l.contains(" d")).count();
-    let served_n = parallel(n, 8, |i| served(s.ingress, &format!("d{i}.localhost")));
+    let served_n = parallel(n, 8, |i| {
+        skiff_testkit::server::status_of(
+            s.ingress,
+            &format!("d{i}.localhost"),
+            "/",
+            Duration::from_secs(60),
+        ) == 200
+    });
     let pids = shims();
     let mut total = Mem::default();
     for p in &pids {
@@ -292,7 +283,12 @@ fn made_ahead(layout: &Path, m: usize) {
             "--allow-unauthenticated",
         ]);
         assert!(
-            served(s.ingress, &format!("{name}.localhost")),
+            skiff_testkit::server::status_of(
+                s.ingress,
+                &format!("{name}.localhost"),
+                "/",
+                Duration::from_secs(60)
+            ) == 200,
             "{name} serves"
         );
     }

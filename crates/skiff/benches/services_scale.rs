@@ -201,12 +201,7 @@ fn wait_settled(s: &TestServer, api: &Api, n: usize, timeout: Duration) {
             "{} services not ready, the first: {}\n{}",
             failed.len(),
             failed[0],
-            s.log()
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .join("\n")
+            log_tail(s)
         );
         let instances = api.get("/skiff/v1/namespaces/default/instances")["instances"]
             .as_array()
@@ -217,15 +212,20 @@ fn wait_settled(s: &TestServer, api: &Api, n: usize, timeout: Duration) {
         assert!(
             Instant::now() < deadline,
             "{ready} of {n} services ready, {instances} instances left after {timeout:?}: {}",
-            s.log()
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .join("\n")
+            log_tail(s)
         );
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// The server log's last 20 lines, newest first, for a failure's message.
+fn log_tail(s: &TestServer) -> String {
+    s.log()
+        .lines()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn main() {
@@ -268,15 +268,7 @@ fn main() {
         .collect();
     for w in workers {
         if w.join().is_err() {
-            eprintln!(
-                "{}",
-                s.log()
-                    .lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
+            eprintln!("{}", log_tail(&s));
             panic!("a deploy failed");
         }
     }

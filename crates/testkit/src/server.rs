@@ -71,6 +71,28 @@ pub fn listening(port: u16) -> bool {
         .is_ok_and(|c| c.local_addr().ok() != c.peer_addr().ok())
 }
 
+/// The status code of a plain HTTP/1.1 GET of `path` to `127.0.0.1:port` with `Host: host`, on
+/// a connection of its own, waiting at most `timeout` for the answer; 0 when none came (no
+/// listener, a closed connection, a timeout). For benchmarks, which count failures rather
+/// than stop at the first.
+pub fn status_of(port: u16, host: &str, path: &str, timeout: Duration) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    std::str::from_utf8(buf.get(9..12).unwrap_or_default())
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A plain HTTP/1.1 GET to `127.0.0.1:port` with `Host: host`, on a connection of its own,
 /// not following redirects: `(status, head)` (status 0 when nothing parsable came back).
 pub fn get_head(port: u16, host: &str, path: &str) -> (u16, String) {
