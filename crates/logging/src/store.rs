@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_by_namespace ON entries (namespace, seq);
 CREATE INDEX IF NOT EXISTS entries_by_resource ON entries (namespace, kind, resource, seq);
 CREATE INDEX IF NOT EXISTS entries_by_execution
-    ON entries (namespace, kind, resource, execution, seq);
+    ON entries (namespace, kind, resource, execution, seq) WHERE execution <> '';
 CREATE TABLE IF NOT EXISTS sizes (
     namespace TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -94,6 +94,24 @@ fn kind_of(r: &LogResource) -> (&'static str, &str) {
     match r {
         LogResource::Service(n) => ("service", n),
         LogResource::Job(n) => ("job", n),
+    }
+}
+
+/// Drops the execution index of a store made when it held every line: it now holds only job
+/// lines (those with an execution), so that a service's lines, with an entry for each of its
+/// requests, pay for two indexes rather than three. [`SCHEMA`] then makes the partial index
+/// (a one-time scan of the table). A no-op once the index is partial.
+fn drop_full_execution_index(c: &Connection) -> rusqlite::Result<()> {
+    let sql: Option<String> = c
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'entries_by_execution'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match sql {
+        Some(sql) if !sql.contains("WHERE") => c.execute_batch("DROP INDEX entries_by_execution"),
+        _ => Ok(()),
     }
 }
 
@@ -122,6 +140,7 @@ impl LogStore {
             c.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;",
             )
+            .and_then(|_| drop_full_execution_index(&c))
             .and_then(|_| c.execute_batch(SCHEMA))
             .map_err(|e| store.err(e))?;
         }
@@ -414,7 +433,8 @@ impl LogStore {
             args.extend([V::Text(kind.into()), V::Text(name.into())]);
             order = "namespace, kind, resource";
             if let Some(e) = &scan.execution {
-                sql.push_str(" AND execution = ?");
+                // The literal term lets SQLite use the partial index (a job's lines only).
+                sql.push_str(" AND execution = ? AND execution <> ''");
                 args.push(V::Text(e.clone()));
                 order = "namespace, kind, resource, execution";
             }
@@ -508,6 +528,57 @@ mod tests {
 
     fn open(dir: &Path, limits: Limits) -> LogStore {
         LogStore::open(&dir.join("logs.db"), limits).unwrap()
+    }
+
+    #[test]
+    fn only_job_lines_are_in_the_execution_index_also_in_an_older_store() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("logs.db");
+        {
+            // A store as made before: the execution index held every line.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&SCHEMA.replace(" WHERE execution <> ''", ""))
+                .unwrap();
+        }
+        let s = LogStore::open(&path, Limits::default()).unwrap();
+        s.append(&[
+            line(1, "web", "", "", "web 1"),
+            line(2, "", "batch", "batch-a", "batch 2"),
+        ])
+        .unwrap();
+        let c = Connection::open(&path).unwrap();
+        let (sql, indexed): (String, i64) = c
+            .query_row(
+                "SELECT (SELECT sql FROM sqlite_master WHERE name = 'entries_by_execution'),
+                        (SELECT COUNT(*) FROM entries INDEXED BY entries_by_execution
+                         WHERE execution <> '')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(sql.contains("WHERE execution <> ''"), "{sql}");
+        assert_eq!(indexed, 1);
+        // An execution's lines are read through that index.
+        let plan: Vec<String> = c
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT body FROM entries WHERE namespace = ?1 AND kind = ?2
+                 AND resource = ?3 AND execution = ?4 AND execution <> '' ORDER BY namespace, kind,
+                 resource, execution, seq DESC",
+            )
+            .unwrap()
+            .query_map(params!["demo", "job", "batch", "batch-a"], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("entries_by_execution")),
+            "{plan:?}"
+        );
+        let batch = LogResource::Job("batch".into());
+        assert_eq!(
+            texts(&s.tail("demo", &batch, Some("batch-a"), 5).unwrap()),
+            ["batch 2"]
+        );
     }
 
     #[test]

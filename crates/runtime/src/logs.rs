@@ -1,6 +1,6 @@
 //! Container logs: every line an instance or task writes to stdout or stderr, with its time,
 //! source and stream, and one entry per request, written to the log store
-//! (`DATA/logs/logs.db`, see [`skiff_logging::store`]) by one writer thread in batches and
+//! (`DATA/logs/logs.db`, see [`skiff_logging::store`]) by one writer thread in batches (while lines keep coming, one write per [`WRITE_EVERY`]) and
 //! broadcast to followers (`skiff logs read --follow`). At most [`QUEUE`] lines wait for the
 //! writer: past that, capture stops reading the container's pipe until the writer catches up
 //! (the container's writes block, as on a full pipe), and request entries are dropped and
@@ -15,6 +15,13 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Lines that may wait for the writer.
 pub const QUEUE: usize = 65_536;
+
+/// Most lines written in one transaction.
+const BATCH: usize = 4096;
+
+/// Shortest time between two writes of the log store while lines keep coming (a lone line
+/// after a quiet period is written at once). Followers get every line at once regardless.
+const WRITE_EVERY: Duration = Duration::from_millis(50);
 
 /// How often lines past the retention are deleted.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
@@ -53,10 +60,23 @@ impl LogSink {
         });
         let writer = store.clone();
         tokio::task::spawn_blocking(move || {
-            let mut batch = Vec::with_capacity(4096);
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut last_write: Option<std::time::Instant> = None;
+            let mut full = false;
             while let Some(first) = rx.blocking_recv() {
+                // A line that comes within WRITE_EVERY of the last write waits for the rest of
+                // that period, unless the last batch was full: a steady stream (one entry per
+                // request) is written in a few transactions a second, where each commit and
+                // its WAL write had cost more than the lines in it.
+                if let (Some(t), false) = (last_write, full) {
+                    let wait =
+                        (t + WRITE_EVERY).saturating_duration_since(std::time::Instant::now());
+                    if !wait.is_zero() {
+                        std::thread::sleep(wait);
+                    }
+                }
                 batch.push(first);
-                while batch.len() < 4096 {
+                while batch.len() < BATCH {
                     match rx.try_recv() {
                         Ok(l) => batch.push(l),
                         Err(_) => break,
@@ -65,6 +85,8 @@ impl LogSink {
                 if let Err(e) = writer.append(&batch) {
                     tracing::warn!("writing {} log lines: {e}", batch.len());
                 }
+                full = batch.len() == BATCH;
+                last_write = Some(std::time::Instant::now());
                 batch.clear();
             }
         });
