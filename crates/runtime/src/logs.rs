@@ -133,7 +133,7 @@ impl LogSink {
     /// not earlier.
     fn line(
         &self,
-        source: &LogSource,
+        source: LogSource,
         stream: &str,
         line: String,
         http_request: Option<HttpRequest>,
@@ -149,7 +149,7 @@ impl LogSink {
         LogLine {
             seq,
             time: skiff_logging::record::rfc3339_micros(seq),
-            source: source.clone(),
+            source,
             stream: stream.to_string(),
             line,
             http_request,
@@ -159,11 +159,11 @@ impl LogSink {
     /// Adds a line without waiting: dropped (and counted) if the writer is [`QUEUE`] lines
     /// behind.
     pub fn push(&self, source: &LogSource, stream: &str, line: String) {
-        self.offer(self.line(source, stream, line, None));
+        self.offer(self.line(source.clone(), stream, line, None));
     }
 
     /// Adds one request's entry (stream `requests`) without waiting, as [`LogSink::push`].
-    pub fn push_request(&self, source: &LogSource, req: HttpRequest) {
+    pub fn push_request(&self, source: LogSource, req: HttpRequest) {
         let text = format!("{} {} {}", req.request_method, req.status, req.request_url);
         self.offer(self.line(source, "requests", text, Some(req)));
     }
@@ -184,7 +184,7 @@ impl LogSink {
 
     /// Adds a line, waiting while the writer is [`QUEUE`] lines behind.
     pub async fn send(&self, source: &LogSource, stream: &str, line: String) {
-        let l = self.line(source, stream, line, None);
+        let l = self.line(source.clone(), stream, line, None);
         self.broadcast(&l);
         let _ = self.tx.send(l).await;
     }

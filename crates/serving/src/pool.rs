@@ -1399,7 +1399,7 @@ impl Pool {
             instance: instance.unwrap_or_default().to_string(),
             ..Default::default()
         };
-        self.ctx.logs.push_request(&source, req);
+        self.ctx.logs.push_request(source, req);
     }
 
     fn log(&self, inst: &Inst, line: String) {

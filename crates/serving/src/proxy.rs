@@ -284,7 +284,7 @@ impl Serving {
             },
         };
         let deadline = began + pool.settings.timeout;
-        let log = RequestLog::new(&req, &host, peer.addr.ip(), https);
+        let log = RequestLog::new(&req, &host, peer.ip.to_str().unwrap_or_default(), https);
         // The platform's own answer to a request that reached the revision, counted in its
         // metrics and logged.
         let answer = |status: StatusCode, msg: &str| {

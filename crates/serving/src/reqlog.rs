@@ -15,14 +15,9 @@ use std::time::Duration;
 pub(crate) struct RequestLog(HttpRequest);
 
 impl RequestLog {
-    /// What `req` (arrived for `host` from `remote`, over HTTPS when `https`) looks like before
-    /// it is rewritten for the instance.
-    pub(crate) fn new<B>(
-        req: &Request<B>,
-        host: &str,
-        remote: std::net::IpAddr,
-        https: bool,
-    ) -> RequestLog {
+    /// What `req` (arrived for `host` from the client address `remote`, over HTTPS when
+    /// `https`) looks like before it is rewritten for the instance.
+    pub(crate) fn new<B>(req: &Request<B>, host: &str, remote: &str, https: bool) -> RequestLog {
         let h = req.headers();
         let text = |name: header::HeaderName| {
             h.get(name)
@@ -40,7 +35,7 @@ impl RequestLog {
                 .map(str::to_string),
             user_agent: text(header::USER_AGENT),
             remote_ip: remote.to_string(),
-            protocol: format!("{:?}", req.version()),
+            protocol: protocol(req.version()).to_string(),
             ..HttpRequest::default()
         })
     }
@@ -57,8 +52,37 @@ impl RequestLog {
     ) {
         let mut r = self.0;
         r.status = status;
-        r.latency = format!("{:.6}s", latency.as_secs_f64());
+        r.latency = format!("{}.{:06}s", latency.as_secs(), latency.subsec_micros());
         r.response_size = Some(response_size.to_string());
         pool.log_request(instance, r);
+    }
+}
+
+/// The protocol as Cloud Logging's `httpRequest.protocol` gives it (`HTTP/1.1`, `HTTP/2.0`):
+/// the `http` crate's own names for its versions, without formatting each time.
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn protocol_names_are_the_http_crates() {
+        for v in [
+            http::Version::HTTP_09,
+            http::Version::HTTP_10,
+            http::Version::HTTP_11,
+            http::Version::HTTP_2,
+            http::Version::HTTP_3,
+        ] {
+            assert_eq!(super::protocol(v), format!("{v:?}"));
+        }
     }
 }
