@@ -712,6 +712,7 @@ async fn serve(
         pubsub: pubsub.clone(),
         triggers: triggers.clone(),
         domains,
+        lists: Default::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
