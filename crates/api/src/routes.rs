@@ -183,11 +183,13 @@ async fn list_services(
         return Err(ApiError::invalid("limit must be at least 1"));
     }
     // Only the whole list is kept: pages are cheap to read.
+    // Each part quoted and escaped, so that no two requests share a key.
     let key = (q.limit.is_none() && after.is_none()).then(|| {
         format!(
-            "{ns}\n{}\n{}",
+            "{ns:?} {:?} {:?} {:?}",
             q.label_selector.as_deref().unwrap_or(""),
-            q.fields.as_deref().unwrap_or("")
+            q.fields.as_deref(),
+            headers.get("x-goog-fieldmask")
         )
     });
     if let Some(key) = &key {
@@ -318,7 +320,10 @@ pub(crate) fn stored_list_text<'a>(
         out.push(']');
     }
     out.push('}');
-    out.shrink_to_fit();
+    if fields.is_some() {
+        // What grew by doubling gives back the rest: this answer may be kept for long.
+        out.shrink_to_fit();
+    }
     Ok(out)
 }
 
