@@ -7,7 +7,7 @@
 //! idle (`--scale-to-zero-after 1s`). Once every service is Ready and no instance is left, and
 //! after a few seconds of quiet, it prints:
 //! - the server's RSS (`VmRSS` of `/proc/PID/status`) empty and with N services, and the
-//!   difference per service;
+//!   difference per service, then again 31 s later (past the server's next heap trim);
 //! - p50/p99 of `skiff services list` and `skiff services describe NAME` as users run them
 //!   (the CLI process, start to exit);
 //! - p50/p99 of the API calls: `namespaces.services.list` without a limit (what gcloud's
@@ -315,6 +315,15 @@ fn main() {
         full.saturating_sub(empty) as f64 / n as f64
     );
     println!("  server CPU while idle: {idle_cpu:.1} % of one core");
+    // The server trims its heap every 30 s: a reading past the next trim, without the spread
+    // of where the first fell in that period.
+    std::thread::sleep(Duration::from_secs(31));
+    let trimmed = skiff_testkit::server::rss_kib(pid);
+    println!(
+        "  server RSS 31 s later (past a heap trim): {:.1} MiB, {:.1} KiB per service",
+        mib(trimmed),
+        trimmed.saturating_sub(empty) as f64 / n as f64
+    );
 
     let last = name(n - 1);
     let calls = 50;
