@@ -320,7 +320,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(31));
     let trimmed = skiff_testkit::server::rss_kib(pid);
     println!(
-        "  server RSS 31 s later (past a heap trim): {:.1} MiB, {:.1} KiB per service",
+        "  server RSS 31 s later (past a heap trim): {:.1} MiB ({:.1} KiB a service)",
         mib(trimmed),
         trimmed.saturating_sub(empty) as f64 / n as f64
     );
