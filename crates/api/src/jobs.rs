@@ -478,12 +478,12 @@ async fn list_tasks(
             break;
         }
     }
-    Ok(crate::routes::stored_list(
+    crate::routes::stored_list(
         RUN_API_VERSION,
         "TaskList",
         next.map(|seq| seq.to_string()),
         items.iter().map(|(_, body)| body.as_str()),
-    ))
+    )
 }
 
 async fn get_task(

@@ -12,7 +12,9 @@ mod builds;
 pub mod controller;
 mod derived;
 pub mod error;
+pub mod fields;
 mod jobs;
+pub mod list_cache;
 mod logging;
 mod openapi;
 mod registries;
@@ -48,6 +50,8 @@ pub struct ApiState {
     /// Domain mappings (`domains.cloudrun.com/v1`), whose REST API is served here behind the
     /// admin token.
     pub domains: Arc<skiff_domains::DomainMappings>,
+    /// Whole `services.list` answers ready to send, while no service changed since.
+    pub lists: list_cache::ListCache,
 }
 
 impl ApiState {

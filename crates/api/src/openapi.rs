@@ -8,7 +8,7 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     (
         "get",
         "/apis/serving.knative.dev/v1/namespaces/{namespace}/services",
-        "List services, by name (labelSelector: any Kubernetes label selector; limit=N: a page, with metadata.continue to pass back as continue for the next)",
+        "List services, by name (labelSelector: any Kubernetes label selector; limit=N: a page, with metadata.continue to pass back as continue for the next; fields=MASK or the X-Goog-FieldMask header: only the fields named, as Google's partial responses)",
     ),
     (
         "post",

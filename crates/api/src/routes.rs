@@ -1,12 +1,14 @@
 //! HTTP handlers, one small function per operation listed in [`crate::openapi::OPERATIONS`].
 
 use crate::error::{ApiError, ApiResult};
+use crate::fields::FieldMask;
 use crate::ApiState;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use futures::StreamExt;
 use http::StatusCode;
 use serde::Deserialize;
@@ -124,7 +126,8 @@ fn field_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ApiErr
     }
 }
 
-/// `services.list`'s query: Cloud Run v1's `labelSelector`, `limit` and `continue`.
+/// `services.list`'s query: Cloud Run v1's `labelSelector`, `limit` and `continue`, and
+/// Google's `fields` system parameter (see [`crate::fields`]).
 #[derive(Deserialize)]
 pub(crate) struct ServiceListQuery {
     #[serde(rename = "labelSelector")]
@@ -132,19 +135,42 @@ pub(crate) struct ServiceListQuery {
     limit: Option<usize>,
     #[serde(rename = "continue")]
     continue_: Option<String>,
+    fields: Option<String>,
+}
+
+/// The `fields` mask of a request: the `fields` query parameter, else the
+/// `X-Goog-FieldMask` header, as Google's APIs take either; `None` keeps every field.
+pub(crate) fn field_mask(
+    query: Option<&str>,
+    headers: &http::HeaderMap,
+) -> ApiResult<Option<FieldMask>> {
+    let header = headers.get("x-goog-fieldmask");
+    let text = match (query, header) {
+        (Some(q), _) => q,
+        (None, Some(h)) => h.to_str().map_err(|_| {
+            ApiError::invalid("the X-Goog-FieldMask header is not text: give field names")
+        })?,
+        (None, None) => return Ok(None),
+    };
+    FieldMask::parse(text)
+        .map(Some)
+        .map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 /// A namespace's services, ordered by name, as stored (10 000 services are served without a
 /// parse and a serialization of each; only a label selector reads their labels). With
 /// `limit`, a page: `metadata.continue` is then set when more follow and is passed back as
 /// `continue` for the next page (it is the last name of the page). Without, every service,
-/// as gcloud's `run services list` asks.
+/// as gcloud's `run services list` asks; that answer is kept ready (see [`crate::list_cache`])
+/// until a service changes. `fields` keeps only the fields it names.
 async fn list_services(
     State(st): St,
     Path(ns): Path<String>,
+    headers: http::HeaderMap,
     Query(q): Query<ServiceListQuery>,
 ) -> ApiResult<Response> {
     let sel = label_selector(q.label_selector.as_deref())?;
+    let mask = field_mask(q.fields.as_deref(), &headers)?;
     let after = q.continue_.filter(|c| !c.is_empty());
     if let Some(c) = &after {
         skiff_model::validate_service_name(c).map_err(|_| {
@@ -156,11 +182,28 @@ async fn list_services(
     if q.limit == Some(0) {
         return Err(ApiError::invalid("limit must be at least 1"));
     }
+    // Only the whole list is kept: pages are cheap to read.
+    // Each part quoted and escaped, so that no two requests share a key.
+    let key = (q.limit.is_none() && after.is_none()).then(|| {
+        format!(
+            "{ns:?} {:?} {:?} {:?}",
+            q.label_selector.as_deref().unwrap_or(""),
+            q.fields.as_deref(),
+            headers.get("x-goog-fieldmask")
+        )
+    });
+    if let Some(key) = &key {
+        let version = st.controller.store.services_version();
+        if let Some(body) = st.lists.get(key, version) {
+            return Ok(json_response(body));
+        }
+    }
     let st2 = st.clone();
-    let (items, next) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
+    let (body, version) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
         let mut items: Vec<(String, String)> = Vec::new();
         let mut next = None;
         let mut from = after;
+        let mut version = None;
         // Services the selector leaves out do not count toward the limit: read on until it
         // is met.
         'pages: loop {
@@ -169,6 +212,9 @@ async fn list_services(
                 from.as_deref(),
                 q.limit.map(|l| l + 1),
             )?;
+            // The whole list is one read, so one version.
+            version.get_or_insert(page.version);
+            let page = page.items;
             let done = q.limit.is_none_or(|l| page.len() <= l);
             for (name, body) in page {
                 if q.limit.is_some_and(|l| items.len() == l) {
@@ -189,16 +235,25 @@ async fn list_services(
                 break;
             }
         }
-        Ok((items, next))
+        let body = stored_list_text(
+            "serving.knative.dev/v1",
+            "ServiceList",
+            next,
+            items.iter().map(|(_, body)| body.as_str()),
+            mask.as_ref(),
+        )?;
+        Ok((Bytes::from(body), version.unwrap_or_default()))
     })
     .await
     .map_err(|e| ApiError::internal(format!("listing services: {e}")))??;
-    Ok(stored_list(
-        "serving.knative.dev/v1",
-        "ServiceList",
-        next,
-        items.iter().map(|(_, body)| body.as_str()),
-    ))
+    if let Some(key) = key {
+        st.lists.put(key, version, body.clone());
+    }
+    Ok(json_response(body))
+}
+
+fn json_response(body: Bytes) -> Response {
+    ([(http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// A Kubernetes-style list answer (`{"apiVersion","kind","metadata":{"continue"?},"items"}`)
@@ -209,26 +264,67 @@ pub(crate) fn stored_list<'a>(
     kind: &str,
     next: Option<String>,
     items: impl Iterator<Item = &'a str> + Clone,
-) -> Response {
-    let len = items.clone().map(|b| b.len() + 1).sum::<usize>();
+) -> ApiResult<Response> {
+    let body = stored_list_text(api_version, kind, next, items, None)?;
+    Ok(json_response(Bytes::from(body)))
+}
+
+/// The text of [`stored_list`]'s answer, with only what `fields` keeps of it when given (the
+/// mask applies to the whole answer: `items(metadata.name)` keeps each item's name and drops
+/// `apiVersion`, `kind` and `metadata`).
+///
+/// Errors: a stored item is not JSON (internal).
+pub(crate) fn stored_list_text<'a>(
+    api_version: &str,
+    kind: &str,
+    next: Option<String>,
+    items: impl Iterator<Item = &'a str> + Clone,
+    fields: Option<&FieldMask>,
+) -> ApiResult<String> {
+    let corrupt = |e: serde_json::Error| ApiError::internal(format!("stored object: {e}"));
+    let mask = fields.unwrap_or(&FieldMask::All);
     let metadata = match next {
         Some(token) => json!({ "continue": token }),
         None => json!({}),
     };
-    let mut out = String::with_capacity(len + 128);
-    out.push_str(&format!(
-        r#"{{"apiVersion":{},"kind":{},"metadata":{metadata},"items":["#,
-        json!(api_version),
-        json!(kind),
-    ));
-    for (i, body) in items.enumerate() {
-        if i > 0 {
+    let head = [
+        ("apiVersion", json!(api_version).to_string()),
+        ("kind", json!(kind).to_string()),
+        ("metadata", metadata.to_string()),
+    ];
+    let mut out = String::with_capacity(match mask {
+        FieldMask::All => items.clone().map(|b| b.len() + 1).sum::<usize>() + 128,
+        FieldMask::Fields(_) => 4096,
+    });
+    out.push('{');
+    for (key, text) in head {
+        if let Some(m) = mask.child(key) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&format!("{key:?}:"));
+            m.project(&text, &mut out).map_err(corrupt)?;
+        }
+    }
+    if let Some(m) = mask.child("items") {
+        if out.len() > 1 {
             out.push(',');
         }
-        out.push_str(body);
+        out.push_str(r#""items":["#);
+        for (i, body) in items.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            m.project(body, &mut out).map_err(corrupt)?;
+        }
+        out.push(']');
     }
-    out.push_str("]}");
-    ([(http::header::CONTENT_TYPE, "application/json")], out).into_response()
+    out.push('}');
+    if fields.is_some() {
+        // What grew by doubling gives back the rest: this answer may be kept for long.
+        out.shrink_to_fit();
+    }
+    Ok(out)
 }
 
 /// `GET /v1/projects/{p}/locations/{l}/services`: what gcloud lists without a region
@@ -236,9 +332,10 @@ pub(crate) fn stored_list<'a>(
 async fn list_project_services(
     st: St,
     Path((project, _location)): Path<(String, String)>,
+    headers: http::HeaderMap,
     q: Query<ServiceListQuery>,
 ) -> ApiResult<Response> {
-    list_services(st, Path(project), q).await
+    list_services(st, Path(project), headers, q).await
 }
 
 /// Resource Manager's `GET /v1/projects/{p}`: gcloud asks it for the project's number before
@@ -718,4 +815,50 @@ async fn identity_token(State(st): St, body: axum::body::Bytes) -> ApiResult<Jso
         None => st.controller.serving.mint_token(req.audience.as_deref()),
     };
     Ok(Json(json!({ "token": token })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_mask_from_the_query_else_the_header() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(field_mask(None, &headers).unwrap(), None);
+        headers.insert("X-Goog-FieldMask", "items.kind".parse().unwrap());
+        let from_header = field_mask(None, &headers).unwrap().unwrap();
+        assert_eq!(from_header, FieldMask::parse("items(kind)").unwrap());
+        let from_query = field_mask(Some("kind"), &headers).unwrap().unwrap();
+        assert_eq!(from_query, FieldMask::parse("kind").unwrap());
+        let e = field_mask(Some("a("), &headers).unwrap_err();
+        assert!(format!("{e:?}").contains("invalid fields"), "{e:?}");
+    }
+
+    #[test]
+    fn stored_lists_whole_and_projected() {
+        let items = [
+            r#"{"metadata":{"name":"a","uid":"1"}}"#,
+            r#"{"metadata":{"name":"b"}}"#,
+        ];
+        let text = |next: Option<&str>, fields: Option<&str>| {
+            let mask = fields.map(|f| FieldMask::parse(f).unwrap());
+            stored_list_text(
+                "v1",
+                "L",
+                next.map(String::from),
+                items.iter().copied(),
+                mask.as_ref(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            text(None, None),
+            r#"{"apiVersion":"v1","kind":"L","metadata":{},"items":[{"metadata":{"name":"a","uid":"1"}},{"metadata":{"name":"b"}}]}"#
+        );
+        assert_eq!(
+            text(Some("b"), Some("metadata,items.metadata.name")),
+            r#"{"metadata":{"continue":"b"},"items":[{"metadata":{"name":"a"}},{"metadata":{"name":"b"}}]}"#
+        );
+        assert_eq!(text(None, Some("kind")), r#"{"kind":"L"}"#);
+    }
 }

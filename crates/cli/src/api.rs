@@ -202,6 +202,18 @@ impl Api {
         })
     }
 
+    /// GET's answer body as it came, for a caller that parses it borrowing from it (a list of
+    /// 10 000 services parsed without a string allocated for each field). Read into a buffer
+    /// of the answer's `Content-Length`, so a large answer is not copied as its buffer grows.
+    pub fn get_body(&self, path: &str, query: &[(&str, &str)]) -> Result<Vec<u8>> {
+        let mut resp = self.send(self.request(reqwest::Method::GET, path).query(query))?;
+        let len = resp.content_length().unwrap_or(0);
+        let mut body = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        std::io::Read::read_to_end(&mut resp, &mut body)
+            .map_err(|e| anyhow!("cannot read the answer to {path}: {}", one_line(&e)))?;
+        Ok(body)
+    }
+
     pub fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T> {
         let resp = self.send(self.request(reqwest::Method::GET, path).query(query))?;
         self.json(resp)

@@ -37,41 +37,49 @@ pub fn print_machine<T: Serialize + ?Sized>(v: &T, yaml: bool) -> Result<()> {
 }
 
 /// Aligned columns separated by two spaces; the last column is not padded. No rows gives an
-/// empty string (the caller says "Listed 0 items.").
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+/// empty string (the caller says "Listed 0 items."). A row is any list of cells (`Vec<String>`,
+/// `[&str; 4]`); cells past the headers' count are left out.
+pub fn table<R: AsRef<[C]>, C: AsRef<str>>(headers: &[&str], rows: &[R]) -> String {
     if rows.is_empty() {
         return String::new();
     }
     let n = headers.len();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
-        for (i, c) in r.iter().enumerate().take(n) {
-            widths[i] = widths[i].max(c.chars().count());
+        for (i, c) in r.as_ref().iter().enumerate().take(n) {
+            widths[i] = widths[i].max(c.as_ref().chars().count());
         }
     }
-    let mut out = String::new();
+    let mut out = String::with_capacity((widths.iter().sum::<usize>() + 2 * n) * (rows.len() + 1));
     let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut l = String::new();
+        let start = out.len();
         for (i, c) in cells.enumerate().take(n) {
+            out.push_str(c);
             if i + 1 < n {
-                l.push_str(c);
-                l.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
-            } else {
-                l.push_str(c);
+                let pad = widths[i] - c.chars().count() + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
             }
         }
-        out.push_str(l.trim_end());
+        // No trailing blanks when the last cells are empty.
+        let end = start + out[start..].trim_end().len();
+        out.truncate(end);
         out.push('\n');
     };
     line(&mut headers.iter().copied());
     for r in rows {
-        line(&mut r.iter().map(String::as_str).chain(std::iter::repeat("")));
+        line(
+            &mut r
+                .as_ref()
+                .iter()
+                .map(AsRef::as_ref)
+                .chain(std::iter::repeat("")),
+        );
     }
     out
 }
 
 /// Prints a table to stdout, or "Listed 0 items." to stderr when there is nothing.
-pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+pub fn print_table<R: AsRef<[C]>, C: AsRef<str>>(headers: &[&str], rows: &[R]) {
     if rows.is_empty() {
         eprintln!("Listed 0 items.");
     } else {

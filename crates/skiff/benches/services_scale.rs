@@ -7,12 +7,13 @@
 //! idle (`--scale-to-zero-after 1s`). Once every service is Ready and no instance is left, and
 //! after a few seconds of quiet, it prints:
 //! - the server's RSS (`VmRSS` of `/proc/PID/status`) empty and with N services, and the
-//!   difference per service;
+//!   difference per service, then again 31 s later (past the server's next heap trim);
 //! - p50/p99 of `skiff services list` and `skiff services describe NAME` as users run them
 //!   (the CLI process, start to exit);
 //! - p50/p99 of the API calls: `namespaces.services.list` without a limit (what gcloud's
-//!   `run services list` sends: one call, every item), one page of it (`limit=500`) and a walk
-//!   of all pages by `continue`, and `namespaces.services.get`;
+//!   `run services list` sends: one call, every item), the same with the `fields` of the CLI's
+//!   table, the whole list right after a service changed (no answer kept ready), one page of
+//!   it (`limit=500`) and a walk of all pages by `continue`, and `namespaces.services.get`;
 //! - the time a restart takes until the API lists all N again, and the RSS after it;
 //! - the server's CPU while idle with N services (its timers).
 //!
@@ -112,6 +113,23 @@ impl Api {
             String::from_utf8_lossy(&body)
         );
         body
+    }
+
+    /// Replaces the object at `path` with `body`; panics unless it succeeds.
+    fn put(&self, path: &str, body: &serde_json::Value) {
+        let r = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        let status = r.status();
+        assert!(
+            status.is_success(),
+            "PUT {path}: {status}: {}",
+            r.text().unwrap_or_default()
+        );
     }
 
     fn create(&self, svc: &str) -> Result<(), String> {
@@ -297,6 +315,15 @@ fn main() {
         full.saturating_sub(empty) as f64 / n as f64
     );
     println!("  server CPU while idle: {idle_cpu:.1} % of one core");
+    // The server trims its heap every 30 s: a reading past the next trim, without the spread
+    // of where the first fell in that period.
+    std::thread::sleep(Duration::from_secs(31));
+    let trimmed = skiff_testkit::server::rss_kib(pid);
+    println!(
+        "  server RSS 31 s later (past a heap trim): {:.1} MiB ({:.1} KiB a service)",
+        mib(trimmed),
+        trimmed.saturating_sub(empty) as f64 / n as f64
+    );
 
     let last = name(n - 1);
     let calls = 50;
@@ -310,6 +337,32 @@ fn main() {
     assert_eq!(items(&api.get(SERVICES)), n);
     let (al50, al99) = time_api(calls, || drop(api.get_bytes(SERVICES)));
     println!("  API services.list, no limit (gcloud): median {al50:.1} ms  p99 {al99:.1} ms");
+    // What `skiff services list` asks: the table's fields.
+    let table = format!("{SERVICES}?fields=items(metadata.name,status(url,latestReadyRevisionName,latestCreatedRevisionName,conditions(type,status)))");
+    assert_eq!(items(&api.get(&table)), n);
+    let (af50, af99) = time_api(calls, || drop(api.get_bytes(&table)));
+    println!("  API services.list, the table's fields: median {af50:.1} ms  p99 {af99:.1} ms");
+    // The whole list right after a service changed (a label, not timed): built afresh.
+    let first_svc = format!("{SERVICES}/{}", name(0));
+    let mut after_write = Vec::new();
+    for i in 0..20 {
+        let mut svc = api.get(&first_svc);
+        svc["metadata"]["labels"]["bench-round"] = i.to_string().into();
+        api.put(&first_svc, &svc);
+        let t = Instant::now();
+        let body = api.get_bytes(SERVICES);
+        after_write.push(t.elapsed());
+        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            list["items"][0]["metadata"]["labels"]["bench-round"],
+            i.to_string(),
+            "the list after a write shows it"
+        );
+    }
+    let (aa50, aa99) = percentiles(after_write);
+    println!(
+        "  API services.list, no limit, right after a write: median {aa50:.1} ms  p99 {aa99:.1} ms"
+    );
     let page = 500.min(n);
     let first = format!("{SERVICES}?limit={page}");
     assert_eq!(items(&api.get(&first)), page);

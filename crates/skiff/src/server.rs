@@ -365,6 +365,10 @@ fn https_addr(args: &ServerArgs) -> anyhow::Result<Option<std::net::SocketAddr>>
         .transpose()
 }
 
+/// Blocks of this many bytes or more get their own mapping, given back to the system when
+/// freed (see [`trim_heap`]).
+const MMAP_THRESHOLD: libc::c_int = 1 << 20;
+
 /// How often the server hands freed heap memory back to the system (see [`trim_heap`]).
 const HEAP_TRIM_EVERY: Duration = Duration::from_secs(30);
 
@@ -373,7 +377,18 @@ const HEAP_TRIM_EVERY: Duration = Duration::from_secs(30);
 /// the control plane with a fraction of the memory they touched) in per-thread arenas, where
 /// it counts in the server's RSS until the same thread allocates again; `malloc_trim` returns
 /// it. A walk of the free lists, a few milliseconds at most, off the async workers.
+///
+/// It also fixes glibc's mmap threshold at [`MMAP_THRESHOLD`]: by default the threshold rises
+/// to the size of the largest block freed (up to 32 MiB), after which the whole list of
+/// 10 000 services (10 MB, kept ready between calls) sits in an arena among small objects;
+/// each new list then lands past the old one and the small objects fill the holes, and that
+/// memory can no longer be given back whole pages at a time.
 fn trim_heap() -> tokio::task::JoinHandle<()> {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt has no preconditions; it only changes where later blocks come from.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEAP_TRIM_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -712,6 +727,7 @@ async fn serve(
         pubsub: pubsub.clone(),
         triggers: triggers.clone(),
         domains,
+        lists: Default::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

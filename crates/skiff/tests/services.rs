@@ -849,3 +849,137 @@ fn services_list_pages_by_name() {
         "{table}"
     );
 }
+
+/// `services.list` takes Google's `fields` system parameter (partial responses), and its
+/// whole answer, kept ready between calls, shows every write acknowledged before it: each
+/// create, update and delete through the API is in the next list, with or without `fields`,
+/// and in `skiff services list`.
+#[test]
+fn services_list_fields_and_lists_after_writes() {
+    let (s, _tmp) = server_with_image(&[]);
+    deploy(&s, "apple", &[]);
+    let knative = "/apis/serving.knative.dev/v1/namespaces/default/services";
+    let get = |query: &str| -> serde_json::Value {
+        let (code, body) = s.api("GET", &format!("{knative}{query}"), None);
+        assert_eq!(code, 200, "{query}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let (_, apple) = s.api("GET", &format!("{knative}/apple"), None);
+    let apple: serde_json::Value = serde_json::from_str(&apple).unwrap();
+    let url = apple["status"]["url"].as_str().unwrap().to_string();
+    assert_eq!(
+        get("?fields=items(metadata.name,status.url)"),
+        serde_json::json!({"items": [{"metadata": {"name": "apple"}, "status": {"url": url}}]})
+    );
+    assert_eq!(
+        get("?fields=items/metadata/name,kind"),
+        serde_json::json!({"kind": "ServiceList", "items": [{"metadata": {"name": "apple"}}]})
+    );
+    assert_eq!(get("?fields=*"), get(""));
+    assert_eq!(get("?fields=items")["items"][0], apple);
+    // The mask may come as the X-Goog-FieldMask header instead; each answer stays its own.
+    let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let masked: serde_json::Value = client
+            .get(format!("http://127.0.0.1:{}{knative}", s.api))
+            .bearer_auth(token.trim())
+            .header("X-Goog-FieldMask", "items.metadata.name")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(
+            masked,
+            serde_json::json!({"items": [{"metadata": {"name": "apple"}}]})
+        );
+        assert_eq!(get("")["items"][0], apple);
+    }
+    for query in ["fields=items(metadata", "fields=", "fields=items..name"] {
+        let (code, body) = s.api("GET", &format!("{knative}?{query}"), None);
+        assert_eq!(code, 400, "{query}: {body}");
+        assert!(body.contains("invalid fields"), "{query}: {body}");
+    }
+
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let table_names = || -> Vec<String> {
+        s.ok(&["services", "list"])
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect()
+    };
+    let fields = "?fields=items(metadata(name,labels))";
+    let mut want = vec!["apple".to_string()];
+    for i in 0..4 {
+        // Each list is asked twice, so the second may come from what the first left ready.
+        for _ in 0..2 {
+            assert_eq!(names(&get("")), want);
+            assert_eq!(names(&get(fields)), want);
+            assert_eq!(table_names(), want);
+        }
+        let name = format!("pear-{i}");
+        let svc = serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"template": {"spec": {"containers": [{"image": "web:latest"}]}}}
+        });
+        let (code, body) = s.api("POST", knative, Some(&svc.to_string()));
+        assert_eq!(code, 200, "{body}");
+        want.push(name.clone());
+        assert_eq!(names(&get("")), want, "after creating {name}");
+        assert_eq!(names(&get(fields)), want, "after creating {name}");
+        assert_eq!(table_names(), want, "after creating {name}");
+        // An update: a label, seen in the next list.
+        let (_, body) = s.api("GET", &format!("{knative}/{name}"), None);
+        let mut svc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        svc["metadata"]["labels"]["round"] = i.to_string().into();
+        let (code, body) = s.api("PUT", &format!("{knative}/{name}"), Some(&svc.to_string()));
+        assert_eq!(code, 200, "{body}");
+        for query in ["", fields] {
+            let list = get(query);
+            let item = list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|it| it["metadata"]["name"] == name.as_str())
+                .unwrap_or_else(|| panic!("{name} in {list}"));
+            assert_eq!(
+                item["metadata"]["labels"]["round"],
+                i.to_string(),
+                "{query}"
+            );
+        }
+        if i % 2 == 1 {
+            let (code, body) = s.api("DELETE", &format!("{knative}/{name}"), None);
+            assert_eq!(code, 200, "{body}");
+            want.pop();
+            assert_eq!(names(&get("")), want, "after deleting {name}");
+            assert_eq!(names(&get(fields)), want, "after deleting {name}");
+            assert_eq!(table_names(), want, "after deleting {name}");
+        }
+    }
+    // The whole list is the pages joined.
+    let mut paged = Vec::new();
+    let mut cont = String::new();
+    loop {
+        let page = get(&format!("?limit=1&continue={cont}"));
+        paged.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["metadata"]["continue"].as_str() {
+            Some(c) => cont = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(serde_json::Value::Array(paged), get("")["items"]);
+}

@@ -10,6 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{de::DeserializeOwned, Serialize};
 use skiff_model::{Policy, Revision, Service, LABEL_SERVICE};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 mod usage;
@@ -91,6 +92,19 @@ pub struct ObjectRow<'a, T> {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// How many writes to the services table this process made: a reader that saw version V
+    /// (under the connection's lock, with the rows) knows nothing changed while it is still V.
+    services_version: AtomicU64,
+}
+
+/// Stored services read in one statement, with the [`Store::services_version`] they reflect.
+#[derive(Debug)]
+pub struct ServiceBodies {
+    /// `(name, the service's stored JSON)`, ordered by name.
+    pub items: Vec<(String, String)>,
+    /// The services version the rows were read at: an answer built from them is current as
+    /// long as [`Store::services_version`] still returns it.
+    pub version: u64,
 }
 
 fn decode<T: DeserializeOwned>(s: String) -> Result<T> {
@@ -116,6 +130,7 @@ impl Store {
             .map_err(open_err)?;
         let store = Store {
             conn: Mutex::new(conn),
+            services_version: AtomicU64::new(0),
         };
         store.migrate()?;
         Ok(store)
@@ -136,6 +151,18 @@ impl Store {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The count of writes to services (create, update, delete) made so far; it changes
+    /// before any such write returns, so an answer cached at a version equal to the current
+    /// one reflects every write that was acknowledged. Counted per process, from 0.
+    pub fn services_version(&self) -> u64 {
+        self.services_version.load(Ordering::SeqCst)
+    }
+
+    /// Marks a write to services; called with the connection's lock held, after the write.
+    fn services_changed(&self) {
+        self.services_version.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn schema_version(&self) -> Result<usize> {
@@ -170,13 +197,14 @@ impl Store {
     /// whose name sorts after `after` (from the first when `None`), at most `limit` (all when
     /// `None`). Serving the text as stored spares a parse and a serialization per service,
     /// which is most of the cost of listing 10 000 of them. The primary key's index gives the
-    /// order, so a page costs its own size, not the namespace's.
+    /// order, so a page costs its own size, not the namespace's. The answer carries the
+    /// services version it was read at (see [`Store::services_version`]).
     pub fn list_service_bodies(
         &self,
         ns: &str,
         after: Option<&str>,
         limit: Option<usize>,
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<ServiceBodies> {
         let conn = self.conn();
         // Two statements: SQLite does not seek the index for `?2 IS NULL OR name > ?2`, so a
         // page after the first would read the namespace from its start.
@@ -191,15 +219,20 @@ impl Store {
         let rows = stmt.query_map(params![ns, after, limit], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
         })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+        let items = rows.collect::<std::result::Result<_, _>>()?;
+        // Read while the lock is held: no write came between the rows and the version.
+        let version = self.services_version();
+        Ok(ServiceBodies { items, version })
     }
 
     pub fn put_service(&self, svc: &Service) -> Result<()> {
-        self.conn().execute(
+        let conn = self.conn();
+        conn.execute(
             "INSERT INTO services (namespace, name, body) VALUES (?1, ?2, ?3)
              ON CONFLICT (namespace, name) DO UPDATE SET body = excluded.body",
             params![svc.metadata.namespace, svc.metadata.name, encode(svc)?],
         )?;
+        self.services_changed();
         Ok(())
     }
 
@@ -214,6 +247,7 @@ impl Store {
         )?;
         insert_revision(&tx, rev)?;
         tx.commit()?;
+        self.services_changed();
         Ok(())
     }
 
@@ -234,6 +268,9 @@ impl Store {
             params![ns, name],
         )?;
         tx.commit()?;
+        if n > 0 {
+            self.services_changed();
+        }
         Ok(n > 0)
     }
 
@@ -501,7 +538,7 @@ mod tests {
         assert_eq!(s.list_services(None).unwrap().len(), 2);
         assert_eq!(s.list_services(Some("team")).unwrap()[0].metadata.name, "b");
         assert!(s.get_service("default", "a").unwrap().is_some());
-        let bodies = s.list_service_bodies("default", None, None).unwrap();
+        let bodies = s.list_service_bodies("default", None, None).unwrap().items;
         assert_eq!(bodies.len(), 1);
         assert_eq!(bodies[0].0, "a");
         let stored: Service = serde_json::from_str(&bodies[0].1).unwrap();
@@ -598,6 +635,7 @@ mod tests {
         let names = |after, limit| -> Vec<String> {
             s.list_service_bodies("default", after, limit)
                 .unwrap()
+                .items
                 .into_iter()
                 .map(|(n, _)| n)
                 .collect()
@@ -607,6 +645,38 @@ mod tests {
         assert_eq!(names(Some("b"), Some(2)), ["c", "d"]);
         assert_eq!(names(Some("d"), Some(2)), Vec::<String>::new());
         assert_eq!(names(Some("a0"), None), ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn services_version_moves_with_each_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let v0 = s
+            .list_service_bodies("default", None, None)
+            .unwrap()
+            .version;
+        assert_eq!(v0, s.services_version());
+        s.put_service(&svc("default", "a")).unwrap();
+        let v1 = s.services_version();
+        assert_ne!(v1, v0, "a create");
+        assert_eq!(
+            s.list_service_bodies("default", None, None)
+                .unwrap()
+                .version,
+            v1
+        );
+        s.put_service_with_revision(&svc("default", "a"), &rev("default", "a", "a-00002-bbb"))
+            .unwrap();
+        let v2 = s.services_version();
+        assert_ne!(v2, v1, "an update with a revision");
+        // Writes elsewhere leave it.
+        s.put_revision(&rev("default", "a", "a-00003-ccc")).unwrap();
+        s.put_policy("default", "a", &Policy::default()).unwrap();
+        assert_eq!(s.services_version(), v2);
+        assert!(!s.delete_service("default", "zz").unwrap());
+        assert_eq!(s.services_version(), v2, "deleting nothing");
+        assert!(s.delete_service("default", "a").unwrap());
+        assert_ne!(s.services_version(), v2, "a delete");
     }
 
     #[test]
