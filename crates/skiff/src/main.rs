@@ -48,7 +48,16 @@ fn main() {
     let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Server(a) => server::run(&cli.global, *a),
-        Command::Client(c) => skiff_cli::run(&cli.global, *c),
+        Command::Client(c) => {
+            // Like other command-line tools, end quietly when the reader of stdout goes away
+            // (`skiff services list | head`) instead of panicking on the failed print. Sockets
+            // are not affected: their writes use MSG_NOSIGNAL.
+            // SAFETY: setting a signal's disposition to the default has no preconditions.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+            skiff_cli::run(&cli.global, *c)
+        }
     };
     if let Err(e) = result {
         let msg = format!("{e:#}").replace('\n', " ");
