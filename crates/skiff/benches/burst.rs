@@ -4,7 +4,9 @@
 //! server's `ready in` log lines). Also prints the server's idle footprint (RSS) with 100 services
 //! deployed and no instance running.
 //!
-//! `sudo cargo bench -p skiff --bench burst [-- REQUESTS [MAX_INSTANCES]]`
+//! `sudo cargo bench -p skiff --bench burst [-- REQUESTS [MAX_INSTANCES] [SERVER FLAGS...]]`:
+//! flags after the numbers go to `skiff server` (after the bench's own), to compare settings
+//! such as `--prepared-instances 0` in one build.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -13,28 +15,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() {
-    let nums: Vec<u64> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags_at = args
+        .iter()
+        .position(|a| a.starts_with("--") && a.len() > 2)
+        .unwrap_or(args.len());
+    let nums: Vec<u64> = args[..flags_at]
+        .iter()
         .filter_map(|a| a.parse().ok())
         .collect();
+    let mut server_args = vec![
+        "--scale-to-zero-after",
+        "2s",
+        // The burst stands for a thousand clients, but all come from 127.0.0.1: lift the
+        // per-client connection limit (256 by default).
+        "--max-connections-per-client",
+        "0",
+        // The server's default (the test kit turns it off unless given).
+        "--prepared-instances",
+        "8",
+    ];
+    server_args.extend(args[flags_at..].iter().map(String::as_str));
     let requests = nums.first().copied().unwrap_or(1000);
     let max = nums.get(1).copied().unwrap_or(200);
     let tmp = tempfile::tempdir().unwrap();
     let layout = busybox_image(&tmp.path().join("image"), "burst", &ImageSpec::default());
-    let s = TestServer::start(
-        Path::new(env!("CARGO_BIN_EXE_skiff")),
-        // The burst stands for a thousand clients, but all come from 127.0.0.1: lift the
-        // per-client connection limit (256 by default).
-        &[
-            "--scale-to-zero-after",
-            "2s",
-            "--max-connections-per-client",
-            "0",
-            // The server's default (the test kit turns it off unless given).
-            "--prepared-instances",
-            "8",
-        ],
-    );
+    let s = TestServer::start(Path::new(env!("CARGO_BIN_EXE_skiff")), &server_args);
     s.ok(&["images", "import", layout.to_str().unwrap()]);
     s.ok(&[
         "deploy",
@@ -83,6 +89,8 @@ fn main() {
         })
     };
     let port = s.ingress;
+    let cpu_before = cpu_times();
+    let window_start = monotonic();
     let start = Instant::now();
     let handles: Vec<_> = (0..requests)
         .map(|_| {
@@ -115,6 +123,8 @@ fn main() {
         latencies.push(d);
     }
     let total = start.elapsed();
+    let cpu_after = cpu_times();
+    let window_end = monotonic();
     done.store(true, Ordering::SeqCst);
     sampler.join().unwrap();
     latencies.sort();
@@ -122,6 +132,9 @@ fn main() {
         latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
     println!("burst: {requests} requests of 100 ms at once, concurrency 1, max-instances {max}, from zero");
+    if flags_at < args.len() {
+        println!("  server flags: {}", args[flags_at..].join(" "));
+    }
     println!(
         "  errors {errors}  all served in {:.2} s  p50 {:.0} ms  p99 {:.0} ms  peak instances {}",
         total.as_secs_f64(),
@@ -129,6 +142,15 @@ fn main() {
         p(0.99).as_secs_f64() * 1000.0,
         peak.load(Ordering::SeqCst)
     );
+    let (busy, all) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    println!(
+        "  machine CPU busy during the burst: {:.0} % of {} CPUs ({:.2} CPU-seconds)",
+        100.0 * busy as f64 / all.max(1) as f64,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        busy as f64 / clock_ticks()
+    );
+    // For `perf record -k CLOCK_MONOTONIC -a` beside the bench: `perf report --time A,B`.
+    println!("  burst window (CLOCK_MONOTONIC, s): {window_start:.6},{window_end:.6}");
     println!(
         "  instance starts: {}",
         skiff_testkit::start_step_medians(&s.log())
@@ -163,4 +185,38 @@ fn main() {
         "footprint: server RSS with 100 services and 0 instances: {} MiB",
         skiff_testkit::server::rss_kib(s.pid().unwrap()) / 1024
     );
+}
+
+/// The machine's CPU time from `/proc/stat`, in clock ticks: (busy, all).
+fn cpu_times() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let all: u64 = ticks.iter().take(8).sum();
+    // idle and iowait
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant of the system.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// `CLOCK_MONOTONIC` in seconds (perf's clock with `-k CLOCK_MONOTONIC`).
+fn monotonic() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }

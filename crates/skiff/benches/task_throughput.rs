@@ -6,7 +6,8 @@
 //! the time `skiff jobs executions describe` takes on the large execution (the CLI process,
 //! start to exit), and a control API `GET` of it.
 //!
-//! `sudo cargo bench -p skiff --bench task_throughput [-- SMALL [LARGE [PARALLELISM]]]`
+//! `sudo cargo bench -p skiff --bench task_throughput [-- SMALL [LARGE [PARALLELISM]] [SERVER
+//! FLAGS...]]`
 //! (defaults 500 10000 50; needs runc). The control plane is linear when tasks/s at LARGE is
 //! at least tasks/s at SMALL.
 
@@ -133,18 +134,28 @@ fn timed(n: usize, mut f: impl FnMut()) -> (f64, f64) {
 }
 
 fn main() {
-    let nums: Vec<u64> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Flags after the numbers go to `skiff server`, to compare settings in one build.
+    let flags_at = args
+        .iter()
+        .position(|a| a.starts_with("--") && a.len() > 2)
+        .unwrap_or(args.len());
+    let nums: Vec<u64> = args[..flags_at]
+        .iter()
         .filter_map(|a| a.parse().ok())
         .collect();
+    let server_args: Vec<&str> = args[flags_at..].iter().map(String::as_str).collect();
     let small = nums.first().copied().unwrap_or(500);
     let large = nums.get(1).copied().unwrap_or(10_000);
     let parallelism = nums.get(2).copied().unwrap_or(50);
     let tmp = tempfile::tempdir().unwrap();
     let layout = busybox_image(&tmp.path().join("image"), "bench", &ImageSpec::default());
-    let s = TestServer::start(Path::new(env!("CARGO_BIN_EXE_skiff")), &[]);
+    let s = TestServer::start(Path::new(env!("CARGO_BIN_EXE_skiff")), &server_args);
     s.ok(&["images", "import", layout.to_str().unwrap()]);
     println!("task throughput, tasks of `true` at parallelism {parallelism}");
+    if !server_args.is_empty() {
+        println!("  server flags: {}", server_args.join(" "));
+    }
     let mut rates = Vec::new();
     let mut last = String::new();
     for (job, n) in [("small", small), ("large", large)] {
