@@ -134,7 +134,11 @@ fn timed(n: usize, mut f: impl FnMut()) -> (f64, f64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` adds `--bench` after the user's arguments.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     // Flags after the numbers go to `skiff server`, to compare settings in one build.
     let flags_at = args
         .iter()
