@@ -6,7 +6,7 @@
 //!
 //! `sudo cargo bench -p skiff --bench burst [-- REQUESTS [MAX_INSTANCES] [SERVER FLAGS...]]`:
 //! flags after the numbers go to `skiff server` (after the bench's own), to compare settings
-//! such as `--prepared-instances 0` in one build.
+//! such as `--network-prepared 0` in one build.
 
 use skiff_testkit::{busybox_image, ImageSpec, TestServer};
 use std::path::Path;
@@ -15,19 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() {
-    // `cargo bench` adds `--bench` after the user's arguments.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let flags_at = args
-        .iter()
-        .position(|a| a.starts_with("--") && a.len() > 2)
-        .unwrap_or(args.len());
-    let nums: Vec<u64> = args[..flags_at]
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let (nums, flags) = skiff_testkit::bench_args();
     let mut server_args = vec![
         "--scale-to-zero-after",
         "2s",
@@ -39,7 +27,7 @@ fn main() {
         "--prepared-instances",
         "8",
     ];
-    server_args.extend(args[flags_at..].iter().map(String::as_str));
+    server_args.extend(flags.iter().map(String::as_str));
     let requests = nums.first().copied().unwrap_or(1000);
     let max = nums.get(1).copied().unwrap_or(200);
     let tmp = tempfile::tempdir().unwrap();
@@ -136,8 +124,8 @@ fn main() {
         latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
     println!("burst: {requests} requests of 100 ms at once, concurrency 1, max-instances {max}, from zero");
-    if flags_at < args.len() {
-        println!("  server flags: {}", args[flags_at..].join(" "));
+    if !flags.is_empty() {
+        println!("  server flags: {}", flags.join(" "));
     }
     println!(
         "  errors {errors}  all served in {:.2} s  p50 {:.0} ms  p99 {:.0} ms  peak instances {}",

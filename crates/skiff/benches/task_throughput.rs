@@ -134,21 +134,9 @@ fn timed(n: usize, mut f: impl FnMut()) -> (f64, f64) {
 }
 
 fn main() {
-    // `cargo bench` adds `--bench` after the user's arguments.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
     // Flags after the numbers go to `skiff server`, to compare settings in one build.
-    let flags_at = args
-        .iter()
-        .position(|a| a.starts_with("--") && a.len() > 2)
-        .unwrap_or(args.len());
-    let nums: Vec<u64> = args[..flags_at]
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let server_args: Vec<&str> = args[flags_at..].iter().map(String::as_str).collect();
+    let (nums, flags) = skiff_testkit::bench_args();
+    let server_args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let small = nums.first().copied().unwrap_or(500);
     let large = nums.get(1).copied().unwrap_or(10_000);
     let parallelism = nums.get(2).copied().unwrap_or(50);

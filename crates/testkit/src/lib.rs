@@ -52,3 +52,23 @@ pub fn run(cmd: &mut std::process::Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A bench's command line, `[NUMBERS...] [SERVER FLAGS...]`: the numbers before the first
+/// `--flag`, and that flag and everything after it, to pass to `skiff server` (to compare
+/// settings in one build). The `--bench` that `cargo bench` adds is left out; an argument
+/// among the numbers that is not one is skipped.
+pub fn bench_args() -> (Vec<u64>, Vec<String>) {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let flags_at = args
+        .iter()
+        .position(|a| a.starts_with("--") && a.len() > 2)
+        .unwrap_or(args.len());
+    let nums = args[..flags_at]
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    (nums, args[flags_at..].to_vec())
+}
