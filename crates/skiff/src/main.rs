@@ -49,13 +49,7 @@ fn main() {
     let result = match cli.command {
         Command::Server(a) => server::run(&cli.global, *a),
         Command::Client(c) => {
-            // Like other command-line tools, end quietly when the reader of stdout goes away
-            // (`skiff services list | head`) instead of panicking on the failed print. Sockets
-            // are not affected: their writes use MSG_NOSIGNAL.
-            // SAFETY: setting a signal's disposition to the default has no preconditions.
-            unsafe {
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            }
+            end_quietly_when_stdout_closes();
             skiff_cli::run(&cli.global, *c)
         }
     };
@@ -64,4 +58,29 @@ fn main() {
         eprintln!("error: {msg}");
         std::process::exit(1);
     }
+}
+
+/// Makes a client command whose stdout reader goes away (`skiff services list | head`) end the
+/// way other command-line tools do, killed by SIGPIPE and silent, instead of printing the panic
+/// of the failed `println!`.
+///
+/// SIGPIPE itself stays ignored, as Rust programs start: a socket whose peer has closed (a
+/// server that refuses an upload before reading it) must fail the write with EPIPE so that the
+/// CLI goes on to read the server's answer. Vectored socket writes (`writev`) cannot ask for
+/// `MSG_NOSIGNAL`, so the default disposition would kill the CLI mid-upload.
+fn end_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    let broken_pipe = std::io::Error::from_raw_os_error(libc::EPIPE).to_string();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload_as_str().unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && msg.ends_with(&broken_pipe) {
+            // SAFETY: restoring a signal's default disposition and raising it have no
+            // preconditions; the process ends here as `head`'s writer is expected to.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+        default(info)
+    }));
 }

@@ -116,6 +116,27 @@ fn import_refused_early_prints_the_servers_reason() {
     assert!(!list.contains("sha256:"), "{list}");
 }
 
+/// A client command whose stdout reader has gone away ends by SIGPIPE and says nothing, as
+/// other command-line tools do (`skiff images list | head`), rather than printing a panic.
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = TestServer::start(Path::new(BIN), &[]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(BIN)
+        .args(["images", "list", "--format", "json"])
+        .env("SKIFF_API_URL", format!("http://127.0.0.1:{}", s.api))
+        .env("SKIFF_DATA_DIR", &s.data_dir)
+        .env_remove("SKIFF_TOKEN")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
 #[test]
 fn container_contract_env_and_overrides() {
     let (s, _tmp) = server_with_image(&[]);
