@@ -119,6 +119,87 @@ pub async fn serve_ingress(
     serve(serving, listener, None, shutdown, drain, limits).await
 }
 
+static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// How many ingress workers [`serve_ingress_workers`] runs: the number [`set_ingress_workers`]
+/// gave, else one per core the process may use, as nginx's `worker_processes auto`.
+pub fn ingress_workers() -> usize {
+    *WORKERS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Sets [`ingress_workers`] (`--ingress-workers`); 0 serves the ingress on the caller's
+/// runtime instead. Must come before the first [`Serving`] is made (each instance's
+/// connections are kept per worker); false if the number was already fixed.
+pub fn set_ingress_workers(n: usize) -> bool {
+    WORKERS.set(n).is_ok()
+}
+
+/// Runs the HTTP ingress as [`serve_ingress`] does, on [`ingress_workers`] threads (none: on
+/// the caller's runtime, as [`serve_ingress`]), each with a single-threaded runtime of its own
+/// that accepts from `listener` and serves the connections it accepted, with connections of
+/// its own to the instances: a request is read,
+/// proxied and answered on one thread, without the work-stealing pool's hand-offs and
+/// wake-ups between threads (nginx's model: one worker per core). What outlives a request
+/// (an instance's start and supervision) runs on the server's main runtime
+/// ([`crate::pool::Ctx::runtime`]). The workers stop accepting once `stop` is true, then let
+/// in-flight requests finish (up to `drain`); the future returned resolves when every worker
+/// has.
+///
+/// Errors, before any worker runs: the listener could not be shared with the workers
+/// (`dup`), or a thread or its runtime could not be made.
+pub fn serve_ingress_workers(
+    serving: Arc<Serving>,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+    limits: IngressLimits,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    if ingress_workers() == 0 {
+        let shutdown = async move {
+            let mut stop = stop;
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        return Ok(futures::future::Either::Left(serve(
+            serving, listener, None, shutdown, drain, limits,
+        )));
+    }
+    let listener = listener.into_std()?;
+    let mut ended = Vec::new();
+    for n in 1..=ingress_workers() {
+        let listener = listener.try_clone()?;
+        let (serving, limits, mut stop) = (serving.clone(), limits.clone(), stop.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, end) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("skiff-ingress-{n}"))
+            .spawn(move || {
+                crate::upstream::set_slot(n);
+                rt.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let shutdown = async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            };
+                            serve(serving, listener, None, shutdown, drain, limits).await
+                        }
+                        Err(e) => tracing::error!("ingress worker {n}: {e}"),
+                    }
+                });
+                // Its connections and their tasks end with the runtime, before it says so.
+                drop(rt);
+                drop(done);
+            })?;
+        ended.push(end);
+    }
+    Ok(futures::future::Either::Right(async move {
+        for end in ended {
+            let _ = end.await;
+        }
+    }))
+}
+
 /// Runs the HTTPS ingress: TLS 1.2/1.3 with `tls` (see [`skiff_tls::server_config`]: the
 /// certificate by SNI, ALPN `h2` or `http/1.1`), then the same HTTP service as
 /// [`serve_ingress`], within the same `limits` (the handshake counts in the header read

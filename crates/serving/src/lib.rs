@@ -24,7 +24,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-pub use ingress::{serve_ingress, serve_ingress_tls, IngressLimits};
+pub use ingress::{
+    ingress_workers, serve_ingress, serve_ingress_tls, serve_ingress_workers, set_ingress_workers,
+    IngressLimits,
+};
 pub use skiff_runtime::logs::{self, LogLine, LogResource, LogSink, LogSource};
 
 pub struct ServingConfig {
@@ -152,6 +155,7 @@ impl Serving {
             secrets: cfg.secrets,
             prepared_max: cfg.prepared_instances,
             prepared_used: Default::default(),
+            runtime: tokio::runtime::Handle::current(),
         });
         let host_dirs = cfg.host_dirs;
         let serving = Arc::new(Serving {

@@ -56,6 +56,10 @@ pub struct Ctx {
     pub prepared_max: usize,
     /// How many are made or being made now.
     pub prepared_used: std::sync::atomic::AtomicUsize,
+    /// The server's main runtime. An instance's tasks (its start, supervision, probes and
+    /// stop) run there even when a request on an ingress worker's runtime started it: they
+    /// outlive any one connection, and a worker's runtime ends with the ingress.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl Ctx {
@@ -670,7 +674,9 @@ impl Pool {
         });
         st.instances.push(inst.clone());
         let pool = self.clone();
-        tokio::spawn(async move { pool.run_instance(inst, prepared).await });
+        self.ctx
+            .runtime
+            .spawn(async move { pool.run_instance(inst, prepared).await });
     }
 
     /// Whether this revision's instances can be made ahead of demand: one container, no
@@ -702,7 +708,7 @@ impl Pool {
         {
             st.preparing = true;
             let pool = self.clone();
-            tokio::spawn(async move { pool.prepare().await });
+            self.ctx.runtime.spawn(async move { pool.prepare().await });
         }
         None
     }
@@ -1125,7 +1131,7 @@ impl Pool {
                 for (container, p) in probes {
                     let Some(p) = p else { continue };
                     let (pool, inst, netns) = (self.clone(), inst.clone(), netns.clone());
-                    tokio::spawn(async move {
+                    self.ctx.runtime.spawn(async move {
                         pool.liveness_probe(&inst, &netns, &p, container.as_deref())
                             .await
                     });
@@ -1502,11 +1508,11 @@ impl Pool {
             discard = self.keep_prepared(&mut st);
         }
         if let Some(p) = discard {
-            tokio::spawn(p.discard());
+            self.ctx.runtime.spawn(p.discard());
         }
         for inst in to_stop {
             self.log(&inst, format!("instance {} stopping: scaled down", inst.id));
-            tokio::spawn(async move {
+            self.ctx.runtime.spawn(async move {
                 if let Some(rt) = inst.rt.get() {
                     rt.stop(STOP_GRACE).await;
                 }

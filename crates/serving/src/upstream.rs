@@ -3,12 +3,19 @@
 //! every connection a task of its own, and every request two hand-offs between tasks (the
 //! request to the connection's task, the response back); here the request's task writes the
 //! request, reads the response head, and — from the response body — reads the rest.
+//!
+//! Each ingress worker (a thread with a runtime of its own, see
+//! [`crate::ingress::serve_ingress_workers`]) keeps connections of its own to each instance,
+//! opened and driven by its runtime only: a connection is registered with the reactor of the
+//! runtime that opened it, and would otherwise be woken from another thread (and end with that
+//! runtime while the other still used it). Threads that are no worker share slot 0.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -19,11 +26,29 @@ type Driver = http1::Connection<TokioIo<tokio::net::TcpStream>, Incoming>;
 /// Most idle connections kept per instance.
 const MAX_IDLE: usize = 1024;
 
+thread_local! {
+    /// The connections slot of this thread: its ingress worker's number (1-based), or 0.
+    static SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the calling thread use connections slot `n` (an ingress worker's number, 1 to
+/// [`crate::ingress::ingress_workers`]).
+pub(crate) fn set_slot(n: usize) {
+    SLOT.with(|s| s.set(n));
+}
+
+/// The calling thread's connections slot, within `0..slots`.
+fn slot(slots: usize) -> usize {
+    SLOT.with(Cell::get).min(slots - 1)
+}
+
 /// One connection to an instance.
 pub struct Conn {
     tx: http1::SendRequest<Incoming>,
     /// The connection's I/O; `None` once it has ended.
     driver: Option<Pin<Box<Driver>>>,
+    /// The slot of the thread that opened it, where it goes back when idle.
+    slot: usize,
 }
 
 impl Conn {
@@ -43,19 +68,40 @@ impl Conn {
     }
 }
 
-/// The idle connections to one instance.
+/// One slot's connections to an instance.
 #[derive(Default)]
-pub struct Upstream {
+struct Slot {
     idle: Mutex<Vec<Conn>>,
-    /// The one HTTP/2 connection to an h2c container, shared by all its requests (each a
-    /// stream of it), driven by a task of its own.
+    /// The one HTTP/2 connection to an h2c container, shared by all of this slot's requests
+    /// (each a stream of it), driven by a task of its own.
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Incoming>>>,
 }
 
+/// The connections to one instance: per slot, the idle HTTP/1.1 ones and the HTTP/2 one.
+pub struct Upstream {
+    slots: Box<[Slot]>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            slots: (0..=crate::ingress::ingress_workers())
+                .map(|_| Slot::default())
+                .collect(),
+        }
+    }
+}
+
 impl Upstream {
+    fn here(&self) -> (usize, &Slot) {
+        let n = slot(self.slots.len());
+        (n, &self.slots[n])
+    }
+
     fn checkout(&self, cx: &mut Context<'_>) -> Option<Conn> {
+        let (_, here) = self.here();
         loop {
-            let mut c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let mut c = here.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             if c.usable(cx) {
                 return Some(c);
             }
@@ -71,16 +117,20 @@ impl Upstream {
             None => c.usable(&mut Context::from_waker(std::task::Waker::noop())),
         };
         if usable {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = &self.slots[c.slot.min(self.slots.len() - 1)];
+            let mut idle = slot.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < MAX_IDLE {
                 idle.push(c);
             }
         }
     }
 
-    /// How many idle connections are kept now.
+    /// How many idle connections are kept now, in every slot.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.slots
+            .iter()
+            .map(|s| s.idle.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
     /// Sends `req` over an idle connection, or a new one that `connect` opens. A request
@@ -98,9 +148,10 @@ impl Upstream {
     {
         let pooled = std::future::poll_fn(|cx| Poll::Ready(self.checkout(cx))).await;
         let mut fresh = pooled.is_none();
+        let slot = self.here().0;
         let mut conn = match pooled {
             Some(c) => c,
-            None => open(&connect).await?,
+            None => open(&connect, slot).await?,
         };
         loop {
             let fut = conn.tx.try_send_request(req);
@@ -122,7 +173,7 @@ impl Upstream {
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => {
                         req = unsent;
-                        conn = open(&connect).await?;
+                        conn = open(&connect, slot).await?;
                         fresh = true;
                     }
                     _ => return Err(e.into_error().into()),
@@ -147,7 +198,7 @@ impl Upstream {
         Fut: Future<Output = std::io::Result<tokio::net::TcpStream>>,
     {
         let mut tx = {
-            let mut slot = self.h2.lock().await;
+            let mut slot = self.here().1.h2.lock().await;
             match slot.as_ref() {
                 Some(tx) if !tx.is_closed() => tx.clone(),
                 _ => {
@@ -203,7 +254,7 @@ impl Upstream {
     }
 }
 
-async fn open<F, Fut>(connect: &F) -> Result<Conn, crate::proxy::BoxError>
+async fn open<F, Fut>(connect: &F, slot: usize) -> Result<Conn, crate::proxy::BoxError>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = std::io::Result<tokio::net::TcpStream>>,
@@ -215,6 +266,7 @@ where
     Ok(Conn {
         tx,
         driver: Some(Box::pin(driver)),
+        slot,
     })
 }
 

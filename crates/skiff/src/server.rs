@@ -102,6 +102,11 @@ pub struct ServerArgs {
     /// are closed at once. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections_per_client: usize,
+    /// Threads that serve the HTTP ingress, each with a runtime of its own that accepts,
+    /// proxies and answers its connections' requests (nginx's worker processes)
+    /// [default: one per core]. 0: the ingress shares the server's runtime.
+    #[arg(long, value_name = "N")]
+    ingress_workers: Option<usize>,
     /// The time limit of a source build (Cloud Build's default).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     build_timeout: Duration,
@@ -267,6 +272,9 @@ pub fn run(global: &skiff_cli::GlobalArgs, args: ServerArgs) -> anyhow::Result<(
     let data_dir = global.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    if let Some(n) = args.ingress_workers {
+        skiff_serving::set_ingress_workers(n);
+    }
     let ingress_addr: std::net::SocketAddr = args.ingress.parse().with_context(|| {
         format!(
             "invalid --http {:?}: use HOST:PORT like 127.0.0.1:8080",
@@ -739,13 +747,16 @@ async fn serve(
         let stop = wait_stop(stop_rx.clone());
         async move { axum::serve(api, app).with_graceful_shutdown(stop).await }
     });
-    let ingress_task = tokio::spawn(skiff_serving::serve_ingress(
-        serving.clone(),
-        ingress,
-        wait_stop(stop_rx.clone()),
-        Duration::from_secs(30),
-        args.ingress_limits(),
-    ));
+    let ingress_task = tokio::spawn(
+        skiff_serving::serve_ingress_workers(
+            serving.clone(),
+            ingress,
+            stop_rx.clone(),
+            Duration::from_secs(30),
+            args.ingress_limits(),
+        )
+        .context("cannot start the ingress workers")?,
+    );
     let https_task = https_listener.map(|listener| {
         tokio::spawn(skiff_serving::serve_ingress_tls(
             serving.clone(),

@@ -656,6 +656,41 @@ fn the_ingress_speaks_http1_and_h2c() {
     }
 }
 
+/// `--ingress-workers N` serves the ingress on N threads of its own (0: on the server's
+/// runtime); either way every connection is answered, HTTP/1.1 and h2c, from a start at zero.
+#[test]
+fn the_ingress_runs_on_the_workers_asked_for() {
+    for workers in ["0", "3"] {
+        let (s, _tmp) = server_with_image(&["--ingress-workers", workers]);
+        deploy(&s, "w", &[]);
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", s.pid().unwrap()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .filter(|c| c.starts_with("skiff-ingress"))
+            .collect();
+        assert_eq!(
+            threads.len(),
+            workers.parse::<usize>().unwrap(),
+            "{threads:?}"
+        );
+        let url = format!("http://127.0.0.1:{}/", s.ingress);
+        // Each client its own connections, so that they land on different workers.
+        for h2 in [false, true, false, true] {
+            let mut b = reqwest::blocking::Client::builder().no_proxy();
+            if h2 {
+                b = b.http2_prior_knowledge();
+            }
+            let client = b.build().unwrap();
+            for _ in 0..3 {
+                let r = client.get(&url).header("Host", host("w")).send().unwrap();
+                assert_eq!(r.status().as_u16(), 200, "workers {workers}");
+                assert_eq!(r.text().unwrap(), "hello from skiff\n");
+            }
+        }
+    }
+}
+
 #[test]
 fn queued_requests_are_served_in_order_and_the_queue_is_bounded() {
     let (s, _tmp) = server_with_image(&[]);
