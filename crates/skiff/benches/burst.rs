@@ -173,9 +173,20 @@ fn main() {
             .is_some_and(|a| a.is_empty())
     });
     std::thread::sleep(Duration::from_secs(2));
+    let pid = s.pid().unwrap();
+    let kib = |f| skiff_testkit::server::status_kib(pid, f);
     println!(
-        "footprint: server RSS with 100 services and 0 instances: {} MiB",
-        skiff_testkit::server::rss_kib(s.pid().unwrap()) / 1024
+        "footprint: server RSS with 100 services and 0 instances: {} MiB (anonymous {:.1}, the executable and other files {:.1})",
+        kib("VmRSS") / 1024,
+        kib("RssAnon") as f64 / 1024.0,
+        kib("RssFile") as f64 / 1024.0,
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    println!(
+        "footprint 6 s later (past the server's next heap trim): {} MiB (anonymous {:.1}, the executable and other files {:.1})",
+        kib("VmRSS") / 1024,
+        kib("RssAnon") as f64 / 1024.0,
+        kib("RssFile") as f64 / 1024.0,
     );
 }
 

@@ -315,7 +315,7 @@ fn main() {
         full.saturating_sub(empty) as f64 / n as f64
     );
     println!("  server CPU while idle: {idle_cpu:.1} % of one core");
-    // The server trims its heap every 30 s: a reading past the next trim, without the spread
+    // The server trims its heap every 5 s: a reading past the next trim, without the spread
     // of where the first fell in that period.
     std::thread::sleep(Duration::from_secs(31));
     let trimmed = skiff_testkit::server::rss_kib(pid);

@@ -50,10 +50,16 @@ pub fn route_destinations() -> Vec<(u32, u32)> {
 
 /// A process's resident set size in KiB (`VmRSS` of `/proc/PID/status`); 0 if it is gone.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// One KiB figure of `/proc/PID/status` (`VmRSS`, `RssAnon`: the heap and stacks, `RssFile`:
+/// pages of the executable and other mapped files); 0 if the process is gone.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
