@@ -134,10 +134,10 @@ pub fn set_ingress_workers(n: usize) -> bool {
     WORKERS.set(n).is_ok()
 }
 
-/// Runs the HTTP ingress as [`serve_ingress`] does, on [`ingress_workers`] threads (none: on
-/// the caller's runtime, as [`serve_ingress`]), each with a single-threaded runtime of its own
-/// that accepts from `listener` and serves the connections it accepted, with connections of
-/// its own to the instances: a request is read,
+/// Runs the HTTP ingress as [`serve_ingress`] does, or with `tls` the HTTPS one as
+/// [`serve_ingress_tls`] does, on [`ingress_workers`] threads (none: on the caller's runtime),
+/// each with a single-threaded runtime of its own that accepts from `listener` and serves the
+/// connections it accepted, with connections of its own to the instances: a request is read,
 /// proxied and answered on one thread, without the work-stealing pool's hand-offs and
 /// wake-ups between threads (nginx's model: one worker per core). What outlives a request
 /// (an instance's start and supervision) runs on the server's main runtime
@@ -150,17 +150,19 @@ pub fn set_ingress_workers(n: usize) -> bool {
 pub fn serve_ingress_workers(
     serving: Arc<Serving>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
     limits: IngressLimits,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     if ingress_workers() == 0 {
         let shutdown = async move {
             let mut stop = stop;
             let _ = stop.wait_for(|s| *s).await;
         };
         return Ok(futures::future::Either::Left(serve(
-            serving, listener, None, shutdown, drain, limits,
+            serving, listener, tls, shutdown, drain, limits,
         )));
     }
     let listener = listener.into_std()?;
@@ -168,21 +170,27 @@ pub fn serve_ingress_workers(
     for n in 1..=ingress_workers() {
         let listener = listener.try_clone()?;
         let (serving, limits, mut stop) = (serving.clone(), limits.clone(), stop.clone());
+        let tls = tls.clone();
+        // HTTPS workers keep their instance connections in the slots after the HTTP ones'.
+        let (name, slot) = match tls {
+            None => ("skiff-ingress", n),
+            Some(_) => ("skiff-https", ingress_workers() + n),
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let (done, end) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
-            .name(format!("skiff-ingress-{n}"))
+            .name(format!("{name}-{n}"))
             .spawn(move || {
-                crate::upstream::set_slot(n);
+                crate::upstream::set_slot(slot);
                 rt.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => {
                             let shutdown = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
-                            serve(serving, listener, None, shutdown, drain, limits).await
+                            serve(serving, listener, tls, shutdown, drain, limits).await
                         }
                         Err(e) => tracing::error!("ingress worker {n}: {e}"),
                     }

@@ -27,12 +27,13 @@ type Driver = http1::Connection<TokioIo<tokio::net::TcpStream>, Incoming>;
 const MAX_IDLE: usize = 1024;
 
 thread_local! {
-    /// The connections slot of this thread: its ingress worker's number (1-based), or 0.
+    /// The connections slot of this thread: 1 and up for the ingress workers (see [`set_slot`]),
+    /// 0 for every other thread.
     static SLOT: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Makes the calling thread use connections slot `n` (an ingress worker's number, 1 to
-/// [`crate::ingress::ingress_workers`]).
+/// Makes the calling thread use connections slot `n`: an HTTP ingress worker's number (1 to
+/// [`crate::ingress::ingress_workers`]), or an HTTPS one's after them.
 pub(crate) fn set_slot(n: usize) {
     SLOT.with(|s| s.set(n));
 }
@@ -85,7 +86,7 @@ pub struct Upstream {
 impl Default for Upstream {
     fn default() -> Self {
         Upstream {
-            slots: (0..=crate::ingress::ingress_workers())
+            slots: (0..=2 * crate::ingress::ingress_workers())
                 .map(|_| Slot::default())
                 .collect(),
         }

@@ -755,22 +755,27 @@ async fn serve(
         skiff_serving::serve_ingress_workers(
             serving.clone(),
             ingress,
+            None,
             stop_rx.clone(),
             Duration::from_secs(30),
             args.ingress_limits(),
         )
         .context("cannot start the ingress workers")?,
     );
-    let https_task = https_listener.map(|listener| {
-        tokio::spawn(skiff_serving::serve_ingress_tls(
-            serving.clone(),
-            listener,
-            Arc::new(skiff_tls::server_config(certs.clone())),
-            wait_stop(stop_rx.clone()),
-            Duration::from_secs(30),
-            args.ingress_limits(),
-        ))
-    });
+    let https_task = match https_listener {
+        Some(listener) => Some(tokio::spawn(
+            skiff_serving::serve_ingress_workers(
+                serving.clone(),
+                listener,
+                Some(Arc::new(skiff_tls::server_config(certs.clone()))),
+                stop_rx.clone(),
+                Duration::from_secs(30),
+                args.ingress_limits(),
+            )
+            .context("cannot start the HTTPS ingress workers")?,
+        )),
+        None => None,
+    };
     pubsub.set_pusher(skiff_pubsub::push::starter(
         skiff_pubsub::push::PushSettings {
             ingress_port,
