@@ -102,9 +102,9 @@ pub struct ServerArgs {
     /// are closed at once. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections_per_client: usize,
-    /// Threads that serve the HTTP ingress, each with a runtime of its own that accepts,
-    /// proxies and answers its connections' requests (nginx's worker processes)
-    /// [default: one per core]. 0: the ingress shares the server's runtime.
+    /// Threads per ingress listener (HTTP, and HTTPS with --https), each with a runtime of its
+    /// own that accepts, proxies and answers its connections' requests (nginx's worker
+    /// processes) [default: one per core]. 0: the ingress shares the server's runtime.
     #[arg(long, value_name = "N")]
     ingress_workers: Option<usize>,
     /// The time limit of a source build (Cloud Build's default).
