@@ -1,10 +1,11 @@
 //! Container logs: every line an instance or task writes to stdout or stderr, with its time,
 //! source and stream, and one entry per request, written to the log store
-//! (`DATA/logs/logs.db`, see [`skiff_logging::store`]) by one writer thread in batches (while lines keep coming, one write per [`WRITE_EVERY`]) and
-//! broadcast to followers (`skiff logs read --follow`). At most [`QUEUE`] lines wait for the
-//! writer: past that, capture stops reading the container's pipe until the writer catches up
-//! (the container's writes block, as on a full pipe), and request entries are dropped and
-//! counted, so that memory stays bounded when an app writes faster than the disk.
+//! (`DATA/logs/logs.db`, see [`skiff_logging::store`]) by one writer thread in batches (while
+//! lines keep coming, one write per [`WRITE_EVERY`]) and broadcast to followers (`skiff logs
+//! read --follow`). At most [`QUEUE`] lines wait for the writer: past that, capture stops
+//! reading the container's pipe until the writer catches up (the container's writes block, as
+//! on a full pipe), and request entries are dropped and counted, so that memory stays bounded
+//! when an app writes faster than the disk.
 
 pub use skiff_logging::{HttpRequest, Limits, LogLine, LogResource, LogSource, LogStore, Scan};
 use std::path::Path;

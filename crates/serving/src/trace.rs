@@ -92,13 +92,15 @@ impl TraceContext {
     }
 
     pub fn traceparent(&self) -> HeaderValue {
-        // `00-` 32 hex digits `-` 16 hex digits `-0` flag: written by hand, as `format!`'s
+        // `00-` 32 hex digits `-` 16 hex digits `-0` flag, written into one buffer: `format!`'s
         // padded hex of a u128 was most of a request's cost of tracing.
         let mut b = [0u8; 55];
         b[..3].copy_from_slice(b"00-");
-        hex_into(&mut b[3..35], self.trace_id);
+        hex::encode_to_slice(self.trace_id.to_be_bytes(), &mut b[3..35])
+            .expect("16 bytes fill 32 hex digits");
         b[35] = b'-';
-        hex_into(&mut b[36..52], self.span_id as u128);
+        hex::encode_to_slice(self.span_id.to_be_bytes(), &mut b[36..52])
+            .expect("8 bytes fill 16 hex digits");
         b[52..54].copy_from_slice(b"-0");
         b[54] = b'0' + self.sampled as u8;
         HeaderValue::from_bytes(&b).expect("hex digits are a valid header value")
@@ -106,36 +108,19 @@ impl TraceContext {
 
     pub fn cloud_trace(&self) -> HeaderValue {
         // 32 hex digits `/` the decimal span id `;o=` flag.
-        let mut b = Vec::with_capacity(57);
         let mut trace = [0u8; 32];
-        hex_into(&mut trace, self.trace_id);
+        hex::encode_to_slice(self.trace_id.to_be_bytes(), &mut trace)
+            .expect("16 bytes fill 32 hex digits");
+        let mut span = itoa::Buffer::new();
+        let span = span.format(self.span_id).as_bytes();
+        let mut b = Vec::with_capacity(trace.len() + 1 + span.len() + 4);
         b.extend_from_slice(&trace);
         b.push(b'/');
-        let mut span = [0u8; 20];
-        let mut at = span.len();
-        let mut v = self.span_id;
-        loop {
-            at -= 1;
-            span[at] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        b.extend_from_slice(&span[at..]);
+        b.extend_from_slice(span);
         b.extend_from_slice(b";o=");
         b.push(b'0' + self.sampled as u8);
         HeaderValue::from_maybe_shared(bytes::Bytes::from(b))
             .expect("digits are a valid header value")
-    }
-}
-
-/// Writes `v`'s low `out.len() * 4` bits into `out` as lowercase hex digits, zero-padded.
-fn hex_into(out: &mut [u8], mut v: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for d in out.iter_mut().rev() {
-        *d = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
     }
 }
 

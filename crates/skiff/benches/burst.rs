@@ -171,20 +171,18 @@ fn main() {
     });
     std::thread::sleep(Duration::from_secs(2));
     let pid = s.pid().unwrap();
-    let kib = |f| skiff_testkit::server::status_kib(pid, f);
-    println!(
-        "footprint: server RSS with 100 services and 0 instances: {} MiB (anonymous {:.1}, the executable and other files {:.1})",
-        kib("VmRSS") / 1024,
-        kib("RssAnon") as f64 / 1024.0,
-        kib("RssFile") as f64 / 1024.0,
-    );
+    let footprint = |when: &str| {
+        let kib = |f| skiff_testkit::server::status_kib(pid, f);
+        println!(
+            "footprint{when}: server RSS with 100 services and 0 instances: {} MiB (anonymous {:.1}, the executable and other files {:.1})",
+            kib("VmRSS") / 1024,
+            kib("RssAnon") as f64 / 1024.0,
+            kib("RssFile") as f64 / 1024.0,
+        );
+    };
+    footprint("");
     std::thread::sleep(Duration::from_secs(6));
-    println!(
-        "footprint 6 s later (past the server's next heap trim): {} MiB (anonymous {:.1}, the executable and other files {:.1})",
-        kib("VmRSS") / 1024,
-        kib("RssAnon") as f64 / 1024.0,
-        kib("RssFile") as f64 / 1024.0,
-    );
+    footprint(" 6 s later (past the server's next heap trim)");
 }
 
 /// The machine's CPU time from `/proc/stat`, in clock ticks: (busy, all).
