@@ -415,6 +415,11 @@ async fn run_in(
         "bud",
         "--isolation",
         "oci",
+        // runc by name, not buildah's default runtime: Debian's containers.conf prefers crun,
+        // which refuses to run on a host whose cgroups are in hybrid mode (v1 controllers with
+        // an empty v2 tree), and the cgroup handling here follows runc's.
+        "--runtime",
+        "runc",
         "--layers",
         "--timestamp",
         "0",

@@ -122,6 +122,7 @@ fn the_debian_package_installs_and_its_server_starts() {
         "{depends}"
     );
     assert!(field("Recommends").contains("buildah"));
+    assert!(field("Recommends").contains("runc"));
     let control = tempfile::tempdir().unwrap();
     run(Command::new("dpkg-deb")
         .arg("--control")
