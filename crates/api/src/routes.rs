@@ -182,28 +182,26 @@ async fn list_services(
     if q.limit == Some(0) {
         return Err(ApiError::invalid("limit must be at least 1"));
     }
-    // Only the whole list is kept: pages are cheap to read.
-    // Each part quoted and escaped, so that no two requests share a key.
-    let key = (q.limit.is_none() && after.is_none()).then(|| {
-        format!(
-            "{ns:?} {:?} {:?} {:?}",
-            q.label_selector.as_deref().unwrap_or(""),
-            q.fields.as_deref(),
-            headers.get("x-goog-fieldmask")
-        )
-    });
-    if let Some(key) = &key {
-        let version = st.controller.store.services_version();
-        if let Some(body) = st.lists.get(key, version) {
-            return Ok(json_response(body));
-        }
+    if q.limit.is_none() && after.is_none() {
+        // The whole list: kept ready (pages are cheap to read).
+        let st2 = st.clone();
+        let body = tokio::task::spawn_blocking(move || {
+            let query = crate::list_cache::ListQuery {
+                ns,
+                selector: sel,
+                mask,
+            };
+            st2.lists.services(&st2.controller.store, query)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("listing services: {e}")))??;
+        return Ok(json_response(body));
     }
     let st2 = st.clone();
-    let (body, version) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
+    let body = tokio::task::spawn_blocking(move || -> ApiResult<_> {
         let mut items: Vec<(String, String)> = Vec::new();
         let mut next = None;
         let mut from = after;
-        let mut version = None;
         // Services the selector leaves out do not count toward the limit: read on until it
         // is met.
         'pages: loop {
@@ -212,8 +210,6 @@ async fn list_services(
                 from.as_deref(),
                 q.limit.map(|l| l + 1),
             )?;
-            // The whole list is one read, so one version.
-            version.get_or_insert(page.version);
             let page = page.items;
             let done = q.limit.is_none_or(|l| page.len() <= l);
             for (name, body) in page {
@@ -242,13 +238,10 @@ async fn list_services(
             items.iter().map(|(_, body)| body.as_str()),
             mask.as_ref(),
         )?;
-        Ok((Bytes::from(body), version.unwrap_or_default()))
+        Ok(Bytes::from(body))
     })
     .await
     .map_err(|e| ApiError::internal(format!("listing services: {e}")))??;
-    if let Some(key) = key {
-        st.lists.put(key, version, body.clone());
-    }
     Ok(json_response(body))
 }
 
@@ -282,35 +275,12 @@ pub(crate) fn stored_list_text<'a>(
     fields: Option<&FieldMask>,
 ) -> ApiResult<String> {
     let corrupt = |e: serde_json::Error| ApiError::internal(format!("stored object: {e}"));
-    let mask = fields.unwrap_or(&FieldMask::All);
-    let metadata = match next {
-        Some(token) => json!({ "continue": token }),
-        None => json!({}),
-    };
-    let head = [
-        ("apiVersion", json!(api_version).to_string()),
-        ("kind", json!(kind).to_string()),
-        ("metadata", metadata.to_string()),
-    ];
-    let mut out = String::with_capacity(match mask {
-        FieldMask::All => items.clone().map(|b| b.len() + 1).sum::<usize>() + 128,
-        FieldMask::Fields(_) => 4096,
-    });
-    out.push('{');
-    for (key, text) in head {
-        if let Some(m) = mask.child(key) {
-            if out.len() > 1 {
-                out.push(',');
-            }
-            out.push_str(&format!("{key:?}:"));
-            m.project(&text, &mut out).map_err(corrupt)?;
-        }
-    }
-    if let Some(m) = mask.child("items") {
-        if out.len() > 1 {
-            out.push(',');
-        }
-        out.push_str(r#""items":["#);
+    let (mut out, item_mask) = list_head(api_version, kind, next, fields)?;
+    if let Some(m) = item_mask {
+        out.reserve(match m {
+            FieldMask::All => items.clone().map(|b| b.len() + 1).sum::<usize>() + 2,
+            FieldMask::Fields(_) => 4096,
+        });
         for (i, body) in items.enumerate() {
             if i > 0 {
                 out.push(',');
@@ -325,6 +295,49 @@ pub(crate) fn stored_list_text<'a>(
         out.shrink_to_fit();
     }
     Ok(out)
+}
+
+/// The start of a list answer (`{` and the members before `items` that `fields` keeps), and
+/// what the mask keeps of each item. When it keeps `items`, the text ends with `"items":[`,
+/// where the first item goes; else the answer is the text and a closing `}`.
+///
+/// Errors: none in practice (the head is JSON Skiff makes); internal if it were not.
+pub(crate) fn list_head<'m>(
+    api_version: &str,
+    kind: &str,
+    next: Option<String>,
+    fields: Option<&'m FieldMask>,
+) -> ApiResult<(String, Option<&'m FieldMask>)> {
+    let corrupt = |e: serde_json::Error| ApiError::internal(format!("list head: {e}"));
+    let mask = fields.unwrap_or(&FieldMask::All);
+    let metadata = match next {
+        Some(token) => json!({ "continue": token }),
+        None => json!({}),
+    };
+    let head = [
+        ("apiVersion", json!(api_version).to_string()),
+        ("kind", json!(kind).to_string()),
+        ("metadata", metadata.to_string()),
+    ];
+    let mut out = String::with_capacity(128);
+    out.push('{');
+    for (key, text) in head {
+        if let Some(m) = mask.child(key) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&format!("{key:?}:"));
+            m.project(&text, &mut out).map_err(corrupt)?;
+        }
+    }
+    let items = mask.child("items");
+    if items.is_some() {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(r#""items":["#);
+    }
+    Ok((out, items))
 }
 
 /// `GET /v1/projects/{p}/locations/{l}/services`: what gcloud lists without a region

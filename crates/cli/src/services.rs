@@ -304,7 +304,7 @@ struct RowCondition<'a> {
 }
 
 /// The `fields` mask of what [`ServiceRow`] reads.
-const ROW_FIELDS: &str = "items(metadata.name,status(url,latestReadyRevisionName,latestCreatedRevisionName,conditions(type,status)))";
+const ROW_FIELDS: &str = skiff_model::SERVICE_TABLE_FIELDS;
 
 /// A `ServiceList` as the table reads it.
 #[derive(serde::Deserialize)]

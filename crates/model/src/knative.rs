@@ -24,6 +24,9 @@ pub const ANN_CONTAINER_DEPENDENCIES: &str = "run.googleapis.com/container-depen
 /// Cloud Run's most containers per instance: the ingress container and nine sidecars.
 pub const MAX_CONTAINERS: usize = 10;
 pub const ANN_CREATOR: &str = "serving.knative.dev/creator";
+/// The `fields` mask (Google's partial responses) that `skiff services list` sends with its
+/// `services.list` call: what its table shows. The server keeps this answer ready.
+pub const SERVICE_TABLE_FIELDS: &str = "items(metadata.name,status(url,latestReadyRevisionName,latestCreatedRevisionName,conditions(type,status)))";
 pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
 pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";
 pub const LABEL_CONFIGURATION_GENERATION: &str = "serving.knative.dev/configurationGeneration";

@@ -418,6 +418,53 @@ fn trim_heap() -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// How soon after services change the kept `services.list` answers are brought up to date (see
+/// [`keep_lists`]): within a second, a list after a deploy finds its answer ready; at most
+/// once a second, a stream of deploys costs one pass over each answer per second.
+const LIST_REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the answers of `services.list` that gcloud and the CLI ask for ready from the start
+/// ([`skiff_api::list_cache::ListCache::warm`]), then brings every kept answer up to date
+/// each [`LIST_REFRESH_EVERY`] in which services changed. All of it in the background: the API
+/// answers meanwhile, building what a call needs.
+fn keep_lists(state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let kept = {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || {
+                let version = state.controller.store.services_version();
+                (state.lists.warm(&state.controller.store), version)
+            })
+        };
+        let Ok((warmed, mut seen)) = kept.await else {
+            return;
+        };
+        if let Err(e) = warmed {
+            tracing::warn!("building the kept service lists: {}", e.message);
+        }
+        let mut tick = tokio::time::interval(LIST_REFRESH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let version = state.controller.store.services_version();
+            if version == seen {
+                continue;
+            }
+            seen = version;
+            let state = state.clone();
+            let refreshed =
+                tokio::task::spawn_blocking(move || state.lists.refresh(&state.controller.store));
+            match refreshed.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("bringing the kept service lists up to date: {}", e.message)
+                }
+                Err(_) => return,
+            }
+        }
+    })
+}
+
 /// How often `--tls-cert`/`--tls-key` are read again to see whether they changed.
 const USER_CERT_POLL: Duration = Duration::from_secs(2);
 
@@ -741,6 +788,7 @@ async fn serve(
         domains,
         lists: Default::default(),
     });
+    let lists = keep_lists(state.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -857,6 +905,7 @@ async fn serve(
         t.abort();
     }
     heap_trim.abort();
+    lists.abort();
     // Orders under way end with the runtime; what was issued is already on disk.
     drop(acme);
     let _ = tokio::join!(ingress_task, async {

@@ -9,6 +9,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{de::DeserializeOwned, Serialize};
 use skiff_model::{Policy, Revision, Service, LABEL_SERVICE};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -95,7 +96,15 @@ pub struct Store {
     /// How many writes to the services table this process made: a reader that saw version V
     /// (under the connection's lock, with the rows) knows nothing changed while it is still V.
     services_version: AtomicU64,
+    /// The latest writes to services, oldest first, each as (the services version it made,
+    /// namespace, name); at most [`CHANGES_KEPT`]. Lets a kept answer be brought up to date
+    /// from what changed (see [`Store::service_changes_since`]).
+    changes: Mutex<VecDeque<(u64, String, String)>>,
 }
+
+/// How many service writes [`Store::service_changes_since`] can look back over. An answer
+/// older than that is built again from every service.
+pub const CHANGES_KEPT: usize = 4096;
 
 /// Stored services read in one statement, with the [`Store::services_version`] they reflect.
 #[derive(Debug)]
@@ -104,6 +113,17 @@ pub struct ServiceBodies {
     pub items: Vec<(String, String)>,
     /// The services version the rows were read at: an answer built from them is current as
     /// long as [`Store::services_version`] still returns it.
+    pub version: u64,
+}
+
+/// What changed among a namespace's services since a services version: see
+/// [`Store::service_changes_since`].
+#[derive(Debug)]
+pub struct ServiceChanges {
+    /// `(name, the service's stored JSON now, or `None` when it was deleted)`, ordered by
+    /// name, each name once.
+    pub items: Vec<(String, Option<String>)>,
+    /// The services version these were read at.
     pub version: u64,
 }
 
@@ -131,6 +151,7 @@ impl Store {
         let store = Store {
             conn: Mutex::new(conn),
             services_version: AtomicU64::new(0),
+            changes: Mutex::new(VecDeque::new()),
         };
         store.migrate()?;
         Ok(store)
@@ -160,9 +181,55 @@ impl Store {
         self.services_version.load(Ordering::SeqCst)
     }
 
-    /// Marks a write to services; called with the connection's lock held, after the write.
-    fn services_changed(&self) {
-        self.services_version.fetch_add(1, Ordering::SeqCst);
+    /// Marks a write to the service `ns`/`name`; called with the connection's lock held,
+    /// after the write.
+    fn services_changed(&self, ns: &str, name: &str) {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let version = self.services_version.fetch_add(1, Ordering::SeqCst) + 1;
+        if changes.len() == CHANGES_KEPT {
+            changes.pop_front();
+        }
+        changes.push_back((version, ns.to_string(), name.to_string()));
+    }
+
+    /// The services of `ns` written after services version `since` (created, updated or
+    /// deleted), each with its stored JSON as it is now, read with the version they reflect
+    /// under one hold of the connection's lock: an answer built at `since` and brought up to
+    /// date with them is the answer at the returned version.
+    ///
+    /// `None` when more than [`CHANGES_KEPT`] writes were made since `since`, or when `since`
+    /// is not a version this process reached: build from every service instead.
+    pub fn service_changes_since(&self, ns: &str, since: u64) -> Result<Option<ServiceChanges>> {
+        let conn = self.conn();
+        let version = self.services_version();
+        if since > version {
+            return Ok(None);
+        }
+        let names: std::collections::BTreeSet<String> = {
+            let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+            // The log must hold every version after `since`: its oldest entry is at most
+            // `since + 1` (or nothing was written since).
+            if since < version && changes.front().is_none_or(|(v, _, _)| *v > since + 1) {
+                return Ok(None);
+            }
+            changes
+                .iter()
+                .filter(|(v, n, _)| *v > since && n == ns)
+                .map(|(_, _, name)| name.clone())
+                .collect()
+        };
+        let mut stmt =
+            conn.prepare_cached("SELECT body FROM services WHERE namespace = ?1 AND name = ?2")?;
+        let items = names
+            .into_iter()
+            .map(|name| {
+                let body = stmt
+                    .query_row(params![ns, name], |r| r.get::<_, String>(0))
+                    .optional()?;
+                Ok((name, body))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some(ServiceChanges { items, version }))
     }
 
     pub fn schema_version(&self) -> Result<usize> {
@@ -225,6 +292,18 @@ impl Store {
         Ok(ServiceBodies { items, version })
     }
 
+    /// The namespaces that have services, those with the most first, at most `limit`.
+    pub fn service_namespaces(&self, limit: usize) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT namespace FROM services GROUP BY namespace ORDER BY COUNT(*) DESC, namespace
+             LIMIT ?1",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![limit], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
     pub fn put_service(&self, svc: &Service) -> Result<()> {
         let conn = self.conn();
         conn.execute(
@@ -232,7 +311,7 @@ impl Store {
              ON CONFLICT (namespace, name) DO UPDATE SET body = excluded.body",
             params![svc.metadata.namespace, svc.metadata.name, encode(svc)?],
         )?;
-        self.services_changed();
+        self.services_changed(&svc.metadata.namespace, &svc.metadata.name);
         Ok(())
     }
 
@@ -247,7 +326,7 @@ impl Store {
         )?;
         insert_revision(&tx, rev)?;
         tx.commit()?;
-        self.services_changed();
+        self.services_changed(&svc.metadata.namespace, &svc.metadata.name);
         Ok(())
     }
 
@@ -269,7 +348,7 @@ impl Store {
         )?;
         tx.commit()?;
         if n > 0 {
-            self.services_changed();
+            self.services_changed(ns, name);
         }
         Ok(n > 0)
     }
@@ -677,6 +756,66 @@ mod tests {
         assert_eq!(s.services_version(), v2, "deleting nothing");
         assert!(s.delete_service("default", "a").unwrap());
         assert_ne!(s.services_version(), v2, "a delete");
+    }
+
+    #[test]
+    fn service_changes_since_a_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let v0 = s.services_version();
+        let none = s.service_changes_since("default", v0).unwrap().unwrap();
+        assert!(none.items.is_empty());
+        assert_eq!(none.version, v0);
+        s.put_service(&svc("default", "b")).unwrap();
+        s.put_service(&svc("default", "a")).unwrap();
+        s.put_service(&svc("team", "c")).unwrap();
+        s.put_service(&svc("default", "b")).unwrap();
+        let v1 = s.services_version();
+        assert_eq!(s.service_namespaces(5).unwrap(), ["default", "team"]);
+        assert_eq!(s.service_namespaces(1).unwrap(), ["default"]);
+        let c = s.service_changes_since("default", v0).unwrap().unwrap();
+        assert_eq!(c.version, v1);
+        let names: Vec<_> = c
+            .items
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.is_some()))
+            .collect();
+        assert_eq!(
+            names,
+            [("a", true), ("b", true)],
+            "by name, each once, this namespace's"
+        );
+        let body: Service = serde_json::from_str(c.items[0].1.as_deref().unwrap()).unwrap();
+        assert_eq!(body.metadata.name, "a");
+        assert!(s.delete_service("default", "a").unwrap());
+        let c = s.service_changes_since("default", v1).unwrap().unwrap();
+        assert_eq!(c.items, [("a".to_string(), None)], "a delete: no body");
+        assert!(
+            s.service_changes_since("default", c.version + 1)
+                .unwrap()
+                .is_none(),
+            "a version not reached"
+        );
+        for _ in 0..CHANGES_KEPT {
+            s.put_service(&svc("team", "c")).unwrap();
+        }
+        assert!(
+            s.service_changes_since("default", v1).unwrap().is_none(),
+            "past what the log keeps"
+        );
+        let now = s.services_version();
+        assert!(s
+            .service_changes_since("default", now - 1)
+            .unwrap()
+            .is_some());
+        assert!(s
+            .service_changes_since("default", now - CHANGES_KEPT as u64)
+            .unwrap()
+            .is_some());
+        assert!(s
+            .service_changes_since("default", now - CHANGES_KEPT as u64 - 1)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
