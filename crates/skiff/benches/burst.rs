@@ -1,8 +1,12 @@
 //! Burst from zero: N requests of 100 ms each, all at once, to a service with concurrency 1 and
 //! max-instances M. Prints errors, the time until the last response, p50/p99 latency and the
 //! peak number of instances, and the median of each step of the instances' starts (from the
-//! server's `ready in` log lines). Also prints the server's idle footprint (RSS) with 100 services
-//! deployed and no instance running.
+//! server's `ready in` log lines). Two bursts, each from zero with a service of its own: first
+//! an app server that waits out each request without using the CPU (this very binary, with
+//! `SKIFF_BURST_APP` set, as the image sets it: one process, a thread per core, as an app in
+//! Go, Node or Java serves), then the busybox image's CGI script (`/cgi-bin/sleep?0.1`: httpd
+//! forks, and runs `sh`, which runs `sleep`, about 1.5 ms of CPU per request). Also prints
+//! the server's idle footprint (RSS) with 100 services deployed and no instance running.
 //!
 //! `sudo cargo bench -p skiff --bench burst [-- REQUESTS [MAX_INSTANCES] [SERVER FLAGS...]]`:
 //! flags after the numbers go to `skiff server` (after the bench's own), to compare settings
@@ -15,6 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() {
+    if std::env::var_os("SKIFF_BURST_APP").is_some() {
+        serve_app();
+        return;
+    }
     let (nums, flags) = skiff_testkit::bench_args();
     let mut server_args = vec![
         "--scale-to-zero-after",
@@ -31,133 +39,37 @@ fn main() {
     let requests = nums.first().copied().unwrap_or(1000);
     let max = nums.get(1).copied().unwrap_or(200);
     let tmp = tempfile::tempdir().unwrap();
-    let layout = busybox_image(&tmp.path().join("image"), "burst", &ImageSpec::default());
     let s = TestServer::start(Path::new(env!("CARGO_BIN_EXE_skiff")), &server_args);
-    s.ok(&["images", "import", layout.to_str().unwrap()]);
-    s.ok(&[
-        "deploy",
-        "burst",
-        "--image",
-        "burst",
-        "--allow-unauthenticated",
-        "--concurrency",
-        "1",
-        "--max-instances",
-        &max.to_string(),
-        "--timeout",
-        "60s",
-    ]);
-    s.wait_for("zero instances", 60, || s.instances("burst").is_empty());
-
-    // Peak instances, sampled from the API while the burst runs: over one kept-alive
-    // connection, not a CLI process per sample, whose start would take CPU from the burst.
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (done, peak) = (done.clone(), peak.clone());
-        let url = format!(
-            "http://127.0.0.1:{}/skiff/v1/namespaces/default/instances?service=burst",
-            s.api
-        );
-        let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
-        std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap();
-            while !done.load(Ordering::SeqCst) {
-                let listed = client.get(&url).bearer_auth(token.trim()).send();
-                if let Ok(v) = listed.and_then(|r| r.json::<serde_json::Value>()) {
-                    let n = v["instances"].as_array().map_or(0, |a| a.len()) as u64;
-                    peak.fetch_max(n, Ordering::SeqCst);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
+    let cgi = busybox_image(&tmp.path().join("image"), "burst", &ImageSpec::default());
+    s.ok(&["images", "import", cgi.to_str().unwrap()]);
+    let exe = std::env::current_exe().unwrap();
+    let app = ImageSpec {
+        entrypoint: vec![skiff_testkit::app_path(&exe)],
+        cmd: vec![],
+        env: vec!["PATH=/bin".into(), "SKIFF_BURST_APP=1".into()],
+        binaries: vec![exe],
+        ..ImageSpec::default()
     };
-    let port = s.ingress;
-    let cpu_before = cpu_times();
-    let window_start = monotonic();
-    let start = Instant::now();
-    let handles: Vec<_> = (0..requests)
-        .map(|_| {
-            std::thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || {
-                    let t = Instant::now();
-                    (
-                        skiff_testkit::server::status_of(
-                            port,
-                            "burst.localhost",
-                            "/cgi-bin/sleep?0.1",
-                            Duration::from_secs(120),
-                        ),
-                        t.elapsed(),
-                    )
-                })
-                .unwrap()
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    let mut codes = std::collections::BTreeMap::new();
-    for h in handles {
-        let (code, d) = h.join().unwrap();
-        if code != 200 {
-            errors += 1;
-            *codes.entry(code).or_insert(0) += 1;
-        }
-        latencies.push(d);
-    }
-    let total = start.elapsed();
-    let cpu_after = cpu_times();
-    let window_end = monotonic();
-    done.store(true, Ordering::SeqCst);
-    sampler.join().unwrap();
-    latencies.sort();
-    let p = |q: f64| {
-        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+    let app = busybox_image(&tmp.path().join("app"), "burst-app", &app);
+    s.ok(&["images", "import", app.to_str().unwrap()]);
+    let b = Burst {
+        s: &s,
+        requests,
+        max,
+        flags: &flags,
     };
-    println!("burst: {requests} requests of 100 ms at once, concurrency 1, max-instances {max}, from zero");
-    if !flags.is_empty() {
-        println!("  server flags: {}", flags.join(" "));
-    }
-    println!(
-        "  errors {errors}  all served in {:.2} s  p50 {:.0} ms  p99 {:.0} ms  slowest {:.0} ms  peak instances {}",
-        total.as_secs_f64(),
-        p(0.5).as_secs_f64() * 1000.0,
-        p(0.99).as_secs_f64() * 1000.0,
-        p(1.0).as_secs_f64() * 1000.0,
-        peak.load(Ordering::SeqCst)
+    b.run(
+        "burst-app",
+        "burst-app",
+        "/sleep?0.1",
+        "an app server that sleeps through each request",
     );
-    let (busy, all) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
-    println!(
-        "  machine CPU busy during the burst: {:.0} % of {} CPUs ({:.2} CPU-seconds)",
-        100.0 * busy as f64 / all.max(1) as f64,
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        busy as f64 / clock_ticks()
+    b.run(
+        "burst",
+        "burst",
+        "/cgi-bin/sleep?0.1",
+        "busybox httpd's CGI, a fork and two execs per request",
     );
-    // For `perf record -k CLOCK_MONOTONIC -a` beside the bench: `perf report --time A,B`.
-    println!("  burst window (CLOCK_MONOTONIC, s): {window_start:.6},{window_end:.6}");
-    println!(
-        "  instance starts: {}",
-        skiff_testkit::start_step_medians(&s.log())
-    );
-    if errors > 0 {
-        // Which answers they were (0: no answer), and what the server said about them.
-        println!("  error answers by status: {codes:?}");
-        let log = s.log();
-        let mut seen = std::collections::BTreeSet::new();
-        for l in log
-            .lines()
-            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        {
-            if seen.len() < 5 && seen.insert(l.split("instance").next().unwrap_or(l).to_string()) {
-                println!("  server: {l}");
-            }
-        }
-    }
 
     // Footprint: 100 services deployed, all scaled to zero.
     for i in 0..100 {
@@ -183,6 +95,185 @@ fn main() {
     footprint("");
     std::thread::sleep(Duration::from_secs(6));
     footprint(" 6 s later (past the server's next heap trim)");
+}
+
+/// The app of the first burst: HTTP/1.1 and h2c on `$PORT` (hyper), each request answered
+/// `slept` after as many seconds as its query string says (`/sleep?0.1`), the wait a timer,
+/// not the CPU.
+fn serve_app() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let port: u16 = std::env::var("PORT").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .unwrap();
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let secs = req.uri().query().and_then(|q| q.parse::<f64>().ok());
+                        tokio::time::sleep(Duration::from_secs_f64(secs.unwrap_or(0.0))).await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"slept\n")),
+                        ))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// One burst's settings: see the crate's documentation.
+struct Burst<'a> {
+    s: &'a TestServer,
+    requests: u64,
+    max: u64,
+    flags: &'a [String],
+}
+
+impl Burst<'_> {
+    /// Deploys `service` from `image` and sends the burst to `path` once it has no instance.
+    fn run(&self, service: &str, image: &str, path: &'static str, app: &str) {
+        let (s, requests, max) = (self.s, self.requests, self.max);
+        s.ok(&[
+            "deploy",
+            service,
+            "--image",
+            image,
+            "--allow-unauthenticated",
+            "--concurrency",
+            "1",
+            "--max-instances",
+            &max.to_string(),
+            "--timeout",
+            "60s",
+        ]);
+        s.wait_for("zero instances", 60, || s.instances(service).is_empty());
+        let log_before = s.log().len();
+        // Peak instances, sampled from the API while the burst runs: over one kept-alive
+        // connection, not a CLI process per sample, whose start would take CPU from the burst.
+        let done = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let (done, peak) = (done.clone(), peak.clone());
+            let url = format!(
+                "http://127.0.0.1:{}/skiff/v1/namespaces/default/instances?service={service}",
+                s.api
+            );
+            let token = std::fs::read_to_string(s.data_dir.join("admin.token")).unwrap();
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .no_proxy()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                while !done.load(Ordering::SeqCst) {
+                    let listed = client.get(&url).bearer_auth(token.trim()).send();
+                    if let Ok(v) = listed.and_then(|r| r.json::<serde_json::Value>()) {
+                        let n = v["instances"].as_array().map_or(0, |a| a.len()) as u64;
+                        peak.fetch_max(n, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let port = s.ingress;
+        let host: &'static str = format!("{service}.localhost").leak();
+        let cpu_before = cpu_times();
+        let window_start = monotonic();
+        let start = Instant::now();
+        let handles: Vec<_> = (0..requests)
+            .map(|_| {
+                std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        let t = Instant::now();
+                        (
+                            skiff_testkit::server::status_of(
+                                port,
+                                host,
+                                path,
+                                Duration::from_secs(120),
+                            ),
+                            t.elapsed(),
+                        )
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        let mut codes = std::collections::BTreeMap::new();
+        for h in handles {
+            let (code, d) = h.join().unwrap();
+            if code != 200 {
+                errors += 1;
+                *codes.entry(code).or_insert(0) += 1;
+            }
+            latencies.push(d);
+        }
+        let total = start.elapsed();
+        let cpu_after = cpu_times();
+        let window_end = monotonic();
+        done.store(true, Ordering::SeqCst);
+        sampler.join().unwrap();
+        latencies.sort();
+        let p = |q: f64| {
+            latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+        };
+        println!("burst: {requests} requests of 100 ms at once, concurrency 1, max-instances {max}, from zero; the app: {app}");
+        if !self.flags.is_empty() {
+            println!("  server flags: {}", self.flags.join(" "));
+        }
+        println!(
+            "  errors {errors}  all served in {:.2} s  p50 {:.0} ms  p99 {:.0} ms  slowest {:.0} ms  peak instances {}",
+            total.as_secs_f64(),
+            p(0.5).as_secs_f64() * 1000.0,
+            p(0.99).as_secs_f64() * 1000.0,
+            p(1.0).as_secs_f64() * 1000.0,
+            peak.load(Ordering::SeqCst)
+        );
+        let (busy, all) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+        println!(
+            "  machine CPU busy during the burst: {:.0} % of {} CPUs ({:.2} CPU-seconds)",
+            100.0 * busy as f64 / all.max(1) as f64,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            busy as f64 / clock_ticks()
+        );
+        // For `perf record -k CLOCK_MONOTONIC -a` beside the bench: `perf report --time A,B`.
+        println!("  burst window (CLOCK_MONOTONIC, s): {window_start:.6},{window_end:.6}");
+        println!(
+            "  instance starts: {}",
+            skiff_testkit::start_step_medians(&s.log()[log_before..])
+        );
+        if errors > 0 {
+            // Which answers they were (0: no answer), and what the server said about them.
+            println!("  error answers by status: {codes:?}");
+            let log = s.log();
+            let mut seen = std::collections::BTreeSet::new();
+            for l in log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            {
+                if seen.len() < 5
+                    && seen.insert(l.split("instance").next().unwrap_or(l).to_string())
+                {
+                    println!("  server: {l}");
+                }
+            }
+        }
+        // Its instances hold network addresses: the next burst starts with none left.
+        s.wait_for("the burst's instances to stop", 120, || {
+            s.instances(service).is_empty()
+        });
+    }
 }
 
 /// The machine's CPU time from `/proc/stat`, in clock ticks: (busy, all).
