@@ -201,12 +201,17 @@ fn build(store: &Store, query: &ListQuery) -> ApiResult<Kept> {
 
 /// `old` with the services in `changes` replaced, added or removed.
 fn update(old: Kept, changes: skiff_store::ServiceChanges, query: &ListQuery) -> ApiResult<Kept> {
-    let Some(at) = old.items else {
-        // The mask leaves the items out: nothing a service holds is in the answer.
-        return Ok(Kept {
-            version: changes.version,
-            ..old
-        });
+    let at = match old.items {
+        Some(at) if !changes.items.is_empty() => at,
+        // The mask leaves the items out (nothing a service holds is in the answer), or only
+        // other namespaces' services changed.
+        items => {
+            return Ok(Kept {
+                version: changes.version,
+                body: old.body,
+                items,
+            })
+        }
     };
     // Kept items: the mask keeps `items`.
     let item_mask = query

@@ -120,7 +120,7 @@ pub struct ServiceBodies {
 /// [`Store::service_changes_since`].
 #[derive(Debug)]
 pub struct ServiceChanges {
-    /// `(name, the service's stored JSON now, or `None` when it was deleted)`, ordered by
+    /// Each service's name and its stored JSON now (`None`: it was deleted), ordered by
     /// name, each name once.
     pub items: Vec<(String, Option<String>)>,
     /// The services version these were read at.
