@@ -56,7 +56,8 @@ pub enum NetworkError {
     /// The configuration cannot work on this host (a subnet that collides, say).
     #[error("{0}")]
     Config(String),
-    /// Every address of the subnet is in use.
+    /// Every address of the subnet is in use, and none was handed back within
+    /// [`ADDRESS_WAIT`] of a start asking for one.
     #[error("no free address left in the instance subnet {0}: give a larger --network-subnet")]
     Exhausted(Ipv4Net),
 }
@@ -143,6 +144,9 @@ struct State {
     waiting: VecDeque<tokio::sync::oneshot::Sender<Result<Sandbox, NetworkError>>>,
     /// Set by [`Network::stop`]: no sandbox is made after it.
     stopped: bool,
+    /// Every address is in use and starts wait for one: the maker sleeps until one is
+    /// released.
+    exhausted: bool,
 }
 
 /// The server's instance network: the bridge, its rules and the sandboxes.
@@ -198,6 +202,12 @@ const FORWARDING_SAVED: &str = "/run/skiff/ip_forward.before";
 /// How long background network work (refilling sandboxes, letting an ended instance's sandbox
 /// go) waits, so that it does not compete with the instance start that set it off.
 const BACKGROUND_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long a start waits for a sandbox when every address of the subnet is in use, for an
+/// instance that is stopping to hand one back, before it fails with
+/// [`NetworkError::Exhausted`]. In a burst of deploys or starts, instances stop while others
+/// start, and an address is handed back within a second or two of its instance's stop.
+const ADDRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The bridge's MAC address, set when it is made, as Docker sets its bridge's: a bridge without
 /// one takes the lowest of its ports' addresses, so each new instance's veth would make it
@@ -304,6 +314,7 @@ impl Network {
                 ahead_failed: false,
                 waiting: VecDeque::new(),
                 stopped: false,
+                exhausted: false,
             }),
             seq: AtomicU32::new(0),
             egress: Mutex::new(None),
@@ -366,8 +377,11 @@ impl Network {
             Ok(s) => s,
             Err(rx) => {
                 self.refill();
-                rx.await
-                    .map_err(|_| NetworkError::Config("the server is stopping".into()))??
+                match tokio::time::timeout(ADDRESS_WAIT, rx).await {
+                    Ok(sandbox) => sandbox
+                        .map_err(|_| NetworkError::Config("the server is stopping".into()))??,
+                    Err(_) => return Err(NetworkError::Exhausted(self.subnet)),
+                }
             }
         };
         // Making a namespace is CPU-heavy for the kernel: while sandboxes are left, the refill
@@ -475,14 +489,16 @@ impl Network {
         if st.stopped {
             return None;
         }
-        let wanted = !st.waiting.is_empty() || (!st.ahead_failed && st.ready.len() < self.prepared);
+        let wanted = !st.exhausted
+            && (!st.waiting.is_empty() || (!st.ahead_failed && st.ready.len() < self.prepared));
         st.making = usize::from(wanted);
         Some(wanted)
     }
 
     /// Makes a sandbox and gives it to the oldest start waiting, or to the ready ones; a
     /// failure goes to the oldest start waiting, or to the log (and the maker waits for the
-    /// next wake-up, not to fail in a loop).
+    /// next wake-up, not to fail in a loop). With no address left, the starts waiting wait on,
+    /// and the maker sleeps until an address is handed back ([`Network::release`]).
     async fn make_one(&self, handle: &Handle) {
         let made = self.make(handle).await;
         let mut st = self.lock();
@@ -500,6 +516,11 @@ impl Network {
                 if let Some(s) = sandbox {
                     st.ready.push_back(s);
                 }
+            }
+            // No address left, and starts waiting: they wait on for one to be released
+            // (unless one was while this one was being made).
+            Err(NetworkError::Exhausted(_)) if !st.waiting.is_empty() && st.released.is_empty() => {
+                st.exhausted = true;
             }
             Err(e) => match st.waiting.pop_front() {
                 Some(tx) => {
@@ -529,7 +550,12 @@ impl Network {
     }
 
     fn release(&self, offset: u32) {
-        self.lock().released.push_back(offset);
+        let mut st = self.lock();
+        st.released.push_back(offset);
+        if std::mem::take(&mut st.exhausted) {
+            drop(st);
+            self.wake.notify_one();
+        }
     }
 
     fn offset(&self, ip: Ipv4Addr) -> u32 {

@@ -77,3 +77,57 @@ async fn sandboxes_reach_only_allowed_gateway_ports() {
     assert!(!link.exists());
     let _ = Ipv4Addr::LOCALHOST;
 }
+
+/// With every address of the subnet in use, a start waits for one to be handed back (an
+/// instance stopping) instead of failing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waits_for_an_address_when_every_one_is_in_use() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    // A /29: five instance addresses besides the network, the gateway and the broadcast.
+    let subnet = format!("10.233.{}.8/29", std::process::id() % 200 + 20)
+        .parse()
+        .unwrap();
+    let net = Network::start(
+        dir.path(),
+        NetworkConfig {
+            subnet,
+            deny: vec![],
+            host_ports: vec![],
+            prepared: 0,
+        },
+    )
+    .await
+    .expect("network starts");
+    let mut leases = Vec::new();
+    for _ in 0..5 {
+        let lease = tokio::time::timeout(Duration::from_secs(10), net.acquire(owner()))
+            .await
+            .expect("a free address is given at once")
+            .expect("sandbox");
+        leases.push(lease);
+    }
+    let waiting = tokio::spawn({
+        let net = net.clone();
+        async move { net.acquire(owner()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waited = !waiting.is_finished();
+    let handed_back = leases.pop().unwrap().ip();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+    drop(leases);
+    let ip = match got {
+        Ok(Ok(Ok(lease))) => {
+            let ip = lease.ip();
+            drop(lease);
+            Some(ip)
+        }
+        _ => None,
+    };
+    net.stop().await;
+    assert!(
+        waited,
+        "the sixth start waits while every address is in use"
+    );
+    assert_eq!(ip, Some(handed_back), "it gets the address handed back");
+}
