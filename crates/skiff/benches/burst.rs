@@ -42,14 +42,7 @@ fn main() {
     let s = TestServer::start(Path::new(env!("CARGO_BIN_EXE_skiff")), &server_args);
     let cgi = busybox_image(&tmp.path().join("image"), "burst", &ImageSpec::default());
     s.ok(&["images", "import", cgi.to_str().unwrap()]);
-    let exe = std::env::current_exe().unwrap();
-    let app = ImageSpec {
-        entrypoint: vec![skiff_testkit::app_path(&exe)],
-        cmd: vec![],
-        env: vec!["PATH=/bin".into(), "SKIFF_BURST_APP=1".into()],
-        binaries: vec![exe],
-        ..ImageSpec::default()
-    };
+    let app = ImageSpec::current_exe_app("SKIFF_BURST_APP");
     let app = busybox_image(&tmp.path().join("app"), "burst-app", &app);
     s.ok(&["images", "import", app.to_str().unwrap()]);
     let b = Burst {

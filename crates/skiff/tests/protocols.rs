@@ -66,14 +66,7 @@ fn server_with_app(name: &str, deploy: &[&str]) -> (TestServer, tempfile::TempDi
 fn server_with_app_image() -> (TestServer, tempfile::TempDir) {
     let s = TestServer::start(Path::new(BIN), &[]);
     let tmp = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let spec = ImageSpec {
-        entrypoint: vec![skiff_testkit::app_path(&exe)],
-        cmd: vec![],
-        env: vec!["PATH=/bin".into(), "SKIFF_TEST_APP=1".into()],
-        binaries: vec![exe],
-        ..ImageSpec::default()
-    };
+    let spec = ImageSpec::current_exe_app("SKIFF_TEST_APP");
     let layout = busybox_image(&tmp.path().join("app"), "app", &spec);
     s.ok(&["images", "import", layout.to_str().unwrap()]);
     (s, tmp)

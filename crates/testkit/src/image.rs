@@ -62,6 +62,22 @@ impl Default for ImageSpec {
     }
 }
 
+impl ImageSpec {
+    /// An image whose app is the running executable (a test or bench binary that serves on
+    /// `$PORT` when the environment variable `var` is set, as the image sets it to `1`), with
+    /// its shared libraries ([`ImageSpec::binaries`]).
+    pub fn current_exe_app(var: &str) -> ImageSpec {
+        let exe = std::env::current_exe().expect("the running executable's path");
+        ImageSpec {
+            entrypoint: vec![app_path(&exe)],
+            cmd: vec![],
+            env: vec!["PATH=/bin".into(), format!("{var}=1")],
+            binaries: vec![exe],
+            ..ImageSpec::default()
+        }
+    }
+}
+
 /// Where [`ImageSpec::binaries`] puts the host executable `bin` in the image.
 pub fn app_path(bin: &Path) -> String {
     format!("/app/{}", bin.file_name().unwrap().to_str().unwrap())
