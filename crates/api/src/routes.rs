@@ -161,8 +161,8 @@ pub(crate) fn field_mask(
 /// parse and a serialization of each; only a label selector reads their labels). With
 /// `limit`, a page: `metadata.continue` is then set when more follow and is passed back as
 /// `continue` for the next page (it is the last name of the page). Without, every service,
-/// as gcloud's `run services list` asks; that answer is kept ready (see [`crate::list_cache`])
-/// until a service changes. `fields` keeps only the fields it names.
+/// as gcloud's `run services list` asks; that answer is kept ready and up to date (see
+/// [`crate::list_cache`]). `fields` keeps only the fields it names.
 async fn list_services(
     State(st): St,
     Path(ns): Path<String>,
@@ -290,10 +290,6 @@ pub(crate) fn stored_list_text<'a>(
         out.push(']');
     }
     out.push('}');
-    if fields.is_some() {
-        // What grew by doubling gives back the rest: this answer may be kept for long.
-        out.shrink_to_fit();
-    }
     Ok(out)
 }
 
