@@ -517,10 +517,10 @@ impl Network {
                     st.ready.push_back(s);
                 }
             }
-            // No address left, and starts waiting: they wait on for one to be released
-            // (unless one was while this one was being made).
-            Err(NetworkError::Exhausted(_)) if !st.waiting.is_empty() && st.released.is_empty() => {
-                st.exhausted = true;
+            // No address left, and starts waiting: they wait on for one to be released (the
+            // maker tries again at once if one was while this one was being made).
+            Err(NetworkError::Exhausted(_)) if !st.waiting.is_empty() => {
+                st.exhausted = st.released.is_empty();
             }
             Err(e) => match st.waiting.pop_front() {
                 Some(tx) => {
