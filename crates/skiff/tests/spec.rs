@@ -547,11 +547,11 @@ fn out_of_memory_is_reported_as_cloud_run_reports_it() {
         ),
         "{t}"
     );
-    let logs = s.ok(&["logs", "read", "--job", "hog"]);
-    assert!(
-        logs.contains("Memory limit of 128 MiB exceeded with"),
-        "{logs}"
-    );
+    // Log entries reach the store in batches, at most 50 ms apart.
+    s.wait_for("the task's end in its log", 10, || {
+        s.ok(&["logs", "read", "--job", "hog"])
+            .contains("Memory limit of 128 MiB exceeded with")
+    });
     let describe = s.ok(&["jobs", "executions", "describe", &exec]);
     assert!(
         describe.contains("Memory limit of 128 MiB exceeded with"),
@@ -605,18 +605,26 @@ fn the_writable_layer_is_in_memory_and_counts_against_the_limit() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let logs = s.ok(&["logs", "read", "--job", "filler"]);
+    // Log entries reach the store in batches, at most 50 ms apart: the task's last lines may
+    // come after its end.
+    let ended = |logs: &str| {
+        logs.contains("No space left on device") || msg.contains("Memory limit of 128 MiB exceeded")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let logs = loop {
+        let logs = s.ok(&["logs", "read", "--job", "filler"]);
+        if ended(&logs) || std::time::Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(
         !logs.contains("wrote-it"),
         "300 MB fit in a 128 MiB task:\n{logs}"
     );
     // Either the write fails for want of space or the task is killed for want of memory,
     // and either way it says so.
-    assert!(
-        logs.contains("No space left on device")
-            || msg.contains("Memory limit of 128 MiB exceeded"),
-        "{msg}\n{logs}"
-    );
+    assert!(ended(&logs), "{msg}\n{logs}");
     // A task that stays within its memory writes to its root filesystem as before.
     s.ok(&[
         "jobs",
