@@ -190,7 +190,13 @@ fn build(store: &Store, query: &ListQuery) -> ApiResult<Kept> {
             items: None,
         });
     };
-    let mut out = Joiner::new(head, listed.items.iter().map(|(_, b)| b.len()).sum());
+    // Every item's whole text when the mask keeps it whole; a projection's size is not
+    // known ahead, so its answer grows as it is written.
+    let room = match item_mask {
+        FieldMask::All => listed.items.iter().map(|(_, b)| b.len() + 1).sum(),
+        FieldMask::Fields(_) => 0,
+    };
+    let mut out = Joiner::new(head, room);
     for (name, body) in &listed.items {
         if let Some(text) = item_text(body, query, item_mask)? {
             out.push(name.clone(), text.as_bytes());

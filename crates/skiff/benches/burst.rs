@@ -178,12 +178,13 @@ impl Burst<'_> {
             })
         };
         let port = s.ingress;
-        let host: &'static str = format!("{service}.localhost").leak();
+        let host: Arc<str> = format!("{service}.localhost").into();
         let cpu_before = cpu_times();
         let window_start = monotonic();
         let start = Instant::now();
         let handles: Vec<_> = (0..requests)
             .map(|_| {
+                let host = host.clone();
                 std::thread::Builder::new()
                     .stack_size(64 * 1024)
                     .spawn(move || {
@@ -191,7 +192,7 @@ impl Burst<'_> {
                         (
                             skiff_testkit::server::status_of(
                                 port,
-                                host,
+                                &host,
                                 path,
                                 Duration::from_secs(120),
                             ),
