@@ -4,7 +4,7 @@
 //! has used up its delivery attempts and goes to the dead-letter topic. The broker feeds it
 //! the time (milliseconds since the Unix epoch) and persists what it decides.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// A stored message: what publish wrote, shared by every subscription it fanned out to.
@@ -78,9 +78,28 @@ pub struct Batch {
 }
 
 /// Unacknowledged messages of one subscription, by id (publish order).
+///
+/// Every message is in exactly one of four places, so that handing out, acknowledging,
+/// nacking and a lease running out cost in proportion to the messages they touch, not to the
+/// backlog (a push subscription hands out and acknowledges once per message, while thousands
+/// may be unacknowledged): `ready` (may go out now), `waiting` (may go out from a time: a
+/// nack's or an expired lease's backoff), `leases` (out with a client until a time, or held
+/// while dead-lettered) or `blocked` (an ordered subscription's message behind an earlier
+/// unacknowledged one of its ordering key).
 #[derive(Debug, Default)]
 pub struct Backlog {
     pending: BTreeMap<u64, Pending>,
+    /// Ids that may be handed out now.
+    ready: BTreeSet<u64>,
+    /// (available from, id) of messages backing off.
+    waiting: BTreeSet<(i64, u64)>,
+    /// (until, id) of messages out with a client; `i64::MAX` while dead-lettered.
+    leases: BTreeSet<(i64, u64)>,
+    /// Ids waiting behind an earlier message of their ordering key.
+    blocked: BTreeSet<u64>,
+    /// Unacknowledged ids of each ordering key (messages with one): the first is the one an
+    /// ordered subscription may hand out.
+    keys: HashMap<String, BTreeSet<u64>>,
     gen: u64,
 }
 
@@ -93,8 +112,18 @@ pub fn parse_ack_id(ack_id: &str) -> Option<(u64, u64)> {
 impl Backlog {
     /// Adds a message (published, restored or sought back), available now.
     pub fn add(&mut self, msg: Arc<Message>, attempts: u32) {
+        let id = msg.id;
+        if self.pending.contains_key(&id) {
+            self.remove(id);
+        }
+        if !msg.ordering_key.is_empty() {
+            self.keys
+                .entry(msg.ordering_key.clone())
+                .or_default()
+                .insert(id);
+        }
         self.pending.insert(
-            msg.id,
+            id,
             Pending {
                 msg,
                 attempts,
@@ -102,6 +131,7 @@ impl Backlog {
                 lease: None,
             },
         );
+        self.ready.insert(id);
     }
 
     /// Unacknowledged messages.
@@ -124,9 +154,38 @@ impl Backlog {
         self.pending.keys().copied().collect()
     }
 
-    /// Removes a message (acknowledged, expired or dead-lettered); whether it was there.
+    /// Removes a message (acknowledged, expired or dead-lettered); whether it was there. The
+    /// next message of its ordering key, if it was waiting behind it, may go out from then.
     pub fn remove(&mut self, id: u64) -> bool {
-        self.pending.remove(&id).is_some()
+        let Some(p) = self.pending.remove(&id) else {
+            return false;
+        };
+        match p.lease {
+            Some((until, _)) => {
+                self.leases.remove(&(until, id));
+            }
+            None => {
+                if !self.ready.remove(&id) && !self.waiting.remove(&(p.available_at, id)) {
+                    self.blocked.remove(&id);
+                }
+            }
+        }
+        let key = &p.msg.ordering_key;
+        if let Some(ids) = self.keys.get_mut(key) {
+            ids.remove(&id);
+            match ids.first() {
+                None => {
+                    self.keys.remove(key);
+                }
+                Some(&next) => {
+                    if self.blocked.remove(&next) {
+                        let at = self.pending[&next].available_at;
+                        self.waiting.insert((at, next));
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Drops every message published before `cutoff_ms`; returns their ids.
@@ -138,63 +197,74 @@ impl Backlog {
             .map(|(id, _)| *id)
             .collect();
         for id in &old {
-            self.pending.remove(id);
+            self.remove(*id);
         }
         old
     }
 
-    /// Hands out up to `max` messages at `now`, each leased for `deadline_ms`.
+    /// Hands out up to `max` messages at `now`, each leased for `deadline_ms`, oldest first.
     ///
     /// A lease that has run out counts as a nack at its deadline (backoff from there). With
     /// ordering, only the first unacknowledged message of a key may be out, so a key's next
     /// message waits until the one before it is acknowledged. A message that would exceed
     /// `max_attempts` is returned in `dead` (and leased, so it is not handed out meanwhile).
     pub fn deliver(&mut self, policy: &Policy, now: i64, max: usize, deadline_ms: i64) -> Batch {
+        while let Some(&(until, id)) = self.leases.first() {
+            if until > now {
+                break;
+            }
+            self.leases.pop_first();
+            let p = self
+                .pending
+                .get_mut(&id)
+                .expect("a lease is of a pending message");
+            p.lease = None;
+            p.available_at = until + policy.backoff_ms(p.attempts);
+            self.waiting.insert((p.available_at, id));
+        }
+        while let Some(&(at, id)) = self.waiting.first() {
+            if at > now {
+                break;
+            }
+            self.waiting.pop_first();
+            self.ready.insert(id);
+        }
         let mut batch = Batch::default();
-        let mut blocked_keys: HashSet<String> = HashSet::new();
-        for (id, p) in self.pending.iter_mut() {
-            if let Some((until, _)) = p.lease {
-                if until <= now {
-                    p.lease = None;
-                    p.available_at = until + policy.backoff_ms(p.attempts);
-                }
-            }
-            let key_free = !policy.ordered
-                || p.msg.ordering_key.is_empty()
-                || !blocked_keys.contains(&p.msg.ordering_key);
-            if policy.ordered && !p.msg.ordering_key.is_empty() {
-                blocked_keys.insert(p.msg.ordering_key.clone());
-            }
-            if let Some((until, _)) = p.lease {
-                batch.next_at = Some(batch.next_at.map_or(until, |t: i64| t.min(until)));
-                continue;
-            }
-            if p.available_at > now {
-                batch.next_at = Some(
-                    batch
-                        .next_at
-                        .map_or(p.available_at, |t: i64| t.min(p.available_at)),
-                );
-                continue;
-            }
-            if !key_free || batch.delivered.len() >= max {
+        while batch.delivered.len() < max {
+            let Some(id) = self.ready.pop_first() else {
+                break;
+            };
+            let p = self.pending.get_mut(&id).expect("a ready id is pending");
+            let key = &p.msg.ordering_key;
+            if policy.ordered
+                && !key.is_empty()
+                && self.keys.get(key).and_then(|ids| ids.first()) != Some(&id)
+            {
+                self.blocked.insert(id);
                 continue;
             }
             self.gen += 1;
             if policy.max_attempts.is_some_and(|m| p.attempts >= m) {
                 // Held while it is forwarded; removed once the forward is committed.
                 p.lease = Some((i64::MAX, self.gen));
+                self.leases.insert((i64::MAX, id));
                 batch.dead.push(p.msg.clone());
                 continue;
             }
             p.attempts += 1;
             p.lease = Some((now + deadline_ms, self.gen));
+            self.leases.insert((now + deadline_ms, id));
             batch.delivered.push(Delivered {
                 msg: p.msg.clone(),
                 ack_id: format!("{id}-{}", self.gen),
                 attempt: p.attempts,
             });
         }
+        batch.next_at = [self.waiting.first(), self.leases.first()]
+            .into_iter()
+            .flatten()
+            .map(|&(t, _)| t)
+            .min();
         batch
     }
 
@@ -215,12 +285,15 @@ impl Backlog {
         };
         match p.lease {
             Some((until, g)) if g == gen && until != i64::MAX => {
+                self.leases.remove(&(until, id));
                 if secs == 0 {
                     p.lease = None;
                     p.available_at = now + policy.backoff_ms(p.attempts);
+                    self.waiting.insert((p.available_at, id));
                     true
                 } else {
                     p.lease = Some((now + secs * 1000, g));
+                    self.leases.insert((now + secs * 1000, id));
                     false
                 }
             }
@@ -244,7 +317,10 @@ impl Backlog {
     /// again (and tried again) at the next delivery.
     pub fn release(&mut self, id: u64) {
         if let Some(p) = self.pending.get_mut(&id) {
-            p.lease = None;
+            if let Some((until, _)) = p.lease.take() {
+                self.leases.remove(&(until, id));
+                self.waiting.insert((p.available_at, id));
+            }
         }
     }
 }
@@ -413,5 +489,174 @@ mod tests {
         assert_eq!(b.expire_before(3), [1, 2]);
         assert_eq!(b.ids(), [3, 4, 5]);
         assert_eq!(b.oldest_ms(), Some(3));
+    }
+
+    /// The rule [`Backlog`] keeps, written as a scan of every message on each call: what a
+    /// delivery may hand out, in which order, and when a lease's end makes it a nack.
+    #[derive(Default)]
+    struct Scan {
+        pending: BTreeMap<u64, Pending>,
+        gen: u64,
+    }
+
+    impl Scan {
+        fn deliver(&mut self, policy: &Policy, now: i64, max: usize, deadline: i64) -> Vec<u64> {
+            let (mut out, mut delivered) = (Vec::new(), 0);
+            let mut keys = std::collections::HashSet::new();
+            for (id, p) in self.pending.iter_mut() {
+                if let Some((until, _)) = p.lease {
+                    if until <= now {
+                        p.lease = None;
+                        p.available_at = until + policy.backoff_ms(p.attempts);
+                    }
+                }
+                let key = &p.msg.ordering_key;
+                let free = !policy.ordered || key.is_empty() || keys.insert(key.clone());
+                if p.lease.is_some() || p.available_at > now || !free || delivered >= max {
+                    continue;
+                }
+                self.gen += 1;
+                if policy.max_attempts.is_some_and(|m| p.attempts >= m) {
+                    p.lease = Some((i64::MAX, self.gen));
+                    out.push(id + 1_000_000);
+                    continue;
+                }
+                p.attempts += 1;
+                p.lease = Some((now + deadline, self.gen));
+                out.push(*id);
+                delivered += 1;
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn deliveries_follow_the_scan_of_every_message() {
+        for (seed, policy) in [
+            (1u64, PLAIN),
+            (
+                2,
+                Policy {
+                    ordered: true,
+                    ..PLAIN
+                },
+            ),
+            (
+                3,
+                Policy {
+                    backoff: Some((5, 40)),
+                    max_attempts: Some(4),
+                    ordered: true,
+                },
+            ),
+            (
+                4,
+                Policy {
+                    backoff: Some((10, 10)),
+                    max_attempts: Some(2),
+                    ordered: false,
+                },
+            ),
+        ] {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let (mut b, mut scan) = (Backlog::default(), Scan::default());
+            let mut out: Vec<String> = Vec::new();
+            let mut now = 0;
+            let mut id = 0;
+            for step in 0..4000 {
+                now += next(4) as i64;
+                match next(10) {
+                    0..=2 => {
+                        id += 1 + next(3);
+                        let key = ["", "a", "b", "c"][next(4) as usize];
+                        b.add(msg(id, key), 0);
+                        let m = msg(id, key);
+                        scan.pending.insert(
+                            id,
+                            Pending {
+                                msg: m,
+                                attempts: 0,
+                                available_at: 0,
+                                lease: None,
+                            },
+                        );
+                    }
+                    3..=5 => {
+                        let max = 1 + next(4) as usize;
+                        let got = b.deliver(&policy, now, max, 1 + next(30) as i64);
+                        let want = scan.deliver(&policy, now, max, 0);
+                        let mut ids: Vec<u64> = got.delivered.iter().map(|d| d.msg.id).collect();
+                        ids.extend(got.dead.iter().map(|m| m.id + 1_000_000));
+                        let mut want_sorted = want.clone();
+                        want_sorted.sort_unstable();
+                        ids.sort_unstable();
+                        assert_eq!(ids, want_sorted, "seed {seed} step {step}");
+                        // The scan's leases follow the backlog's deadlines and generations.
+                        for d in &got.delivered {
+                            let (until, gen) = b.pending[&d.msg.id].lease.unwrap();
+                            scan.pending.get_mut(&d.msg.id).unwrap().lease = Some((until, gen));
+                            out.push(d.ack_id.clone());
+                        }
+                        for m in &got.dead {
+                            let lease = b.pending[&m.id].lease;
+                            scan.pending.get_mut(&m.id).unwrap().lease = lease;
+                        }
+                    }
+                    6 if !out.is_empty() => {
+                        let ack = out.swap_remove(next(out.len() as u64) as usize);
+                        let (mid, _) = parse_ack_id(&ack).unwrap();
+                        if next(2) == 0 {
+                            assert_eq!(b.remove(mid), scan.pending.remove(&mid).is_some());
+                        } else {
+                            let secs = next(2) as i64 * 3;
+                            b.modify(&policy, &ack, secs, now);
+                            let lease = b.pending.get(&mid).map(|p| (p.lease, p.available_at));
+                            if let Some((lease, at)) = lease {
+                                let p = scan.pending.get_mut(&mid).unwrap();
+                                p.lease = lease;
+                                p.available_at = at;
+                            }
+                        }
+                    }
+                    7 => {
+                        // A dead-lettered message forwarded (removed) or its forward failed.
+                        let held: Vec<u64> = b
+                            .pending
+                            .iter()
+                            .filter(|(_, p)| matches!(p.lease, Some((i64::MAX, _))))
+                            .map(|(id, _)| *id)
+                            .collect();
+                        if let Some(&h) = held.first() {
+                            if next(2) == 0 {
+                                b.remove(h);
+                                scan.pending.remove(&h);
+                            } else {
+                                b.release(h);
+                                scan.pending.get_mut(&h).unwrap().lease = None;
+                            }
+                        }
+                    }
+                    8 if next(20) == 0 => {
+                        let cutoff = id.saturating_sub(20) as i64;
+                        b.expire_before(cutoff);
+                        scan.pending.retain(|_, p| p.msg.publish_ms >= cutoff);
+                    }
+                    _ => {}
+                }
+                assert_eq!(b.ids(), scan.pending.keys().copied().collect::<Vec<_>>());
+                let placed = b.ready.len() + b.waiting.len() + b.leases.len() + b.blocked.len();
+                assert_eq!(
+                    placed,
+                    b.len(),
+                    "seed {seed} step {step}: each message in one place"
+                );
+            }
+        }
     }
 }
