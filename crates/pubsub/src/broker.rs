@@ -773,12 +773,17 @@ impl Broker {
                 .map(|d| d.dead_letter_topic.clone());
             (batch, s.notify.clone(), dlt.is_some(), dlt)
         };
-        for d in &batch.delivered {
-            let _ = self.send(Op::Attempts {
-                sub: sub.to_string(),
-                id: d.msg.id,
-                attempts: d.attempt,
-            });
+        // The count is kept across restarts where it decides something: the dead-letter
+        // policy's attempts and `deliveryAttempt`. Without one, only the retry backoff reads it,
+        // and after a restart that starts again from its minimum.
+        if with_attempts {
+            for d in &batch.delivered {
+                let _ = self.send(Op::Attempts {
+                    sub: sub.to_string(),
+                    id: d.msg.id,
+                    attempts: d.attempt,
+                });
+            }
         }
         if !batch.dead.is_empty() {
             if let Some(topic) = dead_topic {

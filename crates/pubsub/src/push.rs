@@ -59,6 +59,7 @@ impl PushSettings {
 /// The hook to give [`Broker::set_pusher`]: starts one push loop per subscription (a loop
 /// ends by itself once its subscription is gone or no longer a push subscription).
 pub fn starter(settings: PushSettings) -> crate::broker::PushStarter {
+    let settings = Arc::new(settings);
     let http = reqwest::Client::builder()
         .build()
         .expect("an HTTP client with default settings");
@@ -187,7 +188,12 @@ pub fn next_window(window: usize, ok: bool) -> usize {
     }
 }
 
-async fn push_loop(broker: Arc<Broker>, sub: &str, http: reqwest::Client, settings: PushSettings) {
+async fn push_loop(
+    broker: Arc<Broker>,
+    sub: &str,
+    http: reqwest::Client,
+    settings: Arc<PushSettings>,
+) {
     let window = Arc::new(AtomicUsize::new(1));
     let inflight = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
@@ -220,6 +226,8 @@ async fn push_loop(broker: Arc<Broker>, sub: &str, http: reqwest::Client, settin
                     if let Some(at) = next_at {
                         wait = wait.min(Duration::from_millis((at - now_ms()).max(1) as u64));
                     }
+                    // Shared by this round's pushes, not copied for each.
+                    let (cfg, pc) = (Arc::new(cfg), Arc::new(pc));
                     for r in got {
                         inflight.fetch_add(1, Ordering::SeqCst);
                         let (broker, http, settings, cfg, pc) = (
