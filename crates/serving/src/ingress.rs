@@ -97,6 +97,44 @@ impl Drop for ClientSlot {
     }
 }
 
+/// A connection one worker accepted for another: the stream (out of the accepting runtime's
+/// reactor), its peer and its client slot.
+type HandedOff = (std::net::TcpStream, std::net::SocketAddr, ClientSlot);
+
+/// The ingress workers' open connections, and a way to hand each worker a connection.
+///
+/// Every worker accepts from the same listening socket, so which one takes a connection is a
+/// race: one that wakes first may take a whole burst (a client opening 32 connections at once
+/// got them all on one worker, leaving the other idle). A worker that accepts a connection
+/// while it serves more than the least busy worker hands it over, so open connections stay
+/// within one of each other across workers (least connections; nginx spreads them with
+/// `reuseport` instead, by a hash of the addresses, which is even only on average).
+struct Balance {
+    open: Vec<std::sync::atomic::AtomicUsize>,
+    to: Vec<tokio::sync::mpsc::UnboundedSender<HandedOff>>,
+}
+
+impl Balance {
+    /// The worker that should serve a connection `me` accepted: `me`, unless another serves
+    /// fewer. Counts the connection as that worker's.
+    fn pick(&self, me: usize) -> usize {
+        let least = (0..self.open.len())
+            .min_by_key(|&w| (self.open[w].load(Ordering::Relaxed), w != me))
+            .unwrap_or(me);
+        self.open[least].fetch_add(1, Ordering::Relaxed);
+        least
+    }
+}
+
+/// One open connection of worker `.1`, counted until it is dropped.
+struct Counted(Arc<Balance>, usize);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Whether an accept() error means the process or the system is out of descriptors or
 /// memory, when accepting again at once would fail the same way.
 fn out_of_resources(e: &std::io::Error) -> bool {
@@ -166,9 +204,21 @@ pub fn serve_ingress_workers(
         )));
     }
     let listener = listener.into_std()?;
+    let (to, mut from): (Vec<_>, Vec<_>) = (0..ingress_workers())
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .unzip();
+    let balance = Arc::new(Balance {
+        open: (0..ingress_workers()).map(|_| Default::default()).collect(),
+        to,
+    });
     let mut ended = Vec::new();
     for n in 1..=ingress_workers() {
         let listener = listener.try_clone()?;
+        let spread = Spread {
+            me: n - 1,
+            balance: balance.clone(),
+            handed: from.remove(0),
+        };
         let (serving, limits, mut stop) = (serving.clone(), limits.clone(), stop.clone());
         let tls = tls.clone();
         // HTTPS workers keep their instance connections in the slots after the HTTP ones'.
@@ -190,7 +240,16 @@ pub fn serve_ingress_workers(
                             let shutdown = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
-                            serve(serving, listener, tls, shutdown, drain, limits).await
+                            serve_spread(
+                                serving,
+                                listener,
+                                tls,
+                                shutdown,
+                                drain,
+                                limits,
+                                Some(spread),
+                            )
+                            .await
                         }
                         Err(e) => tracing::error!("ingress worker {n}: {e}"),
                     }
@@ -233,6 +292,26 @@ async fn serve(
     drain: Duration,
     limits: IngressLimits,
 ) {
+    serve_spread(serving, listener, tls, shutdown, drain, limits, None).await
+}
+
+/// A worker's part in spreading connections: which worker it is, the workers' counts and
+/// hand-off channels, and the connections handed to it.
+struct Spread {
+    me: usize,
+    balance: Arc<Balance>,
+    handed: tokio::sync::mpsc::UnboundedReceiver<HandedOff>,
+}
+
+async fn serve_spread(
+    serving: Arc<Serving>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+    limits: IngressLimits,
+    mut spread: Option<Spread>,
+) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // hyper answers a head that fills its read buffer with 431.
     builder
@@ -257,11 +336,24 @@ async fn serve(
     tokio::pin!(shutdown);
     let mut warned = false;
     loop {
-        let (stream, peer) = tokio::select! {
+        let handed = async {
+            match spread.as_mut() {
+                Some(sp) => sp.handed.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (stream, peer, slot) = tokio::select! {
+            Some((stream, peer, slot)) = handed => match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => (stream, peer, Some(slot)),
+                Err(e) => {
+                    tracing::debug!("ingress: a connection handed over: {e}");
+                    continue;
+                }
+            },
             accepted = listener.accept() => match accepted {
-                Ok(a) => {
+                Ok((stream, peer)) => {
                     warned = false;
-                    a
+                    (stream, peer, None)
                 }
                 Err(e) if out_of_resources(&e) => {
                     if !warned {
@@ -280,11 +372,39 @@ async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let Some(slot) = PerClient::take(&per_client, peer.ip(), limits.max_connections_per_client)
+        let handed = slot.is_some();
+        let Some(slot) = slot
+            .or_else(|| PerClient::take(&per_client, peer.ip(), limits.max_connections_per_client))
         else {
             tracing::debug!("ingress: {peer} is past its connection limit; closed");
             drop(stream);
             continue;
+        };
+        let counted = match &spread {
+            None => None,
+            Some(sp) => {
+                let to = if handed {
+                    sp.me
+                } else {
+                    sp.balance.pick(sp.me)
+                };
+                if to != sp.me {
+                    // Out of this runtime's reactor, into the other worker's.
+                    match stream.into_std() {
+                        Ok(stream) => {
+                            if sp.balance.to[to].send((stream, peer, slot)).is_err() {
+                                sp.balance.open[to].fetch_sub(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            sp.balance.open[to].fetch_sub(1, Ordering::Relaxed);
+                            tracing::debug!("ingress: handing {peer} over: {e}");
+                        }
+                    }
+                    continue;
+                }
+                Some(Counted(sp.balance.clone(), sp.me))
+            }
         };
         let _ = stream.set_nodelay(true);
         let serving = serving.clone();
@@ -328,7 +448,7 @@ async fn serve(
         let live = live.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let (_slot, _counted) = (slot, counted);
             match tls {
                 None => conn.serve(stream, svc).await,
                 Some(acceptor) => {
@@ -507,6 +627,32 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accepted_connections_go_to_the_worker_with_fewest() {
+        let (to, _from): (Vec<_>, Vec<_>) = (0..3)
+            .map(|_| tokio::sync::mpsc::unbounded_channel::<HandedOff>())
+            .unzip();
+        let b = Arc::new(Balance {
+            open: (0..3).map(|_| Default::default()).collect(),
+            to,
+        });
+        let open = |b: &Balance| -> Vec<usize> {
+            b.open.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+        };
+        // A burst accepted by worker 0 alone is spread over all three, the acceptor first on
+        // a tie.
+        let picked: Vec<usize> = (0..7).map(|_| b.pick(0)).collect();
+        assert_eq!(picked, [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(open(&b), [3, 2, 2]);
+        // Connections that end are counted out, and the next goes where there are fewest.
+        let ended: Vec<Counted> = (0..2).map(|_| Counted(b.clone(), 0)).collect();
+        drop(ended);
+        assert_eq!(open(&b), [1, 2, 2]);
+        assert_eq!(b.pick(2), 0);
+        assert_eq!(b.pick(2), 2);
+        assert_eq!(open(&b), [2, 2, 3]);
+    }
 
     #[test]
     fn per_client_places_are_counted_and_given_back() {
