@@ -90,6 +90,15 @@ CREATE TABLE IF NOT EXISTS sizes (
 );
 ";
 
+/// The `kind` and `resource` columns of a line, borrowed from it.
+fn kind_and_name(l: &LogLine) -> (&'static str, &str) {
+    if l.source.job.is_empty() {
+        ("service", &l.source.service)
+    } else {
+        ("job", &l.source.job)
+    }
+}
+
 fn kind_of(r: &LogResource) -> (&'static str, &str) {
     match r {
         LogResource::Service(n) => ("service", n),
@@ -177,6 +186,10 @@ impl LogStore {
         }
         let mut c = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut added: HashMap<(String, &'static str, String), i64> = HashMap::new();
+        // Lines come in runs from one service or job: bytes are summed per run and added to
+        // `added` when the run ends, without a key made for every line.
+        let mut run: Option<(&LogLine, i64)> = None;
+        let mut body: Vec<u8> = Vec::new();
         {
             let tx = c.transaction().map_err(|e| self.err(e))?;
             {
@@ -186,10 +199,19 @@ impl LogStore {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )
                     .map_err(|e| self.err(e))?;
+                let mut count = |l: &LogLine, bytes: i64| {
+                    let (kind, name) = kind_and_name(l);
+                    *added
+                        .entry((l.source.namespace.clone(), kind, name.to_string()))
+                        .or_default() += bytes;
+                };
                 for l in lines {
-                    let body = serde_json::to_string(l).unwrap_or_default();
-                    let res = l.resource();
-                    let (kind, name) = kind_of(&res);
+                    // One buffer for every line's JSON (serializing a `LogLine` cannot fail,
+                    // and gives UTF-8).
+                    body.clear();
+                    let _ = serde_json::to_writer(&mut body, l);
+                    let text = std::str::from_utf8(&body).unwrap_or_default();
+                    let (kind, name) = kind_and_name(l);
                     let n = ins
                         .execute(params![
                             l.seq as i64,
@@ -197,15 +219,30 @@ impl LogStore {
                             kind,
                             name,
                             l.source.execution,
-                            body.len() as i64,
-                            body
+                            text.len() as i64,
+                            text
                         ])
                         .map_err(|e| self.err(e))?;
-                    if n > 0 {
-                        *added
-                            .entry((l.source.namespace.clone(), kind, name.to_string()))
-                            .or_default() += body.len() as i64;
+                    if n == 0 {
+                        continue;
                     }
+                    let bytes = text.len() as i64;
+                    match &mut run {
+                        Some((first, sum))
+                            if first.source.namespace == l.source.namespace
+                                && kind_and_name(first) == (kind, name) =>
+                        {
+                            *sum += bytes
+                        }
+                        _ => {
+                            if let Some((first, sum)) = run.replace((l, bytes)) {
+                                count(first, sum);
+                            }
+                        }
+                    }
+                }
+                if let Some((first, sum)) = run.take() {
+                    count(first, sum);
                 }
                 let mut size = tx
                     .prepare_cached(
@@ -676,6 +713,34 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn sizes_count_each_resources_stored_lines_in_a_mixed_batch() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Limits::default());
+        let len = |l: &LogLine| serde_json::to_string(l).unwrap().len() as u64;
+        // Runs of one service, another, a job, then the first again; one seq twice.
+        let batch = [
+            line(1, "web", "", "", "a"),
+            line(2, "web", "", "", "bb"),
+            line(3, "api", "", "", "ccc"),
+            line(4, "", "etl", "etl-1", "dddd"),
+            line(5, "web", "", "", "eeeee"),
+            line(2, "web", "", "", "already stored"),
+        ];
+        s.append(&batch).unwrap();
+        s.append(&[line(5, "web", "", "", "again"), line(6, "api", "", "", "f")])
+            .unwrap();
+        let web = len(&batch[0]) + len(&batch[1]) + len(&batch[4]);
+        let api = len(&batch[2]) + len(&line(6, "api", "", "", "f"));
+        let service = |n: &str| LogResource::Service(n.into());
+        assert_eq!(s.size_of("demo", &service("web")).unwrap(), web);
+        assert_eq!(s.size_of("demo", &service("api")).unwrap(), api);
+        assert_eq!(
+            s.size_of("demo", &LogResource::Job("etl".into())).unwrap(),
+            len(&batch[3])
         );
     }
 

@@ -165,7 +165,14 @@ impl LogSink {
 
     /// Adds one request's entry (stream `requests`) without waiting, as [`LogSink::push`].
     pub fn push_request(&self, source: LogSource, req: HttpRequest) {
-        let text = format!("{} {} {}", req.request_method, req.status, req.request_url);
+        // `METHOD STATUS URL`, as Cloud Run's request entries show; on every request's path,
+        // so without `format!`.
+        let mut text = String::with_capacity(req.request_method.len() + req.request_url.len() + 5);
+        text.push_str(&req.request_method);
+        text.push(' ');
+        text.push_str(itoa::Buffer::new().format(req.status));
+        text.push(' ');
+        text.push_str(&req.request_url);
         self.offer(self.line(source, "requests", text, Some(req)));
     }
 

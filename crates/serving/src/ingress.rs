@@ -154,7 +154,7 @@ pub async fn serve_ingress(
     drain: Duration,
     limits: IngressLimits,
 ) {
-    serve(serving, listener, None, shutdown, drain, limits).await
+    serve(serving, listener, None, shutdown, drain, limits, None).await
 }
 
 static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -200,7 +200,7 @@ pub fn serve_ingress_workers(
             let _ = stop.wait_for(|s| *s).await;
         };
         return Ok(futures::future::Either::Left(serve(
-            serving, listener, tls, shutdown, drain, limits,
+            serving, listener, tls, shutdown, drain, limits, None,
         )));
     }
     let listener = listener.into_std()?;
@@ -240,7 +240,7 @@ pub fn serve_ingress_workers(
                             let shutdown = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
-                            serve_spread(
+                            serve(
                                 serving,
                                 listener,
                                 tls,
@@ -281,18 +281,16 @@ pub async fn serve_ingress_tls(
     limits: IngressLimits,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    serve(serving, listener, Some(acceptor), shutdown, drain, limits).await
-}
-
-async fn serve(
-    serving: Arc<Serving>,
-    listener: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: impl std::future::Future<Output = ()>,
-    drain: Duration,
-    limits: IngressLimits,
-) {
-    serve_spread(serving, listener, tls, shutdown, drain, limits, None).await
+    serve(
+        serving,
+        listener,
+        Some(acceptor),
+        shutdown,
+        drain,
+        limits,
+        None,
+    )
+    .await
 }
 
 /// A worker's part in spreading connections: which worker it is, the workers' counts and
@@ -303,7 +301,9 @@ struct Spread {
     handed: tokio::sync::mpsc::UnboundedReceiver<HandedOff>,
 }
 
-async fn serve_spread(
+/// Accepts from `listener` (and, for an ingress worker, takes the connections `spread` hands
+/// it) and serves each connection until `shutdown`, then drains.
+async fn serve(
     serving: Arc<Serving>,
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,

@@ -156,17 +156,24 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     if !headers.keys().any(|k| hop.contains(k)) {
         return;
     }
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+    // Only the names present are removed (a removal hashes its name): a response's
+    // `Connection: keep-alive` costs one.
+    let mut present: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| hop.contains(k))
+        .cloned()
         .collect();
-    for h in hop {
-        headers.remove(h);
+    for v in headers.get_all(header::CONNECTION) {
+        for token in v.to_str().unwrap_or_default().split(',') {
+            if let Ok(name) = http::HeaderName::from_bytes(token.trim().as_bytes()) {
+                if !hop.contains(&name) && headers.contains_key(&name) {
+                    present.push(name);
+                }
+            }
+        }
     }
-    for h in &listed {
-        headers.remove(h.as_str());
+    for h in present {
+        headers.remove(h);
     }
 }
 
@@ -623,6 +630,32 @@ impl Body for LeaseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("host", "app.localhost"),
+            ("connection", "keep-alive, X-Custom"),
+            ("connection", "Upgrade"),
+            ("keep-alive", "timeout=5"),
+            ("x-custom", "1"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+            ("x-kept", "2"),
+        ] {
+            h.append(http::HeaderName::from_static(k), v.parse().unwrap());
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "host", "x-kept"]);
+        // A message with none is left as it is.
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
 
     #[test]
     fn redirects_keep_the_target_and_leave_out_port_443() {
