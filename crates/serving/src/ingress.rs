@@ -347,6 +347,10 @@ async fn serve(
                 Ok(stream) => (stream, peer, Some(slot)),
                 Err(e) => {
                     tracing::debug!("ingress: a connection handed over: {e}");
+                    if let Some(sp) = &spread {
+                        // It was counted as this worker's when it was handed over.
+                        sp.balance.open[sp.me].fetch_sub(1, Ordering::Relaxed);
+                    }
                     continue;
                 }
             },
