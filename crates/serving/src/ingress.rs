@@ -376,7 +376,7 @@ async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let handed = slot.is_some();
+        let handed_over = slot.is_some();
         let Some(slot) = slot
             .or_else(|| PerClient::take(&per_client, peer.ip(), limits.max_connections_per_client))
         else {
@@ -387,7 +387,7 @@ async fn serve(
         let counted = match &spread {
             None => None,
             Some(sp) => {
-                let to = if handed {
+                let to = if handed_over {
                     sp.me
                 } else {
                     sp.balance.pick(sp.me)

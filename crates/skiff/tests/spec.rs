@@ -607,24 +607,18 @@ fn the_writable_layer_is_in_memory_and_counts_against_the_limit() {
         .to_string();
     // Log entries reach the store in batches, at most 50 ms apart: the task's last lines may
     // come after its end.
-    let ended = |logs: &str| {
-        logs.contains("No space left on device") || msg.contains("Memory limit of 128 MiB exceeded")
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let logs = loop {
-        let logs = s.ok(&["logs", "read", "--job", "filler"]);
-        if ended(&logs) || std::time::Instant::now() > deadline {
-            break logs;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    // Either the write fails for want of space or the task is killed for want of memory,
+    // and either way it says so.
+    let read = || s.ok(&["logs", "read", "--job", "filler"]);
+    s.wait_for("the task's failure in its message or its log", 5, || {
+        msg.contains("Memory limit of 128 MiB exceeded")
+            || read().contains("No space left on device")
+    });
+    let logs = read();
     assert!(
         !logs.contains("wrote-it"),
         "300 MB fit in a 128 MiB task:\n{logs}"
     );
-    // Either the write fails for want of space or the task is killed for want of memory,
-    // and either way it says so.
-    assert!(ended(&logs), "{msg}\n{logs}");
     // A task that stays within its memory writes to its root filesystem as before.
     s.ok(&[
         "jobs",
