@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -140,9 +140,24 @@ pub fn normalize_host(host: &str) -> String {
 pub struct CertStore {
     by_host: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
-    default: RwLock<Option<Arc<CertifiedKey>>>,
+    /// The default certificate, with a generation that every [`CertStore::set_default`] bumps.
+    default: RwLock<(u64, Option<Arc<CertifiedKey>>)>,
+    /// [`CertStore::covers`]'s answers for the default certificate, by normalized host.
+    covered: Mutex<Covered>,
     on_miss: RwLock<MissHook>,
 }
+
+/// Whether the default certificate is valid for a host, remembered per host: checking it
+/// parses the certificate (about 9 000 instructions), and every plain-HTTP request asks.
+#[derive(Default)]
+struct Covered {
+    /// The generation of the default certificate the answers are for.
+    generation: u64,
+    by_host: HashMap<String, bool>,
+}
+
+/// Most hosts [`Covered`] remembers; past that it starts again (hosts come from clients).
+const COVERED_HOSTS: usize = 4096;
 
 /// Called with a host name a client asked for (SNI) that has no certificate of its own; see
 /// [`CertStore::set_on_miss`].
@@ -174,26 +189,27 @@ impl CertStore {
 
     /// Sets (or with `None` clears) the certificate served when no stored name matches.
     pub fn set_default(&self, key: Option<Arc<CertifiedKey>>) {
-        *self.default.write().unwrap_or_else(|e| e.into_inner()) = key;
+        let mut default = write(&self.default);
+        *default = (default.0 + 1, key);
     }
 
     /// The certificate a client naming `host` gets: exact name, then `*.PARENT`, then the
     /// default.
     pub fn lookup(&self, host: &str) -> Option<Arc<CertifiedKey>> {
-        self.lookup_named(host).or_else(|| {
-            self.default
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-        })
+        self.lookup_named(host)
+            .or_else(|| read(&self.default).1.clone())
     }
 
     /// Like [`CertStore::lookup`] without the default: the certificate stored for `host` itself
     /// or for its wildcard, i.e. whether `host` has a certificate of its own.
     pub fn lookup_named(&self, host: &str) -> Option<Arc<CertifiedKey>> {
-        let host = normalize_host(host);
+        self.lookup_normalized(&normalize_host(host))
+    }
+
+    /// [`CertStore::lookup_named`] of a host already normalized.
+    fn lookup_normalized(&self, host: &str) -> Option<Arc<CertifiedKey>> {
         let by_host = read(&self.by_host);
-        if let Some(k) = by_host.get(&host) {
+        if let Some(k) = by_host.get(host) {
             return Some(k.clone());
         }
         let (_, parent) = host.split_once('.')?;
@@ -205,27 +221,44 @@ impl CertStore {
     /// certificate whose leaf names it (its subject alternative names, checked as a TLS client
     /// would by `rustls-webpki`). Used to decide whether plain HTTP is redirected to HTTPS.
     pub fn covers(&self, host: &str) -> bool {
-        if self.lookup_named(host).is_some() {
+        let host = normalize_host(host);
+        if self.lookup_normalized(&host).is_some() {
             return true;
         }
-        let default = self
-            .default
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let (generation, default) = {
+            let d = read(&self.default);
+            (d.0, d.1.clone())
+        };
         let Some(key) = default else {
             return false;
         };
-        let host = normalize_host(host);
-        let Ok(name) = rustls::pki_types::ServerName::try_from(host.as_str()) else {
-            return false;
-        };
-        let Some(leaf) = key.cert.first() else {
-            return false;
-        };
-        webpki::EndEntityCert::try_from(leaf)
-            .and_then(|c| c.verify_is_valid_for_subject_name(&name))
-            .is_ok()
+        {
+            let covered = self.covered.lock().unwrap_or_else(|e| e.into_inner());
+            if covered.generation == generation {
+                if let Some(&known) = covered.by_host.get(&host) {
+                    return known;
+                }
+            }
+        }
+        let valid = rustls::pki_types::ServerName::try_from(host.as_str()).is_ok_and(|name| {
+            key.cert.first().is_some_and(|leaf| {
+                webpki::EndEntityCert::try_from(leaf)
+                    .and_then(|c| c.verify_is_valid_for_subject_name(&name))
+                    .is_ok()
+            })
+        });
+        let mut covered = self.covered.lock().unwrap_or_else(|e| e.into_inner());
+        if covered.generation != generation || covered.by_host.len() >= COVERED_HOSTS {
+            // Answers for another certificate, or too many hosts: start again. (Answers for
+            // an older certificate than the one now remembered are not kept.)
+            if covered.generation > generation {
+                return valid;
+            }
+            covered.generation = generation;
+            covered.by_host.clear();
+        }
+        covered.by_host.insert(host, valid);
+        valid
     }
 
     /// Sets (or with `None` clears) the TLS-ALPN-01 validation certificate for `host`
@@ -286,11 +319,7 @@ impl ResolvesServerCert for CertStore {
                 }
                 self.lookup(&n)
             }
-            None => self
-                .default
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            None => read(&self.default).1.clone(),
         }
     }
 }
@@ -565,9 +594,24 @@ mod tests {
             ("", false),
         ] {
             assert_eq!(store.covers(host), want, "{host}");
+            // Asked again, the remembered answer is the same.
+            assert_eq!(store.covers(host), want, "{host}");
         }
         store.insert("only.example.com", mk(&["only.example.com"]));
         assert!(store.covers("only.example.com"));
+        // Answers follow a replaced default certificate, and its removal.
+        store.set_default(Some(mk(&["other.test"])));
+        assert!(!store.covers("hello.apps.test"));
+        assert!(store.covers("OTHER.test"));
+        store.set_default(None);
+        assert!(!store.covers("other.test"));
+        // Past the hosts it remembers, it starts again and still answers.
+        store.set_default(Some(mk(&["*.apps.test"])));
+        for i in 0..COVERED_HOSTS + 10 {
+            assert!(store.covers(&format!("h{i}.apps.test")));
+        }
+        assert!(store.covered.lock().unwrap().by_host.len() <= COVERED_HOSTS);
+        assert!(!store.covers("apps.test"));
     }
 
     #[test]
