@@ -26,20 +26,23 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// How long a request may wait for a free slot once the revision is at max-instances.
 pub const QUEUE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1, and the non-standard ones proxies still see).
-static HOP_BY_HOP: std::sync::LazyLock<[http::HeaderName; 9]> = std::sync::LazyLock::new(|| {
-    [
-        header::CONNECTION,
-        http::HeaderName::from_static("keep-alive"),
-        http::HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ]
-});
+/// Whether `name` is a hop-by-hop header (RFC 9110 §7.6.1, and the non-standard ones proxies
+/// still see). A match on the name's text: for the standard names it is a static string, so
+/// this costs a few comparisons of lengths and bytes, without hashing.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
@@ -151,28 +154,36 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    // Most messages carry none: one pass over the names, comparing without parsing.
-    let hop = &*HOP_BY_HOP;
-    if !headers.keys().any(|k| hop.contains(k)) {
+    // Most messages carry none, or only `Connection: keep-alive`.
+    if !headers.keys().any(|k| is_hop_by_hop(k.as_str())) {
         return;
     }
-    // Only the names present are removed (a removal hashes its name): a response's
-    // `Connection: keep-alive` costs one.
-    let mut present: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|k| hop.contains(k))
-        .cloned()
-        .collect();
+    // The names a `Connection` header lists go too (RFC 9110 §7.6.1); `keep-alive` and
+    // `close`, the common ones, need no parse.
+    let mut listed: Vec<http::HeaderName> = Vec::new();
     for v in headers.get_all(header::CONNECTION) {
         for token in v.to_str().unwrap_or_default().split(',') {
-            if let Ok(name) = http::HeaderName::from_bytes(token.trim().as_bytes()) {
-                if !hop.contains(&name) && headers.contains_key(&name) {
-                    present.push(name);
+            let token = token.trim();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("keep-alive")
+            {
+                continue;
+            }
+            if let Ok(name) = http::HeaderName::from_bytes(token.as_bytes()) {
+                if !is_hop_by_hop(name.as_str()) {
+                    listed.push(name);
                 }
             }
         }
     }
-    for h in present {
+    // Only the names present are removed (a removal hashes its name).
+    let present: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k.as_str()))
+        .cloned()
+        .collect();
+    for h in present.into_iter().chain(listed) {
         headers.remove(h);
     }
 }
@@ -226,20 +237,32 @@ impl Serving {
                 &format!("no service answers at host {host:?}"),
             );
         }
+        // Each reading is looked up by its own key, without copies; the first one's names
+        // answer when none names a service.
         let found = {
             let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-            readings.iter().find_map(|(ns, service, tag)| {
-                routes
-                    .get(&(ns.clone(), service.clone()))
-                    .map(|r| (ns.clone(), service.clone(), tag.clone(), r.clone()))
-            })
+            let look = |(ns, service, tag): (String, String, Option<String>)| {
+                let key = (ns, service);
+                match routes.get(&key) {
+                    Some(r) => Ok((key.0, key.1, tag, r.clone())),
+                    None => Err(key),
+                }
+            };
+            let mut readings = readings.into_iter();
+            match readings.next().map(look) {
+                Some(Err(first)) => readings.find_map(|r| look(r).ok()).ok_or(first),
+                Some(found) => found,
+                None => Err((String::new(), String::new())),
+            }
         };
-        let Some((ns, service, tag, route)) = found else {
-            let (ns, service, _) = &readings[0];
-            return platform_response(
-                StatusCode::NOT_FOUND,
-                &format!("service {service} not found in project {ns}"),
-            );
+        let (ns, service, tag, route) = match found {
+            Ok(f) => f,
+            Err((ns, service)) => {
+                return platform_response(
+                    StatusCode::NOT_FOUND,
+                    &format!("service {service} not found in project {ns}"),
+                )
+            }
         };
         if route.internal && !peer.internal {
             // Cloud Run answers 404 to a request from outside for an internal service.
@@ -655,6 +678,20 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
+        // A response's `Connection: keep-alive` (or `close`, listing another name).
+        for (connection, want) in [
+            ("keep-alive", vec!["content-length", "x-other"]),
+            ("Close, X-Other", vec!["content-length"]),
+        ] {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONNECTION, connection.parse().unwrap());
+            h.insert(header::CONTENT_LENGTH, "17".parse().unwrap());
+            h.insert("x-other", "1".parse().unwrap());
+            strip_hop_by_hop(&mut h);
+            let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            left.sort_unstable();
+            assert_eq!(left, want, "{connection}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::pki_types::pem::PemObject;
@@ -140,18 +141,20 @@ pub fn normalize_host(host: &str) -> String {
 pub struct CertStore {
     by_host: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
-    /// The default certificate, with a generation that every [`CertStore::set_default`] bumps.
-    default: RwLock<(u64, Option<Arc<CertifiedKey>>)>,
-    /// [`CertStore::covers`]'s answers for the default certificate, by normalized host.
+    default: RwLock<Option<Arc<CertifiedKey>>>,
+    /// Bumped after every change to the stored or default certificates: the generation of
+    /// [`CertStore::covers`]'s remembered answers.
+    generation: AtomicU64,
+    /// [`CertStore::covers`]'s answers, by normalized host.
     covered: Mutex<Covered>,
     on_miss: RwLock<MissHook>,
 }
 
-/// Whether the default certificate is valid for a host, remembered per host: checking it
-/// parses the certificate (about 9 000 instructions), and every plain-HTTP request asks.
+/// Whether a host has a certificate, remembered per host: checking the default certificate
+/// parses it (about 9 000 instructions), and every plain-HTTP request asks.
 #[derive(Default)]
 struct Covered {
-    /// The generation of the default certificate the answers are for.
+    /// The [`CertStore`] generation the answers are for.
     generation: u64,
     by_host: HashMap<String, bool>,
 }
@@ -180,24 +183,27 @@ impl CertStore {
     /// Stores (or replaces) the certificate for `host`, an exact name or `*.DOMAIN`.
     pub fn insert(&self, host: &str, key: Arc<CertifiedKey>) {
         write(&self.by_host).insert(normalize_host(host), key);
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Forgets the certificate stored for `host` (exact or `*.DOMAIN`); `true` if there was one.
     pub fn remove(&self, host: &str) -> bool {
-        write(&self.by_host).remove(&normalize_host(host)).is_some()
+        let removed = write(&self.by_host).remove(&normalize_host(host)).is_some();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        removed
     }
 
     /// Sets (or with `None` clears) the certificate served when no stored name matches.
     pub fn set_default(&self, key: Option<Arc<CertifiedKey>>) {
-        let mut default = write(&self.default);
-        *default = (default.0 + 1, key);
+        *write(&self.default) = key;
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The certificate a client naming `host` gets: exact name, then `*.PARENT`, then the
     /// default.
     pub fn lookup(&self, host: &str) -> Option<Arc<CertifiedKey>> {
         self.lookup_named(host)
-            .or_else(|| read(&self.default).1.clone())
+            .or_else(|| read(&self.default).clone())
     }
 
     /// Like [`CertStore::lookup`] without the default: the certificate stored for `host` itself
@@ -222,16 +228,9 @@ impl CertStore {
     /// would by `rustls-webpki`). Used to decide whether plain HTTP is redirected to HTTPS.
     pub fn covers(&self, host: &str) -> bool {
         let host = normalize_host(host);
-        if self.lookup_normalized(&host).is_some() {
-            return true;
-        }
-        let (generation, default) = {
-            let d = read(&self.default);
-            (d.0, d.1.clone())
-        };
-        let Some(key) = default else {
-            return false;
-        };
+        // Taken before the certificates are looked at, and bumped after they change: an
+        // answer is never remembered under a generation newer than what it saw.
+        let generation = self.generation.load(Ordering::SeqCst);
         {
             let covered = self.covered.lock().unwrap_or_else(|e| e.into_inner());
             if covered.generation == generation {
@@ -240,25 +239,34 @@ impl CertStore {
                 }
             }
         }
-        let valid = rustls::pki_types::ServerName::try_from(host.as_str()).is_ok_and(|name| {
-            key.cert.first().is_some_and(|leaf| {
-                webpki::EndEntityCert::try_from(leaf)
-                    .and_then(|c| c.verify_is_valid_for_subject_name(&name))
-                    .is_ok()
-            })
-        });
+        let valid = self.lookup_normalized(&host).is_some() || self.default_covers(&host);
         let mut covered = self.covered.lock().unwrap_or_else(|e| e.into_inner());
+        if covered.generation > generation {
+            // Answers for newer certificates than this one saw are kept.
+            return valid;
+        }
         if covered.generation != generation || covered.by_host.len() >= COVERED_HOSTS {
-            // Answers for another certificate, or too many hosts: start again. (Answers for
-            // an older certificate than the one now remembered are not kept.)
-            if covered.generation > generation {
-                return valid;
-            }
             covered.generation = generation;
             covered.by_host.clear();
         }
         covered.by_host.insert(host, valid);
         valid
+    }
+
+    /// Whether the default certificate's leaf is valid for `host` (normalized), checked as a
+    /// TLS client would by `rustls-webpki`.
+    fn default_covers(&self, host: &str) -> bool {
+        let Some(key) = read(&self.default).clone() else {
+            return false;
+        };
+        let Ok(name) = rustls::pki_types::ServerName::try_from(host) else {
+            return false;
+        };
+        key.cert.first().is_some_and(|leaf| {
+            webpki::EndEntityCert::try_from(leaf)
+                .and_then(|c| c.verify_is_valid_for_subject_name(&name))
+                .is_ok()
+        })
     }
 
     /// Sets (or with `None` clears) the TLS-ALPN-01 validation certificate for `host`
@@ -319,7 +327,7 @@ impl ResolvesServerCert for CertStore {
                 }
                 self.lookup(&n)
             }
-            None => read(&self.default).1.clone(),
+            None => read(&self.default).clone(),
         }
     }
 }
@@ -699,8 +707,11 @@ mod tests {
             // Asked again, the remembered answer is the same.
             assert_eq!(store.covers(host), want, "{host}");
         }
+        assert!(!store.covers("only.example.com"));
         store.insert("only.example.com", mk(&["only.example.com"]));
         assert!(store.covers("only.example.com"));
+        store.remove("only.example.com");
+        assert!(!store.covers("only.example.com"));
         // Answers follow a replaced default certificate, and its removal.
         store.set_default(Some(mk(&["other.test"])));
         assert!(!store.covers("hello.apps.test"));
