@@ -1,10 +1,11 @@
 //! The log store: one SQLite database (`DATA/logs/logs.db`, WAL) with a row per line, keyed
-//! by its `seq` (the time it was taken in, in microseconds, unique). Indexes by namespace, by
-//! service or job, and by execution, each ordered by `seq`, make the newest N lines, a time
-//! range or an execution's lines cost in proportion to what is read, however long the
+//! by its `seq` (the time it was taken in, in microseconds, unique). A row names its
+//! namespace and its service's or job's stream by integer ids (see `SCHEMA`). Indexes by
+//! namespace, by stream, and by execution, each ordered by `seq`, make the newest N lines, a
+//! time range or an execution's lines cost in proportion to what is read, however long the
 //! history. Lines older than the retention go, oldest first; so do a service's or job's
-//! oldest lines when it holds more than its size cap (a per-resource byte count is kept in
-//! the same transactions as the lines, so the cap costs nothing to check).
+//! oldest lines when it holds more than its size cap (a per-stream byte count is kept in the
+//! same transactions as the lines, so the cap costs nothing to check).
 
 use crate::record::{LogLine, LogResource};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -63,31 +64,74 @@ pub struct Scan {
 
 pub struct LogStore {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     limits: Limits,
 }
 
+/// The writing connection, with the ids it has looked up.
+struct Writer {
+    conn: Connection,
+    /// Ids by namespace name, then by service or job name: a line's ids are found without
+    /// making a key.
+    ids: HashMap<String, NamespaceIds>,
+}
+
+/// A namespace's id, and the ids of its services' and jobs' streams.
+#[derive(Default)]
+struct NamespaceIds {
+    id: i64,
+    services: HashMap<String, i64>,
+    jobs: HashMap<String, i64>,
+}
+
+/// The store's tables. A line names its namespace and its service's or job's stream by
+/// integer ids, so that its two index entries hold two integers and its `seq`, and are placed
+/// by comparing integers; names are kept once, in `namespaces` and `streams`. `streams` also
+/// holds each stream's byte count.
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS entries (
-    seq INTEGER PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS namespaces (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS streams (
+    id INTEGER PRIMARY KEY,
     namespace TEXT NOT NULL,
     kind TEXT NOT NULL,
     resource TEXT NOT NULL,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (namespace, kind, resource)
+);
+CREATE TABLE IF NOT EXISTS lines (
+    seq INTEGER PRIMARY KEY,
+    ns INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
     execution TEXT NOT NULL,
     size INTEGER NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_by_namespace ON entries (namespace, seq);
-CREATE INDEX IF NOT EXISTS entries_by_resource ON entries (namespace, kind, resource, seq);
-CREATE INDEX IF NOT EXISTS entries_by_execution
-    ON entries (namespace, kind, resource, execution, seq) WHERE execution <> '';
-CREATE TABLE IF NOT EXISTS sizes (
-    namespace TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    resource TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    PRIMARY KEY (namespace, kind, resource)
-);
+CREATE INDEX IF NOT EXISTS lines_by_namespace ON lines (ns, seq);
+CREATE INDEX IF NOT EXISTS lines_by_stream ON lines (stream, seq);
+CREATE INDEX IF NOT EXISTS lines_by_execution
+    ON lines (stream, execution, seq) WHERE execution <> '';
+";
+
+/// Moves the lines of a store made with names in every row (tables `entries` and `sizes`)
+/// into [`SCHEMA`]'s tables, in one transaction, and drops the old tables. A no-op for a
+/// store without `entries`.
+const MIGRATE_ENTRIES: &str = "
+BEGIN;
+INSERT OR IGNORE INTO namespaces (name) SELECT DISTINCT namespace FROM entries;
+INSERT OR IGNORE INTO streams (namespace, kind, resource, bytes)
+    SELECT namespace, kind, resource, bytes FROM sizes;
+INSERT OR IGNORE INTO streams (namespace, kind, resource)
+    SELECT DISTINCT namespace, kind, resource FROM entries;
+INSERT OR IGNORE INTO lines (seq, ns, stream, execution, size, body)
+    SELECT e.seq, n.id, s.id, e.execution, e.size, e.body FROM entries e
+    JOIN namespaces n ON n.name = e.namespace
+    JOIN streams s ON s.namespace = e.namespace AND s.kind = e.kind AND s.resource = e.resource;
+DROP TABLE entries;
+DROP TABLE sizes;
+COMMIT;
 ";
 
 /// The `kind` and `resource` columns of a line, borrowed from it.
@@ -106,26 +150,68 @@ fn kind_of(r: &LogResource) -> (&'static str, &str) {
     }
 }
 
-/// Drops the execution index of a store made when it held every line: it now holds only job
-/// lines (those with an execution), so that a service's lines, with an entry for each of its
-/// requests, pay for two indexes rather than three. [`SCHEMA`] then makes the partial index
-/// (a one-time scan of the table). A no-op once the index is partial.
-fn drop_full_execution_index(c: &Connection) -> rusqlite::Result<()> {
-    let sql: Option<String> = c
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'entries_by_execution'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match sql {
-        Some(sql) if !sql.contains("WHERE") => c.execute_batch("DROP INDEX entries_by_execution"),
-        _ => Ok(()),
+fn table_exists(c: &Connection, name: &str) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+impl Writer {
+    /// The ids of namespace `ns` and of its `kind` (`service` or `job`) `name`'s stream,
+    /// made if new. Within the caller's transaction: on its failure, [`Writer::ids`] must be
+    /// cleared (it may hold ids the rollback took back).
+    fn ids(
+        conn: &Connection,
+        ids: &mut HashMap<String, NamespaceIds>,
+        ns: &str,
+        kind: &str,
+        name: &str,
+    ) -> rusqlite::Result<(i64, i64)> {
+        if let Some(n) = ids.get(ns) {
+            let streams = if kind == "job" { &n.jobs } else { &n.services };
+            if let Some(&stream) = streams.get(name) {
+                return Ok((n.id, stream));
+            }
+        }
+        let n = match ids.get_mut(ns) {
+            Some(n) => n,
+            None => {
+                conn.prepare_cached("INSERT OR IGNORE INTO namespaces (name) VALUES (?1)")?
+                    .execute([ns])?;
+                let id = conn
+                    .prepare_cached("SELECT id FROM namespaces WHERE name = ?1")?
+                    .query_row([ns], |r| r.get(0))?;
+                ids.entry(ns.to_string()).or_insert(NamespaceIds {
+                    id,
+                    ..NamespaceIds::default()
+                })
+            }
+        };
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO streams (namespace, kind, resource) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![ns, kind, name])?;
+        let stream = conn
+            .prepare_cached(
+                "SELECT id FROM streams WHERE namespace = ?1 AND kind = ?2 AND resource = ?3",
+            )?
+            .query_row(params![ns, kind, name], |r| r.get(0))?;
+        let streams = if kind == "job" {
+            &mut n.jobs
+        } else {
+            &mut n.services
+        };
+        streams.insert(name.to_string(), stream);
+        Ok((n.id, stream))
     }
 }
 
 impl LogStore {
-    /// Opens (creating it and its directory if needed) the store at `path`.
+    /// Opens (creating it and its directory if needed) the store at `path`, moving the lines
+    /// of a store made with names in every row into the current tables first.
     ///
     /// # Errors
     /// [`StoreError`] when the directory or database cannot be made or read.
@@ -136,21 +222,32 @@ impl LogStore {
                 source,
             })?;
         }
+        let conn = Connection::open(path).map_err(|e| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         let store = LogStore {
             path: path.to_path_buf(),
-            writer: Mutex::new(Connection::open(path).map_err(|e| StoreError::Sqlite {
-                path: path.to_path_buf(),
-                source: e,
-            })?),
+            writer: Mutex::new(Writer {
+                conn,
+                ids: HashMap::new(),
+            }),
             limits,
         };
         {
-            let c = store.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let w = store.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let c = &w.conn;
             c.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;",
             )
-            .and_then(|_| drop_full_execution_index(&c))
             .and_then(|_| c.execute_batch(SCHEMA))
+            .and_then(|_| table_exists(c, "entries"))
+            .and_then(|old| match old {
+                true => c.execute_batch(MIGRATE_ENTRIES).inspect_err(|_| {
+                    let _ = c.execute_batch("ROLLBACK");
+                }),
+                false => Ok(()),
+            })
             .map_err(|e| store.err(e))?;
         }
         Ok(store)
@@ -163,6 +260,10 @@ impl LogStore {
         }
     }
 
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The store's limits.
     pub fn limits(&self) -> Limits {
         self.limits
@@ -170,12 +271,13 @@ impl LogStore {
 
     /// The highest `seq` stored (0 when empty): new lines must take higher ones.
     pub fn last_seq(&self) -> Result<u64, StoreError> {
-        let c = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        c.query_row("SELECT COALESCE(MAX(seq), 0) FROM entries", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .map(|v| v as u64)
-        .map_err(|e| self.err(e))
+        self.writer()
+            .conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM lines", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|v| v as u64)
+            .map_err(|e| self.err(e))
     }
 
     /// Appends lines in one transaction, then trims every service or job they touched to its
@@ -184,96 +286,79 @@ impl LogStore {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut c = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut added: HashMap<(String, &'static str, String), i64> = HashMap::new();
-        // Lines come in runs from one service or job: bytes are summed per run and added to
-        // `added` when the run ends, without a key made for every line.
-        let mut run: Option<(&LogLine, i64)> = None;
-        let mut body: Vec<u8> = Vec::new();
-        {
-            let tx = c.transaction().map_err(|e| self.err(e))?;
-            {
-                let mut ins = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO entries (seq, namespace, kind, resource, execution, size, body)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )
-                    .map_err(|e| self.err(e))?;
-                let mut count = |l: &LogLine, bytes: i64| {
-                    let (kind, name) = kind_and_name(l);
-                    *added
-                        .entry((l.source.namespace.clone(), kind, name.to_string()))
-                        .or_default() += bytes;
-                };
-                for l in lines {
-                    // One buffer for every line's JSON (serializing a `LogLine` cannot fail,
-                    // and gives UTF-8).
-                    body.clear();
-                    let _ = serde_json::to_writer(&mut body, l);
-                    let text = std::str::from_utf8(&body).unwrap_or_default();
-                    let (kind, name) = kind_and_name(l);
-                    let n = ins
-                        .execute(params![
-                            l.seq as i64,
-                            l.source.namespace,
-                            kind,
-                            name,
-                            l.source.execution,
-                            text.len() as i64,
-                            text
-                        ])
-                        .map_err(|e| self.err(e))?;
-                    if n == 0 {
-                        continue;
-                    }
-                    let bytes = text.len() as i64;
-                    match &mut run {
-                        Some((first, sum))
-                            if first.source.namespace == l.source.namespace
-                                && kind_and_name(first) == (kind, name) =>
-                        {
-                            *sum += bytes
-                        }
-                        _ => {
-                            if let Some((first, sum)) = run.replace((l, bytes)) {
-                                count(first, sum);
-                            }
-                        }
-                    }
-                }
-                if let Some((first, sum)) = run.take() {
-                    count(first, sum);
-                }
-                let mut size = tx
-                    .prepare_cached(
-                        "INSERT INTO sizes (namespace, kind, resource, bytes) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (namespace, kind, resource) DO UPDATE SET bytes = bytes + excluded.bytes",
-                    )
-                    .map_err(|e| self.err(e))?;
-                for ((ns, kind, name), bytes) in &added {
-                    size.execute(params![ns, kind, name, bytes])
-                        .map_err(|e| self.err(e))?;
-                }
-            }
-            tx.commit().map_err(|e| self.err(e))?;
-        }
-        for (ns, kind, name) in added.keys() {
-            self.trim(&mut c, ns, kind, name)?;
+        let mut w = self.writer();
+        let Writer { conn, ids } = &mut *w;
+        let added = Self::insert(conn, ids, lines).map_err(|e| {
+            ids.clear();
+            self.err(e)
+        })?;
+        for stream in added {
+            self.trim(conn, stream)?;
         }
         Ok(())
     }
 
-    /// Deletes a service's or job's oldest lines while it holds more than its cap, down to
-    /// 90 % of it, reading only the rows it deletes.
-    fn trim(&self, c: &mut Connection, ns: &str, kind: &str, name: &str) -> Result<(), StoreError> {
+    /// [`LogStore::append`]'s transaction; returns the streams it added to.
+    fn insert(
+        conn: &mut Connection,
+        ids: &mut HashMap<String, NamespaceIds>,
+        lines: &[LogLine],
+    ) -> rusqlite::Result<Vec<i64>> {
+        let tx = conn.transaction()?;
+        let mut added: HashMap<i64, i64> = HashMap::new();
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR IGNORE INTO lines (seq, ns, stream, execution, size, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            // One buffer for every line's JSON (serializing a `LogLine` cannot fail, and
+            // gives UTF-8); lines come in runs from one service or job, whose ids are kept.
+            let mut body: Vec<u8> = Vec::new();
+            let mut last: Option<(&LogLine, (i64, i64))> = None;
+            for l in lines {
+                let (kind, name) = kind_and_name(l);
+                let (ns, stream) = match last {
+                    Some((prev, found))
+                        if prev.source.namespace == l.source.namespace
+                            && kind_and_name(prev) == (kind, name) =>
+                    {
+                        found
+                    }
+                    _ => Writer::ids(&tx, ids, &l.source.namespace, kind, name)?,
+                };
+                last = Some((l, (ns, stream)));
+                body.clear();
+                let _ = serde_json::to_writer(&mut body, l);
+                let text = std::str::from_utf8(&body).unwrap_or_default();
+                let n = ins.execute(params![
+                    l.seq as i64,
+                    ns,
+                    stream,
+                    l.source.execution,
+                    text.len() as i64,
+                    text
+                ])?;
+                if n > 0 {
+                    *added.entry(stream).or_default() += text.len() as i64;
+                }
+            }
+            let mut size =
+                tx.prepare_cached("UPDATE streams SET bytes = bytes + ?2 WHERE id = ?1")?;
+            for (stream, bytes) in &added {
+                size.execute(params![stream, bytes])?;
+            }
+        }
+        tx.commit()?;
+        Ok(added.into_keys().collect())
+    }
+
+    /// Deletes a stream's oldest lines while it holds more than its cap, down to 90 % of it,
+    /// reading only the rows it deletes.
+    fn trim(&self, c: &mut Connection, stream: i64) -> Result<(), StoreError> {
         let cap = self.limits.max_bytes_per_resource as i64;
         let bytes: i64 = c
-            .query_row(
-                "SELECT bytes FROM sizes WHERE namespace = ?1 AND kind = ?2 AND resource = ?3",
-                params![ns, kind, name],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT bytes FROM streams WHERE id = ?1")
+            .and_then(|mut q| q.query_row([stream], |r| r.get(0)).optional())
             .map_err(|e| self.err(e))?
             .unwrap_or(0);
         if bytes <= cap {
@@ -283,12 +368,9 @@ impl LogStore {
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let (last, freed) = {
             let mut q = tx
-                .prepare_cached(
-                    "SELECT seq, size FROM entries WHERE namespace = ?1 AND kind = ?2 AND resource = ?3
-                     ORDER BY seq",
-                )
+                .prepare_cached("SELECT seq, size FROM lines WHERE stream = ?1 ORDER BY seq")
                 .map_err(|e| self.err(e))?;
-            let mut rows = q.query(params![ns, kind, name]).map_err(|e| self.err(e))?;
+            let mut rows = q.query([stream]).map_err(|e| self.err(e))?;
             let (mut last, mut freed) = (None, 0i64);
             while freed < excess {
                 let Some(r) = rows.next().map_err(|e| self.err(e))? else {
@@ -301,13 +383,13 @@ impl LogStore {
         };
         if let Some(last) = last {
             tx.execute(
-                "DELETE FROM entries WHERE namespace = ?1 AND kind = ?2 AND resource = ?3 AND seq <= ?4",
-                params![ns, kind, name, last],
+                "DELETE FROM lines WHERE stream = ?1 AND seq <= ?2",
+                params![stream, last],
             )
             .map_err(|e| self.err(e))?;
             tx.execute(
-                "UPDATE sizes SET bytes = bytes - ?4 WHERE namespace = ?1 AND kind = ?2 AND resource = ?3",
-                params![ns, kind, name, freed],
+                "UPDATE streams SET bytes = bytes - ?2 WHERE id = ?1",
+                params![stream, freed],
             )
             .map_err(|e| self.err(e))?;
         }
@@ -347,102 +429,104 @@ impl LogStore {
 
     /// Inserts lines, moving each `seq` on to the next free one; empties `batch`.
     fn insert_moving(&self, batch: &mut Vec<LogLine>) -> Result<u64, StoreError> {
-        let mut c = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = c.transaction().map_err(|e| self.err(e))?;
-        let mut n = 0;
-        {
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO entries (seq, namespace, kind, resource, execution, size, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(|e| self.err(e))?;
-            let mut size = tx
-                .prepare_cached(
-                    "INSERT INTO sizes (namespace, kind, resource, bytes) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (namespace, kind, resource) DO UPDATE SET bytes = bytes + excluded.bytes",
-                )
-                .map_err(|e| self.err(e))?;
-            for mut l in batch.drain(..) {
-                let res = l.resource();
-                let (kind, name) = kind_of(&res);
-                loop {
-                    l.time = crate::record::rfc3339_micros(l.seq);
-                    let body = serde_json::to_string(&l).unwrap_or_default();
-                    let added = ins
-                        .execute(params![
+        let mut w = self.writer();
+        let Writer { conn, ids } = &mut *w;
+        let mut go = || -> rusqlite::Result<u64> {
+            let tx = conn.transaction()?;
+            let mut n = 0;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO lines (seq, ns, stream, execution, size, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                let mut size =
+                    tx.prepare_cached("UPDATE streams SET bytes = bytes + ?2 WHERE id = ?1")?;
+                for mut l in batch.drain(..) {
+                    let (kind, name) = kind_and_name(&l);
+                    let (ns, stream) = Writer::ids(&tx, ids, &l.source.namespace, kind, name)?;
+                    loop {
+                        l.time = crate::record::rfc3339_micros(l.seq);
+                        let body = serde_json::to_string(&l).unwrap_or_default();
+                        let added = ins.execute(params![
                             l.seq as i64,
-                            l.source.namespace,
-                            kind,
-                            name,
+                            ns,
+                            stream,
                             l.source.execution,
                             body.len() as i64,
                             body
-                        ])
-                        .map_err(|e| self.err(e))?;
-                    if added > 0 {
-                        size.execute(params![l.source.namespace, kind, name, body.len() as i64])
-                            .map_err(|e| self.err(e))?;
-                        n += 1;
-                        break;
+                        ])?;
+                        if added > 0 {
+                            size.execute(params![stream, body.len() as i64])?;
+                            n += 1;
+                            break;
+                        }
+                        l.seq += 1;
                     }
-                    l.seq += 1;
                 }
             }
+            tx.commit()?;
+            Ok(n)
+        };
+        let n = go();
+        if n.is_err() {
+            ids.clear();
         }
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(n)
+        n.map_err(|e| self.err(e))
     }
 
     /// Deletes every line older than the retention, as of `now` (microseconds since the
     /// epoch); returns how many went.
     pub fn expire(&self, now: u64) -> Result<u64, StoreError> {
         let cutoff = now.saturating_sub(self.limits.retention.as_micros() as u64) as i64;
-        let mut c = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let mut w = self.writer();
+        let tx = w.conn.transaction().map_err(|e| self.err(e))?;
         tx.execute(
-            "UPDATE sizes SET bytes = bytes - COALESCE((SELECT SUM(size) FROM entries e
-               WHERE e.seq < ?1 AND e.namespace = sizes.namespace AND e.kind = sizes.kind
-               AND e.resource = sizes.resource), 0)",
+            "UPDATE streams SET bytes = MAX(0, bytes - COALESCE((SELECT SUM(size) FROM lines l
+               WHERE l.stream = streams.id AND l.seq < ?1), 0))",
             params![cutoff],
         )
         .map_err(|e| self.err(e))?;
         let n = tx
-            .execute("DELETE FROM entries WHERE seq < ?1", params![cutoff])
-            .map_err(|e| self.err(e))?;
-        tx.execute("DELETE FROM sizes WHERE bytes <= 0", [])
+            .execute("DELETE FROM lines WHERE seq < ?1", params![cutoff])
             .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n as u64)
     }
 
-    /// Deletes a service's or job's lines (it was deleted).
+    /// Deletes a service's or job's lines, and its stream (it was deleted).
     pub fn remove(&self, ns: &str, resource: &LogResource) -> Result<(), StoreError> {
         let (kind, name) = kind_of(resource);
-        let mut c = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = c.transaction().map_err(|e| self.err(e))?;
-        for sql in [
-            "DELETE FROM entries WHERE namespace = ?1 AND kind = ?2 AND resource = ?3",
-            "DELETE FROM sizes WHERE namespace = ?1 AND kind = ?2 AND resource = ?3",
-        ] {
-            tx.execute(sql, params![ns, kind, name])
-                .map_err(|e| self.err(e))?;
-        }
+        let mut w = self.writer();
+        // Its id may be given to another stream once its row is gone.
+        w.ids.clear();
+        let tx = w.conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "DELETE FROM lines WHERE stream IN
+               (SELECT id FROM streams WHERE namespace = ?1 AND kind = ?2 AND resource = ?3)",
+            params![ns, kind, name],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "DELETE FROM streams WHERE namespace = ?1 AND kind = ?2 AND resource = ?3",
+            params![ns, kind, name],
+        )
+        .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
     }
 
     /// Bytes a service or job holds now.
     pub fn size_of(&self, ns: &str, resource: &LogResource) -> Result<u64, StoreError> {
         let (kind, name) = kind_of(resource);
-        let c = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        c.query_row(
-            "SELECT bytes FROM sizes WHERE namespace = ?1 AND kind = ?2 AND resource = ?3",
-            params![ns, kind, name],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()
-        .map(|v| v.unwrap_or(0).max(0) as u64)
-        .map_err(|e| self.err(e))
+        self.writer()
+            .conn
+            .query_row(
+                "SELECT bytes FROM streams WHERE namespace = ?1 AND kind = ?2 AND resource = ?3",
+                params![ns, kind, name],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(0).max(0) as u64)
+            .map_err(|e| self.err(e))
     }
 
     /// Reads the lines `scan` selects in its order, handing each to `each` until it returns
@@ -461,21 +545,47 @@ impl LogStore {
         c.busy_timeout(Duration::from_secs(10))
             .map_err(|e| self.err(e))?;
         use rusqlite::types::Value as V;
-        let mut sql = String::from("SELECT body FROM entries WHERE namespace = ?");
-        let mut args = vec![V::Text(scan.namespace.clone())];
-        let mut order = "namespace";
-        if let Some(res) = &scan.resource {
-            let (kind, name) = kind_of(res);
-            sql.push_str(" AND kind = ? AND resource = ?");
-            args.extend([V::Text(kind.into()), V::Text(name.into())]);
-            order = "namespace, kind, resource";
-            if let Some(e) = &scan.execution {
-                // The literal term lets SQLite use the partial index (a job's lines only).
-                sql.push_str(" AND execution = ? AND execution <> ''");
-                args.push(V::Text(e.clone()));
-                order = "namespace, kind, resource, execution";
+        // The names' ids first: a namespace, service or job never written to has no lines.
+        let (mut sql, mut args, order) = match &scan.resource {
+            None => {
+                let ns: Option<i64> = c
+                    .query_row(
+                        "SELECT id FROM namespaces WHERE name = ?1",
+                        [&scan.namespace],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(|e| self.err(e))?;
+                let Some(ns) = ns else { return Ok(()) };
+                (
+                    String::from("SELECT body FROM lines WHERE ns = ?"),
+                    vec![V::Integer(ns)],
+                    "ns",
+                )
             }
-        }
+            Some(res) => {
+                let (kind, name) = kind_of(res);
+                let stream: Option<i64> = c
+                    .query_row(
+                        "SELECT id FROM streams WHERE namespace = ?1 AND kind = ?2 AND resource = ?3",
+                        params![scan.namespace, kind, name],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(|e| self.err(e))?;
+                let Some(stream) = stream else { return Ok(()) };
+                let mut sql = String::from("SELECT body FROM lines WHERE stream = ?");
+                let mut args = vec![V::Integer(stream)];
+                let mut order = "stream";
+                if let Some(e) = &scan.execution {
+                    // The literal term lets SQLite use the partial index (a job's lines only).
+                    sql.push_str(" AND execution = ? AND execution <> ''");
+                    args.push(V::Text(e.clone()));
+                    order = "stream, execution";
+                }
+                (sql, args, order)
+            }
+        };
         if let Some(s) = scan.since {
             sql.push_str(" AND seq >= ?");
             args.push(V::Integer(s.min(i64::MAX as u64) as i64));
@@ -567,16 +677,92 @@ mod tests {
         LogStore::open(&dir.join("logs.db"), limits).unwrap()
     }
 
+    /// The tables of a store made with names in every row, before ids.
+    const NAMED_SCHEMA: &str = "
+        CREATE TABLE entries (
+            seq INTEGER PRIMARY KEY, namespace TEXT NOT NULL, kind TEXT NOT NULL,
+            resource TEXT NOT NULL, execution TEXT NOT NULL, size INTEGER NOT NULL,
+            body TEXT NOT NULL);
+        CREATE INDEX entries_by_namespace ON entries (namespace, seq);
+        CREATE INDEX entries_by_resource ON entries (namespace, kind, resource, seq);
+        CREATE INDEX entries_by_execution ON entries (namespace, kind, resource, execution, seq);
+        CREATE TABLE sizes (
+            namespace TEXT NOT NULL, kind TEXT NOT NULL, resource TEXT NOT NULL,
+            bytes INTEGER NOT NULL, PRIMARY KEY (namespace, kind, resource));";
+
     #[test]
-    fn only_job_lines_are_in_the_execution_index_also_in_an_older_store() {
+    fn a_store_with_names_in_every_row_moves_to_ids_and_reads_the_same() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("logs.db");
+        let old = [
+            line(1, "web", "", "", "web 1"),
+            line(2, "", "batch", "batch-a", "batch 2"),
+            line(3, "web", "", "", "web 3"),
+        ];
         {
-            // A store as made before: the execution index held every line.
             let c = Connection::open(&path).unwrap();
-            c.execute_batch(&SCHEMA.replace(" WHERE execution <> ''", ""))
+            c.execute_batch(NAMED_SCHEMA).unwrap();
+            for l in &old {
+                let body = serde_json::to_string(l).unwrap();
+                let (kind, name) = kind_and_name(l);
+                c.execute(
+                    "INSERT INTO entries VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        l.seq as i64,
+                        l.source.namespace,
+                        kind,
+                        name,
+                        l.source.execution,
+                        body.len() as i64,
+                        body
+                    ],
+                )
                 .unwrap();
+                c.execute(
+                    "INSERT INTO sizes VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO UPDATE SET bytes = bytes + ?4",
+                    params![l.source.namespace, kind, name, body.len() as i64],
+                )
+                .unwrap();
+            }
         }
+        let web = LogResource::Service("web".into());
+        let batch = LogResource::Job("batch".into());
+        let s = LogStore::open(&path, Limits::default()).unwrap();
+        let size = |l: &LogLine| serde_json::to_string(l).unwrap().len() as u64;
+        assert_eq!(
+            s.size_of("demo", &web).unwrap(),
+            size(&old[0]) + size(&old[2])
+        );
+        assert_eq!(s.size_of("demo", &batch).unwrap(), size(&old[1]));
+        s.append(&[line(4, "web", "", "", "web 4")]).unwrap();
+        assert_eq!(
+            texts(&s.tail("demo", &web, None, 10).unwrap()),
+            ["web 1", "web 3", "web 4"]
+        );
+        assert_eq!(
+            texts(&s.tail("demo", &batch, Some("batch-a"), 10).unwrap()),
+            ["batch 2"]
+        );
+        assert_eq!(s.last_seq().unwrap(), 4);
+        drop(s);
+        let c = Connection::open(&path).unwrap();
+        let tables: Vec<String> = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(tables, ["lines", "namespaces", "streams"]);
+        // Opened again, nothing moves twice.
+        let s = LogStore::open(&path, Limits::default()).unwrap();
+        assert_eq!(s.tail("demo", &web, None, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn reads_go_along_the_integer_indexes() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("logs.db");
         let s = LogStore::open(&path, Limits::default()).unwrap();
         s.append(&[
             line(1, "web", "", "", "web 1"),
@@ -584,38 +770,35 @@ mod tests {
         ])
         .unwrap();
         let c = Connection::open(&path).unwrap();
-        let (sql, indexed): (String, i64) = c
+        let plan = |sql: &str| -> String {
+            c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+                .join("; ")
+        };
+        for (sql, index) in [
+            ("SELECT body FROM lines WHERE ns = 1 ORDER BY ns, seq DESC", "lines_by_namespace"),
+            ("SELECT body FROM lines WHERE stream = 1 AND seq >= 5 ORDER BY stream, seq DESC", "lines_by_stream"),
+            (
+                "SELECT body FROM lines WHERE stream = 2 AND execution = 'batch-a' AND execution <> '' ORDER BY stream, execution, seq DESC",
+                "lines_by_execution",
+            ),
+        ] {
+            let p = plan(sql);
+            assert!(p.contains(index) && !p.contains("TEMP B-TREE"), "{sql}: {p}");
+        }
+        // Only job lines are in the execution index.
+        let indexed: i64 = c
             .query_row(
-                "SELECT (SELECT sql FROM sqlite_master WHERE name = 'entries_by_execution'),
-                        (SELECT COUNT(*) FROM entries INDEXED BY entries_by_execution
-                         WHERE execution <> '')",
+                "SELECT COUNT(*) FROM lines INDEXED BY lines_by_execution WHERE execution <> ''",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| r.get(0),
             )
             .unwrap();
-        assert!(sql.contains("WHERE execution <> ''"), "{sql}");
         assert_eq!(indexed, 1);
-        // An execution's lines are read through that index.
-        let plan: Vec<String> = c
-            .prepare(
-                "EXPLAIN QUERY PLAN SELECT body FROM entries WHERE namespace = ?1 AND kind = ?2
-                 AND resource = ?3 AND execution = ?4 AND execution <> '' ORDER BY namespace, kind,
-                 resource, execution, seq DESC",
-            )
-            .unwrap()
-            .query_map(params!["demo", "job", "batch", "batch-a"], |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert!(
-            plan.iter().any(|p| p.contains("entries_by_execution")),
-            "{plan:?}"
-        );
-        let batch = LogResource::Job("batch".into());
-        assert_eq!(
-            texts(&s.tail("demo", &batch, Some("batch-a"), 5).unwrap()),
-            ["batch 2"]
-        );
     }
 
     #[test]
@@ -669,6 +852,19 @@ mod tests {
         s.remove("demo", &web).unwrap();
         assert!(s.tail("demo", &web, None, 100).unwrap().is_empty());
         assert_eq!(s.size_of("demo", &web).unwrap(), 0);
+        assert_eq!(s.tail("demo", &batch, None, 100).unwrap().len(), 10);
+        // A service made again under the same name starts empty, and its lines and bytes
+        // are its own (its stream is made anew, not the removed one's id reused from memory).
+        let again = line(200, "web", "", "", "web again");
+        s.append(std::slice::from_ref(&again)).unwrap();
+        assert_eq!(
+            texts(&s.tail("demo", &web, None, 100).unwrap()),
+            ["web again"]
+        );
+        assert_eq!(
+            s.size_of("demo", &web).unwrap(),
+            serde_json::to_string(&again).unwrap().len() as u64
+        );
         assert_eq!(s.tail("demo", &batch, None, 100).unwrap().len(), 10);
     }
 
