@@ -134,6 +134,32 @@ DROP TABLE sizes;
 COMMIT;
 ";
 
+/// Inserts one line (`seq`, namespace id, stream id, execution, size, body); a `seq` already
+/// stored is skipped.
+const INSERT_LINE: &str = "INSERT OR IGNORE INTO lines (seq, ns, stream, execution, size, body)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Adds bytes (`?2`) to a stream's (`?1`) count.
+const ADD_BYTES: &str = "UPDATE streams SET bytes = bytes + ?2 WHERE id = ?1";
+
+/// Runs [`INSERT_LINE`] for line `l` of namespace `ns` and stream `stream`, stored as `body`;
+/// the rows added (0 when its `seq` was taken).
+fn insert_line(
+    ins: &mut rusqlite::CachedStatement<'_>,
+    l: &LogLine,
+    (ns, stream): (i64, i64),
+    body: &str,
+) -> rusqlite::Result<usize> {
+    ins.execute(params![
+        l.seq as i64,
+        ns,
+        stream,
+        l.source.execution,
+        body.len() as i64,
+        body
+    ])
+}
+
 /// The `kind` and `resource` columns of a line, borrowed from it.
 fn kind_and_name(l: &LogLine) -> (&'static str, &str) {
     if l.source.job.is_empty() {
@@ -307,10 +333,7 @@ impl LogStore {
         let tx = conn.transaction()?;
         let mut added: HashMap<i64, i64> = HashMap::new();
         {
-            let mut ins = tx.prepare_cached(
-                "INSERT OR IGNORE INTO lines (seq, ns, stream, execution, size, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
+            let mut ins = tx.prepare_cached(INSERT_LINE)?;
             // One buffer for every line's JSON (serializing a `LogLine` cannot fail, and
             // gives UTF-8); lines come in runs from one service or job, whose ids are kept.
             let mut body: Vec<u8> = Vec::new();
@@ -330,20 +353,11 @@ impl LogStore {
                 body.clear();
                 let _ = serde_json::to_writer(&mut body, l);
                 let text = std::str::from_utf8(&body).unwrap_or_default();
-                let n = ins.execute(params![
-                    l.seq as i64,
-                    ns,
-                    stream,
-                    l.source.execution,
-                    text.len() as i64,
-                    text
-                ])?;
-                if n > 0 {
+                if insert_line(&mut ins, l, (ns, stream), text)? > 0 {
                     *added.entry(stream).or_default() += text.len() as i64;
                 }
             }
-            let mut size =
-                tx.prepare_cached("UPDATE streams SET bytes = bytes + ?2 WHERE id = ?1")?;
+            let mut size = tx.prepare_cached(ADD_BYTES)?;
             for (stream, bytes) in &added {
                 size.execute(params![stream, bytes])?;
             }
@@ -435,28 +449,16 @@ impl LogStore {
             let tx = conn.transaction()?;
             let mut n = 0;
             {
-                let mut ins = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO lines (seq, ns, stream, execution, size, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                let mut size =
-                    tx.prepare_cached("UPDATE streams SET bytes = bytes + ?2 WHERE id = ?1")?;
+                let mut ins = tx.prepare_cached(INSERT_LINE)?;
+                let mut size = tx.prepare_cached(ADD_BYTES)?;
                 for mut l in batch.drain(..) {
                     let (kind, name) = kind_and_name(&l);
-                    let (ns, stream) = Writer::ids(&tx, ids, &l.source.namespace, kind, name)?;
+                    let found = Writer::ids(&tx, ids, &l.source.namespace, kind, name)?;
                     loop {
                         l.time = crate::record::rfc3339_micros(l.seq);
                         let body = serde_json::to_string(&l).unwrap_or_default();
-                        let added = ins.execute(params![
-                            l.seq as i64,
-                            ns,
-                            stream,
-                            l.source.execution,
-                            body.len() as i64,
-                            body
-                        ])?;
-                        if added > 0 {
-                            size.execute(params![stream, body.len() as i64])?;
+                        if insert_line(&mut ins, &l, found, &body)? > 0 {
+                            size.execute(params![found.1, body.len() as i64])?;
                             n += 1;
                             break;
                         }
