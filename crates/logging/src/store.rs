@@ -187,8 +187,9 @@ fn table_exists(c: &Connection, name: &str) -> rusqlite::Result<bool> {
 
 impl Writer {
     /// The ids of namespace `ns` and of its `kind` (`service` or `job`) `name`'s stream,
-    /// made if new. Within the caller's transaction: on its failure, [`Writer::ids`] must be
-    /// cleared (it may hold ids the rollback took back).
+    /// made if new, remembered in `ids` (the [`Writer`]'s). Runs within the caller's
+    /// transaction: if that fails, the caller clears `ids`, which may hold ids its rollback
+    /// took back.
     fn ids(
         conn: &Connection,
         ids: &mut HashMap<String, NamespaceIds>,
