@@ -62,6 +62,8 @@ pub struct Scan {
     pub until: Option<u64>,
 }
 
+/// The log store at one path: one writing connection (behind a lock, with the ids it has
+/// looked up) and a read-only connection per [`LogStore::scan`]. Errors: [`StoreError`].
 pub struct LogStore {
     path: PathBuf,
     writer: Mutex<Writer>,

@@ -231,12 +231,13 @@ impl Serving {
             Some((_, ns, svc)) => vec![(ns.clone(), svc.clone(), None)],
             None => self.urls.parse(&host),
         };
-        if readings.is_empty() {
+        let mut readings = readings.into_iter();
+        let Some(first) = readings.next() else {
             return platform_response(
                 StatusCode::NOT_FOUND,
                 &format!("no service answers at host {host:?}"),
             );
-        }
+        };
         // Each reading is looked up by its own key, without copies; the first one's names
         // answer when none names a service.
         let found = {
@@ -248,12 +249,7 @@ impl Serving {
                     None => Err(key),
                 }
             };
-            let mut readings = readings.into_iter();
-            match readings.next().map(look) {
-                Some(Err(first)) => readings.find_map(|r| look(r).ok()).ok_or(first),
-                Some(found) => found,
-                None => Err((String::new(), String::new())),
-            }
+            look(first).or_else(|first| readings.find_map(|r| look(r).ok()).ok_or(first))
         };
         let (ns, service, tag, route) = match found {
             Ok(f) => f,
