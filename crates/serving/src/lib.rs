@@ -14,6 +14,7 @@ pub mod proxy;
 mod reqlog;
 pub mod trace;
 pub mod upstream;
+mod wire;
 
 use pool::{Ctx, InstanceInfo, Pool, RevKey};
 use rand::Rng;

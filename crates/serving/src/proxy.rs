@@ -634,7 +634,7 @@ impl Body for LeaseBody {
         if self.inner.is_end_stream() {
             self.finish();
         }
-        r.map(|o| o.map(|res| res.map_err(BoxError::from)))
+        r
     }
 
     fn is_end_stream(&self) -> bool {

@@ -4,12 +4,17 @@
 //! request to the connection's task, the response back); here the request's task writes the
 //! request, reads the response head, and — from the response body — reads the rest.
 //!
+//! A request without a body (most of them: `GET`, `HEAD`, `DELETE`) goes over a connection
+//! of [`crate::wire`], the HTTP/1.1 exchange written over the socket; a request with a body
+//! over one of hyper's HTTP/1.1 client connections. The two kinds are kept apart.
+//!
 //! Each ingress worker (a thread with a runtime of its own, see
 //! [`crate::ingress::serve_ingress_workers`]) keeps connections of its own to each instance,
 //! opened and driven by its runtime only: a connection is registered with the reactor of the
 //! runtime that opened it, and would otherwise be woken from another thread (and end with that
 //! runtime while the other still used it). Threads that are no worker share slot 0.
 
+use crate::wire::{Reader, Wire, WireError};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
@@ -73,6 +78,8 @@ impl Conn {
 #[derive(Default)]
 struct Slot {
     idle: Mutex<Vec<Conn>>,
+    /// Idle connections for requests without a body.
+    wires: Mutex<Vec<Wire>>,
     /// The one HTTP/2 connection to an h2c container, shared by all of this slot's requests
     /// (each a stream of it), driven by a task of its own.
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Incoming>>>,
@@ -126,15 +133,79 @@ impl Upstream {
         }
     }
 
-    /// How many idle connections are kept now, in every slot.
+    /// How many idle connections are kept now, in every slot, of both kinds.
     pub fn idle_count(&self) -> usize {
         self.slots
             .iter()
-            .map(|s| s.idle.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| {
+                s.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+                    + s.wires.lock().unwrap_or_else(|e| e.into_inner()).len()
+            })
             .sum()
     }
 
-    /// Sends `req` over an idle connection, or a new one that `connect` opens. A request
+    /// An idle connection for a request without a body, from this thread's slot, that the
+    /// app has not closed.
+    fn checkout_wire(&self) -> Option<Wire> {
+        let (_, here) = self.here();
+        loop {
+            let w = here.wires.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if w.usable() {
+                return Some(w);
+            }
+        }
+    }
+
+    /// Keeps a connection for requests without a body in `slot`.
+    fn release_wire(&self, w: Wire, slot: usize) {
+        let slot = &self.slots[slot.min(self.slots.len() - 1)];
+        let mut idle = slot.wires.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(w);
+        }
+    }
+
+    /// Sends a request without a body over an idle connection of [`crate::wire`], or a new
+    /// one that `connect` opens. An idle connection that failed before any answer came is
+    /// replaced by a new one for a second try when the request could not have reached the
+    /// app (its write failed) or is idempotent (RFC 9110 §9.2.2: the app may have read it
+    /// before the connection went, and repeating it changes nothing more).
+    async fn send_bodiless<F, Fut>(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        connect: F,
+    ) -> Result<Response<UpstreamBody>, crate::proxy::BoxError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::io::Result<tokio::net::TcpStream>>,
+    {
+        let slot = self.here().0;
+        let mut pooled = self.checkout_wire();
+        loop {
+            let reused = pooled.is_some();
+            let wire = match pooled.take() {
+                Some(w) => w,
+                None => Wire::new(connect().await?),
+            };
+            match wire.exchange(&req).await {
+                Ok((parts, reader)) => {
+                    return Ok(Response::from_parts(
+                        parts,
+                        UpstreamBody {
+                            kind: Kind::Wire { reader, slot },
+                            upstream: self.clone(),
+                        },
+                    ))
+                }
+                Err(WireError::Write(_)) if reused => continue,
+                Err(WireError::NoResponse(_)) if reused && idempotent(req.method()) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends `req` over an idle connection, or a new one that `connect` opens: without a body,
+    /// as [`Upstream::send_bodiless`] does; with one, over hyper's client. A request
     /// that an idle connection turned down unsent (the app closed it meanwhile) is sent again
     /// over a new connection. The response's body drives the connection from then on, and
     /// hands it back here when it is complete.
@@ -147,6 +218,9 @@ impl Upstream {
         F: Fn() -> Fut,
         Fut: Future<Output = std::io::Result<tokio::net::TcpStream>>,
     {
+        if req.body().is_end_stream() {
+            return self.send_bodiless(req, connect).await;
+        }
         let pooled = std::future::poll_fn(|cx| Poll::Ready(self.checkout(cx))).await;
         let mut fresh = pooled.is_none();
         let slot = self.here().0;
@@ -166,8 +240,10 @@ impl Upstream {
                 Ok(res) => {
                     let upstream = self.clone();
                     return Ok(res.map(|inner| UpstreamBody {
-                        inner,
-                        conn: Some(conn),
+                        kind: Kind::Hyper {
+                            inner,
+                            conn: Some(conn),
+                        },
                         upstream,
                     }));
                 }
@@ -219,8 +295,7 @@ impl Upstream {
         let res = tx.send_request(req).await?;
         let upstream = self.clone();
         Ok(res.map(|inner| UpstreamBody {
-            inner,
-            conn: None,
+            kind: Kind::Hyper { inner, conn: None },
             upstream,
         }))
     }
@@ -248,8 +323,7 @@ impl Upstream {
         let res = tx.send_request(req).await?;
         let upstream = self.clone();
         Ok(res.map(|inner| UpstreamBody {
-            inner,
-            conn: None,
+            kind: Kind::Hyper { inner, conn: None },
             upstream,
         }))
     }
@@ -271,20 +345,49 @@ where
     })
 }
 
+/// Whether a request method is idempotent (RFC 9110 §9.2.2).
+fn idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
 /// A response body from an instance. Polling it drives its connection; once it is complete
 /// the connection goes back to the instance's idle ones (dropped unfinished, it is closed).
 pub struct UpstreamBody {
-    inner: Incoming,
-    conn: Option<Conn>,
+    kind: Kind,
     upstream: Arc<Upstream>,
+}
+
+/// Which kind of connection a body comes over.
+enum Kind {
+    /// hyper's client connection (a request with a body, an upgrade, HTTP/2).
+    Hyper { inner: Incoming, conn: Option<Conn> },
+    /// A [`crate::wire`] connection, going back to slot `slot` when the body is complete.
+    Wire { reader: Reader, slot: usize },
 }
 
 impl UpstreamBody {
     /// Hands the connection back if the body is complete, else closes it.
     fn done(&mut self, cx: Option<&mut Context<'_>>) {
-        if let Some(c) = self.conn.take() {
-            if self.inner.is_end_stream() {
-                self.upstream.release(c, cx);
+        match &mut self.kind {
+            Kind::Hyper { inner, conn } => {
+                if let Some(c) = conn.take() {
+                    if inner.is_end_stream() {
+                        self.upstream.release(c, cx);
+                    }
+                }
+            }
+            Kind::Wire { reader, slot } => {
+                if let Some(w) = reader.reusable() {
+                    self.upstream.release_wire(w, *slot);
+                }
             }
         }
     }
@@ -298,31 +401,52 @@ impl Drop for UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::proxy::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(c) = self.conn.as_mut() {
-            c.drive(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.kind {
+            Kind::Hyper { inner, conn } => {
+                if let Some(c) = conn.as_mut() {
+                    c.drive(cx);
+                }
+                let r = Pin::new(&mut *inner).poll_frame(cx);
+                let end = inner.is_end_stream();
+                match &r {
+                    Poll::Ready(None) => self.done(Some(cx)),
+                    Poll::Ready(Some(Err(_))) => *conn = None,
+                    _ if end => self.done(Some(cx)),
+                    _ => {}
+                }
+                r.map(|o| o.map(|f| f.map_err(Into::into)))
+            }
+            Kind::Wire { reader, .. } => {
+                let r = reader.poll_frame(cx);
+                if reader.is_end_stream() {
+                    self.done(Some(cx));
+                }
+                r.map(|o| o.map(|f| f.map_err(Into::into)))
+            }
         }
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => self.done(Some(cx)),
-            Poll::Ready(Some(Err(_))) => self.conn = None,
-            _ if self.inner.is_end_stream() => self.done(Some(cx)),
-            _ => {}
-        }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Hyper { inner, .. } => inner.is_end_stream(),
+            Kind::Wire { reader, .. } => reader.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            Kind::Hyper { inner, .. } => inner.size_hint(),
+            Kind::Wire { reader, .. } => match reader.exact_len() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+        }
     }
 }
 
@@ -394,7 +518,7 @@ mod tests {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<Full<Bytes>>();
-        for i in 0..20usize {
+        for i in 1..20usize {
             let body = vec![b'x'; i * 10_000];
             let req = Request::post(format!("http://{addr}/"))
                 .body(Full::new(Bytes::from(body)))
@@ -406,5 +530,71 @@ mod tests {
         // One connection served every request, one after the other.
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(upstream.idle_count(), 1);
+        // Requests without a body go over a connection of their own kind, reused too.
+        for _ in 0..5 {
+            let req = Request::get(format!("http://{addr}/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let res = client.request(req).await.unwrap();
+            let text = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(text, "got 0");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(upstream.idle_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_that_closes_unanswered_is_retried_only_when_it_is_safe() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Each connection answers its first request and closes at its second, unanswered.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    for answer in [true, false] {
+                        let mut req = Vec::new();
+                        while !req.ends_with(b"\r\n\r\n") {
+                            let mut b = [0u8; 1];
+                            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            req.push(b[0]);
+                        }
+                        if answer {
+                            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            s.write_all(ok).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let upstream = Arc::new(Upstream::default());
+        let addr = front(upstream.clone(), to).await;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let send = |method: http::Method| {
+            let req = Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            client.request(req)
+        };
+        let res = send(http::Method::GET).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        // The kept connection goes unanswered: a GET is sent again over a new one.
+        let res = send(http::Method::GET).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A POST may have reached the app: it is not sent twice.
+        assert!(send(http::Method::POST).await.is_err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
