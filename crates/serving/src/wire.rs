@@ -224,8 +224,7 @@ fn take_head(buf: &mut BytesMut) -> Result<Option<http::response::Parts>, WireEr
     }
     // Where each field's name and value lie in the head: the head's bytes are then frozen
     // once and every value shares them.
-    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let (status, version, fields, used) = {
+    let (status, version, at, used) = {
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut []);
@@ -237,26 +236,30 @@ fn take_head(buf: &mut BytesMut) -> Result<Option<http::response::Parts>, WireEr
             Err(e) => return Err(WireError::Malformed(e.to_string())),
         };
         let base = buf.as_ptr() as usize;
-        for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *slot = (name, name + h.name.len(), value, value + h.value.len());
-        }
-        (res.code, res.version, res.headers.len(), used)
+        let at: Vec<_> = res
+            .headers
+            .iter()
+            .map(|h| {
+                let name = h.name.as_ptr() as usize - base;
+                let value = h.value.as_ptr() as usize - base;
+                (name..name + h.name.len(), value..value + h.value.len())
+            })
+            .collect();
+        (res.code, res.version, at, used)
     };
     let status = status
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or_else(|| WireError::Malformed("no valid status code".into()))?;
     let head = buf.split_to(used).freeze();
-    let mut headers = HeaderMap::with_capacity(fields);
-    for &(n0, n1, v0, v1) in &at[..fields] {
-        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| {
+    let mut headers = HeaderMap::with_capacity(at.len());
+    for (name, value) in at {
+        let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| {
             WireError::Malformed(format!(
                 "a header name {:?}",
-                String::from_utf8_lossy(&head[n0..n1])
+                String::from_utf8_lossy(&head[name])
             ))
         })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
             .map_err(|_| WireError::Malformed(format!("the value of header {name}")))?;
         headers.append(name, value);
     }
