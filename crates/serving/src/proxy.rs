@@ -377,6 +377,9 @@ impl Serving {
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        // Room for the headers added below (X-Forwarded-For, X-Forwarded-Proto, Forwarded, the
+        // two trace headers, an Upgrade's two): the map grows once, not once per insert.
+        headers.reserve(7);
         if let Some(proto) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
