@@ -188,6 +188,26 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// Joins an HTTP/2 request's `Cookie` fields into one for HTTP/1.1, with `; ` between them
+/// (RFC 9113 §8.2.3: HTTP/2 clients may send each cookie as a field of its own, and an
+/// HTTP/1.1 request carries one `Cookie` header, RFC 6265 §5.4).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    let (Some(_), Some(_)) = (all.next(), all.next()) else {
+        return;
+    };
+    let mut joined = Vec::new();
+    for (i, v) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 impl Serving {
     /// Serves one ingress request.
     pub async fn handle(
@@ -374,9 +394,13 @@ impl Serving {
             .headers()
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let from_h2 = req.version() == http::Version::HTTP_2;
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if from_h2 && !pool.settings.use_http2 {
+            join_cookies(headers);
+        }
         // Room for the headers added below (X-Forwarded-For, X-Forwarded-Proto, Forwarded, the
         // two trace headers, an Upgrade's two): the map grows once, not once per insert.
         headers.reserve(7);
@@ -691,6 +715,28 @@ mod tests {
             left.sort_unstable();
             assert_eq!(left, want, "{connection}");
         }
+    }
+
+    #[test]
+    fn an_http2_requests_cookie_fields_become_one_header() {
+        let mut h = http::HeaderMap::new();
+        for v in ["a=1", "b=2", "c=3"] {
+            h.append(header::COOKIE, v.parse().unwrap());
+        }
+        h.insert(header::ACCEPT, "*/*".parse().unwrap());
+        join_cookies(&mut h);
+        let cookies: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        assert_eq!(h[header::ACCEPT], "*/*");
+        // One field, or none, is left as it is.
+        let mut one = http::HeaderMap::new();
+        one.insert(header::COOKIE, "a=1; b=2".parse().unwrap());
+        let before = one.clone();
+        join_cookies(&mut one);
+        assert_eq!(one, before);
+        let mut none = http::HeaderMap::new();
+        join_cookies(&mut none);
+        assert!(none.is_empty());
     }
 
     #[test]

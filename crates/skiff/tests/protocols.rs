@@ -237,6 +237,24 @@ fn forwarding_and_trace_headers_are_added_or_kept() -> Result<(), Failed> {
     // A malformed traceparent is replaced by a new trace.
     let echo = get("\r\ntraceparent: not-a-trace");
     trace_id_of_traceparent(header(&echo, "traceparent")[0]);
+
+    // An HTTP/2 client's cookie fields reach the HTTP/1.1 app as one header (RFC 9113 §8.2.3).
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--http2-prior-knowledge"])
+        .args([
+            "-H",
+            "Host: hdrs.localhost",
+            "-H",
+            "Cookie: a=1",
+            "-H",
+            "Cookie: b=2",
+        ])
+        .arg(format!("http://127.0.0.1:{}/h", s.ingress))
+        .output()
+        .unwrap();
+    let echo: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(header(&echo, "cookie"), ["a=1; b=2"], "{echo}");
     Ok(())
 }
 
