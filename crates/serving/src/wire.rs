@@ -12,7 +12,8 @@
 //! - the response body's length (§6.3): none for `HEAD` and for 1xx, 204 and 304 answers;
 //!   `Transfer-Encoding` ending in `chunked` (§7.1, chunk sizes and trailers parsed with
 //!   `httparse`); any other `Transfer-Encoding`, or neither header, up to the connection's
-//!   close; else `Content-Length`, and differing or malformed lengths are an error;
+//!   close; else `Content-Length`, and differing or malformed lengths are an error. A response
+//!   with both loses its `Content-Length` and its connection is not reused (item 3);
 //! - interim 1xx responses are skipped (a `101` is an error: the request asked no upgrade);
 //! - persistence (§9.3): HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0
 //!   only with `Connection: keep-alive`; a connection with bytes past its response, or whose
@@ -116,7 +117,7 @@ impl Wire {
         self.io.write_all(&head).await.map_err(WireError::Write)?;
         let head_request = req.method() == Method::HEAD;
         loop {
-            let parts = loop {
+            let mut parts = loop {
                 if let Some(parts) = take_head(&mut self.buf)? {
                     break parts;
                 }
@@ -151,7 +152,14 @@ impl Wire {
                 // 100 Continue, 102, 103 Early Hints: the final answer follows.
                 continue;
             }
-            let keep = keep_alive(&parts);
+            let mut keep = keep_alive(&parts);
+            if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+                && parts.headers.remove(http::header::CONTENT_LENGTH).is_some()
+            {
+                // Both: Transfer-Encoding wins, the length does not go on downstream, and the
+                // connection, whose framing is in doubt, is not reused (RFC 9112 §6.3, item 3).
+                keep = false;
+            }
             let framing = if head_request
                 || status == StatusCode::NO_CONTENT
                 || status == StatusCode::NOT_MODIFIED
@@ -712,6 +720,17 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(closed);
+    }
+
+    #[tokio::test]
+    async fn transfer_encoding_wins_over_a_length_which_is_dropped() {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let (addr, _app) = app(vec![answer.to_vec()], 4096).await;
+        let wire = Wire::new(TcpStream::connect(addr).await.unwrap());
+        let (parts, mut r) = wire.exchange(&get("/")).await.unwrap();
+        assert!(!parts.headers.contains_key("content-length"));
+        assert_eq!(body(&mut r).await.unwrap().0, b"hello");
+        assert!(r.reusable().is_none());
     }
 
     #[test]
