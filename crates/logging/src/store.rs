@@ -1,11 +1,22 @@
-//! The log store: one SQLite database (`DATA/logs/logs.db`, WAL) with a row per line, keyed
-//! by its `seq` (the time it was taken in, in microseconds, unique). A row names its
-//! namespace and its service's or job's stream by integer ids (see `SCHEMA`). Indexes by
-//! namespace, by stream, and by execution, each ordered by `seq`, make the newest N lines, a
-//! time range or an execution's lines cost in proportion to what is read, however long the
-//! history. Lines older than the retention go, oldest first; so do a service's or job's
-//! oldest lines when it holds more than its size cap (a per-stream byte count is kept in the
-//! same transactions as the lines, so the cap costs nothing to check).
+//! The log store: one SQLite database (`DATA/logs/logs.db`, WAL). A row holds a run of one
+//! stream's lines (one service's or job's, of one execution): up to [`ROW_LINES`] lines,
+//! taken in within [`ROW_SPAN`] microseconds, in `seq` order, as JSON lines. It is keyed by
+//! its first line's `seq` (the time it was taken in, in microseconds, unique) and names the
+//! last in `last` (NULL for a row of one line, as every row of earlier stores). A busy stream
+//! (one entry per request) so costs one insert per run instead of one per line; a quiet one
+//! writes rows of one line. A row names its namespace and its stream by integer ids (see
+//! `SCHEMA`). Indexes by namespace, by stream, and by execution, each ordered by `seq`, make
+//! the newest N lines, a time range or an execution's lines cost in proportion to what is
+//! read, however long the history; reads merge the rows' lines back into `seq` order (rows of
+//! different streams overlap in time, by at most [`ROW_SPAN`]). Lines older than the
+//! retention go, oldest first, a row at a time; so do a service's or job's oldest rows when
+//! it holds more than its size cap (a per-stream byte count is kept in the same transactions
+//! as the lines, so the cap costs nothing to check).
+//!
+//! Lines must come to [`LogStore::append`] in `seq` order per stream, as the log sink sends
+//! them. A line whose `seq` is not past its stream's newest stored line is taken as written
+//! already when a stored row of its stream and execution spans it, and is stored in a row of
+//! its own otherwise.
 
 use crate::record::{LogLine, LogResource};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -48,6 +59,15 @@ impl Default for Limits {
     }
 }
 
+/// Most lines in one row.
+pub const ROW_LINES: usize = 64;
+
+/// Longest time from a row's first line to its last, in microseconds (`seq` units). A read
+/// in `seq` order can hand on a line once the rows still to come cannot hold an earlier one
+/// (later ones, newest first): rows come in order of their first `seq`, so that bound is the
+/// next row's first `seq` (plus this span, newest first).
+pub const ROW_SPAN: u64 = 5_000;
+
 /// What to read: a namespace's lines, optionally of one service or job (and one of its
 /// executions), in a `seq` (time) range, newest or oldest first.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +96,9 @@ struct Writer {
     /// Ids by namespace name, then by service or job name: a line's ids are found without
     /// making a key.
     ids: HashMap<String, NamespaceIds>,
+    /// The newest `seq` stored, by stream id and execution, as far as this writer has looked
+    /// or written (a line at or before it is checked against the stored rows).
+    newest: HashMap<(i64, String), u64>,
 }
 
 /// A namespace's id, and the ids of its services' and jobs' streams.
@@ -86,10 +109,12 @@ struct NamespaceIds {
     jobs: HashMap<String, i64>,
 }
 
-/// The store's tables. A line names its namespace and its service's or job's stream by
-/// integer ids, so that its two index entries hold two integers and its `seq`, and are placed
-/// by comparing integers; names are kept once, in `namespaces` and `streams`. `streams` also
-/// holds each stream's byte count.
+/// The store's tables. A row of `lines` holds `n` lines of one stream (and execution), from
+/// `seq` to `last` (NULL: one line), as JSON lines; `size` is the bytes of its lines' JSON. It
+/// names its namespace and its service's or job's stream by integer ids, so that its two
+/// index entries hold two integers and its `seq`, and are placed by comparing integers; names
+/// are kept once, in `namespaces` and `streams`. `streams` also holds each stream's byte
+/// count.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces (
     id INTEGER PRIMARY KEY,
@@ -109,7 +134,9 @@ CREATE TABLE IF NOT EXISTS lines (
     stream INTEGER NOT NULL,
     execution TEXT NOT NULL,
     size INTEGER NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    last INTEGER,
+    n INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS lines_by_namespace ON lines (ns, seq);
 CREATE INDEX IF NOT EXISTS lines_by_stream ON lines (stream, seq);
@@ -140,6 +167,18 @@ COMMIT;
 /// stored is skipped.
 const INSERT_LINE: &str = "INSERT OR IGNORE INTO lines (seq, ns, stream, execution, size, body)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Inserts a row of several lines: as [`INSERT_LINE`], then the last line's `seq` and the
+/// number of lines.
+const INSERT_ROW: &str =
+    "INSERT OR IGNORE INTO lines (seq, ns, stream, execution, size, body, last, n)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// The columns a store made before rows of several lines lacks, added on opening.
+const ADD_ROW_COLUMNS: &str = "
+ALTER TABLE lines ADD COLUMN last INTEGER;
+ALTER TABLE lines ADD COLUMN n INTEGER NOT NULL DEFAULT 1;
+";
 
 /// Adds bytes (`?2`) to a stream's (`?1`) count.
 const ADD_BYTES: &str = "UPDATE streams SET bytes = bytes + ?2 WHERE id = ?1";
@@ -176,6 +215,15 @@ fn kind_of(r: &LogResource) -> (&'static str, &str) {
         LogResource::Service(n) => ("service", n),
         LogResource::Job(n) => ("job", n),
     }
+}
+
+fn has_column(c: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
 }
 
 fn table_exists(c: &Connection, name: &str) -> rusqlite::Result<bool> {
@@ -238,6 +286,175 @@ impl Writer {
     }
 }
 
+/// A stream and execution's rows: where [`LogStore::append`] puts one run of lines.
+struct Key<'a> {
+    ns: i64,
+    stream: i64,
+    execution: &'a str,
+}
+
+impl Key<'_> {
+    /// The rows' condition and order, along the index by stream, or by execution for a job's
+    /// lines (the literal term lets SQLite use that partial index).
+    fn rows_sql(&self, cond: &str) -> String {
+        match self.execution.is_empty() {
+            true => format!(
+                "SELECT seq, last, body FROM lines WHERE stream = ?1 AND execution = ?2 {cond}
+                 ORDER BY stream, seq DESC"
+            ),
+            false => format!(
+                "SELECT seq, last, body FROM lines
+                 WHERE stream = ?1 AND execution = ?2 AND execution <> '' {cond}
+                 ORDER BY stream, execution, seq DESC"
+            ),
+        }
+    }
+
+    /// The newest `seq` stored (0 for none): the greatest last line among the newest rows
+    /// (a row of one line taken in late may begin after a longer row it falls within).
+    fn newest(&self, tx: &Connection) -> rusqlite::Result<u64> {
+        let mut q = tx.prepare_cached(&self.rows_sql(""))?;
+        let mut rows = q.query(params![self.stream, self.execution])?;
+        let mut top: Option<(i64, i64)> = None;
+        while let Some(r) = rows.next()? {
+            let first: i64 = r.get(0)?;
+            let last = r.get::<_, Option<i64>>(1)?.unwrap_or(first);
+            match top {
+                Some((newest_first, _)) if first < newest_first - ROW_SPAN as i64 => break,
+                Some((f, t)) => top = Some((f, t.max(last))),
+                None => top = Some((first, last)),
+            }
+        }
+        Ok(top.map_or(0, |(_, t)| t.max(0) as u64))
+    }
+
+    /// Whether a stored row holds a line `seq` (rows begin at most [`ROW_SPAN`] before it).
+    fn holds(&self, tx: &Connection, seq: u64) -> rusqlite::Result<bool> {
+        let mut q = tx.prepare_cached(&self.rows_sql("AND seq <= ?3 AND seq >= ?4"))?;
+        let mut rows = q.query(params![
+            self.stream,
+            self.execution,
+            seq as i64,
+            seq.saturating_sub(ROW_SPAN) as i64
+        ])?;
+        while let Some(r) = rows.next()? {
+            let body: String = r.get(2)?;
+            if body.split('\n').any(|l| line_seq(l) == Some(seq)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Writes runs of lines as rows, counting the bytes added per stream.
+struct Rows<'t, 'a> {
+    tx: &'t rusqlite::Transaction<'t>,
+    body: Vec<u8>,
+    added: &'a mut HashMap<i64, i64>,
+}
+
+impl Rows<'_, '_> {
+    /// Stores `run` (in `seq` order, within [`ROW_SPAN`]) as one row; a run of one line as a
+    /// row of one line. A run whose first `seq` is taken goes line by line instead.
+    fn put(&mut self, key: &Key<'_>, run: &[&LogLine]) -> rusqlite::Result<()> {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Ok(());
+        };
+        self.body.clear();
+        for l in run {
+            if !self.body.is_empty() {
+                self.body.push(b'\n');
+            }
+            // Serializing a `LogLine` cannot fail, and gives UTF-8 without raw newlines.
+            let _ = serde_json::to_writer(&mut self.body, l);
+        }
+        let text = std::str::from_utf8(&self.body).unwrap_or_default();
+        // The lines' own bytes, without the newlines between them.
+        let size = (text.len() + 1 - run.len()) as i64;
+        let stored = if run.len() == 1 {
+            let mut ins = self.tx.prepare_cached(INSERT_LINE)?;
+            insert_line(&mut ins, first, (key.ns, key.stream), text)?
+        } else {
+            self.tx.prepare_cached(INSERT_ROW)?.execute(params![
+                first.seq as i64,
+                key.ns,
+                key.stream,
+                key.execution,
+                size,
+                text,
+                last.seq as i64,
+                run.len() as i64
+            ])?
+        };
+        if stored > 0 {
+            *self.added.entry(key.stream).or_default() += size;
+        } else if run.len() > 1 {
+            for l in run {
+                self.put(key, &[l])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `seq` a stored line's JSON begins with (`{"seq":N,`, as a [`LogLine`] serializes),
+/// read without parsing the rest.
+fn line_seq(json: &str) -> Option<u64> {
+    let digits = json.strip_prefix("{\"seq\":")?;
+    let end = digits.find(|c: char| !c.is_ascii_digit())?;
+    digits[..end].parse().ok()
+}
+
+/// Puts the lines of rows read in order of their first `seq` back into `seq` order (rows of
+/// different streams, or a line taken in late, overlap in time by at most [`ROW_SPAN`]).
+struct Merge {
+    newest_first: bool,
+    /// Lines read and not handed on yet, by `seq`.
+    waiting: std::collections::BTreeMap<u64, String>,
+}
+
+impl Merge {
+    fn new(newest_first: bool) -> Merge {
+        Merge {
+            newest_first,
+            waiting: std::collections::BTreeMap::new(),
+        }
+    }
+
+    fn take(&mut self, seq: u64, json: String) {
+        self.waiting.insert(seq, json);
+    }
+
+    /// Hands on, in order, every waiting line that no row from one beginning at `next` on
+    /// can precede; false once `each` wants no more.
+    fn hand_on(&mut self, next: u64, each: &mut impl FnMut(LogLine) -> bool) -> bool {
+        loop {
+            let ready = match self.newest_first {
+                false => self.waiting.first_key_value().filter(|(&s, _)| s < next),
+                true => self
+                    .waiting
+                    .last_key_value()
+                    .filter(|(&s, _)| s > next.saturating_add(ROW_SPAN) || next == 0),
+            };
+            let Some((&seq, _)) = ready else {
+                return true;
+            };
+            let Some(json) = self.waiting.remove(&seq) else {
+                return true;
+            };
+            match serde_json::from_str::<LogLine>(&json) {
+                Ok(l) => {
+                    if !each(l) {
+                        return false;
+                    }
+                }
+                Err(e) => tracing::warn!("skipping an unreadable log line: {e}"),
+            }
+        }
+    }
+}
+
 impl LogStore {
     /// Opens (creating it and its directory if needed) the store at `path`, moving the lines
     /// of a store made with names in every row into the current tables first.
@@ -260,6 +477,7 @@ impl LogStore {
             writer: Mutex::new(Writer {
                 conn,
                 ids: HashMap::new(),
+                newest: HashMap::new(),
             }),
             limits,
         };
@@ -270,6 +488,11 @@ impl LogStore {
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;",
             )
             .and_then(|_| c.execute_batch(SCHEMA))
+            .and_then(|_| has_column(c, "lines", "last"))
+            .and_then(|has| match has {
+                true => Ok(()),
+                false => c.execute_batch(ADD_ROW_COLUMNS),
+            })
             .and_then(|_| table_exists(c, "entries"))
             .and_then(|old| match old {
                 true => c.execute_batch(MIGRATE_ENTRIES).inspect_err(|_| {
@@ -302,23 +525,28 @@ impl LogStore {
     pub fn last_seq(&self) -> Result<u64, StoreError> {
         self.writer()
             .conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM lines", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT COALESCE(MAX(COALESCE(last, seq)), 0) FROM lines
+                 WHERE seq >= (SELECT MAX(seq) FROM lines) - ?1",
+                [ROW_SPAN as i64],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|v| v as u64)
             .map_err(|e| self.err(e))
     }
 
     /// Appends lines in one transaction, then trims every service or job they touched to its
-    /// size cap. A line whose `seq` is already stored is skipped.
+    /// size cap. A stream's lines go in rows of up to [`ROW_LINES`] (see the module's doc); a
+    /// line already stored is skipped.
     pub fn append(&self, lines: &[LogLine]) -> Result<(), StoreError> {
         if lines.is_empty() {
             return Ok(());
         }
         let mut w = self.writer();
-        let Writer { conn, ids } = &mut *w;
-        let added = Self::insert(conn, ids, lines).map_err(|e| {
+        let Writer { conn, ids, newest } = &mut *w;
+        let added = Self::insert(conn, ids, newest, lines).map_err(|e| {
             ids.clear();
+            newest.clear();
             self.err(e)
         })?;
         for stream in added {
@@ -331,15 +559,16 @@ impl LogStore {
     fn insert(
         conn: &mut Connection,
         ids: &mut HashMap<String, NamespaceIds>,
+        newest: &mut HashMap<(i64, String), u64>,
         lines: &[LogLine],
     ) -> rusqlite::Result<Vec<i64>> {
         let tx = conn.transaction()?;
         let mut added: HashMap<i64, i64> = HashMap::new();
         {
-            let mut ins = tx.prepare_cached(INSERT_LINE)?;
-            // One buffer for every line's JSON (serializing a `LogLine` cannot fail, and
-            // gives UTF-8); lines come in runs from one service or job, whose ids are kept.
-            let mut body: Vec<u8> = Vec::new();
+            // The lines by stream and execution, in the order they came; lines come in runs
+            // from one service or job, whose ids are kept.
+            let mut groups: Vec<(Key<'_>, Vec<&LogLine>)> = Vec::new();
+            let mut group_of: HashMap<(i64, &str), usize> = HashMap::new();
             let mut last: Option<(&LogLine, (i64, i64))> = None;
             for l in lines {
                 let (kind, name) = kind_and_name(l);
@@ -353,12 +582,53 @@ impl LogStore {
                     _ => Writer::ids(&tx, ids, &l.source.namespace, kind, name)?,
                 };
                 last = Some((l, (ns, stream)));
-                body.clear();
-                let _ = serde_json::to_writer(&mut body, l);
-                let text = std::str::from_utf8(&body).unwrap_or_default();
-                if insert_line(&mut ins, l, (ns, stream), text)? > 0 {
-                    *added.entry(stream).or_default() += text.len() as i64;
+                let execution = l.source.execution.as_str();
+                let g = *group_of.entry((stream, execution)).or_insert_with(|| {
+                    groups.push((
+                        Key {
+                            ns,
+                            stream,
+                            execution,
+                        },
+                        Vec::new(),
+                    ));
+                    groups.len() - 1
+                });
+                groups[g].1.push(l);
+            }
+            let mut rows = Rows {
+                tx: &tx,
+                body: Vec::new(),
+                added: &mut added,
+            };
+            for (key, mut group) in groups {
+                group.sort_by_key(|l| l.seq);
+                let stored = (key.stream, key.execution.to_string());
+                let mut top = match newest.get(&stored) {
+                    Some(&t) => t,
+                    None => key.newest(&tx)?,
+                };
+                let mut run: Vec<&LogLine> = Vec::with_capacity(group.len().min(ROW_LINES));
+                for l in group {
+                    if l.seq > top {
+                        let full = run.len() == ROW_LINES
+                            || run.first().is_some_and(|f| l.seq - f.seq > ROW_SPAN);
+                        if full {
+                            rows.put(&key, &run)?;
+                            run.clear();
+                        }
+                        run.push(l);
+                        top = l.seq;
+                    } else {
+                        rows.put(&key, &run)?;
+                        run.clear();
+                        if !key.holds(&tx, l.seq)? {
+                            rows.put(&key, &[l])?;
+                        }
+                    }
                 }
+                rows.put(&key, &run)?;
+                newest.insert(stored, top);
             }
             let mut size = tx.prepare_cached(ADD_BYTES)?;
             for (stream, bytes) in &added {
@@ -447,7 +717,7 @@ impl LogStore {
     /// Inserts lines, moving each `seq` on to the next free one; empties `batch`.
     fn insert_moving(&self, batch: &mut Vec<LogLine>) -> Result<u64, StoreError> {
         let mut w = self.writer();
-        let Writer { conn, ids } = &mut *w;
+        let Writer { conn, ids, .. } = &mut *w;
         let mut go = || -> rusqlite::Result<u64> {
             let tx = conn.transaction()?;
             let mut n = 0;
@@ -479,20 +749,31 @@ impl LogStore {
         n.map_err(|e| self.err(e))
     }
 
-    /// Deletes every line older than the retention, as of `now` (microseconds since the
-    /// epoch); returns how many went.
+    /// Deletes every row whose lines are all older than the retention, as of `now`
+    /// (microseconds since the epoch); returns how many lines went.
     pub fn expire(&self, now: u64) -> Result<u64, StoreError> {
         let cutoff = now.saturating_sub(self.limits.retention.as_micros() as u64) as i64;
         let mut w = self.writer();
         let tx = w.conn.transaction().map_err(|e| self.err(e))?;
+        // Whole rows: a row whose last line is within the retention stays (for at most
+        // ROW_SPAN longer).
+        const OLD: &str = "seq < ?1 AND COALESCE(last, seq) < ?1";
         tx.execute(
-            "UPDATE streams SET bytes = MAX(0, bytes - COALESCE((SELECT SUM(size) FROM lines l
-               WHERE l.stream = streams.id AND l.seq < ?1), 0))",
+            &format!(
+                "UPDATE streams SET bytes = MAX(0, bytes - COALESCE((SELECT SUM(size) FROM lines l
+                   WHERE l.stream = streams.id AND {OLD}), 0))"
+            ),
             params![cutoff],
         )
         .map_err(|e| self.err(e))?;
-        let n = tx
-            .execute("DELETE FROM lines WHERE seq < ?1", params![cutoff])
+        let n: i64 = tx
+            .query_row(
+                &format!("SELECT COALESCE(SUM(n), 0) FROM lines WHERE {OLD}"),
+                params![cutoff],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        tx.execute(&format!("DELETE FROM lines WHERE {OLD}"), params![cutoff])
             .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n as u64)
@@ -504,6 +785,7 @@ impl LogStore {
         let mut w = self.writer();
         // Its id may be given to another stream once its row is gone.
         w.ids.clear();
+        w.newest.clear();
         let tx = w.conn.transaction().map_err(|e| self.err(e))?;
         tx.execute(
             "DELETE FROM lines WHERE stream IN
@@ -563,7 +845,7 @@ impl LogStore {
                     .map_err(|e| self.err(e))?;
                 let Some(ns) = ns else { return Ok(()) };
                 (
-                    String::from("SELECT body FROM lines WHERE ns = ?"),
+                    String::from("SELECT seq, body FROM lines WHERE ns = ?"),
                     vec![V::Integer(ns)],
                     "ns",
                 )
@@ -579,7 +861,7 @@ impl LogStore {
                     .optional()
                     .map_err(|e| self.err(e))?;
                 let Some(stream) = stream else { return Ok(()) };
-                let mut sql = String::from("SELECT body FROM lines WHERE stream = ?");
+                let mut sql = String::from("SELECT seq, body FROM lines WHERE stream = ?");
                 let mut args = vec![V::Integer(stream)];
                 let mut order = "stream";
                 if let Some(e) = &scan.execution {
@@ -591,9 +873,12 @@ impl LogStore {
                 (sql, args, order)
             }
         };
+        // A row holding lines from `since` on may begin up to ROW_SPAN before it.
         if let Some(s) = scan.since {
             sql.push_str(" AND seq >= ?");
-            args.push(V::Integer(s.min(i64::MAX as u64) as i64));
+            args.push(V::Integer(
+                s.saturating_sub(ROW_SPAN).min(i64::MAX as u64) as i64
+            ));
         }
         if let Some(u) = scan.until {
             sql.push_str(" AND seq <= ?");
@@ -607,17 +892,23 @@ impl LogStore {
         let mut rows = q
             .query(rusqlite::params_from_iter(args))
             .map_err(|e| self.err(e))?;
+        let (since, until) = (scan.since.unwrap_or(0), scan.until.unwrap_or(u64::MAX));
+        let mut merge = Merge::new(scan.newest_first);
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let body: String = r.get(0).map_err(|e| self.err(e))?;
-            match serde_json::from_str::<LogLine>(&body) {
-                Ok(l) => {
-                    if !each(l) {
-                        break;
-                    }
+            let first: i64 = r.get(0).map_err(|e| self.err(e))?;
+            if !merge.hand_on(first.max(0) as u64, &mut each) {
+                return Ok(());
+            }
+            let body: String = r.get(1).map_err(|e| self.err(e))?;
+            for text in body.split('\n') {
+                match line_seq(text) {
+                    Some(seq) if seq < since || seq > until => {}
+                    Some(seq) => merge.take(seq, text.to_string()),
+                    None => tracing::warn!("skipping an unreadable log line"),
                 }
-                Err(e) => tracing::warn!("skipping an unreadable log line: {e}"),
             }
         }
+        merge.hand_on(if scan.newest_first { 0 } else { u64::MAX }, &mut each);
         Ok(())
     }
 
@@ -1007,5 +1298,150 @@ mod tests {
                 .unwrap(),
             0
         );
+    }
+    /// Rows in the store, and lines in them.
+    fn rows_and_lines(path: &Path) -> (i64, i64) {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT COUNT(*), SUM(n) FROM lines", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_busy_streams_lines_share_rows_and_read_back_in_seq_order() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Limits::default());
+        // A service's steady stream, another's, and a job's two executions, interleaved.
+        let mut lines = Vec::new();
+        for i in 0..200u64 {
+            let seq = 1_000 + i * 3;
+            lines.push(line(seq, "web", "", "", &format!("web {seq}")));
+            if i % 4 == 0 {
+                lines.push(line(seq + 1, "api", "", "", &format!("api {}", seq + 1)));
+            }
+            if i % 5 == 0 {
+                let e = if i % 10 == 0 { "etl-a" } else { "etl-b" };
+                lines.push(line(seq + 2, "", "etl", e, &format!("etl {}", seq + 2)));
+            }
+        }
+        s.append(&lines[..150]).unwrap();
+        s.append(&lines[150..]).unwrap();
+        let (rows, stored) = rows_and_lines(&d.path().join("logs.db"));
+        assert_eq!(stored as usize, lines.len());
+        assert!(rows <= 12, "{rows} rows for {} lines", lines.len());
+        let web = LogResource::Service("web".into());
+        let seqs = |v: &[LogLine]| v.iter().map(|l| l.seq).collect::<Vec<_>>();
+        let want: Vec<u64> = (100..200).map(|i| 1_000 + i * 3).collect();
+        assert_eq!(seqs(&s.tail("demo", &web, None, 100).unwrap()), want);
+        let etl = LogResource::Job("etl".into());
+        let a = s.tail("demo", &etl, Some("etl-a"), 100).unwrap();
+        assert_eq!(a.len(), 20);
+        assert!(a.iter().all(|l| l.source.execution == "etl-a"));
+        assert_eq!(s.tail("demo", &etl, None, 100).unwrap().len(), 40);
+        // The whole namespace, both ways, and a time range that begins and ends inside rows.
+        let mut all = seqs(&lines);
+        all.sort_unstable();
+        for newest_first in [false, true] {
+            for (since, until) in [(None, None), (Some(1_100), Some(1_301))] {
+                let mut got = Vec::new();
+                s.scan(
+                    &Scan {
+                        namespace: "demo".into(),
+                        newest_first,
+                        since,
+                        until,
+                        ..Scan::default()
+                    },
+                    |l| {
+                        got.push(l.seq);
+                        true
+                    },
+                )
+                .unwrap();
+                let mut want: Vec<u64> = all
+                    .iter()
+                    .copied()
+                    .filter(|q| since.is_none_or(|s| *q >= s) && until.is_none_or(|u| *q <= u))
+                    .collect();
+                if newest_first {
+                    want.reverse();
+                }
+                assert_eq!(
+                    got, want,
+                    "newest first: {newest_first}, {since:?}..{until:?}"
+                );
+            }
+        }
+        assert_eq!(s.last_seq().unwrap(), *all.last().unwrap());
+    }
+
+    #[test]
+    fn rows_end_at_their_span_and_a_line_taken_in_late_gets_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("logs.db");
+        let s = open(d.path(), Limits::default());
+        let web = LogResource::Service("web".into());
+        let far = ROW_SPAN + 1;
+        s.append(&[
+            line(10, "web", "", "", "a"),
+            line(20, "web", "", "", "b"),
+            line(20 + far, "web", "", "", "c"),
+        ])
+        .unwrap();
+        assert_eq!(rows_and_lines(&path), (2, 3), "c is past a's row's span");
+        let before = s.size_of("demo", &web).unwrap();
+        // 20 again is stored already: skipped. 15 is new, though earlier than the newest.
+        s.append(&[
+            line(20, "web", "", "", "b again"),
+            line(15, "web", "", "", "late"),
+        ])
+        .unwrap();
+        assert_eq!(rows_and_lines(&path), (3, 4));
+        let late = serde_json::to_string(&line(15, "web", "", "", "late")).unwrap();
+        assert_eq!(s.size_of("demo", &web).unwrap(), before + late.len() as u64);
+        assert_eq!(
+            texts(&s.tail("demo", &web, None, 10).unwrap()),
+            ["a", "late", "b", "c"]
+        );
+        assert_eq!(
+            texts(&s.tail("demo", &web, None, 3).unwrap()),
+            ["late", "b", "c"]
+        );
+        // Opened again, the newest stored is looked up: 20 is still skipped.
+        drop(s);
+        let s = open(d.path(), Limits::default());
+        s.append(&[line(20, "web", "", "", "b again")]).unwrap();
+        assert_eq!(rows_and_lines(&path), (3, 4));
+    }
+
+    #[test]
+    fn a_store_with_a_row_per_line_gets_the_new_columns_and_reads_the_same() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("logs.db");
+        {
+            let s = open(d.path(), Limits::default());
+            s.append(&[line(1, "web", "", "", "one")]).unwrap();
+        }
+        {
+            // As stores were before rows of several lines: no `last`, no `n`.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("ALTER TABLE lines DROP COLUMN last; ALTER TABLE lines DROP COLUMN n;")
+                .unwrap();
+            assert!(!has_column(&c, "lines", "n").unwrap());
+        }
+        let s = open(d.path(), Limits::default());
+        s.append(&[
+            line(2, "web", "", "", "two"),
+            line(3, "web", "", "", "three"),
+        ])
+        .unwrap();
+        let web = LogResource::Service("web".into());
+        assert_eq!(
+            texts(&s.tail("demo", &web, None, 10).unwrap()),
+            ["one", "two", "three"]
+        );
+        assert_eq!(rows_and_lines(&path), (2, 3));
     }
 }

@@ -10,7 +10,7 @@
 pub use skiff_logging::{HttpRequest, Limits, LogLine, LogResource, LogSource, LogStore, Scan};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -29,7 +29,10 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct LogSink {
     store: Arc<LogStore>,
-    last: AtomicU64,
+    /// The last `seq` given out. Held while a line gets its `seq` and goes into the queue, so
+    /// that the writer receives lines in `seq` order (the store keeps runs of a stream's lines
+    /// in one row, and relies on it: see [`skiff_logging::store`]).
+    last: Mutex<u64>,
     tx: mpsc::Sender<LogLine>,
     live: broadcast::Sender<LogLine>,
     dropped: AtomicU64,
@@ -53,7 +56,7 @@ impl LogSink {
         let (tx, mut rx) = mpsc::channel::<LogLine>(QUEUE);
         let (live, _) = broadcast::channel(4096);
         let sink = Arc::new(LogSink {
-            last: AtomicU64::new(store.last_seq()?),
+            last: Mutex::new(store.last_seq()?),
             store: store.clone(),
             tx,
             live,
@@ -130,23 +133,17 @@ impl LogSink {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// A new line with the next `seq`: now in microseconds, or one past the last if that is
-    /// not earlier.
+    /// A new line with the next `seq` after `last` (the sink's, held by the caller): now in
+    /// microseconds, or one past the last if that is not earlier.
     fn line(
-        &self,
+        last: &mut u64,
         source: LogSource,
         stream: &str,
         line: String,
         http_request: Option<HttpRequest>,
     ) -> LogLine {
-        let now = now_micros();
-        let prev = self
-            .last
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
-                Some(p.max(now.saturating_sub(1)) + 1)
-            })
-            .unwrap_or(now);
-        let seq = prev.max(now.saturating_sub(1)) + 1;
+        let seq = (*last).max(now_micros().saturating_sub(1)) + 1;
+        *last = seq;
         LogLine {
             seq,
             time: skiff_logging::record::rfc3339_micros(seq),
@@ -157,10 +154,14 @@ impl LogSink {
         }
     }
 
+    fn last(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Adds a line without waiting: dropped (and counted) if the writer is [`QUEUE`] lines
     /// behind.
     pub fn push(&self, source: &LogSource, stream: &str, line: String) {
-        self.offer(self.line(source.clone(), stream, line, None));
+        self.offer(source.clone(), stream, line, None);
     }
 
     /// Adds one request's entry (stream `requests`) without waiting, as [`LogSink::push`].
@@ -173,7 +174,7 @@ impl LogSink {
         text.push_str(itoa::Buffer::new().format(req.status));
         text.push(' ');
         text.push_str(&req.request_url);
-        self.offer(self.line(source, "requests", text, Some(req)));
+        self.offer(source, "requests", text, Some(req));
     }
 
     /// Hands a line to followers, if any (no copy is made for none).
@@ -183,7 +184,16 @@ impl LogSink {
         }
     }
 
-    fn offer(&self, l: LogLine) {
+    /// Gives the line its `seq` and queues it, under the sink's lock (see [`LogSink::last`]).
+    fn offer(
+        &self,
+        source: LogSource,
+        stream: &str,
+        line: String,
+        http_request: Option<HttpRequest>,
+    ) {
+        let mut last = self.last();
+        let l = Self::line(&mut last, source, stream, line, http_request);
         self.broadcast(&l);
         if self.tx.try_send(l).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -192,9 +202,14 @@ impl LogSink {
 
     /// Adds a line, waiting while the writer is [`QUEUE`] lines behind.
     pub async fn send(&self, source: &LogSource, stream: &str, line: String) {
-        let l = self.line(source.clone(), stream, line, None);
+        // The room first, then the `seq` and the line's place in the queue together.
+        let Ok(permit) = self.tx.reserve().await else {
+            return;
+        };
+        let mut last = self.last();
+        let l = Self::line(&mut last, source.clone(), stream, line, None);
         self.broadcast(&l);
-        let _ = self.tx.send(l).await;
+        permit.send(l);
     }
 
     /// The last `limit` lines of a service or job (of one execution, when given), oldest first.
