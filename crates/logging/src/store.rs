@@ -366,8 +366,8 @@ impl Rows<'_, '_> {
             if !self.body.is_empty() {
                 self.body.push(b'\n');
             }
-            // Serializing a `LogLine` cannot fail, and gives UTF-8 without raw newlines.
-            let _ = serde_json::to_writer(&mut self.body, l);
+            // JSON in UTF-8, without raw newlines.
+            l.write_json(&mut self.body);
         }
         let text = std::str::from_utf8(&self.body).unwrap_or_default();
         // The lines' own bytes, without the newlines between them.
