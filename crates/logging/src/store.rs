@@ -7,16 +7,19 @@
 //! writes rows of one line. A row names its namespace and its stream by integer ids (see
 //! `SCHEMA`). Indexes by namespace, by stream, and by execution, each ordered by `seq`, make
 //! the newest N lines, a time range or an execution's lines cost in proportion to what is
-//! read, however long the history; reads merge the rows' lines back into `seq` order (rows of
-//! different streams overlap in time, by at most [`ROW_SPAN`]). Lines older than the
+//! read, however long the history. One stream's rows of one execution never overlap, so a
+//! read of a service or of a job execution takes rows as they come; a read of a namespace or
+//! of a whole job merges its rows' lines back into `seq` order (rows of different streams or
+//! executions overlap in time, by at most [`ROW_SPAN`]). Lines older than the
 //! retention go, oldest first, a row at a time; so do a service's or job's oldest rows when
 //! it holds more than its size cap (a per-stream byte count is kept in the same transactions
 //! as the lines, so the cap costs nothing to check).
 //!
-//! Lines must come to [`LogStore::append`] in `seq` order per stream, as the log sink sends
-//! them. A line whose `seq` is not past its stream's newest stored line is taken as written
-//! already when a stored row of its stream and execution spans it, and is stored in a row of
-//! its own otherwise.
+//! Lines come to [`LogStore::append`] in `seq` order per stream, as the log sink sends them.
+//! A line whose `seq` is not past its stream's newest stored line is skipped when stored
+//! already; else it goes into its place in the row whose span it falls within, or into a row
+//! of its own between rows. Lines imported from the files an older server kept
+//! ([`LogStore::import_jsonl`]) are older than any row, and go in rows of one line.
 
 use crate::record::{LogLine, LogResource};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -328,22 +331,57 @@ impl Key<'_> {
         Ok(top.map_or(0, |(_, t)| t.max(0) as u64))
     }
 
-    /// Whether a stored row holds a line `seq` (rows begin at most [`ROW_SPAN`] before it).
-    fn holds(&self, tx: &Connection, seq: u64) -> rusqlite::Result<bool> {
-        let mut q = tx.prepare_cached(&self.rows_sql("AND seq <= ?3 AND seq >= ?4"))?;
-        let mut rows = q.query(params![
-            self.stream,
-            self.execution,
-            seq as i64,
-            seq.saturating_sub(ROW_SPAN) as i64
-        ])?;
-        while let Some(r) = rows.next()? {
-            let body: String = r.get(2)?;
-            if body.split('\n').any(|l| line_seq(l) == Some(seq)) {
-                return Ok(true);
+    /// Stores line `l`, which is not past the newest stored: skipped if a row holds it
+    /// already; else put in its place in the row whose span it falls within (so that one
+    /// stream's rows never overlap, and a read of one stream needs no merge), or in a row of
+    /// its own between rows. Such a row may so hold more than [`ROW_LINES`] lines.
+    fn put_late(&self, rows: &mut Rows<'_, '_>, l: &LogLine) -> rusqlite::Result<()> {
+        let found = {
+            let mut q = rows
+                .tx
+                .prepare_cached(&self.rows_sql("AND seq <= ?3 AND seq >= ?4"))?;
+            let mut found = q.query(params![
+                self.stream,
+                self.execution,
+                l.seq as i64,
+                l.seq.saturating_sub(ROW_SPAN) as i64
+            ])?;
+            let mut covering = None;
+            while let Some(r) = found.next()? {
+                let first: i64 = r.get(0)?;
+                let last = r.get::<_, Option<i64>>(1)?.unwrap_or(first);
+                if last >= l.seq as i64 {
+                    covering = Some((first, r.get::<_, String>(2)?));
+                    break;
+                }
             }
+            covering
+        };
+        let Some((first, body)) = found else {
+            return rows.put(self, &[l]);
+        };
+        let mut lines: Vec<&str> = body.split('\n').collect();
+        let at = lines.partition_point(|t| line_seq(t).is_some_and(|q| q < l.seq));
+        if lines.get(at).and_then(|t| line_seq(t)) == Some(l.seq) {
+            return Ok(());
         }
-        Ok(false)
+        let mut json = Vec::new();
+        l.write_json(&mut json);
+        let json = String::from_utf8(json).unwrap_or_default();
+        lines.insert(at, &json);
+        rows.tx
+            .prepare_cached(
+                "UPDATE lines SET body = ?2, size = size + ?3, n = n + 1,
+                 last = MAX(COALESCE(last, seq), ?4) WHERE seq = ?1",
+            )?
+            .execute(params![
+                first,
+                lines.join("\n"),
+                json.len() as i64,
+                l.seq as i64
+            ])?;
+        *rows.added.entry(self.stream).or_default() += json.len() as i64;
+        Ok(())
     }
 }
 
@@ -406,18 +444,23 @@ fn line_seq(json: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
-/// Puts the lines of rows read in order of their first `seq` back into `seq` order (rows of
-/// different streams, or a line taken in late, overlap in time by at most [`ROW_SPAN`]).
+/// Puts the lines of rows read in order of their first `seq` back into `seq` order. Rows of
+/// different streams (or of a job's executions) overlap in time by at most [`ROW_SPAN`]; one
+/// stream's rows, of one execution, never overlap.
 struct Merge {
     newest_first: bool,
+    /// How far a row still to come may reach past its first `seq`: [`ROW_SPAN`] when the
+    /// rows read are of several streams or executions, 0 when of one.
+    overlap: u64,
     /// Lines read and not handed on yet, by `seq`.
     waiting: std::collections::BTreeMap<u64, String>,
 }
 
 impl Merge {
-    fn new(newest_first: bool) -> Merge {
+    fn new(newest_first: bool, overlap: u64) -> Merge {
         Merge {
             newest_first,
+            overlap,
             waiting: std::collections::BTreeMap::new(),
         }
     }
@@ -435,7 +478,7 @@ impl Merge {
                 true => self
                     .waiting
                     .last_key_value()
-                    .filter(|(&s, _)| s > next.saturating_add(ROW_SPAN) || next == 0),
+                    .filter(|(&s, _)| s > next.saturating_add(self.overlap) || next == 0),
             };
             let Some((&seq, _)) = ready else {
                 return true;
@@ -622,9 +665,7 @@ impl LogStore {
                     } else {
                         rows.put(&key, &run)?;
                         run.clear();
-                        if !key.holds(&tx, l.seq)? {
-                            rows.put(&key, &[l])?;
-                        }
+                        key.put_late(&mut rows, l)?;
                     }
                 }
                 rows.put(&key, &run)?;
@@ -893,7 +934,14 @@ impl LogStore {
             .query(rusqlite::params_from_iter(args))
             .map_err(|e| self.err(e))?;
         let (since, until) = (scan.since.unwrap_or(0), scan.until.unwrap_or(u64::MAX));
-        let mut merge = Merge::new(scan.newest_first);
+        // One stream's rows of one execution (a service's, or a job execution's) never
+        // overlap, and are read as they come.
+        let one_key = match &scan.resource {
+            Some(LogResource::Service(_)) => true,
+            Some(LogResource::Job(_)) => scan.execution.is_some(),
+            None => false,
+        };
+        let mut merge = Merge::new(scan.newest_first, if one_key { 0 } else { ROW_SPAN });
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
             let first: i64 = r.get(0).map_err(|e| self.err(e))?;
             if !merge.hand_on(first.max(0) as u64, &mut each) {
@@ -1339,7 +1387,10 @@ mod tests {
         let a = s.tail("demo", &etl, Some("etl-a"), 100).unwrap();
         assert_eq!(a.len(), 20);
         assert!(a.iter().all(|l| l.source.execution == "etl-a"));
-        assert_eq!(s.tail("demo", &etl, None, 100).unwrap().len(), 40);
+        // The job's two executions' rows overlap in time; read together, in order.
+        let both = seqs(&s.tail("demo", &etl, None, 100).unwrap());
+        assert_eq!(both.len(), 40);
+        assert!(both.windows(2).all(|w| w[0] < w[1]), "{both:?}");
         // The whole namespace, both ways, and a time range that begins and ends inside rows.
         let mut all = seqs(&lines);
         all.sort_unstable();
@@ -1378,7 +1429,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_end_at_their_span_and_a_line_taken_in_late_gets_its_own() {
+    fn rows_end_at_their_span_and_a_line_taken_in_late_joins_the_row_it_falls_in() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("logs.db");
         let s = open(d.path(), Limits::default());
@@ -1392,28 +1443,37 @@ mod tests {
         .unwrap();
         assert_eq!(rows_and_lines(&path), (2, 3), "c is past a's row's span");
         let before = s.size_of("demo", &web).unwrap();
-        // 20 again is stored already: skipped. 15 is new, though earlier than the newest.
+        // 20 again is stored already: skipped. 15 is new, though earlier than the newest: it
+        // goes into the row of 10 and 20. 21 falls between the two rows: a row of its own.
         s.append(&[
             line(20, "web", "", "", "b again"),
             line(15, "web", "", "", "late"),
+            line(21, "web", "", "", "later"),
         ])
         .unwrap();
-        assert_eq!(rows_and_lines(&path), (3, 4));
-        let late = serde_json::to_string(&line(15, "web", "", "", "late")).unwrap();
-        assert_eq!(s.size_of("demo", &web).unwrap(), before + late.len() as u64);
+        assert_eq!(rows_and_lines(&path), (3, 5));
+        let json = |l: LogLine| serde_json::to_string(&l).unwrap().len() as u64;
+        assert_eq!(
+            s.size_of("demo", &web).unwrap(),
+            before + json(line(15, "web", "", "", "late")) + json(line(21, "web", "", "", "later"))
+        );
         assert_eq!(
             texts(&s.tail("demo", &web, None, 10).unwrap()),
-            ["a", "late", "b", "c"]
+            ["a", "late", "b", "later", "c"]
         );
         assert_eq!(
             texts(&s.tail("demo", &web, None, 3).unwrap()),
-            ["late", "b", "c"]
+            ["b", "later", "c"]
         );
-        // Opened again, the newest stored is looked up: 20 is still skipped.
+        // Opened again, the newest stored is looked up: 20 and 15 are still skipped.
         drop(s);
         let s = open(d.path(), Limits::default());
-        s.append(&[line(20, "web", "", "", "b again")]).unwrap();
-        assert_eq!(rows_and_lines(&path), (3, 4));
+        s.append(&[
+            line(15, "web", "", "", "late again"),
+            line(20, "web", "", "", "b again"),
+        ])
+        .unwrap();
+        assert_eq!(rows_and_lines(&path), (3, 5));
     }
 
     #[test]
