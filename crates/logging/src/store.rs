@@ -313,22 +313,17 @@ impl Key<'_> {
         }
     }
 
-    /// The newest `seq` stored (0 for none): the greatest last line among the newest rows
-    /// (a row of one line taken in late may begin after a longer row it falls within).
+    /// The newest `seq` stored (0 for none): the newest row's last line (one stream's rows,
+    /// of one execution, do not overlap).
     fn newest(&self, tx: &Connection) -> rusqlite::Result<u64> {
         let mut q = tx.prepare_cached(&self.rows_sql(""))?;
         let mut rows = q.query(params![self.stream, self.execution])?;
-        let mut top: Option<(i64, i64)> = None;
-        while let Some(r) = rows.next()? {
-            let first: i64 = r.get(0)?;
-            let last = r.get::<_, Option<i64>>(1)?.unwrap_or(first);
-            match top {
-                Some((newest_first, _)) if first < newest_first - ROW_SPAN as i64 => break,
-                Some((f, t)) => top = Some((f, t.max(last))),
-                None => top = Some((first, last)),
-            }
-        }
-        Ok(top.map_or(0, |(_, t)| t.max(0) as u64))
+        let Some(r) = rows.next()? else {
+            return Ok(0);
+        };
+        let first: i64 = r.get(0)?;
+        let last = r.get::<_, Option<i64>>(1)?.unwrap_or(first);
+        Ok(last.max(0) as u64)
     }
 
     /// Stores line `l`, which is not past the newest stored: skipped if a row holds it
