@@ -7,6 +7,7 @@
 //! on a full pipe), and request entries are dropped and counted, so that memory stays bounded
 //! when an app writes faster than the disk.
 
+pub use skiff_logging::record::push_micros;
 pub use skiff_logging::{HttpRequest, Limits, LogLine, LogResource, LogSource, LogStore, Scan};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

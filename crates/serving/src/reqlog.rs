@@ -71,12 +71,7 @@ fn latency_text(latency: Duration) -> String {
     let mut s = String::with_capacity(24);
     s.push_str(itoa::Buffer::new().format(latency.as_secs()));
     s.push('.');
-    let micros = latency.subsec_micros();
-    let mut div = 100_000;
-    while div > 0 {
-        s.push(char::from(b'0' + (micros / div % 10) as u8));
-        div /= 10;
-    }
+    skiff_runtime::logs::push_micros(&mut s, latency.subsec_micros());
     s.push('s');
     s
 }
